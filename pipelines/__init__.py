@@ -1,0 +1,1 @@
+"""dlpipe pipelines: Spark ETL, Horovod training in a barrier stage, Spark UDF inference."""

@@ -1,0 +1,227 @@
+"""Pipeline configuration: YAML + ``key.sub=value`` overrides, validated once into dataclasses.
+
+Every job (etl, generate, train, infer, run, bench) takes the same :class:`PipelineConfig`.
+Unknown keys are rejected with close-match suggestions; bad values name the key and the type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class SourceConfig:
+    """Where the raw records come from. A new dataset needs a new config, not new code."""
+
+    kind: str = "images"  # images | csv | json | parquet
+    path: str = "data/digits"  # image folder, or tabular file/folder (relative paths: to the repo root)
+    labels_csv: str = "labels.csv"  # images: CSV (file,label) inside `path`; "" = label from sub-folder name
+    image_shape: list[int] = field(default_factory=lambda: [8, 8])  # H, W every image is resized to
+    channels: int = 1  # 1 = greyscale, 3 = RGB
+    feature_columns: list[str] = field(default_factory=list)  # tabular: numeric feature columns, in order
+    label_column: str = "label"  # tabular: label column
+    id_column: str = ""  # tabular: stable record id; "" = derived from file name + row position
+    label_names: list[str] = field(default_factory=list)  # known labels in class-index order; [] = sorted distinct
+
+
+@dataclass
+class EtlConfig:
+    """Validation, split and Parquet layout."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    rows_per_row_group: int = 64  # small row groups: every training rank gets several
+    max_quarantine_fraction: float = 0.05  # above this the job fails and publishes nothing
+    normalization: str = "global"  # global (one mean/std) | per_feature (mean/std per feature)
+    output_files: int = 4  # Parquet files per split
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic deformed digits at scale (``dlpipe generate``)."""
+
+    num_samples: int = 100_000
+    image_size: int = 8  # 8 = native digits, 28 = upscaled
+    partitions: int = 0  # 0 = one partition per 50k samples
+    output: str = ""  # "" = <workdir>/generated/digits_<size>px_<n>
+    max_rotation_deg: float = 12.0
+    max_shift_px: float = 1.0
+    elastic_alpha: float = 1.0  # strength of the elastic distortion, in pixels
+    noise_std: float = 0.03  # additive Gaussian noise on [0, 1] pixels
+
+
+@dataclass
+class ModelConfig:
+    """Which model from ``models`` and its own config (``models.build(name, **params)``)."""
+
+    name: str = "cnn"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Horovod data-parallel training in one barrier-mode Spark stage."""
+
+    num_workers: int = 2  # Horovod ranks = barrier tasks
+    epochs: int = 15
+    batch_size: int = 64  # per rank
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3  # per-rank base learning rate
+    scale_lr_by_workers: bool = True  # lr * num_workers, the usual data-parallel rule
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_attempts: int = 1  # >1: a failed stage is relaunched and resumes from the last checkpoint
+    start_timeout_s: float = 120.0  # all tasks must register with the driver within this
+    failure_timeout_s: float = 120.0  # a failed/silent rank ends the stage within this
+    reader_workers: int = 1  # Petastorm reader threads per rank (1 keeps the order reproducible)
+    gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
+    horovod_cycle_time_ms: float = 1.0
+    horovod_fusion_threshold_mb: int = 32
+
+
+@dataclass
+class InferConfig:
+    """Batch inference with a vectorized Spark UDF."""
+
+    split: str = "test"  # which ETL split to score when `input` is empty
+    input: str = ""  # any Parquet with the feature column; "" = the ETL split above
+    artifact: str = ""  # "" = the run's model artifact
+    output: str = ""  # "" = <run dir>/predictions
+    batch_size: int = 512  # rows per forward pass; also the Arrow batch size
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline's configuration."""
+
+    workdir: str = "work"  # datasets, runs, bench output (relative paths: to the current folder)
+    dataset: str = "digits"  # name of the ETL output folder under <workdir>/datasets
+    run_id: str = ""  # "" = a timestamp; reuse an id to resume or re-run idempotently
+    master: str = ""  # "" = spark-submit's / spark-defaults' master, else local[*]
+    spark: dict[str, str] = field(default_factory=dict)  # extra Spark settings for dlpipe's own session
+    etl: EtlConfig = field(default_factory=EtlConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.workdir) / "datasets" / self.dataset
+
+    def run_dir(self) -> Path:
+        if not self.run_id:
+            raise ConfigError("run_id is empty: resolve it first (pipelines.config.with_run_id)")
+        return Path(self.workdir) / "runs" / self.run_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Stable short hash of the resolved config (recorded in manifests and checkpoints)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- loading and validation -------------------------------------------------------------------
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML file (optional), apply ``key.sub=value`` overrides, and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        raw = loaded
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
+    return _build(PipelineConfig, raw, prefix="")
+
+
+def to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    node = raw
+    parts = key.strip().split(".")
+    if parts[0] == "spark" and len(parts) > 1:  # Spark keys have dots of their own
+        parts = ["spark", ".".join(parts[1:])]
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    # YAML parses the value, so 3 -> int, 0.5 -> float, [8, 8] -> list, true -> bool.
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid keys here: {', '.join(sorted(fields))})")
+        kwargs[key] = _coerce(hints[key], value, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotated type; convert int->float and dataclass dicts."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+    if tp in (int, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} expects a list of {item_tp.__name__}, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        if val_tp is str:  # Spark settings: accept numbers and booleans, Spark wants strings
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+        return {str(k): _coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"config key {key!r}: unions are not supported")  # none in the schema
+    raise ConfigError(f"config key {key!r} has an unsupported type {tp!r}")

@@ -1,0 +1,76 @@
+"""One Horovod rank process: ``python -m pipelines.launcher SPEC.json`` runs :func:`main`.
+
+The barrier task starts this process with Horovod's Gloo variables in its environment, so
+``hvd.init()`` joins the others through the driver's rendezvous server. The rank runs the
+entry function named in the spec and prints its result as an event line.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipelines.launcher.protocol import RESULT_EVENT, encode_event
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What an entry function knows about its place in the job."""
+
+    rank: int
+    size: int
+    local_rank: int
+    threads: int  # cores given to this rank's task (spark.task.cpus)
+    attempt: int  # 0 for the first launch, 1 for the first retry, ...
+
+    def emit(self, kind: str, **data: Any) -> None:
+        """Send an event (progress, metrics) to the driver, tagged with this rank."""
+        print(encode_event(kind, {"rank": self.rank, "time": time.time(), **data}), flush=True)
+
+    def log(self, message: str) -> None:
+        """A log line the driver prints prefixed with this rank."""
+        print(message, flush=True)
+
+
+def resolve_entry(entry: str) -> Callable[[dict[str, Any], RankContext], Any]:
+    """Import ``module:function``."""
+    module_name, _, func_name = entry.partition(":")
+    if not func_name:
+        raise ValueError(f"entry {entry!r} must look like 'package.module:function'")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def context_from_env() -> RankContext:
+    env = os.environ
+    return RankContext(
+        rank=int(env["HOROVOD_RANK"]),
+        size=int(env["HOROVOD_SIZE"]),
+        local_rank=int(env["HOROVOD_LOCAL_RANK"]),
+        threads=int(env.get("DLPIPE_RANK_THREADS", "1")),
+        attempt=int(env.get("DLPIPE_ATTEMPT", "0")),
+    )
+
+
+def main(spec_path: str) -> int:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    ctx = context_from_env()
+    import torch
+
+    # Without this every rank uses all cores of the machine and they fight (10x slower).
+    torch.set_num_threads(ctx.threads)
+    ctx.emit("started", pid=os.getpid(), host=os.environ.get("HOROVOD_HOSTNAME", ""))
+    try:
+        result = resolve_entry(spec["entry"])(spec["payload"], ctx)
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return 1
+    ctx.emit(RESULT_EVENT, result=result)
+    return 0

@@ -1,0 +1,67 @@
+"""The one place dlpipe builds a SparkSession.
+
+Settings come from ``spark-conf/spark-defaults.conf`` (via ``SPARK_CONF_DIR``), exactly as for
+``spark-submit``; Python only fills in what nobody else said: the master (``local[*]``) and,
+for local masters, loopback addresses.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = REPO_ROOT / "spark-conf"
+
+
+def spark_conf_dir() -> Path:
+    """The Spark conf folder in use: ``$SPARK_CONF_DIR``, else the repository's ``spark-conf/``."""
+    return Path(os.environ.get("SPARK_CONF_DIR") or DEFAULT_CONF_DIR)
+
+
+def read_spark_defaults(conf_dir: Path | None = None) -> dict[str, str]:
+    """Parse ``spark-defaults.conf`` (``key value`` lines, ``#`` comments) into a dict."""
+    path = (conf_dir or spark_conf_dir()) / "spark-defaults.conf"
+    settings: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, _, value = line.partition(" ")
+                settings[key.strip()] = value.strip()
+    return settings
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit (or pyspark) already started the JVM for this Python process."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(app_name: str, master: str = "", conf: dict[str, str] | None = None) -> SparkSession:
+    """Return the active SparkSession or build one that reads the project's Spark settings.
+
+    ``master``: used only when neither spark-submit nor spark-defaults.conf named one;
+    empty means ``local[*]``. ``conf``: extra settings (the config's ``spark`` section).
+    """
+    if DEFAULT_CONF_DIR.is_dir():
+        os.environ.setdefault("SPARK_CONF_DIR", str(DEFAULT_CONF_DIR))
+    # Executors must run the same interpreter (and so the same torch/horovod) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if not under_spark_submit() and "spark.master" not in read_spark_defaults():
+        master = master or "local[*]"
+        builder = builder.master(master)
+        if master.startswith("local"):
+            # Local runs talk only over loopback, whatever the machine's outward address is.
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            builder = builder.config("spark.driver.host", "127.0.0.1")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def describe(spark: SparkSession, stage: str) -> None:
+    """Name the Spark jobs that follow after a pipeline stage (shown in the Spark UI)."""
+    spark.sparkContext.setJobDescription(f"dlpipe {stage}")

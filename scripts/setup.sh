@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with the pinned stack, plus horovod 0.28.1 (PyTorch + Gloo) built
+# once from its sdist and cached outside the repository. A second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=.venv
+HOROVOD_VERSION=0.28.1
+TORCH_VERSION=2.13.0
+CACHE_ROOT=${DLPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlpipe}
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+# --- tools the build and Spark need --------------------------------------------------------
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 (or set PYTHON=/path/to/python3.11)"
+command -v java >/dev/null || die "java not found: install Java 17 (Debian: apt-get install openjdk-17-jre-headless)"
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+case "$java_major" in 8|11|17) ;; *) die "Java $java_major found; Spark 3.5 needs Java 8, 11 or 17 (Debian: apt-get install openjdk-17-jre-headless, then point JAVA_HOME at it)";; esac
+command -v cmake >/dev/null || die "cmake not found: it is needed to build horovod (Debian: apt-get install cmake)"
+command -v g++ >/dev/null || die "g++ not found: a C++17 compiler is needed to build horovod (Debian: apt-get install g++)"
+
+# --- virtual environment -----------------------------------------------------------------
+stamp="$VENV/.dlpipe-setup"
+want=$(cat pyproject.toml scripts/setup.sh scripts/cxx17 | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$VENV/bin/python" -c "import horovod.torch as hvd, petastorm, pyspark, pyarrow; assert hvd.gloo_built()" 2>/dev/null; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip "setuptools>=77.0.3" wheel
+"${PIP[@]}" install -q -e ".[dev]"
+
+# --- horovod: build once, cache the wheel ------------------------------------------------
+pytag=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+wheel_dir="$CACHE_ROOT/wheels/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-$pytag"
+wheel=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
+if [ -z "$wheel" ]; then
+  echo "setup: building horovod $HOROVOD_VERSION against torch $TORCH_VERSION (about 7-10 minutes on 2 cores) ..."
+  mkdir -p "$wheel_dir"
+  build_log="$wheel_dir/build.log"
+  if ! CXX="$PWD/scripts/cxx17" \
+      HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+      HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=gloo \
+      MAKEFLAGS="-j$(nproc)" \
+      "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary horovod \
+        -w "$wheel_dir" "horovod==$HOROVOD_VERSION" >"$build_log" 2>&1; then
+    tail -40 "$build_log" >&2
+    die "horovod build failed; full log: $build_log"
+  fi
+  wheel=$(ls "$wheel_dir"/horovod-*.whl | head -1)
+fi
+"${PIP[@]}" install -q --force-reinstall --no-deps "$wheel"
+"${PIP[@]}" install -q "cloudpickle" "psutil" "pyyaml" "packaging"
+
+# --- prove the stack ----------------------------------------------------------------------
+"$VENV/bin/python" - <<'PY'
+import horovod, horovod.torch as hvd, petastorm, pyspark, pyarrow, torch
+assert hvd.gloo_built(), "horovod was built without Gloo"
+print(f"setup: ok: pyspark {pyspark.__version__}, pyarrow {pyarrow.__version__}, torch {torch.__version__}, "
+      f"petastorm {petastorm.__version__}, horovod {horovod.__version__} (gloo built)")
+PY
+echo "$want" >"$stamp"

@@ -1,0 +1,59 @@
+"""Shared fixtures: one hermetic local[2] SparkSession per test session, bound to loopback."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIGITS_DIR = REPO_ROOT / "data" / "digits"
+
+# Before any JVM starts: loopback only, the project's Spark settings, the venv's Python.
+os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+os.environ.setdefault("SPARK_CONF_DIR", str(REPO_ROOT / "spark-conf"))
+os.environ["PYSPARK_PYTHON"] = sys.executable
+os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """A local[2] SparkSession: UI and console progress off, temp local dir and warehouse."""
+    from pipelines.session import get_spark
+
+    tmp = tmp_path_factory.mktemp("spark")
+    session = get_spark(
+        "dlpipe-tests",
+        master="local[2]",
+        conf={
+            "spark.driver.host": "127.0.0.1",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "2",
+            "spark.local.dir": str(tmp / "local"),
+            "spark.sql.warehouse.dir": str(tmp / "warehouse"),
+            "spark.driver.memory": "2g",
+        },
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def seed() -> int:
+    """Seed Python, NumPy and torch so unit tests are repeatable."""
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    return 0
+
+
+@pytest.fixture
+def digits_dir() -> Path:
+    return DIGITS_DIR
