@@ -52,8 +52,13 @@ def is_published(path: str | Path) -> bool:
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     """Write JSON to ``path`` via a temp file and ``os.replace`` (atomic on POSIX)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to ``path`` via a temp file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)

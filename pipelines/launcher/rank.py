@@ -10,12 +10,16 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipelines.launcher.protocol import RESULT_EVENT, encode_event
+
+STALL_EXIT_CODE = 75
+_last_beat: list[float] = []  # empty until the entry's first heartbeat arms the watchdog
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,23 @@ class RankContext:
     def log(self, message: str) -> None:
         """A log line the driver prints prefixed with this rank."""
         print(message, flush=True)
+
+    def heartbeat(self) -> None:
+        """Mark progress (call it every step). Once called, a main thread that makes no progress
+        for the stall timeout (a collective waiting on a hung peer) ends this rank with an error."""
+        if _last_beat:
+            _last_beat[0] = time.monotonic()
+        else:
+            _last_beat.append(time.monotonic())
+
+
+def _stall_watchdog(ctx: RankContext, timeout_s: float) -> None:
+    while True:
+        time.sleep(min(1.0, timeout_s / 4))
+        if _last_beat and time.monotonic() - _last_beat[0] > timeout_s:
+            print(f"rank {ctx.rank}: no progress for {timeout_s:g}s (train.failure_timeout_s): stuck in a "
+                  f"collective whose peers stopped or never joined; ending this rank", file=sys.stderr, flush=True)
+            os._exit(STALL_EXIT_CODE)
 
 
 def resolve_entry(entry: str) -> Callable[[dict[str, Any], RankContext], Any]:
@@ -65,6 +86,8 @@ def main(spec_path: str) -> int:
     # Without this every rank uses all cores of the machine and they fight (10x slower).
     torch.set_num_threads(ctx.threads)
     ctx.emit("started", pid=os.getpid(), host=os.environ.get("HOROVOD_HOSTNAME", ""))
+    stall_timeout = float(os.environ.get("DLPIPE_STALL_TIMEOUT_S", "120"))
+    threading.Thread(target=_stall_watchdog, args=(ctx, stall_timeout), daemon=True).start()
     try:
         result = resolve_entry(spec["entry"])(spec["payload"], ctx)
     except BaseException:

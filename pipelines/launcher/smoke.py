@@ -31,3 +31,17 @@ def raise_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
     if ctx.rank == payload["rank"]:
         raise ValueError(f"injected failure on rank {ctx.rank}")
     hvd.allreduce(torch.ones(1), name="never-completes")
+
+
+def stall_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
+    """``payload['rank']`` stays alive but never joins the collective: a silent deadlock."""
+    import time
+
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    ctx.heartbeat()
+    if ctx.rank == payload["rank"]:
+        time.sleep(3600)
+    hvd.allreduce(torch.ones(1), name="waits-for-a-live-but-stuck-peer")

@@ -114,6 +114,7 @@ def rank_environment(spec: TaskSpec, a: dict[str, Any], threads: int) -> dict[st
         "HOROVOD_GLOO_TIMEOUT_SECONDS": str(int(spec.failure_timeout_s)),
         "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(5, int(spec.failure_timeout_s) // 2)),
         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(int(spec.failure_timeout_s)),
+        "DLPIPE_STALL_TIMEOUT_S": str(spec.failure_timeout_s),
         "DLPIPE_RANK_THREADS": str(threads),
         "DLPIPE_ATTEMPT": str(a.get("attempt", 0)),
         "OMP_NUM_THREADS": str(threads),

@@ -38,3 +38,12 @@ def test_more_ranks_than_slots_is_a_clear_error(spark):
     with pytest.raises(LaunchError, match="task slots"):
         run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=3,
                     start_timeout_s=20)
+
+
+def test_a_rank_stuck_in_a_collective_ends_within_the_failure_timeout(spark):
+    started = time.monotonic()
+    with pytest.raises(LaunchError) as err:
+        run_horovod(spark, "pipelines.launcher.smoke:stall_on_rank", {"rank": 1}, num_workers=2,
+                    failure_timeout_s=10)
+    assert time.monotonic() - started < 60
+    assert "rank 0" in str(err.value) and "no progress for 10s" in str(err.value)

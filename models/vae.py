@@ -1,0 +1,91 @@
+"""Convolutional variational autoencoder (Kingma & Welling) with a Gaussian likelihood."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from models.autoencoder import ConvEncoder, LinearDecoder
+from models.base import OutputSchema, Reconstructor, eval_mode, per_sample_mse
+from models.layers import require_image_shape
+
+
+@dataclass
+class VAEConfig:
+    channels: tuple[int, ...] = (32, 64)  # output channels of each encoder conv block
+    latent_dim: int = 8  # size of the latent code z ~ N(0, I) under the prior
+    decoder_hidden: int = 128  # width of the decoder's hidden linear layer
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 1.0 is the plain ELBO
+
+    def __post_init__(self) -> None:
+        if not self.channels or any(c <= 0 for c in self.channels):
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.latent_dim <= 0 or self.decoder_hidden <= 0:
+            raise ValueError(
+                f"latent_dim and decoder_hidden must be positive, got {self.latent_dim}, {self.decoder_hidden}"
+            )
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+
+class VAE(Reconstructor):
+    """Encoder -> (mu, logvar) -> reparameterized z -> decoder.
+
+    Loss (negative ELBO up to constants, unit-variance Gaussian likelihood):
+    sum of squared error per sample + beta * KL(q(z|x) || N(0, I)), both averaged over the batch.
+    In training mode z is sampled; in eval mode z = mu, so validation metrics are deterministic
+    and agree with `predict`.
+    """
+
+    name: ClassVar[str] = "vae"
+    config_class: ClassVar[type] = VAEConfig
+
+    def __init__(self, config: VAEConfig, feature_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__(config, feature_shape, num_classes)
+        image_shape = require_image_shape(self.name, self.feature_shape)
+        self.encoder = ConvEncoder(image_shape, config.channels, 2 * config.latent_dim)  # -> mu and logvar
+        self.decoder = LinearDecoder(config.latent_dim, config.decoder_hidden, image_shape)
+
+    def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters (mu, logvar), each (B, latent_dim)."""
+        mu, logvar = self.encoder(features).chunk(2, dim=1)  # (B, 2 * latent_dim) -> 2 x (B, latent_dim)
+        # clamped so exp(logvar) cannot overflow early in training
+        return mu, logvar.clamp(-10.0, 10.0)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction (B, C, H, W), mu, logvar); samples z in training mode, z = mu in eval."""
+        mu, logvar = self.encode(features)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu  # (B, latent_dim)
+        return self.decoder(z), mu, logvar
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = batch["features"]
+        self.check_features(features)
+        reconstruction, mu, logvar = self(features)
+        squared_error = (reconstruction - features).pow(2).flatten(1)  # (B, C*H*W)
+        # KL(N(mu, var) || N(0, 1)) per sample; expm1(v) - v >= 0 is the stable form of exp(v) - 1 - v,
+        # and the clamp removes rounding noise so the metric is never negative
+        kl = 0.5 * (mu.pow(2) + torch.expm1(logvar) - logvar).clamp_min(0).sum(dim=1)  # (B,)
+        loss = squared_error.sum(dim=1).mean() + self.config.beta * kl.mean()
+        metrics = {"reconstruction_error": squared_error.mean().detach(), "kl": kl.mean().detach()}
+        return loss, metrics
+
+    def _reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.encode(features)
+        return self.decoder(mu)
+
+    def _predict(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, _ = self.encode(features)  # (B, latent_dim)
+        return {"latent_mean": mu, "reconstruction_error": per_sample_mse(self.decoder(mu), features)}
+
+    def output_schema(self) -> OutputSchema:
+        return {"latent_mean": ("float32", (self.config.latent_dim,)), "reconstruction_error": ("float32", ())}
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`n` new examples decoded from z ~ N(0, I): (n, *feature_shape)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)  # (n, latent_dim)
+        with eval_mode(self), torch.no_grad():
+            return self.decoder(z)  # (n, C, H, W)

@@ -1,0 +1,78 @@
+"""``dlpipe VERB --config FILE [key.sub=value ...]``: one entry point for every job.
+
+Verbs: etl, generate, train, infer, run (etl + train + infer under one run id), check (launcher
+smoke test), bench. Each job is also a spark-submit script (``pipelines/<job>.py``) taking the
+same arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from pipelines.config import ConfigError, PipelineConfig, load_config
+
+VERBS = ("etl", "generate", "train", "infer", "run", "check")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dlpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("verb", choices=VERBS)
+    parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    parser.add_argument("--run-id", help="run id (default: a timestamp); re-use it to resume or re-run")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> PipelineConfig:
+    overrides = list(args.overrides)
+    if args.run_id:
+        overrides.append(f"run_id={args.run_id}")
+    config = load_config(args.config, overrides)
+    if not config.run_id:
+        config.run_id = time.strftime("%Y%m%d-%H%M%S")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = resolve_config(args)
+    except ConfigError as e:
+        print(f"dlpipe: config error: {e}", file=sys.stderr)
+        return 2
+    from pipelines.session import get_spark
+
+    spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
+    try:
+        result = run_verb(args.verb, spark, config)
+    finally:
+        spark.stop()
+    if args.verb == "run":
+        print(f"dlpipe: report: {result['report']}")
+    return 0
+
+
+def run_verb(verb: str, spark: Any, config: PipelineConfig) -> Any:
+    if verb == "etl":
+        from pipelines import etl
+        return etl.main(spark, config)
+    if verb == "generate":
+        from pipelines import generate
+        return generate.main(spark, config)
+    if verb == "train":
+        from pipelines import train
+        return train.main(spark, config)
+    if verb == "infer":
+        from pipelines import infer
+        return infer.main(spark, config)
+    if verb == "run":
+        from pipelines import run
+        return run.main(spark, config)
+    if verb == "check":
+        from pipelines.launcher import run_horovod
+        result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=config.train.num_workers)
+        print(f"dlpipe check: {config.train.num_workers} Horovod ranks allreduced {result['sum']}")
+        return result
+    raise ValueError(verb)

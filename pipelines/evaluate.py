@@ -1,0 +1,76 @@
+"""Evaluation of predictions against labels, chosen by the model's declared outputs (not its kind):
+``prediction`` -> accuracy, per-class precision/recall, confusion matrix;
+``reconstruction_error`` -> mean and quantiles. Written as JSON and PNG into the run's report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.publish import write_json_atomic
+
+
+def evaluate(spark: SparkSession, predictions: DataFrame, labelled: DataFrame, artifact: Path,
+             report_dir: Path) -> dict[str, Any]:
+    """Metrics of ``predictions`` (id + outputs) joined to ``labelled`` (id + label) by id."""
+    import torch
+
+    meta = torch.load(artifact, map_location="cpu", weights_only=True)
+    label_names = list(meta["label_names"])
+    good = predictions.filter("error IS NULL")
+    result: dict[str, Any] = {}
+    if "prediction" in predictions.columns:
+        pairs = good.join(labelled.select("id", "label"), "id").groupBy("label", "prediction").count().collect()
+        confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)
+        for row in pairs:
+            confusion[row["label"], row["prediction"]] = row["count"]
+        result.update(classification_metrics(confusion, label_names))
+        plot_confusion(confusion, label_names, report_dir / "confusion_matrix.png")
+    if "reconstruction_error" in predictions.columns:
+        q = good.approxQuantile("reconstruction_error", [0.5, 0.9, 0.99], 0.001)
+        mean = good.agg(F.mean("reconstruction_error")).first()[0]
+        result["reconstruction_error"] = float(mean)
+        result["reconstruction_error_quantiles"] = {"p50": q[0], "p90": q[1], "p99": q[2]}
+    write_json_atomic(report_dir / "eval.json", result)
+    return result
+
+
+def classification_metrics(confusion: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision and recall from a (true x predicted) confusion matrix."""
+    total = confusion.sum()
+    tp = np.diag(confusion).astype(float)
+    predicted = confusion.sum(axis=0)
+    actual = confusion.sum(axis=1)
+    per_class = {
+        name: {"precision": float(tp[i] / predicted[i]) if predicted[i] else 0.0,
+               "recall": float(tp[i] / actual[i]) if actual[i] else 0.0,
+               "support": int(actual[i])}
+        for i, name in enumerate(label_names)
+    }
+    return {"accuracy": float(tp.sum() / total) if total else 0.0, "rows": int(total),
+            "per_class": per_class, "confusion_matrix": confusion.tolist(), "label_names": label_names}
+
+
+def plot_confusion(confusion: np.ndarray, label_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > confusion.max() / 2 else "black")
+    ax.set_xticks(range(len(label_names)), label_names)
+    ax.set_yticks(range(len(label_names)), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

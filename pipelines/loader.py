@@ -1,0 +1,173 @@
+"""Rank-side data loading: Petastorm shards of the ETL's Parquet into fixed-size torch batches.
+
+Equal work per rank: a rank's shard is the row groups whose index ``i % size == rank`` (Petastorm's
+own rule, in its order: files sorted by path, row groups in file order). Shards can differ in size,
+so every rank runs ``steps_per_epoch(...)`` steps, computed from Parquet footers alike on all
+ranks; a rank whose shard runs out early starts another shuffled pass over it. An epoch thus covers
+the whole split up to at most one batch per rank, and no collective waits for a rank that stopped.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+_DONE = object()
+
+
+def dataset_url(path: str | Path) -> str:
+    """Petastorm wants URLs; plain paths become ``file://`` URLs."""
+    text = str(path)
+    return text if urlparse(text).scheme else "file://" + str(Path(text).resolve())
+
+
+def row_group_sizes(path: str | Path) -> list[int]:
+    """Rows of every row group of a local Parquet folder, in Petastorm's order."""
+    files = sorted(p for p in Path(path).rglob("*.parquet") if not p.name.startswith((".", "_")))
+    sizes: list[int] = []
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return sizes
+
+
+def shard_rows(sizes: list[int], rank: int, size: int) -> int:
+    """Rows in ``rank``'s shard under Petastorm's ``index % shard_count == cur_shard`` rule."""
+    return sum(n for i, n in enumerate(sizes) if i % size == rank)
+
+
+def steps_per_epoch(sizes: list[int], size: int, batch_size: int) -> int:
+    """Steps every rank runs per epoch: enough for the largest shard, dropping < one batch."""
+    largest = max(shard_rows(sizes, r, size) for r in range(size))
+    return largest // batch_size
+
+
+@dataclass
+class Normalizer:
+    """``(x - mean) / std`` with the ETL's train-split statistics (scalars or per feature)."""
+
+    feature_shape: tuple[int, ...]
+    mean: torch.Tensor = field(repr=False)
+    std: torch.Tensor = field(repr=False)
+
+    @classmethod
+    def from_stats(cls, stats: dict, feature_shape: list[int] | tuple[int, ...]) -> "Normalizer":
+        shape = tuple(feature_shape)
+        mean = torch.tensor(stats["mean"], dtype=torch.float32)
+        std = torch.tensor(stats["std"], dtype=torch.float32)
+        if mean.numel() > 1:
+            mean, std = mean.reshape(shape), std.reshape(shape)
+        return cls(shape, mean, std)
+
+    def __call__(self, flat: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+        x = x.reshape(len(flat), *self.feature_shape)  # (B, *feature_shape)
+        return (x - self.mean) / self.std
+
+
+def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled passes over one shard; each pass has its own seed (so a new order)."""
+    from petastorm import make_batch_reader
+
+    pass_no = 0
+    while True:
+        with make_batch_reader(url, schema_fields=["features", "label"], cur_shard=rank, shard_count=size,
+                               shuffle_row_groups=True, shuffle_rows=True, seed=seed * 7919 + pass_no,
+                               num_epochs=1, workers_count=workers, reader_pool_type="thread") as reader:
+            for chunk in reader:
+                yield np.stack(chunk.features).astype(np.float32, copy=False), np.asarray(chunk.label, np.int64)
+        pass_no += 1
+
+
+def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
+                  normalize: Normalizer, workers: int = 1, prefetch: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+    """Exactly ``steps`` batches of ``batch_size`` rows from this rank's shard, read ahead in a thread.
+
+    The order depends only on (seed, rank, size): one producer thread keeps it reproducible.
+    """
+    out: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            feats_buf, labels_buf, have, made = [], [], 0, 0
+            for feats, labels in _shard_passes(url, rank, size, seed, workers):
+                feats_buf.append(feats)
+                labels_buf.append(labels)
+                have += len(labels)
+                while have >= batch_size and made < steps:
+                    all_f, all_l = np.concatenate(feats_buf), np.concatenate(labels_buf)
+                    batch = {"features": normalize(all_f[:batch_size]), "label": torch.from_numpy(all_l[:batch_size])}
+                    feats_buf, labels_buf, have = [all_f[batch_size:]], [all_l[batch_size:]], have - batch_size
+                    made += 1
+                    while not stop.is_set():
+                        try:
+                            out.put(batch, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                if made >= steps or stop.is_set():
+                    break
+            out.put(_DONE)
+        except BaseException as e:  # surfaced in the consumer
+            out.put(e)
+
+    thread = threading.Thread(target=produce, name=f"dlpipe-loader-rank{rank}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def read_all(url: str, *, rank: int, size: int, batch_size: int, normalize: Normalizer,
+             num_row_groups: int) -> Iterator[dict[str, torch.Tensor]]:
+    """One ordered pass over this rank's part of a split (for validation): every row once overall.
+
+    With fewer row groups than ranks, rank 0 reads everything and the others nothing.
+    """
+    from petastorm import make_batch_reader
+
+    shard = dict(cur_shard=rank, shard_count=size) if num_row_groups >= size else {}
+    if not shard and rank != 0:
+        return
+    with make_batch_reader(url, schema_fields=["features", "label"], shuffle_row_groups=False,
+                           num_epochs=1, workers_count=1, **shard) as reader:
+        for chunk in reader:
+            feats = np.stack(chunk.features).astype(np.float32, copy=False)
+            labels = np.asarray(chunk.label, np.int64)
+            for start in range(0, len(labels), batch_size):
+                yield {"features": normalize(feats[start:start + batch_size]),
+                       "label": torch.from_numpy(labels[start:start + batch_size])}
+
+
+class Stopwatch:
+    """Accumulates time spent waiting for data vs. total step time."""
+
+    def __init__(self) -> None:
+        self.wait = 0.0
+        self.started = time.perf_counter()
+
+    def timed_next(self, it: Iterator):
+        t0 = time.perf_counter()
+        item = next(it, None)
+        self.wait += time.perf_counter() - t0
+        return item
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,168 @@
+"""Rank side of training: one Horovod rank's loop (runs in the rank process, not in Spark).
+
+The loop calls the model's own ``loss`` and never branches on model kind. Rank 0 writes
+checkpoints, ``metrics.jsonl`` and the final model artifact; all other state is broadcast from it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models
+from pipelines import loader
+from pipelines.artifact import save_artifact
+from pipelines.checkpoint import latest_checkpoint, save_checkpoint
+from pipelines.config import from_dict
+from pipelines.launcher import RankContext
+from pipelines.publish import write_text_atomic
+
+PROGRESS_EVENTS_PER_EPOCH = 20
+
+
+def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """Train on this rank's shard; rank 0 returns the run's summary."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    try:
+        return _train(hvd, payload, ctx)
+    finally:
+        hvd.shutdown()
+
+
+def _train(hvd: Any, payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    config = from_dict(payload["config"])
+    tc = config.train
+    manifest = payload["manifest"]
+    run_dir = Path(payload["run_dir"])
+    rank, size = hvd.rank(), hvd.size()
+    feature_shape = tuple(manifest["feature_shape"])
+    normalize = loader.Normalizer.from_stats(manifest["normalization"], feature_shape)
+
+    torch.manual_seed(tc.seed)
+    model = models.build(config.model.name, feature_shape=feature_shape,
+                         num_classes=len(manifest["label_names"]), **config.model.params)
+    lr = tc.lr * (size if tc.scale_lr_by_workers else 1)
+    optimizer = _optimizer(tc.optimizer, model, lr, tc.weight_decay)
+
+    # Rank 0 resumes from the latest checkpoint; everything it knows is broadcast.
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if rank == 0:
+        ckpt = latest_checkpoint(run_dir / "checkpoints", payload["manifest_hash"])
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start_epoch, history = ckpt["epoch"], ckpt["history"]
+            ctx.log(f"resuming from checkpoint after epoch {start_epoch}")
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    start_epoch, history = hvd.broadcast_object((start_epoch, history), root_rank=0)
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+
+    train_url = loader.dataset_url(payload["splits"]["train"])
+    sizes = loader.row_group_sizes(payload["splits"]["train"])
+    steps = loader.steps_per_epoch(sizes, size, tc.batch_size)
+    if steps == 0:
+        raise ValueError(f"train.batch_size={tc.batch_size} is larger than every rank's shard "
+                         f"({min(loader.shard_rows(sizes, r, size) for r in range(size))} rows): lower it")
+    ctx.emit("plan", steps_per_epoch=steps, shard_rows=loader.shard_rows(sizes, rank, size), epochs=tc.epochs,
+             start_epoch=start_epoch)
+
+    for epoch in range(start_epoch, tc.epochs):
+        # Seeded per (seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would.
+        torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
+        train_stats = _train_epoch(hvd, model, optimizer, ctx, epoch, steps, tc, train_url, normalize, size)
+        val_stats = _evaluate(hvd, model, ctx, payload, "val", tc.batch_size, normalize, epoch)
+        record = {"epoch": epoch + 1, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()}}
+        history.append(record)
+        ctx.heartbeat()
+        ctx.emit("epoch", **record)
+        if rank == 0:
+            save_checkpoint(run_dir / "checkpoints", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                "history": history, "config": payload["config"], "manifest_hash": payload["manifest_hash"]})
+            write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    result: dict[str, Any] = {"epochs_completed": len(history), "history": history}
+    if rank == 0:
+        artifact = run_dir / "model" / "model.pt"
+        save_artifact(artifact, model, manifest, payload["manifest_hash"], config)
+        result["artifact"] = str(artifact)
+    return result
+
+
+def _optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"train.optimizer={name!r} is not supported: use 'adam' or 'sgd'")
+
+
+def _train_epoch(hvd: Any, model: Any, optimizer: Any, ctx: RankContext, epoch: int, steps: int, tc: Any,
+                 url: str, normalize: loader.Normalizer, size: int) -> dict[str, float]:
+    model.train()
+    batches = loader.epoch_batches(url, rank=ctx.rank, size=size, batch_size=tc.batch_size, steps=steps,
+                                   seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers)
+    clock = loader.Stopwatch()
+    sums: dict[str, float] = {}
+    every = max(1, steps // PROGRESS_EVENTS_PER_EPOCH)
+    for step in range(steps):
+        ctx.heartbeat()
+        batch = clock.timed_next(batches)
+        if batch is None:
+            raise RuntimeError(f"rank {ctx.rank}: the loader ended after {step} of {steps} steps")
+        optimizer.zero_grad()
+        loss, metrics = model.loss(batch)
+        loss.backward()
+        optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        if ctx.rank == 0 and ((step + 1) % every == 0 or step + 1 == steps):
+            ctx.emit("progress", epoch=epoch + 1, step=step + 1, steps=steps, loss=sums["loss"] / (step + 1),
+                     samples_per_s=(step + 1) * tc.batch_size * size / clock.elapsed)
+    elapsed = clock.elapsed
+    local = {k: v / steps for k, v in sums.items()}
+    local["data_wait_fraction"] = clock.wait / elapsed
+    averaged = _average(hvd, local, f"train.{epoch}")
+    averaged["samples"] = steps * tc.batch_size * size
+    averaged["samples_per_s"] = averaged["samples"] / elapsed
+    averaged["seconds"] = elapsed
+    return averaged
+
+
+@torch.inference_mode()
+def _evaluate(hvd: Any, model: Any, ctx: RankContext, payload: dict[str, Any], split: str, batch_size: int,
+              normalize: loader.Normalizer, epoch: int) -> dict[str, float]:
+    """Loss and metrics over the whole split, each rank reading its part, averaged by sample count."""
+    model.eval()
+    path = payload["splits"][split]
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in loader.read_all(loader.dataset_url(path), rank=hvd.rank(), size=hvd.size(), batch_size=batch_size,
+                                 normalize=normalize, num_row_groups=len(loader.row_group_sizes(path))):
+        ctx.heartbeat()
+        n = len(batch["label"])
+        loss, metrics = model.loss(batch)
+        sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+    names = ["loss", *sorted(k for k in sums if k != "loss")] if sums else []
+    names = hvd.broadcast_object(names, root_rank=0)  # ranks with no rows still join the sum
+    totals = hvd.allreduce(torch.tensor([sums.get(k, 0.0) for k in names] + [float(count)], dtype=torch.float64),
+                           op=hvd.Sum, name=f"eval.{split}.{epoch}")
+    n_total = max(totals[-1].item(), 1.0)
+    return {k: totals[i].item() / n_total for i, k in enumerate(names)}
+
+
+def _average(hvd: Any, values: dict[str, float], name: str) -> dict[str, float]:
+    keys = sorted(values)
+    avg = hvd.allreduce(torch.tensor([values[k] for k in keys], dtype=torch.float64), op=hvd.Average, name=name)
+    return {k: avg[i].item() for i, k in enumerate(keys)}
+
