@@ -22,7 +22,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--run-id", help="run id (default: a timestamp); re-use it to resume or re-run")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> PipelineConfig:

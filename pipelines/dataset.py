@@ -25,9 +25,9 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
-    """Identity of the data: the manifest without its creation time (a re-run of the ETL on the
-    same input and config gives the same hash, so checkpoints stay valid)."""
-    stable = {k: v for k, v in manifest.items() if k != "created_at"}
+    """Identity of the data: the manifest without its creation time and config hash (a re-run of
+    the ETL on the same input gives the same hash, so checkpoints stay valid)."""
+    stable = {k: v for k, v in manifest.items() if k not in ("created_at", "config_hash")}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 
 

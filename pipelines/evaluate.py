@@ -34,6 +34,9 @@ def evaluate(spark: SparkSession, predictions: DataFrame, labelled: DataFrame, a
         mean = good.agg(F.mean("reconstruction_error")).first()[0]
         result["reconstruction_error"] = float(mean)
         result["reconstruction_error_quantiles"] = {"p50": q[0], "p90": q[1], "p99": q[2]}
+        baseline = mean_image_baseline(labelled, meta["normalization"])
+        result["baseline_reconstruction_error"] = baseline
+        result["error_vs_baseline"] = float(mean) / baseline if baseline else None
     write_json_atomic(report_dir / "eval.json", result)
     return result
 
@@ -74,3 +77,16 @@ def plot_confusion(confusion: np.ndarray, label_names: list[str], path: Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def mean_image_baseline(frame: DataFrame, normalization: dict[str, Any]) -> float:
+    """Per-element MSE of predicting the split's own mean image, in the model's normalized space.
+
+    The variance of each pixel over the rows, divided by its normalization variance, averaged over
+    pixels; computed with Spark aggregations (one value per pixel reaches the driver).
+    """
+    per_pixel = (frame.select(F.posexplode("features").alias("pos", "value"))
+                 .groupBy("pos").agg(F.var_pop("value").alias("var")).orderBy("pos").collect())
+    variances = np.array([r["var"] for r in per_pixel], dtype=np.float64)
+    std = np.asarray(normalization["std"], dtype=np.float64)
+    return float(np.mean(variances / std ** 2))

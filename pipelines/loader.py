@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 import torch
 
 _DONE = object()
+# Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
 
 
 def dataset_url(path: str | Path) -> str:

@@ -1,0 +1,68 @@
+"""End-to-end job: ETL -> train -> infer -> report, under one run id.
+
+``dlpipe run --config FILE [--run-id ID]``. Re-running with the same run id is safe (a cron
+retry): the ETL republishes the same dataset atomically, training resumes from its latest
+checkpoint (or finds it complete), predictions and report are replaced, never duplicated.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from pyspark.sql import SparkSession
+
+from pipelines import dataset, etl, infer, train
+from pipelines.config import PipelineConfig, to_yaml
+from pipelines.publish import write_json_atomic, write_text_atomic
+from pipelines.report import write_report
+
+
+def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> dict[str, Any]:
+    """Run every stage; write ``summary.json`` and ``report.md`` into the run folder."""
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    summary: dict[str, Any] = {"run_id": config.run_id, "model": config.model.name, "dataset": config.dataset,
+                               "config_hash": config.digest(), "stages": {}}
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        print(f"dlpipe run {config.run_id}: stage {name} ...", flush=True)
+        started = time.monotonic()
+        try:
+            out = fn()
+        except BaseException as e:
+            summary["stages"][name] = {"status": "failed", "seconds": time.monotonic() - started,
+                                       "error": "".join(traceback.format_exception_only(e)).strip()}
+            summary["status"] = "failed"
+            write_json_atomic(run_dir / "summary.json", summary)
+            raise
+        summary["stages"][name] = {"status": "ok", "seconds": round(time.monotonic() - started, 2)}
+        return out
+
+    manifest = stage("etl", lambda: etl.main(spark, config))
+    summary["etl"] = {k: manifest[k] for k in ("records_in", "accepted", "quarantined", "quarantine_by_reason")}
+    trained = stage("train", lambda: train.main(spark, config, on_event=on_event))
+    history = trained["history"]
+    summary["train"] = {"epochs_completed": trained["epochs_completed"], "final_train_loss": history[-1]["loss"],
+                        "final_val_loss": history[-1]["val_loss"],
+                        "final_val_metrics": {k: v for k, v in history[-1].items() if k.startswith("val_")},
+                        "samples_per_s": history[-1]["samples_per_s"]}
+    scored = stage("infer", lambda: infer.main(spark, config))
+    summary["eval"] = {k: v for k, v in scored.get("eval", {}).items() if k not in ("confusion_matrix",)}
+    summary["infer"] = {k: scored[k] for k in ("rows", "bad_rows", "model_loads")}
+    summary["artifact"] = trained["artifact"]
+    summary["predictions"] = scored["predictions"]
+    summary["status"] = "ok"
+    report = write_report(run_dir, summary, history, trained["artifact"],
+                          dataset.split_paths(config.dataset_dir)["test"])
+    summary["report"] = str(report)
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main as cli_main
+
+    sys.exit(cli_main(["run", *sys.argv[1:]]))
