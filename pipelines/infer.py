@@ -35,14 +35,14 @@ _ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32()}
 _MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: artifact digest -> (model, normalizer)
 
 
-class _SetParam(AccumulatorParam):
-    """Accumulates a set (the worker process ids that loaded the model)."""
+class _ListParam(AccumulatorParam):
+    """Accumulates a list: the process id of every model load, so repeated loads would show."""
 
-    def zero(self, value: set) -> set:
-        return set()
+    def zero(self, value: list) -> list:
+        return []
 
-    def addInPlace(self, a: set, b: set) -> set:
-        return a | b
+    def addInPlace(self, a: list, b: list) -> list:
+        return a + b
 
 
 def output_schema(model_schema: dict[str, tuple[str, tuple[int, ...]]]) -> T.StructType:
@@ -90,7 +90,7 @@ def _load_model(artifact_name: str, digest: str, loads: Any) -> Any:
 
         model, meta = load_artifact(SparkFiles.get(artifact_name))
         _MODEL_CACHE[digest] = (model, Normalizer.from_stats(meta["normalization"], meta["feature_shape"]))
-        loads.add({os.getpid()})
+        loads.add([os.getpid()])
     return _MODEL_CACHE[digest]
 
 
@@ -149,7 +149,7 @@ def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_s
     schema = model.output_schema()
     num_features = int(np.prod(meta["feature_shape"]))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    loads = spark.sparkContext.accumulator(set(), _SetParam())
+    loads = spark.sparkContext.accumulator([], _ListParam())
     scorer = make_scorer(name, digest, schema, num_features, batch_size, loads)
     return frame.select("id", "features").mapInArrow(scorer, output_schema(schema)), loads
 
@@ -172,8 +172,8 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     written = spark.read.parquet(str(output / "data"))
     rows = written.count()
     bad = written.filter("error IS NOT NULL").count()
-    print(f"dlpipe infer: {rows} rows scored, {bad} with an error, model loaded by {len(loads.value)} "
-          f"worker process(es); predictions in {output}", flush=True)
+    print(f"dlpipe infer: {rows} rows scored, {bad} with an error, model loaded {len(loads.value)} time(s) "
+          f"in {len(set(loads.value))} worker process(es); predictions in {output}", flush=True)
     result: dict[str, Any] = {"rows": rows, "bad_rows": bad, "predictions": str(output),
                               "model_loads": len(loads.value), "artifact": str(artifact)}
     if "label" in frame.columns:

@@ -46,7 +46,10 @@ def _train(hvd: Any, payload: dict[str, Any], ctx: RankContext) -> dict[str, Any
     model = models.build(config.model.name, feature_shape=feature_shape,
                          num_classes=len(manifest["label_names"]), **config.model.params)
     lr = tc.lr * (size if tc.scale_lr_by_workers else 1)
-    optimizer = _optimizer(tc.optimizer, model, lr, tc.weight_decay)
+    # Wrap before loading any state: DistributedOptimizer rebuilds the optimizer from its param
+    # groups, so state loaded into the unwrapped one would be silently dropped.
+    optimizer = hvd.DistributedOptimizer(_optimizer(tc.optimizer, model, lr, tc.weight_decay),
+                                         named_parameters=model.named_parameters(), op=hvd.Average)
 
     # Rank 0 resumes from the latest checkpoint; everything it knows is broadcast.
     history: list[dict[str, Any]] = []
@@ -61,7 +64,6 @@ def _train(hvd: Any, payload: dict[str, Any], ctx: RankContext) -> dict[str, Any
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     start_epoch, history = hvd.broadcast_object((start_epoch, history), root_rank=0)
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
 
     train_url = loader.dataset_url(payload["splits"]["train"])
     sizes = loader.row_group_sizes(payload["splits"]["train"])

@@ -57,3 +57,21 @@ def seed() -> int:
 @pytest.fixture
 def digits_dir() -> Path:
     return DIGITS_DIR
+
+
+def make_config(workdir: Path, *overrides: str):
+    """A validated config for the bundled digits in ``workdir`` (short defaults for tests)."""
+    from pipelines.config import load_config
+
+    return load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml",
+                       [f"workdir={workdir}", "master=local[2]", "run_id=test", *overrides])
+
+
+@pytest.fixture(scope="session")
+def digits_workdir(spark, tmp_path_factory) -> Path:
+    """A workdir holding the real ETL output of the bundled digits (made once per test session)."""
+    from pipelines import etl
+
+    workdir = tmp_path_factory.mktemp("digits-workdir")
+    etl.main(spark, make_config(workdir))
+    return workdir

@@ -1,0 +1,77 @@
+"""Batch inference with mapInArrow: exact rows, parity with plain PyTorch, one load per worker."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pyspark.sql import types as T
+
+from conftest import make_config
+from pipelines import infer, train
+from pipelines.artifact import load_artifact
+from pipelines.loader import Normalizer
+
+
+@pytest.fixture(scope="module")
+def trained(spark, digits_workdir):
+    config = make_config(digits_workdir, "run_id=infer-cnn", "train.epochs=3")
+    train.main(spark, config)
+    return config
+
+
+def _single_process_forward(artifact, features: np.ndarray) -> dict[str, np.ndarray]:
+    model, meta = load_artifact(artifact)
+    normalize = Normalizer.from_stats(meta["normalization"], meta["feature_shape"])
+    with torch.inference_mode():
+        return {k: v.numpy() for k, v in model.predict(normalize(features)).items()}
+
+
+def test_predictions_match_a_single_process_forward(spark, trained, digits_workdir):
+    result = infer.main(spark, trained)
+    test_dir = digits_workdir / "datasets" / "digits" / "test"
+    source = pq.read_table(test_dir).to_pandas().sort_values("id").reset_index(drop=True)
+    predicted = spark.read.parquet(result["predictions"] + "/data").toPandas().sort_values("id").reset_index(drop=True)
+    assert len(predicted) == len(source) == result["rows"]
+    assert predicted["id"].tolist() == source["id"].tolist()
+    assert predicted["error"].isna().all()
+    expected = _single_process_forward(result["artifact"], np.stack(source["features"]).astype(np.float32))
+    np.testing.assert_array_equal(predicted["prediction"].to_numpy(), expected["prediction"])
+    np.testing.assert_allclose(np.stack(predicted["probabilities"]), expected["probabilities"], atol=1e-5)
+    assert result["eval"]["rows"] == len(source)
+    assert (trained.run_dir() / "report" / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_model_is_loaded_once_per_worker_process(spark, trained, digits_workdir, tmp_path):
+    # A fresh artifact identity (same weights, other bytes), so no worker has it cached yet.
+    artifact = torch.load(trained.run_dir() / "model" / "model.pt", weights_only=True)
+    artifact["note"] = "copy for the load-count test"
+    torch.save(artifact, tmp_path / "model.pt")
+    frame = spark.read.parquet(str(digits_workdir / "datasets" / "digits" / "test")).repartition(12)
+    predictions, loads = infer.predict(spark, frame, tmp_path / "model.pt", batch_size=16)
+    assert predictions.filter("error IS NULL").count() == frame.count()
+    # 12 partitions, many Arrow batches each, on local[2]: each reused Python worker loads it once
+    assert 1 <= len(loads.value) <= 2
+    assert len(set(loads.value)) == len(loads.value), f"a worker loaded the model twice: {loads.value}"
+    # Same artifact again: every worker already has it (cached by content hash), nothing loads.
+    again, loads_again = infer.predict(spark, frame, tmp_path / "model.pt", batch_size=16)
+    assert again.filter("error IS NULL").count() == frame.count()
+    assert len(loads_again.value) <= 2 - len(loads.value)
+
+
+def test_bad_rows_get_null_outputs_and_an_error(spark, trained):
+    good = [float(i % 16) / 16 for i in range(64)]
+    rows = [("ok", good), ("null", None), ("short", good[:10]), ("nan", good[:63] + [float("nan")])]
+    schema = T.StructType([T.StructField("id", T.StringType()),
+                           T.StructField("features", T.ArrayType(T.FloatType()))])
+    frame = spark.createDataFrame(rows, schema)
+    predictions, _ = infer.predict(spark, frame, trained.run_dir() / "model" / "model.pt")
+    out = {r["id"]: r for r in predictions.collect()}
+    assert len(out) == 4
+    assert out["ok"]["error"] is None and out["ok"]["prediction"] is not None
+    assert len(out["ok"]["probabilities"]) == 10
+    assert out["null"]["error"] == "features is null"
+    assert out["short"]["error"] == "features has 10 values, the model expects 64"
+    assert out["nan"]["error"] == "features contain NaN or inf"
+    for bad in ("null", "short", "nan"):
+        assert out[bad]["prediction"] is None and out[bad]["probabilities"] is None

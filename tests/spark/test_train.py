@@ -1,0 +1,102 @@
+"""Training through the real pipeline: Petastorm shards -> 2 Horovod ranks in a barrier stage."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from conftest import make_config
+from pipelines import infer, train
+from pipelines.train import TrainError
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "model" / "model.pt", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(spark, digits_workdir):
+    """A CNN trained on 2 ranks for 15 epochs (shared by the tests of this module)."""
+    config = make_config(digits_workdir, "run_id=cnn-15", "train.epochs=15")
+    result = train.main(spark, config)
+    return config, result
+
+
+def test_two_ranks_reach_95_percent_test_accuracy(spark, trained_cnn):
+    config, result = trained_cnn
+    assert result["epochs_completed"] == 15
+    scored = infer.main(spark, config)
+    assert scored["eval"]["accuracy"] >= 0.95
+
+
+def test_metrics_jsonl_has_one_line_per_epoch_with_samples_seen(trained_cnn, digits_workdir):
+    config, _ = trained_cnn
+    manifest = json.loads((digits_workdir / "datasets" / "digits" / "manifest.json").read_text())
+    lines = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(1, 16))
+    train_rows = manifest["splits"]["train"]["count"]
+    batch, ranks = config.train.batch_size, config.train.num_workers
+    for x in lines:
+        # the whole split, up to at most one batch per rank
+        assert train_rows - batch * ranks < x["samples"] <= train_rows + batch * ranks
+        assert 0.0 <= x["data_wait_fraction"] <= 1.0
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s"} <= set(x)
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+
+def test_artifact_holds_all_inference_needs(trained_cnn):
+    config, result = trained_cnn
+    artifact = torch.load(result["artifact"], weights_only=True)
+    assert artifact["model_name"] == "cnn"
+    assert artifact["label_names"] == [str(i) for i in range(10)]
+    assert artifact["feature_shape"] == [1, 8, 8]
+    assert len(artifact["normalization"]["mean"]) == 1
+
+
+def test_same_seed_same_ranks_give_identical_weights(spark, digits_workdir):
+    runs = []
+    for run_id in ("same-seed-a", "same-seed-b"):
+        config = make_config(digits_workdir, f"run_id={run_id}", "train.epochs=2")
+        train.main(spark, config)
+        runs.append(_weights(config.run_dir()))
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_a_rank_killed_mid_epoch_is_retried_from_the_checkpoint(spark, digits_workdir):
+    """SIGKILL rank 1 in epoch 3; with max_attempts=2 the run resumes after epoch 2 and ends with
+    the same weights as an uninterrupted run."""
+    pids: dict[int, int] = {}
+    killed = []
+
+    def kill_rank_1_in_epoch_3(rank, event):
+        if event["kind"] == "started":
+            pids[rank] = event["pid"]
+        if (event["kind"] == "progress" and event["epoch"] == 3 and event["step"] >= event["steps"] // 2
+                and not killed):
+            os.kill(pids[1], signal.SIGKILL)
+            killed.append(pids[1])
+
+    config = make_config(digits_workdir, "run_id=killed", "train.epochs=5", "train.max_attempts=2",
+                         "train.failure_timeout_s=30")
+    result = train.main(spark, config, on_event=kill_rank_1_in_epoch_3)
+    assert killed, "the test never killed a rank"
+    assert result["epochs_completed"] == 5
+    history = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+
+    clean = make_config(digits_workdir, "run_id=not-killed", "train.epochs=5")
+    train.main(spark, clean)
+    resumed, uninterrupted = _weights(config.run_dir()), _weights(clean.run_dir())
+    for name in resumed:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6)
+
+
+def test_more_ranks_than_row_groups_is_caught_before_launch(spark, digits_workdir):
+    config = make_config(digits_workdir, "run_id=too-many", "train.num_workers=64")
+    with pytest.raises(TrainError, match="train.num_workers=64"):
+        train.main(spark, config)
