@@ -47,10 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
         result = run_verb(args.verb, spark, config)
+    except ConfigError as e:
+        print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        if not type(e).__module__.startswith("pipelines."):  # not ours: keep the traceback
+            raise
+        print(f"dlpipe {args.verb}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     finally:
         spark.stop()
     if args.verb == "run":
-        print(f"dlpipe: report: {result['report']}")
+        print(f"dlpipe: run {config.run_id} finished; report: {result['report']}")
     return 0
 
 
@@ -76,3 +84,7 @@ def run_verb(verb: str, spark: Any, config: PipelineConfig) -> Any:
         print(f"dlpipe check: {config.train.num_workers} Horovod ranks allreduced {result['sum']}")
         return result
     raise ValueError(verb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ Unknown keys are rejected with close-match suggestions; bad values name the key 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import hashlib
 import json
@@ -31,9 +32,9 @@ class SourceConfig:
     labels_csv: str = "labels.csv"  # images: CSV (file,label) inside `path`; "" = label from sub-folder name
     image_shape: list[int] = field(default_factory=lambda: [8, 8])  # H, W every image is resized to
     channels: int = 1  # 1 = greyscale, 3 = RGB
-    feature_columns: list[str] = field(default_factory=list)  # tabular: numeric feature columns, in order
+    feature_columns: list[str] = field(default_factory=list)  # tabular: numeric columns in order, or one array column; [] = all but label/id
     label_column: str = "label"  # tabular: label column
-    id_column: str = ""  # tabular: stable record id; "" = derived from file name + row position
+    id_column: str = ""  # tabular: stable record id; "" = sha1 of the record's content (identical records = duplicates)
     label_names: list[str] = field(default_factory=list)  # known labels in class-index order; [] = sorted distinct
 
 
@@ -206,6 +207,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+    if tp is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+        return str(value)  # YAML read `run_id=2026-11-26` as a date and `dataset=7` as a number
     if tp in (int, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value

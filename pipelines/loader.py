@@ -87,7 +87,7 @@ def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> It
                                shuffle_row_groups=True, shuffle_rows=True, seed=seed * 7919 + pass_no,
                                num_epochs=1, workers_count=workers, reader_pool_type="thread") as reader:
             for chunk in reader:
-                yield np.stack(chunk.features).astype(np.float32, copy=False), np.asarray(chunk.label, np.int64)
+                yield np.stack(chunk.features).astype(np.float32, copy=False), np.array(chunk.label, dtype=np.int64)
         pass_no += 1
 
 
@@ -153,7 +153,7 @@ def read_all(url: str, *, rank: int, size: int, batch_size: int, normalize: Norm
                            num_epochs=1, workers_count=1, **shard) as reader:
         for chunk in reader:
             feats = np.stack(chunk.features).astype(np.float32, copy=False)
-            labels = np.asarray(chunk.label, np.int64)
+            labels = np.array(chunk.label, dtype=np.int64)
             for start in range(0, len(labels), batch_size):
                 yield {"features": normalize(feats[start:start + batch_size]),
                        "label": torch.from_numpy(labels[start:start + batch_size])}

@@ -1,0 +1,88 @@
+"""End to end: `dlpipe run` for each model through Spark ETL, Horovod training and Spark inference."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, make_config
+from pipelines import run
+
+# Figures each case study must reach on the bundled digits test split (see README).
+CASES = {
+    # config file, overrides, check on summary["eval"], report figures
+    "cnn": ("digits_cnn.yaml", lambda e: e["accuracy"] >= 0.97, ["loss_curves.png", "confusion_matrix.png"]),
+    "autoencoder": ("digits_autoencoder.yaml", lambda e: e["error_vs_baseline"] <= 0.4,
+                    ["loss_curves.png", "reconstructions.png"]),
+    "vae": ("digits_vae.yaml", lambda e: e["error_vs_baseline"] <= 0.6,
+            ["loss_curves.png", "reconstructions.png", "samples.png"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, name):
+    config_file, good_enough, figures = CASES[name]
+    from pipelines.config import load_config
+
+    config = load_config(REPO_ROOT / "pipelines" / "configs" / config_file,
+                         [f"workdir={tmp_path}", "master=local[2]", f"run_id={name}"])
+    summary = run.main(spark, config)
+    assert summary["status"] == "ok"
+    assert summary["etl"] == {"records_in": 1797, "accepted": 1797, "quarantined": 0,
+                              "quarantine_by_reason": summary["etl"]["quarantine_by_reason"]}
+    assert summary["train"]["epochs_completed"] == config.train.epochs
+    assert good_enough(summary["eval"]), summary["eval"]
+    report_dir = config.run_dir() / "report"
+    for figure in figures:
+        assert (report_dir / figure).stat().st_size > 1000, figure
+    saved = json.loads((config.run_dir() / "summary.json").read_text())
+    assert saved["eval"] == summary["eval"]
+    assert set(saved["stages"]) == {"etl", "train", "infer"}
+    assert (config.run_dir() / "config.yaml").is_file()
+
+
+def _dlpipe_run(workdir, run_id, *extra):
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--config", "pipelines/configs/digits_cnn.yaml",
+         "--run-id", run_id, f"workdir={workdir}", "master=local[2]", "train.epochs=6", *extra],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+@pytest.mark.slow
+def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
+    """A run killed mid-training, re-run with the same id (a cron retry), resumes from its
+    checkpoint; a third run of the finished id leaves one complete, consistent run."""
+    first = _dlpipe_run(tmp_path, "2026-11-26")
+    deadline = time.monotonic() + 300
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch 3/6 done") or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the whole process group we started: driver, JVM, ranks
+        first.wait()
+    run_dir = tmp_path / "runs" / "2026-11-26"
+    assert not (run_dir / "summary.json").exists() or json.loads((run_dir / "summary.json").read_text())["status"] != "ok"
+
+    for attempt in ("resume", "repeat"):
+        proc = _dlpipe_run(tmp_path, "2026-11-26")
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-3000:]
+        if attempt == "resume":
+            assert "resuming from checkpoint after epoch" in out
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 6
+        epochs = [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3, 4, 5, 6]
+        assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == ["_SUCCESS", "data"]
+        assert summary["infer"]["rows"] == summary["eval"]["rows"]
+        leftovers = [p.name for p in tmp_path.rglob(".*tmp-*")]
+        assert leftovers == []
