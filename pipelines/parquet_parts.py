@@ -1,0 +1,177 @@
+"""Write ``id, label, features`` Parquet part files from Spark executors with exact row groups.
+
+Spark's own Parquet writer cannot promise a row-group size in rows (it cuts by bytes), and
+Horovod ranks are handed whole row groups, so dlpipe writes its datasets with pyarrow inside
+``mapInArrow``: each task streams its Arrow batches into ``part-NNNNN.parquet`` files whose row
+groups hold exactly ``rows_per_row_group`` rows (the last one of a file may hold fewer). A file is
+only opened when its first row arrives, so empty partitions leave no empty files.
+
+The folder written to must be visible to the driver and every executor (local disk in
+``local[*]``, a shared filesystem on a cluster), the same assumption ``publish.atomic_dir`` makes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# What every dlpipe dataset file holds; petastorm's make_batch_reader and pyarrow read it as is.
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("label", pa.int64()),
+        pa.field("features", pa.list_(pa.float32())),
+    ]
+)
+
+# One row per written file, returned by the Spark job to the driver (never the data itself).
+FILE_STATS_DDL = "grp string, file string, rows long, row_groups long, label_counts string"
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """Plain, picklable description of what one task writes.
+
+    ``group_column``: when set, rows go to ``<out_dir>/<group value>/part-NNNNN.parquet`` and the
+    column itself is not written. ``drop_repeated_ids``: the input is sorted by id within the
+    task, and only the first row of each id is kept (the ETL's duplicate rule, applied where all
+    copies of an id meet anyway).
+    """
+
+    out_dir: str
+    rows_per_row_group: int
+    group_column: str = ""
+    drop_repeated_ids: bool = False
+
+
+class _RowGroupFile:
+    """One Parquet file filled in row groups of exactly ``rows_per_group`` rows."""
+
+    def __init__(self, path: str, rows_per_group: int) -> None:
+        self.path = path
+        # Hidden while written (readers skip dot files); a retried task attempt replaces the file.
+        self._tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        self._rows_per_group = rows_per_group
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.rows = 0
+        self.row_groups = 0
+        self.label_counts: Counter[int] = Counter()
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        full = (self._pending_rows // self._rows_per_group) * self._rows_per_group
+        if full:
+            buffered = pa.concat_tables(self._pending)
+            self._flush(buffered.slice(0, full))
+            rest = buffered.slice(full)
+            self._pending = [rest] if rest.num_rows else []
+            self._pending_rows = rest.num_rows
+
+    def _flush(self, table: pa.Table) -> None:
+        if self._writer is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                self._tmp,
+                RECORD_SCHEMA,
+                compression="snappy",
+                use_dictionary=["label"],  # ids are unique, features are floats: no dictionary
+                write_statistics=["id", "label"],
+            )
+        table = table.cast(RECORD_SCHEMA)
+        self._writer.write_table(table, row_group_size=self._rows_per_group)
+        self.rows += table.num_rows
+        self.row_groups += -(-table.num_rows // self._rows_per_group)
+        labels, counts = np.unique(table.column("label").to_numpy(), return_counts=True)
+        self.label_counts.update(dict(zip(labels.tolist(), counts.tolist())))
+
+    def close(self) -> None:
+        if self._pending_rows:
+            self._flush(pa.concat_tables(self._pending))
+            self._pending, self._pending_rows = [], 0
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+
+
+def write_parts(batches: Iterable[pa.RecordBatch], spec: PartSpec, part_index: int) -> list[dict[str, Any]]:
+    """Stream ``batches`` (columns id, label, features [, group]) into part files; return per-file stats.
+
+    Runs inside a Spark task (or anywhere): memory stays bounded by one batch plus less than one
+    row group per open file.
+    """
+    files: dict[str, _RowGroupFile] = {}
+    last_id: str | None = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if spec.drop_repeated_ids:
+            batch, last_id = _drop_repeated_ids(batch, last_id)
+        for group, table in _split_by_group(pa.Table.from_batches([batch]), spec.group_column):
+            name = f"part-{part_index:05d}.parquet"
+            rel = f"{group}/{name}" if spec.group_column else name
+            if rel not in files:
+                files[rel] = _RowGroupFile(os.path.join(spec.out_dir, rel), spec.rows_per_row_group)
+            files[rel].write(table.select(["id", "label", "features"]))
+    stats = []
+    for rel, f in files.items():
+        f.close()
+        if f.rows:
+            stats.append(
+                {
+                    "grp": rel.split("/")[0] if spec.group_column else "",
+                    "file": rel,
+                    "rows": f.rows,
+                    "row_groups": f.row_groups,
+                    "label_counts": json.dumps({str(k): v for k, v in sorted(f.label_counts.items())}),
+                }
+            )
+    return stats
+
+
+def _split_by_group(table: pa.Table, column: str) -> Iterator[tuple[str, pa.Table]]:
+    if not column:
+        yield "", table
+        return
+    values = table.column(column).to_numpy(zero_copy_only=False)
+    for value in dict.fromkeys(values.tolist()):  # first-seen order: sorted input -> one run each
+        yield str(value), table.filter(pa.array(values == value))
+
+
+def _drop_repeated_ids(batch: pa.RecordBatch, last_id: str | None) -> tuple[pa.RecordBatch, str | None]:
+    ids = batch.column("id").to_numpy(zero_copy_only=False)
+    previous = np.empty(len(ids), dtype=object)
+    previous[0] = last_id
+    previous[1:] = ids[:-1]
+    keep = ids != previous
+    return batch.filter(pa.array(keep)), ids[-1]
+
+
+def stats_batch(stats: list[dict[str, Any]]) -> pa.RecordBatch:
+    """The per-file stats as one Arrow batch matching :data:`FILE_STATS_DDL`."""
+    columns = ["grp", "file", "rows", "row_groups", "label_counts"]
+    types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string()]
+    return pa.RecordBatch.from_arrays(
+        [pa.array([s[c] for s in stats], type=t) for c, t in zip(columns, types)], names=columns
+    )
+
+
+def part_writer(spec: PartSpec) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A ``mapInArrow`` function that writes its partition with :func:`write_parts`."""
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        yield stats_batch(write_parts(batches, spec, TaskContext.get().partitionId()))
+
+    return write_partition
