@@ -15,8 +15,10 @@ from pipelines import run
 
 # Figures each case study must reach on the bundled digits test split (see README).
 CASES = {
-    # config file, overrides, check on summary["eval"], report figures
+    # config file (+ overrides), check on summary["eval"], report figures
     "cnn": ("digits_cnn.yaml", lambda e: e["accuracy"] >= 0.97, ["loss_curves.png", "confusion_matrix.png"]),
+    "mlp": ("digits_cnn.yaml model.name=mlp", lambda e: e["accuracy"] >= 0.95,
+            ["loss_curves.png", "confusion_matrix.png"]),
     "autoencoder": ("digits_autoencoder.yaml", lambda e: e["error_vs_baseline"] <= 0.4,
                     ["loss_curves.png", "reconstructions.png"]),
     "vae": ("digits_vae.yaml", lambda e: e["error_vs_baseline"] <= 0.6,
@@ -30,8 +32,9 @@ def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, n
     config_file, good_enough, figures = CASES[name]
     from pipelines.config import load_config
 
+    config_file, *overrides = config_file.split()
     config = load_config(REPO_ROOT / "pipelines" / "configs" / config_file,
-                         [f"workdir={tmp_path}", "master=local[2]", f"run_id={name}"])
+                         [f"workdir={tmp_path}", "master=local[2]", f"run_id={name}", *overrides])
     summary = run.main(spark, config)
     assert summary["status"] == "ok"
     assert summary["etl"] == {"records_in": 1797, "accepted": 1797, "quarantined": 0,
