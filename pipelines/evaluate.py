@@ -73,7 +73,7 @@ def plot_confusion(confusion: np.ndarray, label_names: list[str], path: Path) ->
     ax.set_yticks(range(len(label_names)), label_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix (test split)")
+    ax.set_title("confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
