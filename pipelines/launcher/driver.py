@@ -147,6 +147,12 @@ class Coordinator:
 
     def _register(self, message: dict[str, Any], sock: socket.socket) -> None:
         with self._lock:
+            if len(self._registered) == self.num_workers:
+                # Spark re-ran a task of this barrier stage (a stage retry): its peers are gone, so
+                # it must fail; dlpipe relaunches the whole stage itself (train.max_attempts).
+                send(sock, {"type": "abort", "reason": "this Horovod job already started; Spark's retry "
+                            "of a single barrier task cannot rejoin it"})
+                return
             self._registered[message["partition"]] = (message["host"], sock)
             if len(self._registered) == self.num_workers:
                 self._assign()

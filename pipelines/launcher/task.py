@@ -48,6 +48,8 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int) ->
     if not line:
         raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank")
     assignment = json.loads(line)
+    if "rank" not in assignment:
+        raise RuntimeError(f"task {partition}: the driver refused it: {assignment.get('reason')}")
     sock.settimeout(None)
     rank = assignment["rank"]
     env = rank_environment(spec, assignment, threads)
