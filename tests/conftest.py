@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DIGITS_DIR = REPO_ROOT / "data" / "digits"
+from testkit import DIGITS_DIR, REPO_ROOT, make_config
 
 # Before any JVM starts: loopback only, the project's Spark settings, the venv's Python.
 os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
@@ -57,14 +56,6 @@ def seed() -> int:
 @pytest.fixture
 def digits_dir() -> Path:
     return DIGITS_DIR
-
-
-def make_config(workdir: Path, *overrides: str):
-    """A validated config for the bundled digits in ``workdir`` (short defaults for tests)."""
-    from pipelines.config import load_config
-
-    return load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml",
-                       [f"workdir={workdir}", "master=local[2]", "run_id=test", *overrides])
 
 
 @pytest.fixture(scope="session")

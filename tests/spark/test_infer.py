@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyspark.sql import types as T
 
-from conftest import make_config
+from testkit import make_config
 from pipelines import infer, train
 from pipelines.artifact import load_artifact
 from pipelines.loader import Normalizer

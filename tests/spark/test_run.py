@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, make_config
+from testkit import REPO_ROOT, make_config
 from pipelines import run
 
 # Figures each case study must reach on the bundled digits test split (see README).

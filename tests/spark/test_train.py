@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from conftest import make_config
+from testkit import make_config
 from pipelines import infer, train
 from pipelines.train import TrainError
 

@@ -37,7 +37,7 @@ def test_bad_keys_and_values_are_named(override, message):
 
 @pytest.mark.parametrize("name", REPO_CONFIGS)
 def test_bundled_configs_validate_and_round_trip(name):
-    from conftest import REPO_ROOT
+    from testkit import REPO_ROOT
     import yaml
 
     config = load_config(REPO_ROOT / "pipelines" / "configs" / name)
