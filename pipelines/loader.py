@@ -102,27 +102,24 @@ def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int
 
     def produce() -> None:
         try:
-            feats_buf, labels_buf, have, made = [], [], 0, 0
+            made = 0
+            carry_f = np.zeros((0, 0), np.float32)
+            carry_l = np.zeros(0, np.int64)
             for feats, labels in _shard_passes(url, rank, size, seed, workers):
-                feats_buf.append(feats)
-                labels_buf.append(labels)
-                have += len(labels)
-                while have >= batch_size and made < steps:
-                    all_f, all_l = np.concatenate(feats_buf), np.concatenate(labels_buf)
-                    batch = {"features": normalize(all_f[:batch_size]), "label": torch.from_numpy(all_l[:batch_size])}
-                    feats_buf, labels_buf, have = [all_f[batch_size:]], [all_l[batch_size:]], have - batch_size
-                    made += 1
-                    while not stop.is_set():
-                        try:
-                            out.put(batch, timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
+                if len(carry_l):  # only the < batch_size leftover is copied, never the whole chunk again
+                    feats, labels = np.concatenate([carry_f, feats]), np.concatenate([carry_l, labels])
+                start = 0
+                while len(labels) - start >= batch_size and made < steps and not stop.is_set():
+                    end = start + batch_size
+                    _put(out, {"features": normalize(feats[start:end]), "label": torch.from_numpy(labels[start:end])},
+                         stop)
+                    start, made = end, made + 1
+                carry_f, carry_l = feats[start:], labels[start:]
                 if made >= steps or stop.is_set():
                     break
-            out.put(_DONE)
+            _put(out, _DONE, stop)
         except BaseException as e:  # surfaced in the consumer
-            out.put(e)
+            _put(out, e, stop)
 
     thread = threading.Thread(target=produce, name=f"dlpipe-loader-rank{rank}", daemon=True)
     thread.start()
@@ -136,6 +133,16 @@ def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int
             yield item
     finally:
         stop.set()
+
+
+def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
+    """Block until the consumer takes ``item``, unless it has stopped listening."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            continue
 
 
 def read_all(url: str, *, rank: int, size: int, batch_size: int, normalize: Normalizer,
