@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines.config import ConfigError, PipelineConfig, load_config
 
-VERBS = ("etl", "generate", "train", "infer", "run", "check")
+VERBS = ("etl", "generate", "train", "infer", "run", "check", "bench")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -21,6 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("verb", choices=VERBS)
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--run-id", help="run id (default: a timestamp); re-use it to resume or re-run")
+    parser.add_argument("--size", default="small", choices=("tiny", "small", "large"),
+                        help="bench only: data size (`dlpipe bench NAME --size tiny`, NAME: all or one benchmark)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -37,6 +39,14 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    bench_name = ""
+    if args.verb == "bench":  # `dlpipe bench NAME`: NAME arrives as the first positional after the verb
+        from pipelines.bench import NAMES
+
+        bench_name = args.overrides.pop(0) if args.overrides else ""
+        if bench_name not in ("all", *NAMES):
+            print(f"dlpipe bench: name a benchmark: all, {', '.join(NAMES)} (got {bench_name!r})", file=sys.stderr)
+            return 2
     try:
         config = resolve_config(args)
     except ConfigError as e:
@@ -46,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
-        result = run_verb(args.verb, spark, config)
+        if bench_name:
+            from pipelines import bench
+
+            result = bench.main(spark, config, bench_name, args.size)
+        else:
+            result = run_verb(args.verb, spark, config)
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2

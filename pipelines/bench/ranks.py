@@ -1,0 +1,55 @@
+"""Rank entry points for the benchmarks: dlpipe's own trainer, plus two measurements.
+
+``timed_train_rank`` runs ``pipelines.trainer.train_rank`` unchanged and adds two events: the
+wall-clock time of the end of the first training step (``bench_first_step``) and the rank's peak
+resident memory (``bench_peak_rss``). The step is seen through the heartbeat the trainer calls at
+the start of every step: the second heartbeat of the run marks the end of the first step.
+"""
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.launcher import RankContext
+
+_beats = [0]
+
+
+@dataclass(frozen=True)
+class _StepClock(RankContext):
+    """A RankContext that emits ``bench_first_step`` when the first training step has ended."""
+
+    def heartbeat(self) -> None:
+        super().heartbeat()
+        _beats[0] += 1
+        if _beats[0] == 2:  # trainer: heartbeat at the start of each step, the first one before step 0
+            self.emit("bench_first_step")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """``pipelines.trainer.train_rank`` with the first-step time and the peak RSS as events."""
+    from pipelines import trainer
+
+    clock = _StepClock(ctx.rank, ctx.size, ctx.local_rank, ctx.threads, ctx.attempt)
+    try:
+        return trainer.train_rank(payload, clock)
+    finally:
+        ctx.emit("bench_peak_rss", bytes=peak_rss_bytes())
+
+
+def noop_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """Join Horovod and leave: what launching costs, without any training."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    ctx.emit("bench_joined")
+    try:
+        return {"size": hvd.size()}
+    finally:
+        hvd.shutdown()

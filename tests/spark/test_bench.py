@@ -1,0 +1,59 @@
+"""Every benchmark runs end to end at ``--size tiny`` and writes its figures (nothing is timed here)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from testkit import make_config
+from pipelines import bench
+
+# ratio -> the contenders it is computed from (one of them must say why, when the ratio is missing)
+REQUIRED = {
+    "loader": {"ratio_vs_pyarrow": ["dlpipe_petastorm", "pyarrow_numpy_torch"]},
+    "train": {"scaling_efficiency": ["dlpipe_2_ranks", "torch_1_process"],
+              "ratio_vs_ddp": ["dlpipe_2_ranks", "ddp_2_processes"],
+              "launch_seconds": ["dlpipe_launch_to_first_step"],
+              "launch_ratio_vs_torchdistributor": ["dlpipe_launch_to_first_step", "torchdistributor_noop"]},
+    "infer": {"ratio_vs_torch": ["dlpipe_infer", "torch_1_process"],
+              "ratio_vs_predict_batch_udf": ["dlpipe_infer", "predict_batch_udf"]},
+    "etl": {"ratio_vs_plain_spark": ["dlpipe_etl", "plain_spark"]},
+    "memory": {"rss_growth": ["peak_rss_base", "peak_rss_10x"]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_results(spark, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    docs_path = workdir / "benchmarks.md"
+    results = bench.main(spark, make_config(workdir), "all", "tiny", docs_path=docs_path)
+    return workdir, docs_path, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", bench.NAMES)
+def test_each_benchmark_writes_its_json_with_its_ratios(tiny_results, name):
+    workdir, _, results = tiny_results
+    written = json.loads((workdir / "bench" / f"{name}.json").read_text())
+    assert written["benchmark"] == name and written["size"] == "tiny"
+    assert written["ratios"] == results[name]["ratios"]
+    for key, sources in REQUIRED[name].items():
+        value = written["ratios"][key]
+        if value is None:  # a contender could not run here: the JSON must say why
+            assert any(written["unavailable"].get(c) for c in sources), (key, written["unavailable"])
+            continue
+        assert math.isfinite(value), (key, value)
+        assert value > (-1.0 if key == "rss_growth" else 0.0), (key, value)
+    for contender in written["contenders"].values():
+        assert contender["values"] and all(math.isfinite(v) for v in contender["values"])
+        assert contender["min"] <= contender["median"] <= contender["max"]
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_the_docs_page_where_asked(tiny_results):
+    _, docs_path, _ = tiny_results
+    page = docs_path.read_text()
+    assert "Size `tiny`" in page
+    for name in bench.NAMES:
+        assert f"## {name}" in page

@@ -1,0 +1,87 @@
+"""The benchmark docs page and table, generated from a fixture JSON (no Spark, nothing measured)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipelines.bench import common, docs
+
+MACHINE = {"cores": 2, "cpu": "AMD EPYC", "memory_gib": 23.4, "os": "Linux-6.1-x86_64", "python": "3.11.7",
+           "pyspark": "3.5.9", "pyarrow": "14.0.2", "torch": "2.13.0", "petastorm": "0.12.1", "horovod": "0.28.1"}
+
+
+def _result(name: str, ratios: dict, contenders: dict, **extra) -> dict:
+    report = common.Report(name, "small", params={"batch_size": 64})
+    for key, (values, unit) in contenders.items():
+        report.add(key, values, unit, f"what {key} does")
+    report.ratios = ratios
+    result = report.to_dict()
+    result.update(machine=MACHINE, seconds=12.5, load_average={"before": [1.25, 1, 1], "after": [1.5, 1, 1]}, **extra)
+    return result
+
+
+@pytest.fixture
+def bench_dir(tmp_path):
+    loader = _result("loader", {"ratio_vs_pyarrow": 0.5}, {"dlpipe_petastorm": ([40.0, 50.0, 60.0], "samples/s"),
+                                                           "pyarrow_numpy_torch": ([100.0, 100.0], "samples/s")})
+    loader["limits"] = {"ratio_vs_pyarrow": "Petastorm copies every row twice."}
+    memory = _result("memory", {"rss_growth": 0.02}, {"peak_rss_base": ([400.0], "MiB"), "peak_rss_10x": ([408.0], "MiB")})
+    infer = _result("infer", {"ratio_vs_torch": 0.9, "ratio_vs_predict_batch_udf": None},
+                    {"dlpipe_infer": ([9.0e3], "rows/s"), "torch_1_process": ([1.0e4], "rows/s")})
+    infer["unavailable"] = {"predict_batch_udf": "ImportError: no pyspark.ml"}
+    tiny_etl = _result("etl", {"ratio_vs_plain_spark": 0.3}, {"dlpipe_etl": ([1.0], "rows/s")})
+    tiny_etl["size"] = "tiny"
+    for r in (loader, memory, infer, tiny_etl):
+        (tmp_path / f"{r['benchmark']}.json").write_text(json.dumps(r))
+    return tmp_path
+
+
+def test_summarize_gives_median_and_relative_spread():
+    s = common.summarize([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
+    assert s["spread"] == pytest.approx(1.0)
+    assert s["values"] == [3.0, 1.0, 2.0]
+
+
+def test_ratios_and_targets():
+    assert common.ratio(3.0, 4.0) == 0.75
+    assert common.ratio(3.0, None) is None and common.ratio(3.0, 0.0) is None
+    assert common.meets("ratio_vs_pyarrow", 0.8) is True
+    assert common.meets("ratio_vs_pyarrow", 0.79) is False
+    assert common.meets("rss_growth", 0.1) is True and common.meets("rss_growth", 0.2) is False
+    assert common.meets("launch_seconds", 3.0) is None
+    assert common.target_text("ratio_vs_ddp") == ">= 1"
+
+
+def test_load_keeps_only_the_requested_size_in_benchmark_order(bench_dir):
+    assert list(docs.load(bench_dir, "small")) == ["loader", "infer", "memory"]
+    assert list(docs.load(bench_dir, "tiny")) == ["etl"]
+
+
+def test_page_has_machine_commands_summary_targets_and_limits(bench_dir):
+    page = docs.render(docs.load(bench_dir, "small"), "small")
+    assert "2 cores: AMD EPYC; 23.4 GiB memory" in page
+    assert "make bench" in page and "dlpipe bench loader --size small" in page
+    assert "| loader | `ratio_vs_pyarrow` | 0.5 | >= 0.8 | **missed** |" in page
+    assert "| memory | `rss_growth` | 0.02 | <= 0.1 | met |" in page
+    assert "| infer | `ratio_vs_predict_batch_udf` | n/a | >= 1 |  |" in page
+    assert "| `dlpipe_petastorm` | 50 | 40.0% | 3 | samples/s | what dlpipe_petastorm does |" in page
+    assert "could not run here: ImportError: no pyspark.ml" in page
+    assert "**What limits `ratio_vs_pyarrow`.** Petastorm copies every row twice." in page
+    assert "etl" not in page.split("## Summary")[1].split("## loader")[0]  # the tiny result is left out
+
+
+def test_write_renders_to_the_given_path(bench_dir, tmp_path):
+    out = docs.write(bench_dir, tmp_path / "docs" / "benchmarks.md", "small")
+    assert out.read_text().startswith("# Benchmarks")
+    empty = docs.render({}, "large")
+    assert "No benchmark results at size `large`" in empty
+
+
+def test_console_table_marks_missed_targets(bench_dir):
+    result = json.loads((bench_dir / "loader.json").read_text())
+    table = common.format_table(result)
+    assert "ratio_vs_pyarrow = 0.5  (target >= 0.8)  MISSED" in table
+    assert "dlpipe_petastorm" in table and math.isfinite(result["contenders"]["dlpipe_petastorm"]["median"])
