@@ -43,6 +43,19 @@ def timed_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any
         ctx.emit("bench_peak_rss", bytes=peak_rss_bytes())
 
 
+def pinned_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """``timed_train_rank`` with this rank process (all its threads) pinned to its own core(s).
+
+    A what-if for the benchmark's knob sweep: the launcher does not pin ranks today.
+    """
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    first = (ctx.local_rank * ctx.threads) % len(cores)
+    os.sched_setaffinity(0, {cores[(first + i) % len(cores)] for i in range(ctx.threads)})
+    return timed_train_rank(payload, ctx)
+
+
 def noop_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     """Join Horovod and leave: what launching costs, without any training."""
     import horovod.torch as hvd

@@ -11,6 +11,8 @@ split of the same ETL output, one after the other:
 - ``torch_2_independent_processes``: two such processes at once, not communicating (summed): what the
   machine's 2 cores give to 2 processes at all (``machine_scaling`` = this / (2 x torch_1_process)).
 - ``ddp_2_processes``: PyTorch DDP (Gloo on 127.0.0.1), 2 single-thread processes, in-memory tensors.
+- Knob sweep (small and large): dlpipe's 2 ranks once each with HOROVOD_CYCLE_TIME 5 ms, batch 128,
+  and rank processes pinned to their own cores (``pipelines.bench.ranks.pinned_train_rank``).
 - Launch: ``dlpipe_launch_to_first_step`` (call -> end of the trainer's first step);
   ``dlpipe_noop_launch`` (``run_horovod`` of an entry that joins Horovod and returns);
   ``torchdistributor_noop`` (``TorchDistributor(num_processes=2, local_mode=False).run(noop)``,
@@ -41,11 +43,13 @@ SIZES = {
     "small": {"data": common.DataSpec(10000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 2, "sweep": True},
     "large": {"data": common.DataSpec(50000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 3, "sweep": True},
 }
-# Knobs tried on dlpipe's 2 ranks (one launch each, after the rounds): name -> config overrides.
+TIMED_ENTRY = "pipelines.bench.ranks:timed_train_rank"
+# Knobs tried on dlpipe's 2 ranks (one launch each, after the rounds): name -> (config overrides, rank entry).
+# Also tried by hand on this machine, and slower: HOROVOD_CYCLE_TIME 0.1-0.2 ms and 20 ms.
 SWEEP = {
-    "dlpipe_2_ranks_cycle_0.2ms": ["train.horovod_cycle_time_ms=0.2"],
-    "dlpipe_2_ranks_cycle_5ms": ["train.horovod_cycle_time_ms=5"],
-    "dlpipe_2_ranks_batch128": ["train.batch_size=128"],
+    "dlpipe_2_ranks_cycle_5ms": (["train.horovod_cycle_time_ms=5"], TIMED_ENTRY),
+    "dlpipe_2_ranks_batch128": (["train.batch_size=128"], TIMED_ENTRY),
+    "dlpipe_2_ranks_pinned": ([], "pipelines.bench.ranks:pinned_train_rank"),
 }
 RANKS = 2
 
@@ -101,11 +105,12 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         if values and key not in report.unavailable:
             report.add(key, values, "samples/s", DESCRIPTIONS[key])
 
-    for key, overrides in (SWEEP.items() if s["sweep"] else ()):
-        common.log(NAME, f"knob: {key} ({' '.join(overrides)})")
+    for key, (overrides, entry) in (SWEEP.items() if s["sweep"] else ()):
+        common.log(NAME, f"knob: {key}")
         out = _dlpipe_train(spark, common.derive(config, *overrides), ds, manifest, splits, s["epochs"],
-                            run_name=f"train-{key}")
-        report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {' '.join(overrides)}",
+                            run_name=f"train-{key}", entry=entry)
+        what = " ".join(overrides) if overrides else "each rank process pinned to its own core (sched_setaffinity)"
+        report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {what}",
                    data_wait_fraction=round(sum(out["data_wait_fraction"][1:]) / (len(out["data_wait_fraction"]) - 1), 3))
 
     common.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
@@ -163,7 +168,8 @@ def scaling_limit(report: common.Report) -> str:
         base = report.median("dlpipe_2_ranks")
         parts.append(f"Knobs tried against the default ({base:,.0f} samples/s, HOROVOD_CYCLE_TIME "
                      f"{report.params['horovod_cycle_time_ms']:g} ms, batch {report.params['batch_size_per_rank']}): "
-                     + ", ".join(f"{' '.join(SWEEP[k])} {v:,.0f}" for k, v in tried) + " samples/s.")
+                     + ", ".join(f"{' '.join(SWEEP[k][0]) or 'ranks pinned to cores'} {v:,.0f}" for k, v in tried)
+                     + " samples/s.")
     return " ".join(parts)
 
 
@@ -183,7 +189,7 @@ DESCRIPTIONS = {
     "ddp_2_processes": "PyTorch DDP (Gloo, 127.0.0.1), 2 single-thread processes, in-memory tensors",
 }
 def _dlpipe_train(spark: Any, config: PipelineConfig, ds: Path, manifest: dict[str, Any], splits: dict[str, str],
-                  epochs: int, run_name: str) -> dict[str, Any]:
+                  epochs: int, run_name: str, entry: str = TIMED_ENTRY) -> dict[str, Any]:
     """One launch of dlpipe's trainer (as ``pipelines.train.main`` launches it), timed from the call."""
     cfg = common.derive(config, f"train.epochs={epochs}", f"train.num_workers={RANKS}", f"dataset={ds.name}")
     run_dir = (common.bench_dir(config) / "runs" / run_name).resolve()
@@ -206,7 +212,7 @@ def _dlpipe_train(spark: Any, config: PipelineConfig, ds: Path, manifest: dict[s
             rss[rank] = event["bytes"]
 
     called = time.time()
-    result = run_horovod(spark, "pipelines.bench.ranks:timed_train_rank", payload, num_workers=RANKS,
+    result = run_horovod(spark, entry, payload, num_workers=RANKS,
                          start_timeout_s=cfg.train.start_timeout_s, failure_timeout_s=cfg.train.failure_timeout_s,
                          gloo_iface=cfg.train.gloo_iface, extra_env=env, on_event=on_event,
                          description=f"dlpipe bench train ({run_name})")
