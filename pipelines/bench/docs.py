@@ -82,14 +82,15 @@ def render(results: dict[str, dict[str, Any]], size: str) -> str:
         "## Reproduce",
         "",
         "```",
-        "make bench                                  # = .venv/bin/dlpipe bench all --size small",
-        *[f"{r['command']:<43} # {r['seconds']:g} s" for r in results.values()],
+        "make bench                                            # = .venv/bin/dlpipe bench all --size small",
+        *[f"{'.venv/bin/' + r['command']:<53} # {r['seconds']:g} s" for r in results.values()],
         "python -m pipelines.bench.docs work/bench docs/benchmarks.md " + size + "   # re-render this page",
         "```",
         "",
-        "Each benchmark runs its contenders one after the other in one process tree, on the same data and "
-        "the same cores; every figure is the median of the repeated measurements, and the spread is "
-        "(max - min) / median over them.",
+        "Each benchmark runs its contenders in one process tree, on the same data and the same cores, taking "
+        "turns round by round so that a change in machine load hits all of them alike; every figure is the "
+        "median of the repeated measurements, and the spread is (max - min) / median over them. The load "
+        "average above includes the benchmark's own processes (about 2 while two ranks train).",
         "",
         "## Summary",
         "",

@@ -158,11 +158,12 @@ def scaling_limit(report: common.Report) -> str:
                 "process on this machine (`machine_scaling`)")
         parts.append(said + (": the two cores do not give two cores' worth of this model, a ceiling no launcher "
                              "can pass." if machine < 0.9 else ", so the cores themselves scale."))
-    if r.get("ddp_scaling_efficiency") is not None:
-        parts.append(f"PyTorch DDP on in-memory tensors reaches {r['ddp_scaling_efficiency']:.0%}.")
-    parts.append("Besides its compute thread, each rank runs a Petastorm reader thread, the loader's batching "
-                 "thread and Horovod's background thread, and the barrier tasks and the Spark driver share the "
-                 "same two cores; a single process has all of one core to itself.")
+    ddp = r.get("ddp_scaling_efficiency")
+    parts.append("What the figures point at is synchronization: every step ends in an allreduce that waits for the slower rank, so "
+                 "whenever one rank loses its core for a moment (to its own Petastorm reader and batching threads, "
+                 "Horovod's background thread, the barrier task relaying its output, the Spark driver or the OS) "
+                 "both ranks stall" + (f"; PyTorch DDP on in-memory tensors, with no reader threads and no Spark, "
+                                       f"reaches {ddp:.0%}." if ddp is not None else "."))
     tried = [(k, report.median(k)) for k in SWEEP if report.median(k)]
     if tried:
         base = report.median("dlpipe_2_ranks")
@@ -176,10 +177,15 @@ def scaling_limit(report: common.Report) -> str:
 def ddp_limit(report: common.Report) -> str:
     """What limits ``ratio_vs_ddp``."""
     wait = report.contenders["dlpipe_2_ranks"]["data_wait_fraction"]
-    return ("DDP here trains on tensors already in memory, while dlpipe's ranks stream and normalize Parquet "
-            f"on the same two cores (data wait {wait:.1%} of step time, and the reader threads' CPU time); "
+    text = ("DDP here trains on tensors already in memory, while dlpipe's ranks stream and normalize Parquet "
+            f"on the same two cores (data wait {wait:.1%} of step time, plus the reader threads' CPU time); "
             "Horovod's allreduce also passes through its background thread (HOROVOD_CYCLE_TIME), where DDP "
             "reduces gradient buckets straight from autograd hooks.")
+    pinned, ddp = report.median("dlpipe_2_ranks_pinned"), report.median("ddp_2_processes")
+    if pinned and ddp:
+        text += (f" With each rank process pinned to its own core (a launcher change, tried here as a what-if) "
+                 f"dlpipe reaches {pinned / ddp:.2f}x DDP.")
+    return text
 
 
 DESCRIPTIONS = {
