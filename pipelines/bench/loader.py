@@ -112,9 +112,8 @@ def limit_text(report: common.Report) -> str:
             "one NumPy object per row that `np.stack` copies again, and `shuffle_rows` adds a `take` over the "
             "whole row group; pyarrow hands one flat buffer to NumPy without a copy.")
         if dl / reader < 0.95:
-            parts.append(f"The loader's own batching and normalizing then keep {dl / reader:.0%} of the reader's rate "
-                         "(`pipelines.loader.epoch_batches` re-concatenates its whole carry-over buffer for every "
-                         "batch).")
+            parts.append(f"The loader's own batching and normalizing (`pipelines.loader.epoch_batches`, one "
+                         f"producer thread) then keep {dl / reader:.0%} of the reader's rate.")
         else:
             parts.append("The loader's own batching and normalizing, in their own thread, cost nothing measurable "
                          f"on top ({dl / reader:.0%} of the reader's rate).")
