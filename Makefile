@@ -25,7 +25,7 @@ package: setup
 	bash scripts/package.sh
 
 bench: setup
-	$(VENV)/bin/dlpipe bench all --size small
+	$(PY) -m benchmarks all --size small
 
 clean:
 	rm -rf work dist .pytest_cache

@@ -6,6 +6,7 @@ outputs and their declared schema, so callers never branch on which model they r
     loss, metrics = model.loss(batch)         # training / validation
     outputs = model.predict(features)         # inference, one row per input
     model.output_schema()                     # -> Spark return type of the inference UDF
+    model.figures                             # what the run report shows for this model
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# dtypes an output may declare; the inference job maps these names to Spark types
-OUTPUT_DTYPES = {"int64": torch.int64, "float32": torch.float32}
 
 OutputSchema = dict[str, tuple[str, tuple[int, ...]]]
 
@@ -35,9 +33,10 @@ class DlpipeModel(nn.Module, abc.ABC):
 
     name: ClassVar[str]  # registry name, e.g. "cnn"
     config_class: ClassVar[type]  # the @dataclass holding this model's hyperparameters
-    task: ClassVar[str]  # "classification" or "reconstruction"
-    primary_metric: ClassVar[str]  # key of `loss` metrics used for model selection
-    higher_is_better: ClassVar[bool]  # direction of `primary_metric`
+    # Figures the run report draws for this model, by name (see pipelines.report.FIGURES):
+    # "confusion_matrix" (needs a `prediction` output), "reconstructions" (needs `reconstruct`),
+    # "samples" (needs `sample`).
+    figures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -88,13 +87,6 @@ class DlpipeModel(nn.Module, abc.ABC):
         with eval_mode(self), torch.no_grad():
             return self._predict(features)
 
-    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
-        """Deterministic reconstruction of `features` (same shape); reconstruction models only."""
-        raise NotImplementedError(
-            f"model {self.name!r} has task {self.task!r}; reconstruct() exists only for "
-            "task 'reconstruction' models"
-        )
-
     def check_features(self, features: torch.Tensor) -> None:
         """Raise ValueError unless `features` is (B, *feature_shape)."""
         if tuple(features.shape[1:]) != self.feature_shape:
@@ -107,9 +99,7 @@ class DlpipeModel(nn.Module, abc.ABC):
 class Classifier(DlpipeModel):
     """Cross-entropy classifier; subclasses implement `forward(x) -> logits (B, num_classes)`."""
 
-    task: ClassVar[str] = "classification"
-    primary_metric: ClassVar[str] = "accuracy"
-    higher_is_better: ClassVar[bool] = True
+    figures: ClassVar[tuple[str, ...]] = ("confusion_matrix",)
 
     def __init__(self, config: Any, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)
@@ -135,9 +125,7 @@ class Classifier(DlpipeModel):
 class Reconstructor(DlpipeModel):
     """Base of the unsupervised models; subclasses implement `_reconstruct` and `loss`."""
 
-    task: ClassVar[str] = "reconstruction"
-    primary_metric: ClassVar[str] = "reconstruction_error"
-    higher_is_better: ClassVar[bool] = False
+    figures: ClassVar[tuple[str, ...]] = ("reconstructions",)
 
     @abc.abstractmethod
     def _reconstruct(self, features: torch.Tensor) -> torch.Tensor:

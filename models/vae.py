@@ -41,6 +41,7 @@ class VAE(Reconstructor):
 
     name: ClassVar[str] = "vae"
     config_class: ClassVar[type] = VAEConfig
+    figures: ClassVar[tuple[str, ...]] = ("reconstructions", "samples")
 
     def __init__(self, config: VAEConfig, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)

@@ -1,28 +1,34 @@
 """``dlpipe VERB --config FILE [key.sub=value ...]``: one entry point for every job.
 
 Verbs: etl, generate, train, infer, run (etl + train + infer under one run id), check (launcher
-smoke test), bench. Each job is also a spark-submit script (``pipelines/<job>.py``) taking the
-same arguments.
+smoke test). The same arguments work with ``python -m pipelines VERB ...`` and
+``spark-submit pipelines/__main__.py VERB ...``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
-from typing import Any
 
 from pipelines.config import ConfigError, PipelineConfig, load_config
 
-VERBS = ("etl", "generate", "train", "infer", "run", "check", "bench")
+# verb -> module whose ``main(spark, config)`` runs it
+JOBS = {
+    "etl": "pipelines.etl.job",
+    "generate": "pipelines.etl.generate",
+    "train": "pipelines.train.driver",
+    "infer": "pipelines.infer.job",
+    "run": "pipelines.run",
+    "check": "pipelines.launcher.smoke",
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dlpipe", description=__doc__.splitlines()[0])
-    parser.add_argument("verb", choices=VERBS)
+    parser.add_argument("verb", choices=list(JOBS))
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--run-id", help="run id (default: a timestamp); re-use it to resume or re-run")
-    parser.add_argument("--size", default="small", choices=("tiny", "small", "large"),
-                        help="bench only: data size (`dlpipe bench NAME --size tiny`, NAME: all or one benchmark)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -39,29 +45,17 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    bench_name = ""
-    if args.verb == "bench":  # `dlpipe bench NAME`: NAME arrives as the first positional after the verb
-        from pipelines.bench import NAMES
-
-        bench_name = args.overrides.pop(0) if args.overrides else ""
-        if bench_name not in ("all", *NAMES):
-            print(f"dlpipe bench: name a benchmark: all, {', '.join(NAMES)} (got {bench_name!r})", file=sys.stderr)
-            return 2
     try:
         config = resolve_config(args)
     except ConfigError as e:
         print(f"dlpipe: config error: {e}", file=sys.stderr)
         return 2
+    job = importlib.import_module(JOBS[args.verb])
     from pipelines.session import get_spark
 
     spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
-        if bench_name:
-            from pipelines import bench
-
-            result = bench.main(spark, config, bench_name, args.size)
-        else:
-            result = run_verb(args.verb, spark, config)
+        result = job.main(spark, config)
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2
@@ -75,31 +69,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "run":
         print(f"dlpipe: run {config.run_id} finished; report: {result['report']}")
     return 0
-
-
-def run_verb(verb: str, spark: Any, config: PipelineConfig) -> Any:
-    if verb == "etl":
-        from pipelines import etl
-        return etl.main(spark, config)
-    if verb == "generate":
-        from pipelines import generate
-        return generate.main(spark, config)
-    if verb == "train":
-        from pipelines import train
-        return train.main(spark, config)
-    if verb == "infer":
-        from pipelines import infer
-        return infer.main(spark, config)
-    if verb == "run":
-        from pipelines import run
-        return run.main(spark, config)
-    if verb == "check":
-        from pipelines.launcher import run_horovod
-        result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=config.train.num_workers)
-        print(f"dlpipe check: {config.train.num_workers} Horovod ranks allreduced {result['sum']}")
-        return result
-    raise ValueError(verb)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,21 +6,23 @@ checkpoint (or finds it complete), predictions and report are replaced, never du
 """
 from __future__ import annotations
 
-import sys
 import time
 import traceback
 from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 
-from pipelines import dataset, etl, infer, train
-from pipelines.config import PipelineConfig, to_yaml
+from pipelines.etl import job as etl
+from pipelines.infer import job as infer
+from pipelines.train import driver as train
+from pipelines.config import ConfigError, PipelineConfig, to_yaml
 from pipelines.publish import write_json_atomic, write_text_atomic
 from pipelines.report import write_report
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> dict[str, Any]:
     """Run every stage; write ``summary.json`` and ``report.md`` into the run folder."""
+    check_splits(config)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
@@ -46,23 +48,26 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
     trained = stage("train", lambda: train.main(spark, config, on_event=on_event))
     history = trained["history"]
     summary["train"] = {"epochs_completed": trained["epochs_completed"], "final_train_loss": history[-1]["loss"],
-                        "final_val_loss": history[-1]["val_loss"],
+                        "final_val_loss": history[-1].get("val_loss"),
                         "final_val_metrics": {k: v for k, v in history[-1].items() if k.startswith("val_")},
                         "samples_per_s": history[-1]["samples_per_s"]}
     scored = stage("infer", lambda: infer.main(spark, config))
-    summary["eval"] = {k: v for k, v in scored.get("eval", {}).items() if k not in ("confusion_matrix",)}
+    evaluation = scored.get("eval", {})
+    summary["eval"] = {k: v for k, v in evaluation.items() if k not in ("confusion_matrix",)}
     summary["infer"] = {k: scored[k] for k in ("rows", "bad_rows", "model_loads")}
     summary["artifact"] = trained["artifact"]
     summary["predictions"] = scored["predictions"]
     summary["status"] = "ok"
-    report = write_report(run_dir, summary, history, trained["artifact"],
-                          dataset.split_paths(config.dataset_dir)["test"])
+    what = f"the {scored['split']} split" if scored["split"] else scored["input"]
+    report = write_report(run_dir, summary, history, trained["artifact"], evaluation, what, scored["input"])
     summary["report"] = str(report)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main as cli_main
-
-    sys.exit(cli_main(["run", *sys.argv[1:]]))
+def check_splits(config: PipelineConfig) -> None:
+    """The split inference will score must be one the ETL makes: say so before any work."""
+    ic = config.infer
+    if not ic.input and ic.split not in config.etl.splits:
+        raise ConfigError(f"infer.split={ic.split!r} is not one of the splits etl.splits makes "
+                          f"({', '.join(config.etl.splits)}): set infer.split to one of them")

@@ -16,6 +16,10 @@ os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 os.environ.setdefault("SPARK_CONF_DIR", str(REPO_ROOT / "spark-conf"))
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+# Executors (and the rank processes they start) import test-only rank entries (rank_faults) and
+# the benchmarks package: put tests/ and the repository root on their path.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / "tests"), str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +65,7 @@ def digits_dir() -> Path:
 @pytest.fixture(scope="session")
 def digits_workdir(spark, tmp_path_factory) -> Path:
     """A workdir holding the real ETL output of the bundled digits (made once per test session)."""
-    from pipelines import etl
+    from pipelines.etl import job as etl
 
     workdir = tmp_path_factory.mktemp("digits-workdir")
     etl.main(spark, make_config(workdir))

@@ -1,8 +1,12 @@
-"""Tiny rank entry points that prove the launcher and the stack: ``dlpipe check`` and the tests."""
+"""``dlpipe check``: N Horovod ranks in a barrier stage allreduce a tensor (proves the launcher and the stack)."""
 from __future__ import annotations
 
 from typing import Any
 
+from pyspark.sql import SparkSession
+
+from pipelines.config import PipelineConfig
+from pipelines.launcher.driver import run_horovod
 from pipelines.launcher.rank import RankContext
 
 
@@ -22,26 +26,13 @@ def allreduce_sum(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
         hvd.shutdown()
 
 
-def raise_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
-    """Fail on ``payload['rank']`` after Horovod is up; the others block in a collective."""
-    import horovod.torch as hvd
-    import torch
-
-    hvd.init()
-    if ctx.rank == payload["rank"]:
-        raise ValueError(f"injected failure on rank {ctx.rank}")
-    hvd.allreduce(torch.ones(1), name="never-completes")
-
-
-def stall_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
-    """``payload['rank']`` stays alive but never joins the collective: a silent deadlock."""
-    import time
-
-    import horovod.torch as hvd
-    import torch
-
-    hvd.init()
-    ctx.heartbeat()
-    if ctx.rank == payload["rank"]:
-        time.sleep(3600)
-    hvd.allreduce(torch.ones(1), name="waits-for-a-live-but-stuck-peer")
+def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
+    """Run :func:`allreduce_sum` on ``train.num_workers`` ranks and check the sum."""
+    n = config.train.num_workers
+    result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=n,
+                         start_timeout_s=config.train.start_timeout_s, gloo_iface=config.train.gloo_iface)
+    expected = float(n * (n + 1) // 2)
+    if result["sum"] != [expected] * 4:
+        raise RuntimeError(f"dlpipe check: {n} ranks allreduced {result['sum']}, expected {expected} each")
+    print(f"dlpipe check: {n} Horovod ranks allreduced {result['sum']}")
+    return result

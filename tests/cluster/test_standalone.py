@@ -1,8 +1,8 @@
 """spark-submit against a real standalone cluster (Master + 2 one-core Workers on 127.0.0.1).
 
-1. ``pipelines/run.py`` (ETL -> 2-rank Horovod training -> inference) with ``--py-files dist/dlpipe.zip``,
+1. ``pipelines/__main__.py run`` (ETL -> 2-rank Horovod training -> inference) with ``--py-files dist/dlpipe.zip``,
    executors on this venv's Python.
-2. ``pipelines/train.py`` with the executors on the packed environment, as on YARN:
+2. ``pipelines/__main__.py train`` with the executors on the packed environment, as on YARN:
    ``--archives dist/env.tar.gz#env --conf spark.pyspark.python=./env/bin/python``.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ DIGITS_RECORDS = 1797
 
 @pytest.fixture(scope="module")
 def pipeline_run(spark_submit, dlpipe_zip, tmp_path_factory) -> dict:
-    """One ``spark-submit pipelines/run.py`` on the cluster; returns its summary, manifest and workdir."""
+    """One ``spark-submit pipelines/__main__.py run`` on the cluster; returns its summary, manifest and workdir."""
     workdir = tmp_path_factory.mktemp("cluster-workdir")
-    result = spark_submit("run", ["--py-files", str(dlpipe_zip)], "pipelines/run.py",
-                          ["--config", CONFIG, "--run-id", "cluster-test", f"workdir={workdir}", "train.epochs=2"])
-    assert result.returncode == 0, f"spark-submit pipelines/run.py exited {result.returncode}:\n{result.tail()}"
+    result = spark_submit("run", ["--py-files", str(dlpipe_zip)], "pipelines/__main__.py",
+                          ["run", "--config", CONFIG, "--run-id", "cluster-test", f"workdir={workdir}", "train.epochs=2"])
+    assert result.returncode == 0, f"spark-submit pipelines/__main__.py run exited {result.returncode}:\n{result.tail()}"
     summary = json.loads((workdir / "runs" / "cluster-test" / "summary.json").read_text())
     manifest = json.loads((workdir / "datasets" / "digits" / "manifest.json").read_text())
     return {"summary": summary, "manifest": manifest, "workdir": workdir, "log": result.log,
@@ -77,11 +77,11 @@ def test_train_with_packed_env_on_standalone_cluster(pipeline_run, packed_env, d
         ["--archives", f"{packed_env}#env", "--py-files", str(dlpipe_zip),
          "--conf", "spark.pyspark.python=./env/bin/python",
          "--conf", f"spark.pyspark.driver.python={sys.executable}"],
-        "pipelines/train.py",
-        ["--config", CONFIG, "--run-id", "cluster-packed", f"workdir={workdir}", "train.epochs=1"],
+        "pipelines/__main__.py",
+        ["train", "--config", CONFIG, "--run-id", "cluster-packed", f"workdir={workdir}", "train.epochs=1"],
         timeout_s=240,
     )
-    assert result.returncode == 0, f"spark-submit pipelines/train.py exited {result.returncode}:\n{result.tail()}"
+    assert result.returncode == 0, f"spark-submit pipelines/__main__.py train exited {result.returncode}:\n{result.tail()}"
     assert (workdir / "runs" / "cluster-packed" / "model" / "model.pt").is_file()
     # Each worker unpacked the archive for this application's executor.
     unpacked = [list(d.glob("app-*/*/env/bin/python3.11")) for d in standalone_cluster.work_dirs]

@@ -53,7 +53,7 @@ def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, n
 def _dlpipe_run(workdir, run_id, *extra):
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "--config", "pipelines/configs/digits_cnn.yaml",
+        [sys.executable, "-m", "pipelines", "run", "--config", "pipelines/configs/digits_cnn.yaml",
          "--run-id", run_id, f"workdir={workdir}", "master=local[2]", "train.epochs=6", *extra],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)

@@ -8,9 +8,10 @@ import torch
 from pyspark.sql import types as T
 
 from testkit import make_config
-from pipelines import infer, train
+from pipelines.infer import job as infer
+from pipelines.train import driver as train
 from pipelines.artifact import load_artifact
-from pipelines.loader import Normalizer
+from pipelines.artifact import Normalizer
 
 
 @pytest.fixture(scope="module")

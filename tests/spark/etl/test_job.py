@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines import etl, etl_validate
+from pipelines.etl import job as etl
+from pipelines.etl import validate as etl_validate
 from pipelines.config import ConfigError, load_config
-from pipelines.etl import EtlError
+from pipelines.etl.sources import EtlError
 from pipelines.publish import SUCCESS
 
 DIGIT_IDS = [f"images/digit_{i:04d}.png" for i in range(1797)]

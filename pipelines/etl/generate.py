@@ -1,7 +1,7 @@
 """Generate job: synthetic deformed digits at any scale, computed on the executors.
 
-    spark-submit pipelines/generate.py --config FILE [generate.num_samples=1000000 ...]
-    python -m pipelines.generate [key=value ...]
+    dlpipe generate --config FILE [generate.num_samples=1000000 ...]
+    spark-submit pipelines/__main__.py generate --config FILE [key=value ...]
 
 Each sample is one of the 1,797 real 8x8 digits (``data/digits``, shipped as a broadcast array)
 under a seeded random affine map (rotation, shift, slight scale), a smooth elastic displacement and
@@ -34,7 +34,7 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 
 from pipelines.config import ConfigError, GenerateConfig, PipelineConfig
-from pipelines.parquet_parts import FILE_STATS_DDL, PartSpec, stats_batch, write_parts
+from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, stats_batch, write_parts
 from pipelines.publish import atomic_dir, write_json_atomic
 from pipelines.session import REPO_ROOT, describe
 
@@ -229,11 +229,3 @@ def _block_writer(params: Deformation, digits, spec: PartSpec):
         yield stats_batch(write_parts(samples(), spec, TaskContext.get().partitionId()))
 
     return generate_and_write
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipelines.cli import main as cli_main
-
-    sys.exit(cli_main(["generate", *sys.argv[1:]]))

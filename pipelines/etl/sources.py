@@ -2,7 +2,7 @@
 
 Every reader returns the columns of :data:`RECORD_COLUMNS`, one row per raw record, without
 dropping anything: problems are recorded in the ``*_detail`` columns and turned into quarantine
-reasons by ``pipelines.etl``.
+reasons by ``pipelines.etl.validate``.
 
     id               string        stable record id (image path relative to source.path, id column, or content hash)
     source           string        file the record came from
@@ -303,7 +303,7 @@ def _scalar_features(cols: list[str], fields: dict[str, T.DataType], root: Path)
 
 
 def _array_features(c: str, dtype: T.ArrayType) -> dict[str, Column]:
-    """One array column holding the whole feature vector (what pipelines.generate writes)."""
+    """One array column holding the whole feature vector (what pipelines.etl.generate writes)."""
     col = F.col(c)
     if isinstance(dtype.elementType, _NUMERIC):
         values, decode_detail = col.cast("array<float>"), F.lit(None).cast("string")

@@ -95,7 +95,6 @@ def test_loss_returns_scalar_and_detached_metrics(name: str, shape: tuple[int, .
 
     assert loss.dim() == 0 and loss.requires_grad
     assert set(metrics) == EXPECTED_METRICS[name]
-    assert model.primary_metric in metrics
     for key, value in metrics.items():
         assert value.dim() == 0 and not value.requires_grad, key
 
@@ -115,17 +114,19 @@ def test_loss_decreases_on_a_fixed_batch(name: str, shape: tuple[int, ...]) -> N
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
 
 
-def test_task_and_primary_metric() -> None:
-    for name in ("mlp", "cnn"):
+def test_each_model_declares_the_figures_its_outputs_and_methods_support() -> None:
+    expected = {"mlp": ("confusion_matrix",), "cnn": ("confusion_matrix",), "autoencoder": ("reconstructions",),
+                "vae": ("reconstructions", "samples")}
+    for name, figures in expected.items():
         model = build(name, (1, 8, 8))
-        assert (model.task, model.primary_metric, model.higher_is_better) == ("classification", "accuracy", True)
-    for name in ("autoencoder", "vae"):
-        model = build(name, (1, 8, 8))
-        assert (model.task, model.primary_metric, model.higher_is_better) == (
-            "reconstruction",
-            "reconstruction_error",
-            False,
-        )
+        assert model.figures == figures
+        if "confusion_matrix" in figures:
+            assert "prediction" in model.output_schema()
+        if "reconstructions" in figures:
+            x = torch.randn(3, 1, 8, 8)
+            assert model.reconstruct(x).shape == x.shape
+        if "samples" in figures:
+            assert model.sample(4).shape == (4, 1, 8, 8)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
@@ -153,9 +154,9 @@ def test_reconstruct_is_deterministic_and_agrees_with_predict(name: str) -> None
     assert model.training  # predict / reconstruct restore the caller's mode
 
 
-def test_classifier_has_no_reconstruct() -> None:
-    with pytest.raises(NotImplementedError, match="classification"):
-        build("mlp", (1, 8, 8)).reconstruct(torch.zeros(1, 1, 8, 8))
+def test_classifier_has_no_reconstruct_and_does_not_ask_for_reconstructions() -> None:
+    model = build("mlp", (1, 8, 8))
+    assert not hasattr(model, "reconstruct") and "reconstructions" not in model.figures
 
 
 def test_predict_is_deterministic_with_dropout_in_training_mode() -> None:

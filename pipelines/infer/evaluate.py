@@ -1,6 +1,7 @@
 """Evaluation of predictions against labels, chosen by the model's declared outputs (not its kind):
 ``prediction`` -> accuracy, per-class precision/recall, confusion matrix;
-``reconstruction_error`` -> mean and quantiles. Written as JSON and PNG into the run's report."""
+``reconstruction_error`` -> mean and quantiles. Written as ``eval.json`` (and the confusion matrix
+as a PNG) into the run's report folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,15 +11,15 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.artifact import load_metadata
 from pipelines.publish import write_json_atomic
+from pipelines.report import CONFUSION_FILE, plot_confusion
 
 
 def evaluate(spark: SparkSession, predictions: DataFrame, labelled: DataFrame, artifact: Path,
              report_dir: Path) -> dict[str, Any]:
     """Metrics of ``predictions`` (id + outputs) joined to ``labelled`` (id + label) by id."""
-    import torch
-
-    meta = torch.load(artifact, map_location="cpu", weights_only=True)
+    meta = load_metadata(artifact)
     label_names = list(meta["label_names"])
     good = predictions.filter("error IS NULL")
     result: dict[str, Any] = {}
@@ -28,7 +29,7 @@ def evaluate(spark: SparkSession, predictions: DataFrame, labelled: DataFrame, a
         for row in pairs:
             confusion[row["label"], row["prediction"]] = row["count"]
         result.update(classification_metrics(confusion, label_names))
-        plot_confusion(confusion, label_names, report_dir / "confusion_matrix.png")
+        plot_confusion(confusion, label_names, report_dir / CONFUSION_FILE)
     if "reconstruction_error" in predictions.columns:
         q = good.approxQuantile("reconstruction_error", [0.5, 0.9, 0.99], 0.001)
         mean = good.agg(F.mean("reconstruction_error")).first()[0]
@@ -55,28 +56,6 @@ def classification_metrics(confusion: np.ndarray, label_names: list[str]) -> dic
     }
     return {"accuracy": float(tp.sum() / total) if total else 0.0, "rows": int(total),
             "per_class": per_class, "confusion_matrix": confusion.tolist(), "label_names": label_names}
-
-
-def plot_confusion(confusion: np.ndarray, label_names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(confusion, cmap="Blues")
-    for (i, j), v in np.ndenumerate(confusion):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                color="white" if v > confusion.max() / 2 else "black")
-    ax.set_xticks(range(len(label_names)), label_names)
-    ax.set_yticks(range(len(label_names)), label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def mean_image_baseline(frame: DataFrame, normalization: dict[str, Any]) -> float:

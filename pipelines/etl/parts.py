@@ -7,7 +7,7 @@ groups hold exactly ``rows_per_row_group`` rows (the last one of a file may hold
 only opened when its first row arrives, so empty partitions leave no empty files.
 
 The folder written to must be visible to the driver and every executor (local disk in
-``local[*]``, a shared filesystem on a cluster), the same assumption ``publish.atomic_dir`` makes.
+``local[*]``, a shared filesystem on a cluster), the same assumption ``pipelines.publish.atomic_dir`` makes.
 """
 from __future__ import annotations
 
@@ -21,14 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# What every dlpipe dataset file holds; petastorm's make_batch_reader and pyarrow read it as is.
-RECORD_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string()),
-        pa.field("label", pa.int64()),
-        pa.field("features", pa.list_(pa.float32())),
-    ]
-)
+from pipelines.dataset import RECORD_SCHEMA
 
 # One row per written file, returned by the Spark job to the driver (never the data itself).
 FILE_STATS_DDL = "grp string, file string, rows long, row_groups long, label_counts string"

@@ -2,22 +2,23 @@
 
 The loop calls the model's own ``loss`` and never branches on model kind. Rank 0 writes
 checkpoints, ``metrics.jsonl`` and the final model artifact; all other state is broadcast from it.
+Everything a rank knows arrives as one :class:`~pipelines.train.job.TrainJob`.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import models
-from pipelines import loader
-from pipelines.artifact import save_artifact
-from pipelines.checkpoint import latest_checkpoint, save_checkpoint
-from pipelines.config import from_dict
+from pipelines import dataset
+from pipelines.artifact import Normalizer, save_artifact
 from pipelines.launcher import RankContext
 from pipelines.publish import write_text_atomic
+from pipelines.train import loader
+from pipelines.train.checkpoint import latest_checkpoint, save_checkpoint
+from pipelines.train.job import TrainJob
 
 PROGRESS_EVENTS_PER_EPOCH = 20
 
@@ -26,21 +27,21 @@ def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     """Train on this rank's shard; rank 0 returns the run's summary."""
     import horovod.torch as hvd
 
+    job = TrainJob.from_payload(payload)
     hvd.init()
     try:
-        return _train(hvd, payload, ctx)
+        return _train(hvd, job, ctx)
     finally:
         hvd.shutdown()
 
 
-def _train(hvd: Any, payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
-    config = from_dict(payload["config"])
+def _train(hvd: Any, job: TrainJob, ctx: RankContext) -> dict[str, Any]:
+    config = job.config
     tc = config.train
-    manifest = payload["manifest"]
-    run_dir = Path(payload["run_dir"])
+    manifest = job.manifest
     rank, size = hvd.rank(), hvd.size()
     feature_shape = tuple(manifest["feature_shape"])
-    normalize = loader.Normalizer.from_stats(manifest["normalization"], feature_shape)
+    normalize = Normalizer.from_stats(manifest["normalization"], feature_shape)
 
     torch.manual_seed(tc.seed)
     model = models.build(config.model.name, feature_shape=feature_shape,
@@ -55,7 +56,7 @@ def _train(hvd: Any, payload: dict[str, Any], ctx: RankContext) -> dict[str, Any
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if rank == 0:
-        ckpt = latest_checkpoint(run_dir / "checkpoints", payload["manifest_hash"])
+        ckpt = latest_checkpoint(job.checkpoints, job.manifest_hash)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -65,35 +66,35 @@ def _train(hvd: Any, payload: dict[str, Any], ctx: RankContext) -> dict[str, Any
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     start_epoch, history = hvd.broadcast_object((start_epoch, history), root_rank=0)
 
-    train_url = loader.dataset_url(payload["splits"]["train"])
-    sizes = loader.row_group_sizes(payload["splits"]["train"])
-    steps = loader.steps_per_epoch(sizes, size, tc.batch_size)
+    train_url = dataset.dataset_url(job.train_path)
+    sizes = dataset.row_group_sizes(job.train_path)
+    steps = dataset.steps_per_epoch(sizes, size, tc.batch_size)
     if steps == 0:
         raise ValueError(f"train.batch_size={tc.batch_size} is larger than every rank's shard "
-                         f"({min(loader.shard_rows(sizes, r, size) for r in range(size))} rows): lower it")
-    ctx.emit("plan", steps_per_epoch=steps, shard_rows=loader.shard_rows(sizes, rank, size), epochs=tc.epochs,
+                         f"({min(dataset.shard_rows(sizes, r, size) for r in range(size))} rows): lower it")
+    ctx.emit("plan", steps_per_epoch=steps, shard_rows=dataset.shard_rows(sizes, rank, size), epochs=tc.epochs,
              start_epoch=start_epoch)
 
     for epoch in range(start_epoch, tc.epochs):
         # Seeded per (seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would.
         torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
         train_stats = _train_epoch(hvd, model, optimizer, ctx, epoch, steps, tc, train_url, normalize, size)
-        val_stats = _evaluate(hvd, model, ctx, payload, "val", tc.batch_size, normalize, epoch)
+        val_stats = (_evaluate(hvd, model, ctx, job.validation_path, tc.batch_size, normalize, epoch)
+                     if job.validation_path else {})
         record = {"epoch": epoch + 1, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()}}
         history.append(record)
         ctx.heartbeat()
         ctx.emit("epoch", **record)
         if rank == 0:
-            save_checkpoint(run_dir / "checkpoints", {
+            save_checkpoint(job.checkpoints, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "history": history, "config": payload["config"], "manifest_hash": payload["manifest_hash"]})
-            write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                "history": history, "config": config.to_dict(), "manifest_hash": job.manifest_hash})
+            write_text_atomic(job.metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
     result: dict[str, Any] = {"epochs_completed": len(history), "history": history}
     if rank == 0:
-        artifact = run_dir / "model" / "model.pt"
-        save_artifact(artifact, model, manifest, payload["manifest_hash"], config)
-        result["artifact"] = str(artifact)
+        save_artifact(job.artifact, model, manifest, job.manifest_hash, config)
+        result["artifact"] = str(job.artifact)
     return result
 
 
@@ -106,7 +107,7 @@ def _optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float
 
 
 def _train_epoch(hvd: Any, model: Any, optimizer: Any, ctx: RankContext, epoch: int, steps: int, tc: Any,
-                 url: str, normalize: loader.Normalizer, size: int) -> dict[str, float]:
+                 url: str, normalize: Normalizer, size: int) -> dict[str, float]:
     model.train()
     batches = loader.epoch_batches(url, rank=ctx.rank, size=size, batch_size=tc.batch_size, steps=steps,
                                    seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers)
@@ -139,15 +140,14 @@ def _train_epoch(hvd: Any, model: Any, optimizer: Any, ctx: RankContext, epoch: 
 
 
 @torch.inference_mode()
-def _evaluate(hvd: Any, model: Any, ctx: RankContext, payload: dict[str, Any], split: str, batch_size: int,
-              normalize: loader.Normalizer, epoch: int) -> dict[str, float]:
-    """Loss and metrics over the whole split, each rank reading its part, averaged by sample count."""
+def _evaluate(hvd: Any, model: Any, ctx: RankContext, path: str, batch_size: int, normalize: Normalizer,
+              epoch: int) -> dict[str, float]:
+    """Loss and metrics over the whole split at ``path``, each rank reading its part, averaged by sample count."""
     model.eval()
-    path = payload["splits"][split]
     sums: dict[str, float] = {}
     count = 0
-    for batch in loader.read_all(loader.dataset_url(path), rank=hvd.rank(), size=hvd.size(), batch_size=batch_size,
-                                 normalize=normalize, num_row_groups=len(loader.row_group_sizes(path))):
+    for batch in loader.read_all(dataset.dataset_url(path), rank=hvd.rank(), size=hvd.size(), batch_size=batch_size,
+                                 normalize=normalize, num_row_groups=len(dataset.row_group_sizes(path))):
         ctx.heartbeat()
         n = len(batch["label"])
         loss, metrics = model.loss(batch)
@@ -158,7 +158,7 @@ def _evaluate(hvd: Any, model: Any, ctx: RankContext, payload: dict[str, Any], s
     names = ["loss", *sorted(k for k in sums if k != "loss")] if sums else []
     names = hvd.broadcast_object(names, root_rank=0)  # ranks with no rows still join the sum
     totals = hvd.allreduce(torch.tensor([sums.get(k, 0.0) for k in names] + [float(count)], dtype=torch.float64),
-                           op=hvd.Sum, name=f"eval.{split}.{epoch}")
+                           op=hvd.Sum, name=f"eval.{epoch}")
     n_total = max(totals[-1].item(), 1.0)
     return {k: totals[i].item() / n_total for i, k in enumerate(names)}
 

@@ -1,11 +1,12 @@
 """ETL job: raw records -> validated, split, normalised Parquet dataset with a manifest.
 
-    spark-submit pipelines/etl.py --config FILE [key=value ...]
-    python -m pipelines.etl --config FILE [key=value ...]
+    dlpipe etl --config FILE [key=value ...]
+    spark-submit pipelines/__main__.py etl --config FILE [key=value ...]
 
-Output, published atomically as ``<workdir>/datasets/<dataset>/`` (a re-run replaces it)::
+Output, published atomically as ``<workdir>/datasets/<dataset>/`` (a re-run replaces it), in the
+format ``pipelines.dataset`` defines::
 
-    train/ val/ test/   part-NNNNN.parquet: id string, label int64 (class index), features list<float32>
+    <split>/ ...        one folder per etl.splits entry: part-NNNNN.parquet (id, label, features)
     quarantine/         rejected records: id, source, row, label, reason, detail
     manifest.json       counts, shapes, train-split normalisation, label names, config hash
     _SUCCESS
@@ -29,13 +30,14 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines import dataset
 from pipelines.config import ConfigError, EtlConfig, PipelineConfig
-from pipelines.etl_sources import EtlError, Extracted, read_records
-from pipelines.etl_validate import (
+from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, part_writer
+from pipelines.etl.sources import EtlError, Extracted, read_records
+from pipelines.etl.validate import (
     DUPLICATE_ORDER, REASONS, assign_split, classify, feature_shape, label_names_from, mark_duplicates,
     with_feature_count,
 )
-from pipelines.parquet_parts import FILE_STATS_DDL, PartSpec, part_writer
 from pipelines.publish import atomic_dir, write_json_atomic
 from pipelines.session import describe
 
@@ -43,17 +45,17 @@ __all__ = ["EtlError", "main", "validate", "publish"]
 
 STD_FLOOR = 1e-6  # normalisation never divides by ~0
 NARROW_COLUMNS = ["id", "source", "row", "label", "decode_detail", "null_detail", "nonfinite_detail", "fingerprint", "n_features"]
-QUARANTINE_COLUMNS = ["id", "source", "row", "label", "reason", "detail"]
 
 
 # --- checks of the config ---------------------------------------------------------------------
 
 def check_etl_config(etl: EtlConfig) -> None:
     """Reject settings the ETL cannot honour, naming the key and the fix."""
-    if not etl.splits or "train" not in etl.splits:
-        raise ConfigError(f"etl.splits={etl.splits} must include 'train' (normalisation is computed on it)")
+    if not etl.splits or dataset.TRAIN_SPLIT not in etl.splits:
+        raise ConfigError(f"etl.splits={etl.splits} must include '{dataset.TRAIN_SPLIT}' (normalisation is "
+                          f"computed on it)")
     for name, fraction in etl.splits.items():
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == "quarantine":
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == dataset.QUARANTINE:
             raise ConfigError(f"etl.splits: {name!r} cannot be a split folder name; use letters, digits, _ or -")
         if not fraction > 0:
             raise ConfigError(f"etl.splits.{name}={fraction}: every fraction must be > 0 (drop the split instead)")
@@ -76,7 +78,7 @@ def write_quarantine(decided: DataFrame, path: Path) -> None:
     """Quarantined records as one Parquet file (schema-only when there are none)."""
     (
         decided.filter(F.col("reason").isNotNull())
-        .select(*QUARANTINE_COLUMNS)
+        .select(*dataset.QUARANTINE_COLUMNS)
         .repartition(1)
         .sortWithinPartitions("reason", "id", "source", "row")
         .write.option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")  # one _SUCCESS: the dataset's
@@ -225,7 +227,7 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
     etl = config.etl
     with atomic_dir(config.dataset_dir) as tmp:
         describe(spark, "etl: write quarantine")
-        write_quarantine(verdict.decided, tmp / "quarantine")
+        write_quarantine(verdict.decided, tmp / dataset.QUARANTINE)
         describe(spark, "etl: write splits")
         stats = write_splits(records, tmp, etl, int(np.prod(verdict.feature_shape)), verdict.label_names)
         splits = summarize_splits(stats, etl.splits, verdict.label_names)
@@ -235,26 +237,24 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
                 f"internal reconciliation failed: {verdict.accepted} records accepted but {written} written; "
                 f"did {extracted.path} change while the ETL ran? Re-run it."
             )
-        if splits["train"]["count"] == 0:
+        if splits[dataset.TRAIN_SPLIT]["count"] == 0:
             raise EtlError(f"the train split is empty ({written} records accepted); check etl.splits={etl.splits}")
         describe(spark, "etl: normalisation stats")
-        manifest = {
-            "records_in": verdict.records_in,
-            "accepted": verdict.accepted,
-            "quarantined": verdict.records_in - verdict.accepted,
-            "quarantine_by_reason": verdict.by_reason,
-            "splits": splits,
-            "feature_shape": verdict.feature_shape,
-            "dtype": "float32",
-            "columns": {"id": "string", "label": "int64", "features": "list<float32>"},
-            "normalization": normalization_stats(spark, tmp / "train", etl.normalization),
-            "label_names": verdict.label_names,
-            "source": {"kind": etl.source.kind, "path": str(extracted.path)},
-            "config_hash": config.digest(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "rows_per_row_group": etl.rows_per_row_group,
-        }
-        write_json_atomic(tmp / "manifest.json", manifest)
+        manifest = dataset.make_manifest(
+            records_in=verdict.records_in,
+            accepted=verdict.accepted,
+            quarantined=verdict.records_in - verdict.accepted,
+            quarantine_by_reason=verdict.by_reason,
+            splits=splits,
+            feature_shape=verdict.feature_shape,
+            normalization=normalization_stats(spark, tmp / dataset.TRAIN_SPLIT, etl.normalization),
+            label_names=verdict.label_names,
+            source={"kind": etl.source.kind, "path": str(extracted.path)},
+            config_hash=config.digest(),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            rows_per_row_group=etl.rows_per_row_group,
+        )
+        write_json_atomic(tmp / dataset.MANIFEST_FILE, manifest)
     return manifest
 
 
@@ -283,11 +283,3 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
         f"{manifest['quarantined']} (quarantine: {reasons}) -> {config.dataset_dir}"
     )
     return manifest
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipelines.cli import main as cli_main
-
-    sys.exit(cli_main(["etl", *sys.argv[1:]]))

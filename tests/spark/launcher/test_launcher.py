@@ -26,7 +26,7 @@ def test_events_reach_the_driver_with_the_rank(spark):
 def test_a_rank_that_raises_fails_the_stage_with_its_error(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
-        run_horovod(spark, "pipelines.launcher.smoke:raise_on_rank", {"rank": 1}, num_workers=2,
+        run_horovod(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2,
                     failure_timeout_s=30)
     assert time.monotonic() - started < 60
     message = str(err.value)
@@ -43,7 +43,7 @@ def test_more_ranks_than_slots_is_a_clear_error(spark):
 def test_a_rank_stuck_in_a_collective_ends_within_the_failure_timeout(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
-        run_horovod(spark, "pipelines.launcher.smoke:stall_on_rank", {"rank": 1}, num_workers=2,
+        run_horovod(spark, "rank_faults:stall_on_rank", {"rank": 1}, num_workers=2,
                     failure_timeout_s=10)
     assert time.monotonic() - started < 60
     assert "rank 0" in str(err.value) and "no progress for 10s" in str(err.value)

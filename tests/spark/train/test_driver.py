@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from testkit import make_config
-from pipelines import infer, train
-from pipelines.train import TrainError
+from pipelines.infer import job as infer
+from pipelines.train import driver as train
+from pipelines.train.driver import TrainError
 
 
 def _weights(run_dir):

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import etl, generate
+from pipelines.etl import generate
+from pipelines.etl import job as etl
 from pipelines.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -100,8 +101,8 @@ def test_generate_and_etl_larger_than_spark_memory(tmp_path):
               "spark.spark.ui.enabled=false", f"spark.spark.local.dir={tmp_path / 'spark-local'}"]
     out = tmp_path / "generated" / f"digits_28px_{n}"
     jobs = {
-        "generate": ["pipelines.generate", *common, f"generate.num_samples={n}", "generate.image_size=28"],
-        "etl": ["pipelines.etl", *common, "dataset=gen28", "etl.source.kind=parquet", f"etl.source.path={out}",
+        "generate": ["pipelines", "generate", *common, f"generate.num_samples={n}", "generate.image_size=28"],
+        "etl": ["pipelines", "etl", *common, "dataset=gen28", "etl.source.kind=parquet", f"etl.source.path={out}",
                 "etl.source.feature_columns=[features]", "etl.source.id_column=id",
                 "etl.source.image_shape=[28,28]", "etl.rows_per_row_group=1024"],
     }

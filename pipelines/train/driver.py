@@ -1,23 +1,25 @@
-"""Training job (driver side): ``spark-submit pipelines/train.py --config FILE [key=value ...]``.
+"""Training job, driver side (``dlpipe train`` / ``spark-submit pipelines/__main__.py train``).
 
-Reads only the ETL's manifest and Parquet; launches one barrier stage of ``train.num_workers``
-Horovod ranks (see ``pipelines.launcher``) running ``pipelines.trainer.train_rank``; retries a
-failed stage up to ``train.max_attempts`` times, each attempt resuming from the last checkpoint.
+Reads only the ETL's manifest and Parquet; plans one :class:`~pipelines.train.job.TrainJob` and
+launches one barrier stage of ``train.num_workers`` Horovod ranks (see ``pipelines.launcher``)
+running :func:`pipelines.train.rank.train_rank`; retries a failed stage up to
+``train.max_attempts`` times, each attempt resuming from the last checkpoint.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 
-from pipelines import dataset
 from pipelines.config import PipelineConfig, to_yaml
+from pipelines.dataset import VALIDATION_SPLIT, row_group_sizes
 from pipelines.launcher import LaunchError, run_horovod
-from pipelines.loader import row_group_sizes
 from pipelines.progress import EpochProgress
 from pipelines.publish import write_text_atomic
 from pipelines.session import describe
+from pipelines.train.job import TrainJob, plan_job
+
+RANK_ENTRY = "pipelines.train.rank:train_rank"
 
 EventHandler = Callable[[int, dict[str, Any]], None]
 
@@ -29,14 +31,14 @@ class TrainError(RuntimeError):
 def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | None = None) -> dict[str, Any]:
     """Train ``config.model`` on the ETL output; return rank 0's summary (history, artifact path)."""
     tc = config.train
-    manifest = dataset.load_manifest(config.dataset_dir)
-    splits = dataset.split_paths(config.dataset_dir)
-    check_layout(splits["train"], tc.num_workers)
+    job = plan_job(config)
+    check_layout(job.train_path, tc.num_workers)
+    if not job.validation_path:
+        print(f"dlpipe train: dataset {config.dataset} has no '{VALIDATION_SPLIT}' split: training without "
+              f"per-epoch validation", flush=True)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
-    payload = {"config": config.to_dict(), "manifest": manifest, "manifest_hash": dataset.manifest_hash(manifest),
-               "splits": splits, "run_dir": str(run_dir.resolve())}
     progress = EpochProgress(tc.epochs)
 
     def handle(rank: int, event: dict[str, Any]) -> None:
@@ -45,14 +47,10 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
             on_event(rank, event)
 
     describe(spark, f"train {config.model.name} on {tc.num_workers} Horovod ranks")
-    env = {"HOROVOD_CYCLE_TIME": str(tc.horovod_cycle_time_ms),
-           "HOROVOD_FUSION_THRESHOLD": str(tc.horovod_fusion_threshold_mb * 1024 * 1024)}
     for attempt in range(tc.max_attempts):
         try:
-            return run_horovod(spark, "pipelines.trainer:train_rank", payload, num_workers=tc.num_workers,
-                               start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
-                               gloo_iface=tc.gloo_iface, extra_env=env, on_event=handle, attempt=attempt,
-                               description=f"dlpipe train {config.model.name} (attempt {attempt + 1})")
+            return launch(spark, job, on_event=handle, attempt=attempt,
+                          description=f"dlpipe train {config.model.name} (attempt {attempt + 1})")
         except LaunchError as e:
             if attempt + 1 >= tc.max_attempts:
                 raise TrainError(f"training failed after {tc.max_attempts} attempt(s) "
@@ -62,6 +60,18 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     raise AssertionError("unreachable")
 
 
+def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_event: EventHandler | None = None,
+           attempt: int = 0, description: str = "dlpipe train") -> dict[str, Any]:
+    """One barrier stage running ``entry`` (default: the trainer) on the job's ranks; rank 0's result."""
+    tc = job.config.train
+    env = {"HOROVOD_CYCLE_TIME": str(tc.horovod_cycle_time_ms),
+           "HOROVOD_FUSION_THRESHOLD": str(tc.horovod_fusion_threshold_mb * 1024 * 1024)}
+    return run_horovod(spark, entry, job.to_payload(), num_workers=tc.num_workers,
+                       start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
+                       gloo_iface=tc.gloo_iface, extra_env=env, on_event=on_event, attempt=attempt,
+                       description=description)
+
+
 def check_layout(train_path: str, num_workers: int) -> None:
     """Every rank needs at least one row group of its own: catch it before launching."""
     groups = len(row_group_sizes(train_path))
@@ -69,9 +79,3 @@ def check_layout(train_path: str, num_workers: int) -> None:
         raise TrainError(f"the train split {train_path} has {groups} row group(s) but train.num_workers="
                          f"{num_workers}: lower train.num_workers, or re-run the ETL with a smaller "
                          f"etl.rows_per_row_group or more etl.output_files")
-
-
-if __name__ == "__main__":
-    from pipelines.cli import main as cli_main
-
-    sys.exit(cli_main(["train", *sys.argv[1:]]))

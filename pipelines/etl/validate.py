@@ -19,7 +19,7 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.etl_sources import Extracted
+from pipelines.etl.sources import Extracted
 
 REASONS = ["decode_error", "wrong_shape", "nan_or_inf", "missing_label", "unknown_label", "missing_id", "duplicate_id"]
 SPLIT_BUCKETS = 10_000  # split resolution: fractions are honoured to 0.01%

@@ -1,17 +1,16 @@
-"""Batch inference job: ``spark-submit pipelines/infer.py --config FILE [key=value ...]``.
+"""Scoring with a model artifact, vectorized in Spark: the ``mapInArrow`` function and its helpers.
 
-Reads only the model artifact and Parquet. The artifact reaches the executors through Spark
-(``SparkContext.addFile``), so they need not see the driver's filesystem. Scoring uses
-``mapInArrow``: the ``features`` list column arrives as one flat Arrow buffer that becomes a
-(rows, features) NumPy array without a copy per row, where a pandas UDF would first build one
-Python object per row. Each Python worker loads the model once, cached by the artifact's
-content hash.
+The artifact reaches the executors through Spark (``SparkContext.addFile``), so they need not see
+the driver's filesystem. Scoring uses ``mapInArrow``: the ``features`` list column arrives as one
+flat Arrow buffer that becomes a (rows, features) NumPy array without a copy per row, where a
+pandas UDF would first build one Python object per row. Each Python worker loads the model once,
+cached by the artifact's content hash.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,16 +22,29 @@ from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from pipelines import dataset
-from pipelines.artifact import file_digest, load_artifact
-from pipelines.config import PipelineConfig
-from pipelines.evaluate import evaluate
-from pipelines.publish import atomic_dir
-from pipelines.session import describe
+from pipelines.artifact import file_digest, load_artifact, normalizer
 
 _SPARK_TYPES = {"int64": T.LongType(), "float32": T.FloatType()}
 _ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32()}
 _MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: artifact digest -> (model, normalizer)
+_STAGING: list[Path] = []  # the driver's one staging folder, removed when the driver exits
+
+
+def _ship(spark: SparkSession, artifact: Path, digest: str) -> str:
+    """``addFile`` a copy of ``artifact`` named by its digest; return that name.
+
+    ``addFile`` keys files by name, so the digest keeps versions apart; the copy is made once per
+    artifact version and driver process (the same path added twice is a no-op for Spark).
+    """
+    if not _STAGING:
+        _STAGING.append(Path(tempfile.mkdtemp(prefix="dlpipe-infer-")))
+        atexit.register(shutil.rmtree, _STAGING[0], True)
+    name = f"dlpipe-model-{digest}.pt"
+    staged = _STAGING[0] / name
+    if not staged.is_file():
+        shutil.copyfile(artifact, staged)
+    spark.sparkContext.addFile(str(staged))
+    return name
 
 
 class _ListParam(AccumulatorParam):
@@ -86,10 +98,8 @@ def features_matrix(column: pa.Array, num_features: int) -> tuple[np.ndarray, li
 def _load_model(artifact_name: str, digest: str, loads: Any) -> Any:
     """The worker's cached (model, normalizer); loads it on first use in this process."""
     if digest not in _MODEL_CACHE:
-        from pipelines.loader import Normalizer
-
         model, meta = load_artifact(SparkFiles.get(artifact_name))
-        _MODEL_CACHE[digest] = (model, Normalizer.from_stats(meta["normalization"], meta["feature_shape"]))
+        _MODEL_CACHE[digest] = (model, normalizer(meta))
         loads.add([os.getpid()])
     return _MODEL_CACHE[digest]
 
@@ -141,47 +151,10 @@ def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_s
     """
     artifact = Path(artifact).resolve()
     digest = file_digest(artifact)
-    name = f"dlpipe-model-{digest}.pt"  # addFile keys files by name: the digest keeps versions apart
-    staged = Path(tempfile.mkdtemp(prefix="dlpipe-infer-")) / name
-    shutil.copyfile(artifact, staged)
-    spark.sparkContext.addFile(str(staged))
+    name = _ship(spark, artifact, digest)
     model, meta = load_artifact(artifact)
     schema = model.output_schema()
     num_features = int(np.prod(meta["feature_shape"]))
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     loads = spark.sparkContext.accumulator([], _ListParam())
     scorer = make_scorer(name, digest, schema, num_features, batch_size, loads)
     return frame.select("id", "features").mapInArrow(scorer, output_schema(schema)), loads
-
-
-def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
-    """Score the configured Parquet, publish predictions, and evaluate when labels exist."""
-    ic = config.infer
-    run_dir = config.run_dir()
-    artifact = Path(ic.artifact or run_dir / "model" / "model.pt")
-    if not artifact.is_file():
-        raise FileNotFoundError(f"model artifact {artifact} does not exist: train first (`dlpipe train` with "
-                                f"run_id={config.run_id}) or set infer.artifact")
-    source = ic.input or dataset.split_paths(config.dataset_dir)[ic.split]
-    output = Path(ic.output or run_dir / "predictions")
-    describe(spark, f"infer {Path(source).name} with {artifact.name}")
-    frame = spark.read.parquet(str(source))
-    predictions, loads = predict(spark, frame, artifact, ic.batch_size)
-    with atomic_dir(output) as tmp:
-        predictions.write.mode("overwrite").parquet(str(tmp / "data"))
-    written = spark.read.parquet(str(output / "data"))
-    rows = written.count()
-    bad = written.filter("error IS NOT NULL").count()
-    print(f"dlpipe infer: {rows} rows scored, {bad} with an error, model loaded {len(loads.value)} time(s) "
-          f"in {len(set(loads.value))} worker process(es); predictions in {output}", flush=True)
-    result: dict[str, Any] = {"rows": rows, "bad_rows": bad, "predictions": str(output),
-                              "model_loads": len(loads.value), "artifact": str(artifact)}
-    if "label" in frame.columns:
-        result["eval"] = evaluate(spark, written, frame, artifact, run_dir / "report")
-    return result
-
-
-if __name__ == "__main__":
-    from pipelines.cli import main as cli_main
-
-    sys.exit(cli_main(["infer", *sys.argv[1:]]))

@@ -1,10 +1,10 @@
 """Rank-side data loading: Petastorm shards of the ETL's Parquet into fixed-size torch batches.
 
 Equal work per rank: a rank's shard is the row groups whose index ``i % size == rank`` (Petastorm's
-own rule, in its order: files sorted by path, row groups in file order). Shards can differ in size,
-so every rank runs ``steps_per_epoch(...)`` steps, computed from Parquet footers alike on all
-ranks; a rank whose shard runs out early starts another shuffled pass over it. An epoch thus covers
-the whole split up to at most one batch per rank, and no collective waits for a rank that stopped.
+own rule; see ``pipelines.dataset``). Shards can differ in size, so every rank runs
+``dataset.steps_per_epoch(...)`` steps, computed from Parquet footers alike on all ranks; a rank
+whose shard runs out early starts another shuffled pass over it. An epoch thus covers the whole
+split up to at most one batch per rank, and no collective waits for a rank that stopped.
 """
 from __future__ import annotations
 
@@ -12,69 +12,17 @@ import queue
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+
+from pipelines.artifact import Normalizer
 
 _DONE = object()
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
-
-
-def dataset_url(path: str | Path) -> str:
-    """Petastorm wants URLs; plain paths become ``file://`` URLs."""
-    text = str(path)
-    return text if urlparse(text).scheme else "file://" + str(Path(text).resolve())
-
-
-def row_group_sizes(path: str | Path) -> list[int]:
-    """Rows of every row group of a local Parquet folder, in Petastorm's order."""
-    files = sorted(p for p in Path(path).rglob("*.parquet") if not p.name.startswith((".", "_")))
-    sizes: list[int] = []
-    for f in files:
-        meta = pq.ParquetFile(f).metadata
-        sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return sizes
-
-
-def shard_rows(sizes: list[int], rank: int, size: int) -> int:
-    """Rows in ``rank``'s shard under Petastorm's ``index % shard_count == cur_shard`` rule."""
-    return sum(n for i, n in enumerate(sizes) if i % size == rank)
-
-
-def steps_per_epoch(sizes: list[int], size: int, batch_size: int) -> int:
-    """Steps every rank runs per epoch: enough for the largest shard, dropping < one batch."""
-    largest = max(shard_rows(sizes, r, size) for r in range(size))
-    return largest // batch_size
-
-
-@dataclass
-class Normalizer:
-    """``(x - mean) / std`` with the ETL's train-split statistics (scalars or per feature)."""
-
-    feature_shape: tuple[int, ...]
-    mean: torch.Tensor = field(repr=False)
-    std: torch.Tensor = field(repr=False)
-
-    @classmethod
-    def from_stats(cls, stats: dict, feature_shape: list[int] | tuple[int, ...]) -> "Normalizer":
-        shape = tuple(feature_shape)
-        mean = torch.tensor(stats["mean"], dtype=torch.float32)
-        std = torch.tensor(stats["std"], dtype=torch.float32)
-        if mean.numel() > 1:
-            mean, std = mean.reshape(shape), std.reshape(shape)
-        return cls(shape, mean, std)
-
-    def __call__(self, flat: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
-        x = x.reshape(len(flat), *self.feature_shape)  # (B, *feature_shape)
-        return (x - self.mean) / self.std
 
 
 def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

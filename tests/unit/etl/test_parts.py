@@ -1,0 +1,54 @@
+"""The Parquet part writer: exact row groups, grouping by split, duplicate ids (pyarrow only, no Spark)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.dataset import RECORD_SCHEMA, row_group_sizes
+from pipelines.etl.parts import PartSpec, stats_batch, write_parts
+
+
+def _batch(ids: list[str], labels: list[int], group: list[str] | None = None) -> pa.RecordBatch:
+    features = pa.array([[float(i)] * 3 for i in range(len(ids))], type=pa.list_(pa.float32()))
+    columns = [pa.array(ids), pa.array(labels, type=pa.int64()), features]
+    names = ["id", "label", "features"]
+    if group is not None:
+        columns.append(pa.array(group))
+        names.append("split")
+    return pa.RecordBatch.from_arrays(columns, names=names)
+
+
+def test_row_groups_hold_exactly_the_configured_rows_across_batches(tmp_path):
+    batches = [_batch([f"r{i:03d}" for i in range(k, k + 7)], [i % 3 for i in range(k, k + 7)]) for k in (0, 7, 14)]
+    stats = write_parts(batches, PartSpec(str(tmp_path), rows_per_row_group=5), part_index=3)
+    assert [s["file"] for s in stats] == ["part-00003.parquet"]
+    assert row_group_sizes(tmp_path) == [5, 5, 5, 5, 1]  # 21 rows: only the last group is short
+    table = pq.read_table(tmp_path / "part-00003.parquet")
+    assert table.schema.equals(RECORD_SCHEMA, check_metadata=False)
+    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(21)]
+    assert stats[0]["rows"] == 21 and stats[0]["row_groups"] == 5
+    assert json.loads(stats[0]["label_counts"]) == {"0": 7, "1": 7, "2": 7}
+
+
+def test_group_column_writes_one_folder_per_split_and_drops_repeated_ids(tmp_path):
+    batch = _batch(["a", "a", "b", "c", "c", "d"], [0, 1, 0, 1, 1, 0], ["train", "train", "train", "test", "test", "test"])
+    spec = PartSpec(str(tmp_path), rows_per_row_group=64, group_column="split", drop_repeated_ids=True)
+    stats = write_parts([batch], spec, part_index=0)
+    assert sorted((s["grp"], s["file"], s["rows"]) for s in stats) == [
+        ("test", "test/part-00000.parquet", 2), ("train", "train/part-00000.parquet", 2)]
+    assert pq.read_table(tmp_path / "train").column("id").to_pylist() == ["a", "b"]
+    assert pq.read_table(tmp_path / "train").column("label").to_pylist() == [0, 0]  # the first "a" is kept
+    assert "split" not in pq.read_table(tmp_path / "test").column_names
+
+
+def test_an_empty_partition_writes_no_file_and_stats_match_their_ddl(tmp_path):
+    assert write_parts([_batch([], [])], PartSpec(str(tmp_path), 8), part_index=0) == []
+    assert list(tmp_path.iterdir()) == []
+    stats = [{"grp": "", "file": "f", "rows": 3, "row_groups": 1, "label_counts": "{}"}]
+    batch = stats_batch(stats)
+    assert batch.schema.names == ["grp", "file", "rows", "row_groups", "label_counts"]
+    assert batch.column("rows").to_pylist() == [3] and batch.column("rows").type == pa.int64()
+    assert np.array_equal(batch.column("row_groups").to_numpy(), [1])

@@ -1,0 +1,90 @@
+"""The package layout: no import cycle, one CLI, and no benchmark code in the installed wheel."""
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from testkit import REPO_ROOT
+from pipelines.cli import JOBS, parse_args
+
+PACKAGES = ("pipelines", "models")
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """module -> the project modules it imports (anywhere in the file, lazily or not)."""
+    files = {}
+    for package in PACKAGES:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pkg = module.split(".") if is_package else module.split(".")[:-1]
+                    base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            for name in names:
+                while name and name not in files:
+                    name = name.rpartition(".")[0]
+                if name and name != module and not module.startswith(name + "."):
+                    edges[module].add(name)
+    return edges
+
+
+def test_no_import_cycle_among_the_projects_modules():
+    edges = _module_imports()
+    assert "pipelines.etl.job" in edges and "pipelines.train.rank" in edges  # the walk found the stages
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges[module]):
+            if state.get(target) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(target):] + [module, target]))
+            if target not in state:
+                visit(target, path + [module])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
+
+
+def test_models_import_nothing_but_torch():
+    for module, targets in _module_imports().items():
+        if module.startswith("models"):
+            assert all(t.startswith("models") for t in targets), (module, targets)
+    leaked = subprocess.run([sys.executable, "-c", "import models, sys; print(sorted(m for m in sys.modules "
+                             "if m.split('.')[0] in ('pyspark', 'pipelines', 'horovod', 'petastorm')))"],
+                            capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
+    assert leaked == "[]"
+
+
+def test_every_verb_runs_a_module_with_main_and_bench_is_not_a_product_verb():
+    for verb, module in JOBS.items():
+        assert callable(importlib.import_module(module).main), verb
+    with pytest.raises(SystemExit):
+        parse_args(["bench", "all"])
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_two_packages_and_no_benchmark_or_test_code(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("dlpipe-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("dlpipe-")}
+    assert tops == {"pipelines", "models"}, tops
+    assert "pipelines/configs/digits_cnn.yaml" in names and "pipelines/train/rank.py" in names
