@@ -1,6 +1,6 @@
 """Pipeline configuration: YAML + ``key.sub=value`` overrides, validated once into dataclasses.
 
-Every job (etl, generate, train, infer, run, bench) takes the same :class:`PipelineConfig`.
+Every job (etl, generate, train, infer, run, check) takes the same :class:`PipelineConfig`.
 Unknown keys are rejected with close-match suggestions; bad values name the key and the type.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ class TrainConfig:
 class InferConfig:
     """Batch inference with a vectorized Spark UDF."""
 
-    split: str = "test"  # which ETL split to score when `input` is empty
+    split: str = "test"  # which ETL split to score when `input` is empty (any split of the dataset)
     input: str = ""  # any Parquet with the feature column; "" = the ETL split above
     artifact: str = ""  # "" = the run's model artifact
     output: str = ""  # "" = <run dir>/predictions
@@ -108,7 +108,7 @@ class InferConfig:
 class PipelineConfig:
     """The whole pipeline's configuration."""
 
-    workdir: str = "work"  # datasets, runs, bench output (relative paths: to the current folder)
+    workdir: str = "work"  # datasets, runs, benchmark output (relative paths: to the current folder)
     dataset: str = "digits"  # name of the ETL output folder under <workdir>/datasets
     run_id: str = ""  # "" = a timestamp; reuse an id to resume or re-run idempotently
     master: str = ""  # "" = spark-submit's / spark-defaults' master, else local[*]
@@ -125,7 +125,7 @@ class PipelineConfig:
 
     def run_dir(self) -> Path:
         if not self.run_id:
-            raise ConfigError("run_id is empty: resolve it first (pipelines.config.with_run_id)")
+            raise ConfigError("run_id is empty: set run_id (the CLI uses a timestamp when --run-id is not given)")
         return Path(self.workdir) / "runs" / self.run_id
 
     def to_dict(self) -> dict[str, Any]:

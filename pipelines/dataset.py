@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.config import ConfigError
 from pipelines.publish import is_published
 
 TRAIN_SPLIT = "train"  # the one split every dataset has (normalization is computed on it)
@@ -88,10 +89,10 @@ def split_paths(dataset_dir: str | Path, manifest: dict[str, Any]) -> dict[str, 
 
 
 def split_path(dataset_dir: str | Path, manifest: dict[str, Any], split: str, key: str) -> str:
-    """The folder of ``split``; a :class:`DatasetError` naming config ``key`` when there is none."""
+    """The folder of ``split``; a :class:`ConfigError` naming config ``key`` when there is none."""
     paths = split_paths(dataset_dir, manifest)
     if split not in paths:
-        raise DatasetError(f"{key}={split!r} is not a split of dataset {Path(dataset_dir).name} "
+        raise ConfigError(f"{key}={split!r} is not a split of dataset {Path(dataset_dir).name} "
                            f"(its splits: {', '.join(paths)}): set {key} to one of them")
     return paths[split]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from pyspark.sql import SparkSession
 
@@ -62,6 +63,14 @@ def get_spark(app_name: str, master: str = "", conf: dict[str, str] | None = Non
     return builder.getOrCreate()
 
 
+# Called with each stage description ``describe`` is given, in order (benchmarks time phases with
+# it). Add and remove your own callable (in a try/finally); a listener must not raise.
+STAGE_LISTENERS: list[Callable[[str], None]] = []
+
+
 def describe(spark: SparkSession, stage: str) -> None:
-    """Name the Spark jobs that follow after a pipeline stage (shown in the Spark UI)."""
+    """Name the Spark jobs that follow after a pipeline stage (shown in the Spark UI); tell
+    :data:`STAGE_LISTENERS`."""
     spark.sparkContext.setJobDescription(f"dlpipe {stage}")
+    for listener in list(STAGE_LISTENERS):
+        listener(stage)

@@ -89,3 +89,38 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
         assert summary["infer"]["rows"] == summary["eval"]["rows"]
         leftovers = [p.name for p in tmp_path.rglob(".*tmp-*")]
         assert leftovers == []
+
+
+# Split layouts other than train/val/test: names come from the manifest (short budgets: 3 epochs).
+LAYOUTS = {
+    "no-val": (["etl.splits={train: 0.8, test: 0.2}"], "test"),
+    "holdout": (["etl.splits={train: 0.7, holdout: 0.3}", "infer.split=holdout"], "holdout"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_any_split_layout_the_etl_accepts_runs_end_to_end(spark, tmp_path, layout, capsys):
+    overrides, scored = LAYOUTS[layout]
+    config = make_config(tmp_path, f"run_id={layout}", "train.epochs=3", *overrides)
+    summary = run.main(spark, config)
+    assert summary["status"] == "ok"
+    manifest = json.loads((config.dataset_dir / "manifest.json").read_text())
+    assert set(manifest["splits"]) == set(config.etl.splits) and (config.dataset_dir / scored).is_dir()
+    assert summary["infer"]["rows"] == manifest["splits"][scored]["count"] == summary["eval"]["rows"]
+    assert summary["eval"]["accuracy"] > 0.5
+    assert summary["train"]["final_val_loss"] is None and summary["train"]["final_val_metrics"] == {}
+    lines = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and not any(k.startswith("val_") for x in lines for k in x)
+    assert "training without per-epoch validation" in capsys.readouterr().out
+    report = (config.run_dir() / "report" / "report.md").read_text()
+    assert f"## Evaluation on the {scored} split" in report and "(no validation split)" in report
+
+
+def test_an_infer_split_the_etl_does_not_make_is_a_config_error_before_any_work(spark, tmp_path):
+    from pipelines.config import ConfigError
+
+    config = make_config(tmp_path, "etl.splits={train: 0.7, holdout: 0.3}")  # infer.split stays "test"
+    with pytest.raises(ConfigError, match="infer.split='test' is not one of the splits etl.splits makes"):
+        run.main(spark, config)
+    assert not (tmp_path / "datasets").exists() and not (tmp_path / "runs").exists()

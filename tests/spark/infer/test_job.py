@@ -1,6 +1,8 @@
 """Batch inference with mapInArrow: exact rows, parity with plain PyTorch, one load per worker."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -10,8 +12,8 @@ from pyspark.sql import types as T
 from testkit import make_config
 from pipelines.infer import job as infer
 from pipelines.train import driver as train
-from pipelines.artifact import load_artifact
-from pipelines.artifact import Normalizer
+from pipelines.artifact import Normalizer, load_artifact
+from pipelines.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +78,17 @@ def test_bad_rows_get_null_outputs_and_an_error(spark, trained):
     assert out["nan"]["error"] == "features contain NaN or inf"
     for bad in ("null", "short", "nan"):
         assert out[bad]["prediction"] is None and out[bad]["probabilities"] is None
+
+
+def test_a_split_the_dataset_lacks_is_a_config_error_naming_its_splits(spark, trained):
+    config = make_config(trained.workdir, "run_id=infer-cnn", "infer.split=holdout")
+    with pytest.raises(ConfigError, match=r"infer.split='holdout' is not a split of dataset digits "
+                                          r"\(its splits: train, val, test\)"):
+        infer.main(spark, config)
+
+
+def test_any_split_can_be_scored(spark, trained, tmp_path):
+    config = make_config(trained.workdir, "run_id=infer-cnn", "infer.split=val", f"infer.output={tmp_path / 'p'}")
+    scored = infer.main(spark, config)
+    manifest = json.loads((config.dataset_dir / "manifest.json").read_text())
+    assert scored["split"] == "val" and scored["rows"] == manifest["splits"]["val"]["count"]
