@@ -1,10 +1,12 @@
-"""``dlpipe bench etl``: the ETL on tabular input against a plain Spark read + Parquet write.
+"""``python -m benchmarks etl``: the ETL on tabular input against a plain Spark read + Parquet write.
 
-The input is generated digits written as Parquet (``id``, ``label``, ``features``: a tabular
-source, ``etl.source.kind=parquet``). Contenders, one after the other in the same SparkSession:
+Measures rows/s, and the ETL's time per phase. The input is generated digits written as Parquet
+(``id``, ``label``, ``features``: a tabular source, ``etl.source.kind=parquet``). Contenders, one
+after the other in the same SparkSession:
 
-- ``dlpipe_etl``: ``pipelines.etl.main`` (validate every record, quarantine, deduplicate, split,
-  normalization statistics, publish atomically), rows in / s;
+- ``dlpipe_etl``: ``pipelines.etl.job.main`` (validate every record, quarantine, deduplicate, split,
+  normalization statistics, publish atomically), rows in / s; its phases are timed through
+  ``pipelines.session.STAGE_LISTENERS`` (the stage names the job gives Spark);
 - ``plain_spark``: ``spark.read.parquet(input).write.parquet(out)``, rows / s.
 
 One run of each is warm-up (JIT, first Python workers) and left out (except at size tiny).
@@ -17,26 +19,29 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from pipelines.bench import common
+from benchmarks import data, harness
+from pipelines import session
 from pipelines.config import PipelineConfig
 
 NAME = "etl"
 SIZES = {
-    "tiny": {"data": common.DataSpec(4096, 8, 256), "repeats": 2, "warmup": False},
-    "small": {"data": common.DataSpec(1000000, 8, 1024), "repeats": 3, "warmup": True},
-    "large": {"data": common.DataSpec(5000000, 8, 1024), "repeats": 3, "warmup": True},
+    "tiny": {"data": data.DataSpec(4096, 8, 256), "repeats": 2, "warmup": False},
+    "small": {"data": data.DataSpec(1000000, 8, 1024), "repeats": 3, "warmup": True},
+    "large": {"data": data.DataSpec(5000000, 8, 1024), "repeats": 3, "warmup": True},
 }
+STAGE_PREFIX = "etl: "  # how the ETL names its stages (``describe(spark, "etl: write splits")``)
 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
-    from pipelines import etl
+    """Run the etl benchmark at ``size``; print its table, write ``etl.json``, return its JSON."""
+    from pipelines.etl import job as etl
 
     s = SIZES[size]
-    spec: common.DataSpec = s["data"]
-    report = common.Report(NAME, size)
-    source = common.generated(spark, config, spec.num_samples, spec.image_size)
-    cfg = common.etl_config(config, source, spec, f"etl_bench_{spec.key}")
-    copy = common.bench_dir(config) / "etl_plain_copy"
+    spec: data.DataSpec = s["data"]
+    report = harness.Report(NAME, size)
+    source = data.generated(spark, config, spec.num_samples, spec.image_size)
+    cfg = data.etl_config(config, source, spec, f"etl_bench_{spec.key}")
+    copy = harness.bench_dir(config) / "etl_plain_copy"
     rows = spec.num_samples
     report.params = {"input": f"generated digits {spec.image_size}x{spec.image_size} as Parquet", "rows": rows,
                      "input_files": len(list(source.glob("*.parquet"))), "rows_per_row_group": spec.rows_per_row_group,
@@ -47,13 +52,13 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
 
     def dlpipe_etl() -> float:
         started = time.perf_counter()
-        with _phase_clock(etl) as marks:
+        with _phase_clock() as marks:
             manifest = etl.main(spark, cfg)
         seconds = time.perf_counter() - started
         marks.append(("end", time.perf_counter()))
         phases.append({a: round(tb - ta, 3) for (a, ta), (_, tb) in zip(marks, marks[1:])})
         if manifest["records_in"] != rows:
-            raise common.BenchError(f"the ETL read {manifest['records_in']} records, expected {rows}")
+            raise harness.BenchError(f"the ETL read {manifest['records_in']} records, expected {rows}")
         return rows / seconds
 
     def plain() -> float:
@@ -62,7 +67,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         spark.read.parquet(str(source)).write.mode("overwrite").parquet(str(copy))
         return rows / (time.perf_counter() - started)
 
-    common.log(NAME, f"dlpipe ETL and plain Spark, {rows} rows, alternating")
+    harness.log(NAME, f"dlpipe ETL and plain Spark, {rows} rows, alternating")
     if s["warmup"]:
         plain()
         dlpipe_etl()
@@ -72,14 +77,14 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         figures["plain_spark"].append(plain())
     measured = phases[-s["repeats"]:]
     phase_medians = {k: round(statistics.median(p[k] for p in measured), 3) for k in measured[0]}
-    report.add("dlpipe_etl", figures["dlpipe_etl"], "rows/s", "pipelines.etl.main on the Parquet source",
+    report.add("dlpipe_etl", figures["dlpipe_etl"], "rows/s", "pipelines.etl.job.main on the Parquet source",
                phase_seconds=phase_medians)
     report.add("plain_spark", figures["plain_spark"], "rows/s", "spark.read.parquet -> DataFrame.write.parquet")
     shutil.rmtree(copy, ignore_errors=True)
     shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
 
-    report.ratios["ratio_vs_plain_spark"] = common.ratio(report.median("dlpipe_etl"), report.median("plain_spark"))
-    if common.meets("ratio_vs_plain_spark", report.ratios["ratio_vs_plain_spark"]) is False:
+    report.ratios["ratio_vs_plain_spark"] = harness.ratio(report.median("dlpipe_etl"), report.median("plain_spark"))
+    if harness.meets("ratio_vs_plain_spark", report.ratios["ratio_vs_plain_spark"]) is False:
         copy_s = rows / report.median("plain_spark")
         shown = ", ".join(f"{k} {v:.1f} s" for k, v in phase_medians.items())
         report.limits["ratio_vs_plain_spark"] = (
@@ -92,21 +97,21 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
             "accounted for, stable output, exact row groups); what could go is a pass: the statistics could be "
             "summed inside the split write, and the validated records kept (persisted) instead of reading and "
             "validating the source twice.")
-    return common.finish(report, config)
+    return harness.finish(report, config)
 
 
 @contextmanager
-def _phase_clock(etl_module: Any) -> Iterator[list[tuple[str, float]]]:
-    """Record when the ETL enters each phase: it names them through ``describe``, watched here."""
+def _phase_clock() -> Iterator[list[tuple[str, float]]]:
+    """Record when the ETL enters each phase: it names them through ``describe``, which tells
+    ``pipelines.session.STAGE_LISTENERS``; other stages (generate, train) are ignored."""
     marks: list[tuple[str, float]] = []
-    original = etl_module.describe
 
-    def describe(spark: Any, stage: str) -> None:
-        marks.append((stage.removeprefix("etl: "), time.perf_counter()))
-        original(spark, stage)
+    def listen(stage: str) -> None:
+        if stage.startswith(STAGE_PREFIX):
+            marks.append((stage.removeprefix(STAGE_PREFIX), time.perf_counter()))
 
-    etl_module.describe = describe
+    session.STAGE_LISTENERS.append(listen)
     try:
         yield marks
     finally:
-        etl_module.describe = original
+        session.STAGE_LISTENERS.remove(listen)

@@ -1,10 +1,10 @@
-"""``dlpipe bench loader``: a training rank's data path against a plain pyarrow read (the limit).
+"""``python -m benchmarks loader``: a training rank's data path against a plain pyarrow read (the limit).
 
-Contenders, each reading the train split of the same ETL output into normalized torch batches of
-``train.batch_size`` rows, in this process with one torch thread (a rank's), taking turns round by
-round (``common.interleaved``):
+Measures samples/s. Contenders, each reading the train split of the same ETL output into normalized
+torch batches of ``train.batch_size`` rows, in this process with one torch thread (a rank's),
+taking turns round by round (``harness.interleaved``):
 
-- ``dlpipe_petastorm``: ``pipelines.loader.epoch_batches`` as a rank of 1 runs it (Petastorm
+- ``dlpipe_petastorm``: ``pipelines.train.loader.epoch_batches`` as a rank of 1 runs it (Petastorm
   ``make_batch_reader``, shuffled row groups and rows, ``train.reader_workers`` reader threads);
 - ``dlpipe_petastorm_workers2``: the same with 2 reader threads;
 - ``dlpipe_petastorm_rg64``: the same on the same data written with the ETL's default 64-row row groups;
@@ -15,11 +15,11 @@ round (``common.interleaved``):
 - ``petastorm_spark_converter``: Petastorm's ``make_spark_converter(df).make_torch_dataloader``
   (its materialization into the converter's cache is timed separately).
 
-``ratio_vs_pyarrow`` = dlpipe_petastorm / pyarrow_numpy_torch.
+``ratio_vs_pyarrow`` = dlpipe_petastorm / pyarrow_numpy_torch. Every contender reads the dataset
+format's ``features`` and ``label`` columns (``pipelines.dataset``), whatever model trains on them.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
@@ -29,33 +29,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines import loader
-from pipelines.bench import common
+from benchmarks import data, harness
+from pipelines import dataset
+from pipelines.artifact import Normalizer
 from pipelines.config import PipelineConfig
+from pipelines.train import loader
 
 # Normalizer wraps pyarrow's read-only buffers without a copy; torch warns once about that.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 NAME = "loader"
-# Per size: the dataset (also train's and infer's), passes over the train split per measurement, repeats.
+# Per size: the dataset (the base one, shared with infer), passes over the train split per
+# measurement, repeats, whether to add the 64-row row-group contender.
 SIZES = {
-    "tiny": {"data": common.DataSpec(2048, 8, 256), "passes": 1, "repeats": 2, "rg64": False},
-    "small": {"data": common.DataSpec(20000, 28, 1024), "passes": 2, "repeats": 5, "rg64": True},
-    "large": {"data": common.DataSpec(200000, 28, 1024), "passes": 1, "repeats": 5, "rg64": True},
+    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 2, "rg64": False},
+    "small": {"data": data.BASE["small"], "passes": 2, "repeats": 5, "rg64": True},
+    "large": {"data": data.BASE["large"], "passes": 1, "repeats": 5, "rg64": True},
 }
 DEFAULT_ROW_GROUP = 64  # the ETL's etl.rows_per_row_group default
 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
+    """Run the loader benchmark at ``size``; print its table, write ``loader.json``, return its JSON."""
     s = SIZES[size]
-    spec: common.DataSpec = s["data"]
-    report = common.Report(NAME, size)
-    ds = common.dataset(spark, config, spec)
-    manifest = json.loads((ds / "manifest.json").read_text())
-    train = ds / "train"
+    spec: data.DataSpec = s["data"]
+    report = harness.Report(NAME, size)
+    ds = data.dataset(spark, config, spec)
+    manifest = dataset.load_manifest(ds)
+    train = Path(dataset.split_paths(ds, manifest)[dataset.TRAIN_SPLIT])
     batch = config.train.batch_size
-    normalize = loader.Normalizer.from_stats(manifest["normalization"], manifest["feature_shape"])
-    rows = sum(loader.row_group_sizes(train))
+    normalize = Normalizer.from_stats(manifest["normalization"], manifest["feature_shape"])
+    rows = sum(dataset.row_group_sizes(train))
     report.params = {"dataset": spec.key, "train_rows": rows, "feature_shape": manifest["feature_shape"],
                      "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s["passes"],
                      "repeats": s["repeats"], "reader_workers": config.train.reader_workers, "torch_threads": 1}
@@ -64,8 +68,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         "dlpipe_petastorm_workers2": lambda: _dlpipe(train, batch, normalize, 2, s["passes"]),
     }
     if s["rg64"] and spec.rows_per_row_group != DEFAULT_ROW_GROUP:
-        small_groups = common.dataset(spark, config, common.DataSpec(
-            spec.num_samples, spec.image_size, DEFAULT_ROW_GROUP, spec.splits, spec.output_files)) / "train"
+        small_groups = data.dataset(spark, config, spec.with_row_groups(DEFAULT_ROW_GROUP)) / dataset.TRAIN_SPLIT
         measures["dlpipe_petastorm_rg64"] = lambda: _dlpipe(small_groups, batch, normalize,
                                                             config.train.reader_workers, s["passes"])
     measures["petastorm_reader_only"] = lambda: _reader_only(train, s["passes"], numpy_shuffle=False)
@@ -77,30 +80,31 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a rank with one core gets
     try:
-        common.log(NAME, f"{len(measures)} contenders, {rows} rows, batch {batch}, {s['repeats']} rounds")
-        figures = common.interleaved(measures, s["repeats"])
+        harness.log(NAME, f"{len(measures)} contenders, {rows} rows, batch {batch}, {s['repeats']} rounds")
+        figures = harness.interleaved(measures, s["repeats"])
     finally:
         torch.set_num_threads(threads)
         if converter is not None:
             converter.delete()
-            shutil.rmtree(common.bench_dir(config) / "petastorm_cache", ignore_errors=True)
+            shutil.rmtree(harness.bench_dir(config) / "petastorm_cache", ignore_errors=True)
     for key, values in figures.items():
         report.add(key, values, "samples/s", DESCRIPTIONS[key].format(workers=config.train.reader_workers,
                                                                       rg=DEFAULT_ROW_GROUP),
                    **({"materialize_seconds": materialize_s} if key == "petastorm_spark_converter" else {}))
 
     dl, limit = report.median("dlpipe_petastorm"), report.median("pyarrow_numpy_torch")
-    report.ratios["ratio_vs_pyarrow"] = common.ratio(dl, limit)
-    report.ratios["ratio_vs_pyarrow_workers2"] = common.ratio(report.median("dlpipe_petastorm_workers2"), limit)
-    report.ratios["ratio_rg64_vs_pyarrow"] = common.ratio(report.median("dlpipe_petastorm_rg64"), limit)
-    report.ratios["ratio_spark_converter_vs_pyarrow"] = common.ratio(report.median("petastorm_spark_converter"), limit)
+    report.ratios["ratio_vs_pyarrow"] = harness.ratio(dl, limit)
+    report.ratios["ratio_vs_pyarrow_workers2"] = harness.ratio(report.median("dlpipe_petastorm_workers2"), limit)
+    report.ratios["ratio_rg64_vs_pyarrow"] = harness.ratio(report.median("dlpipe_petastorm_rg64"), limit)
+    report.ratios["ratio_spark_converter_vs_pyarrow"] = harness.ratio(report.median("petastorm_spark_converter"),
+                                                                      limit)
     report.ratios = {k: v for k, v in report.ratios.items() if v is not None or k == "ratio_vs_pyarrow"}
-    if common.meets("ratio_vs_pyarrow", report.ratios["ratio_vs_pyarrow"]) is False:
+    if harness.meets("ratio_vs_pyarrow", report.ratios["ratio_vs_pyarrow"]) is False:
         report.limits["ratio_vs_pyarrow"] = limit_text(report)
-    return common.finish(report, config)
+    return harness.finish(report, config)
 
 
-def limit_text(report: common.Report) -> str:
+def limit_text(report: harness.Report) -> str:
     """What limits ``ratio_vs_pyarrow``, with this run's own profile figures."""
     limit = report.median("pyarrow_numpy_torch")
     reader, dl = report.median("petastorm_reader_only"), report.median("dlpipe_petastorm")
@@ -112,7 +116,7 @@ def limit_text(report: common.Report) -> str:
             "one NumPy object per row that `np.stack` copies again, and `shuffle_rows` adds a `take` over the "
             "whole row group; pyarrow hands one flat buffer to NumPy without a copy.")
         if dl / reader < 0.95:
-            parts.append(f"The loader's own batching and normalizing (`pipelines.loader.epoch_batches`, one "
+            parts.append(f"The loader's own batching and normalizing (`pipelines.train.loader.epoch_batches`, one "
                          f"producer thread) then keep {dl / reader:.0%} of the reader's rate.")
         else:
             parts.append("The loader's own batching and normalizing, in their own thread, cost nothing measurable "
@@ -132,9 +136,9 @@ def limit_text(report: common.Report) -> str:
     return " ".join(parts)
 
 
-def _dlpipe(train: Path, batch: int, normalize: loader.Normalizer, workers: int, passes: int) -> float:
-    url = loader.dataset_url(train)
-    steps = sum(loader.row_group_sizes(train)) // batch
+def _dlpipe(train: Path, batch: int, normalize: Normalizer, workers: int, passes: int) -> float:
+    url = dataset.dataset_url(train)
+    steps = sum(dataset.row_group_sizes(train)) // batch
     started, seen = time.perf_counter(), 0
     for p in range(passes):
         for b in loader.epoch_batches(url, rank=0, size=1, batch_size=batch, steps=steps, seed=p,
@@ -149,7 +153,7 @@ def _reader_only(train: Path, passes: int, numpy_shuffle: bool) -> float:
     started, seen = time.perf_counter(), 0
     for p in range(passes):
         rng = np.random.default_rng(p)
-        with make_batch_reader(loader.dataset_url(train), schema_fields=["features", "label"], shuffle_row_groups=True,
+        with make_batch_reader(dataset.dataset_url(train), schema_fields=["features", "label"], shuffle_row_groups=True,
                                shuffle_rows=not numpy_shuffle, seed=p, num_epochs=1, workers_count=1,
                                reader_pool_type="thread") as reader:
             for chunk in reader:
@@ -162,10 +166,10 @@ def _reader_only(train: Path, passes: int, numpy_shuffle: bool) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def _pyarrow(train: Path, batch: int, normalize: loader.Normalizer, passes: int) -> float:
+def _pyarrow(train: Path, batch: int, normalize: Normalizer, passes: int) -> float:
     import pyarrow.parquet as pq
 
-    files = sorted(p for p in train.glob("*.parquet") if not p.name.startswith((".", "_")))
+    files = dataset.part_files(train)
     started, seen = time.perf_counter(), 0
     for _ in range(passes):
         for f in files:
@@ -178,14 +182,14 @@ def _pyarrow(train: Path, batch: int, normalize: loader.Normalizer, passes: int)
     return seen / (time.perf_counter() - started)
 
 
-def _spark_converter(spark: Any, config: PipelineConfig, train: Path, report: common.Report) -> tuple[Any, float]:
+def _spark_converter(spark: Any, config: PipelineConfig, train: Path, report: harness.Report) -> tuple[Any, float]:
     """(Petastorm's converter of the train split, seconds to materialize it), or (None, 0) if unavailable."""
     try:
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
     except ImportError as e:  # pragma: no cover - petastorm is a pinned dependency
         report.skip("petastorm_spark_converter", f"petastorm.spark cannot be imported: {e}")
         return None, 0.0
-    cache = (common.bench_dir(config) / "petastorm_cache").resolve()
+    cache = (harness.bench_dir(config) / "petastorm_cache").resolve()
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + str(cache))
@@ -194,7 +198,7 @@ def _spark_converter(spark: Any, config: PipelineConfig, train: Path, report: co
     return converter, round(time.perf_counter() - started, 3)
 
 
-def _converter_pass(converter: Any, batch: int, normalize: loader.Normalizer, passes: int) -> float:
+def _converter_pass(converter: Any, batch: int, normalize: Normalizer, passes: int) -> float:
     began, seen = time.perf_counter(), 0
     for _ in range(passes):
         with converter.make_torch_dataloader(batch_size=batch, num_epochs=1, workers_count=1) as batches:
@@ -205,9 +209,9 @@ def _converter_pass(converter: Any, batch: int, normalize: loader.Normalizer, pa
 
 
 DESCRIPTIONS = {
-    "dlpipe_petastorm": "pipelines.loader.epoch_batches, {workers} reader thread(s)",
-    "dlpipe_petastorm_workers2": "pipelines.loader.epoch_batches, 2 reader threads",
-    "dlpipe_petastorm_rg64": "pipelines.loader.epoch_batches on the same data with {rg}-row row groups",
+    "dlpipe_petastorm": "pipelines.train.loader.epoch_batches, {workers} reader thread(s)",
+    "dlpipe_petastorm_workers2": "pipelines.train.loader.epoch_batches, 2 reader threads",
+    "dlpipe_petastorm_rg64": "pipelines.train.loader.epoch_batches on the same data with {rg}-row row groups",
     "petastorm_reader_only": "profile: Petastorm's reader exactly as the loader opens it (shuffled row groups and "
                              "rows), rows to NumPy, without batching or normalizing",
     "petastorm_reader_numpy_shuffle": "profile: the same reader without Petastorm's shuffle_rows, rows shuffled "

@@ -1,9 +1,10 @@
-"""``dlpipe bench memory``: a training rank's peak RSS on a dataset 10x larger than the base one.
+"""``python -m benchmarks memory``: a training rank's peak RSS on a dataset 10x larger than the base one.
 
-dlpipe's trainer (``pipelines.trainer.train_rank`` on 2 Horovod ranks, one epoch) runs on a base
-generated dataset and on one with 10x the rows (made the same way: ``pipelines.generate`` then the
-ETL). Each rank reports its peak resident set size (``ru_maxrss``) at the end; the figure is the
-larger of the two ranks. ``rss_growth`` = peak(10x) / peak(base) - 1.
+dlpipe's trainer (``pipelines.train.rank.train_rank`` on 2 Horovod ranks, one epoch, launched as
+``benchmarks.training`` launches it) runs on a base generated dataset and on one with 10x the rows
+(made the same way: ``pipelines.etl.generate`` then the ETL). Each rank reports its peak resident
+set size (``ru_maxrss``) at the end; the figure is the larger of the two ranks.
+``rss_growth`` = peak(10x) / peak(base) - 1.
 
 The model is the MLP, so one epoch over the 10x dataset stays short; the data path (Petastorm
 shards, batching, normalization) is the same for every model.
@@ -14,63 +15,62 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks import data, harness
+from benchmarks.training import RANKS, train_once
 from pipelines import dataset
-from pipelines.bench import common
-from pipelines.bench.train import _dlpipe_train
 from pipelines.config import PipelineConfig
 
 NAME = "memory"
 SPLITS = (("train", 0.9), ("val", 0.05), ("test", 0.05))
 # small: the 10x train split holds ~650 MiB of float32 features, more than a rank's whole peak RSS.
 SIZES = {
-    "tiny": {"base": common.DataSpec(1024, 8, 128, SPLITS), "repeats": 1},
-    "small": {"base": common.DataSpec(24000, 28, 1024, SPLITS), "repeats": 1},
-    "large": {"base": common.DataSpec(100000, 28, 1024, SPLITS), "repeats": 2},
+    "tiny": {"base": data.DataSpec(1024, 8, 128, SPLITS), "repeats": 1},
+    "small": {"base": data.DataSpec(24000, 28, 1024, SPLITS), "repeats": 1},
+    "large": {"base": data.DataSpec(100000, 28, 1024, SPLITS), "repeats": 2},
 }
 MODEL = "mlp"
 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
+    """Run the memory benchmark at ``size``; print its table, write ``memory.json``, return its JSON."""
     s = SIZES[size]
-    base: common.DataSpec = s["base"]
-    big = common.DataSpec(base.num_samples * 10, base.image_size, base.rows_per_row_group, base.splits,
-                          base.output_files)
-    report = common.Report(NAME, size)
-    cfg = common.derive(config, f"model.name={MODEL}", "model.params={}")
+    base: data.DataSpec = s["base"]
+    big = base.scaled(10)
+    report = harness.Report(NAME, size)
+    cfg = data.derive(config, f"model.name={MODEL}", "model.params={}")
     figures: dict[str, dict[str, Any]] = {}
     for label, spec in (("base", base), ("10x", big)):
-        ds = common.dataset(spark, config, spec)
+        ds = data.dataset(spark, config, spec)
         manifest = dataset.load_manifest(ds)
-        splits = dataset.split_paths(ds)
-        train_bytes = _parquet_bytes(Path(splits["train"]))
-        feature_bytes = manifest["splits"]["train"]["count"] * 4 * math.prod(manifest["feature_shape"])
-        common.log(NAME, f"{label}: {manifest['splits']['train']['count']} train rows, "
-                         f"{feature_bytes / 2**20:.0f} MiB of float32 features")
+        train_rows = manifest["splits"][dataset.TRAIN_SPLIT]["count"]
+        train_bytes = _parquet_bytes(Path(dataset.split_paths(ds, manifest)[dataset.TRAIN_SPLIT]))
+        feature_bytes = train_rows * 4 * math.prod(manifest["feature_shape"])  # float32 features
+        harness.log(NAME, f"{label}: {train_rows} train rows, {feature_bytes / 2**20:.0f} MiB of float32 features")
         peaks = []
         for i in range(s["repeats"]):
-            out = _dlpipe_train(spark, cfg, ds, manifest, splits, epochs=1, run_name=f"memory-{label}-{i}")
+            out = train_once(spark, cfg, ds, epochs=1, run_name=f"memory-{label}-{i}")
             peaks.append(out["peak_rss_bytes"] / 2**20)
-        figures[label] = {"peaks": peaks, "train_rows": manifest["splits"]["train"]["count"],
+        figures[label] = {"peaks": peaks, "train_rows": train_rows,
                           "train_parquet_mib": round(train_bytes / 2**20, 1),
                           "train_features_mib": round(feature_bytes / 2**20, 1)}
-        report.add(f"peak_rss_{label}", peaks, "MiB", f"largest peak RSS of the 2 training ranks, {label} dataset "
+        report.add(f"peak_rss_{label}", peaks, "MiB", f"largest peak RSS of the {RANKS} training ranks, {label} dataset "
                    f"({figures[label]['train_rows']} train rows, {figures[label]['train_features_mib']} MiB of features)",
                    train_rows=figures[label]["train_rows"], train_parquet_mib=figures[label]["train_parquet_mib"],
                    train_features_mib=figures[label]["train_features_mib"])
-    report.params = {"base": base.key, "large": big.key, "model": MODEL, "ranks": 2, "epochs": 1,
+    report.params = {"base": base.key, "large": big.key, "model": MODEL, "ranks": RANKS, "epochs": 1,
                      "batch_size_per_rank": cfg.train.batch_size, "repeats": s["repeats"]}
-    report.ratios["rss_growth"] = common.ratio(report.median("peak_rss_10x"), report.median("peak_rss_base"))
+    report.ratios["rss_growth"] = harness.ratio(report.median("peak_rss_10x"), report.median("peak_rss_base"))
     if report.ratios["rss_growth"] is not None:
         report.ratios["rss_growth"] -= 1.0
     peak = report.median("peak_rss_10x") or 0.0
-    report.ratios["features_vs_rank_peak_rss"] = common.ratio(figures["10x"]["train_features_mib"], peak)
+    report.ratios["features_vs_rank_peak_rss"] = harness.ratio(figures["10x"]["train_features_mib"], peak)
     report.notes.append(
         f"The 10x train split holds {figures['10x']['train_features_mib']:.0f} MiB of float32 features "
         f"({figures['10x']['train_parquet_mib']:.0f} MiB of Parquet); a rank's peak RSS on it was {peak:.0f} MiB, "
         "so ranks stream their shard instead of holding it.")
-    if common.meets("rss_growth", report.ratios["rss_growth"]) is False:
+    if harness.meets("rss_growth", report.ratios["rss_growth"]) is False:
         report.limits["rss_growth"] = LIMIT_TEXT
-    return common.finish(report, config)
+    return harness.finish(report, config)
 
 
 LIMIT_TEXT = (
@@ -81,5 +81,5 @@ LIMIT_TEXT = (
 
 
 def _parquet_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.parquet"))
+    return sum(p.stat().st_size for p in dataset.part_files(folder))
 

@@ -1,19 +1,28 @@
 """Rank entry points for the benchmarks: dlpipe's own trainer, plus two measurements.
 
-``timed_train_rank`` runs ``pipelines.trainer.train_rank`` unchanged and adds two events: the
+Launched as ``benchmarks.ranks:NAME`` through ``pipelines.train.driver.launch``, so the rank
+processes import this module (the benchmarks put the repository root on ``PYTHONPATH``).
+
+``timed_train_rank`` runs ``pipelines.train.rank.train_rank`` unchanged and adds two events: the
 wall-clock time of the end of the first training step (``bench_first_step``) and the rank's peak
 resident memory (``bench_peak_rss``). The step is seen through the heartbeat the trainer calls at
 the start of every step: the second heartbeat of the run marks the end of the first step.
 """
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass
 from typing import Any
 
 from pipelines.launcher import RankContext
 
-_beats = [0]
+# The entry strings the driver side launches (``module:function``, imported in the rank process).
+TIMED_ENTRY = "benchmarks.ranks:timed_train_rank"
+PINNED_ENTRY = "benchmarks.ranks:pinned_train_rank"
+NOOP_ENTRY = "benchmarks.ranks:noop_rank"
+
+_beats = [0]  # heartbeats seen in this rank process (one rank per process)
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,7 @@ class _StepClock(RankContext):
     def heartbeat(self) -> None:
         super().heartbeat()
         _beats[0] += 1
-        if _beats[0] == 2:  # trainer: heartbeat at the start of each step, the first one before step 0
+        if _beats[0] == 2:  # train_rank: heartbeat at the start of each step, the first one before step 0
             self.emit("bench_first_step")
 
 
@@ -33,12 +42,12 @@ def peak_rss_bytes() -> int:
 
 
 def timed_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
-    """``pipelines.trainer.train_rank`` with the first-step time and the peak RSS as events."""
-    from pipelines import trainer
+    """``pipelines.train.rank.train_rank`` with the first-step time and the peak RSS as events."""
+    from pipelines.train.rank import train_rank
 
     clock = _StepClock(ctx.rank, ctx.size, ctx.local_rank, ctx.threads, ctx.attempt)
     try:
-        return trainer.train_rank(payload, clock)
+        return train_rank(payload, clock)
     finally:
         ctx.emit("bench_peak_rss", bytes=peak_rss_bytes())
 
@@ -48,8 +57,6 @@ def pinned_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, An
 
     A what-if for the benchmark's knob sweep: the launcher does not pin ranks today.
     """
-    import os
-
     cores = sorted(os.sched_getaffinity(0))
     first = (ctx.local_rank * ctx.threads) % len(cores)
     os.sched_setaffinity(0, {cores[(first + i) % len(cores)] for i in range(ctx.threads)})
@@ -57,7 +64,7 @@ def pinned_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, An
 
 
 def noop_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
-    """Join Horovod and leave: what launching costs, without any training."""
+    """Join Horovod and leave: what launching costs, without any training (the payload is ignored)."""
     import horovod.torch as hvd
 
     hvd.init()

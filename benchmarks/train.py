@@ -1,67 +1,66 @@
-"""``dlpipe bench train``: 2 Horovod ranks launched by dlpipe against plain PyTorch, DDP and TorchDistributor.
+"""``python -m benchmarks train``: 2 Horovod ranks launched by dlpipe against plain PyTorch, DDP and TorchDistributor.
 
-Contenders, on the same CNN (``model.name``/``model.params``, default ``cnn``), optimizer (Adam,
-lr x ranks), batch (``train.batch_size`` per rank) and per-rank steps per epoch, over the train
-split of the same ETL output, one after the other:
+Measures training throughput (samples/s) and launch time. Contenders, on the same model
+(``model.name``/``model.params``, default ``cnn``), optimizer (Adam, lr x ranks), batch
+(``train.batch_size`` per rank) and per-rank steps per epoch, over the train split of the same
+ETL output, one after the other:
 
-- ``dlpipe_2_ranks``: ``pipelines.trainer.train_rank`` on 2 ranks of one barrier stage started by
-  ``pipelines.launcher.run_horovod`` (Petastorm shards, Horovod over Gloo); per-epoch samples/s as
-  the trainer measures it (validation excluded). Launched once per round.
+- ``dlpipe_2_ranks``: ``pipelines.train.rank.train_rank`` on 2 ranks of one barrier stage, planned
+  and launched as ``dlpipe train`` does (``pipelines.train.job.plan_job`` +
+  ``pipelines.train.driver.launch``, see ``benchmarks.training``; Petastorm shards, Horovod over
+  Gloo); per-epoch samples/s as the trainer measures it (validation excluded). Launched once per round.
 - ``torch_1_process``: one single-thread PyTorch process on in-memory tensors (the limit x 2).
 - ``torch_2_independent_processes``: two such processes at once, not communicating (summed): what the
   machine's 2 cores give to 2 processes at all (``machine_scaling`` = this / (2 x torch_1_process)).
 - ``ddp_2_processes``: PyTorch DDP (Gloo on 127.0.0.1), 2 single-thread processes, in-memory tensors.
 - Knob sweep (small and large): dlpipe's 2 ranks once each with HOROVOD_CYCLE_TIME 5 ms, batch 128,
-  and rank processes pinned to their own cores (``pipelines.bench.ranks.pinned_train_rank``).
+  and rank processes pinned to their own cores (``benchmarks.ranks.pinned_train_rank``).
 - Launch: ``dlpipe_launch_to_first_step`` (call -> end of the trainer's first step);
-  ``dlpipe_noop_launch`` (``run_horovod`` of an entry that joins Horovod and returns);
+  ``dlpipe_noop_launch`` (the same launch of an entry that joins Horovod and returns);
   ``torchdistributor_noop`` (``TorchDistributor(num_processes=2, local_mode=False).run(noop)``,
   call -> the no-op running, i.e. the same barrier-stage kind of launch) and its local_mode=True form.
 
-First epochs are warm-up and left out of the samples/s figures of every contender. The training
-contenders take turns round by round, so a change in machine load hits all of them alike.
+The PyTorch contenders train with the model's own ``loss`` (``benchmarks.workers``), so every
+dlpipe model can be benchmarked. First epochs are warm-up and left out of the samples/s figures of
+every contender. The training contenders take turns round by round, so a change in machine load
+hits all of them alike.
 """
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from pipelines import dataset, loader
-from pipelines.bench import common
-from pipelines.bench.loader import SIZES as DATA_SIZES
+from benchmarks import data, harness, procs
+from benchmarks.ranks import PINNED_ENTRY, TIMED_ENTRY
+from benchmarks.training import RANKS, noop_launch, plan, train_once
+from pipelines import dataset
 from pipelines.config import PipelineConfig
-from pipelines.launcher import run_horovod
 
 NAME = "train"
 SIZES = {
-    "tiny": {"data": DATA_SIZES["tiny"]["data"], "rounds": 1, "epochs": 2, "launch_repeats": 1, "sweep": False},
-    "small": {"data": common.DataSpec(10000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 2, "sweep": True},
-    "large": {"data": common.DataSpec(50000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 3, "sweep": True},
+    "tiny": {"data": data.BASE["tiny"], "rounds": 1, "epochs": 2, "launch_repeats": 1, "sweep": False},
+    "small": {"data": data.DataSpec(10000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 2, "sweep": True},
+    "large": {"data": data.DataSpec(50000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 3, "sweep": True},
 }
-TIMED_ENTRY = "pipelines.bench.ranks:timed_train_rank"
 # Knobs tried on dlpipe's 2 ranks (one launch each, after the rounds): name -> (config overrides, rank entry).
 # Also tried by hand on this machine, and slower: HOROVOD_CYCLE_TIME 0.1-0.2 ms and 20 ms.
 SWEEP = {
     "dlpipe_2_ranks_cycle_5ms": (["train.horovod_cycle_time_ms=5"], TIMED_ENTRY),
     "dlpipe_2_ranks_batch128": (["train.batch_size=128"], TIMED_ENTRY),
-    "dlpipe_2_ranks_pinned": ([], "pipelines.bench.ranks:pinned_train_rank"),
+    "dlpipe_2_ranks_pinned": ([], PINNED_ENTRY),
 }
-RANKS = 2
 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
+    """Run the train benchmark at ``size``; print its table, write ``train.json``, return its JSON."""
     s = SIZES[size]
-    report = common.Report(NAME, size)
-    ds = common.dataset(spark, config, s["data"])
-    manifest = dataset.load_manifest(ds)
-    splits = dataset.split_paths(ds)
-    tc = config.train
-    steps = loader.steps_per_epoch(loader.row_group_sizes(splits["train"]), RANKS, tc.batch_size)
+    report = harness.Report(NAME, size)
+    ds = data.dataset(spark, config, s["data"])
+    # The contract dlpipe's ranks get; the PyTorch contenders read the same split, manifest and settings.
+    job = plan(config, ds, harness.bench_dir(config) / "runs" / "train")
+    manifest, tc = job.manifest, job.config.train
+    steps = dataset.steps_per_epoch(dataset.row_group_sizes(job.train_path), RANKS, tc.batch_size)
     report.params = {"dataset": s["data"].key, "model": config.model.name, "model_params": config.model.params,
                      "feature_shape": manifest["feature_shape"], "batch_size_per_rank": tc.batch_size,
                      "steps_per_epoch_per_rank": steps, "epochs": s["epochs"], "rounds": s["rounds"],
@@ -69,21 +68,20 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                      "horovod_fusion_threshold_mb": tc.horovod_fusion_threshold_mb,
                      "reader_workers": tc.reader_workers, "threads_per_rank": 1}
 
-    args = {"job": "train", "path": splits["train"], "normalization": manifest["normalization"],
-            "feature_shape": manifest["feature_shape"], "num_classes": len(manifest["label_names"]),
-            "model": config.model.name, "model_params": config.model.params, "batch": tc.batch_size,
-            "steps": steps, "epochs": s["epochs"], "seed": tc.seed, "threads": 1}
+    args = {"job": "train", "path": job.train_path, "manifest": manifest, "model": config.model.name,
+            "model_params": config.model.params, "batch": tc.batch_size, "steps": steps, "epochs": s["epochs"],
+            "seed": tc.seed, "threads": 1}
     lr_ranks = tc.lr * RANKS if tc.scale_lr_by_workers else tc.lr
-    others = {"torch_1_process": lambda: common.run_worker("pipelines.bench.workers", {**args, "lr": tc.lr},
-                                                           threads=1, timeout_s=900)["samples_per_s"],
+    others = {"torch_1_process": lambda: procs.run_worker({**args, "lr": tc.lr}, threads=1,
+                                                          timeout_s=900)["samples_per_s"],
               "torch_2_independent_processes": lambda: _independent(args, tc.lr),
               "ddp_2_processes": lambda: _ddp(args, lr_ranks)}
     figures: dict[str, list[float]] = {key: [] for key in others}
     rates, launches, rss, waits, phases = [], [], [], [], []
     # Rounds: every contender once per round, so a change in machine load hits all of them alike.
     for i in range(s["rounds"]):
-        common.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} Horovod ranks, {s['epochs']} epochs")
-        out = _dlpipe_train(spark, config, ds, manifest, splits, s["epochs"], run_name=f"train-{i}")
+        harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} Horovod ranks, {s['epochs']} epochs")
+        out = train_once(spark, config, ds, s["epochs"], run_name=f"train-{i}")
         rates += out["samples_per_s"][1:]
         launches.append(out["launch_seconds"])
         phases.append(out["launch_phases"])
@@ -92,61 +90,60 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         for key, measure in others.items():
             if key in report.unavailable:
                 continue
-            common.log(NAME, f"round {i + 1} of {s['rounds']}: {key}")
+            harness.log(NAME, f"round {i + 1} of {s['rounds']}: {key}")
             try:
                 figures[key] += measure()[1:]
-            except (common.BenchError, subprocess.TimeoutExpired) as e:
+            except (harness.BenchError, subprocess.TimeoutExpired) as e:
                 report.skip(key, f"did not run: {str(e).splitlines()[0]}")
-    report.add("dlpipe_2_ranks", rates, "samples/s", "pipelines.trainer on 2 Horovod ranks (Petastorm shards)",
-               data_wait_fraction=round(sum(waits) / len(waits), 3), peak_rss_bytes=max(rss))
-    report.add("dlpipe_launch_to_first_step", launches, "s", "run_horovod call -> end of the trainer's first step",
+    report.add("dlpipe_2_ranks", rates, "samples/s", DESCRIPTIONS["dlpipe_2_ranks"],
+               data_wait_fraction=harness.mean(waits), peak_rss_bytes=max(rss))
+    report.add("dlpipe_launch_to_first_step", launches, "s", DESCRIPTIONS["dlpipe_launch_to_first_step"],
                phases=phases)
     for key, values in figures.items():
         if values and key not in report.unavailable:
             report.add(key, values, "samples/s", DESCRIPTIONS[key])
 
     for key, (overrides, entry) in (SWEEP.items() if s["sweep"] else ()):
-        common.log(NAME, f"knob: {key}")
-        out = _dlpipe_train(spark, common.derive(config, *overrides), ds, manifest, splits, s["epochs"],
-                            run_name=f"train-{key}", entry=entry)
+        harness.log(NAME, f"knob: {key}")
+        out = train_once(spark, data.derive(config, *overrides), ds, s["epochs"], run_name=f"train-{key}",
+                         entry=entry)
         what = " ".join(overrides) if overrides else "each rank process pinned to its own core (sched_setaffinity)"
         report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {what}",
-                   data_wait_fraction=round(sum(out["data_wait_fraction"][1:]) / (len(out["data_wait_fraction"]) - 1), 3))
+                   data_wait_fraction=harness.mean(out["data_wait_fraction"][1:]))
 
-    common.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
-    noops = [_dlpipe_noop(spark, config) for _ in range(s["launch_repeats"])]
-    report.add("dlpipe_noop_launch", [n[0] for n in noops], "s",
-               "run_horovod of an entry that only joins Horovod: call -> all ranks joined",
+    harness.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
+    noops = [noop_launch(spark, config, ds) for _ in range(s["launch_repeats"])]
+    report.add("dlpipe_noop_launch", [n[0] for n in noops], "s", DESCRIPTIONS["dlpipe_noop_launch"],
                to_return_seconds=[round(n[1], 3) for n in noops])
     for local_mode in (False, True):
         key = "torchdistributor_noop" + ("_local_mode" if local_mode else "")
         try:
-            figures = [_torchdistributor_noop(local_mode) for _ in range(s["launch_repeats"])]
-            report.add(key, [f[0] for f in figures], "s",
+            launched = [_torchdistributor_noop(local_mode) for _ in range(s["launch_repeats"])]
+            report.add(key, [f[0] for f in launched], "s",
                        f"TorchDistributor(num_processes=2, local_mode={local_mode}).run(noop): call -> noop running",
-                       to_return_seconds=[round(f[1], 3) for f in figures])
+                       to_return_seconds=[round(f[1], 3) for f in launched])
         except Exception as e:  # a contender that cannot run here is recorded, not faked
-            report.skip(key, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            report.skip_error(key, e)
 
     one = report.median("torch_1_process")
-    report.ratios["scaling_efficiency"] = common.ratio(report.median("dlpipe_2_ranks"), RANKS * one if one else None)
-    report.ratios["ratio_vs_ddp"] = common.ratio(report.median("dlpipe_2_ranks"), report.median("ddp_2_processes"))
-    report.ratios["ddp_scaling_efficiency"] = common.ratio(report.median("ddp_2_processes"), RANKS * one if one else None)
-    report.ratios["machine_scaling"] = common.ratio(report.median("torch_2_independent_processes"),
-                                                    RANKS * one if one else None)
+    twice_one = RANKS * one if one else None
+    report.ratios["scaling_efficiency"] = harness.ratio(report.median("dlpipe_2_ranks"), twice_one)
+    report.ratios["ratio_vs_ddp"] = harness.ratio(report.median("dlpipe_2_ranks"), report.median("ddp_2_processes"))
+    report.ratios["ddp_scaling_efficiency"] = harness.ratio(report.median("ddp_2_processes"), twice_one)
+    report.ratios["machine_scaling"] = harness.ratio(report.median("torch_2_independent_processes"), twice_one)
     report.ratios["launch_seconds"] = report.median("dlpipe_launch_to_first_step")
-    report.ratios["launch_ratio_vs_torchdistributor"] = common.ratio(report.median("dlpipe_launch_to_first_step"),
-                                                                     report.median("torchdistributor_noop"))
-    report.ratios["noop_launch_ratio_vs_torchdistributor"] = common.ratio(report.median("dlpipe_noop_launch"),
-                                                                          report.median("torchdistributor_noop"))
-    if common.meets("scaling_efficiency", report.ratios["scaling_efficiency"]) is False:
+    report.ratios["launch_ratio_vs_torchdistributor"] = harness.ratio(report.median("dlpipe_launch_to_first_step"),
+                                                                      report.median("torchdistributor_noop"))
+    report.ratios["noop_launch_ratio_vs_torchdistributor"] = harness.ratio(report.median("dlpipe_noop_launch"),
+                                                                           report.median("torchdistributor_noop"))
+    if harness.meets("scaling_efficiency", report.ratios["scaling_efficiency"]) is False:
         report.limits["scaling_efficiency"] = scaling_limit(report)
-    if common.meets("ratio_vs_ddp", report.ratios["ratio_vs_ddp"]) is False:
+    if harness.meets("ratio_vs_ddp", report.ratios["ratio_vs_ddp"]) is False:
         report.limits["ratio_vs_ddp"] = ddp_limit(report)
-    return common.finish(report, config)
+    return harness.finish(report, config)
 
 
-def scaling_limit(report: common.Report) -> str:
+def scaling_limit(report: harness.Report) -> str:
     """What limits ``scaling_efficiency``, with this run's own profile figures."""
     r = report.ratios
     wait = report.contenders["dlpipe_2_ranks"]["data_wait_fraction"]
@@ -174,7 +171,7 @@ def scaling_limit(report: common.Report) -> str:
     return " ".join(parts)
 
 
-def ddp_limit(report: common.Report) -> str:
+def ddp_limit(report: harness.Report) -> str:
     """What limits ``ratio_vs_ddp``."""
     wait = report.contenders["dlpipe_2_ranks"]["data_wait_fraction"]
     text = ("DDP here trains on tensors already in memory, while dlpipe's ranks stream and normalize Parquet "
@@ -189,67 +186,14 @@ def ddp_limit(report: common.Report) -> str:
 
 
 DESCRIPTIONS = {
+    "dlpipe_2_ranks": "pipelines.train.rank.train_rank on 2 Horovod ranks (Petastorm shards)",
+    "dlpipe_launch_to_first_step": "pipelines.train.driver.launch call -> end of the trainer's first step",
+    "dlpipe_noop_launch": "pipelines.train.driver.launch of an entry that only joins Horovod: call -> all ranks joined",
     "torch_1_process": "one single-thread PyTorch process on in-memory tensors, same per-rank steps",
     "torch_2_independent_processes": "2 single-thread PyTorch processes training at the same time without "
                                      "communicating (sum): what the 2 cores give",
     "ddp_2_processes": "PyTorch DDP (Gloo, 127.0.0.1), 2 single-thread processes, in-memory tensors",
 }
-def _dlpipe_train(spark: Any, config: PipelineConfig, ds: Path, manifest: dict[str, Any], splits: dict[str, str],
-                  epochs: int, run_name: str, entry: str = TIMED_ENTRY) -> dict[str, Any]:
-    """One launch of dlpipe's trainer (as ``pipelines.train.main`` launches it), timed from the call."""
-    cfg = common.derive(config, f"train.epochs={epochs}", f"train.num_workers={RANKS}", f"dataset={ds.name}")
-    run_dir = (common.bench_dir(config) / "runs" / run_name).resolve()
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)  # a fresh run each time: no resuming from an earlier checkpoint
-    run_dir.mkdir(parents=True)
-    payload = {"config": cfg.to_dict(), "manifest": manifest, "manifest_hash": dataset.manifest_hash(manifest),
-               "splits": splits, "run_dir": str(run_dir)}
-    env = {"HOROVOD_CYCLE_TIME": str(cfg.train.horovod_cycle_time_ms),
-           "HOROVOD_FUSION_THRESHOLD": str(cfg.train.horovod_fusion_threshold_mb * 1024 * 1024)}
-    seen: dict[str, float] = {}  # rank 0's event kind -> when it first came
-    rss: dict[int, int] = {}
-
-    def on_event(rank: int, event: dict[str, Any]) -> None:
-        if rank == 0:
-            seen.setdefault(event.get("kind", ""), event["time"])
-        if event.get("kind") == "bench_peak_rss":
-            rss[rank] = event["bytes"]
-
-    called = time.time()
-    result = run_horovod(spark, entry, payload, num_workers=RANKS,
-                         start_timeout_s=cfg.train.start_timeout_s, failure_timeout_s=cfg.train.failure_timeout_s,
-                         gloo_iface=cfg.train.gloo_iface, extra_env=env, on_event=on_event,
-                         description=f"dlpipe bench train ({run_name})")
-    history = result["history"]
-    if "bench_first_step" not in seen:
-        raise common.BenchError("rank 0 never reported the end of its first step")
-    # Where the launch time goes: Spark stage + rank process + imports, then Horovod + model + broadcasts,
-    # then the loader's first batch and the first step.
-    marks = [("called", called), *[(k, seen[k]) for k in ("started", "plan", "bench_first_step") if k in seen]]
-    phases = {f"{a}->{b}": round(tb - ta, 3) for (a, ta), (b, tb) in zip(marks, marks[1:])}
-    return {"samples_per_s": [h["samples_per_s"] for h in history],
-            "data_wait_fraction": [h["data_wait_fraction"] for h in history],
-            "launch_seconds": seen["bench_first_step"] - called, "launch_phases": phases,
-            "peak_rss_bytes": max(rss.values()) if rss else 0, "peak_rss_by_rank": rss}
-
-
-def _dlpipe_noop(spark: Any, config: PipelineConfig) -> tuple[float, float]:
-    """(call -> every rank joined Horovod, call -> return) in seconds."""
-    joined: list[float] = []
-
-    def on_event(rank: int, event: dict[str, Any]) -> None:
-        if event.get("kind") == "bench_joined":
-            joined.append(event["time"])
-
-    called = time.time()
-    run_horovod(spark, "pipelines.bench.ranks:noop_rank", {}, num_workers=RANKS, gloo_iface=config.train.gloo_iface,
-                on_event=on_event, description="dlpipe bench train (no-op launch)")
-    returned = time.time()
-    if len(joined) != RANKS:
-        raise common.BenchError(f"{len(joined)} of {RANKS} no-op ranks reported joining Horovod")
-    return max(joined) - called, returned - called
 
 
 def _torchdistributor_noop(local_mode: bool) -> tuple[float, float]:
@@ -266,43 +210,17 @@ def _torchdistributor_noop(local_mode: bool) -> tuple[float, float]:
     return started - called, time.time() - called
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _concurrent(jobs: list[dict[str, Any]], env: dict[str, str]) -> list[dict[str, Any]]:
-    """Run one ``pipelines.bench.workers`` process per job at the same time; their JSON results."""
-    procs = [subprocess.Popen([sys.executable, "-m", "pipelines.bench.workers", json.dumps(job)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              cwd=str(common.REPO_ROOT)) for job in jobs]
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=900)
-            outputs.append((p.returncode, out))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for code, out in outputs:
-        if code != 0:
-            raise common.BenchError(f"worker exited with code {code}: " + "\n".join(out.splitlines()[-10:]))
-    return [json.loads(out.strip().splitlines()[-1]) for _, out in outputs]
-
-
 def _ddp(args: dict[str, Any], lr: float) -> list[float]:
     """Per-epoch samples/s of 2 DDP processes (rank 0's clock; both wait at a barrier per epoch)."""
-    env = common.python_env(1)
+    env = procs.python_env(1)
     env.update({"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"})
-    port = _free_port()
-    results = _concurrent([{**args, "lr": lr, "rank": r, "world": RANKS, "port": port} for r in range(RANKS)], env)
+    port = procs.free_port()
+    results = procs.run_workers([{**args, "lr": lr, "rank": r, "world": RANKS, "port": port}
+                                 for r in range(RANKS)], env)
     return results[0]["samples_per_s"]
 
 
 def _independent(args: dict[str, Any], lr: float) -> list[float]:
     """Per-epoch samples/s of 2 single-thread processes training at once without talking: what 2 cores give."""
-    results = _concurrent([{**args, "lr": lr} for _ in range(RANKS)], common.python_env(1))
+    results = procs.run_workers([{**args, "lr": lr} for _ in range(RANKS)], procs.python_env(1))
     return [sum(epoch) for epoch in zip(*(r["samples_per_s"] for r in results))]

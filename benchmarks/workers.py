@@ -1,12 +1,17 @@
-"""Contender processes: ``python -m pipelines.bench.workers JSON`` prints one JSON line.
+"""Contender processes: ``python -m benchmarks.workers JSON`` prints one JSON line.
 
-``train_single`` / ``train_ddp``: plain PyTorch training on in-memory tensors (the limit and the
-DDP contender), the same model, optimizer, batch and per-rank steps as dlpipe's trainer.
-``infer_torch``: one PyTorch process scoring a Parquet folder and writing the predictions.
+``train`` (one process, or a DDP rank when ``world`` > 1): plain PyTorch training on in-memory
+tensors, the limit and the DDP contender of the train benchmark. Same model (built as dlpipe's
+trainer builds it), optimizer, batch and per-rank steps as dlpipe's trainer, and the same loss:
+the model's own ``loss``, so any dlpipe model trains here. Measures samples/s per epoch.
+
+``infer_torch``: one PyTorch process scoring a Parquet folder with a model artifact and writing
+every output the model declares (``output_schema``) as Parquet. Measures rows and seconds.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -16,27 +21,25 @@ from typing import Any
 import numpy as np
 
 
-def load_split(path: str, normalization: dict[str, Any], feature_shape: list[int], rank: int = 0,
-               world: int = 1):
+def load_split(path: str, manifest: dict[str, Any], rank: int = 0, world: int = 1) -> tuple[Any, Any]:
     """A split as normalized (rows, *feature_shape) float32 and (rows,) int64 tensors; rows rank::world."""
     import pyarrow.parquet as pq
     import torch
 
-    from pipelines.loader import Normalizer
+    from pipelines.artifact import Normalizer
 
     table = pq.read_table(path, columns=["features", "label"])
     flat = np.asarray(table.column("features").combine_chunks().flatten()).reshape(table.num_rows, -1)
     labels = np.asarray(table.column("label"))
-    normalize = Normalizer.from_stats(normalization, feature_shape)
+    normalize = Normalizer.from_stats(manifest["normalization"], manifest["feature_shape"])
     return normalize(flat[rank::world]).contiguous(), torch.from_numpy(labels[rank::world].copy())
 
 
 def train(args: dict[str, Any]) -> dict[str, Any]:
     """Train for ``epochs`` x ``steps`` steps of ``batch`` rows; samples/s of every epoch (all ranks)."""
     import torch
-    import torch.nn.functional as F
 
-    import models
+    from benchmarks.data import build_model
 
     torch.set_num_threads(args["threads"])
     rank, world = args.get("rank", 0), args.get("world", 1)
@@ -46,12 +49,13 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
         from torch.nn.parallel import DistributedDataParallel
 
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args['port']}", rank=rank, world_size=world)
-    x, y = load_split(args["path"], args["normalization"], args["feature_shape"], rank, world)
+    x, y = load_split(args["path"], args["manifest"], rank, world)
     torch.manual_seed(args["seed"])
-    model = models.build(args["model"], feature_shape=tuple(args["feature_shape"]), num_classes=args["num_classes"],
-                         **args["model_params"])
-    net = DistributedDataParallel(model) if ddp else model
-    optimizer = torch.optim.Adam(net.parameters(), lr=args["lr"])
+    model = build_model(args["model"], args["model_params"], args["manifest"])
+    step_loss = _loss_module(model)
+    # DDP reduces gradients through its own forward, so the loss must be computed inside it.
+    net = DistributedDataParallel(step_loss) if ddp else step_loss
+    optimizer = torch.optim.Adam(model.parameters(), lr=args["lr"])
     batch, steps = args["batch"], args["steps"]
     rates = []
     for epoch in range(args["epochs"]):
@@ -63,11 +67,13 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
             start = (step * batch) % max(1, len(y) - batch + 1)
             idx = order[start:start + batch]
             optimizer.zero_grad()
-            logits = net(x[idx])  # (B, num_classes); through DDP's forward so its hooks reduce the gradients
-            loss = F.cross_entropy(logits, y[idx])
+            loss, metrics = net(x[idx], y[idx])
             loss.backward()
             optimizer.step()
-            loss.item()  # dlpipe's trainer reads the loss every step too
+            # dlpipe's trainer reads the loss and every metric each step too
+            loss.item()
+            for value in metrics.values():
+                float(value)
         if ddp:
             dist.barrier()
         rates.append(steps * batch * world / (time.perf_counter() - started))
@@ -76,33 +82,62 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
     return {"samples_per_s": rates, "rank": rank}
 
 
+def _loss_module(model: Any) -> Any:
+    """A module whose forward is ``model.loss`` on (features, label): what DDP has to wrap."""
+    import torch
+
+    class Loss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, features: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return self.model.loss({"features": features, "label": label})
+
+    return Loss()
+
+
+def arrow_outputs(outputs: dict[str, Any], schema: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+    """A model's ``predict`` outputs as Arrow columns, by its ``output_schema``: scalars as
+    values, per-row arrays as list columns (flattened per row)."""
+    import pyarrow as pa
+
+    columns = {}
+    for name, (dtype, shape) in schema.items():
+        values = outputs[name].numpy().astype(dtype, copy=False)  # Arrow's type follows the NumPy dtype
+        if not shape:
+            columns[name] = pa.array(values)
+            continue
+        width = math.prod(shape)
+        offsets = pa.array(np.arange(0, (len(values) + 1) * width, width, dtype=np.int32))
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+    return columns
+
+
 def infer_torch(args: dict[str, Any]) -> dict[str, Any]:
-    """Read Parquet batches, score them with the artifact, write predictions; rows/s."""
+    """Read Parquet batches, score them with the artifact, write its declared outputs; rows and seconds."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
-    from pipelines.artifact import load_artifact
-    from pipelines.loader import Normalizer
+    from pipelines.artifact import load_artifact, normalizer
+    from pipelines.dataset import part_files
 
     torch.set_num_threads(args["threads"])
     started = time.perf_counter()
     model, meta = load_artifact(args["artifact"])
-    normalize = Normalizer.from_stats(meta["normalization"], meta["feature_shape"])
+    normalize = normalizer(meta)
+    schema = model.output_schema()
     out = Path(args["output"])
     out.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
-    files = sorted(p for p in Path(args["path"]).glob("*.parquet") if not p.name.startswith((".", "_")))
     with torch.inference_mode():
-        for f in files:
+        for f in part_files(args["path"]):
             for rb in pq.ParquetFile(f).iter_batches(batch_size=args["batch"], columns=["id", "features"]):
                 n = rb.num_rows
                 flat = np.asarray(rb.column(1).flatten()).reshape(n, -1)
                 outputs = model.predict(normalize(flat))
-                probs = outputs["probabilities"].numpy().astype(np.float32)
-                offsets = pa.array(np.arange(0, (n + 1) * probs.shape[1], probs.shape[1], dtype=np.int32))
-                table = pa.table({"id": rb.column(0), "prediction": outputs["prediction"].numpy(),
-                                  "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1)))})
+                table = pa.table({"id": rb.column(0), **arrow_outputs(outputs, schema)})
                 if writer is None:
                     writer = pq.ParquetWriter(str(out / "part-00000.parquet"), table.schema)
                 writer.write_table(table)
@@ -112,11 +147,13 @@ def infer_torch(args: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "seconds": time.perf_counter() - started}
 
 
+JOBS = {"train": train, "infer_torch": infer_torch}
+
 if __name__ == "__main__":
     import warnings
 
     warnings.filterwarnings("ignore")
     job = json.loads(sys.argv[1])
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    result = {"train": train, "infer_torch": infer_torch}[job.pop("job")](job)
+    result = JOBS[job.pop("job")](job)
     print(json.dumps(result), flush=True)

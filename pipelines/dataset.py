@@ -78,7 +78,7 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
 
 
 def split_names(manifest: dict[str, Any]) -> list[str]:
-    """The dataset's splits, in the order ``etl.splits`` gave them."""
+    """The dataset's split names (manifest.json is written with sorted keys: sorted by name)."""
     return list(manifest["splits"])
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+import benchmarks
 from testkit import make_config
-from pipelines import bench
 
 # ratio -> the contenders it is computed from (one of them must say why, when the ratio is missing)
 REQUIRED = {
@@ -27,12 +27,12 @@ REQUIRED = {
 def tiny_results(spark, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bench")
     docs_path = workdir / "benchmarks.md"
-    results = bench.main(spark, make_config(workdir), "all", "tiny", docs_path=docs_path)
+    results = benchmarks.run(spark, make_config(workdir), "all", "tiny", docs_path=docs_path)
     return workdir, docs_path, results
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", bench.NAMES)
+@pytest.mark.parametrize("name", benchmarks.NAMES)
 def test_each_benchmark_writes_its_json_with_its_ratios(tiny_results, name):
     workdir, _, results = tiny_results
     written = json.loads((workdir / "bench" / f"{name}.json").read_text())
@@ -55,5 +55,5 @@ def test_tiny_run_writes_the_docs_page_where_asked(tiny_results):
     _, docs_path, _ = tiny_results
     page = docs_path.read_text()
     assert "Size `tiny`" in page
-    for name in bench.NAMES:
+    for name in benchmarks.NAMES:
         assert f"## {name}" in page

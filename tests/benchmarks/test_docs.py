@@ -1,19 +1,22 @@
-"""The benchmark docs page and table, generated from a fixture JSON (no Spark, nothing measured)."""
+"""The benchmark docs page and table from fixture JSON, and the harness's pure pieces (no Spark, nothing measured)."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from pipelines.bench import common, docs
+from benchmarks import data, docs, harness, workers
+from benchmarks import etl as etl_bench
 
 MACHINE = {"cores": 2, "cpu": "AMD EPYC", "memory_gib": 23.4, "os": "Linux-6.1-x86_64", "python": "3.11.7",
            "pyspark": "3.5.9", "pyarrow": "14.0.2", "torch": "2.13.0", "petastorm": "0.12.1", "horovod": "0.28.1"}
 
 
 def _result(name: str, ratios: dict, contenders: dict, **extra) -> dict:
-    report = common.Report(name, "small", params={"batch_size": 64})
+    report = harness.Report(name, "small", params={"batch_size": 64})
     for key, (values, unit) in contenders.items():
         report.add(key, values, unit, f"what {key} does")
     report.ratios = ratios
@@ -39,20 +42,20 @@ def bench_dir(tmp_path):
 
 
 def test_summarize_gives_median_and_relative_spread():
-    s = common.summarize([3.0, 1.0, 2.0])
+    s = harness.summarize([3.0, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
     assert s["spread"] == pytest.approx(1.0)
     assert s["values"] == [3.0, 1.0, 2.0]
 
 
 def test_ratios_and_targets():
-    assert common.ratio(3.0, 4.0) == 0.75
-    assert common.ratio(3.0, None) is None and common.ratio(3.0, 0.0) is None
-    assert common.meets("ratio_vs_pyarrow", 0.8) is True
-    assert common.meets("ratio_vs_pyarrow", 0.79) is False
-    assert common.meets("rss_growth", 0.1) is True and common.meets("rss_growth", 0.2) is False
-    assert common.meets("launch_seconds", 3.0) is None
-    assert common.target_text("ratio_vs_ddp") == ">= 1"
+    assert harness.ratio(3.0, 4.0) == 0.75
+    assert harness.ratio(3.0, None) is None and harness.ratio(3.0, 0.0) is None
+    assert harness.meets("ratio_vs_pyarrow", 0.8) is True
+    assert harness.meets("ratio_vs_pyarrow", 0.79) is False
+    assert harness.meets("rss_growth", 0.1) is True and harness.meets("rss_growth", 0.2) is False
+    assert harness.meets("launch_seconds", 3.0) is None
+    assert harness.target_text("ratio_vs_ddp") == ">= 1"
 
 
 def test_load_keeps_only_the_requested_size_in_benchmark_order(bench_dir):
@@ -63,7 +66,7 @@ def test_load_keeps_only_the_requested_size_in_benchmark_order(bench_dir):
 def test_page_has_machine_commands_summary_targets_and_limits(bench_dir):
     page = docs.render(docs.load(bench_dir, "small"), "small")
     assert "2 cores: AMD EPYC; 23.4 GiB memory" in page
-    assert "make bench" in page and "dlpipe bench loader --size small" in page
+    assert "make bench" in page and "python -m benchmarks loader --size small" in page
     assert "| loader | `ratio_vs_pyarrow` | 0.5 | >= 0.8 | **missed** |" in page
     assert "| memory | `rss_growth` | 0.02 | <= 0.1 | met |" in page
     assert "| infer | `ratio_vs_predict_batch_udf` | n/a | >= 1 |  |" in page
@@ -82,6 +85,48 @@ def test_write_renders_to_the_given_path(bench_dir, tmp_path):
 
 def test_console_table_marks_missed_targets(bench_dir):
     result = json.loads((bench_dir / "loader.json").read_text())
-    table = common.format_table(result)
+    table = harness.format_table(result)
     assert "ratio_vs_pyarrow = 0.5  (target >= 0.8)  MISSED" in table
     assert "dlpipe_petastorm" in table and math.isfinite(result["contenders"]["dlpipe_petastorm"]["median"])
+
+
+def test_docs_page_lives_in_the_repository_docs_folder():
+    assert docs.DEFAULT_PATH == Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+    assert docs.DEFAULT_PATH.is_file()
+
+
+def test_derive_applies_overrides_like_the_command_line(tmp_path):
+    from testkit import make_config
+
+    base = make_config(tmp_path)
+    derived = data.derive(base, "train.batch_size=128", "etl.splits={train: 0.9, val: 0.1}")
+    assert derived.train.batch_size == 128 and derived.etl.splits == {"train": 0.9, "val": 0.1}
+    assert derived.model == base.model and base.train.batch_size != 128
+
+
+def test_etl_phases_are_timed_through_the_stage_listeners():
+    from pipelines import session
+
+    calls = []
+    spark = SimpleNamespace(sparkContext=SimpleNamespace(setJobDescription=calls.append))
+    with etl_bench._phase_clock() as marks:
+        session.describe(spark, "etl: read and validate")
+        session.describe(spark, "generate")  # not an ETL phase
+        session.describe(spark, "etl: write splits")
+    session.describe(spark, "etl: after the clock")
+    assert [m[0] for m in marks] == ["read and validate", "write splits"]
+    assert calls[0] == "dlpipe etl: read and validate" and session.STAGE_LISTENERS == []
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "autoencoder", "vae"])
+def test_baselines_use_only_the_model_contract(model_name):
+    import torch
+
+    manifest = {"feature_shape": [1, 8, 8], "label_names": [str(d) for d in range(10)]}
+    model = data.build_model(model_name, {}, manifest)
+    features, labels = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    loss, _ = workers._loss_module(model)(features, labels)  # what plain PyTorch and DDP train on
+    loss.backward()
+    schema = model.output_schema()
+    columns = workers.arrow_outputs(model.predict(features), schema)
+    assert list(columns) == list(schema) and all(len(c) == 5 for c in columns.values())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -81,8 +82,12 @@ def test_every_verb_runs_a_module_with_main_and_bench_is_not_a_product_verb():
 
 @pytest.mark.slow
 def test_the_wheel_holds_the_two_packages_and_no_benchmark_or_test_code(tmp_path):
+    # Build from a copy of the whole tree (benchmarks/ and tests/ included): setuptools writes build/ in place.
+    source = tmp_path / "src"
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "work", "dist", "build",
+                                                                     "*.egg-info", "__pycache__", "data"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True, timeout=300)
+                    str(tmp_path), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("dlpipe-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("dlpipe-")}

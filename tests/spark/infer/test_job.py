@@ -83,7 +83,7 @@ def test_bad_rows_get_null_outputs_and_an_error(spark, trained):
 def test_a_split_the_dataset_lacks_is_a_config_error_naming_its_splits(spark, trained):
     config = make_config(trained.workdir, "run_id=infer-cnn", "infer.split=holdout")
     with pytest.raises(ConfigError, match=r"infer.split='holdout' is not a split of dataset digits "
-                                          r"\(its splits: train, val, test\)"):
+                                          r"\(its splits: test, train, val\)"):
         infer.main(spark, config)
 
 

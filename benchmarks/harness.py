@@ -1,10 +1,10 @@
-"""What every benchmark shares: repeats, median and spread, targets, the table, the JSON, the data.
+"""What every benchmark shares: repeats, median and spread, targets, the table, the JSON, the machine.
 
 A benchmark module builds a :class:`Report`: each contender's repeated figures (median and spread
 of the raw values), the ratios the issue defines, the target each ratio must meet, and, when a
 contender cannot run here, the reason instead of a figure. :func:`finish` prints the table and
-writes ``<workdir>/bench/<name>.json``; ``pipelines.bench.docs`` turns those files into
-``docs/benchmarks.md``.
+writes ``<workdir>/bench/<name>.json``; ``benchmarks.docs`` turns those files into
+``docs/benchmarks.md``. Nothing here measures anything by itself.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,10 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.config import PipelineConfig
-from pipelines.publish import is_published, write_text_atomic
-from pipelines.session import REPO_ROOT
+from pipelines.publish import write_text_atomic
 
-SIZES = ("tiny", "small", "large")
+# benchmarks/ is not installed: the repository root is what executors, rank processes and
+# contender processes need on their path to import it.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ratio -> (comparison, bound); the docs table prints them next to the measured figure.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -41,6 +41,11 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 class BenchError(RuntimeError):
     """A benchmark could not produce its figures; the message says which step failed and why."""
+
+
+def command(name: str, size: str) -> str:
+    """The command that reproduces one benchmark (what the docs page shows)."""
+    return f"python -m benchmarks {name} --size {size}"
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -97,10 +102,16 @@ def meets(name: str, value: float | None) -> bool | None:
 
 
 def target_text(name: str) -> str:
+    """The target of ratio ``name`` as the table shows it (``>= 0.8``), or "" when it has none."""
     if name not in TARGETS:
         return ""
     op, bound = TARGETS[name]
     return f"{op} {bound:g}"
+
+
+def mean(values: list[float]) -> float:
+    """Plain mean, rounded for the JSON (per-epoch fractions such as the data wait)."""
+    return round(sum(values) / len(values), 3)
 
 
 @dataclass
@@ -128,6 +139,10 @@ class Report:
         """Record that ``contender`` could not run here, and why (instead of a figure)."""
         self.unavailable[contender] = reason
 
+    def skip_error(self, contender: str, error: BaseException) -> None:
+        """:meth:`skip` with the first line of an exception as the reason."""
+        self.skip(contender, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
     def median(self, contender: str) -> float | None:
         entry = self.contenders.get(contender)
         return entry["median"] if entry else None
@@ -136,8 +151,8 @@ class Report:
         return {
             "benchmark": self.name,
             "size": self.size,
-            "command": f"dlpipe bench {self.name} --size {self.size}",
-            "invoked_as": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command(self.name, self.size),
+            "invoked_as": _invoked_as(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.time() - self.started, 1),
             "machine": machine(),
@@ -151,6 +166,14 @@ class Report:
             "limits": {k: v for k, v in self.limits.items() if k in self.ratios},
             "notes": self.notes,
         }
+
+
+def _invoked_as() -> str:
+    """This process's command line; ``python -m benchmarks`` rather than ``__main__.py``."""
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":
+        program = f"python -m {Path(sys.argv[0]).resolve().parent.name}"
+    return " ".join([program, *sys.argv[1:]])
 
 
 def machine() -> dict[str, Any]:
@@ -185,12 +208,13 @@ def machine() -> dict[str, Any]:
 # --- output -------------------------------------------------------------------------------------
 
 def bench_dir(config: PipelineConfig) -> Path:
+    """Where the benchmarks keep their JSON, data and runs: ``<workdir>/bench``."""
     return Path(config.workdir) / "bench"
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The console table of one benchmark's JSON: contenders, then ratios against their targets."""
-    lines = [f"dlpipe bench {result['benchmark']} (size {result['size']}, {result['seconds']} s)"]
+    lines = [f"bench {result['benchmark']} (size {result['size']}, {result['seconds']} s)"]
     rows = [("contender", "median", "spread", "runs", "unit")]
     for name, c in result["contenders"].items():
         rows.append((name, f"{c['median']:.4g}", f"{c['spread']:.1%}", str(len(c["values"])), c["unit"]))
@@ -217,94 +241,5 @@ def finish(report: Report, config: PipelineConfig) -> dict[str, Any]:
 
 
 def log(name: str, message: str) -> None:
+    """A progress line of benchmark ``name`` (benchmarks run for minutes)."""
     print(f"[bench {name}] {message}", flush=True)
-
-
-# --- data ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A generated-digits dataset, run through dlpipe's ETL."""
-
-    num_samples: int
-    image_size: int
-    rows_per_row_group: int
-    splits: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
-    output_files: int = 2
-
-    @property
-    def key(self) -> str:
-        return f"digits{self.image_size}_{self.num_samples}_rg{self.rows_per_row_group}"
-
-
-def generated(spark: Any, config: PipelineConfig, num_samples: int, image_size: int) -> Path:
-    """Generated digits (``pipelines.generate``) under ``<workdir>/bench/data``, made once."""
-    from pipelines import generate
-
-    out = bench_dir(config) / "data" / f"generated{image_size}_{num_samples}"
-    info = out / generate.INFO_FILE
-    if is_published(out) and info.is_file():
-        made = json.loads(info.read_text())
-        if made.get("n") == num_samples and made.get("image_size") == image_size:
-            return out
-    partitions = max(1, min(os.cpu_count() or 1, math.ceil(num_samples / generate.BLOCK)))
-    generate.main(spark, derive(config, f"generate.num_samples={num_samples}", f"generate.image_size={image_size}",
-                                f"generate.partitions={partitions}", f"generate.output={out}"))
-    return out
-
-
-def etl_config(config: PipelineConfig, source: Path, spec: DataSpec, dataset: str) -> PipelineConfig:
-    """The ETL config that turns generated Parquet (a tabular source) into a dlpipe dataset."""
-    splits = "{" + ", ".join(f"{k}: {v}" for k, v in spec.splits) + "}"
-    return derive(config, f"workdir={bench_dir(config)}", f"dataset={dataset}", "etl.source.kind=parquet",
-                  f"etl.source.path={source.resolve()}", "etl.source.feature_columns=[features]",
-                  "etl.source.id_column=id", f"etl.source.image_shape=[{spec.image_size}, {spec.image_size}]",
-                  "etl.source.label_names=[]", f"etl.rows_per_row_group={spec.rows_per_row_group}",
-                  f"etl.output_files={spec.output_files}", f"etl.splits={splits}")
-
-
-def dataset(spark: Any, config: PipelineConfig, spec: DataSpec) -> Path:
-    """The ETL output of ``spec`` under ``<workdir>/bench/datasets``, made once (reused when it matches)."""
-    from pipelines import etl
-
-    cfg = etl_config(config, generated(spark, config, spec.num_samples, spec.image_size), spec, spec.key)
-    manifest = cfg.dataset_dir / "manifest.json"
-    if is_published(cfg.dataset_dir) and manifest.is_file():
-        m = json.loads(manifest.read_text())
-        if m.get("records_in") == spec.num_samples and m.get("rows_per_row_group") == spec.rows_per_row_group:
-            return cfg.dataset_dir
-    etl.main(spark, cfg)
-    return cfg.dataset_dir
-
-
-def derive(config: PipelineConfig, *overrides: str) -> PipelineConfig:
-    """``config`` with ``key=value`` overrides applied, validated like the command line's."""
-    from pipelines.config import _apply_override, from_dict
-
-    raw = config.to_dict()
-    for item in overrides:
-        _apply_override(raw, item)
-    return from_dict(raw)
-
-
-# --- contenders in their own processes ---------------------------------------------------------
-
-def python_env(threads: int) -> dict[str, str]:
-    """Environment of a contender process: this interpreter's imports, ``threads`` compute threads."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *[p for p in sys.path if p]])
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def run_worker(module: str, args: dict[str, Any], *, threads: int, timeout_s: float,
-               env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``python -m module JSON`` (a contender); its last stdout line is its JSON result."""
-    proc = subprocess.run([sys.executable, "-m", module, json.dumps(args)], capture_output=True, text=True,
-                          timeout=timeout_s, env=env or python_env(threads), cwd=str(REPO_ROOT))
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-        raise BenchError(f"{module} exited with code {proc.returncode}; last lines:\n{tail}")
-    return json.loads(lines[-1])
