@@ -18,7 +18,7 @@ from models.cnn import CNN
 from models.mlp import MLP
 from models.vae import VAE
 
-__all__ = ["DlpipeModel", "build", "names", "to_artifact_dict", "from_artifact_dict"]
+__all__ = ["DlpipeModel", "build", "config_class", "names", "to_artifact_dict", "from_artifact_dict"]
 
 _REGISTRY: dict[str, type[DlpipeModel]] = {cls.name: cls for cls in (Autoencoder, CNN, MLP, VAE)}
 
@@ -28,6 +28,13 @@ _ARTIFACT_KEYS = ("model_name", "model_config", "feature_shape", "num_classes", 
 def names() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_REGISTRY)
+
+
+def config_class(name: str) -> type:
+    """The @dataclass holding model ``name``'s hyperparameters (ValueError for an unknown name)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    return _REGISTRY[name].config_class
 
 
 def build(name: str, *, feature_shape: tuple[int, ...], num_classes: int, **config: Any) -> DlpipeModel:

@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.config import ConfigError, PipelineConfig, check_environment, load_config, to_yaml
 
 # verb -> module whose ``main(spark, config)`` runs it
 JOBS = {
@@ -29,6 +29,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("verb", choices=list(JOBS))
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--run-id", help="run id (default: a timestamp); re-use it to resume or re-run")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, print it resolved, and exit (no Spark)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -47,9 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = resolve_config(args)
+        check_environment(config)
     except ConfigError as e:
         print(f"dlpipe: config error: {e}", file=sys.stderr)
         return 2
+    if args.check:
+        print(f"# dlpipe {args.verb}: config is valid\n" + to_yaml(config), end="")
+        return 0
     job = importlib.import_module(JOBS[args.verb])
     from pipelines.session import get_spark
 

@@ -1,7 +1,10 @@
 """Pipeline configuration: YAML + ``key.sub=value`` overrides, validated once into dataclasses.
 
 Every job (etl, generate, train, infer, run, check) takes the same :class:`PipelineConfig`.
-Unknown keys are rejected with close-match suggestions; bad values name the key and the type.
+Unknown keys are rejected with close-match suggestions; a value of the wrong type or outside its
+rules (declared beside each field with ``setting``, see ``pipelines.config_rules``) names the key,
+the value and what is allowed; ``model.params`` are checked against the chosen model's own config
+class. All of it happens when the config is loaded, before any Spark session starts.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import datetime
 import difflib
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,24 +23,50 @@ from typing import Any
 
 import yaml
 
+from pipelines.config_rules import (
+    Rule, above, at_least, check, each, folder_name, one_of, rules_markdown, setting, within,
+)
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
+
+
+def _splits_problem(splits: dict[str, float]) -> str | None:
+    if "train" not in splits:
+        return "must include 'train' (normalisation is computed on it)"
+    for name, fraction in splits.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == "quarantine":
+            return f"names a split {name!r} that cannot be a folder name; use letters, digits, _ or -"
+        if not fraction > 0:
+            return f"gives {name!r} the fraction {fraction}: every fraction must be > 0 (drop the split instead)"
+    if abs(sum(splits.values()) - 1.0) > 1e-6:
+        return f"sums to {sum(splits.values()):g}; the fractions must sum to 1"
+    return None
+
+
+SPLITS_RULE = Rule("split name -> fraction > 0, fractions summing to 1, 'train' included", _splits_problem)
+UNIQUE = Rule("no value twice", lambda v: "lists a value twice" if len(set(v)) != len(v) else None)
+NONEMPTY = Rule("not empty", lambda v: None if v else "must not be empty")
+MASTER_PATTERN = re.compile(r"|local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s|mesos)://.+")
+MASTER_RULE = Rule("empty, local, local[N], local[*], local-cluster[N,C,M], yarn, spark://..., k8s://...",
+                   lambda v: None if MASTER_PATTERN.fullmatch(v) else
+                   "is not a Spark master URL (empty = spark-submit's or spark-defaults' master, else local[*])")
 
 
 @dataclass
 class SourceConfig:
     """Where the raw records come from. A new dataset needs a new config, not new code."""
 
-    kind: str = "images"  # images | csv | json | parquet
-    path: str = "data/digits"  # image folder, or tabular file/folder (relative paths: to the repo root)
+    kind: str = setting("images", one_of("images", "csv", "json", "parquet"))  # images | csv | json | parquet
+    path: str = setting("data/digits", NONEMPTY)  # image folder, or tabular file/folder (relative paths: to the repo root)
     labels_csv: str = "labels.csv"  # images: CSV (file,label) inside `path`; "" = label from sub-folder name
-    image_shape: list[int] = field(default_factory=lambda: [8, 8])  # H, W every image is resized to
-    channels: int = 1  # 1 = greyscale, 3 = RGB
+    image_shape: list[int] = setting([8, 8], each(at_least(1), length=2))  # H, W every image is resized to
+    channels: int = setting(1, one_of(1, 3))  # 1 = greyscale, 3 = RGB
     feature_columns: list[str] = field(default_factory=list)  # tabular: numeric columns in order, or one array column; [] = all but label/id
     label_column: str = "label"  # tabular: label column
     id_column: str = ""  # tabular: stable record id; "" = sha1 of the record's content (identical records = duplicates)
-    label_names: list[str] = field(default_factory=list)  # known labels in class-index order; [] = sorted distinct
+    label_names: list[str] = setting([], UNIQUE)  # known labels in class-index order; [] = sorted distinct
 
 
 @dataclass
@@ -43,25 +74,25 @@ class EtlConfig:
     """Validation, split and Parquet layout."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
-    rows_per_row_group: int = 64  # small row groups: every training rank gets several
-    max_quarantine_fraction: float = 0.05  # above this the job fails and publishes nothing
-    normalization: str = "global"  # global (one mean/std) | per_feature (mean/std per feature)
-    output_files: int = 4  # Parquet files per split
+    splits: dict[str, float] = setting({"train": 0.7, "val": 0.15, "test": 0.15}, SPLITS_RULE)
+    rows_per_row_group: int = setting(64, at_least(1))  # small row groups: every training rank gets several
+    max_quarantine_fraction: float = setting(0.05, within(0, 1))  # above this the job fails and publishes nothing
+    normalization: str = setting("global", one_of("global", "per_feature"))  # global (one mean/std) | per_feature (mean/std per feature)
+    output_files: int = setting(4, at_least(1))  # Parquet files per split
 
 
 @dataclass
 class GenerateConfig:
     """Synthetic deformed digits at scale (``dlpipe generate``)."""
 
-    num_samples: int = 100_000
-    image_size: int = 8  # 8 = native digits, 28 = upscaled
-    partitions: int = 0  # 0 = one partition per 50k samples
+    num_samples: int = setting(100_000, at_least(1))
+    image_size: int = setting(8, at_least(1))  # 8 = native digits, 28 = upscaled
+    partitions: int = setting(0, at_least(0))  # 0 = one partition per 50k samples
     output: str = ""  # "" = <workdir>/generated/digits_<size>px_<n>
-    max_rotation_deg: float = 12.0
-    max_shift_px: float = 1.0
-    elastic_alpha: float = 1.0  # strength of the elastic distortion, in pixels
-    noise_std: float = 0.03  # additive Gaussian noise on [0, 1] pixels
+    max_rotation_deg: float = setting(12.0, within(0, 180))
+    max_shift_px: float = setting(1.0, at_least(0))
+    elastic_alpha: float = setting(1.0, at_least(0))  # strength of the elastic distortion, in pixels
+    noise_std: float = setting(0.03, at_least(0))  # additive Gaussian noise on [0, 1] pixels
 
 
 @dataclass
@@ -76,42 +107,45 @@ class ModelConfig:
 class TrainConfig:
     """Horovod data-parallel training in one barrier-mode Spark stage."""
 
-    num_workers: int = 2  # Horovod ranks = barrier tasks
-    epochs: int = 15
-    batch_size: int = 64  # per rank
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3  # per-rank base learning rate
+    num_workers: int = setting(2, at_least(1))  # Horovod ranks = barrier tasks
+    epochs: int = setting(15, at_least(1))
+    batch_size: int = setting(64, at_least(1))  # per rank
+    optimizer: str = setting("adam", one_of("adam", "sgd"))  # adam | sgd
+    lr: float = setting(1e-3, above(0))  # per-rank base learning rate
     scale_lr_by_workers: bool = True  # lr * num_workers, the usual data-parallel rule
-    weight_decay: float = 0.0
+    weight_decay: float = setting(0.0, at_least(0))
     seed: int = 0
-    max_attempts: int = 1  # >1: a failed stage is relaunched and resumes from the last checkpoint
-    start_timeout_s: float = 120.0  # all tasks must register with the driver within this
-    failure_timeout_s: float = 120.0  # a failed/silent rank ends the stage within this
-    reader_workers: int = 1  # Petastorm reader threads per rank (1 keeps the order reproducible)
+    max_attempts: int = setting(1, at_least(1))  # >1: a failed stage is relaunched and resumes from the last checkpoint
+    # Also checkpoint every N steps inside an epoch (0 = only at epoch ends): for long epochs; a
+    # resumed run skips exactly the steps already trained and ends with the same weights.
+    checkpoint_every_steps: int = setting(0, at_least(0))
+    start_timeout_s: float = setting(120.0, above(0))  # all tasks must register with the driver within this
+    failure_timeout_s: float = setting(120.0, above(0))  # a failed/silent rank ends the stage within this
+    reader_workers: int = setting(1, at_least(1))  # Petastorm reader threads per rank (1 keeps the order reproducible)
     gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
-    horovod_cycle_time_ms: float = 1.0
-    horovod_fusion_threshold_mb: int = 32
+    horovod_cycle_time_ms: float = setting(1.0, above(0))
+    horovod_fusion_threshold_mb: int = setting(32, at_least(0))
 
 
 @dataclass
 class InferConfig:
     """Batch inference with a vectorized Spark UDF."""
 
-    split: str = "test"  # which ETL split to score when `input` is empty (any split of the dataset)
+    split: str = setting("test", folder_name())  # which ETL split to score when `input` is empty (any split of the dataset)
     input: str = ""  # any Parquet with the feature column; "" = the ETL split above
     artifact: str = ""  # "" = the run's model artifact
     output: str = ""  # "" = <run dir>/predictions
-    batch_size: int = 512  # rows per forward pass; also the Arrow batch size
+    batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
 
 
 @dataclass
 class PipelineConfig:
     """The whole pipeline's configuration."""
 
-    workdir: str = "work"  # datasets, runs, benchmark output (relative paths: to the current folder)
-    dataset: str = "digits"  # name of the ETL output folder under <workdir>/datasets
-    run_id: str = ""  # "" = a timestamp; reuse an id to resume or re-run idempotently
-    master: str = ""  # "" = spark-submit's / spark-defaults' master, else local[*]
+    workdir: str = setting("work", NONEMPTY)  # datasets, runs, benchmark output (relative paths: to the current folder)
+    dataset: str = setting("digits", folder_name())  # name of the ETL output folder under <workdir>/datasets
+    run_id: str = setting("", folder_name(allow_empty=True))  # "" = a timestamp; reuse an id to resume or re-run idempotently
+    master: str = setting("", MASTER_RULE)  # "" = spark-submit's / spark-defaults' master, else local[*]
     spark: dict[str, str] = field(default_factory=dict)  # extra Spark settings for dlpipe's own session
     etl: EtlConfig = field(default_factory=EtlConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -157,7 +191,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
-    return _build(PipelineConfig, raw, prefix="")
+    config = _build(PipelineConfig, raw, prefix="")
+    check_model(config.model)
+    return config
+
+
+def check_model(model: ModelConfig) -> None:
+    """``model.name`` is a known model and ``model.params`` fit its own config class."""
+    import models  # torch only; the model configs are the model code's own dataclasses
+
+    if model.name not in models.names():
+        close = difflib.get_close_matches(model.name, models.names(), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"config key 'model.name' = {model.name!r} is not a dlpipe model{hint} "
+                          f"(models: {', '.join(models.names())})")
+    try:
+        _build(models.config_class(model.name), model.params, prefix="model.params.")
+    except (ValueError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{e} (model {model.name!r})") from None
+        raise ConfigError(f"model.params for model {model.name!r}: {e}") from None
+
+
+def check_environment(config: PipelineConfig) -> None:
+    """What the config asks of this machine, checked before Spark starts (e.g. YARN needs its conf)."""
+    if config.master == "yarn" and not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+        raise ConfigError("config key 'master' = 'yarn' but neither HADOOP_CONF_DIR nor YARN_CONF_DIR is set: "
+                          "export the folder holding the cluster's yarn-site.xml, or submit with spark-submit "
+                          "--master yarn on a machine set up for the cluster")
+
+
+def rules_table() -> str:
+    """Every config key with its default and what is allowed, as markdown (the README shows it)."""
+    import models
+
+    return rules_markdown(PipelineConfig, extra={
+        "model.name": "one of " + ", ".join(models.names()),
+        "model.params": "the fields of the chosen model's config class (`models/<name>.py`), checked by type and range",
+        "spark": "Spark settings for dlpipe's own session (`spark.executor.memory: 4g`)",
+    })
 
 
 def to_yaml(config: PipelineConfig) -> str:
@@ -193,6 +265,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid keys here: {', '.join(sorted(fields))})")
         kwargs[key] = _coerce(hints[key], value, prefix + key)
+        problem = check(fields[key], kwargs[key], prefix + key)
+        if problem:
+            raise ConfigError(problem)
     return cls(**kwargs)
 
 
@@ -213,6 +288,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
         raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {value!r}")
+    if origin is tuple:  # model configs: tuple[int, ...] (YAML gives lists)
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} expects a list of {item_tp.__name__}, got {value!r}")
+        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

@@ -42,7 +42,8 @@ QUARANTINE_COLUMNS = ["id", "source", "row", "label", "reason", "detail"]
 # Keys of manifest.json (``make_manifest`` writes exactly these).
 MANIFEST_KEYS = (
     "records_in", "accepted", "quarantined", "quarantine_by_reason", "splits", "feature_shape", "dtype",
-    "columns", "normalization", "label_names", "source", "config_hash", "created_at", "rows_per_row_group",
+    "columns", "normalization", "label_names", "source", "input_files", "config_hash", "created_at",
+    "rows_per_row_group",
 )
 
 

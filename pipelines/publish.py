@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,33 @@ def replace_dir(src: Path, final: Path) -> None:
         os.rename(final, old)
     os.rename(src, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """Fail now, naming config ``key`` and the path, when ``path`` cannot be created or written.
+
+    Checks the nearest existing ancestor: it must be a folder in which a file can be made (a real
+    probe: permission bits say nothing for root or on read-only mounts). Jobs call this before any
+    work, so a wrong output location costs seconds, not a whole run.
+    """
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create {path} (under {key}): {existing} is a file, not a folder; "
+                          f"point {key} at a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dlpipe-write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot create {path} (under {key}): cannot write in {existing} ({e.strerror}); "
+                          f"choose a writable location for {key} or fix its permissions") from e
+
+
+class OutputError(RuntimeError):
+    """An output location cannot be written; the message names the config key and the path."""
 
 
 def is_published(path: str | Path) -> bool:

@@ -16,13 +16,16 @@ from pipelines.etl import job as etl
 from pipelines.infer import job as infer
 from pipelines.train import driver as train
 from pipelines.config import ConfigError, PipelineConfig, to_yaml
-from pipelines.publish import write_json_atomic, write_text_atomic
+from pipelines.publish import check_writable, write_json_atomic, write_text_atomic
 from pipelines.report import write_report
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> dict[str, Any]:
     """Run every stage; write ``summary.json`` and ``report.md`` into the run folder."""
     check_splits(config)
+    check_writable(config.run_dir(), "workdir")
+    if config.infer.output:
+        check_writable(config.infer.output, "infer.output")
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))

@@ -5,7 +5,10 @@ They run in rank processes started by barrier tasks: ``tests/conftest.py`` puts 
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.launcher import RankContext
@@ -32,3 +35,23 @@ def stall_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
     if ctx.rank == payload["rank"]:
         time.sleep(3600)
     hvd.allreduce(torch.ones(1), name="waits-for-a-live-but-stuck-peer")
+
+
+KILL_AT = (2, 13)  # (epoch, step) at which rank 0 dies on the first attempt
+
+
+@dataclass(frozen=True)
+class _KillAtStep(RankContext):
+    """Rank 0 SIGKILLs itself when it reports step KILL_AT (first attempt only): exactly there, every run."""
+
+    def emit(self, kind: str, **data: Any) -> None:
+        super().emit(kind, **data)
+        if kind == "progress" and self.attempt == 0 and (data["epoch"], data["step"]) == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_rank_killed_inside_epoch_2(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """The real trainer, with rank 0 killed at step 13 of epoch 2 on the first attempt."""
+    from pipelines.train.rank import train_rank
+
+    return train_rank(payload, _KillAtStep(ctx.rank, ctx.size, ctx.local_rank, ctx.threads, ctx.attempt))

@@ -35,7 +35,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import ConfigError, GenerateConfig, PipelineConfig
 from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, stats_batch, write_parts
-from pipelines.publish import atomic_dir, write_json_atomic
+from pipelines.publish import atomic_dir, check_writable, write_json_atomic
 from pipelines.session import REPO_ROOT, describe
 
 BLOCK = 1024  # samples per unit of work: also the Arrow batch size handed to the writer
@@ -183,6 +183,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     partitions = min(blocks, g.partitions or math.ceil(g.num_samples / SAMPLES_PER_PARTITION))
     digits = spark.sparkContext.broadcast(load_digits())
     out = output_dir(config)
+    check_writable(out, "generate.output" if g.output else "workdir")
     describe(spark, "generate")
     try:
         with atomic_dir(out) as tmp:

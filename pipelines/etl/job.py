@@ -19,7 +19,6 @@ If the quarantined fraction exceeds ``etl.max_quarantine_fraction`` the job rais
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,45 +30,20 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import dataset
-from pipelines.config import ConfigError, EtlConfig, PipelineConfig
+from pipelines.config import EtlConfig, PipelineConfig
 from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, part_writer
 from pipelines.etl.sources import EtlError, Extracted, read_records
 from pipelines.etl.validate import (
     DUPLICATE_ORDER, REASONS, assign_split, classify, feature_shape, label_names_from, mark_duplicates,
     with_feature_count,
 )
-from pipelines.publish import atomic_dir, write_json_atomic
+from pipelines.publish import atomic_dir, check_writable, write_json_atomic
 from pipelines.session import describe
 
 __all__ = ["EtlError", "main", "validate", "publish"]
 
 STD_FLOOR = 1e-6  # normalisation never divides by ~0
 NARROW_COLUMNS = ["id", "source", "row", "label", "decode_detail", "null_detail", "nonfinite_detail", "fingerprint", "n_features"]
-
-
-# --- checks of the config ---------------------------------------------------------------------
-
-def check_etl_config(etl: EtlConfig) -> None:
-    """Reject settings the ETL cannot honour, naming the key and the fix."""
-    if not etl.splits or dataset.TRAIN_SPLIT not in etl.splits:
-        raise ConfigError(f"etl.splits={etl.splits} must include '{dataset.TRAIN_SPLIT}' (normalisation is "
-                          f"computed on it)")
-    for name, fraction in etl.splits.items():
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == dataset.QUARANTINE:
-            raise ConfigError(f"etl.splits: {name!r} cannot be a split folder name; use letters, digits, _ or -")
-        if not fraction > 0:
-            raise ConfigError(f"etl.splits.{name}={fraction}: every fraction must be > 0 (drop the split instead)")
-    if abs(sum(etl.splits.values()) - 1.0) > 1e-6:
-        raise ConfigError(f"etl.splits={etl.splits} sums to {sum(etl.splits.values())}; the fractions must sum to 1")
-    if etl.rows_per_row_group < 1 or etl.output_files < 1:
-        raise ConfigError("etl.rows_per_row_group and etl.output_files must be >= 1")
-    if etl.normalization not in ("global", "per_feature"):
-        raise ConfigError(f"etl.normalization={etl.normalization!r}: use 'global' or 'per_feature'")
-    if not 0.0 <= etl.max_quarantine_fraction <= 1.0:
-        raise ConfigError(f"etl.max_quarantine_fraction={etl.max_quarantine_fraction} must be within [0, 1]")
-    names = etl.source.label_names
-    if len(set(names)) != len(names):
-        raise ConfigError(f"etl.source.label_names={names} lists a label twice")
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -250,6 +224,7 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
             normalization=normalization_stats(spark, tmp / dataset.TRAIN_SPLIT, etl.normalization),
             label_names=verdict.label_names,
             source={"kind": etl.source.kind, "path": str(extracted.path)},
+            input_files=extracted.files.summary(),
             config_hash=config.digest(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             rows_per_row_group=etl.rows_per_row_group,
@@ -260,7 +235,7 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
 
 def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     """Run the ETL for ``config`` and return the manifest (also written to the dataset folder)."""
-    check_etl_config(config.etl)
+    check_writable(config.dataset_dir, "workdir")
     describe(spark, "etl: read and validate")
     extracted = read_records(spark, config.etl.source)
     records = extracted.records
@@ -282,4 +257,9 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
         f"etl: records in {manifest['records_in']} = accepted {manifest['accepted']} + quarantined "
         f"{manifest['quarantined']} (quarantine: {reasons}) -> {config.dataset_dir}"
     )
+    files = extracted.files
+    if files.empty:
+        what = "quarantined as decode_error" if config.etl.source.kind == "images" else "they hold no records"
+        shown = ", ".join(files.empty[:5]) + (", ..." if len(files.empty) > 5 else "")
+        print(f"etl: {len(files.empty)} of {files.listed} input files are empty (0 bytes; {what}): {shown}")
     return manifest

@@ -52,6 +52,20 @@ class Extracted:
     path: Path  # resolved source path
     num_features: int | None  # fixed by the source layout; None = one array column, length read from the data
     image_shape: list[int] | None  # [C, H, W] when the source is an image folder
+    files: "InputFiles"  # every input file listed, and the empty ones
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """The input files a source listed. Spark's file scans skip zero-byte files, so they are found
+    here by comparing the listing with what the scan read (images: each is also a quarantined record)."""
+
+    listed: int
+    empty: list[str]  # paths relative to the source path, sorted
+
+    def summary(self, examples: int = 20) -> dict:
+        """For the manifest: counts and the first few empty files."""
+        return {"listed": self.listed, "empty": len(self.empty), "empty_examples": self.empty[:examples]}
 
 
 def resolve_source_path(path: str) -> Path:
@@ -70,12 +84,12 @@ def read_records(spark: SparkSession, source: SourceConfig) -> Extracted:
     """Extract: read ``source`` (kind images | csv | json | parquet) into :data:`RECORD_COLUMNS`."""
     root = resolve_source_path(source.path)
     if source.kind == "images":
-        records = read_images(spark, source, root)
+        records, files = read_images(spark, source, root)
         shape = [source.channels, *source.image_shape]
-        return Extracted(records, root, int(np.prod(shape)), shape)
+        return Extracted(records, root, int(np.prod(shape)), shape, files)
     if source.kind in TABULAR_KINDS:
-        records, num_features = read_tabular(spark, source, root)
-        return Extracted(records, root, num_features, None)
+        records, num_features, files = read_tabular(spark, source, root)
+        return Extracted(records, root, num_features, None, files)
     raise ConfigError(f"etl.source.kind={source.kind!r} is not one of images, {', '.join(TABULAR_KINDS)}")
 
 
@@ -122,25 +136,30 @@ def make_image_decoder(channels: int, height: int, width: int):
     return decode
 
 
-def read_images(spark: SparkSession, source: SourceConfig, root: Path) -> DataFrame:
-    """Image folder -> records. id = path relative to ``root``; label from labels.csv or sub-folder."""
-    if source.channels not in (1, 3):
-        raise ConfigError(f"etl.source.channels={source.channels}: use 1 (greyscale) or 3 (RGB)")
-    if len(source.image_shape) != 2 or min(source.image_shape) < 1:
-        raise ConfigError(f"etl.source.image_shape={source.image_shape}: give [height, width], both >= 1")
+def read_images(spark: SparkSession, source: SourceConfig, root: Path) -> tuple[DataFrame, InputFiles]:
+    """Image folder -> records. id = path relative to ``root``; label from labels.csv or sub-folder.
+
+    Every listed image file is a record: an empty (0-byte) one, which Spark's scan skips, becomes a
+    ``decode_error`` record with the detail ``empty file (0 bytes)``.
+    """
     if not root.is_dir():
         raise EtlError(f"etl.source.path={root} is not a folder; source.kind=images reads a folder of images")
     base = _qualified(spark, root)  # binaryFile spells paths this way, e.g. file:/abs/folder
-    files = (
+    raw = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")  # also: no partition discovery from folder names
         .option("pathGlobFilter", IMAGE_GLOB)
         .load(str(root))
+    )
+    relative = F.col("path").substr(len(base) + 2, 1 << 30)
+    files = (
         # Small files are packed ~32 per scan task; that many Python UDF tasks cost more than the
         # decoding. A few streaming tasks per core are plenty.
-        .coalesce(max(1, 4 * spark.sparkContext.defaultParallelism))
-        .select(F.col("path").alias("source"), F.col("path").substr(len(base) + 2, 1 << 30).alias("id"), "content")
+        raw.coalesce(max(1, 4 * spark.sparkContext.defaultParallelism))
+        .select(F.col("path").alias("source"), relative.alias("id"), "content")
     )
+    listed = raw.inputFiles()
+    empty = _unscanned(spark, listed, raw.select("path"), base)
     height, width = source.image_shape
     decoder = make_image_decoder(source.channels, height, width)
     decoded = files.select("id", "source", decoder("content").alias("img")).select(
@@ -152,15 +171,24 @@ def read_images(spark: SparkSession, source: SourceConfig, root: Path) -> DataFr
         F.lit(None).cast("string").alias("null_detail"),
     )
     decoded = decoded.withColumn("nonfinite_detail", nonfinite_detail(F.col("features")))
+    ids = files.select("id")  # every listed file, empty ones included (no decoding needed for this)
+    if empty:
+        empty_records = spark.createDataFrame([(p, f"{base}/{p}") for p in empty], "id string, source string").select(
+            "id", "source", F.lit(None).cast("bigint").alias("row"), F.lit(None).cast("array<float>").alias("features"),
+            F.lit("empty file (0 bytes)").alias("decode_detail"), F.lit(None).cast("string").alias("null_detail"),
+            F.lit(None).cast("string").alias("nonfinite_detail"))
+        decoded = decoded.unionByName(empty_records)
+        ids = ids.unionByName(empty_records.select("id"))
+    found = InputFiles(len(listed), empty)
     if not source.labels_csv:
         # label = name of the folder holding the file; files directly in root have none.
         folder = F.regexp_extract("id", r"([^/]+)/[^/]+$", 1)
-        return _finish(decoded.withColumn("label", F.when(folder != "", folder)))
+        return _finish(decoded.withColumn("label", F.when(folder != "", folder))), found
     labels_path = root / source.labels_csv
     labels = _read_labels_csv(spark, labels_path)
     labelled = decoded.join(labels, "id", "left")  # a file listed twice -> two records, one id
     # Rows of labels.csv naming no image file are records too: they must not vanish silently.
-    orphans = labels.join(files.select("id"), "id", "left_anti").select(
+    orphans = labels.join(ids, "id", "left_anti").select(
         "id",
         F.lit(str(labels_path)).alias("source"),
         F.lit(None).cast("bigint").alias("row"),
@@ -171,7 +199,36 @@ def read_images(spark: SparkSession, source: SourceConfig, root: Path) -> DataFr
         F.lit(None).cast("string").alias("nonfinite_detail"),
         "label",
     )
-    return _finish(labelled.unionByName(orphans))
+    return _finish(labelled.unionByName(orphans)), found
+
+
+def _unscanned(spark: SparkSession, listed: list[str], scanned: DataFrame, base: str) -> list[str]:
+    """Listed files the scan did not read (Spark skips zero-byte files), relative to ``base``, sorted.
+
+    The listing spells local paths ``file:///x``, the scan ``file:/x``: both are brought to the latter.
+    """
+    def plain(column: str) -> Column:
+        return F.regexp_replace(F.col(column), "^file:/+", "file:/")
+
+    if not listed:
+        return []
+    listing = spark.createDataFrame([(p,) for p in listed], "path string").select(plain("path").alias("p"))
+    missing = listing.join(scanned.select(plain("path").alias("p")), "p", "left_anti").collect()
+    return sorted(row.p[len(base) + 1:] for row in missing)
+
+
+def _empty_files(spark: SparkSession, listed: list[str], root: Path) -> list[str]:
+    """The zero-byte files among ``listed`` (tabular sources: few files), relative to ``root``, sorted."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    base = _qualified(spark, root)
+    empty = []
+    for path in listed:
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        if hpath.getFileSystem(conf).getFileStatus(hpath).getLen() == 0:
+            qualified = hpath.getFileSystem(conf).makeQualified(hpath).toString()
+            empty.append(qualified[len(base) + 1:] if qualified.startswith(base + "/") else qualified)
+    return sorted(empty)
 
 
 def _read_labels_csv(spark: SparkSession, path: Path) -> DataFrame:
@@ -199,9 +256,13 @@ def _qualified(spark: SparkSession, path: Path) -> str:
 
 # --- tabular ----------------------------------------------------------------------------------
 
-def read_tabular(spark: SparkSession, source: SourceConfig, root: Path) -> tuple[DataFrame, int | None]:
-    """CSV (header) / JSON lines / Parquet -> records; returns them and the fixed feature count (None = array)."""
+def read_tabular(spark: SparkSession, source: SourceConfig,
+                 root: Path) -> tuple[DataFrame, int | None, InputFiles]:
+    """CSV (header) / JSON lines / Parquet -> records; returns them, the fixed feature count (None =
+    array) and the input files (an empty file holds no records; it is reported, not an error)."""
     raw = _load_table(spark, source.kind, root)
+    listed = raw.inputFiles()
+    files = InputFiles(len(listed), _empty_files(spark, listed, root))
     columns = [c for c in raw.columns if c not in (CORRUPT, "_file", "_row")]
     label_col = _require_column(columns, source.label_column, "etl.source.label_column", root)
     id_col = _require_column(columns, source.id_column, "etl.source.id_column", root) if source.id_column else ""
@@ -242,7 +303,7 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: Path) -> tuple
         null_detail.alias("null_detail"),
         feats["nonfinite_detail"].alias("nonfinite_detail"),
     )
-    return _finish(records), num_features
+    return _finish(records), num_features, files
 
 
 def _load_table(spark: SparkSession, kind: str, root: Path) -> DataFrame:

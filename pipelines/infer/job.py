@@ -16,7 +16,7 @@ from pipelines.artifact import artifact_path
 from pipelines.config import PipelineConfig
 from pipelines.infer.evaluate import evaluate
 from pipelines.infer.scoring import predict
-from pipelines.publish import atomic_dir
+from pipelines.publish import atomic_dir, check_writable
 from pipelines.session import describe
 
 
@@ -30,6 +30,8 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
                                 f"run_id={config.run_id}) or set infer.artifact")
     source = ic.input or input_split(config)
     output = Path(ic.output or run_dir / "predictions")
+    check_writable(output, "infer.output" if ic.output else "workdir")
+    check_writable(run_dir / "report", "workdir")
     describe(spark, f"infer {Path(source).name} with {artifact.name}")
     frame = spark.read.parquet(str(source))
     predictions, loads = predict(spark, frame, artifact, ic.batch_size)

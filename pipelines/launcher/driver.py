@@ -14,6 +14,8 @@ import collections
 import json
 import logging
 import queue
+import re
+import signal
 import socket
 import socketserver
 import threading
@@ -24,7 +26,9 @@ from typing import Any, Callable
 from pyspark import BarrierTaskContext
 from pyspark.sql import SparkSession
 
-from pipelines.launcher.protocol import TaskSpec, send
+from pipelines.launcher.protocol import (
+    AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec, is_answer, new_challenge, new_secret, send,
+)
 
 log = logging.getLogger("dlpipe.launcher")
 EventHandler = Callable[[int, dict[str, Any]], None]
@@ -56,11 +60,12 @@ def run_horovod(
     """
     sc = spark.sparkContext
     driver_host = sc.getConf().get("spark.driver.host", socket.gethostname())
-    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt)
+    secret = new_secret()  # this launch's: reaches the tasks only inside the Spark closure
+    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret)
     spec = TaskSpec(
         entry=entry, payload=payload, num_workers=num_workers,
         coordinator_host=driver_host, coordinator_port=coordinator.port,
-        start_timeout_s=start_timeout_s, failure_timeout_s=failure_timeout_s,
+        start_timeout_s=start_timeout_s, failure_timeout_s=failure_timeout_s, secret=secret,
         gloo_iface=gloo_iface, extra_env=dict(extra_env or {}),
     )
     group = f"dlpipe-horovod-{uuid.uuid4().hex[:8]}"
@@ -102,6 +107,7 @@ def _barrier_task(spec: TaskSpec):
 
 
 def _explain_spark_error(error: BaseException, num_workers: int) -> str:
+    """One line that says why the barrier stage failed, without the Py4J and Java stacks around it."""
     text = str(error)
     first = text.strip().splitlines()[0] if text.strip() else repr(error)
     marker = "RankFailed: "
@@ -112,13 +118,44 @@ def _explain_spark_error(error: BaseException, num_workers: int) -> str:
         return (f"the barrier stage needs {num_workers} task slots at once but the cluster has fewer: "
                 f"lower train.num_workers or give Spark more cores (local[N], more executors, "
                 f"or a smaller spark.task.cpus)")
-    return f"Horovod stage failed: {first}"
+    lost = explain_lost_executor(text)
+    if lost:
+        return f"Horovod stage failed: {lost}"
+    aborted = re.search(r"Job aborted due to stage failure: ([^\n]*)", text)
+    return f"Horovod stage failed: {aborted.group(1).strip() if aborted else first}"
+
+
+def explain_lost_executor(text: str) -> str | None:
+    """'executor 1 on 10.0.0.5 was lost: Command exited with code 137 (SIGKILL: ...)' from Spark's error
+    text, or None when no executor was lost."""
+    lost = re.search(r"ExecutorLostFailure \(executor (\S+) exited([^)]*)\)\s*Reason: ([^\n]*)", text)
+    if not lost:
+        return None
+    executor, cause, reason = lost.group(1), lost.group(2).strip(), lost.group(3).strip()
+    host = re.search(r"\(([^\s()]+) executor " + re.escape(executor) + r"\)", text)
+    where = f" on {host.group(1)}" if host else ""
+    code = re.search(r"exited with code (\d+)", reason)
+    hint = ""
+    if code and int(code.group(1)) > 128:
+        signum = int(code.group(1)) - 128
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        hint = f" ({name}" + (": often the kernel's out-of-memory killer or a preempted node; check that "
+                              "worker's memory and its logs" if signum == signal.SIGKILL else "") + ")"
+    why = f" ({cause})" if cause else ""
+    return f"executor {executor}{where} was lost{why}: {reason}{hint}"
 
 
 class Coordinator:
-    """The driver's socket the barrier tasks talk to; also runs Horovod's rendezvous server."""
+    """The driver's socket the barrier tasks talk to; also runs Horovod's rendezvous server.
 
-    def __init__(self, driver_host: str, num_workers: int, gloo_iface: str, attempt: int) -> None:
+    A connection counts only once it answered the challenge with the launch's secret; until then,
+    and for any line that is not a JSON message, it is dropped and logged, never trusted.
+    """
+
+    def __init__(self, driver_host: str, num_workers: int, gloo_iface: str, attempt: int, secret: str) -> None:
         self.driver_host = driver_host
         self.num_workers = num_workers
         self.gloo_iface = gloo_iface
@@ -133,10 +170,17 @@ class Coordinator:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                for line in self.rfile:
-                    message = json.loads(line)
+                peer = "%s:%s" % self.client_address[:2]
+                if not coordinator._authenticate(self.request, self.rfile, secret, peer):
+                    return
+                for line in iter(lambda: self.rfile.readline(MAX_LINE_BYTES + 1), b""):
+                    message = _parse(line)
+                    if message is None:
+                        log.warning("dlpipe launcher: dropped a malformed message from task at %s: %r",
+                                    peer, line[:200])
+                        continue
                     if message.get("type") == "register":
-                        coordinator._register(message, self.request)
+                        coordinator._register(message, self.request, peer)
                     coordinator.messages.put(message)
                 coordinator.messages.put({"type": "disconnect", "partition": -1})
 
@@ -144,8 +188,30 @@ class Coordinator:
         self._server = socketserver.ThreadingTCPServer((driver_host, 0), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        log.info("dlpipe launcher: coordinator for %d tasks listening on %s:%d", num_workers, driver_host, self.port)
 
-    def _register(self, message: dict[str, Any], sock: socket.socket) -> None:
+    @staticmethod
+    def _authenticate(sock: socket.socket, rfile: Any, secret: str, peer: str) -> bool:
+        """Challenge the peer; True when it answered with the launch's secret in time."""
+        challenge = new_challenge()
+        sock.settimeout(AUTH_TIMEOUT_S)
+        try:
+            send(sock, {"type": "challenge", "challenge": challenge})
+            reply = _parse(rfile.readline(MAX_LINE_BYTES + 1))
+        except OSError:  # timed out or gone
+            reply = None
+        if reply is None or reply.get("type") != "auth" or not is_answer(secret, challenge, reply.get("answer")):
+            log.warning("dlpipe launcher: refused a connection from %s: it did not authenticate as a barrier "
+                        "task of this launch", peer)
+            return False
+        sock.settimeout(None)
+        return True
+
+    def _register(self, message: dict[str, Any], sock: socket.socket, peer: str) -> None:
+        partition, host = message.get("partition"), message.get("host")
+        if not isinstance(partition, int) or not 0 <= partition < self.num_workers or not isinstance(host, str):
+            log.warning("dlpipe launcher: ignored a malformed registration from %s: %r", peer, message)
+            return
         with self._lock:
             if len(self._registered) == self.num_workers:
                 # Spark re-ran a task of this barrier stage (a stage retry): its peers are gone, so
@@ -153,7 +219,7 @@ class Coordinator:
                 send(sock, {"type": "abort", "reason": "this Horovod job already started; Spark's retry "
                             "of a single barrier task cannot rejoin it"})
                 return
-            self._registered[message["partition"]] = (message["host"], sock)
+            self._registered[partition] = (host, sock)
             if len(self._registered) == self.num_workers:
                 self._assign()
 
@@ -201,18 +267,22 @@ class Coordinator:
             now = time.monotonic()
             if message is not None:
                 rank = message.get("rank", -1)
+                rank = rank if isinstance(rank, int) else -1
                 if rank >= 0:
                     last_seen[rank] = now
                 kind = message.get("type")
                 if kind == "log":
-                    self.tails[rank].append(message["line"])
-                    print(f"[rank {rank}] {message['line']}", flush=True)
-                elif kind == "event" and on_event is not None:
+                    line = str(message.get("line", ""))
+                    self.tails[rank].append(line)
+                    print(f"[rank {rank}] {line}", flush=True)
+                elif kind == "event" and on_event is not None and isinstance(message.get("event"), dict):
                     on_event(rank, message["event"])
-                elif kind == "exit" and message["code"] != 0 and failed_at is None:
+                elif kind == "exit" and message.get("code") != 0 and failed_at is None:
                     from pipelines.launcher.task import describe_exit
 
-                    failed_at, failed_reason = now, f"rank {rank} {describe_exit(message['code'])}"
+                    code = message.get("code")
+                    failed_at = now
+                    failed_reason = f"rank {rank} {describe_exit(code) if isinstance(code, int) else 'exited'}"
             with self._lock:
                 registered = len(self._registered)
             if registered < self.num_workers and now - started > start_timeout_s:
@@ -243,3 +313,14 @@ class Coordinator:
         self._server.server_close()
         if self._rendezvous is not None:
             self._rendezvous.stop()
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """One JSON object per line; None for anything else (cut, too long, not JSON, not an object)."""
+    if not line.endswith(b"\n") or len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None

@@ -42,8 +42,13 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int) ->
         with lock:
             protocol.send(sock, {"partition": partition, **message})
 
-    send({"type": "register", "host": host, "pid": os.getpid()})
     reader = sock.makefile("r")
+    challenge = json.loads(reader.readline() or "{}").get("challenge")
+    if not challenge:
+        raise RuntimeError(f"task {partition}: the coordinator at {spec.coordinator_host}:{spec.coordinator_port} "
+                           f"sent no challenge: is it a dlpipe launch?")
+    send({"type": "auth", "answer": protocol.answer(spec.secret, challenge)})
+    send({"type": "register", "host": host, "pid": os.getpid()})
     line = reader.readline()  # the assignment arrives once every task has registered
     if not line:
         raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank")

@@ -1,7 +1,12 @@
-"""Training checkpoints: one atomic file per epoch, the newest two kept."""
+"""Training checkpoints: one atomic file per position (epoch end, or N steps into an epoch), newest two kept.
+
+    epoch-0003.pt              after 3 whole epochs
+    epoch-0003.step-000050.pt  after 3 whole epochs and 50 steps of the 4th (train.checkpoint_every_steps)
+"""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,23 +14,40 @@ from typing import Any
 import torch
 
 KEEP = 2
+_NAME = re.compile(r"epoch-(\d+)(?:\.step-(\d+))?\.pt")
+
+
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """File name of the checkpoint after ``epoch`` whole epochs and ``step`` steps of the next."""
+    return f"epoch-{epoch:04d}" + (f".step-{step:06d}" if step else "") + ".pt"
+
+
+def _position(path: Path) -> tuple[int, int]:
+    found = _NAME.fullmatch(path.name)
+    return (int(found.group(1)), int(found.group(2) or 0)) if found else (-1, -1)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files in ``folder``, oldest position first."""
+    found = [p for p in folder.glob("epoch-*.pt") if _NAME.fullmatch(p.name)] if folder.is_dir() else []
+    return sorted(found, key=_position)
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
-    """Write ``epoch-NNNN.pt`` atomically (temp file + rename) and prune older ones."""
+    """Write the checkpoint for ``state['epoch']`` (and ``state['step']``) atomically; prune older ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"epoch-{state['epoch']:04d}.pt"
+    path = folder / checkpoint_name(state["epoch"], state.get("step", 0))
     tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     torch.save(state, tmp)
     os.replace(tmp, path)
-    for old in sorted(folder.glob("epoch-*.pt"))[:-KEEP]:
+    for old in _checkpoints(folder)[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
 
 
 def latest_checkpoint(folder: Path, manifest_hash: str) -> dict[str, Any] | None:
     """The newest checkpoint in ``folder``, or None. Refuses one made on other data."""
-    found = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
+    found = _checkpoints(folder)
     if not found:
         return None
     state = torch.load(found[-1], map_location="cpu", weights_only=True)

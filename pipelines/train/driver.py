@@ -15,7 +15,7 @@ from pipelines.config import PipelineConfig, to_yaml
 from pipelines.dataset import VALIDATION_SPLIT, row_group_sizes
 from pipelines.launcher import LaunchError, run_horovod
 from pipelines.progress import EpochProgress
-from pipelines.publish import write_text_atomic
+from pipelines.publish import check_writable, write_text_atomic
 from pipelines.session import describe
 from pipelines.train.job import TrainJob, plan_job
 
@@ -28,9 +28,15 @@ class TrainError(RuntimeError):
     """Training cannot start or did not finish; the message says what to change."""
 
 
-def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | None = None) -> dict[str, Any]:
-    """Train ``config.model`` on the ETL output; return rank 0's summary (history, artifact path)."""
+def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | None = None,
+         entry: str = RANK_ENTRY) -> dict[str, Any]:
+    """Train ``config.model`` on the ETL output; return rank 0's summary (history, artifact path).
+
+    ``on_event(rank, event)`` sees every event the ranks emit; ``entry`` is the rank function
+    (tests and benchmarks wrap the trainer).
+    """
     tc = config.train
+    check_writable(config.run_dir(), "workdir")
     job = plan_job(config)
     check_layout(job.train_path, tc.num_workers)
     if not job.validation_path:
@@ -49,7 +55,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     describe(spark, f"train {config.model.name} on {tc.num_workers} Horovod ranks")
     for attempt in range(tc.max_attempts):
         try:
-            return launch(spark, job, on_event=handle, attempt=attempt,
+            return launch(spark, job, entry=entry, on_event=handle, attempt=attempt,
                           description=f"dlpipe train {config.model.name} (attempt {attempt + 1})")
         except LaunchError as e:
             if attempt + 1 >= tc.max_attempts:

@@ -40,10 +40,12 @@ def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> It
 
 
 def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
-                  normalize: Normalizer, workers: int = 1, prefetch: int = 4) -> Iterator[dict[str, torch.Tensor]]:
-    """Exactly ``steps`` batches of ``batch_size`` rows from this rank's shard, read ahead in a thread.
+                  normalize: Normalizer, workers: int = 1, prefetch: int = 4,
+                  skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Exactly ``steps - skip`` batches of ``batch_size`` rows from this rank's shard, read ahead in a thread.
 
-    The order depends only on (seed, rank, size): one producer thread keeps it reproducible.
+    The order depends only on (seed, rank, size): one producer thread keeps it reproducible, and
+    ``skip`` drops the first batches of that order unnormalized (to resume inside an epoch).
     """
     out: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -59,8 +61,9 @@ def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int
                 start = 0
                 while len(labels) - start >= batch_size and made < steps and not stop.is_set():
                     end = start + batch_size
-                    _put(out, {"features": normalize(feats[start:end]), "label": torch.from_numpy(labels[start:end])},
-                         stop)
+                    if made >= skip:
+                        _put(out, {"features": normalize(feats[start:end]),
+                                   "label": torch.from_numpy(labels[start:end])}, stop)
                     start, made = end, made + 1
                 carry_f, carry_l = feats[start:], labels[start:]
                 if made >= steps or stop.is_set():

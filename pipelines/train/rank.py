@@ -7,7 +7,8 @@ Everything a rank knows arrives as one :class:`~pipelines.train.job.TrainJob`.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -53,18 +54,24 @@ def _train(hvd: Any, job: TrainJob, ctx: RankContext) -> dict[str, Any]:
                                          named_parameters=model.named_parameters(), op=hvd.Average)
 
     # Rank 0 resumes from the latest checkpoint; everything it knows is broadcast.
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+    resume: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "ranks": []}
     if rank == 0:
         ckpt = latest_checkpoint(job.checkpoints, job.manifest_hash)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            start_epoch, history = ckpt["epoch"], ckpt["history"]
-            ctx.log(f"resuming from checkpoint after epoch {start_epoch}")
+            resume = {k: ckpt.get(k, resume[k]) for k in resume}
+            inside = f", {resume['step']} steps into epoch {resume['epoch'] + 1}" if resume["step"] else ""
+            ctx.log(f"resuming from checkpoint after epoch {resume['epoch']}{inside}")
+            ctx.emit("resume", epochs_done=resume["epoch"], step=resume["step"])
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-    start_epoch, history = hvd.broadcast_object((start_epoch, history), root_rank=0)
+    resume = hvd.broadcast_object(resume, root_rank=0)
+    start_epoch, history = resume["epoch"], resume["history"]
+    if resume["step"] and len(resume["ranks"]) != size:
+        raise ValueError(f"the checkpoint in {job.checkpoints} was made {resume['step']} steps into an epoch by "
+                         f"{len(resume['ranks'])} ranks; resume with train.num_workers={len(resume['ranks'])}, "
+                         f"or use a new run_id to start over")
 
     train_url = dataset.dataset_url(job.train_path)
     sizes = dataset.row_group_sizes(job.train_path)
@@ -75,10 +82,25 @@ def _train(hvd: Any, job: TrainJob, ctx: RankContext) -> dict[str, Any]:
     ctx.emit("plan", steps_per_epoch=steps, shard_rows=dataset.shard_rows(sizes, rank, size), epochs=tc.epochs,
              start_epoch=start_epoch)
 
+    def save_position(epoch: int, step: int, sums: dict[str, float]) -> None:
+        """Checkpoint ``step`` steps into ``epoch`` (a collective: every rank calls it at the same step)."""
+        ranks = hvd.allgather_object({"rng": torch.get_rng_state(), "sums": dict(sums)})
+        if rank == 0:
+            save_checkpoint(job.checkpoints, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "ranks": ranks, "history": history, "config": config.to_dict(), "manifest_hash": job.manifest_hash})
+            ctx.emit("checkpoint", epoch=epoch + 1, step=step)
+
     for epoch in range(start_epoch, tc.epochs):
         # Seeded per (seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would.
         torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
-        train_stats = _train_epoch(hvd, model, optimizer, ctx, epoch, steps, tc, train_url, normalize, size)
+        position = Position(epoch)
+        if epoch == start_epoch and resume["step"]:  # inside an epoch: this rank's RNG and sums as they were
+            mine = resume["ranks"][rank]
+            torch.set_rng_state(mine["rng"])
+            position = Position(epoch, resume["step"], dict(mine["sums"]))
+        train_stats = _train_epoch(hvd, model, optimizer, ctx, position, steps, tc, train_url, normalize, size,
+                                   save_position)
         val_stats = (_evaluate(hvd, model, ctx, job.validation_path, tc.batch_size, normalize, epoch)
                      if job.validation_path else {})
         record = {"epoch": epoch + 1, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()}}
@@ -106,15 +128,29 @@ def _optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float
     raise ValueError(f"train.optimizer={name!r} is not supported: use 'adam' or 'sgd'")
 
 
-def _train_epoch(hvd: Any, model: Any, optimizer: Any, ctx: RankContext, epoch: int, steps: int, tc: Any,
-                 url: str, normalize: Normalizer, size: int) -> dict[str, float]:
+@dataclass
+class Position:
+    """Where an epoch starts: at its first step, or (resumed) ``step`` steps in with the sums so far."""
+
+    epoch: int
+    step: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+def _train_epoch(hvd: Any, model: Any, optimizer: Any, ctx: RankContext, position: Position, steps: int, tc: Any,
+                 url: str, normalize: Normalizer, size: int,
+                 save_position: Callable[[int, int, dict[str, float]], None]) -> dict[str, float]:
     model.train()
+    epoch = position.epoch
+    # The loader's order depends only on (seed, epoch, rank, size): skipping the first batches
+    # resumes exactly where a checkpoint taken inside the epoch left off.
     batches = loader.epoch_batches(url, rank=ctx.rank, size=size, batch_size=tc.batch_size, steps=steps,
-                                   seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers)
+                                   seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers,
+                                   skip=position.step)
     clock = loader.Stopwatch()
-    sums: dict[str, float] = {}
+    sums = dict(position.sums)
     every = max(1, steps // PROGRESS_EVENTS_PER_EPOCH)
-    for step in range(steps):
+    for step in range(position.step, steps):
         ctx.heartbeat()
         batch = clock.timed_next(batches)
         if batch is None:
@@ -126,15 +162,18 @@ def _train_epoch(hvd: Any, model: Any, optimizer: Any, ctx: RankContext, epoch: 
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        if ctx.rank == 0 and ((step + 1) % every == 0 or step + 1 == steps):
-            ctx.emit("progress", epoch=epoch + 1, step=step + 1, steps=steps, loss=sums["loss"] / (step + 1),
-                     samples_per_s=(step + 1) * tc.batch_size * size / clock.elapsed)
+        done = step + 1
+        if ctx.rank == 0 and (done % every == 0 or done == steps):
+            ctx.emit("progress", epoch=epoch + 1, step=done, steps=steps, loss=sums["loss"] / done,
+                     samples_per_s=(done - position.step) * tc.batch_size * size / clock.elapsed)
+        if tc.checkpoint_every_steps and done % tc.checkpoint_every_steps == 0 and done < steps:
+            save_position(epoch, done, sums)
     elapsed = clock.elapsed
     local = {k: v / steps for k, v in sums.items()}
     local["data_wait_fraction"] = clock.wait / elapsed
     averaged = _average(hvd, local, f"train.{epoch}")
     averaged["samples"] = steps * tc.batch_size * size
-    averaged["samples_per_s"] = averaged["samples"] / elapsed
+    averaged["samples_per_s"] = (steps - position.step) * tc.batch_size * size / elapsed
     averaged["seconds"] = elapsed
     return averaged
 

@@ -124,3 +124,12 @@ def test_an_infer_split_the_etl_does_not_make_is_a_config_error_before_any_work(
     with pytest.raises(ConfigError, match="infer.split='test' is not one of the splits etl.splits makes"):
         run.main(spark, config)
     assert not (tmp_path / "datasets").exists() and not (tmp_path / "runs").exists()
+
+
+def test_an_unwritable_workdir_is_named_before_any_work(spark, tmp_path):
+    from pipelines.publish import OutputError
+
+    (tmp_path / "file").write_text("not a folder")
+    config = make_config(tmp_path / "file" / "work")
+    with pytest.raises(OutputError, match=r"cannot create .*file/work/runs/test \(under workdir\): .*/file is a file"):
+        run.main(spark, config)

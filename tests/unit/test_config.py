@@ -10,7 +10,8 @@ REPO_CONFIGS = ["digits_cnn.yaml", "digits_autoencoder.yaml", "digits_vae.yaml"]
 
 def test_overrides_are_typed_by_yaml_and_the_schema():
     config = load_config(None, ["train.epochs=3", "train.lr=1", "etl.source.image_shape=[28, 28]",
-                                "spark.spark.executor.memory=1g", "run_id=2026-11-26", "model.params.beta=0.5"])
+                                "spark.spark.executor.memory=1g", "run_id=2026-11-26", "model.name=vae",
+                                "model.params.beta=0.5"])
     assert config.train.epochs == 3
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
     assert config.etl.source.image_shape == [28, 28]
@@ -49,3 +50,81 @@ def test_bundled_configs_validate_and_round_trip(name):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+# Every value a user could mistype, rejected at load time (before any Spark session) with the key,
+# the value and what is allowed in one message.
+BAD_VALUES = [
+    ("train.epochs=-3", "config key 'train.epochs' = -3 must be >= 1"),
+    ("train.num_workers=0", "config key 'train.num_workers' = 0 must be >= 1"),
+    ("train.batch_size=0", "config key 'train.batch_size' = 0 must be >= 1"),
+    ("train.lr=0", "config key 'train.lr' = 0.0 must be > 0"),
+    ("train.optimizer=adamw", "config key 'train.optimizer' = 'adamw' must be one of adam, sgd"),
+    ("train.max_attempts=0", "config key 'train.max_attempts' = 0 must be >= 1"),
+    ("train.failure_timeout_s=-1", "config key 'train.failure_timeout_s' = -1.0 must be > 0"),
+    ("etl.max_quarantine_fraction=1.5", "config key 'etl.max_quarantine_fraction' = 1.5 must be in [0, 1]"),
+    ("etl.normalization=minmax", "config key 'etl.normalization' = 'minmax' must be one of global, per_feature"),
+    ("etl.rows_per_row_group=0", "config key 'etl.rows_per_row_group' = 0 must be >= 1"),
+    ("etl.splits={train: 0.7, val: 0.2}", "config key 'etl.splits' = {'train': 0.7, 'val': 0.2} sums to 0.9"),
+    ("etl.splits={val: 0.5, test: 0.5}", "must include 'train'"),
+    ("etl.splits={train: 1.0, quarantine: 0.0}", "'quarantine' that cannot be a folder name"),
+    ("etl.source.kind=xml", "config key 'etl.source.kind' = 'xml' must be one of images, csv, json, parquet"),
+    ("etl.source.image_shape=[8]", "config key 'etl.source.image_shape' = [8] must be 2 values, each >= 1"),
+    ("etl.source.image_shape=[8, 0]", "must be 2 values, each >= 1 (got 0)"),
+    ("etl.source.channels=2", "config key 'etl.source.channels' = 2 must be one of 1, 3"),
+    ("etl.source.label_names=[a, b, a]", "config key 'etl.source.label_names' = ['a', 'b', 'a'] lists a value twice"),
+    ("generate.num_samples=0", "config key 'generate.num_samples' = 0 must be >= 1"),
+    ("infer.batch_size=0", "config key 'infer.batch_size' = 0 must be >= 1"),
+    ("infer.split=../x", "config key 'infer.split' = '../x' must be a folder name"),
+    ("run_id=a/b", "config key 'run_id' = 'a/b' must be a folder name"),
+    ("dataset=", "config key 'dataset' = '' must be a folder name"),
+    ("master=locale[2]", "config key 'master' = 'locale[2]' is not a Spark master URL"),
+    ("model.name=resnet", "config key 'model.name' = 'resnet' is not a dlpipe model"),
+    ("model.name=cnnn", "did you mean cnn?"),
+    ("model.params={hidden: [64]}", "config key 'model.params.hidden' expects int, got [64] (model 'cnn')"),
+    ("model.params={hiden: 64}", "unknown config key 'model.params.hiden'; did you mean model.params.hidden?"),
+    ("model.params={dropout: 1.5}", "model.params for model 'cnn': dropout must be in [0, 1), got 1.5"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_values_are_rejected_with_key_value_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_good_values_at_the_edges_of_their_rules_pass():
+    config = load_config(None, ["etl.max_quarantine_fraction=0", "etl.max_quarantine_fraction=1", "master=local[*]",
+                                "etl.splits={train: 1.0}", "model.name=mlp", "model.params={hidden_sizes: [32]}",
+                                "train.horovod_fusion_threshold_mb=0", "master=spark://127.0.0.1:7077"])
+    assert config.model.params == {"hidden_sizes": [32]} and config.etl.splits == {"train": 1.0}
+
+
+def test_the_whole_config_is_checked_in_well_under_a_second():
+    import time
+
+    import models  # noqa: F401 - the one-time torch import is not the check's cost
+
+    started = time.perf_counter()
+    for _ in range(10):
+        load_config(None, ["train.epochs=3", "model.name=vae", "model.params.beta=0.5"])
+    assert (time.perf_counter() - started) / 10 < 0.1
+
+
+def test_yarn_without_hadoop_configuration_is_named_before_spark(monkeypatch):
+    from pipelines.config import check_environment
+
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    monkeypatch.delenv("YARN_CONF_DIR", raising=False)
+    with pytest.raises(ConfigError, match="'master' = 'yarn' but neither HADOOP_CONF_DIR nor YARN_CONF_DIR"):
+        check_environment(load_config(None, ["master=yarn"]))
+    monkeypatch.setenv("HADOOP_CONF_DIR", "/etc/hadoop/conf")
+    check_environment(load_config(None, ["master=yarn"]))
+
+
+def test_readme_lists_the_validation_rules_generated_from_the_config_classes():
+    from testkit import REPO_ROOT
+    from pipelines.config import rules_table
+
+    assert rules_table() in (REPO_ROOT / "README.md").read_text()

@@ -37,3 +37,20 @@ def test_write_json_atomic_round_trips_and_leaves_no_temp_file(tmp_path):
     write_json_atomic(path, {"b": 1, "a": [1, 2]})
     assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_an_output_under_a_file_is_named_with_its_key(tmp_path):
+    from pipelines.publish import OutputError, check_writable
+
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(OutputError, match=r"cannot create .*notes.txt/preds \(under infer.output\): .*notes.txt is a file, not a folder"):
+        check_writable(tmp_path / "notes.txt" / "preds", "infer.output")
+
+
+def test_an_unwritable_location_is_named_even_for_root(tmp_path):
+    from pipelines.publish import OutputError, check_writable
+
+    with pytest.raises(OutputError, match=r"cannot create /proc/dlpipe/work \(under workdir\): cannot write in /proc"):
+        check_writable("/proc/dlpipe/work", "workdir")  # not writable whatever the user's permissions
+    check_writable(tmp_path / "new" / "deeper", "workdir")  # missing folders are fine: they will be made
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []  # the probe leaves nothing

@@ -171,12 +171,17 @@ def test_image_folder_bad_records(spark, tmp_path, digits_dir):
     assert rgb.column("features").to_pylist()[0] == [1.0] * 64  # white RGB -> L, 20x16 -> 8x8
 
 
-def test_labels_from_sub_folders(spark, tmp_path, digits_dir):
-    src = tmp_path / "src"
-    for name, first in (("cat", 0), ("dog", 5)):
+def sub_folders_of_digits(digits_dir: Path, src: Path, *folders: str) -> Path:
+    """Five bundled digit PNGs in each of ``folders`` under ``src`` (labels from folder names)."""
+    for k, name in enumerate(folders):
         (src / name).mkdir(parents=True)
-        for i in range(first, first + 5):
+        for i in range(5 * k, 5 * k + 5):
             shutil.copy(digits_dir / "images" / f"digit_{i:04d}.png", src / name / f"{i}.png")
+    return src
+
+
+def test_labels_from_sub_folders(spark, tmp_path, digits_dir):
+    src = sub_folders_of_digits(digits_dir, tmp_path / "src", "cat", "dog")
     shutil.copy(digits_dir / "images" / "digit_0010.png", src / "loose.png")  # no folder -> no label
     manifest = run_etl(
         spark, tmp_path / "work", f"etl.source.path={src}", "etl.source.labels_csv=''",
@@ -188,6 +193,43 @@ def test_labels_from_sub_folders(spark, tmp_path, digits_dir):
     assert manifest["accepted"] == 10
     assert sum(s["per_class"]["dog"] for s in manifest["splits"].values()) == 5
     assert len(manifest["normalization"]["mean"]) == 1
+
+
+def test_every_listed_image_file_is_a_record_empty_and_truncated_ones_quarantined(spark, tmp_path, digits_dir):
+    """Spark's scan skips zero-byte files: they must still be counted and quarantined."""
+    src = sub_folders_of_digits(digits_dir, tmp_path / "src", "a", "b")
+    (src / "a" / "empty.png").write_bytes(b"")
+    (src / "b" / "empty2.PNG").write_bytes(b"")
+    whole = (digits_dir / "images" / "digit_0011.png").read_bytes()
+    (src / "a" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (src / "b" / "notes.png").write_text("this is not an image")
+    (src / "b" / "README.txt").write_text("not an image extension: not an input")
+    listed = [p for p in src.rglob("*") if p.is_file() and p.suffix.lower() == ".png"]
+    manifest = run_etl(spark, tmp_path / "work", f"etl.source.path={src}", "etl.source.labels_csv=''",
+                       "etl.max_quarantine_fraction=0.5")
+    assert manifest["records_in"] == len(listed) == 14
+    assert manifest["accepted"] == 10 and manifest["quarantine_by_reason"] == reasons(decode_error=4)
+    assert manifest["input_files"] == {"listed": 14, "empty": 2, "empty_examples": ["a/empty.png", "b/empty2.PNG"]}
+    table = pq.read_table(tmp_path / "work" / "datasets" / "digits" / "quarantine")
+    details = dict(zip(table.column("id").to_pylist(), table.column("detail").to_pylist()))
+    assert details["a/empty.png"] == details["b/empty2.PNG"] == "empty file (0 bytes)"
+    assert "truncated" in details["a/truncated.png"]
+    assert "cannot decode image" in details["b/notes.png"]
+    assert table.column("source").to_pylist()[table.column("id").to_pylist().index("a/empty.png")].endswith(
+        "src/a/empty.png")
+
+
+def test_empty_and_header_only_tabular_files_hold_no_records_and_are_reported(spark, tmp_path, capsys):
+    src = tmp_path / "csvs"
+    src.mkdir()
+    (src / "a.csv").write_text("f1,f2,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(20)))
+    (src / "b.csv").write_text("f1,f2,label\n")  # header only: zero records, not an error
+    (src / "c.csv").write_bytes(b"")  # zero bytes: reported
+    manifest = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
+                       "etl.splits={train: 1.0}")
+    assert manifest["records_in"] == manifest["accepted"] == 20 and manifest["quarantined"] == 0
+    assert manifest["input_files"] == {"listed": 3, "empty": 1, "empty_examples": ["c.csv"]}
+    assert "1 of 3 input files are empty (0 bytes; they hold no records): c.csv" in capsys.readouterr().out
 
 
 CSV_GOOD = [f"{i},{i * 0.5},{-i},{i % 3},{i % 2}" for i in range(30)]

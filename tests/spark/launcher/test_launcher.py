@@ -1,6 +1,10 @@
 """The barrier-mode Horovod launcher on local[2]: real Spark, real Horovod over Gloo."""
 from __future__ import annotations
 
+import logging
+import re
+import socket
+import threading
 import time
 
 import pytest
@@ -47,3 +51,43 @@ def test_a_rank_stuck_in_a_collective_ends_within_the_failure_timeout(spark):
                     failure_timeout_s=10)
     assert time.monotonic() - started < 60
     assert "rank 0" in str(err.value) and "no progress for 10s" in str(err.value)
+
+
+def test_a_foreign_client_is_refused_while_the_launch_succeeds(spark, caplog):
+    """Anyone can reach the coordinator's port; only this launch's barrier tasks are let in."""
+    caplog.set_level(logging.INFO, logger="dlpipe.launcher")
+    replies: dict[str, bytes] = {}
+
+    def coordinator_port() -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for record in list(caplog.records):
+                found = re.search(r"listening on 127\.0\.0\.1:(\d+)", record.getMessage())
+                if found:
+                    return int(found.group(1))
+            time.sleep(0.05)
+        raise AssertionError("the coordinator never said where it listens")
+
+    def intrude() -> None:
+        port = coordinator_port()
+        attempts = {
+            # a wrong answer, then a registration that would steal rank 0
+            "wrong_answer": b'{"type": "auth", "answer": "00"}\n{"type": "register", "partition": 0, "host": "x"}\n',
+            "no_auth_register": b'{"type": "register", "partition": 0, "host": "x"}\n',
+            "garbage": b"\x00\xff not json at all\n",
+        }
+        for name, data in attempts.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                reader = sock.makefile("rb")
+                assert b"challenge" in reader.readline()
+                sock.sendall(data)
+                replies[name] = reader.readline()  # b"": closed without an assignment
+
+    intruder = threading.Thread(target=intrude, daemon=True)
+    intruder.start()
+    result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 1}, num_workers=2)
+    intruder.join(timeout=30)
+    assert result["sum"] == [3.0] * 4  # ranks contribute 1 and 2: the intruder took no rank
+    assert replies == {"wrong_answer": b"", "no_auth_register": b"", "garbage": b""}
+    refused = [r for r in caplog.records if "refused a connection" in r.getMessage()]
+    assert len(refused) == 3

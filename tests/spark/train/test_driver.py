@@ -101,3 +101,32 @@ def test_more_ranks_than_row_groups_is_caught_before_launch(spark, digits_workdi
     config = make_config(digits_workdir, "run_id=too-many", "train.num_workers=64")
     with pytest.raises(TrainError, match="train.num_workers=64"):
         train.main(spark, config)
+
+
+def test_a_checkpoint_inside_an_epoch_resumes_there_with_identical_weights(spark, digits_workdir):
+    """train.checkpoint_every_steps=5; rank 0 dies at step 13 of epoch 2: the retry resumes 10 steps
+    into epoch 2 (steps 11-13 are redone, nothing else) and ends with an uninterrupted run's weights."""
+    events: list[tuple] = []
+
+    def record(rank, event):
+        if event["kind"] == "resume":
+            events.append(("resume", event["epochs_done"], event["step"]))
+        elif event["kind"] == "checkpoint":
+            events.append(("checkpoint", event["epoch"], event["step"]))
+
+    config = make_config(digits_workdir, "run_id=killed-inside-epoch", "train.epochs=3", "train.max_attempts=2",
+                         "train.failure_timeout_s=30", "train.checkpoint_every_steps=5")
+    result = train.main(spark, config, on_event=record, entry="rank_faults:train_rank_killed_inside_epoch_2")
+    assert ("checkpoint", 2, 10) in events and ("resume", 1, 10) in events, events
+    assert result["epochs_completed"] == 3
+    history = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+    clean = make_config(digits_workdir, "run_id=not-killed-3", "train.epochs=3")
+    train.main(spark, clean)
+    resumed, uninterrupted = _weights(config.run_dir()), _weights(clean.run_dir())
+    for name in resumed:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+    clean_history = [json.loads(x) for x in (clean.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(history, clean_history):  # the resumed epoch's loss counts every step exactly once
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-9) and a["samples"] == b["samples"]

@@ -46,3 +46,54 @@ def test_event_lines_round_trip_and_log_lines_are_not_events():
     assert decode_event(line) == {"kind": "epoch", "rank": 0, "loss": 0.5}
     assert decode_event("epoch 1 done") is None
     assert decode_event(line[:-3]) is None  # a cut line is a log line, not a crash
+
+
+def test_only_the_launch_secret_answers_the_challenge():
+    from pipelines.launcher.protocol import answer, is_answer, new_challenge, new_secret
+
+    secret, challenge = new_secret(), new_challenge()
+    assert new_secret() != secret  # fresh per launch
+    assert is_answer(secret, challenge, answer(secret, challenge))
+    assert not is_answer(secret, challenge, answer(new_secret(), challenge))
+    assert not is_answer(secret, challenge, None) and not is_answer(secret, challenge, 42)
+
+
+def test_the_coordinator_parses_only_whole_json_objects():
+    from pipelines.launcher.driver import _parse
+
+    assert _parse(b'{"type": "log", "rank": 0}\n') == {"type": "log", "rank": 0}
+    for bad in (b'{"type": "log"', b"not json\n", b"[1, 2]\n", b"\xff\xfe\n", b""):
+        assert _parse(bad) is None, bad
+
+
+# What Spark 3.5 raises through Py4J when an executor dies under a barrier task (shortened).
+LOST_EXECUTOR = (
+    "An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.\n"
+    ": org.apache.spark.SparkException: Job aborted due to stage failure: Could not recover from a failed "
+    "barrier ResultStage. Most recent failure reason: Stage failed because barrier task ResultTask(3, 1) "
+    "finished unsuccessfully.\nExecutorLostFailure (executor 1 exited caused by one of the running tasks) "
+    "Reason: Command exited with code 137\n\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages"
+)
+
+
+def test_a_lost_executor_is_named_with_its_cause_not_the_py4j_call():
+    from pipelines.launcher.driver import _explain_spark_error, explain_lost_executor
+
+    message = _explain_spark_error(RuntimeError(LOST_EXECUTOR), 2)
+    assert message.startswith("Horovod stage failed: executor 1 was lost (caused by one of the running tasks): "
+                              "Command exited with code 137 (SIGKILL: often the kernel's out-of-memory killer")
+    assert "collectAndServe" not in message
+    with_host = LOST_EXECUTOR.replace("finished unsuccessfully.", "finished unsuccessfully. Lost task 1.0 in stage "
+                                      "3.0 (TID 7) (10.0.0.5 executor 1):")
+    assert explain_lost_executor(with_host).startswith("executor 1 on 10.0.0.5 was lost")
+    assert explain_lost_executor("Job aborted due to stage failure: Task 0 failed") is None
+
+
+def test_any_other_stage_failure_keeps_sparks_reason_without_the_py4j_line():
+    from pipelines.launcher.driver import _explain_spark_error
+
+    text = ("An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.\n"
+            ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 2.0 failed 1 "
+            "times, most recent failure: disk full\n\tat org.apache.spark")
+    assert _explain_spark_error(RuntimeError(text), 2) == ("Horovod stage failed: Task 0 in stage 2.0 failed 1 "
+                                                           "times, most recent failure: disk full")

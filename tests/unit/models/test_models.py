@@ -55,7 +55,8 @@ def test_names() -> None:
 
 
 def test_package_exports_only_the_public_api() -> None:
-    assert sorted(models.__all__) == sorted(["DlpipeModel", "build", "names", "to_artifact_dict", "from_artifact_dict"])
+    assert sorted(models.__all__) == sorted(["DlpipeModel", "build", "config_class", "names", "to_artifact_dict",
+                                            "from_artifact_dict"])
 
 
 @pytest.mark.parametrize(("name", "shape"), CASES, ids=CASE_IDS)

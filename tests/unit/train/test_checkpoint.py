@@ -28,3 +28,17 @@ def test_a_checkpoint_made_on_other_data_is_refused_with_the_fix(tmp_path):
     save_checkpoint(tmp_path, _state(1, data="hash-a"))
     with pytest.raises(ValueError, match="different dataset.*new run_id or delete"):
         latest_checkpoint(tmp_path, "hash-b")
+
+
+def test_a_checkpoint_inside_an_epoch_sorts_after_that_epochs_start_and_before_its_end(tmp_path):
+    from pipelines.train.checkpoint import checkpoint_name
+
+    assert checkpoint_name(3) == "epoch-0003.pt" and checkpoint_name(3, 50) == "epoch-0003.step-000050.pt"
+    save_checkpoint(tmp_path, {**_state(3), "step": 0})
+    save_checkpoint(tmp_path, {**_state(3), "step": 50})
+    assert latest_checkpoint(tmp_path, "hash-a")["step"] == 50
+    save_checkpoint(tmp_path, {**_state(3), "step": 100})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003.step-000050.pt", "epoch-0003.step-000100.pt"]
+    save_checkpoint(tmp_path, _state(4))  # the end of the epoch is newer than any step inside it
+    assert latest_checkpoint(tmp_path, "hash-a")["epoch"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003.step-000100.pt", "epoch-0004.pt"]
