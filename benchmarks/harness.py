@@ -32,6 +32,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_pyarrow": (">=", 0.8),
     "scaling_efficiency": (">=", 0.8),
     "ratio_vs_ddp": (">=", 1.0),
+    "ddp_strategy_vs_ddp": (">=", 0.95),
     "ratio_vs_torch": (">=", 0.8),
     "ratio_vs_predict_batch_udf": (">=", 1.0),
     "ratio_vs_plain_spark": (">=", 0.7),

@@ -77,7 +77,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
               "torch_2_independent_processes": lambda: _independent(args, tc.lr),
               "ddp_2_processes": lambda: _ddp(args, lr_ranks)}
     figures: dict[str, list[float]] = {key: [] for key in others}
-    rates, launches, rss, waits, phases = [], [], [], [], []
+    rates, ddp_rates, launches, rss, waits, phases = [], [], [], [], [], []
     # Rounds: every contender once per round, so a change in machine load hits all of them alike.
     for i in range(s["rounds"]):
         harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} Horovod ranks, {s['epochs']} epochs")
@@ -87,6 +87,9 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         phases.append(out["launch_phases"])
         rss.append(out["peak_rss_bytes"])
         waits += out["data_wait_fraction"][1:]
+        harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} ranks with train.strategy=ddp")
+        ddp_rates += train_once(spark, data.derive(config, "train.strategy=ddp"), ds, s["epochs"],
+                                run_name=f"train-ddp-{i}")["samples_per_s"][1:]
         for key, measure in others.items():
             if key in report.unavailable:
                 continue
@@ -97,6 +100,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                 report.skip(key, f"did not run: {str(e).splitlines()[0]}")
     report.add("dlpipe_2_ranks", rates, "samples/s", DESCRIPTIONS["dlpipe_2_ranks"],
                data_wait_fraction=harness.mean(waits), peak_rss_bytes=max(rss))
+    report.add("dlpipe_2_ranks_ddp", ddp_rates, "samples/s", DESCRIPTIONS["dlpipe_2_ranks_ddp"])
     report.add("dlpipe_launch_to_first_step", launches, "s", DESCRIPTIONS["dlpipe_launch_to_first_step"],
                phases=phases)
     for key, values in figures.items():
@@ -129,6 +133,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     twice_one = RANKS * one if one else None
     report.ratios["scaling_efficiency"] = harness.ratio(report.median("dlpipe_2_ranks"), twice_one)
     report.ratios["ratio_vs_ddp"] = harness.ratio(report.median("dlpipe_2_ranks"), report.median("ddp_2_processes"))
+    report.ratios["ddp_strategy_vs_ddp"] = harness.ratio(report.median("dlpipe_2_ranks_ddp"),
+                                                         report.median("ddp_2_processes"))
     report.ratios["ddp_scaling_efficiency"] = harness.ratio(report.median("ddp_2_processes"), twice_one)
     report.ratios["machine_scaling"] = harness.ratio(report.median("torch_2_independent_processes"), twice_one)
     report.ratios["launch_seconds"] = report.median("dlpipe_launch_to_first_step")
@@ -187,6 +193,7 @@ def ddp_limit(report: harness.Report) -> str:
 
 DESCRIPTIONS = {
     "dlpipe_2_ranks": "pipelines.train.rank.train_rank on 2 Horovod ranks (Petastorm shards)",
+    "dlpipe_2_ranks_ddp": "the same with train.strategy=ddp (torch DistributedDataParallel over Gloo)",
     "dlpipe_launch_to_first_step": "pipelines.train.driver.launch call -> end of the trainer's first step",
     "dlpipe_noop_launch": "pipelines.train.driver.launch of an entry that only joins Horovod: call -> all ranks joined",
     "torch_1_process": "one single-thread PyTorch process on in-memory tensors, same per-rank steps",

@@ -38,12 +38,15 @@ def train_once(spark: Any, config: PipelineConfig, dataset_dir: Path, epochs: in
     job = plan(config, dataset_dir, run_dir, f"train.epochs={epochs}")
     seen: dict[str, float] = {}  # rank 0's event kind -> when it first came
     rss: dict[int, int] = {}
+    memory: dict[int, dict[str, int]] = {}  # rank -> parameters and optimizer bytes it held at the end
 
     def on_event(rank: int, event: dict[str, Any]) -> None:
         if rank == 0:
             seen.setdefault(event.get("kind", ""), event["time"])
         if event.get("kind") == "bench_peak_rss":
             rss[rank] = event["bytes"]
+        if event.get("kind") == "memory":
+            memory[rank] = {"parameters": event["parameters"], "optimizer_bytes": event["optimizer_bytes"]}
 
     called = time.time()
     result = launch(spark, job, entry=entry, on_event=on_event, description=f"dlpipe bench ({run_name})")
@@ -57,7 +60,8 @@ def train_once(spark: Any, config: PipelineConfig, dataset_dir: Path, epochs: in
     return {"samples_per_s": [h["samples_per_s"] for h in history],
             "data_wait_fraction": [h["data_wait_fraction"] for h in history],
             "launch_seconds": seen["bench_first_step"] - called, "launch_phases": phases,
-            "peak_rss_bytes": max(rss.values()) if rss else 0, "peak_rss_by_rank": rss}
+            "peak_rss_bytes": max(rss.values()) if rss else 0, "peak_rss_by_rank": rss, "memory_by_rank": memory,
+            "artifact": result["artifact"]}
 
 
 def noop_launch(spark: Any, config: PipelineConfig, dataset_dir: Path) -> tuple[float, float]:

@@ -40,6 +40,10 @@ class ConvEncoder(nn.Module):
         x = self.convs(x).flatten(1)  # (B, C, H, W) -> (B, channels[-1] * H' * W')
         return self.proj(x)  # (B, out_features)
 
+    def parts(self) -> list[nn.Module]:
+        """This encoder as a list of layers (pipeline split points)."""
+        return [*self.convs, nn.Flatten(), self.proj]
+
 
 class LinearDecoder(nn.Module):
     """Linear -> ReLU -> Linear to C*H*W, reshaped to the image.
@@ -77,11 +81,12 @@ class Autoencoder(Reconstructor):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(features))  # (B, C, H, W) -> (B, latent_dim) -> (B, C, H, W)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = batch["features"]
-        self.check_features(features)
-        loss = F.mse_loss(self(features), features)  # mean over batch and elements
+    def output_loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = F.mse_loss(output, batch["features"])  # mean over batch and elements
         return loss, {"reconstruction_error": loss.detach()}
+
+    def pipeline_parts(self) -> list[nn.Module]:
+        return [*self.encoder.parts(), *self.decoder.net]
 
     def _reconstruct(self, features: torch.Tensor) -> torch.Tensor:
         return self(features)

@@ -7,6 +7,7 @@ outputs and their declared schema, so callers never branch on which model they r
     outputs = model.predict(features)         # inference, one row per input
     model.output_schema()                     # -> Spark return type of the inference UDF
     model.figures                             # what the run report shows for this model
+    model.pipeline_stages(n)                  # model parallelism: n consecutive stages (split points)
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class DlpipeModel(nn.Module, abc.ABC):
     # "confusion_matrix" (needs a `prediction` output), "reconstructions" (needs `reconstruct`),
     # "samples" (needs `sample`).
     figures: ClassVar[tuple[str, ...]] = ()
+    # Model parallelism: the batch entry the last pipeline stage compares the output with.
+    pipeline_target: ClassVar[str] = "label"
 
     def __init__(self, config: Any, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -61,13 +64,36 @@ class DlpipeModel(nn.Module, abc.ABC):
         """The hyperparameters as a plain dict (`dataclasses.asdict` of the config)."""
         return dataclasses.asdict(self.config)
 
-    @abc.abstractmethod
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss and named, detached 0-d metrics for a batch.
 
         `batch["features"]` is float32 (B, *feature_shape), already normalized; classifiers
         also read `batch["label"]`, int64 (B,).
         """
+        self.check_features(batch["features"])
+        return self.output_loss(self(batch["features"]), batch)
+
+    @abc.abstractmethod
+    def output_loss(self, output: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`loss` from what `forward` returned: what the last pipeline stage computes."""
+
+    @abc.abstractmethod
+    def pipeline_parts(self) -> list[nn.Module]:
+        """The model's layers in order, whose chain (`Chain`) computes `forward`: the possible split points.
+
+        A part may return a tuple; the next part then receives its elements as arguments.
+        """
+
+    def pipeline_stages(self, n: int) -> list[nn.Module]:
+        """The model cut into `n` consecutive stages (a `Chain` each) with parameter counts as equal
+        as the split points allow; their chain computes `forward`."""
+        parts = self.pipeline_parts()
+        if not 1 <= n <= len(parts):
+            raise ValueError(f"model {self.name!r} has {len(parts)} split points and cannot be cut into {n} "
+                             f"pipeline stages; use 1 to {len(parts)} ranks")
+        sizes = [sum(p.numel() for p in part.parameters()) for part in parts]
+        cuts = _balanced_cuts(sizes, n)
+        return [Chain(parts[a:b]) for a, b in zip([0, *cuts], [*cuts, len(parts)])]
 
     @abc.abstractmethod
     def output_schema(self) -> OutputSchema:
@@ -106,10 +132,8 @@ class Classifier(DlpipeModel):
         if self.num_classes < 2:
             raise ValueError(f"classifier {self.name!r} needs num_classes >= 2, got {num_classes}")
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features, labels = batch["features"], batch["label"]
-        self.check_features(features)
-        logits = self(features)  # (B, num_classes)
+    def output_loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, labels = output, batch["label"]  # (B, num_classes), (B,)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         return loss, {"accuracy": accuracy.detach()}
@@ -123,7 +147,9 @@ class Classifier(DlpipeModel):
 
 
 class Reconstructor(DlpipeModel):
-    """Base of the unsupervised models; subclasses implement `_reconstruct` and `loss`."""
+    """Base of the unsupervised models; subclasses implement `_reconstruct` and `output_loss`."""
+
+    pipeline_target: ClassVar[str] = "features"
 
     figures: ClassVar[tuple[str, ...]] = ("reconstructions",)
 
@@ -155,3 +181,32 @@ class eval_mode:
 
     def __exit__(self, *exc: object) -> None:
         self.module.train(self.was_training)
+
+
+class Chain(nn.Module):
+    """Modules applied in order; a tuple output is spread over the next module's arguments."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, *args: Any) -> Any:
+        x: Any = args if len(args) > 1 else args[0]
+        for part in self.parts:
+            x = part(*x) if isinstance(x, tuple) else part(x)
+        return x
+
+
+def _balanced_cuts(sizes: list[int], n: int) -> list[int]:
+    """``n - 1`` cut indices into ``sizes`` (none empty) so the largest group is as small as possible."""
+    if n == 1:
+        return []
+    best: tuple[int, list[int]] | None = None
+    # Few parts (tens) and few stages: trying every first cut recursively is cheap and exact.
+    for first in range(1, len(sizes) - n + 2):
+        rest = [first + c for c in _balanced_cuts(sizes[first:], n - 1)]
+        groups = [sum(sizes[a:b]) for a, b in zip([0, first, *rest], [first, *rest, len(sizes)])]
+        if best is None or max(groups) < best[0]:
+            best = (max(groups), [first, *rest])
+    assert best is not None
+    return best[1]

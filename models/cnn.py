@@ -48,6 +48,9 @@ class CNN(Classifier):
             nn.Linear(config.hidden, num_classes),
         )
 
+    def pipeline_parts(self) -> list[nn.Module]:
+        return [*self.features, self.pool, *self.head]
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.features(features)  # (B, C, H, W) -> (B, channels[-1], H', W')
         x = self.pool(x)  # (B, channels[-1], pooled_size, pooled_size)

@@ -39,5 +39,8 @@ class MLP(Classifier):
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
+    def pipeline_parts(self) -> list[nn.Module]:
+        return list(self.net)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)  # (B, *feature_shape) -> (B, num_classes)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from models.autoencoder import ConvEncoder, LinearDecoder
 from models.base import OutputSchema, Reconstructor, eval_mode, per_sample_mse
@@ -30,6 +31,34 @@ class VAEConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
 
 
+def split_posterior(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output (B, 2 * latent_dim) -> (mu, logvar), each (B, latent_dim)."""
+    mu, logvar = h.chunk(2, dim=1)
+    # clamped so exp(logvar) cannot overflow early in training
+    return mu, logvar.clamp(-10.0, 10.0)
+
+
+class Reparameterize(nn.Module):
+    """Encoder output -> (z, mu, logvar): z sampled in training mode, z = mu in eval mode."""
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = split_posterior(h)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu  # (B, latent_dim)
+        return z, mu, logvar
+
+
+class DecodeKeepingPosterior(nn.Module):
+    """(z, mu, logvar) -> (decoder(z), mu, logvar): a last pipeline stage needs mu and logvar for the KL."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor, mu: torch.Tensor,
+                logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.decoder(z), mu, logvar
+
+
 class VAE(Reconstructor):
     """Encoder -> (mu, logvar) -> reparameterized z -> decoder.
 
@@ -48,23 +77,24 @@ class VAE(Reconstructor):
         image_shape = require_image_shape(self.name, self.feature_shape)
         self.encoder = ConvEncoder(image_shape, config.channels, 2 * config.latent_dim)  # -> mu and logvar
         self.decoder = LinearDecoder(config.latent_dim, config.decoder_hidden, image_shape)
+        self.reparameterize = Reparameterize()  # no parameters; follows train/eval mode
 
     def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (mu, logvar), each (B, latent_dim)."""
-        mu, logvar = self.encoder(features).chunk(2, dim=1)  # (B, 2 * latent_dim) -> 2 x (B, latent_dim)
-        # clamped so exp(logvar) cannot overflow early in training
-        return mu, logvar.clamp(-10.0, 10.0)
+        return split_posterior(self.encoder(features))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction (B, C, H, W), mu, logvar); samples z in training mode, z = mu in eval."""
-        mu, logvar = self.encode(features)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu  # (B, latent_dim)
+        z, mu, logvar = self.reparameterize(self.encoder(features))
         return self.decoder(z), mu, logvar
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pipeline_parts(self) -> list[nn.Module]:
+        return [*self.encoder.parts(), self.reparameterize, DecodeKeepingPosterior(self.decoder)]
+
+    def output_loss(self, output: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                    batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = batch["features"]
-        self.check_features(features)
-        reconstruction, mu, logvar = self(features)
+        reconstruction, mu, logvar = output
         squared_error = (reconstruction - features).pow(2).flatten(1)  # (B, C*H*W)
         # KL(N(mu, var) || N(0, 1)) per sample; expm1(v) - v >= 0 is the stable form of exp(v) - 1 - v,
         # and the clamp removes rounding noise so the metric is never negative

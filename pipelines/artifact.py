@@ -1,9 +1,11 @@
 """The model artifact: everything inference needs and nothing it must guess.
 
 A plain dict of tensors, strings and numbers (``torch.load(path, weights_only=True)`` loads it):
-the model's name, config and weights, the feature shape, the ETL's normalization statistics and
-the label names. This module owns its format, where a run keeps it (:func:`artifact_path`) and
-the one transform both training and inference apply to features (:class:`Normalizer`).
+the model's name, config and weights, the feature shape, the preprocessing (how a raw record
+became features: :class:`Preprocessing`), the ETL's normalization statistics and the label names.
+This module owns its format, where a run keeps it (:func:`artifact_path`) and the transforms both
+training and inference apply (:class:`Preprocessing`, applied by ``pipelines.preprocess``; then
+:class:`Normalizer`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ import torch
 import models
 
 FORMAT = "dlpipe-model/1"
+TABULAR_KINDS = ("csv", "json", "parquet")
+FEATURES_ONLY = "features"  # an artifact saved before preprocessing was recorded: scores features only
 
 
 def artifact_path(run_dir: str | Path) -> Path:
@@ -54,12 +58,59 @@ class Normalizer:
         return x * self.std + self.mean
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw record became the model's features, as the ETL did it for the training data.
+
+    ``pipelines.preprocess`` applies it (the ETL and inference share that code); the artifact's
+    normalization (:class:`Normalizer`) then maps the features to the model's input.
+    """
+
+    kind: str  # images | csv | json | parquet; "features" = unknown (scores only a features column)
+    image_shape: tuple[int, int] = (0, 0)  # images: H, W every image is resized to
+    channels: int = 1  # images: 1 = greyscale, 3 = RGB (features are C,H,W in [0, 1])
+    resize: str = "bilinear"  # images: Pillow's resampling filter for the resize
+    feature_columns: tuple[str, ...] = ()  # tabular: numeric columns in order, or one array column
+    label_column: str = ""  # tabular: the label column (used for evaluation when an input has it)
+    id_column: str = ""  # tabular: the record id column ("" = none)
+
+    @property
+    def is_tabular(self) -> bool:
+        return self.kind in TABULAR_KINDS
+
+    @classmethod
+    def from_source(cls, source: Any, manifest: Mapping[str, Any] | None = None) -> "Preprocessing":
+        """From an ``etl.source`` config; the manifest's record of the ETL run wins where it has one
+        (the image shape it wrote, the feature columns it resolved)."""
+        recorded = dict((manifest or {}).get("source") or {})
+        kind = recorded.get("kind", source.kind)
+        if kind == "images":
+            shape = list((manifest or {}).get("feature_shape") or [source.channels, *source.image_shape])
+            return cls("images", (int(shape[1]), int(shape[2])), int(shape[0]))
+        return cls(kind, feature_columns=tuple(recorded.get("feature_columns", source.feature_columns)),
+                   label_column=recorded.get("label_column", source.label_column),
+                   id_column=recorded.get("id_column", source.id_column))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the artifact (lists, not tuples: ``weights_only`` loading)."""
+        return {"kind": self.kind, "image_shape": list(self.image_shape), "channels": self.channels,
+                "resize": self.resize, "feature_columns": list(self.feature_columns),
+                "label_column": self.label_column, "id_column": self.id_column}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
+        return cls(d["kind"], tuple(d["image_shape"]), int(d["channels"]), d["resize"],
+                   tuple(d["feature_columns"]), d["label_column"], d["id_column"])
+
+
 def save_artifact(path: Path, model: models.DlpipeModel, manifest: dict[str, Any], manifest_hash: str,
                   config: Any) -> None:
-    """Write the artifact atomically."""
+    """Write the artifact atomically. The preprocessing comes from ``config.etl.source`` and what the
+    manifest recorded of the ETL run that made the training data."""
     payload = {
         "format": FORMAT,
         **models.to_artifact_dict(model),
+        "preprocessing": Preprocessing.from_source(config.etl.source, manifest).to_dict(),
         "normalization": manifest["normalization"],
         "label_names": list(manifest["label_names"]),
         "manifest_hash": manifest_hash,
@@ -89,6 +140,12 @@ def load_metadata(path: str | Path) -> dict[str, Any]:
 def normalizer(meta: dict[str, Any]) -> Normalizer:
     """The artifact's feature normalization."""
     return Normalizer.from_stats(meta["normalization"], meta["feature_shape"])
+
+
+def preprocessing(meta: Mapping[str, Any]) -> Preprocessing:
+    """The artifact's preprocessing; kind ``features`` for an artifact saved before it was recorded."""
+    recorded = meta.get("preprocessing")
+    return Preprocessing.from_dict(recorded) if recorded else Preprocessing(FEATURES_ONLY)
 
 
 def file_digest(path: str | Path) -> str:

@@ -104,10 +104,21 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Horovod data-parallel training in one barrier-mode Spark stage."""
+class PipelineParallelConfig:
+    """Model parallelism (``train.strategy=pipeline``): one stage of the model per rank."""
 
-    num_workers: int = setting(2, at_least(1))  # Horovod ranks = barrier tasks
+    schedule: str = setting("gpipe", one_of("gpipe", "1f1b"))  # order of micro-batch forwards/backwards
+    microbatches: int = setting(4, at_least(1))  # a batch is cut into this many; must divide train.batch_size
+
+
+@dataclass
+class TrainConfig:
+    """Distributed training in one barrier-mode Spark stage (Horovod by default)."""
+
+    # horovod | ddp | fsdp: data parallel (fsdp also shards parameters, gradients and optimizer
+    # state); pipeline: model parallel, the model cut into one stage per rank.
+    strategy: str = setting("horovod", one_of("horovod", "ddp", "fsdp", "pipeline"))
+    num_workers: int = setting(2, at_least(1))  # ranks = barrier tasks
     epochs: int = setting(15, at_least(1))
     batch_size: int = setting(64, at_least(1))  # per rank
     optimizer: str = setting("adam", one_of("adam", "sgd"))  # adam | sgd
@@ -125,17 +136,58 @@ class TrainConfig:
     gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
+    pipeline: PipelineParallelConfig = field(default_factory=PipelineParallelConfig)
+
+
+RAW_KIND_RULE = Rule("empty (score Parquet with a features column), or one of images, csv, json, parquet",
+                     lambda v: None if v in ("", "images", "csv", "json", "parquet") else
+                     "must be empty or one of images, csv, json, parquet")
+KEEP_RULE = Rule("['*'] = every input column but the features; [] = none; or column names, none twice",
+                 lambda v: "lists a column twice" if len(set(v)) != len(v) else
+                 "must not mix '*' with column names" if "*" in v and len(v) > 1 else
+                 "must not hold an empty name" if "" in v else None)
+
+
+@dataclass
+class InferSourceConfig:
+    """Raw records to score (``infer.source``), decoded with the model artifact's own preprocessing."""
+
+    kind: str = setting("", RAW_KIND_RULE)  # images | csv | json | parquet; "" = infer.input or the ETL split
+    path: str = ""  # image folder, or tabular file/folder (relative paths: as given, else under the repo root)
+    labels_csv: str = ""  # images: CSV (file,label) inside `path`, used for evaluation; "" = unlabelled
+
+    def __post_init__(self) -> None:
+        if self.kind and not self.path:
+            raise ConfigError(f"config key 'infer.source.path' is empty but infer.source.kind={self.kind!r}: "
+                              "set infer.source.path to the folder or file of raw records to score")
+        if self.path and not self.kind:
+            raise ConfigError(f"config key 'infer.source.path' = {self.path!r} needs infer.source.kind "
+                              "(images, csv, json or parquet)")
+        if self.labels_csv and self.kind != "images":
+            raise ConfigError(f"config key 'infer.source.labels_csv' = {self.labels_csv!r} is for "
+                              f"infer.source.kind=images; tabular sources take labels from the model's label column")
 
 
 @dataclass
 class InferConfig:
     """Batch inference with a vectorized Spark UDF."""
 
-    split: str = setting("test", folder_name())  # which ETL split to score when `input` is empty (any split of the dataset)
-    input: str = ""  # any Parquet with the feature column; "" = the ETL split above
-    artifact: str = ""  # "" = the run's model artifact
+    split: str = setting("test", folder_name())  # which ETL split to score when `input` and `source` are empty (any split of the dataset)
+    input: str = ""  # any Parquet with a `features` column; "" = infer.source, else the ETL split above
+    source: InferSourceConfig = field(default_factory=InferSourceConfig)  # raw records (images, CSV, JSON, Parquet)
+    artifact: str = ""  # model artifact file; "" = the model of infer.model_run
+    model_run: str = setting("", folder_name(allow_empty=True))  # run whose model scores; "" = this run
     output: str = ""  # "" = <run dir>/predictions
+    keep_columns: list[str] = setting(["*"], KEEP_RULE)  # input columns copied to the predictions
     batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
+
+    def __post_init__(self) -> None:
+        if self.input and self.source.kind:
+            raise ConfigError(f"config keys 'infer.input' = {self.input!r} and 'infer.source.kind' = "
+                              f"{self.source.kind!r} both name an input: set one of them")
+        if self.artifact and self.model_run:
+            raise ConfigError(f"config keys 'infer.artifact' = {self.artifact!r} and 'infer.model_run' = "
+                              f"{self.model_run!r} both name a model: set one of them")
 
 
 @dataclass
@@ -193,6 +245,10 @@ def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
     config = _build(PipelineConfig, raw, prefix="")
     check_model(config.model)
+    tc = config.train
+    if tc.strategy == "pipeline" and tc.batch_size % tc.pipeline.microbatches:
+        raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
+                          f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)")
     return config
 
 

@@ -17,7 +17,7 @@ class EpochProgress:
 
     def __call__(self, rank: int, event: dict[str, Any]) -> None:
         kind = event.get("kind")
-        if kind == "progress" and rank == 0:
+        if kind == "progress":  # sent by one rank: the one that sees the loss
             self._bar(event)
         elif kind == "epoch" and rank == 0:
             self._epoch(event)

@@ -62,7 +62,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
     summary["predictions"] = scored["predictions"]
     summary["status"] = "ok"
     what = f"the {scored['split']} split" if scored["split"] else scored["input"]
-    report = write_report(run_dir, summary, history, trained["artifact"], evaluation, what, scored["input"])
+    report = write_report(run_dir, summary, history, trained["artifact"], evaluation, what, scored["features_path"])
     summary["report"] = str(report)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
@@ -71,6 +71,6 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
 def check_splits(config: PipelineConfig) -> None:
     """The split inference will score must be one the ETL makes: say so before any work."""
     ic = config.infer
-    if not ic.input and ic.split not in config.etl.splits:
+    if not ic.input and not ic.source.kind and ic.split not in config.etl.splits:
         raise ConfigError(f"infer.split={ic.split!r} is not one of the splits etl.splits makes "
                           f"({', '.join(config.etl.splits)}): set infer.split to one of them")

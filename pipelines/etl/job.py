@@ -223,7 +223,7 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
             feature_shape=verdict.feature_shape,
             normalization=normalization_stats(spark, tmp / dataset.TRAIN_SPLIT, etl.normalization),
             label_names=verdict.label_names,
-            source={"kind": etl.source.kind, "path": str(extracted.path)},
+            source=source_record(extracted, etl),
             input_files=extracted.files.summary(),
             config_hash=config.digest(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -231,6 +231,16 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
         )
         write_json_atomic(tmp / dataset.MANIFEST_FILE, manifest)
     return manifest
+
+
+def source_record(extracted: Extracted, etl: EtlConfig) -> dict[str, Any]:
+    """The manifest's ``source``: kind and path, and for tables the columns as resolved (the model
+    artifact records them, so inference preprocesses new records exactly as these were)."""
+    record: dict[str, Any] = {"kind": etl.source.kind, "path": str(extracted.path)}
+    if extracted.feature_columns is not None:
+        record.update(feature_columns=list(extracted.feature_columns), label_column=etl.source.label_column,
+                      id_column=etl.source.id_column)
+    return record
 
 
 def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:

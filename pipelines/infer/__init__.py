@@ -1,5 +1,11 @@
-"""Inference stage: score Parquet with a model artifact in a vectorized Spark job, then evaluate.
+"""Inference stage: score raw records or features with a model artifact in Spark, then evaluate.
 
-``job`` runs the stage (``main(spark, config)``); ``scoring`` is the ``mapInArrow`` scorer with its
-per-worker model cache; ``evaluate`` turns predictions + labels into metrics (``eval.json``).
+``job`` runs the stage (``main(spark, config)``); ``inputs`` reads what it scores (a split, any
+Parquet with features, or raw records preprocessed as the artifact records); ``scoring`` is the
+``mapInArrow`` scorer with its per-worker model cache; ``udf`` offers the same scoring as a Spark
+SQL function for users' own code (:func:`model_udf`); ``evaluate`` turns predictions + labels into
+metrics (``eval.json``).
 """
+from pipelines.infer.udf import model_udf
+
+__all__ = ["model_udf"]

@@ -16,15 +16,18 @@ from pipelines.publish import write_json_atomic
 from pipelines.report import CONFUSION_FILE, plot_confusion
 
 
-def evaluate(spark: SparkSession, predictions: DataFrame, labelled: DataFrame, artifact: Path,
+def evaluate(spark: SparkSession, predictions: DataFrame, features: DataFrame, artifact: Path,
              report_dir: Path) -> dict[str, Any]:
-    """Metrics of ``predictions`` (id + outputs) joined to ``labelled`` (id + label) by id."""
+    """Metrics of ``predictions``: the model's outputs, ``error`` and ``label`` (the class index of
+    the row's label; null when unknown) side by side. ``features`` (the scored rows' feature
+    vectors) gives the mean-image baseline of reconstruction errors."""
     meta = load_metadata(artifact)
     label_names = list(meta["label_names"])
     good = predictions.filter("error IS NULL")
     result: dict[str, Any] = {}
     if "prediction" in predictions.columns:
-        pairs = good.join(labelled.select("id", "label"), "id").groupBy("label", "prediction").count().collect()
+        known = good.filter(F.col("label").between(0, len(label_names) - 1))
+        pairs = known.groupBy("label", "prediction").count().collect()
         confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)
         for row in pairs:
             confusion[row["label"], row["prediction"]] = row["count"]
@@ -35,7 +38,7 @@ def evaluate(spark: SparkSession, predictions: DataFrame, labelled: DataFrame, a
         mean = good.agg(F.mean("reconstruction_error")).first()[0]
         result["reconstruction_error"] = float(mean)
         result["reconstruction_error_quantiles"] = {"p50": q[0], "p90": q[1], "p99": q[2]}
-        baseline = mean_image_baseline(labelled, meta["normalization"])
+        baseline = mean_image_baseline(features, meta["normalization"])
         result["baseline_reconstruction_error"] = baseline
         result["error_vs_baseline"] = float(mean) / baseline if baseline else None
     write_json_atomic(report_dir / "eval.json", result)

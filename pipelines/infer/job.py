@@ -1,56 +1,106 @@
 """Batch inference job (``dlpipe infer`` / ``spark-submit pipelines/__main__.py infer``).
 
-Reads only the model artifact and Parquet: an ETL split (``infer.split``, any split the dataset
-has) or any Parquet with a ``features`` column (``infer.input``). Publishes the predictions
-atomically and evaluates them when the input has labels.
+Reads only the model artifact and its input: raw records (``infer.source``: images, CSV, JSON
+lines, Parquet, preprocessed as the artifact records), any Parquet with a ``features`` column
+(``infer.input``), or an ETL split (``infer.split``, any split the dataset has). Writes one
+prediction row per input record (id, the model's outputs, error, and the ``infer.keep_columns``
+of the input), publishes them atomically, and evaluates them when the input has labels.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from pipelines import dataset
-from pipelines.artifact import artifact_path
-from pipelines.config import PipelineConfig
+from pipelines.artifact import artifact_path, load_artifact
+from pipelines.config import ConfigError, PipelineConfig
 from pipelines.infer.evaluate import evaluate
-from pipelines.infer.scoring import predict
+from pipelines.infer.inputs import ScoringInput, label_index, read_input
+from pipelines.infer.scoring import PREPROCESS_ERROR, check_kept, predict
 from pipelines.publish import atomic_dir, check_writable
 from pipelines.session import describe
 
+__all__ = ["main", "predict", "model_artifact", "keep_columns"]
+
 
 def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
-    """Score the configured Parquet, publish predictions, and evaluate when labels exist."""
+    """Score the configured input, publish predictions, and evaluate when labels exist."""
     ic = config.infer
     run_dir = config.run_dir()
-    artifact = Path(ic.artifact or artifact_path(run_dir))
-    if not artifact.is_file():
-        raise FileNotFoundError(f"model artifact {artifact} does not exist: train first (`dlpipe train` with "
-                                f"run_id={config.run_id}) or set infer.artifact")
-    source = ic.input or input_split(config)
+    artifact = model_artifact(config)
     output = Path(ic.output or run_dir / "predictions")
     check_writable(output, "infer.output" if ic.output else "workdir")
     check_writable(run_dir / "report", "workdir")
-    describe(spark, f"infer {Path(source).name} with {artifact.name}")
-    frame = spark.read.parquet(str(source))
-    predictions, loads = predict(spark, frame, artifact, ic.batch_size)
+    model, meta = load_artifact(artifact)
+    scoring = read_input(spark, config, meta)
+    keep = keep_columns(ic.keep_columns, scoring)
+    try:
+        check_kept(tuple(keep), list(scoring.frame.columns), ["id", *model.output_schema(), "error"])
+    except ValueError as e:
+        raise ConfigError(f"infer.keep_columns={ic.keep_columns}: {e}") from None
+    describe(spark, f"infer {Path(scoring.described).name} with {artifact.name}")
+    predictions, loads = predict(spark, scoring.frame, artifact, ic.batch_size, keep)
     with atomic_dir(output) as tmp:
         predictions.write.mode("overwrite").parquet(str(tmp / "data"))
     written = spark.read.parquet(str(output / "data"))
     rows = written.count()
-    bad = written.filter("error IS NOT NULL").count()
-    print(f"dlpipe infer: {rows} rows scored, {bad} with an error, model loaded {len(loads.value)} time(s) "
+    bad = written.filter("error IS NOT NULL")
+    bad_rows = bad.count()
+    print(f"dlpipe infer: {rows} rows scored, {bad_rows} with an error, model loaded {len(loads.value)} time(s) "
           f"in {len(set(loads.value))} worker process(es); predictions in {output}", flush=True)
-    result: dict[str, Any] = {"rows": rows, "bad_rows": bad, "predictions": str(output),
-                              "model_loads": len(loads.value), "artifact": str(artifact), "input": str(source),
-                              "split": "" if ic.input else ic.split}
-    if "label" in frame.columns:
-        result["eval"] = evaluate(spark, written, frame, artifact, run_dir / "report")
+    if bad_rows:
+        shown = "; ".join(f"{r['id'] or '<no id>'}: {r['error']}" for r in bad.orderBy("id").limit(3).collect())
+        print(f"dlpipe infer: rows with an error have null outputs, e.g. {shown}", flush=True)
+    if scoring.empty_files:
+        print(f"dlpipe infer: {len(scoring.empty_files)} input file(s) are empty (0 bytes): "
+              + ", ".join(scoring.empty_files[:5]) + (", ..." if len(scoring.empty_files) > 5 else ""), flush=True)
+    result: dict[str, Any] = {"rows": rows, "bad_rows": bad_rows, "predictions": str(output),
+                              "model_loads": len(loads.value), "artifact": str(artifact),
+                              "input": scoring.described, "features_path": scoring.features_path,
+                              "split": "" if ic.input or ic.source.kind else ic.split}
+    label = label_index(written, scoring, list(meta["label_names"]))
+    if label is not None:
+        outputs = [c for c in model.output_schema()]
+        scored = written.select(*outputs, "error", label.alias("label"))
+        result["eval"] = evaluate(spark, scored, scored_features(scoring.frame), artifact, run_dir / "report")
+    elif scoring.label_column:
+        print(f"dlpipe infer: no evaluation: the label column {scoring.label_column!r} is not among "
+              f"infer.keep_columns", flush=True)
     return result
 
 
-def input_split(config: PipelineConfig) -> str:
-    """The folder of the ETL split ``infer.split`` names; a config error when the dataset lacks it."""
-    manifest = dataset.load_manifest(config.dataset_dir)
-    return dataset.split_path(config.dataset_dir, manifest, config.infer.split, "infer.split")
+def model_artifact(config: PipelineConfig) -> Path:
+    """The artifact file: ``infer.artifact``, else the model of run ``infer.model_run``, else this run's."""
+    ic = config.infer
+    if ic.artifact:
+        artifact, key = Path(ic.artifact), "infer.artifact"
+    elif ic.model_run:
+        artifact, key = artifact_path(Path(config.workdir) / "runs" / ic.model_run), "infer.model_run"
+    else:
+        artifact, key = artifact_path(config.run_dir()), "run_id"
+    if not artifact.is_file():
+        run = ic.model_run or config.run_id
+        raise FileNotFoundError(f"model artifact {artifact} ({key}) does not exist: train first (`dlpipe train` "
+                                f"with run_id={run}) or set infer.artifact / infer.model_run")
+    return artifact
+
+
+def keep_columns(requested: list[str], scoring: ScoringInput) -> list[str]:
+    """The input columns ``infer.keep_columns`` copies to the predictions (``id`` is always there)."""
+    available = [c for c in scoring.columns if c not in ("id", "features")]
+    if requested == ["*"]:
+        return available
+    unknown = [c for c in requested if c not in available and c != "id"]
+    if unknown:
+        raise ConfigError(f"infer.keep_columns names {unknown}, not column(s) of {scoring.described} (its columns "
+                          f"besides the features: {available})")
+    return [c for c in requested if c != "id"]
+
+
+def scored_features(frame: DataFrame) -> DataFrame:
+    """The feature vectors that were scored (rows without a preprocessing error)."""
+    if PREPROCESS_ERROR in frame.columns:
+        frame = frame.filter(F.col(PREPROCESS_ERROR).isNull())
+    return frame.filter(F.col("features").isNotNull()).select("features")

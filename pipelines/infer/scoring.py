@@ -4,7 +4,8 @@ The artifact reaches the executors through Spark (``SparkContext.addFile``), so 
 the driver's filesystem. Scoring uses ``mapInArrow``: the ``features`` list column arrives as one
 flat Arrow buffer that becomes a (rows, features) NumPy array without a copy per row, where a
 pandas UDF would first build one Python object per row. Each Python worker loads the model once,
-cached by the artifact's content hash.
+cached by the artifact's content hash. Input columns named in ``keep`` ride along in the same
+Arrow batches and come out unchanged. ``pipelines.infer.udf`` scores with the same pieces.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,13 +22,17 @@ import pyarrow as pa
 from pyspark import SparkFiles
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.artifact import file_digest, load_artifact, normalizer
+from pipelines.artifact import Preprocessing, file_digest, load_artifact, normalizer, preprocessing
 
 _SPARK_TYPES = {"int64": T.LongType(), "float32": T.FloatType()}
 _ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32()}
 _MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: artifact digest -> (model, normalizer)
+# A column of a scored frame holding a preprocessing error (raw input): it wins over the features'.
+PREPROCESS_ERROR = "_dlpipe_preprocess_error"
+_IN_ID, _IN_FEATURES = "_dlpipe_id", "_dlpipe_features"  # internal names: never clash with kept columns
 _STAGING: list[Path] = []  # the driver's one staging folder, removed when the driver exits
 
 
@@ -57,14 +63,19 @@ class _ListParam(AccumulatorParam):
         return a + b
 
 
-def output_schema(model_schema: dict[str, tuple[str, tuple[int, ...]]]) -> T.StructType:
-    """Spark schema of the predictions: id, the model's declared outputs, error."""
-    fields = [T.StructField("id", T.StringType())]
+def output_fields(model_schema: dict[str, tuple[str, tuple[int, ...]]]) -> list[T.StructField]:
+    """Spark fields of the model's declared outputs, then ``error``."""
+    fields = []
     for name, (dtype, shape) in model_schema.items():
         base = _SPARK_TYPES[dtype]
         fields.append(T.StructField(name, T.ArrayType(base) if shape else base))
-    fields.append(T.StructField("error", T.StringType()))
-    return T.StructType(fields)
+    return fields + [T.StructField("error", T.StringType())]
+
+
+def output_schema(model_schema: dict[str, tuple[str, tuple[int, ...]]],
+                  kept: list[T.StructField] | tuple = ()) -> T.StructType:
+    """Spark schema of the predictions: id, the model's declared outputs, error, the kept input columns."""
+    return T.StructType([T.StructField("id", T.StringType()), *output_fields(model_schema), *kept])
 
 
 def features_matrix(column: pa.Array, num_features: int) -> tuple[np.ndarray, list[str | None]]:
@@ -95,40 +106,85 @@ def features_matrix(column: pa.Array, num_features: int) -> tuple[np.ndarray, li
     return matrix, errors
 
 
-def _load_model(artifact_name: str, digest: str, loads: Any) -> Any:
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model artifact the executors can load: plain data (and an accumulator), picklable into tasks."""
+
+    file_name: str  # the ``addFile`` name of the artifact's copy
+    digest: str  # content hash: the per-worker cache key
+    schema: dict[str, tuple[str, tuple[int, ...]]]  # the model's declared outputs
+    num_features: int
+    preprocessing: Preprocessing
+    loads: Any  # accumulator of the process ids that loaded the model
+
+
+def ship_model(spark: SparkSession, artifact: str | Path) -> ShippedModel:
+    """Make ``artifact`` available to the executors (``addFile``) and describe it for scoring."""
+    artifact = Path(artifact).resolve()
+    digest = file_digest(artifact)
+    name = _ship(spark, artifact, digest)
+    model, meta = load_artifact(artifact)
+    return ShippedModel(name, digest, model.output_schema(), int(np.prod(meta["feature_shape"])),
+                        preprocessing(meta), spark.sparkContext.accumulator([], _ListParam()))
+
+
+def worker_model(shipped: ShippedModel) -> Any:
     """The worker's cached (model, normalizer); loads it on first use in this process."""
-    if digest not in _MODEL_CACHE:
-        model, meta = load_artifact(SparkFiles.get(artifact_name))
-        _MODEL_CACHE[digest] = (model, normalizer(meta))
-        loads.add([os.getpid()])
-    return _MODEL_CACHE[digest]
+    if shipped.digest not in _MODEL_CACHE:
+        model, meta = load_artifact(SparkFiles.get(shipped.file_name))
+        _MODEL_CACHE[shipped.digest] = (model, normalizer(meta))
+        shipped.loads.add([os.getpid()])
+    return _MODEL_CACHE[shipped.digest]
 
 
-def make_scorer(artifact_name: str, digest: str, schema: dict[str, tuple[str, tuple[int, ...]]],
-                num_features: int, batch_size: int, loads: Any):
-    """The ``mapInArrow`` function: Arrow batches in, prediction batches out."""
+def score_matrix(model: Any, normalize: Any, matrix: np.ndarray, batch_size: int,
+                 schema: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """The model's outputs for a (rows, features) matrix, ``batch_size`` rows per forward pass."""
+    import torch
+
+    outputs: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(matrix), batch_size):
+            part = model.predict(normalize(matrix[start:start + batch_size]))
+            for k, v in part.items():
+                outputs.setdefault(k, []).append(v.numpy())
+    return {name: np.concatenate(outputs[name]) if outputs else np.zeros((0, *shape), dtype=dtype)
+            for name, (dtype, shape) in schema.items()}
+
+
+def merge_errors(preprocess: list[str | None], scoring: list[str | None]) -> list[str | None]:
+    """Per row, the preprocessing error if any (it explains a missing feature vector), else scoring's."""
+    return [p if p is not None else s for p, s in zip(preprocess, scoring)]
+
+
+def set_torch_threads() -> None:
+    """Torch threads = the cores Spark gave this task (the default oversubscribes shared executors)."""
+    import torch
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    torch.set_num_threads(max(1, context.cpus() if context else 1))
+
+
+def make_scorer(shipped: ShippedModel, batch_size: int, keep: tuple[str, ...] = ()):
+    """The ``mapInArrow`` function: Arrow batches in, prediction batches (plus ``keep`` columns) out."""
+    schema = shipped.schema
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import torch
-        from pyspark import TaskContext
-
-        torch.set_num_threads(max(1, TaskContext.get().cpus()))
-        model, normalize = _load_model(artifact_name, digest, loads)
+        set_torch_threads()
+        model, normalize = worker_model(shipped)
         for batch in batches:
-            matrix, errors = features_matrix(batch.column("features"), num_features)
-            ok = np.array([e is None for e in errors])
-            outputs: dict[str, np.ndarray] = {}
-            with torch.inference_mode():
-                for start in range(0, len(matrix), batch_size):
-                    part = model.predict(normalize(matrix[start:start + batch_size]))
-                    for k, v in part.items():
-                        outputs.setdefault(k, []).append(v.numpy())
-            columns = [batch.column("id")]
+            matrix, errors = features_matrix(batch.column(_IN_FEATURES), shipped.num_features)
+            if PREPROCESS_ERROR in batch.schema.names:
+                errors = merge_errors(batch.column(PREPROCESS_ERROR).to_pylist(), errors)
+            ok = np.array([e is None for e in errors], dtype=bool)
+            outputs = score_matrix(model, normalize, matrix, batch_size, schema)
+            columns = [batch.column(_IN_ID)]
             for name, (dtype, shape) in schema.items():
-                values = np.concatenate(outputs[name]) if outputs else np.zeros((0, *shape))
-                columns.append(_arrow_column(values, dtype, shape, ok))
+                columns.append(_arrow_column(outputs[name], dtype, shape, ok))
             columns.append(pa.array(errors, type=pa.string()))
-            yield pa.RecordBatch.from_arrays(columns, names=["id", *schema, "error"])
+            columns.extend(batch.column(name) for name in keep)
+            yield pa.RecordBatch.from_arrays(columns, names=["id", *schema, "error", *keep])
 
     return score
 
@@ -144,17 +200,34 @@ def _arrow_column(values: np.ndarray, dtype: str, shape: tuple[int, ...], ok: np
                     type=pa.list_(_ARROW_TYPES[dtype])) if mask.any() else lists
 
 
-def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_size: int = 512) -> tuple[DataFrame, Any]:
-    """Score ``frame`` (``id``, ``features``) with the artifact; returns (predictions, loads accumulator).
+def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_size: int = 512,
+            keep: list[str] | tuple[str, ...] = ()) -> tuple[DataFrame, Any]:
+    """Score ``frame`` with the artifact; returns (predictions, loads accumulator).
 
-    The artifact is shipped with ``addFile``; executors read their local copy.
+    ``frame`` has ``features`` (array of numbers), optionally ``id`` (null ids when absent) and
+    :data:`PREPROCESS_ERROR`. The predictions are ``id``, the model's outputs, ``error`` (null when the
+    row scored) and the ``keep`` columns of ``frame``, unchanged; one row per input row. The artifact
+    is shipped with ``addFile``; executors read their local copy.
     """
-    artifact = Path(artifact).resolve()
-    digest = file_digest(artifact)
-    name = _ship(spark, artifact, digest)
-    model, meta = load_artifact(artifact)
-    schema = model.output_schema()
-    num_features = int(np.prod(meta["feature_shape"]))
-    loads = spark.sparkContext.accumulator([], _ListParam())
-    scorer = make_scorer(name, digest, schema, num_features, batch_size, loads)
-    return frame.select("id", "features").mapInArrow(scorer, output_schema(schema)), loads
+    shipped = ship_model(spark, artifact)
+    schema = shipped.schema
+    keep = tuple(keep)
+    check_kept(keep, frame.columns, ["id", *schema, "error"])
+    scorer = make_scorer(shipped, batch_size, keep)
+    ident = F.col("id").cast("string") if "id" in frame.columns else F.lit(None).cast("string")
+    inputs = [ident.alias(_IN_ID), F.col("features").cast("array<float>").alias(_IN_FEATURES)]
+    if PREPROCESS_ERROR in frame.columns:
+        inputs.append(F.col(PREPROCESS_ERROR))
+    kept = [frame.schema[name] for name in keep]
+    return frame.select(*inputs, *keep).mapInArrow(scorer, output_schema(schema, kept)), shipped.loads
+
+
+def check_kept(keep: tuple[str, ...], columns: list[str], outputs: list[str]) -> None:
+    """Every kept column exists and none takes the name of an output column."""
+    missing = [c for c in keep if c not in columns]
+    if missing:
+        raise ValueError(f"columns {missing} to keep are not in the input (its columns: {columns})")
+    clash = [c for c in keep if c in outputs]
+    if clash:
+        raise ValueError(f"input column(s) {clash} have the name of an output column ({', '.join(outputs)}): "
+                         "rename them, or leave them out of the kept columns (infer.keep_columns)")

@@ -1,8 +1,9 @@
-"""Driver side: one barrier stage of N tasks, each running one Horovod rank over Gloo.
+"""Driver side: one barrier stage of N tasks, each running one rank process (no mpirun, no SSH).
 
-The driver runs Horovod's own rendezvous server and a small coordinator socket. Tasks register
-their host with the coordinator; once all N have, the driver computes Horovod's host plan, starts
-the rendezvous and hands each task its rank, sizes and the rendezvous address. Tasks then stream
+The driver runs the ranks' rendezvous (Horovod's own rendezvous server, or a torch.distributed
+TCPStore) and a small coordinator socket. Tasks authenticate and register their host with the
+coordinator; once all N have, the driver computes the host plan (Horovod's), starts the
+rendezvous and hands each task its rank, sizes and the rendezvous address. Tasks then stream
 their rank's log lines and events back, which the driver prints prefixed with the rank.
 
 Every wait is bounded: registration (``start_timeout_s``), a failed or silent rank
@@ -35,15 +36,19 @@ EventHandler = Callable[[int, dict[str, Any]], None]
 
 
 class LaunchError(RuntimeError):
-    """The Horovod stage failed: names the rank and the cause, and holds the rank's log tail."""
+    """The barrier stage failed: names the rank and the cause, and holds the rank's log tail."""
 
 
-def run_horovod(
+RENDEZVOUS = ("horovod", "torch")
+
+
+def run_ranks(
     spark: SparkSession,
     entry: str,
     payload: dict[str, Any],
     *,
     num_workers: int,
+    rendezvous: str = "horovod",
     start_timeout_s: float = 120.0,
     failure_timeout_s: float = 120.0,
     gloo_iface: str = "",
@@ -52,16 +57,20 @@ def run_horovod(
     attempt: int = 0,
     description: str = "dlpipe horovod",
 ) -> Any:
-    """Run ``entry(payload, ctx)`` on ``num_workers`` Horovod ranks; return rank 0's result.
+    """Run ``entry(payload, ctx)`` on ``num_workers`` ranks; return rank 0's result.
 
-    ``entry`` is ``"package.module:function"``, importable on the executors. ``gloo_iface``:
+    ``entry`` is ``"package.module:function"``, importable on the executors. ``rendezvous``: what
+    the ranks join: ``"horovod"`` (Horovod's Gloo rendezvous server, run by the driver) or
+    ``"torch"`` (a torch.distributed ``TCPStore`` on the driver: ``DLPIPE_STORE_ADDR``/``_PORT``). ``gloo_iface``:
     the network interface Gloo uses; empty means ``lo`` when all ranks share one host (local
     mode), otherwise it must be given. ``on_event(rank, event)`` sees every event a rank emits.
     """
     sc = spark.sparkContext
     driver_host = sc.getConf().get("spark.driver.host", socket.gethostname())
+    if rendezvous not in RENDEZVOUS:
+        raise ValueError(f"rendezvous={rendezvous!r} is not one of {', '.join(RENDEZVOUS)}")
     secret = new_secret()  # this launch's: reaches the tasks only inside the Spark closure
-    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret)
+    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret, rendezvous, failure_timeout_s)
     spec = TaskSpec(
         entry=entry, payload=payload, num_workers=num_workers,
         coordinator_host=driver_host, coordinator_port=coordinator.port,
@@ -113,16 +122,16 @@ def _explain_spark_error(error: BaseException, num_workers: int) -> str:
     marker = "RankFailed: "
     if marker in text:  # the task's own message, without the Java stack around it
         first = text[text.index(marker) + len(marker):].split("\n\tat ")[0].strip()
-        return f"Horovod stage failed: {first}"
+        return f"barrier stage failed: {first}"
     if "BarrierJobSlotsNumberCheckFailed" in text or "barrier stage that requires more slots" in text:
         return (f"the barrier stage needs {num_workers} task slots at once but the cluster has fewer: "
                 f"lower train.num_workers or give Spark more cores (local[N], more executors, "
                 f"or a smaller spark.task.cpus)")
     lost = explain_lost_executor(text)
     if lost:
-        return f"Horovod stage failed: {lost}"
+        return f"barrier stage failed: {lost}"
     aborted = re.search(r"Job aborted due to stage failure: ([^\n]*)", text)
-    return f"Horovod stage failed: {aborted.group(1).strip() if aborted else first}"
+    return f"barrier stage failed: {aborted.group(1).strip() if aborted else first}"
 
 
 def explain_lost_executor(text: str) -> str | None:
@@ -155,8 +164,11 @@ class Coordinator:
     and for any line that is not a JSON message, it is dropped and logged, never trusted.
     """
 
-    def __init__(self, driver_host: str, num_workers: int, gloo_iface: str, attempt: int, secret: str) -> None:
+    def __init__(self, driver_host: str, num_workers: int, gloo_iface: str, attempt: int, secret: str,
+                 rendezvous: str = "horovod", timeout_s: float = 120.0) -> None:
         self.driver_host = driver_host
+        self.rendezvous_kind = rendezvous
+        self.timeout_s = timeout_s
         self.num_workers = num_workers
         self.gloo_iface = gloo_iface
         self.attempt = attempt
@@ -226,7 +238,6 @@ class Coordinator:
     def _assign(self) -> None:
         """All tasks are in: plan ranks by host, start the rendezvous, send assignments."""
         from horovod.runner.common.util.hosts import HostInfo, get_host_assignments
-        from horovod.runner.http.http_server import RendezvousServer
 
         partitions = sorted(self._registered)
         hosts: dict[str, list[int]] = {}
@@ -237,9 +248,7 @@ class Coordinator:
         if not iface:
             raise LaunchError(f"ranks run on {len(hosts)} hosts ({', '.join(hosts)}): set train.gloo_iface "
                               f"to the network interface they share (e.g. eth0)")
-        self._rendezvous = RendezvousServer()
-        port = self._rendezvous.start()
-        self._rendezvous.init(plan)
+        port = self._start_rendezvous(plan)
         slots = iter(plan)
         for host, ps in hosts.items():
             for p in ps:
@@ -248,9 +257,26 @@ class Coordinator:
                     "rank": slot.rank, "size": slot.size, "local_rank": slot.local_rank,
                     "local_size": slot.local_size, "cross_rank": slot.cross_rank,
                     "cross_size": slot.cross_size, "hostname": slot.hostname,
-                    "rendezvous_addr": self.driver_host, "rendezvous_port": port,
-                    "gloo_iface": iface, "attempt": self.attempt,
+                    "rendezvous": self.rendezvous_kind, "rendezvous_addr": self.driver_host,
+                    "rendezvous_port": port, "gloo_iface": iface, "attempt": self.attempt,
                 })
+
+    def _start_rendezvous(self, plan: list[Any]) -> int:
+        """Start this launch's rendezvous on the driver (a fresh port each launch); return its port."""
+        if self.rendezvous_kind == "torch":
+            import datetime
+
+            from torch.distributed import TCPStore
+
+            self._rendezvous = TCPStore(self.driver_host, 0, None, True, wait_for_workers=False,
+                                        timeout=datetime.timedelta(seconds=self.timeout_s))
+            return self._rendezvous.port
+        from horovod.runner.http.http_server import RendezvousServer
+
+        self._rendezvous = RendezvousServer()
+        port = self._rendezvous.start()
+        self._rendezvous.init(plan)
+        return port
 
     def watch(self, stage: threading.Thread, start_timeout_s: float, failure_timeout_s: float,
               on_event: EventHandler | None) -> str | None:
@@ -311,8 +337,9 @@ class Coordinator:
                     pass
         self._server.shutdown()
         self._server.server_close()
-        if self._rendezvous is not None:
+        if self._rendezvous is not None and self.rendezvous_kind == "horovod":
             self._rendezvous.stop()
+        self._rendezvous = None  # a TCPStore closes when its last reference goes
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
-"""One Horovod rank process: ``python -m pipelines.launcher SPEC.json`` runs :func:`main`.
+"""One rank process: ``python -m pipelines.launcher SPEC.json`` runs :func:`main`.
 
-The barrier task starts this process with Horovod's Gloo variables in its environment, so
-``hvd.init()`` joins the others through the driver's rendezvous server. The rank runs the
-entry function named in the spec and prints its result as an event line.
+The barrier task starts this process with its place in the job (``RANK``, ``WORLD_SIZE``, ...)
+and its rendezvous in the environment (Horovod's Gloo variables, so ``hvd.init()`` joins the
+others through the driver's rendezvous server; or ``DLPIPE_STORE_ADDR``/``_PORT`` for
+torch.distributed, see :func:`join_process_group`). The rank runs the entry function named in
+the spec and prints its result as an event line.
 """
 from __future__ import annotations
 
@@ -58,6 +60,21 @@ def _stall_watchdog(ctx: RankContext, timeout_s: float) -> None:
             os._exit(STALL_EXIT_CODE)
 
 
+def join_process_group(ctx: RankContext, backend: str = "gloo") -> None:
+    """``torch.distributed.init_process_group`` through the driver's TCPStore (``rendezvous="torch"``).
+
+    Collectives time out after the launch's failure timeout, so a dead peer ends this rank.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=float(os.environ.get("DLPIPE_STALL_TIMEOUT_S", "120")))
+    store = dist.TCPStore(os.environ["DLPIPE_STORE_ADDR"], int(os.environ["DLPIPE_STORE_PORT"]), ctx.size,
+                          is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.size, timeout=timeout)
+
+
 def resolve_entry(entry: str) -> Callable[[dict[str, Any], RankContext], Any]:
     """Import ``module:function``."""
     module_name, _, func_name = entry.partition(":")
@@ -69,9 +86,9 @@ def resolve_entry(entry: str) -> Callable[[dict[str, Any], RankContext], Any]:
 def context_from_env() -> RankContext:
     env = os.environ
     return RankContext(
-        rank=int(env["HOROVOD_RANK"]),
-        size=int(env["HOROVOD_SIZE"]),
-        local_rank=int(env["HOROVOD_LOCAL_RANK"]),
+        rank=int(env["RANK"]),
+        size=int(env["WORLD_SIZE"]),
+        local_rank=int(env["LOCAL_RANK"]),
         threads=int(env.get("DLPIPE_RANK_THREADS", "1")),
         attempt=int(env.get("DLPIPE_ATTEMPT", "0")),
     )
@@ -85,7 +102,7 @@ def main(spec_path: str) -> int:
 
     # Without this every rank uses all cores of the machine and they fight (10x slower).
     torch.set_num_threads(ctx.threads)
-    ctx.emit("started", pid=os.getpid(), host=os.environ.get("HOROVOD_HOSTNAME", ""))
+    ctx.emit("started", pid=os.getpid(), host=os.environ.get("DLPIPE_HOSTNAME", ""))
     stall_timeout = float(os.environ.get("DLPIPE_STALL_TIMEOUT_S", "120"))
     threading.Thread(target=_stall_watchdog, args=(ctx, stall_timeout), daemon=True).start()
     try:

@@ -6,7 +6,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from pipelines.config import PipelineConfig
-from pipelines.launcher.driver import run_horovod
+from pipelines.launcher.driver import run_ranks
 from pipelines.launcher.rank import RankContext
 
 
@@ -29,7 +29,7 @@ def allreduce_sum(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
 def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     """Run :func:`allreduce_sum` on ``train.num_workers`` ranks and check the sum."""
     n = config.train.num_workers
-    result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=n,
+    result = run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=n,
                          start_timeout_s=config.train.start_timeout_s, gloo_iface=config.train.gloo_iface)
     expected = float(n * (n + 1) // 2)
     if result["sum"] != [expected] * 4:

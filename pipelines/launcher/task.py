@@ -1,4 +1,4 @@
-"""Task side: runs inside one barrier task and owns exactly one Horovod rank process.
+"""Task side: runs inside one barrier task and owns exactly one rank process.
 
 The rank lives in its own process so a native crash or ``hvd.shutdown()`` cannot poison Spark's
 reused Python worker. The task forwards the rank's output to the driver line by line, sends
@@ -100,33 +100,48 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int) ->
 
 
 def rank_environment(spec: TaskSpec, a: dict[str, Any], threads: int) -> dict[str, str]:
-    """The environment of one rank process: Horovod's Gloo variables (as horovodrun sets them)."""
+    """The environment of one rank process: its place in the job, then what its rendezvous needs
+    (Horovod's Gloo variables as horovodrun sets them, or the driver's torch.distributed store)."""
     env = dict(os.environ)
     # The rank must import exactly what this Python worker imports (incl. --py-files zips).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update({
-        "HOROVOD_GLOO_RENDEZVOUS_ADDR": a["rendezvous_addr"],
-        "HOROVOD_GLOO_RENDEZVOUS_PORT": str(a["rendezvous_port"]),
-        "HOROVOD_CONTROLLER": "gloo",
-        "HOROVOD_CPU_OPERATIONS": "gloo",
-        "HOROVOD_GLOO_IFACE": a["gloo_iface"],
-        "HOROVOD_HOSTNAME": a["hostname"],
-        "HOROVOD_RANK": str(a["rank"]),
-        "HOROVOD_SIZE": str(a["size"]),
-        "HOROVOD_LOCAL_RANK": str(a["local_rank"]),
-        "HOROVOD_LOCAL_SIZE": str(a["local_size"]),
-        "HOROVOD_CROSS_RANK": str(a["cross_rank"]),
-        "HOROVOD_CROSS_SIZE": str(a["cross_size"]),
-        # A collective whose peer died must end, not wait forever.
-        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(int(spec.failure_timeout_s)),
-        "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(5, int(spec.failure_timeout_s) // 2)),
-        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(int(spec.failure_timeout_s)),
+        "RANK": str(a["rank"]),
+        "WORLD_SIZE": str(a["size"]),
+        "LOCAL_RANK": str(a["local_rank"]),
+        "LOCAL_WORLD_SIZE": str(a["local_size"]),
+        "DLPIPE_HOSTNAME": a["hostname"],
         "DLPIPE_STALL_TIMEOUT_S": str(spec.failure_timeout_s),
         "DLPIPE_RANK_THREADS": str(threads),
         "DLPIPE_ATTEMPT": str(a.get("attempt", 0)),
         "OMP_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     })
+    if a.get("rendezvous", "horovod") == "torch":
+        env.update({
+            "DLPIPE_STORE_ADDR": a["rendezvous_addr"],
+            "DLPIPE_STORE_PORT": str(a["rendezvous_port"]),
+            "GLOO_SOCKET_IFNAME": a["gloo_iface"],
+        })
+    else:
+        env.update({
+            "HOROVOD_GLOO_RENDEZVOUS_ADDR": a["rendezvous_addr"],
+            "HOROVOD_GLOO_RENDEZVOUS_PORT": str(a["rendezvous_port"]),
+            "HOROVOD_CONTROLLER": "gloo",
+            "HOROVOD_CPU_OPERATIONS": "gloo",
+            "HOROVOD_GLOO_IFACE": a["gloo_iface"],
+            "HOROVOD_HOSTNAME": a["hostname"],
+            "HOROVOD_RANK": str(a["rank"]),
+            "HOROVOD_SIZE": str(a["size"]),
+            "HOROVOD_LOCAL_RANK": str(a["local_rank"]),
+            "HOROVOD_LOCAL_SIZE": str(a["local_size"]),
+            "HOROVOD_CROSS_RANK": str(a["cross_rank"]),
+            "HOROVOD_CROSS_SIZE": str(a["cross_size"]),
+            # A collective whose peer died must end, not wait forever.
+            "HOROVOD_GLOO_TIMEOUT_SECONDS": str(int(spec.failure_timeout_s)),
+            "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(5, int(spec.failure_timeout_s) // 2)),
+            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(int(spec.failure_timeout_s)),
+        })
     env.update(spec.extra_env)
     return env
 

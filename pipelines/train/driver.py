@@ -1,8 +1,8 @@
 """Training job, driver side (``dlpipe train`` / ``spark-submit pipelines/__main__.py train``).
 
 Reads only the ETL's manifest and Parquet; plans one :class:`~pipelines.train.job.TrainJob` and
-launches one barrier stage of ``train.num_workers`` Horovod ranks (see ``pipelines.launcher``)
-running :func:`pipelines.train.rank.train_rank`; retries a failed stage up to
+launches one barrier stage of ``train.num_workers`` ranks (see ``pipelines.launcher``) running
+:func:`pipelines.train.rank.train_rank` with ``train.strategy`` (Horovod, DDP, FSDP or pipeline); retries a failed stage up to
 ``train.max_attempts`` times, each attempt resuming from the last checkpoint.
 """
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import PipelineConfig, to_yaml
 from pipelines.dataset import VALIDATION_SPLIT, row_group_sizes
-from pipelines.launcher import LaunchError, run_horovod
+from pipelines.launcher import LaunchError, run_ranks
 from pipelines.progress import EpochProgress
 from pipelines.publish import check_writable, write_text_atomic
 from pipelines.session import describe
 from pipelines.train.job import TrainJob, plan_job
+from pipelines.train.strategies import STRATEGIES
 
 RANK_ENTRY = "pipelines.train.rank:train_rank"
 
@@ -38,7 +39,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     tc = config.train
     check_writable(config.run_dir(), "workdir")
     job = plan_job(config)
-    check_layout(job.train_path, tc.num_workers)
+    check_layout(job, tc.num_workers)
     if not job.validation_path:
         print(f"dlpipe train: dataset {config.dataset} has no '{VALIDATION_SPLIT}' split: training without "
               f"per-epoch validation", flush=True)
@@ -52,7 +53,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
         if on_event is not None:
             on_event(rank, event)
 
-    describe(spark, f"train {config.model.name} on {tc.num_workers} Horovod ranks")
+    describe(spark, f"train {config.model.name} on {tc.num_workers} ranks ({tc.strategy})")
     for attempt in range(tc.max_attempts):
         try:
             return launch(spark, job, entry=entry, on_event=handle, attempt=attempt,
@@ -72,14 +73,26 @@ def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_ev
     tc = job.config.train
     env = {"HOROVOD_CYCLE_TIME": str(tc.horovod_cycle_time_ms),
            "HOROVOD_FUSION_THRESHOLD": str(tc.horovod_fusion_threshold_mb * 1024 * 1024)}
-    return run_horovod(spark, entry, job.to_payload(), num_workers=tc.num_workers,
-                       start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
-                       gloo_iface=tc.gloo_iface, extra_env=env, on_event=on_event, attempt=attempt,
-                       description=description)
+    return run_ranks(spark, entry, job.to_payload(), num_workers=tc.num_workers,
+                     rendezvous=STRATEGIES[tc.strategy].rendezvous,
+                     start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
+                     gloo_iface=tc.gloo_iface, extra_env=env, on_event=on_event, attempt=attempt,
+                     description=description)
 
 
-def check_layout(train_path: str, num_workers: int) -> None:
-    """Every rank needs at least one row group of its own: catch it before launching."""
+def check_layout(job: TrainJob, num_workers: int) -> None:
+    """What the ranks need, caught before launching: with data parallelism a row group of their own
+    each; with the pipeline, a model that can be cut into that many stages."""
+    tc = job.config.train
+    if not STRATEGIES[tc.strategy].data_parallel:
+        from pipelines.train.rank import build_model
+
+        try:
+            build_model(job).pipeline_stages(num_workers)
+        except ValueError as e:
+            raise TrainError(f"train.strategy=pipeline with train.num_workers={num_workers}: {e}") from e
+        return
+    train_path = job.train_path
     groups = len(row_group_sizes(train_path))
     if groups < num_workers:
         raise TrainError(f"the train split {train_path} has {groups} row group(s) but train.num_workers="

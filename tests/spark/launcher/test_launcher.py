@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from pipelines.launcher import LaunchError, run_horovod
+from pipelines.launcher import LaunchError, run_ranks
 
 
 def test_two_ranks_allreduce_the_correct_sum(spark):
-    result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 10}, num_workers=2)
+    result = run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 10}, num_workers=2)
     # ranks contribute 10 and 20
     assert result["sum"] == [30.0, 30.0, 30.0, 30.0]
     assert result["size"] == 2
@@ -22,7 +22,7 @@ def test_two_ranks_allreduce_the_correct_sum(spark):
 
 def test_events_reach_the_driver_with_the_rank(spark):
     seen = []
-    run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=2,
+    run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=2,
                 on_event=lambda rank, event: seen.append((rank, event["kind"])))
     assert sorted(seen) == [(0, "started"), (1, "started")]
 
@@ -30,7 +30,7 @@ def test_events_reach_the_driver_with_the_rank(spark):
 def test_a_rank_that_raises_fails_the_stage_with_its_error(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
-        run_horovod(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2,
+        run_ranks(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2,
                     failure_timeout_s=30)
     assert time.monotonic() - started < 60
     message = str(err.value)
@@ -40,14 +40,14 @@ def test_a_rank_that_raises_fails_the_stage_with_its_error(spark):
 
 def test_more_ranks_than_slots_is_a_clear_error(spark):
     with pytest.raises(LaunchError, match="task slots"):
-        run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=3,
+        run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=3,
                     start_timeout_s=20)
 
 
 def test_a_rank_stuck_in_a_collective_ends_within_the_failure_timeout(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
-        run_horovod(spark, "rank_faults:stall_on_rank", {"rank": 1}, num_workers=2,
+        run_ranks(spark, "rank_faults:stall_on_rank", {"rank": 1}, num_workers=2,
                     failure_timeout_s=10)
     assert time.monotonic() - started < 60
     assert "rank 0" in str(err.value) and "no progress for 10s" in str(err.value)
@@ -85,7 +85,7 @@ def test_a_foreign_client_is_refused_while_the_launch_succeeds(spark, caplog):
 
     intruder = threading.Thread(target=intrude, daemon=True)
     intruder.start()
-    result = run_horovod(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 1}, num_workers=2)
+    result = run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 1}, num_workers=2)
     intruder.join(timeout=30)
     assert result["sum"] == [3.0] * 4  # ranks contribute 1 and 2: the intruder took no rank
     assert replies == {"wrong_answer": b"", "no_auth_register": b"", "garbage": b""}

@@ -1,6 +1,7 @@
 """Pure helpers of the launcher: the rank environment, exit descriptions, event lines."""
 from __future__ import annotations
 
+import os
 import signal
 
 from pipelines.launcher.protocol import TaskSpec, decode_event, encode_event
@@ -26,8 +27,17 @@ def test_rank_environment_holds_horovods_gloo_variables_and_the_threads():
         "HOROVOD_GLOO_TIMEOUT_SECONDS": "90", "HOROVOD_STALL_CHECK_TIME_SECONDS": "45",
         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "90", "DLPIPE_STALL_TIMEOUT_S": "90",
         "DLPIPE_RANK_THREADS": "3", "OMP_NUM_THREADS": "3", "DLPIPE_ATTEMPT": "2",
+        "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
     }
     assert {k: env[k] for k in expected} == expected
+    assert "DLPIPE_STORE_ADDR" not in env
+
+
+def test_a_torch_rendezvous_gets_the_drivers_store_and_no_horovod_variables():
+    env = rank_environment(_spec(), {**ASSIGNMENT, "rendezvous": "torch", "rendezvous_port": 5555}, threads=1)
+    assert (env["DLPIPE_STORE_ADDR"], env["DLPIPE_STORE_PORT"], env["GLOO_SOCKET_IFNAME"]) == ("127.0.0.1", "5555", "lo")
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("1", "2", "1")
+    assert not [k for k in env if k.startswith("HOROVOD_") and k not in os.environ]
 
 
 def test_extra_env_wins_over_the_defaults():
@@ -80,7 +90,7 @@ def test_a_lost_executor_is_named_with_its_cause_not_the_py4j_call():
     from pipelines.launcher.driver import _explain_spark_error, explain_lost_executor
 
     message = _explain_spark_error(RuntimeError(LOST_EXECUTOR), 2)
-    assert message.startswith("Horovod stage failed: executor 1 was lost (caused by one of the running tasks): "
+    assert message.startswith("barrier stage failed: executor 1 was lost (caused by one of the running tasks): "
                               "Command exited with code 137 (SIGKILL: often the kernel's out-of-memory killer")
     assert "collectAndServe" not in message
     with_host = LOST_EXECUTOR.replace("finished unsuccessfully.", "finished unsuccessfully. Lost task 1.0 in stage "
@@ -95,5 +105,5 @@ def test_any_other_stage_failure_keeps_sparks_reason_without_the_py4j_line():
     text = ("An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.\n"
             ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 2.0 failed 1 "
             "times, most recent failure: disk full\n\tat org.apache.spark")
-    assert _explain_spark_error(RuntimeError(text), 2) == ("Horovod stage failed: Task 0 in stage 2.0 failed 1 "
+    assert _explain_spark_error(RuntimeError(text), 2) == ("barrier stage failed: Task 0 in stage 2.0 failed 1 "
                                                            "times, most recent failure: disk full")

@@ -1,0 +1,182 @@
+"""What inference scores, as one frame: a dataset split, any Parquet with a ``features`` column, or
+raw records (images, CSV, JSON lines, Parquet) preprocessed exactly as the model's training data was.
+
+Raw records go through ``pipelines.preprocess`` with the artifact's recorded preprocessing, the code
+the ETL ran, so a record gives the same features here as in training. Every raw record is a row:
+one that cannot be decoded or does not fit keeps a null ``features`` and an error naming the ETL's
+reason (``decode_error: image file is truncated``); an empty image file is a record too (Spark's
+scan skips zero-byte files, ``pipelines.raw`` finds them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines import dataset
+from pipelines.artifact import FEATURES_ONLY, Preprocessing, preprocessing
+from pipelines.config import ConfigError, InferSourceConfig, PipelineConfig
+from pipelines.infer.scoring import PREPROCESS_ERROR
+from pipelines.preprocess import PreprocessError, image_decoder, raw_label, tabular_features
+from pipelines.raw import RawInputError, binary_files, empty_files, load_table, read_labels_csv, table_columns
+from pipelines.session import REPO_ROOT
+
+IMAGE_LABEL = "label"  # images: the column holding infer.source.labels_csv's label
+
+
+@dataclass
+class ScoringInput:
+    """One frame to score and what the job needs to know about it."""
+
+    frame: DataFrame  # features array<float>, id (string or null), PREPROCESS_ERROR (raw input), own columns
+    columns: list[str]  # the input's own columns other than the features: what infer.keep_columns picks from
+    described: str  # for messages and the report: the input's path
+    label_column: str = ""  # among `columns`: the labels, when the input has them ("" = unlabelled)
+    label_is_index: bool = True  # labels are class indices (datasets) or raw names (raw records)
+    empty_files: list[str] = field(default_factory=list)  # zero-byte input files (images: rows with an error)
+    features_path: str = ""  # the Parquet folder holding the scored features, when the input is one
+
+
+def read_input(spark: SparkSession, config: PipelineConfig, meta: dict[str, Any]) -> ScoringInput:
+    """The input ``infer.*`` names: ``infer.source`` (raw), else ``infer.input``, else ``infer.split``."""
+    ic = config.infer
+    if ic.source.kind:
+        return read_raw(spark, ic.source, meta)
+    if ic.input:
+        return features_parquet(spark, ic.input)
+    manifest = dataset.load_manifest(config.dataset_dir)
+    path = dataset.split_path(config.dataset_dir, manifest, ic.split, "infer.split")
+    return ScoringInput(spark.read.parquet(path), ["id", "label"], path, "label", features_path=path)
+
+
+def features_parquet(spark: SparkSession, path: str) -> ScoringInput:
+    """Any Parquet with a ``features`` column (an ``id`` and a ``label`` class index are optional)."""
+    frame = spark.read.parquet(path)
+    if "features" not in frame.columns:
+        raise ConfigError(f"infer.input={path!r} has no 'features' column (its columns: {frame.columns}): score "
+                          "raw records with infer.source.kind and infer.source.path instead")
+    columns = [c for c in frame.columns if c != "features"]
+    return ScoringInput(frame, columns, path, "label" if "label" in columns else "", features_path=path)
+
+
+def read_raw(spark: SparkSession, source: InferSourceConfig, meta: dict[str, Any]) -> ScoringInput:
+    """Raw records preprocessed as the artifact records; one row per record, bad ones with an error."""
+    prep = preprocessing(meta)
+    num_features = int(np.prod(meta["feature_shape"]))
+    if prep.kind == FEATURES_ONLY:
+        raise ConfigError("the model artifact records no preprocessing (it was saved by an older dlpipe), so it "
+                          "cannot decode raw records: score Parquet with a features column (infer.input), or "
+                          "retrain the model")
+    root = resolve_path(source.path)
+    if source.kind == "images" or prep.kind == "images":
+        if source.kind != prep.kind:
+            raise ConfigError(f"infer.source.kind={source.kind!r} but the model was trained on {prep.kind} "
+                              f"records: set infer.source.kind={'images' if prep.kind == 'images' else prep.kind}")
+        return raw_images(spark, root, source.labels_csv, prep, num_features)
+    return raw_table(spark, root, source.kind, prep, num_features)
+
+
+def resolve_path(path: str) -> Path:
+    """``infer.source.path`` as an absolute path: as given if it exists, else under the repo root."""
+    given = Path(path).expanduser()
+    for candidate in (given, REPO_ROOT / given):
+        if candidate.exists():
+            return candidate.resolve()
+    raise ConfigError(f"infer.source.path={path!r} does not exist (looked in {given.resolve()} and "
+                      f"{REPO_ROOT / given}): point it at the folder or file of records to score")
+
+
+def raw_images(spark: SparkSession, root: Path, labels_csv: str, prep: Preprocessing,
+               num_features: int) -> ScoringInput:
+    """Every file under ``root`` is a record (the labels file aside): decoded, or an error.
+
+    Columns: ``id`` (the path relative to ``root``), ``path`` (as Spark spells it), ``label`` when
+    ``labels_csv`` is given.
+    """
+    if not root.is_dir():
+        raise ConfigError(f"infer.source.path={str(root)!r} is not a folder; infer.source.kind=images scores "
+                          "the image files in a folder")
+    listing = binary_files(spark, root)
+    files = listing.frame.filter(F.col("id") != labels_csv) if labels_csv else listing.frame
+    empty = [p for p in listing.empty if p != labels_csv]
+    img = image_decoder(prep)(F.col("content"))
+    decoded = files.select("id", "path", img.alias("img")).select(
+        "id", "path", F.col("img.features").alias("features"),
+        F.concat(F.lit("decode_error: "), F.col("img.error")).alias(PREPROCESS_ERROR))
+    if empty:
+        rows = [(p, f"{listing.base}/{p}", "decode_error: empty file (0 bytes)") for p in empty]
+        decoded = decoded.unionByName(spark.createDataFrame(rows, f"id string, path string, {PREPROCESS_ERROR} string")
+                                      .withColumn("features", F.lit(None).cast("array<float>")))
+    decoded = decoded.withColumn(PREPROCESS_ERROR, F.coalesce(F.col(PREPROCESS_ERROR),
+                                                              wrong_count(F.col("features"), num_features)))
+    columns, label = ["id", "path"], ""
+    if labels_csv:
+        try:
+            labels = read_labels_csv(spark, root / labels_csv, "infer.source.labels_csv")
+        except RawInputError as e:
+            raise ConfigError(str(e)) from None
+        # One label per file (a file listed twice with two labels has none): one row per record.
+        one = labels.groupBy("id").agg(F.when(F.countDistinct("label") == 1, F.min("label")).alias(IMAGE_LABEL))
+        decoded = decoded.join(one, "id", "left")
+        columns, label = [*columns, IMAGE_LABEL], IMAGE_LABEL
+    return ScoringInput(decoded, columns, str(root), label, label_is_index=False, empty_files=empty)
+
+
+def raw_table(spark: SparkSession, root: Path, kind: str, prep: Preprocessing, num_features: int) -> ScoringInput:
+    """Every record of a CSV / JSON lines / Parquet input: the artifact's feature columns, in order,
+    cast as the ETL cast them. Columns: the table's own."""
+    if not prep.feature_columns:
+        raise ConfigError("the model artifact records no feature columns for its tabular input: retrain it with "
+                          "etl.source.feature_columns set (or with this dlpipe, which records the resolved columns)")
+    table = load_table(spark, kind, root)
+    own = table_columns(table)
+    missing = [c for c in prep.feature_columns if c not in own]
+    if missing:
+        raise ConfigError(f"infer.source.path={str(root)!r} lacks the model's feature column(s) {missing} (the model "
+                          f"takes {list(prep.feature_columns)} in that order; the input has {own})")
+    try:
+        feats = tabular_features(table, kind, list(prep.feature_columns), f"the model's feature columns (in {root})")
+    except PreprocessError as e:
+        raise ConfigError(str(e)) from None
+    error = F.coalesce(
+        _reason("decode_error", feats["decode_detail"]), _reason("wrong_shape", feats["null_detail"]),
+        wrong_count(feats["features"], num_features), _reason("nan_or_inf", feats["nonfinite_detail"]))
+    id_column = prep.id_column if prep.id_column in own else ("id" if "id" in own else "")
+    ident = F.trim(F.col(id_column).cast("string")) if id_column else F.lit(None).cast("string")
+    columns = [c for c in own if c not in prep.feature_columns]
+    frame = table.select(
+        *[F.col(c) for c in columns if c not in ("id", "features")],  # `id` is the output's id column
+        # A record with an error scores nothing: its features are null, as the ETL would quarantine it.
+        F.when(error.isNull(), feats["features"]).alias("features"),
+        error.alias(PREPROCESS_ERROR),
+        F.when(ident != "", ident).alias("id"))
+    label = prep.label_column if prep.label_column in columns else ""
+    files = empty_files(spark, table.inputFiles(), root)
+    return ScoringInput(frame, columns, str(root), label, label_is_index=False, empty_files=files)
+
+
+def wrong_count(features: Column, num_features: int) -> Column:
+    """``wrong_shape`` when a feature vector has another length than the model takes."""
+    return F.when(F.size(features) != num_features, F.concat(
+        F.lit("wrong_shape: "), F.size(features).cast("string"), F.lit(f" features, the model takes {num_features}")))
+
+
+def label_index(frame: DataFrame, scoring: ScoringInput, label_names: list[str]) -> Column | None:
+    """The class index of each row's label (null when unknown), read from ``frame``'s kept label
+    column; None when the predictions carry no labels."""
+    column = scoring.label_column
+    if not column or column not in frame.columns:
+        return None
+    if scoring.label_is_index:
+        return F.col(column).cast("bigint")
+    names = F.create_map(*[x for i, name in enumerate(label_names) for x in (F.lit(name), F.lit(i))])
+    return names[raw_label(F.col(column), frame.schema[column].dataType)].cast("bigint")
+
+
+def _reason(reason: str, detail: Column) -> Column:
+    return F.when(detail.isNotNull(), F.concat(F.lit(f"{reason}: "), detail))
+

@@ -1,0 +1,119 @@
+"""What a training strategy is: how one step runs across ranks, and how state is gathered and restored.
+
+The trainer (``pipelines.train.rank``) calls only these methods, so it never asks which strategy
+runs, and never what model it trains. A strategy owns its process group, the wrapped model and
+the optimizer; the loader, checkpoints and the artifact are shared.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+
+from models import DlpipeModel
+from pipelines.config import TrainConfig
+from pipelines.launcher.rank import RankContext
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+Batch = dict[str, torch.Tensor]
+
+
+class Strategy(abc.ABC):
+    """One distributed training method on ``ctx.size`` ranks."""
+
+    name: ClassVar[str]
+    rendezvous: ClassVar[str]  # what the launcher hands out: "horovod" or "torch"
+    data_parallel: ClassVar[bool] = True  # False: every rank reads the same batches (model parallel)
+    lockstep_eval: ClassVar[bool] = False  # True: an eval forward is a collective (ranks must run as many)
+
+    def __init__(self, ctx: RankContext, tc: TrainConfig) -> None:
+        self.ctx, self.tc = ctx, tc
+        self.rank, self.size = ctx.rank, ctx.size
+
+    # --- process group ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Join the other ranks."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Leave the process group."""
+
+    @property
+    def reporting_rank(self) -> int:
+        """The rank whose step figures (loss, metrics) stand for the job's: it sends the progress."""
+        return 0
+
+    def shard(self) -> tuple[int, int]:
+        """(this rank's shard, number of shards) of every split it reads."""
+        return (self.rank, self.size) if self.data_parallel else (0, 1)
+
+    # --- model ---------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
+        """Wrap ``model`` (identical on every rank) and build its optimizer."""
+
+    @abc.abstractmethod
+    def set_training(self, training: bool) -> None:
+        """Train or eval mode for what this rank runs."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step on ``batch``; ``loss`` and the model's metrics where this rank has them."""
+
+    @abc.abstractmethod
+    def eval_step(self, batch: Batch) -> dict[str, float]:
+        """``loss`` and metrics of ``batch`` without training (empty on ranks that do not see them)."""
+
+    @abc.abstractmethod
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        """(full model state dict under the model's own names, optimizer state). A collective:
+        every rank calls it; rank 0's copy is complete and is what checkpoints hold."""
+
+    @abc.abstractmethod
+    def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
+        """Restore what :meth:`state` returned (every rank calls it with the same values)."""
+
+    @abc.abstractmethod
+    def held_parameters(self) -> int:
+        """Parameter elements this rank keeps in memory (sharding and pipelining lower it)."""
+
+    def optimizer_bytes(self) -> int:
+        """Bytes of optimizer state (e.g. Adam's moments) this rank keeps (its shard, under FSDP)."""
+        total = 0
+        for state in self.optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    local = value.to_local() if hasattr(value, "to_local") else value
+                    total += local.numel() * local.element_size()
+        return total
+
+    # --- collectives ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` from rank ``src`` on every rank."""
+
+    @abc.abstractmethod
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+
+    @abc.abstractmethod
+    def allreduce_sum(self, values: torch.Tensor, name: str) -> torch.Tensor:
+        """Element-wise sum of ``values`` over ranks."""
+
+    def combine(self, values: dict[str, float], mean: bool, name: str) -> dict[str, float]:
+        """Per-rank figures -> the job's: data parallel ranks each hold a part (mean or sum over
+        ranks); a model-parallel strategy overrides this to take them from the rank that has them."""
+        keys = self.broadcast_object(sorted(values))  # a rank that saw no rows still joins the sum
+        total = self.allreduce_sum(torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64), name)
+        scale = self.size if mean else 1
+        return {k: total[i].item() / scale for i, k in enumerate(keys)}
+
+
+def step_metrics(loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A step's loss and metrics as plain floats."""
+    return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}

@@ -1,0 +1,67 @@
+"""Fully sharded data parallelism (FSDP2, ``fully_shard``): each rank keeps 1/N of every parameter,
+gradient and optimizer state; layers all-gather their parameters just before they run and
+reduce-scatter their gradients. Checkpoints and the artifact still hold the full, unsharded state."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from models import DlpipeModel
+from pipelines.train.strategies.base import Batch, OptimizerFactory, step_metrics
+from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
+
+
+class FSDPStrategy(TorchDistributedStrategy):
+    name = "fsdp"
+    lockstep_eval = True  # every forward all-gathers parameters
+
+    def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        # fully_shard picks a CUDA mesh when it can: name the CPU mesh explicitly.
+        mesh = init_device_mesh("cpu", (self.size,))
+        for module in model.modules():  # each layer with weights of its own is one unit, then the root
+            if module is not model and next(module.parameters(recurse=False), None) is not None:
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        self.model = model
+        self.optimizer = make_optimizer(model.parameters())
+
+    def set_training(self, training: bool) -> None:
+        self.model.train(training)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        self.optimizer.zero_grad()
+        loss, metrics = self.model.loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        return step_metrics(loss, metrics)
+
+    @torch.no_grad()
+    def eval_step(self, batch: Batch) -> dict[str, float]:
+        return step_metrics(*self.model.loss(batch))
+
+    def _options(self) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        return (get_model_state_dict(self.model, options=self._options()),
+                get_optimizer_state_dict(self.model, self.optimizer, options=self._options()))
+
+    def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, model_state, options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=options)
+
+    def held_parameters(self) -> int:
+        return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())

@@ -1,0 +1,46 @@
+"""What the torch.distributed strategies share: the process group (joined through the driver's
+TCPStore) and object/tensor collectives over Gloo."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipelines.launcher.rank import join_process_group
+from pipelines.train.strategies.base import Strategy
+
+
+class TorchDistributedStrategy(Strategy):
+    """Base of ddp, fsdp and pipeline: ``rendezvous = "torch"``."""
+
+    rendezvous = "torch"
+
+    def start(self) -> None:
+        join_process_group(self.ctx, backend="gloo")
+
+    def stop(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def allreduce_sum(self, values: torch.Tensor, name: str) -> torch.Tensor:
+        import torch.distributed as dist
+
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values

@@ -1,0 +1,71 @@
+"""Each strategy's step on 2 real processes over Gloo (no Spark) against one process doing the same math."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import strategy_workers as w
+
+WORLD = 2
+
+
+def _run(tmp_path, strategy: str, microbatches: int = 4) -> list[dict]:
+    """Both ranks' saved results; the store is ours (as the driver's is in a launch)."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False, timeout=timedelta(seconds=60))
+    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path)), nprocs=WORLD,
+                       join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            pytest.fail(f"{strategy}: the 2 ranks did not finish one step within 120 s")
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def _reference(microbatches: int) -> tuple[float, dict[str, torch.Tensor], int]:
+    """One process: the mean of the micro-batch losses (gradient accumulation) and its gradients."""
+    model = w.make_model()
+    batch = w.make_batch()
+    chunks = [{k: v.chunk(microbatches)[i] for k, v in batch.items()} for i in range(microbatches)]
+    total = 0.0
+    for chunk in chunks:
+        loss, _ = model.loss(chunk)
+        (loss / microbatches).backward()
+        total += loss.item() / microbatches
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return total, grads, sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("schedule_microbatches", [4, 2])
+def test_a_pipeline_step_equals_one_process_accumulating_the_same_micro_batches(tmp_path, schedule_microbatches):
+    ranks = _run(tmp_path, "pipeline", schedule_microbatches)
+    loss, grads, total_params = _reference(schedule_microbatches)
+    assert ranks[0]["figures"] == {}  # only the last stage sees the loss
+    assert ranks[1]["figures"]["loss"] == pytest.approx(loss, abs=1e-5)
+    seen = {**ranks[0]["grads"], **ranks[1]["grads"]}
+    assert set(seen) == set(grads) and not set(ranks[0]["grads"]) & set(ranks[1]["grads"])  # each stage its own
+    for name, grad in grads.items():
+        torch.testing.assert_close(seen[name], grad, rtol=0, atol=1e-5)
+    for r in ranks:  # each stage holds about half the parameters
+        assert abs(r["held"] / total_params - 0.5) <= 0.15, (r["held"], total_params)
+    assert ranks[0]["state_keys"] == sorted(grads)  # checkpoints gather the whole model under its own names
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_data_parallel_step_averages_gradients_like_one_process_on_the_whole_batch(tmp_path, strategy):
+    ranks = _run(tmp_path, strategy)
+    loss, grads, total_params = _reference(1)  # one process, the whole 16-row batch
+    assert (ranks[0]["figures"]["loss"] + ranks[1]["figures"]["loss"]) / 2 == pytest.approx(loss, abs=1e-5)
+    for r in ranks:
+        for name, grad in grads.items():
+            torch.testing.assert_close(r["grads"][name], grad, rtol=0, atol=1e-5)
+        held = r["held"] / total_params
+        assert (abs(held - 0.5) <= 0.15) if strategy == "fsdp" else held == 1.0, held
+    assert ranks[0]["state_keys"] == sorted(grads)
