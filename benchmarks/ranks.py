@@ -6,7 +6,7 @@ processes import this module (the benchmarks put the repository root on ``PYTHON
 ``timed_train_rank`` runs ``pipelines.train.rank.train_rank`` unchanged and adds two events: the
 wall-clock time of the end of the first training step (``bench_first_step``) and the rank's peak
 resident memory (``bench_peak_rss``). The step is seen through the heartbeat the trainer calls at
-the start of every step: the second heartbeat of the run marks the end of the first step.
+the start of every step: after the ``plan`` event, the second heartbeat marks the end of the first step.
 """
 from __future__ import annotations
 
@@ -22,18 +22,24 @@ TIMED_ENTRY = "benchmarks.ranks:timed_train_rank"
 PINNED_ENTRY = "benchmarks.ranks:pinned_train_rank"
 NOOP_ENTRY = "benchmarks.ranks:noop_rank"
 
-_beats = [0]  # heartbeats seen in this rank process (one rank per process)
+_beats = [-1]  # heartbeats since the trainer's "plan" event (-1: not planned yet); one rank per process
 
 
 @dataclass(frozen=True)
 class _StepClock(RankContext):
     """A RankContext that emits ``bench_first_step`` when the first training step has ended."""
 
+    def emit(self, kind: str, **data: Any) -> None:
+        super().emit(kind, **data)
+        if kind == "plan":  # the steps start next
+            _beats[0] = 0
+
     def heartbeat(self) -> None:
         super().heartbeat()
-        _beats[0] += 1
-        if _beats[0] == 2:  # train_rank: heartbeat at the start of each step, the first one before step 0
-            self.emit("bench_first_step")
+        if _beats[0] >= 0:
+            _beats[0] += 1
+            if _beats[0] == 2:  # a heartbeat at the start of each step: the second one ends step 0
+                self.emit("bench_first_step")
 
 
 def peak_rss_bytes() -> int:

@@ -32,6 +32,7 @@ def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     job = TrainJob.from_payload(payload)
     strategy = make_strategy(ctx, job.config.train)
     strategy.start()
+    ctx.heartbeat()  # arm the stall watchdog: set-up and resuming are collectives too
     try:
         return _train(strategy, job, ctx)
     finally:

@@ -57,11 +57,13 @@ class HorovodStrategy(Strategy):
     def held_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    # Horovod matches collectives by name and names an object collective after the object's type
+    # by default: a dict on rank 0 and None elsewhere would never meet. Name them explicitly.
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        return self.hvd.broadcast_object(obj, root_rank=src)
+        return self.hvd.broadcast_object(obj, root_rank=src, name="dlpipe.broadcast_object")
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return self.hvd.allgather_object(obj)
+        return self.hvd.allgather_object(obj, name="dlpipe.allgather_object")
 
     def allreduce_sum(self, values: torch.Tensor, name: str) -> torch.Tensor:
         return self.hvd.allreduce(values, op=self.hvd.Sum, name=name)
