@@ -2,10 +2,11 @@
 raw records (images, CSV, JSON lines, Parquet) preprocessed exactly as the model's training data was.
 
 Raw records go through ``pipelines.preprocess`` with the artifact's recorded preprocessing, the code
-the ETL ran, so a record gives the same features here as in training. Every raw record is a row:
-one that cannot be decoded or does not fit keeps a null ``features`` and an error naming the ETL's
-reason (``decode_error: image file is truncated``); an empty image file is a record too (Spark's
-scan skips zero-byte files, ``pipelines.raw`` finds them).
+the ETL ran, so a record gives the same features here as in training: table columns become
+``features`` here; image files keep their bytes (``content``), which the scorer decodes in its own
+pass. Every raw record is a row: one that cannot be decoded or does not fit gets an error naming
+the ETL's reason (``decode_error: image file is truncated``); an empty image file is a record too
+(Spark's scan skips zero-byte files, ``pipelines.raw`` finds them).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ IMAGE_LABEL = "label"  # images: the column holding infer.source.labels_csv's la
 class ScoringInput:
     """One frame to score and what the job needs to know about it."""
 
-    frame: DataFrame  # features array<float>, id (string or null), PREPROCESS_ERROR (raw input), own columns
+    frame: DataFrame  # features array<float> (or content: image bytes), id, PREPROCESS_ERROR (raw), own columns
     columns: list[str]  # the input's own columns other than the features: what infer.keep_columns picks from
     described: str  # for messages and the report: the input's path
     label_column: str = ""  # among `columns`: the labels, when the input has them ("" = unlabelled)
@@ -75,8 +76,8 @@ def read_raw(spark: SparkSession, source: InferSourceConfig, meta: dict[str, Any
     if source.kind == "images" or prep.kind == "images":
         if source.kind != prep.kind:
             raise ConfigError(f"infer.source.kind={source.kind!r} but the model was trained on {prep.kind} "
-                              f"records: set infer.source.kind={'images' if prep.kind == 'images' else prep.kind}")
-        return raw_images(spark, root, source.labels_csv, prep, num_features)
+                              f"records: set infer.source.kind={prep.kind}")
+        return raw_images(spark, root, source.labels_csv)
     return raw_table(spark, root, source.kind, prep, num_features)
 
 
@@ -90,12 +91,11 @@ def resolve_path(path: str) -> Path:
                       f"{REPO_ROOT / given}): point it at the folder or file of records to score")
 
 
-def raw_images(spark: SparkSession, root: Path, labels_csv: str, prep: Preprocessing,
-               num_features: int) -> ScoringInput:
-    """Every file under ``root`` is a record (the labels file aside): decoded, or an error.
+def raw_images(spark: SparkSession, root: Path, labels_csv: str) -> ScoringInput:
+    """Every file under ``root`` is a record (the labels file aside), its bytes for the scorer to decode.
 
-    Columns: ``id`` (the path relative to ``root``), ``path`` (as Spark spells it), ``label`` when
-    ``labels_csv`` is given.
+    Columns: ``id`` (the path relative to ``root``), ``path`` (as Spark spells it), ``content``,
+    ``label`` when ``labels_csv`` is given; an empty file has null content and an error.
     """
     if not root.is_dir():
         raise ConfigError(f"infer.source.path={str(root)!r} is not a folder; infer.source.kind=images scores "
@@ -103,16 +103,11 @@ def raw_images(spark: SparkSession, root: Path, labels_csv: str, prep: Preproces
     listing = binary_files(spark, root)
     files = listing.frame.filter(F.col("id") != labels_csv) if labels_csv else listing.frame
     empty = [p for p in listing.empty if p != labels_csv]
-    img = image_decoder(prep)(F.col("content"))
-    decoded = files.select("id", "path", img.alias("img")).select(
-        "id", "path", F.col("img.features").alias("features"),
-        F.concat(F.lit("decode_error: "), F.col("img.error")).alias(PREPROCESS_ERROR))
+    decoded = files.select("id", "path", "content", F.lit(None).cast("string").alias(PREPROCESS_ERROR))
     if empty:
-        rows = [(p, f"{listing.base}/{p}", "decode_error: empty file (0 bytes)") for p in empty]
-        decoded = decoded.unionByName(spark.createDataFrame(rows, f"id string, path string, {PREPROCESS_ERROR} string")
-                                      .withColumn("features", F.lit(None).cast("array<float>")))
-    decoded = decoded.withColumn(PREPROCESS_ERROR, F.coalesce(F.col(PREPROCESS_ERROR),
-                                                              wrong_count(F.col("features"), num_features)))
+        rows = [(p, f"{listing.base}/{p}", None, "decode_error: empty file (0 bytes)") for p in empty]
+        decoded = decoded.unionByName(spark.createDataFrame(
+            rows, f"id string, path string, content binary, {PREPROCESS_ERROR} string"))
     columns, label = ["id", "path"], ""
     if labels_csv:
         try:
@@ -157,6 +152,16 @@ def raw_table(spark: SparkSession, root: Path, kind: str, prep: Preprocessing, n
     label = prep.label_column if prep.label_column in columns else ""
     files = empty_files(spark, table.inputFiles(), root)
     return ScoringInput(frame, columns, str(root), label, label_is_index=False, empty_files=files)
+
+
+def scored_features(scoring: ScoringInput, prep: Preprocessing) -> DataFrame:
+    """The feature vectors of the rows that were scored (decoded again for image files)."""
+    frame = scoring.frame
+    if PREPROCESS_ERROR in frame.columns:
+        frame = frame.filter(F.col(PREPROCESS_ERROR).isNull())
+    if "features" not in frame.columns:  # image bytes
+        frame = frame.select(image_decoder(prep)(F.col("content")).features.alias("features"))
+    return frame.filter(F.col("features").isNotNull()).select("features")
 
 
 def wrong_count(features: Column, num_features: int) -> Column:

@@ -11,18 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
-from pipelines.artifact import artifact_path, load_artifact
+from pipelines.artifact import artifact_path, load_artifact, preprocessing
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.infer.evaluate import evaluate
-from pipelines.infer.inputs import ScoringInput, label_index, read_input
-from pipelines.infer.scoring import PREPROCESS_ERROR, check_kept, predict
+from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored_features
+from pipelines.infer.scoring import check_kept, predict
 from pipelines.publish import atomic_dir, check_writable
 from pipelines.session import describe
 
-__all__ = ["main", "predict", "model_artifact", "keep_columns"]
+__all__ = ["main", "predict", "model_artifact", "keep_columns", "ModelNotFoundError"]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model artifact to score with does not exist; the message names the setting and the fix."""
 
 
 def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
@@ -62,9 +65,9 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
                               "split": "" if ic.input or ic.source.kind else ic.split}
     label = label_index(written, scoring, list(meta["label_names"]))
     if label is not None:
-        outputs = [c for c in model.output_schema()]
-        scored = written.select(*outputs, "error", label.alias("label"))
-        result["eval"] = evaluate(spark, scored, scored_features(scoring.frame), artifact, run_dir / "report")
+        scored = written.select(*model.output_schema(), "error", label.alias("label"))
+        features = scored_features(scoring, preprocessing(meta))
+        result["eval"] = evaluate(spark, scored, features, artifact, run_dir / "report")
     elif scoring.label_column:
         print(f"dlpipe infer: no evaluation: the label column {scoring.label_column!r} is not among "
               f"infer.keep_columns", flush=True)
@@ -82,7 +85,7 @@ def model_artifact(config: PipelineConfig) -> Path:
         artifact, key = artifact_path(config.run_dir()), "run_id"
     if not artifact.is_file():
         run = ic.model_run or config.run_id
-        raise FileNotFoundError(f"model artifact {artifact} ({key}) does not exist: train first (`dlpipe train` "
+        raise ModelNotFoundError(f"model artifact {artifact} ({key}) does not exist: train first (`dlpipe train` "
                                 f"with run_id={run}) or set infer.artifact / infer.model_run")
     return artifact
 
@@ -98,9 +101,3 @@ def keep_columns(requested: list[str], scoring: ScoringInput) -> list[str]:
                           f"besides the features: {available})")
     return [c for c in requested if c != "id"]
 
-
-def scored_features(frame: DataFrame) -> DataFrame:
-    """The feature vectors that were scored (rows without a preprocessing error)."""
-    if PREPROCESS_ERROR in frame.columns:
-        frame = frame.filter(F.col(PREPROCESS_ERROR).isNull())
-    return frame.filter(F.col("features").isNotNull()).select("features")

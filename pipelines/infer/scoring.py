@@ -4,8 +4,9 @@ The artifact reaches the executors through Spark (``SparkContext.addFile``), so 
 the driver's filesystem. Scoring uses ``mapInArrow``: the ``features`` list column arrives as one
 flat Arrow buffer that becomes a (rows, features) NumPy array without a copy per row, where a
 pandas UDF would first build one Python object per row. Each Python worker loads the model once,
-cached by the artifact's content hash. Input columns named in ``keep`` ride along in the same
-Arrow batches and come out unchanged. ``pipelines.infer.udf`` scores with the same pieces.
+cached by the artifact's content hash. Image files' bytes are decoded in the same pass, by the
+preprocessing the ETL used (``pipelines.preprocess``). Input columns named in ``keep`` ride along
+in the same Arrow batches and come out unchanged. ``pipelines.infer.udf`` scores with the same pieces.
 """
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 from pyspark import SparkFiles
 from pyspark.accumulators import AccumulatorParam
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.artifact import Preprocessing, file_digest, load_artifact, normalizer, preprocessing
+from pipelines.preprocess import decode_images
 
 _SPARK_TYPES = {"int64": T.LongType(), "float32": T.FloatType()}
 _ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32()}
+FLOAT_LISTS = pa.list_(pa.float32())
 _MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: artifact digest -> (model, normalizer)
 # A column of a scored frame holding a preprocessing error (raw input): it wins over the features'.
 PREPROCESS_ERROR = "_dlpipe_preprocess_error"
@@ -106,6 +109,13 @@ def features_matrix(column: pa.Array, num_features: int) -> tuple[np.ndarray, li
     return matrix, errors
 
 
+def image_features(contents: Iterable[bytes | None], prep: Preprocessing) -> tuple[pa.Array, list[str | None]]:
+    """Image files' bytes -> features decoded as the ETL decoded the training images, and per file
+    ``decode_error: <detail>`` (None when it decoded)."""
+    features, details = decode_images(contents, prep)
+    return pa.array(features, type=FLOAT_LISTS), [None if d is None else f"decode_error: {d}" for d in details]
+
+
 @dataclass(frozen=True)
 class ShippedModel:
     """A model artifact the executors can load: plain data (and an accumulator), picklable into tasks."""
@@ -174,9 +184,14 @@ def make_scorer(shipped: ShippedModel, batch_size: int, keep: tuple[str, ...] = 
         set_torch_threads()
         model, normalize = worker_model(shipped)
         for batch in batches:
-            matrix, errors = features_matrix(batch.column(_IN_FEATURES), shipped.num_features)
-            if PREPROCESS_ERROR in batch.schema.names:
-                errors = merge_errors(batch.column(PREPROCESS_ERROR).to_pylist(), errors)
+            column = batch.column(_IN_FEATURES)
+            known = (batch.column(PREPROCESS_ERROR).to_pylist() if PREPROCESS_ERROR in batch.schema.names
+                     else [None] * batch.num_rows)
+            if pa.types.is_binary(column.type):  # image files: decoded here, in the scoring pass
+                column, decoded = image_features(column.to_pylist(), shipped.preprocessing)
+                known = merge_errors(known, decoded)
+            matrix, errors = features_matrix(column, shipped.num_features)
+            errors = merge_errors(known, errors)
             ok = np.array([e is None for e in errors], dtype=bool)
             outputs = score_matrix(model, normalize, matrix, batch_size, schema)
             columns = [batch.column(_IN_ID)]
@@ -204,8 +219,9 @@ def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_s
             keep: list[str] | tuple[str, ...] = ()) -> tuple[DataFrame, Any]:
     """Score ``frame`` with the artifact; returns (predictions, loads accumulator).
 
-    ``frame`` has ``features`` (array of numbers), optionally ``id`` (null ids when absent) and
-    :data:`PREPROCESS_ERROR`. The predictions are ``id``, the model's outputs, ``error`` (null when the
+    ``frame`` has ``features`` (array of numbers) or, for a model trained on images, ``content``
+    (the image files' bytes, as Spark's ``binaryFile`` source reads them; decoded by the training's
+    preprocessing), optionally ``id`` (null ids when absent) and :data:`PREPROCESS_ERROR`. The predictions are ``id``, the model's outputs, ``error`` (null when the
     row scored) and the ``keep`` columns of ``frame``, unchanged; one row per input row. The artifact
     is shipped with ``addFile``; executors read their local copy.
     """
@@ -215,11 +231,24 @@ def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_s
     check_kept(keep, frame.columns, ["id", *schema, "error"])
     scorer = make_scorer(shipped, batch_size, keep)
     ident = F.col("id").cast("string") if "id" in frame.columns else F.lit(None).cast("string")
-    inputs = [ident.alias(_IN_ID), F.col("features").cast("array<float>").alias(_IN_FEATURES)]
+    inputs = [ident.alias(_IN_ID), model_input(frame, shipped.preprocessing).alias(_IN_FEATURES)]
     if PREPROCESS_ERROR in frame.columns:
         inputs.append(F.col(PREPROCESS_ERROR))
     kept = [frame.schema[name] for name in keep]
     return frame.select(*inputs, *keep).mapInArrow(scorer, output_schema(schema, kept)), shipped.loads
+
+
+def model_input(frame: DataFrame, prep: Preprocessing) -> Column:
+    """What the scorer reads: ``features`` as float32, or the image bytes in ``content``."""
+    if "features" in frame.columns:
+        return F.col("features").cast("array<float>")
+    if "content" in frame.columns and isinstance(frame.schema["content"].dataType, T.BinaryType):
+        if prep.kind != "images":
+            raise ValueError(f"the frame holds image bytes (content) but the model was trained on {prep.kind} "
+                             "records: give it a features column")
+        return F.col("content")
+    raise ValueError(f"nothing to score: the frame has neither a features column nor image bytes in content "
+                     f"(its columns: {frame.columns})")
 
 
 def check_kept(keep: tuple[str, ...], columns: list[str], outputs: list[str]) -> None:

@@ -29,11 +29,9 @@ from pyspark.sql import types as T
 
 from pipelines.artifact import Preprocessing
 from pipelines.infer.scoring import (
-    features_matrix, merge_errors, output_fields, score_matrix, set_torch_threads, ship_model, worker_model,
+    FLOAT_LISTS, features_matrix, image_features, merge_errors, output_fields, score_matrix, set_torch_threads,
+    ship_model, worker_model,
 )
-from pipelines.preprocess import decode_images
-
-_FLOATS = pa.list_(pa.float32())
 
 
 def model_udf(spark: SparkSession, artifact: str | Path, *, batch_size: int = 512):
@@ -71,18 +69,16 @@ def features_column(values: pd.Series | pd.DataFrame,
         if prep.kind != "images":
             raise TypeError(f"model_udf got image bytes, but the model was trained on {prep.kind} records: pass "
                             "its features (an array column) instead")
-        features, details = decode_images(values, prep)
-        errors = [None if d is None else f"decode_error: {d}" for d in details]
-        return pa.array(features, type=_FLOATS), errors
+        return image_features(values, prep)
     return float_lists(values), [None] * len(values)
 
 
 def float_lists(values: pd.Series) -> pa.Array:
     """A Series of number arrays (or None) as one float32 list array (Spark's cast: number -> float)."""
     try:
-        return pa.array(values, from_pandas=True).cast(_FLOATS)
+        return pa.array(values, from_pandas=True).cast(FLOAT_LISTS)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # arrays of mixed dtypes: one at a time
-        return pa.array([None if v is None else np.asarray(v, dtype=np.float32) for v in values], type=_FLOATS)
+        return pa.array([None if v is None else np.asarray(v, dtype=np.float32) for v in values], type=FLOAT_LISTS)
 
 
 def struct_features(frame: pd.DataFrame, prep: Preprocessing) -> tuple[pa.Array, list[str | None]]:

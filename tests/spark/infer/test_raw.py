@@ -19,11 +19,12 @@ from pyspark.sql import types as T
 import models
 from testkit import DIGITS_DIR, REPO_ROOT, make_config
 from pipelines import dataset
-from pipelines.artifact import save_artifact
+from pipelines.artifact import preprocessing, save_artifact
 from pipelines.config import ConfigError, load_config
 from pipelines.etl import job as etl
 from pipelines.infer import inputs, model_udf
 from pipelines.infer import job as infer
+from pipelines.infer.scoring import image_features
 from pipelines.train import driver as train
 
 BAD = {"bad/truncated.png": "decode_error: image file is truncated",
@@ -91,9 +92,12 @@ def test_every_file_gets_one_row_and_the_bad_ones_an_error(scored, new_images, c
 
 def test_new_images_score_exactly_as_the_same_images_through_the_etl(spark, scored, trained):
     result, predictions, etl_split, config = scored
-    # The features: decoded by the inference reader and by the ETL, bit for bit the same.
-    raw = inputs.read_input(spark, config, torch.load(result["artifact"], weights_only=True)).frame
-    ours = {r["id"]: np.asarray(r["features"], dtype=np.float32) for r in raw.filter("features IS NOT NULL").collect()}
+    # The features: the scorer's decoding of the files the job read (the artifact's recorded
+    # preprocessing, pipelines.preprocess) and the ETL's, bit for bit the same.
+    meta = torch.load(result["artifact"], weights_only=True)
+    raw = inputs.read_input(spark, config, meta).frame.filter("content IS NOT NULL").select("id", "content").collect()
+    features, _ = image_features([r["content"] for r in raw], preprocessing(meta))
+    ours = {r["id"]: np.asarray(f, dtype=np.float32) for r, f in zip(raw, features.to_pylist()) if f is not None}
     theirs = {r["id"]: np.asarray(r["features"], dtype=np.float32) for r in etl_split.collect()}
     assert sorted(ours) == sorted(theirs) and len(theirs) == 20
     for key in theirs:
@@ -187,10 +191,10 @@ def table_model(spark, tmp_path_factory):
 
 def test_raw_csv_is_preprocessed_as_the_etl_did_whatever_the_column_order(spark, table_model, tmp_path):
     root, train_csv, config, artifact = table_model
-    new = train_csv.drop(columns=["label"])[["rid", *[f"f{i}" for i in reversed(range(10))]]].astype(str)
+    new = train_csv[["rid", *[f"f{i}" for i in reversed(range(10))], "label"]].astype(str)
     new["customer"] = [f"c{i}" for i in range(60)]
-    new.loc[60] = ["bad1", *["1"] * 6, "abc", *["1"] * 3, "c60"]  # f3 is the 7th feature column from the left
-    new.loc[61] = ["bad2", *["1"] * 4, "", *["1"] * 5, "c61"]  # f5 missing
+    new.loc[60] = ["bad1", *["1"] * 6, "abc", *["1"] * 3, "class0", "c60"]  # f3: the 7th feature column from the left
+    new.loc[61] = ["bad2", *["1"] * 4, "", *["1"] * 5, "class1", "c61"]  # f5 missing
     (tmp_path / "new").mkdir()
     new.to_csv(tmp_path / "new" / "day.csv", index=False)
     score = make_config(root / "work", "dataset=table", "run_id=day1", "infer.source.kind=csv",
@@ -201,13 +205,17 @@ def test_raw_csv_is_preprocessed_as_the_etl_did_whatever_the_column_order(spark,
     assert result["rows"] == 62 and result["bad_rows"] == 2
     assert got.loc["bad1", "error"] == "decode_error: column 'f3' value 'abc' is not a number"
     assert got.loc["bad2", "error"] == "wrong_shape: missing value in column(s): f5"
-    assert list(got.columns) == ["prediction", "probabilities", "error", "rid", "customer"]
+    assert list(got.columns) == ["prediction", "probabilities", "error", "rid", "label", "customer"]
     assert got["customer"].tolist() == new.set_index("rid").loc[got.index, "customer"].tolist()
     expected, _ = infer.predict(spark, spark.read.parquet(str(config.dataset_dir / "train")), artifact)
     expected = expected.toPandas().set_index("id").sort_index()
     good = got.drop(index=["bad1", "bad2"]).sort_index()
     assert good.index.tolist() == expected.index.tolist()
     assert good["prediction"].astype(int).tolist() == expected["prediction"].tolist()
+    # The raw labels (names) are evaluated against the class indices the model predicts.
+    truth = train_csv.set_index("rid")["label"]
+    accuracy = np.mean([truth[i] == f"class{int(p)}" for i, p in good["prediction"].items()])
+    assert result["eval"]["rows"] == 60 and result["eval"]["accuracy"] == pytest.approx(accuracy)
     # The UDF on numeric columns in a struct (by the model's column names): the same predictions.
     numeric = spark.createDataFrame(train_csv.drop(columns=["label"]))
     udf = model_udf(spark, artifact)
