@@ -56,30 +56,43 @@ class Strategy(abc.ABC):
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
         """Wrap ``model`` (identical on every rank) and build its optimizer."""
 
-    @abc.abstractmethod
+    # The defaults below suit a strategy whose rank runs the whole model as ``self.model`` with
+    # ``self.optimizer`` (set by ``setup``): the data-parallel ones override only what differs.
+
     def set_training(self, training: bool) -> None:
         """Train or eval mode for what this rank runs."""
+        self.model.train(training)
 
-    @abc.abstractmethod
+    def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's loss for a training step (through whatever wrapper synchronizes gradients)."""
+        return self.model.loss(batch)
+
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One optimizer step on ``batch``; ``loss`` and the model's metrics where this rank has them."""
+        self.optimizer.zero_grad()
+        loss, metrics = self.forward_loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        return step_metrics(loss, metrics)
 
-    @abc.abstractmethod
+    @torch.no_grad()
     def eval_step(self, batch: Batch) -> dict[str, float]:
         """``loss`` and metrics of ``batch`` without training (empty on ranks that do not see them)."""
+        return step_metrics(*self.model.loss(batch))
 
-    @abc.abstractmethod
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         """(full model state dict under the model's own names, optimizer state). A collective:
         every rank calls it; rank 0's copy is complete and is what checkpoints hold."""
+        return self.model.state_dict(), self.optimizer.state_dict()
 
-    @abc.abstractmethod
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
         """Restore what :meth:`state` returned (every rank calls it with the same values)."""
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
 
-    @abc.abstractmethod
     def held_parameters(self) -> int:
         """Parameter elements this rank keeps in memory (sharding and pipelining lower it)."""
+        return sum(_local(p).numel() for p in self.model.parameters())
 
     def optimizer_bytes(self) -> int:
         """Bytes of optimizer state (e.g. Adam's moments) this rank keeps (its shard, under FSDP)."""
@@ -87,8 +100,7 @@ class Strategy(abc.ABC):
         for state in self.optimizer.state.values():
             for value in state.values():
                 if isinstance(value, torch.Tensor):
-                    local = value.to_local() if hasattr(value, "to_local") else value
-                    total += local.numel() * local.element_size()
+                    total += _local(value).numel() * _local(value).element_size()
         return total
 
     # --- collectives ---------------------------------------------------------------------------
@@ -117,3 +129,8 @@ class Strategy(abc.ABC):
 def step_metrics(loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """A step's loss and metrics as plain floats."""
     return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor (a sharded DTensor's local shard, else the tensor itself)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -2,13 +2,11 @@
 all-reduced (averaged) straight from autograd hooks, overlapping the backward pass."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from models import DlpipeModel
-from pipelines.train.strategies.base import Batch, OptimizerFactory, step_metrics
+from pipelines.train.strategies.base import Batch, OptimizerFactory
 from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
 
 
@@ -37,23 +35,5 @@ class DDPStrategy(TorchDistributedStrategy):
     def set_training(self, training: bool) -> None:
         self.ddp.train(training)
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        self.optimizer.zero_grad()
-        loss, metrics = self.ddp(batch)
-        loss.backward()
-        self.optimizer.step()
-        return step_metrics(loss, metrics)
-
-    @torch.inference_mode()
-    def eval_step(self, batch: Batch) -> dict[str, float]:
-        return step_metrics(*self.model.loss(batch))  # no gradients: no DDP wrapper needed
-
-    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
-        return self.model.state_dict(), self.optimizer.state_dict()
-
-    def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer_state)
-
-    def held_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.ddp(batch)  # (eval_step calls the model itself: nothing to synchronize)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from models import DlpipeModel
-from pipelines.train.strategies.base import Batch, OptimizerFactory, step_metrics
+from pipelines.train.strategies.base import OptimizerFactory
 from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
 
 
@@ -29,20 +29,6 @@ class FSDPStrategy(TorchDistributedStrategy):
         self.model = model
         self.optimizer = make_optimizer(model.parameters())
 
-    def set_training(self, training: bool) -> None:
-        self.model.train(training)
-
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        self.optimizer.zero_grad()
-        loss, metrics = self.model.loss(batch)
-        loss.backward()
-        self.optimizer.step()
-        return step_metrics(loss, metrics)
-
-    @torch.no_grad()
-    def eval_step(self, batch: Batch) -> dict[str, float]:
-        return step_metrics(*self.model.loss(batch))
-
     def _options(self) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -62,6 +48,3 @@ class FSDPStrategy(TorchDistributedStrategy):
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.model, model_state, options=options)
         set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=options)
-
-    def held_parameters(self) -> int:
-        return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from models import DlpipeModel
-from pipelines.train.strategies.base import Batch, OptimizerFactory, Strategy, step_metrics
+from pipelines.train.strategies.base import OptimizerFactory, Strategy
 
 
 class HorovodStrategy(Strategy):
@@ -32,30 +32,6 @@ class HorovodStrategy(Strategy):
                                                   named_parameters=model.named_parameters(), op=hvd.Average)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
-
-    def set_training(self, training: bool) -> None:
-        self.model.train(training)
-
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        self.optimizer.zero_grad()
-        loss, metrics = self.model.loss(batch)
-        loss.backward()
-        self.optimizer.step()
-        return step_metrics(loss, metrics)
-
-    @torch.inference_mode()
-    def eval_step(self, batch: Batch) -> dict[str, float]:
-        return step_metrics(*self.model.loss(batch))
-
-    def state(self) -> tuple[dict[str, torch.Tensor], Any]:
-        return self.model.state_dict(), self.optimizer.state_dict()
-
-    def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer_state)
-
-    def held_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     # Horovod matches collectives by name and names an object collective after the object's type
     # by default: a dict on rank 0 and None elsewhere would never meet. Name them explicitly.
