@@ -64,7 +64,7 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
     lr = tc.lr * (ctx.size if tc.scale_lr_by_workers and strategy.data_parallel else 1)
     strategy.setup(build_model(job), lambda params: _optimizer(tc.optimizer, params, lr, tc.weight_decay))
 
-    # Rank 0 picks the checkpoint; every rank reads it (the workdir is shared) and restores its part.
+    # Rank 0 reads the newest checkpoint and broadcasts it; every rank restores its own part of it.
     found = latest_checkpoint(job.checkpoints, job.manifest_hash) if rank == 0 else None
     resume = strategy.broadcast_object(found)
     start_epoch, start_step, history = 0, 0, []
