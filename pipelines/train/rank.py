@@ -69,19 +69,20 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
     resume = strategy.broadcast_object(found)
     start_epoch, start_step, history = 0, 0, []
     if resume is not None:
-        if resume.get("strategy", "horovod") != tc.strategy:
-            raise ValueError(f"the checkpoint in {job.checkpoints} was made with train.strategy="
-                             f"{resume.get('strategy', 'horovod')}; resume with that strategy, or use a new run_id")
-        strategy.load(resume["model"], resume["optimizer"])
+        made_with = resume.get("strategy", "horovod")  # checkpoints from before strategies existed: Horovod
+        if made_with != tc.strategy:
+            raise ValueError(f"the checkpoint in {job.checkpoints} was made with train.strategy={made_with}; "
+                             f"resume with that strategy, or use a new run_id")
         start_epoch, start_step, history = resume["epoch"], resume.get("step", 0), resume["history"]
+        if start_step and len(resume["ranks"]) != ctx.size:  # checked before any state is loaded
+            raise ValueError(f"the checkpoint in {job.checkpoints} was made {start_step} steps into an epoch by "
+                             f"{len(resume['ranks'])} ranks; resume with train.num_workers={len(resume['ranks'])}, "
+                             f"or use a new run_id to start over")
+        strategy.load(resume["model"], resume["optimizer"])
         inside = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
         ctx.log(f"resuming from checkpoint after epoch {start_epoch}{inside}")
         if rank == 0:
             ctx.emit("resume", epochs_done=start_epoch, step=start_step)
-        if start_step and len(resume["ranks"]) != ctx.size:
-            raise ValueError(f"the checkpoint in {job.checkpoints} was made {start_step} steps into an epoch by "
-                             f"{len(resume['ranks'])} ranks; resume with train.num_workers={len(resume['ranks'])}, "
-                             f"or use a new run_id to start over")
 
     shard, shards = strategy.shard()
     train_url = dataset.dataset_url(job.train_path)

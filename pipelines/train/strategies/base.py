@@ -100,7 +100,8 @@ class Strategy(abc.ABC):
         for state in self.optimizer.state.values():
             for value in state.values():
                 if isinstance(value, torch.Tensor):
-                    total += _local(value).numel() * _local(value).element_size()
+                    local = _local(value)
+                    total += local.numel() * local.element_size()
         return total
 
     # --- collectives ---------------------------------------------------------------------------
