@@ -34,7 +34,7 @@ def _model() -> Any:
 def _stage_worker(rank: int, port: int, microbatches: list[int], steps: int, out: str) -> None:
     """One stage: for each M, warm up, then time ``steps`` steps and the stage's own compute."""
     from pipelines.config import PipelineParallelConfig, TrainConfig
-    from pipelines.launcher.rank import RankContext
+    from pipelines.launcher.rank import RankContext, exit_now
     from pipelines.train.strategies.pipeline import PipelineStrategy
 
     import torch.distributed as dist
@@ -65,6 +65,7 @@ def _stage_worker(rank: int, port: int, microbatches: list[int], steps: int, out
     torch.save(results, Path(out) / f"stage{rank}.pt")
     if strategy is not None:
         strategy.stop()
+    exit_now(0)  # no interpreter finalization with a process group's objects alive (see exit_now)
 
 
 def _alone(module: torch.nn.Module, rank: int, rows: int, repeats: int = 5) -> float:

@@ -28,6 +28,7 @@ def make_model():
 def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches: int, out: str) -> None:
     """Join the group through the parent's TCPStore, run one step, save figures, gradients, held parameters."""
     from pipelines.config import PipelineParallelConfig, TrainConfig
+    from pipelines.launcher.rank import exit_now
     from pipelines.launcher.rank import RankContext
     from pipelines.train.strategies import STRATEGIES
 
@@ -51,6 +52,7 @@ def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches:
                     "state_keys": sorted(full_state)}, Path(out) / f"rank{rank}.pt")
     finally:
         strategy.stop()
+    exit_now(0)  # as a real rank does: no interpreter finalization with a process group's objects alive
 
 
 def _gradients(strategy) -> dict[str, torch.Tensor]:

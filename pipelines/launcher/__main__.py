@@ -1,6 +1,6 @@
-"""``python -m pipelines.launcher SPEC.json``: the process of one Horovod rank (started by its task)."""
+"""``python -m pipelines.launcher SPEC.json``: the process of one rank (started by its task)."""
 import sys
 
-from pipelines.launcher.rank import main
+from pipelines.launcher.rank import exit_now, main
 
-sys.exit(main(sys.argv[1]))
+exit_now(main(sys.argv[1]))
