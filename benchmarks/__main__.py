@@ -13,6 +13,7 @@ import sys
 from benchmarks import NAMES, SIZES, run
 from benchmarks.harness import REPO_ROOT, BenchError
 from pipelines.config import ConfigError, load_config
+from pipelines.tracking import TRACKING_OFF
 
 DEFAULT_CONFIG = REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml"
 
@@ -39,7 +40,7 @@ def use_repo_on_pythonpath() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, [*TRACKING_OFF, *args.overrides])
     except ConfigError as e:
         print(f"benchmarks: config error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from benchmarks.data import DataSpec, dataset, derive, on_dataset
 from benchmarks.harness import REPO_ROOT, bench_dir, log, machine
 from benchmarks.training import RANKS, train_once
 from pipelines.config import PipelineConfig, load_config
+from pipelines.tracking import TRACKING_OFF
 from pipelines.publish import write_text_atomic
 
 NAME = "parallelism"
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.__main__ import use_repo_on_pythonpath
     from pipelines.session import get_spark
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*TRACKING_OFF, *args.overrides])
     use_repo_on_pythonpath()
     spark = get_spark("dlpipe-parallelism", master=config.master, conf=config.spark)
     try:

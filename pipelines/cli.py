@@ -59,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     job = importlib.import_module(JOBS[args.verb])
     from pipelines.session import get_spark
 
+    from pipelines.progress import spark_progress
+
     spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
-        result = job.main(spark, config)
+        # Training draws its own bar; `run` shows each of its stages itself.
+        with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run")):
+            result = job.main(spark, config)
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2

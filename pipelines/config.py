@@ -191,6 +191,18 @@ class InferConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking of ``run`` / ``train`` jobs (``pipelines.tracking``), from the driver."""
+
+    mlflow: bool = True  # one MLflow run per run id (a re-run continues it)
+    uri: str = ""  # "" = a file store in <workdir>/mlruns (no server); or http(s)://server, sqlite:///file.db, databricks
+    experiment: str = setting("dlpipe", NONEMPTY)  # MLflow experiment (created when missing)
+    tensorboard: bool = True  # TensorBoard event files in <run dir>/tb
+    timeout_s: float = setting(10.0, above(0))  # per request to the tracking server; a failure turns tracking off, never the run
+    flush_timeout_s: float = setting(60.0, at_least(0))  # at the end of a job, the longest wait for queued records
+
+
+@dataclass
 class PipelineConfig:
     """The whole pipeline's configuration."""
 
@@ -204,6 +216,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def dataset_dir(self) -> Path:

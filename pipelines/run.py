@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 from pyspark.sql import SparkSession
@@ -16,12 +17,15 @@ from pipelines.etl import job as etl
 from pipelines.infer import job as infer
 from pipelines.train import driver as train
 from pipelines.config import ConfigError, PipelineConfig, to_yaml
+from pipelines.progress import spark_progress
 from pipelines.publish import check_writable, write_json_atomic, write_text_atomic
 from pipelines.report import write_report
+from pipelines.tracking import Tracker, open_tracker
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> dict[str, Any]:
-    """Run every stage; write ``summary.json`` and ``report.md`` into the run folder."""
+    """Run every stage; write ``summary.json`` and ``report.md`` into the run folder; track the run
+    (``tracking``: MLflow, TensorBoard)."""
     check_splits(config)
     check_writable(config.run_dir(), "workdir")
     if config.infer.output:
@@ -29,6 +33,17 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    with open_tracker(config, "run") as tracker:
+        summary = _stages(spark, config, on_event, tracker)
+        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
+            tracker.log_artifact(run_dir / name)
+        for path in sorted(Path(summary["report"]).parent.glob("*")):
+            tracker.log_artifact(path, "report")
+    return summary
+
+
+def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker: Tracker) -> dict[str, Any]:
+    run_dir = config.run_dir()
     summary: dict[str, Any] = {"run_id": config.run_id, "model": config.model.name, "dataset": config.dataset,
                                "config_hash": config.digest(), "stages": {}}
 
@@ -36,7 +51,8 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
         print(f"dlpipe run {config.run_id}: stage {name} ...", flush=True)
         started = time.monotonic()
         try:
-            out = fn()
+            with spark_progress(spark, name, shown=name != "train"):  # training draws its own bar
+                out = fn()
         except BaseException as e:
             summary["stages"][name] = {"status": "failed", "seconds": time.monotonic() - started,
                                        "error": "".join(traceback.format_exception_only(e)).strip()}
@@ -44,11 +60,14 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
             write_json_atomic(run_dir / "summary.json", summary)
             raise
         summary["stages"][name] = {"status": "ok", "seconds": round(time.monotonic() - started, 2)}
+        print(f"dlpipe run {config.run_id}: stage {name} done in {summary['stages'][name]['seconds']:.1f} s",
+              flush=True)
         return out
 
     manifest = stage("etl", lambda: etl.main(spark, config))
     summary["etl"] = {k: manifest[k] for k in ("records_in", "accepted", "quarantined", "quarantine_by_reason")}
-    trained = stage("train", lambda: train.main(spark, config, on_event=on_event))
+    tracker.log_metrics({"etl": summary["etl"]})
+    trained = stage("train", lambda: train.main(spark, config, on_event=on_event, tracker=tracker))
     history = trained["history"]
     summary["train"] = {"epochs_completed": trained["epochs_completed"], "final_train_loss": history[-1]["loss"],
                         "final_val_loss": history[-1].get("val_loss"),
@@ -58,6 +77,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> d
     evaluation = scored.get("eval", {})
     summary["eval"] = {k: v for k, v in evaluation.items() if k not in ("confusion_matrix",)}
     summary["infer"] = {k: scored[k] for k in ("rows", "bad_rows", "model_loads")}
+    tracker.log_metrics({"eval": summary["eval"], "infer": summary["infer"]}, step=summary["train"]["epochs_completed"])
     summary["artifact"] = trained["artifact"]
     summary["predictions"] = scored["predictions"]
     summary["status"] = "ok"

@@ -14,6 +14,7 @@ DIGITS_DIR = REPO_ROOT / "data" / "digits"
 def make_config(workdir: Path, *overrides: str):
     """A validated config for the bundled digits in ``workdir`` (short defaults for tests)."""
     from pipelines.config import load_config
+    from pipelines.tracking import TRACKING_OFF
 
     return load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml",
-                       [f"workdir={workdir}", "master=local[2]", "run_id=test", *overrides])
+                       [f"workdir={workdir}", "master=local[2]", "run_id=test", *TRACKING_OFF, *overrides])

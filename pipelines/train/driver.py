@@ -17,6 +17,7 @@ from pipelines.launcher import LaunchError, run_ranks
 from pipelines.progress import EpochProgress
 from pipelines.publish import check_writable, write_text_atomic
 from pipelines.session import describe
+from pipelines.tracking import Tracker, open_tracker
 from pipelines.train.job import TrainJob, plan_job
 from pipelines.train.strategies import STRATEGIES
 
@@ -30,12 +31,19 @@ class TrainError(RuntimeError):
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | None = None,
-         entry: str = RANK_ENTRY) -> dict[str, Any]:
+         entry: str = RANK_ENTRY, tracker: Tracker | None = None) -> dict[str, Any]:
     """Train ``config.model`` on the ETL output; return rank 0's summary (history, artifact path).
 
     ``on_event(rank, event)`` sees every event the ranks emit; ``entry`` is the rank function
-    (tests and benchmarks wrap the trainer).
+    (tests and benchmarks wrap the trainer). ``tracker``: the run's (``dlpipe run``); without one,
+    the job tracks itself as ``config.tracking`` says.
     """
+    if tracker is None:
+        check_writable(config.run_dir(), "workdir")
+        with open_tracker(config, "train") as own:
+            result = main(spark, config, on_event, entry, own)
+            own.log_artifact(config.run_dir() / "metrics.jsonl")
+            return result
     tc = config.train
     check_writable(config.run_dir(), "workdir")
     job = plan_job(config)
@@ -50,14 +58,18 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
 
     def handle(rank: int, event: dict[str, Any]) -> None:
         progress(rank, event)
+        tracker.on_train_event(rank, event)
         if on_event is not None:
             on_event(rank, event)
 
     describe(spark, f"train {config.model.name} on {tc.num_workers} ranks ({tc.strategy})")
     for attempt in range(tc.max_attempts):
         try:
-            return launch(spark, job, entry=entry, on_event=handle, attempt=attempt,
-                          description=f"dlpipe train {config.model.name} (attempt {attempt + 1})")
+            result = launch(spark, job, entry=entry, on_event=handle, attempt=attempt,
+                            description=f"dlpipe train {config.model.name} (attempt {attempt + 1})")
+            if "artifact" in result:
+                tracker.log_artifact(result["artifact"], "model")
+            return result
         except LaunchError as e:
             if attempt + 1 >= tc.max_attempts:
                 raise TrainError(f"training failed after {tc.max_attempts} attempt(s) "

@@ -82,7 +82,7 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
         inside = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
         ctx.log(f"resuming from checkpoint after epoch {start_epoch}{inside}")
         if rank == 0:
-            ctx.emit("resume", epochs_done=start_epoch, step=start_step)
+            ctx.emit("resume", epochs_done=start_epoch, step=start_step, history=history)
 
     shard, shards = strategy.shard()
     train_url = dataset.dataset_url(job.train_path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from testkit import REPO_ROOT, make_config
 from pipelines import run
+from pipelines.tracking import TRACKING_OFF
 
 # Figures each case study must reach on the bundled digits test split (see README).
 CASES = {
@@ -34,7 +36,7 @@ def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, n
 
     config_file, *overrides = config_file.split()
     config = load_config(REPO_ROOT / "pipelines" / "configs" / config_file,
-                         [f"workdir={tmp_path}", "master=local[2]", f"run_id={name}", *overrides])
+                         [f"workdir={tmp_path}", "master=local[2]", f"run_id={name}", *TRACKING_OFF, *overrides])
     summary = run.main(spark, config)
     assert summary["status"] == "ok"
     assert summary["etl"] == {"records_in": 1797, "accepted": 1797, "quarantined": 0,
@@ -62,7 +64,8 @@ def _dlpipe_run(workdir, run_id, *extra):
 @pytest.mark.slow
 def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
     """A run killed mid-training, re-run with the same id (a cron retry), resumes from its
-    checkpoint; a third run of the finished id leaves one complete, consistent run."""
+    checkpoint; a third run of the finished id leaves one complete, consistent run, tracked as one
+    MLflow run (tracking is on by default on the command line). The captured console reads as lines."""
     first = _dlpipe_run(tmp_path, "2026-11-26")
     deadline = time.monotonic() + 300
     try:
@@ -89,6 +92,30 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
         assert summary["infer"]["rows"] == summary["eval"]["rows"]
         leftovers = [p.name for p in tmp_path.rglob(".*tmp-*")]
         assert leftovers == []
+        assert "\r" not in out and "[Stage" not in out  # no bar redrawn into the log, Spark's or ours
+        assert [line for line in out.splitlines() if line.startswith("epoch ")] == [
+            line for line in out.splitlines() if re.fullmatch(r"epoch \d/6 done: .*", line)]
+    _check_one_mlflow_run(tmp_path, "2026-11-26", epochs=6)
+
+
+def _check_one_mlflow_run(workdir, run_id: str, epochs: int) -> None:
+    """Read the run back through MLflow's own client: one run, its params, metrics and artifacts."""
+    from pipelines.tracking.mlflow_sink import mlflow_client
+
+    client = mlflow_client((workdir / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("dlpipe").experiment_id])
+    assert [r.info.run_name for r in runs] == [run_id]  # three invocations, one MLflow run
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == str(epochs) and run.data.params["model.name"] == "cnn"
+    assert run.data.metrics["etl.records_in"] == 1797 and run.data.metrics["eval.accuracy"] > 0.9
+    losses = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert {m.step for m in losses} == set(range(1, epochs + 1))
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "config.yaml", "metrics.jsonl", "report", "model"} <= artifacts
+    report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/report.md", "report/loss_curves.png", "report/confusion_matrix.png"} <= report
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
 
 
 # Split layouts other than train/val/test: names come from the manifest (short budgets: 3 epochs).
