@@ -8,6 +8,7 @@ outputs and their declared schema, so callers never branch on which model they r
     model.output_schema()                     # -> Spark return type of the inference UDF
     model.figures                             # what the run report shows for this model
     model.pipeline_stages(n)                  # model parallelism: n consecutive stages (split points)
+    model.training_phases()                   # the optimizers it trains with (one, unless it says more)
 """
 
 from __future__ import annotations
@@ -15,13 +16,32 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 OutputSchema = dict[str, tuple[str, tuple[int, ...]]]
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingPhase:
+    """One optimizer of a training step: it updates ``module``'s parameters from ``loss(batch)``.
+
+    Most models have one phase over all their parameters. A model trained with several optimizers
+    (a GAN: the discriminator, then the generator) lists them in the order a step runs them; the
+    strategy gives each its own optimizer and averages each phase's gradients over the ranks once.
+    """
+
+    name: str
+    module: nn.Module
+    loss: Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.module.parameters())
 
 
 class DlpipeModel(nn.Module, abc.ABC):
@@ -72,6 +92,11 @@ class DlpipeModel(nn.Module, abc.ABC):
         """
         self.check_features(batch["features"])
         return self.output_loss(self(batch["features"]), batch)
+
+    def training_phases(self) -> list[TrainingPhase]:
+        """The optimizers a training step runs, in order: by default one over every parameter, with
+        :meth:`loss`. The validation loss is always :meth:`loss`."""
+        return [TrainingPhase("model", self, self.loss)]
 
     @abc.abstractmethod
     def output_loss(self, output: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from models.base import Classifier
+from models.base import Classifier, eval_mode
 from models.layers import conv_stack, require_image_shape
 
 
@@ -50,6 +50,12 @@ class CNN(Classifier):
 
     def pipeline_parts(self) -> list[nn.Module]:
         return [*self.features, self.pool, *self.head]
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's activations (B, hidden): the feature space sample quality is measured in."""
+        self.check_features(features)
+        with eval_mode(self), torch.no_grad():
+            return self.head[:3](self.pool(self.features(features)))  # Flatten, Linear, ReLU
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.features(features)  # (B, C, H, W) -> (B, channels[-1], H', W')

@@ -122,6 +122,7 @@ class TrainConfig:
     epochs: int = setting(15, at_least(1))
     batch_size: int = setting(64, at_least(1))  # per rank
     optimizer: str = setting("adam", one_of("adam", "sgd"))  # adam | sgd
+    adam_betas: list[float] = setting([0.9, 0.999], each(within(0.0, 0.9999), length=2))  # GANs train with [0.5, 0.999]
     lr: float = setting(1e-3, above(0))  # per-rank base learning rate
     scale_lr_by_workers: bool = True  # lr * num_workers, the usual data-parallel rule
     weight_decay: float = setting(0.0, at_least(0))
@@ -191,6 +192,15 @@ class InferConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Sample quality of generative models (gan, vae) in ``dlpipe run``: ``pipelines.infer.quality``."""
+
+    samples: int = setting(1000, at_least(10))  # generated images compared with the scored split
+    classifier_run: str = setting("", folder_name(allow_empty=True))  # run whose cnn gives the feature space; "" = one trained on the train split (cached in <workdir>/quality)
+    classifier_epochs: int = setting(15, at_least(1))  # epochs of that classifier when dlpipe trains it
+
+
+@dataclass
 class TrackingConfig:
     """Experiment tracking of ``run`` / ``train`` jobs (``pipelines.tracking``), from the driver."""
 
@@ -216,6 +226,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property

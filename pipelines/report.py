@@ -196,6 +196,15 @@ def write_report(run_dir: Path, summary: dict[str, Any], history: list[dict[str,
         lines += ["", "| class | precision | recall | support |", "| --- | --- | --- | --- |"]
         lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['support']} |"
                   for k, v in evaluation["per_class"].items()]
+    quality = summary.get("sample_quality")
+    if quality:
+        lines += ["", "## Sample quality", "",
+                  f"Fréchet distance in the feature space of a digits classifier ({quality['samples']} samples "
+                  f"against the {quality['reference_split']} split; lower is better):", "",
+                  "| samples from | Fréchet distance |", "| --- | --- |",
+                  f"| this {summary['model']} | {quality['frechet_distance']:.2f} |",
+                  f"| real train images (the floor) | {quality['real_vs_real']:.2f} |",
+                  f"| the untrained {summary['model']} (the ceiling) | {quality['untrained_generator']:.2f} |"]
     for title, name in model_figures(Path(artifact), evaluation, scored_path, report_dir):
         lines += ["", f"### {title}", "", f"![{title}]({name})"]
     path = report_dir / "report.md"

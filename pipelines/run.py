@@ -15,8 +15,10 @@ from pyspark.sql import SparkSession
 
 from pipelines.etl import job as etl
 from pipelines.infer import job as infer
+from pipelines.infer import quality
 from pipelines.train import driver as train
 from pipelines.config import ConfigError, PipelineConfig, to_yaml
+from pipelines.artifact import load_artifact
 from pipelines.progress import spark_progress
 from pipelines.publish import check_writable, write_json_atomic, write_text_atomic
 from pipelines.report import write_report
@@ -77,7 +79,10 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
     evaluation = scored.get("eval", {})
     summary["eval"] = {k: v for k, v in evaluation.items() if k not in ("confusion_matrix",)}
     summary["infer"] = {k: scored[k] for k in ("rows", "bad_rows", "model_loads")}
-    tracker.log_metrics({"eval": summary["eval"], "infer": summary["infer"]}, step=summary["train"]["epochs_completed"])
+    if generates_samples(trained["artifact"]):
+        summary["sample_quality"] = stage("quality", lambda: quality.sample_quality(config, trained["artifact"]))
+    tracker.log_metrics({"eval": summary["eval"], "infer": summary["infer"], "quality": summary.get("sample_quality", {})},
+                        step=summary["train"]["epochs_completed"])
     summary["artifact"] = trained["artifact"]
     summary["predictions"] = scored["predictions"]
     summary["status"] = "ok"
@@ -86,6 +91,12 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
     summary["report"] = str(report)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def generates_samples(artifact: str) -> bool:
+    """Whether the artifact's model can generate new examples (its sample quality is then scored)."""
+    model, _ = load_artifact(artifact)
+    return callable(getattr(model, "sample", None))
 
 
 def check_splits(config: PipelineConfig) -> None:

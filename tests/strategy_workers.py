@@ -64,3 +64,82 @@ def _gradients(strategy) -> dict[str, torch.Tensor]:
         grad = p.grad
         grads[name] = (grad.full_tensor() if hasattr(grad, "full_tensor") else grad).clone()
     return grads
+
+
+# --- a GAN step: two optimizers, each phase's gradients averaged once -------------------------
+
+LATENT = 4
+
+
+def make_gan():
+    import models
+
+    torch.manual_seed(0)
+    return models.build("gan", feature_shape=(1, 8, 8), num_classes=10, latent_dim=LATENT,
+                        generator_channels=[8, 4], discriminator_channels=[4, 8])
+
+
+def make_gan_batch() -> dict[str, torch.Tensor]:
+    """Images and the noise each row's generated image comes from: a step is then reproducible."""
+    g = torch.Generator().manual_seed(11)
+    return {"features": torch.randn(BATCH, 1, 8, 8, generator=g), "noise": torch.randn(BATCH, LATENT, generator=g)}
+
+
+def gan_step(strategy) -> dict:
+    """One GAN step with lr 0 (gradients only) on this rank's half of the batch; what the test compares."""
+    strategy.setup(make_gan(), lambda params: torch.optim.SGD(params, lr=0.0))
+    batch = make_gan_batch()
+    half = BATCH // strategy.size
+    batch = {k: v[strategy.rank * half:(strategy.rank + 1) * half] for k, v in batch.items()}
+    figures = strategy.train_step(batch)
+    grads = {name: p.grad.clone() for name, p in strategy.model.named_parameters()}
+    _, optimizer_state = strategy.state()
+    return {"figures": figures, "grads": grads, "optimizers": sorted(optimizer_state)}
+
+
+def gan_one_step(rank: int, world: int, port: int, strategy_name: str, out: str) -> None:
+    """mp.spawn body: a torch.distributed strategy's GAN step, saved for the parent."""
+    from pipelines.config import TrainConfig
+    from pipelines.launcher.rank import RankContext, exit_now
+    from pipelines.train.strategies import STRATEGIES
+
+    os.environ.update({"DLPIPE_STORE_ADDR": "127.0.0.1", "DLPIPE_STORE_PORT": str(port),
+                       "DLPIPE_STALL_TIMEOUT_S": "60", "GLOO_SOCKET_IFNAME": "lo"})
+    torch.set_num_threads(1)
+    strategy = STRATEGIES[strategy_name](RankContext(rank, world, rank, 1, 0), TrainConfig(strategy=strategy_name))
+    strategy.start()
+    try:
+        torch.save(gan_step(strategy), Path(out) / f"rank{rank}.pt")
+    finally:
+        strategy.stop()
+    exit_now(0)
+
+
+def gan_step_entry(payload: dict, ctx) -> dict:
+    """Launcher entry (a real barrier stage): the Horovod strategy's GAN step; rank 0's gradients
+    and figures as lists (the result travels as JSON)."""
+    from pipelines.config import TrainConfig
+    from pipelines.train.strategies import STRATEGIES
+
+    strategy = STRATEGIES["horovod"](ctx, TrainConfig())
+    strategy.start()
+    try:
+        result = gan_step(strategy)
+    finally:
+        strategy.stop()
+    return {"figures": result["figures"], "optimizers": result["optimizers"],
+            "grads": {k: v.flatten().tolist() for k, v in result["grads"].items()}}
+
+
+def gan_reference() -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One process, the whole batch: each phase's loss and the gradients a GAN step leaves."""
+    model = make_gan()
+    batch = make_gan_batch()
+    figures, grads = {}, {}
+    for phase in model.training_phases():
+        model.zero_grad()
+        loss, _ = phase.loss(batch)
+        loss.backward()
+        figures[f"{phase.name}_loss"] = loss.item()
+        grads.update({f"{phase.name}.{n}": p.grad.clone() for n, p in phase.module.named_parameters()})
+    return figures, grads

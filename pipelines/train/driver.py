@@ -96,9 +96,13 @@ def check_layout(job: TrainJob, num_workers: int) -> None:
     """What the ranks need, caught before launching: with data parallelism a row group of their own
     each; with the pipeline, a model that can be cut into that many stages."""
     tc = job.config.train
-    if not STRATEGIES[tc.strategy].data_parallel:
-        from pipelines.train.rank import build_model
+    from pipelines.train.rank import build_model
 
+    phases = [p.name for p in build_model(job).training_phases()]
+    if len(phases) > 1 and not STRATEGIES[tc.strategy].multi_phase:
+        raise TrainError(f"model {job.config.model.name!r} trains with {len(phases)} optimizers ({', '.join(phases)}); "
+                         f"train.strategy={tc.strategy} supports one: use train.strategy=horovod or ddp")
+    if not STRATEGIES[tc.strategy].data_parallel:
         try:
             build_model(job).pipeline_stages(num_workers)
         except ValueError as e:

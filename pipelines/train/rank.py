@@ -62,7 +62,7 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
     rank = ctx.rank
     normalize = Normalizer.from_stats(job.manifest["normalization"], job.manifest["feature_shape"])
     lr = tc.lr * (ctx.size if tc.scale_lr_by_workers and strategy.data_parallel else 1)
-    strategy.setup(build_model(job), lambda params: _optimizer(tc.optimizer, params, lr, tc.weight_decay))
+    strategy.setup(build_model(job), lambda params: _optimizer(tc, params, lr))
 
     # Rank 0 reads the newest checkpoint and broadcasts it; every rank restores its own part of it.
     found = latest_checkpoint(job.checkpoints, job.manifest_hash) if rank == 0 else None
@@ -139,12 +139,12 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
     return result
 
 
-def _optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"train.optimizer={name!r} is not supported: use 'adam' or 'sgd'")
+def _optimizer(tc: Any, params: Any, lr: float) -> torch.optim.Optimizer:
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=tc.weight_decay)
+    raise ValueError(f"train.optimizer={tc.optimizer!r} is not supported: use 'adam' or 'sgd'")
 
 
 def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: Any, url: str,

@@ -7,11 +7,13 @@ the optimizer; the loader, checkpoints and the artifact are shared.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar, Iterable
+import contextlib
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 
 from models import DlpipeModel
+from models.base import TrainingPhase
 from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
 
@@ -26,6 +28,10 @@ class Strategy(abc.ABC):
     rendezvous: ClassVar[str]  # what the launcher hands out: "horovod" or "torch"
     data_parallel: ClassVar[bool] = True  # False: every rank reads the same batches (model parallel)
     lockstep_eval: ClassVar[bool] = False  # True: an eval forward is a collective (ranks must run as many)
+    # True: trains models with several optimizers (``model.training_phases()``, a GAN) by
+    # averaging each phase's gradients itself (:meth:`average_gradients`).
+    multi_phase: ClassVar[bool] = False
+    phases: list[TrainingPhase] = []  # set by setup_phases for a model with several optimizers
 
     def __init__(self, ctx: RankContext, tc: TrainConfig) -> None:
         self.ctx, self.tc = ctx, tc
@@ -67,13 +73,57 @@ class Strategy(abc.ABC):
         """The model's loss for a training step (through whatever wrapper synchronizes gradients)."""
         return self.model.loss(batch)
 
+    def setup_phases(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> bool:
+        """For a model with several training phases: one plain optimizer per phase, rank 0's weights
+        everywhere, and True (the strategy's own wrapping is skipped). False for a one-phase model."""
+        phases = model.training_phases()
+        if len(phases) == 1:
+            return False
+        if not self.multi_phase:
+            raise ValueError(f"model {model.name!r} trains with {len(phases)} optimizers "
+                             f"({', '.join(p.name for p in phases)}); train.strategy={self.name} supports one: "
+                             f"use horovod or ddp")
+        self.model, self.phases = model, phases
+        self.optimizers = {p.name: make_optimizer(p.parameters()) for p in phases}
+        self.broadcast_parameters(model)
+        return True
+
+    def broadcast_parameters(self, model: DlpipeModel) -> None:
+        """Rank 0's parameters and buffers on every rank (multi-phase models; others are wrapped)."""
+        raise NotImplementedError(f"train.strategy={self.name} does not train multi-phase models")
+
+    def average_gradients(self, params: list[torch.nn.Parameter], name: str) -> None:
+        """Replace each gradient by its mean over the ranks (one collective for the list)."""
+        raise NotImplementedError(f"train.strategy={self.name} does not train multi-phase models")
+
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One optimizer step on ``batch``; ``loss`` and the model's metrics where this rank has them."""
+        if self.phases:
+            return self._phased_step(batch)
         self.optimizer.zero_grad()
         loss, metrics = self.forward_loss(batch)
         loss.backward()
         self.optimizer.step()
         return step_metrics(loss, metrics)
+
+    def _phased_step(self, batch: Batch) -> dict[str, float]:
+        """Each phase in order: its loss, its gradients (averaged once over the ranks), its step.
+        ``loss`` is the sum of the phases' losses, ``<phase>_loss`` each one's."""
+        figures: dict[str, float] = {"loss": 0.0}
+        for phase in self.phases:
+            params = phase.parameters()
+            optimizer = self.optimizers[phase.name]
+            optimizer.zero_grad()
+            with _only_trainable(self.model, params):
+                loss, metrics = phase.loss(batch)
+                loss.backward()
+            self.average_gradients(params, name=f"dlpipe.grad.{phase.name}")
+            optimizer.step()
+            value = loss.item()
+            figures["loss"] += value
+            figures[f"{phase.name}_loss"] = value
+            figures.update({k: float(v) for k, v in metrics.items()})
+        return figures
 
     @torch.no_grad()
     def eval_step(self, batch: Batch) -> dict[str, float]:
@@ -83,11 +133,17 @@ class Strategy(abc.ABC):
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         """(full model state dict under the model's own names, optimizer state). A collective:
         every rank calls it; rank 0's copy is complete and is what checkpoints hold."""
+        if self.phases:
+            return self.model.state_dict(), {name: o.state_dict() for name, o in self.optimizers.items()}
         return self.model.state_dict(), self.optimizer.state_dict()
 
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
         """Restore what :meth:`state` returned (every rank calls it with the same values)."""
         self.model.load_state_dict(model_state)
+        if self.phases:
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(optimizer_state[name])
+            return
         self.optimizer.load_state_dict(optimizer_state)
 
     def held_parameters(self) -> int:
@@ -97,7 +153,8 @@ class Strategy(abc.ABC):
     def optimizer_bytes(self) -> int:
         """Bytes of optimizer state (e.g. Adam's moments) this rank keeps (its shard, under FSDP)."""
         total = 0
-        for state in self.optimizer.state.values():
+        optimizers = self.optimizers.values() if self.phases else [self.optimizer]
+        for state in (s for o in optimizers for s in o.state.values()):
             for value in state.values():
                 if isinstance(value, torch.Tensor):
                     local = _local(value)
@@ -125,6 +182,22 @@ class Strategy(abc.ABC):
         total = self.allreduce_sum(torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64), name)
         scale = self.size if mean else 1
         return {k: total[i].item() / scale for i, k in enumerate(keys)}
+
+
+@contextlib.contextmanager
+def _only_trainable(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Inside, only ``params`` require gradients: a phase's backward computes (and its average
+    reduces) nothing for the other phases' parameters, e.g. the discriminator's during the
+    generator's step."""
+    mine = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if id(p) not in mine and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def step_metrics(loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -24,16 +24,22 @@ class _Loss(nn.Module):
 
 class DDPStrategy(TorchDistributedStrategy):
     name = "ddp"
+    multi_phase = True
 
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
+        # Several optimizers: no DDP wrapper (it reduces every parameter a backward reaches, once
+        # per backward); each phase's gradients are averaged explicitly instead.
+        if self.setup_phases(model, make_optimizer):
+            self.ddp = None
+            return
         self.model = model
         self.ddp = DistributedDataParallel(_Loss(model))  # broadcasts rank 0's parameters
         self.optimizer = make_optimizer(model.parameters())
 
     def set_training(self, training: bool) -> None:
-        self.ddp.train(training)
+        (self.ddp or self.model).train(training)
 
     def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.ddp(batch)  # (eval_step calls the model itself: nothing to synchronize)

@@ -20,6 +20,7 @@ class FSDPStrategy(TorchDistributedStrategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        self.setup_phases(model, make_optimizer)  # a model with several optimizers: a clear error
         # fully_shard picks a CUDA mesh when it can: name the CPU mesh explicitly.
         mesh = init_device_mesh("cpu", (self.size,))
         for module in model.modules():  # each layer with weights of its own is one unit, then the root

@@ -13,6 +13,7 @@ from pipelines.train.strategies.base import OptimizerFactory, Strategy
 class HorovodStrategy(Strategy):
     name = "horovod"
     rendezvous = "horovod"
+    multi_phase = True
 
     def start(self) -> None:
         import horovod.torch as hvd
@@ -25,6 +26,10 @@ class HorovodStrategy(Strategy):
 
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
         hvd = self.hvd
+        # Several optimizers: plain ones, each phase's gradients averaged explicitly (two
+        # DistributedOptimizers would both hook every parameter the phase's backward reaches).
+        if self.setup_phases(model, make_optimizer):
+            return
         self.model = model
         # Wrap before loading any state: DistributedOptimizer rebuilds the optimizer from its param
         # groups, so state loaded into the unwrapped one would be silently dropped.
@@ -32,6 +37,13 @@ class HorovodStrategy(Strategy):
                                                   named_parameters=model.named_parameters(), op=hvd.Average)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+
+    def broadcast_parameters(self, model: DlpipeModel) -> None:
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    def average_gradients(self, params: list[torch.nn.Parameter], name: str) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        self.hvd.grouped_allreduce_(grads, op=self.hvd.Average, name=name)
 
     # Horovod matches collectives by name and names an object collective after the object's type
     # by default: a dict on rank 0 and None elsewhere would never meet. Name them explicitly.

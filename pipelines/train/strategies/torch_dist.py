@@ -24,6 +24,24 @@ class TorchDistributedStrategy(Strategy):
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    def broadcast_parameters(self, model: torch.nn.Module) -> None:
+        import torch.distributed as dist
+
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+    def average_gradients(self, params: list[torch.nn.Parameter], name: str) -> None:
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for the phase
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         import torch.distributed as dist
 

@@ -69,3 +69,44 @@ def test_a_data_parallel_step_averages_gradients_like_one_process_on_the_whole_b
         held = r["held"] / total_params
         assert (abs(held - 0.5) <= 0.15) if strategy == "fsdp" else held == 1.0, held
     assert ranks[0]["state_keys"] == sorted(grads)
+
+
+def test_a_gan_step_averages_each_optimizers_gradients_once_like_one_process(tmp_path):
+    """DDP with a model of two optimizers: the discriminator's gradients, then the generator's, each
+    averaged over the ranks exactly once (twice, or the discriminator's hooked into the generator's
+    backward, would no longer equal one process on the whole batch)."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False, timeout=timedelta(seconds=60))
+    context = mp.spawn(w.gan_one_step, args=(WORLD, store.port, "ddp", str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            pytest.fail("ddp: the 2 ranks did not finish one GAN step within 120 s")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    figures, grads = w.gan_reference()
+    for phase in ("discriminator", "generator"):
+        mean = sum(r["figures"][f"{phase}_loss"] for r in ranks) / WORLD
+        assert mean == pytest.approx(figures[f"{phase}_loss"], abs=1e-5)
+    for r in ranks:
+        assert r["optimizers"] == ["discriminator", "generator"]  # checkpoints keep both optimizers
+        assert set(r["grads"]) == set(grads)
+        for name, grad in grads.items():
+            torch.testing.assert_close(r["grads"][name], grad, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "pipeline"])
+def test_a_two_optimizer_model_on_a_strategy_that_has_one_is_refused_before_launch(tmp_path, strategy):
+    from testkit import make_config
+    from pipelines.train.driver import TrainError, check_layout
+    from pipelines.train.job import TrainJob
+
+    config = make_config(tmp_path, "model.name=gan", f"train.strategy={strategy}")
+    manifest = {"feature_shape": [1, 8, 8], "label_names": [str(i) for i in range(10)]}
+    job = TrainJob(config=config, manifest=manifest, manifest_hash="x", train_path="", validation_path="",
+                   run_dir=str(tmp_path))
+    with pytest.raises(TrainError, match=rf"model 'gan' trains with 2 optimizers \(discriminator, generator\); "
+                                         rf"train.strategy={strategy} supports one: use train.strategy=horovod or ddp"):
+        check_layout(job, 2)
