@@ -75,7 +75,10 @@ class EtlConfig:
 
     source: SourceConfig = field(default_factory=SourceConfig)
     splits: dict[str, float] = setting({"train": 0.7, "val": 0.15, "test": 0.15}, SPLITS_RULE)
-    rows_per_row_group: int = setting(64, at_least(1))  # small row groups: every training rank gets several
+    # 0 = sized for streaming: about etl.row_group_mib of features per row group, capped so every
+    # rank of train.num_workers gets several row groups of the train split; > 0 = exactly that many rows
+    rows_per_row_group: int = setting(0, at_least(0))
+    row_group_mib: float = setting(4.0, above(0))  # the byte target of rows_per_row_group=0
     max_quarantine_fraction: float = setting(0.05, within(0, 1))  # above this the job fails and publishes nothing
     normalization: str = setting("global", one_of("global", "per_feature"))  # global (one mean/std) | per_feature (mean/std per feature)
     output_files: int = setting(4, at_least(1))  # Parquet files per split

@@ -43,7 +43,7 @@ QUARANTINE_COLUMNS = ["id", "source", "row", "label", "reason", "detail"]
 MANIFEST_KEYS = (
     "records_in", "accepted", "quarantined", "quarantine_by_reason", "splits", "feature_shape", "dtype",
     "columns", "normalization", "label_names", "source", "input_files", "config_hash", "created_at",
-    "rows_per_row_group",
+    "rows_per_row_group", "row_group_rule",
 )
 
 

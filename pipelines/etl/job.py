@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from pipelines import dataset
 from pipelines.config import EtlConfig, PipelineConfig
-from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, part_writer
+from pipelines.etl.parts import FILE_STATS_DDL, GROUPS_PER_RANK, PartSpec, part_writer, streaming_rows_per_row_group
 from pipelines.etl.sources import EtlError, Extracted, read_records
 from pipelines.etl.validate import (
     DUPLICATE_ORDER, REASONS, assign_split, classify, feature_shape, label_names_from, mark_duplicates,
@@ -61,7 +61,8 @@ def write_quarantine(decided: DataFrame, path: Path) -> None:
 
 
 def write_splits(
-    records: DataFrame, out_dir: Path, etl: EtlConfig, num_features: int, label_names: list[str]
+    records: DataFrame, out_dir: Path, etl: EtlConfig, num_features: int, label_names: list[str],
+    rows_per_row_group: int,
 ) -> list[dict[str, Any]]:
     """Write the accepted records of every split in one pass; return per-file stats.
 
@@ -78,7 +79,7 @@ def write_splits(
         .sortWithinPartitions("split", "id", *DUPLICATE_ORDER)
         .select("split", "id", index[F.col("label")].cast("bigint").alias("label"), "features")
     )
-    spec = PartSpec(str(out_dir), etl.rows_per_row_group, group_column="split", drop_repeated_ids=True)
+    spec = PartSpec(str(out_dir), rows_per_row_group, group_column="split", drop_repeated_ids=True)
     return [row.asDict() for row in ordered.mapInArrow(part_writer(spec), FILE_STATS_DDL).collect()]
 
 
@@ -203,7 +204,11 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
         describe(spark, "etl: write quarantine")
         write_quarantine(verdict.decided, tmp / dataset.QUARANTINE)
         describe(spark, "etl: write splits")
-        stats = write_splits(records, tmp, etl, int(np.prod(verdict.feature_shape)), verdict.label_names)
+        num_features = int(np.prod(verdict.feature_shape))
+        rows_per_row_group = etl.rows_per_row_group or streaming_rows_per_row_group(
+            round(verdict.accepted * etl.splits[dataset.TRAIN_SPLIT]), num_features, config.train.num_workers,
+            etl.row_group_mib)
+        stats = write_splits(records, tmp, etl, num_features, verdict.label_names, rows_per_row_group)
         splits = summarize_splits(stats, etl.splits, verdict.label_names)
         written = sum(s["count"] for s in splits.values())
         if written != verdict.accepted:
@@ -227,7 +232,11 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
             input_files=extracted.files.summary(),
             config_hash=config.digest(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            rows_per_row_group=etl.rows_per_row_group,
+            rows_per_row_group=rows_per_row_group,
+            row_group_rule=(f"etl.rows_per_row_group={etl.rows_per_row_group}" if etl.rows_per_row_group else
+                            f"sized for streaming: at most {etl.row_group_mib:g} MiB of features, at least "
+                            f"{GROUPS_PER_RANK} train row groups per rank of train.num_workers="
+                            f"{config.train.num_workers}"),
         )
         write_json_atomic(tmp / dataset.MANIFEST_FILE, manifest)
     return manifest

@@ -27,6 +27,20 @@ from pipelines.dataset import RECORD_SCHEMA
 FILE_STATS_DDL = "grp string, file string, rows long, row_groups long, label_counts string"
 
 
+GROUPS_PER_RANK = 4  # row groups each training rank gets at least, when the split is large enough
+FEATURE_BYTES = 4  # float32
+
+
+def streaming_rows_per_row_group(train_rows: int, num_features: int, num_workers: int, target_mib: float) -> int:
+    """Rows per row group for ``etl.rows_per_row_group=0``: about ``target_mib`` of features (a
+    reader's per-row-group cost is then small beside the data), but at most what gives each of
+    ``num_workers`` ranks :data:`GROUPS_PER_RANK` row groups of the train split (ranks are handed
+    whole row groups, and a small dataset must still shard and shuffle)."""
+    by_bytes = int(target_mib * 2**20) // max(1, num_features * FEATURE_BYTES)
+    by_ranks = train_rows // (max(1, num_workers) * GROUPS_PER_RANK)
+    return max(1, min(by_bytes, by_ranks))
+
+
 @dataclass(frozen=True)
 class PartSpec:
     """Plain, picklable description of what one task writes.

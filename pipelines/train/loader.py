@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import warnings
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -25,17 +25,58 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
 
 
-def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled passes over one shard; each pass has its own seed (so a new order)."""
+class _ArrowArrays:
+    """Stands in for Petastorm's batch results reader: each row group's Arrow table straight to
+    ``(features (rows, F) float32, labels (rows,) int64)``. Petastorm's own goes through pandas, one
+    Python object per row, and stacks them again; here the list column's one flat value buffer is
+    reshaped, no per-row work."""
+
+    batched_output = True
+
+    def read_next(self, workers_pool: Any, schema: Any, ngram: Any) -> tuple[np.ndarray, np.ndarray]:
+        from petastorm.workers_pool import EmptyResultError
+
+        try:
+            table = workers_pool.get_results()
+        except EmptyResultError:
+            raise StopIteration
+        return table_arrays(table)
+
+
+def table_arrays(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A table of the dataset format -> (features (rows, F) float32, labels (rows,) int64)."""
+    rows = table.num_rows
+    values = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if rows and len(values) % rows:
+        raise ValueError(f"the features column holds {len(values)} values for {rows} rows: rows of unequal length "
+                         f"(the ETL writes every row with the same feature count)")
+    features = values.astype(np.float32, copy=False).reshape(rows, -1 if rows else 0)
+    return features, table.column("label").to_numpy().astype(np.int64, copy=False)
+
+
+def _reader(url: str, **options: Any) -> Any:
+    """Petastorm's batch reader of the dataset format's columns, yielding :func:`table_arrays`."""
     from petastorm import make_batch_reader
 
+    reader = make_batch_reader(url, schema_fields=["features", "label"], num_epochs=1, **options)
+    reader._results_queue_reader = _ArrowArrays()  # the one private hook: how results become arrays
+    return reader
+
+
+def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled passes over one shard; each pass has its own seed (so a new order).
+
+    Petastorm shuffles the row groups; the rows inside each are shuffled here by a NumPy permutation
+    seeded by (seed, pass, row group), which is reproducible and much cheaper than Petastorm's
+    ``shuffle_rows`` (the fancy index is also the one copy the batch needs).
+    """
     pass_no = 0
     while True:
-        with make_batch_reader(url, schema_fields=["features", "label"], cur_shard=rank, shard_count=size,
-                               shuffle_row_groups=True, shuffle_rows=True, seed=seed * 7919 + pass_no,
-                               num_epochs=1, workers_count=workers, reader_pool_type="thread") as reader:
-            for chunk in reader:
-                yield np.stack(chunk.features).astype(np.float32, copy=False), np.array(chunk.label, dtype=np.int64)
+        with _reader(url, cur_shard=rank, shard_count=size, shuffle_row_groups=True, shuffle_rows=False,
+                     seed=seed * 7919 + pass_no, workers_count=workers, reader_pool_type="thread") as reader:
+            for group_no, (feats, labels) in enumerate(reader):
+                order = np.random.default_rng([seed, pass_no, group_no]).permutation(len(labels))
+                yield feats[order], labels[order]
         pass_no += 1
 
 
@@ -102,16 +143,12 @@ def read_all(url: str, *, rank: int, size: int, batch_size: int, normalize: Norm
 
     With fewer row groups than ranks, rank 0 reads everything and the others nothing.
     """
-    from petastorm import make_batch_reader
-
     shard = dict(cur_shard=rank, shard_count=size) if num_row_groups >= size else {}
     if not shard and rank != 0:
         return
-    with make_batch_reader(url, schema_fields=["features", "label"], shuffle_row_groups=False,
-                           num_epochs=1, workers_count=1, **shard) as reader:
-        for chunk in reader:
-            feats = np.stack(chunk.features).astype(np.float32, copy=False)
-            labels = np.array(chunk.label, dtype=np.int64)
+    with _reader(url, shuffle_row_groups=False, workers_count=1, **shard) as reader:
+        for feats, labels in reader:
+            feats = feats.copy()  # Arrow's buffer is read-only; torch wants to own a writable one
             for start in range(0, len(labels), batch_size):
                 yield {"features": normalize(feats[start:start + batch_size]),
                        "label": torch.from_numpy(labels[start:start + batch_size])}

@@ -64,7 +64,7 @@ BAD_VALUES = [
     ("train.failure_timeout_s=-1", "config key 'train.failure_timeout_s' = -1.0 must be > 0"),
     ("etl.max_quarantine_fraction=1.5", "config key 'etl.max_quarantine_fraction' = 1.5 must be in [0, 1]"),
     ("etl.normalization=minmax", "config key 'etl.normalization' = 'minmax' must be one of global, per_feature"),
-    ("etl.rows_per_row_group=0", "config key 'etl.rows_per_row_group' = 0 must be >= 1"),
+    ("etl.rows_per_row_group=-1", "config key 'etl.rows_per_row_group' = -1 must be >= 0"),
     ("etl.splits={train: 0.7, val: 0.2}", "config key 'etl.splits' = {'train': 0.7, 'val': 0.2} sums to 0.9"),
     ("etl.splits={val: 0.5, test: 0.5}", "must include 'train'"),
     ("etl.splits={train: 1.0, quarantine: 0.0}", "'quarantine' that cannot be a folder name"),

@@ -52,3 +52,20 @@ def test_an_empty_partition_writes_no_file_and_stats_match_their_ddl(tmp_path):
     assert batch.schema.names == ["grp", "file", "rows", "row_groups", "label_counts"]
     assert batch.column("rows").to_pylist() == [3] and batch.column("rows").type == pa.int64()
     assert np.array_equal(batch.column("row_groups").to_numpy(), [1])
+
+
+def test_streaming_row_groups_hold_the_byte_target_on_large_splits():
+    from pipelines.etl.parts import streaming_rows_per_row_group
+
+    # 28x28 float32 images = 3,136 bytes a row: 4 MiB is 1,337 rows; a million rows shard easily
+    assert streaming_rows_per_row_group(1_000_000, 784, num_workers=2, target_mib=4.0) == 1337
+    assert streaming_rows_per_row_group(1_000_000, 784, num_workers=2, target_mib=1.0) == 334
+
+
+def test_streaming_row_groups_still_give_every_rank_several_on_small_splits():
+    from pipelines.etl.parts import GROUPS_PER_RANK, streaming_rows_per_row_group
+
+    rows = streaming_rows_per_row_group(1258, 64, num_workers=2, target_mib=4.0)  # the bundled digits
+    assert rows == 157 and 1258 // rows >= 2 * GROUPS_PER_RANK
+    assert streaming_rows_per_row_group(1258, 64, num_workers=8, target_mib=4.0) == 39
+    assert streaming_rows_per_row_group(5, 64, num_workers=4, target_mib=4.0) == 1  # never 0
