@@ -31,7 +31,9 @@ from pyspark.sql import functions as F
 
 from pipelines import dataset
 from pipelines.config import EtlConfig, PipelineConfig
-from pipelines.etl.parts import FILE_STATS_DDL, GROUPS_PER_RANK, PartSpec, part_writer, streaming_rows_per_row_group
+from pipelines.etl.parts import (
+    FILE_STATS_DDL, GROUPS_PER_RANK, Moments, PartSpec, part_writer, streaming_rows_per_row_group,
+)
 from pipelines.etl.sources import EtlError, Extracted, read_records
 from pipelines.etl.validate import (
     DUPLICATE_ORDER, REASONS, assign_split, classify, feature_shape, label_names_from, mark_duplicates,
@@ -79,26 +81,23 @@ def write_splits(
         .sortWithinPartitions("split", "id", *DUPLICATE_ORDER)
         .select("split", "id", index[F.col("label")].cast("bigint").alias("label"), "features")
     )
-    spec = PartSpec(str(out_dir), rows_per_row_group, group_column="split", drop_repeated_ids=True)
+    spec = PartSpec(str(out_dir), rows_per_row_group, group_column="split", drop_repeated_ids=True,
+                    moments_group=dataset.TRAIN_SPLIT)
     return [row.asDict() for row in ordered.mapInArrow(part_writer(spec), FILE_STATS_DDL).collect()]
 
 
-def normalization_stats(spark: SparkSession, train_dir: Path, mode: str) -> dict[str, Any]:
-    """Mean/std of the written train split with a Spark aggregation (population std, floored).
+def normalization_stats(stats: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """Mean/std of the train split (population std, floored) from the moments its writer tasks
+    returned: no second pass over the data. Files are merged in name order, so the figures do not
+    depend on which task finished first.
 
     ``global``: one mean/std over all values; ``per_feature``: one per feature position.
     """
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.ml.stat import Summarizer
-
-    train = spark.read.parquet(str(train_dir))
-    summary = train.select(
-        Summarizer.metrics("mean", "variance", "count").summary(array_to_vector("features")).alias("s")
-    ).first()["s"]
-    n = summary["count"]
-    mean = summary["mean"].toArray()
-    # Summarizer gives the sample variance; the dataset's own (population) variance is wanted.
-    var = summary["variance"].toArray() * ((n - 1) / n) if n > 1 else np.zeros_like(mean)
+    moments = Moments()
+    for s in sorted((s for s in stats if s["grp"] == dataset.TRAIN_SPLIT), key=lambda s: s["file"]):
+        moments.merge(Moments.from_json(s["moments"]))
+    mean = moments.mean
+    var = moments.m2 / moments.n
     if mode == "global":  # equal counts per feature: pool the per-feature moments exactly
         grand = mean.mean()
         var = np.array([np.mean(var + (mean - grand) ** 2)])
@@ -218,7 +217,6 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
             )
         if splits[dataset.TRAIN_SPLIT]["count"] == 0:
             raise EtlError(f"the train split is empty ({written} records accepted); check etl.splits={etl.splits}")
-        describe(spark, "etl: normalisation stats")
         manifest = dataset.make_manifest(
             records_in=verdict.records_in,
             accepted=verdict.accepted,
@@ -226,7 +224,7 @@ def publish(spark: SparkSession, records: DataFrame, verdict: Verdict, extracted
             quarantine_by_reason=verdict.by_reason,
             splits=splits,
             feature_shape=verdict.feature_shape,
-            normalization=normalization_stats(spark, tmp / dataset.TRAIN_SPLIT, etl.normalization),
+            normalization=normalization_stats(stats, etl.normalization),
             label_names=verdict.label_names,
             source=source_record(extracted, etl),
             input_files=extracted.files.summary(),
@@ -260,6 +258,8 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     records = extracted.records
     if config.etl.source.kind == "images":
         records = records.persist(StorageLevel.MEMORY_AND_DISK)  # decode each image once, not per pass
+    # Tables are read again by the split write rather than persisted: a cached copy of a source
+    # larger than memory costs more (spilled, deserialized) than a second columnar read of it.
     # Everything but the features: cheap to keep while counting, deduplicating and quarantining.
     narrow = with_feature_count(records).select(*NARROW_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     verdict = None

@@ -24,7 +24,47 @@ import pyarrow.parquet as pq
 from pipelines.dataset import RECORD_SCHEMA
 
 # One row per written file, returned by the Spark job to the driver (never the data itself).
-FILE_STATS_DDL = "grp string, file string, rows long, row_groups long, label_counts string"
+FILE_STATS_DDL = "grp string, file string, rows long, row_groups long, label_counts string, moments string"
+
+
+@dataclass
+class Moments:
+    """Count, mean and sum of squared deviations per feature, merged exactly across row groups and
+    files (Chan et al.'s pairwise update): the normalization statistics, made while writing."""
+
+    n: int = 0
+    mean: np.ndarray | None = None  # (F,) float64
+    m2: np.ndarray | None = None  # (F,) float64
+
+    def add(self, features: np.ndarray) -> None:
+        """Take in a (rows, F) block."""
+        x = features.astype(np.float64, copy=False)
+        mean = x.mean(axis=0)
+        self.merge(Moments(len(x), mean, ((x - mean) ** 2).sum(axis=0)))
+
+    def merge(self, other: "Moments") -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean.copy(), other.m2.copy()
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        self.m2 = self.m2 + other.m2 + delta ** 2 * (self.n * other.n / n)
+        self.n = n
+
+    def to_json(self) -> str:
+        if self.n == 0:
+            return ""
+        return json.dumps({"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Moments":
+        if not text:
+            return cls()
+        d = json.loads(text)
+        return cls(d["n"], np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64))
 
 
 GROUPS_PER_RANK = 4  # row groups each training rank gets at least, when the split is large enough
@@ -55,13 +95,15 @@ class PartSpec:
     rows_per_row_group: int
     group_column: str = ""
     drop_repeated_ids: bool = False
+    moments_group: str = ""  # files of this group also return the features' Moments (the train split)
 
 
 class _RowGroupFile:
     """One Parquet file filled in row groups of exactly ``rows_per_group`` rows."""
 
-    def __init__(self, path: str, rows_per_group: int) -> None:
+    def __init__(self, path: str, rows_per_group: int, moments: bool = False) -> None:
         self.path = path
+        self.moments = Moments() if moments else None
         # Hidden while written (readers skip dot files); a retried task attempt replaces the file.
         self._tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
         self._rows_per_group = rows_per_group
@@ -101,6 +143,9 @@ class _RowGroupFile:
         self.row_groups += -(-table.num_rows // self._rows_per_group)
         labels, counts = np.unique(table.column("label").to_numpy(), return_counts=True)
         self.label_counts.update(dict(zip(labels.tolist(), counts.tolist())))
+        if self.moments is not None:
+            values = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            self.moments.add(values.reshape(table.num_rows, -1))
 
     def close(self) -> None:
         if self._pending_rows:
@@ -128,7 +173,8 @@ def write_parts(batches: Iterable[pa.RecordBatch], spec: PartSpec, part_index: i
             name = f"part-{part_index:05d}.parquet"
             rel = f"{group}/{name}" if spec.group_column else name
             if rel not in files:
-                files[rel] = _RowGroupFile(os.path.join(spec.out_dir, rel), spec.rows_per_row_group)
+                files[rel] = _RowGroupFile(os.path.join(spec.out_dir, rel), spec.rows_per_row_group,
+                                           moments=bool(spec.moments_group) and group == spec.moments_group)
             files[rel].write(table.select(["id", "label", "features"]))
     stats = []
     for rel, f in files.items():
@@ -141,6 +187,7 @@ def write_parts(batches: Iterable[pa.RecordBatch], spec: PartSpec, part_index: i
                     "rows": f.rows,
                     "row_groups": f.row_groups,
                     "label_counts": json.dumps({str(k): v for k, v in sorted(f.label_counts.items())}),
+                    "moments": f.moments.to_json() if f.moments is not None else "",
                 }
             )
     return stats
@@ -166,8 +213,8 @@ def _drop_repeated_ids(batch: pa.RecordBatch, last_id: str | None) -> tuple[pa.R
 
 def stats_batch(stats: list[dict[str, Any]]) -> pa.RecordBatch:
     """The per-file stats as one Arrow batch matching :data:`FILE_STATS_DDL`."""
-    columns = ["grp", "file", "rows", "row_groups", "label_counts"]
-    types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string()]
+    columns = ["grp", "file", "rows", "row_groups", "label_counts", "moments"]
+    types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string(), pa.string()]
     return pa.RecordBatch.from_arrays(
         [pa.array([s[c] for s in stats], type=t) for c, t in zip(columns, types)], names=columns
     )

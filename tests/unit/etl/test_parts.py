@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines.dataset import RECORD_SCHEMA, row_group_sizes
 from pipelines.etl.parts import PartSpec, stats_batch, write_parts
@@ -47,9 +48,9 @@ def test_group_column_writes_one_folder_per_split_and_drops_repeated_ids(tmp_pat
 def test_an_empty_partition_writes_no_file_and_stats_match_their_ddl(tmp_path):
     assert write_parts([_batch([], [])], PartSpec(str(tmp_path), 8), part_index=0) == []
     assert list(tmp_path.iterdir()) == []
-    stats = [{"grp": "", "file": "f", "rows": 3, "row_groups": 1, "label_counts": "{}"}]
+    stats = [{"grp": "", "file": "f", "rows": 3, "row_groups": 1, "label_counts": "{}", "moments": ""}]
     batch = stats_batch(stats)
-    assert batch.schema.names == ["grp", "file", "rows", "row_groups", "label_counts"]
+    assert batch.schema.names == ["grp", "file", "rows", "row_groups", "label_counts", "moments"]
     assert batch.column("rows").to_pylist() == [3] and batch.column("rows").type == pa.int64()
     assert np.array_equal(batch.column("row_groups").to_numpy(), [1])
 
@@ -69,3 +70,31 @@ def test_streaming_row_groups_still_give_every_rank_several_on_small_splits():
     assert rows == 157 and 1258 // rows >= 2 * GROUPS_PER_RANK
     assert streaming_rows_per_row_group(1258, 64, num_workers=8, target_mib=4.0) == 39
     assert streaming_rows_per_row_group(5, 64, num_workers=4, target_mib=4.0) == 1  # never 0
+
+
+def test_moments_merged_over_blocks_equal_numpy_on_the_whole():
+    from pipelines.etl.parts import Moments
+
+    x = np.random.default_rng(0).normal(loc=1e3, scale=2.0, size=(1000, 6))  # a large mean: the stable form matters
+    whole, merged = Moments(), Moments()
+    whole.add(x)
+    for block in np.array_split(x, [1, 10, 300, 301, 999]):
+        part = Moments()
+        part.add(block)
+        merged.merge(Moments.from_json(part.to_json()))  # as the files' stats travel to the driver
+    for m in (whole, merged):
+        assert m.n == 1000
+        np.testing.assert_allclose(m.mean, x.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(m.m2 / m.n, x.var(axis=0), rtol=1e-9)
+
+
+def test_the_train_group_files_report_their_moments(tmp_path):
+    from pipelines.etl.parts import Moments
+
+    batch = _batch(["a", "b", "c", "d"], [0, 1, 0, 1], ["train", "test", "train", "train"])
+    spec = PartSpec(str(tmp_path), rows_per_row_group=2, group_column="split", moments_group="train")
+    stats = {s["grp"]: s for s in write_parts([batch], spec, part_index=0)}
+    assert stats["test"]["moments"] == ""
+    moments = Moments.from_json(stats["train"]["moments"])
+    assert moments.n == 3 and moments.mean == pytest.approx([5 / 3] * 3)  # the train rows hold 0s, 2s, 3s
+    assert moments.m2 / moments.n == pytest.approx([np.var([0.0, 2.0, 3.0])] * 3)
