@@ -1,4 +1,4 @@
-"""Driver-side progress: a bar per epoch with loss and samples/s, fed by rank 0's events."""
+"""Driver-side progress: a bar per epoch with loss and samples/s, fed by rank 0's events; a line per RL iteration."""
 from __future__ import annotations
 
 import sys
@@ -44,4 +44,21 @@ class EpochProgress:
         end = "\n" if self.tty else ""
         self.stream.write(f"{end}epoch {e['epoch']}/{self.epochs} done: loss {e['loss']:.4f} {metrics} "
                           f"({e['samples_per_s']:.0f} samples/s, data wait {e['data_wait_fraction']:.0%})\n")
+        self.stream.flush()
+
+
+class IterationProgress:
+    """Reinforcement learning: one line per iteration with the episode return, losses and env steps/s."""
+
+    def __init__(self, iterations: int, stream: TextIO | None = None) -> None:
+        self.iterations = iterations
+        self.stream = stream or sys.stdout
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        ret = "n/a (no episode ended)" if r["mean_return"] is None else \
+            f"{r['mean_return']:.1f} (length {r['mean_length']:.1f}, {r['episodes']} episodes)"
+        self.stream.write(f"iteration {r['iteration']}/{self.iterations}: return {ret} "
+                          f"policy_loss {r['policy_loss']:.4f} value_loss {r['value_loss']:.3f} "
+                          f"entropy {r['entropy']:.3f} | {r['env_steps']} env steps, "
+                          f"{r['env_steps_per_s']:.0f}/s (rollout {r['rollout_s']:.2f} s, update {r['update_s']:.2f} s)\n")
         self.stream.flush()
