@@ -77,6 +77,12 @@ def test_rollouts_past_their_timeout_are_cancelled_with_an_error_naming_the_sett
     assert spark.range(4).count() == 4  # the session still works
 
 
+def test_an_unusable_environment_is_a_config_error_naming_rl_env_id(spark, tmp_path):
+    with pytest.raises(ConfigError, match="config key 'rl.env_id' = 'Pendulum-v1' has Box observations and Box actions"):
+        job.main(spark, rl_config(tmp_path, "e", "rl.env_id=Pendulum-v1"))
+    assert not (tmp_path / "runs" / "e").exists()  # checked before anything is written
+
+
 def test_a_non_policy_model_is_a_config_error(spark, tmp_path):
     with pytest.raises(ConfigError, match="'model.name' = 'mlp' is not a policy model"):
         job.main(spark, rl_config(tmp_path, "m", "model.name=mlp", "model.params={}"))
