@@ -203,7 +203,7 @@ class RLConfig:
     envs_per_actor: int = setting(8, at_least(1))  # environments each task steps side by side
     steps_per_env: int = setting(512, at_least(1))  # steps per environment per iteration (partial episodes bootstrap)
     iterations: int = setting(25, at_least(1))  # collect + update rounds
-    seed: int = 0  # with num_actors, fixes the whole run (env resets, actions, initial weights, minibatches)
+    seed: int = setting(0, at_least(0))  # with num_actors, fixes the whole run (env resets, actions, initial weights, minibatches)
     lr: float = setting(1e-3, above(0))  # Adam learning rate
     anneal_lr: bool = True  # decay lr linearly to lr / iterations by the last iteration
     gamma: float = setting(0.99, within(0, 1))  # discount

@@ -74,7 +74,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[di
                  "logprobs": torch.from_numpy(steps["logprob"].reshape(-1)),
                  "advantages": torch.from_numpy(advantages.reshape(-1)),
                  "returns": torch.from_numpy(returns.reshape(-1))}
-        losses = ppo_update(model, optimizer, batch, settings, torch.Generator().manual_seed(rc.seed * 100_003 + iteration))
+        losses = ppo_update(model, optimizer, batch, settings, minibatch_generator(rc.seed, iteration))
         update_s = time.monotonic() - started
         record = iteration_record(iteration, history, steps, losses, rollout_s, update_s, optimizer)
         history.append(record)
@@ -84,6 +84,13 @@ def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[di
         write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         progress(record)
     return finish(config, run_dir, model, history)
+
+
+def minibatch_generator(seed: int, iteration: int) -> torch.Generator:
+    """The generator that orders iteration ``iteration``'s minibatches: seeded per iteration, so a
+    resumed run repeats them exactly."""
+    state = np.random.SeedSequence([seed, iteration, 2**31 - 1]).generate_state(1)  # apart from actor_seeds' streams
+    return torch.Generator().manual_seed(int(state[0]))
 
 
 def build_policy(config: PipelineConfig, obs_shape: tuple[int, ...], num_actions: int) -> models.DlpipeModel:
