@@ -54,7 +54,6 @@ def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[di
     optimizer = torch.optim.Adam(model.parameters(), lr=rc.lr, eps=1e-5)
     history = resume(run_dir / "checkpoints", fingerprint(config), model, optimizer)
     spec = RolloutSpec(rc.env_id, rc.envs_per_actor, rc.steps_per_env, rc.seed)
-    settings = UpdateSettings(rc.update_epochs, rc.minibatches, rc.max_grad_norm, rc.normalize_advantages)
     progress = on_iteration or IterationProgress(rc.iterations)
     describe(spark, f"rl rollouts ({rc.num_actors} actors, {rc.env_id})")
     if history:
@@ -65,16 +64,7 @@ def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[di
         rollout_s = time.monotonic() - started
         steps = to_steps(table, rc.num_actors * rc.envs_per_actor, rc.steps_per_env)
         started = time.monotonic()
-        for group in optimizer.param_groups:
-            group["lr"] = annealed_lr(rc.lr, iteration, rc.iterations, rc.anneal_lr)
-        advantages, returns = gae_lib.gae(steps["reward"], steps["value"], steps["next_value"],
-                                          steps["terminated"], steps["truncated"], rc.gamma, rc.gae_lambda)
-        batch = {"features": torch.from_numpy(steps["obs"].reshape(-1, *obs_shape)),
-                 "actions": torch.from_numpy(steps["action"].reshape(-1)),
-                 "logprobs": torch.from_numpy(steps["logprob"].reshape(-1)),
-                 "advantages": torch.from_numpy(advantages.reshape(-1)),
-                 "returns": torch.from_numpy(returns.reshape(-1))}
-        losses = ppo_update(model, optimizer, batch, settings, minibatch_generator(rc.seed, iteration))
+        losses = learn(model, optimizer, steps, config, iteration)
         update_s = time.monotonic() - started
         record = iteration_record(iteration, history, steps, losses, rollout_s, update_s, optimizer)
         history.append(record)
@@ -84,6 +74,23 @@ def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[di
         write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         progress(record)
     return finish(config, run_dir, model, history)
+
+
+def learn(model: models.DlpipeModel, optimizer: torch.optim.Optimizer, steps: dict[str, np.ndarray],
+          config: PipelineConfig, iteration: int) -> dict[str, float]:
+    """One PPO update on one iteration's steps (:func:`to_steps`): GAE, then epochs of minibatches."""
+    rc = config.rl
+    for group in optimizer.param_groups:
+        group["lr"] = annealed_lr(rc.lr, iteration, rc.iterations, rc.anneal_lr)
+    advantages, returns = gae_lib.gae(steps["reward"], steps["value"], steps["next_value"],
+                                      steps["terminated"], steps["truncated"], rc.gamma, rc.gae_lambda)
+    batch = {"features": torch.from_numpy(steps["obs"].reshape(-1, *model.feature_shape)),
+             "actions": torch.from_numpy(steps["action"].reshape(-1)),
+             "logprobs": torch.from_numpy(steps["logprob"].reshape(-1)),
+             "advantages": torch.from_numpy(advantages.reshape(-1)),
+             "returns": torch.from_numpy(returns.reshape(-1))}
+    settings = UpdateSettings(rc.update_epochs, rc.minibatches, rc.max_grad_norm, rc.normalize_advantages)
+    return ppo_update(model, optimizer, batch, settings, minibatch_generator(rc.seed, iteration))
 
 
 def minibatch_generator(seed: int, iteration: int) -> torch.Generator:
