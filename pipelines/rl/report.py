@@ -9,8 +9,10 @@ from pipelines.publish import write_text_atomic
 CURVE_FILE = "return_curve.png"
 
 
-def plot_return_curve(history: list[dict[str, Any]], path: Path, env_id: str) -> None:
-    """Mean episode return of each iteration's rollouts against environment steps."""
+def plot_return_curve(history: list[dict[str, Any]], path: Path, env_id: str,
+                      greedy_return: float | None = None) -> None:
+    """Mean episode return of each iteration's rollouts against environment steps, and the final
+    greedy evaluation's mean return as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,9 +21,12 @@ def plot_return_curve(history: list[dict[str, Any]], path: Path, env_id: str) ->
     points = [(h["env_steps"], h["mean_return"]) for h in history if h["mean_return"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     if points:
-        ax.plot(*zip(*points), marker="o", markersize=3)
+        ax.plot(*zip(*points), marker="o", markersize=3, label="rollouts (sampled actions)")
+    if greedy_return is not None:
+        ax.axhline(greedy_return, color="tab:green", linestyle="--", label=f"final greedy evaluation: {greedy_return:.1f}")
+    ax.legend(loc="lower right")
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("mean episode return (sampled actions)")
+    ax.set_ylabel("mean episode return")
     ax.set_title(env_id)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -33,7 +38,7 @@ def write_rl_report(run_dir: Path, history: list[dict[str, Any]], evaluation: di
     """``<run>/report/report.md`` and the return curve beside it; returns the report's path."""
     folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    plot_return_curve(history, folder / CURVE_FILE, env_id)
+    plot_return_curve(history, folder / CURVE_FILE, env_id, evaluation["mean_return"])
     last = history[-1] if history else {}
     lines = [f"# RL run {run_dir.name}: {env_id}", "",
              f"Greedy evaluation, {evaluation['episodes']} episodes: mean return **{evaluation['mean_return']:.1f}** "
