@@ -8,6 +8,7 @@ with dlpipe's epoch bar and fills logs with carriage returns. Instead:
 
 On a terminal each redraws one line; in a log (cron, Airflow, a file) they write whole lines only:
 one per epoch, plus at most one per :data:`LOG_EVERY_S` while a long epoch or stage runs.
+:class:`IterationProgress` prints one line per RL iteration.
 """
 from __future__ import annotations
 
