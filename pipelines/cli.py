@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
-        # Training draws its own bar; `run` shows each of its stages itself.
-        with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run")):
+        # Training draws its own bar, rl a line per iteration; `run` shows each of its stages itself.
+        with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run", "rl", "rl-eval")):
             result = job.main(spark, config)
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)

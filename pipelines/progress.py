@@ -64,6 +64,23 @@ class EpochProgress:
         self._last_line = time.monotonic()
 
 
+class IterationProgress:
+    """Reinforcement learning: one line per iteration with the episode return, losses and env steps/s."""
+
+    def __init__(self, iterations: int, stream: TextIO | None = None) -> None:
+        self.iterations = iterations
+        self.stream = stream or sys.stdout
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        ret = "n/a (no episode ended)" if r["mean_return"] is None else \
+            f"{r['mean_return']:.1f} (length {r['mean_length']:.1f}, {r['episodes']} episodes)"
+        self.stream.write(f"iteration {r['iteration']}/{self.iterations}: return {ret} "
+                          f"policy_loss {r['policy_loss']:.4f} value_loss {r['value_loss']:.3f} "
+                          f"entropy {r['entropy']:.3f} | {r['env_steps']} env steps, "
+                          f"{r['env_steps_per_s']:.0f}/s (rollout {r['rollout_s']:.2f} s, update {r['update_s']:.2f} s)\n")
+        self.stream.flush()
+
+
 def stage_line(label: str, stage_id: int, name: str, done: int, total: int) -> str:
     """``[etl] Spark stage 12 (parquet at ...): 3/8 tasks``."""
     return f"[{label}] Spark stage {stage_id} ({name[:40]}): {done}/{total} tasks"
