@@ -2,7 +2,9 @@
 
 The trainer (``pipelines.train.rank``) calls only these methods, so it never asks which strategy
 runs, and never what model it trains. A strategy owns its process group, the wrapped model and
-the optimizer; the loader, checkpoints and the artifact are shared.
+the optimizer; the loader, checkpoints and the artifact are shared. It runs on one device (a GPU
+or the CPU, chosen by ``pipelines.device``) at one precision (``train.precision``), both fixed
+when it is made: its steps never ask which.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch
 from models import DlpipeModel
 from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
+from pipelines.train import step
+from pipelines.train.precision import Precision
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 Batch = dict[str, torch.Tensor]
@@ -27,9 +31,11 @@ class Strategy(abc.ABC):
     data_parallel: ClassVar[bool] = True  # False: every rank reads the same batches (model parallel)
     lockstep_eval: ClassVar[bool] = False  # True: an eval forward is a collective (ranks must run as many)
 
-    def __init__(self, ctx: RankContext, tc: TrainConfig) -> None:
+    def __init__(self, ctx: RankContext, tc: TrainConfig, device: torch.device | None = None) -> None:
         self.ctx, self.tc = ctx, tc
         self.rank, self.size = ctx.rank, ctx.size
+        self.device = device or torch.device("cpu")
+        self.precision = Precision(tc.precision, self.device)
 
     # --- process group ---------------------------------------------------------------------------
 
@@ -54,7 +60,7 @@ class Strategy(abc.ABC):
 
     @abc.abstractmethod
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
-        """Wrap ``model`` (identical on every rank) and build its optimizer."""
+        """Wrap ``model`` (identical on every rank, already on ``self.device``) and build its optimizer."""
 
     # The defaults below suit a strategy whose rank runs the whole model as ``self.model`` with
     # ``self.optimizer`` (set by ``setup``): the data-parallel ones override only what differs.
@@ -68,17 +74,13 @@ class Strategy(abc.ABC):
         return self.model.loss(batch)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimizer step on ``batch``; ``loss`` and the model's metrics where this rank has them."""
-        self.optimizer.zero_grad()
-        loss, metrics = self.forward_loss(batch)
-        loss.backward()
-        self.optimizer.step()
-        return step_metrics(loss, metrics)
+        """One optimizer step on ``batch`` (on ``self.device``); ``loss`` and the model's metrics
+        where this rank has them."""
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batch)
 
-    @torch.no_grad()
     def eval_step(self, batch: Batch) -> dict[str, float]:
         """``loss`` and metrics of ``batch`` without training (empty on ranks that do not see them)."""
-        return step_metrics(*self.model.loss(batch))
+        return step.eval_step(self.model.loss, self.precision, batch)
 
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         """(full model state dict under the model's own names, optimizer state). A collective:
@@ -125,11 +127,6 @@ class Strategy(abc.ABC):
         total = self.allreduce_sum(torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64), name)
         scale = self.size if mean else 1
         return {k: total[i].item() / scale for i, k in enumerate(keys)}
-
-
-def step_metrics(loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    """A step's loss and metrics as plain floats."""
-    return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Horovod data parallelism (the default): every rank holds the whole model; gradients are averaged
-by Horovod's allreduce over Gloo, fused in its background thread."""
+by Horovod's allreduce, fused in its background thread: over Gloo on CPU, over NCCL on GPUs (a
+Horovod built with NCCL: ``make setup`` on a machine with nvcc and a CUDA build of torch)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +8,8 @@ from typing import Any
 import torch
 
 from models import DlpipeModel
-from pipelines.train.strategies.base import OptimizerFactory, Strategy
+from pipelines.train import step
+from pipelines.train.strategies.base import Batch, OptimizerFactory, Strategy
 
 
 class HorovodStrategy(Strategy):
@@ -18,6 +20,11 @@ class HorovodStrategy(Strategy):
         import horovod.torch as hvd
 
         self.hvd = hvd
+        if self.device.type == "cuda" and not hvd.nccl_built():
+            raise RuntimeError(f"rank {self.rank} trains on {self.device} but this Horovod was built without NCCL, so it "
+                               "cannot average GPU gradients: run `make setup` on a machine with nvcc and the CUDA "
+                               "build of torch (it builds a Horovod with NCCL), or set train.strategy=ddp, or "
+                               "train.device=cpu")
         hvd.init()
 
     def stop(self) -> None:
@@ -32,6 +39,15 @@ class HorovodStrategy(Strategy):
                                                   named_parameters=model.named_parameters(), op=hvd.Average)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batch, synchronize=self._synchronize)
+
+    def _synchronize(self) -> Any:
+        """Average the gradients now (fp16: before the scaler checks them for overflow, so every rank
+        decides alike); ``step`` must then not average them again."""
+        self.optimizer.synchronize()
+        return self.optimizer.skip_synchronize()
 
     # Horovod matches collectives by name and names an object collective after the object's type
     # by default: a dict on rank 0 and None elsewhere would never meet. Name them explicitly.

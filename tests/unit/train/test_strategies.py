@@ -13,12 +13,12 @@ import strategy_workers as w
 WORLD = 2
 
 
-def _run(tmp_path, strategy: str, microbatches: int = 4) -> list[dict]:
+def _run(tmp_path, strategy: str, microbatches: int = 4, precision: str = "fp32") -> list[dict]:
     """Both ranks' saved results; the store is ours (as the driver's is in a launch)."""
     from torch.distributed import TCPStore
 
     store = TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False, timeout=timedelta(seconds=60))
-    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path)), nprocs=WORLD,
+    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path), precision), nprocs=WORLD,
                        join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=2):
@@ -69,3 +69,18 @@ def test_a_data_parallel_step_averages_gradients_like_one_process_on_the_whole_b
         held = r["held"] / total_params
         assert (abs(held - 0.5) <= 0.15) if strategy == "fsdp" else held == 1.0, held
     assert ranks[0]["state_keys"] == sorted(grads)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "pipeline"])
+def test_a_bf16_autocast_step_runs_on_cpu_and_stays_close_to_fp32(tmp_path, strategy):
+    ranks = _run(tmp_path, strategy, precision="bf16")
+    loss, grads, _ = _reference(4 if strategy == "pipeline" else 1)
+    figures = [r["figures"] for r in ranks if r["figures"]]
+    bf16_loss = sum(f["loss"] for f in figures) / len(figures)
+    assert bf16_loss == pytest.approx(loss, rel=2e-2)  # bf16 keeps about 3 significant digits
+    assert bf16_loss != pytest.approx(loss, rel=1e-6)  # ... so it did run in bf16
+    seen = {k: v for r in ranks for k, v in r["grads"].items()}
+    for name, grad in grads.items():
+        assert seen[name].dtype == torch.float32  # autocast computes in bf16, parameters and gradients stay fp32
+        cosine = torch.nn.functional.cosine_similarity(seen[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.99, (name, cosine.item())
