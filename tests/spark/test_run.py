@@ -47,6 +47,7 @@ def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, n
     saved = json.loads((config.run_dir() / "summary.json").read_text())
     assert saved["eval"] == summary["eval"]
     assert set(saved["stages"]) == {"etl", "train", "infer"}
+    assert [(d["rank"], d["device"]) for d in saved["train"]["devices"]] == [(0, "cpu"), (1, "cpu")]
     assert (config.run_dir() / "config.yaml").is_file()
 
 
