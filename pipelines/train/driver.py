@@ -13,11 +13,11 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import PipelineConfig, to_yaml
 from pipelines.dataset import VALIDATION_SPLIT, row_group_sizes
-from pipelines.device import DeviceError, resolve_device, visible_gpus
+from pipelines.device import DeviceError
 from pipelines.launcher import LaunchError, run_ranks
 from pipelines.progress import EpochProgress
 from pipelines.publish import check_writable, write_text_atomic
-from pipelines.session import describe
+from pipelines.session import check_device, describe
 from pipelines.train.job import TrainJob, plan_job
 from pipelines.train.strategies import STRATEGIES
 
@@ -38,7 +38,10 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     (tests and benchmarks wrap the trainer).
     """
     tc = config.train
-    check_device(spark, tc.device)
+    try:
+        check_device(spark, tc.device, "train.device")
+    except DeviceError as e:
+        raise TrainError(str(e)) from None
     check_writable(config.run_dir(), "workdir")
     job = plan_job(config)
     check_layout(job, tc.num_workers)
@@ -80,17 +83,6 @@ def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_ev
                      start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
                      gloo_iface=tc.gloo_iface, extra_env=env, on_event=on_event, attempt=attempt,
                      description=description)
-
-
-def check_device(spark: SparkSession, requested: str) -> None:
-    """``train.device=cuda`` where the ranks surely get no GPU fails here, before any launch: a local
-    master (Spark schedules no GPUs there) on a machine whose torch sees none. On a cluster only
-    the ranks can tell; each checks at start (``pipelines.device.resolve_device``)."""
-    if requested == "cuda" and spark.sparkContext.master.startswith("local"):
-        try:
-            resolve_device(requested, (), visible_gpus(), local_rank=0)
-        except DeviceError as e:
-            raise TrainError(str(e)) from None
 
 
 def check_layout(job: TrainJob, num_workers: int) -> None:
