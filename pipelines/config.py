@@ -140,7 +140,8 @@ class TrainConfig:
     # auto: the GPU Spark gives the rank's task, else a visible GPU (local rank modulo their count),
     # else the CPU; cuda: the same but no GPU is an error; cpu: never a GPU.
     device: str = setting("auto", one_of("auto", "cpu", "cuda"))
-    precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling; GPU, horovod/ddp)
+    # fp32 | bf16 (autocast, GPU or CPU) | fp16 (autocast + loss scaling; GPU, horovod or ddp only)
+    precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))
 
 
 RAW_KIND_RULE = Rule("empty (score Parquet with a features column), or one of images, csv, json, parquet",

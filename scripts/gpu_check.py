@@ -107,7 +107,8 @@ def check_model(name: str, device: torch.device, args: argparse.Namespace) -> di
     batches = synthetic_batches(8, args.batch_size)
     cpu = torch.device("cpu")
     result: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
-    result["initial_loss"] = {"device": initial_loss(model, device, batches[0]), "cpu": initial_loss(model, cpu, batches[0])}
+    result["initial_loss"] = {"device": initial_loss(model, device, batches[0]),
+                              "cpu": initial_loss(model, cpu, batches[0])}
     on_device, result["fp32_steps_per_s_training"] = train(model, device, "fp32", batches, args.steps)
     on_cpu, _ = train(model, cpu, "fp32", batches, args.steps)
     tail = max(1, args.steps // 10)

@@ -5,8 +5,8 @@ the driver's filesystem. Scoring uses ``mapInArrow``: the ``features`` list colu
 flat Arrow buffer that becomes a (rows, features) NumPy array without a copy per row, where a
 pandas UDF would first build one Python object per row. Each Python worker loads the model once
 per device, cached by the artifact's content hash; a task runs it on the GPU Spark gave it, else
-(``infer.device=auto``) a GPU the worker sees, else the CPU (``pipelines.device``). Image files' bytes are decoded in the same pass, by the
-preprocessing the ETL used (``pipelines.preprocess``). Input columns named in ``keep`` ride along
+(``infer.device=auto``) a GPU the worker sees, else the CPU (``pipelines.device``). Image files'
+bytes are decoded in the same pass, by the preprocessing the ETL used (``pipelines.preprocess``). Input columns named in ``keep`` ride along
 in the same Arrow batches and come out unchanged. ``pipelines.infer.udf`` scores with the same pieces.
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@
     spark.sql("SELECT id, digits_cnn(features).prediction FROM t")
 
 It scores like ``dlpipe infer``: the artifact is shipped once with ``addFile`` and loaded once per
-Python worker and device (the same cache, on the task's GPU when it has one), rows are scored in batches, and a row that cannot be scored gets
-null outputs and an ``error``. Its argument is any of
+Python worker and device (the same cache, on the task's GPU when it has one), rows are scored in
+batches, and a row that cannot be scored gets null outputs and an ``error``. Its argument is any of
 
 - the features as the ETL wrote them (an array of numbers, e.g. a dataset split's ``features``);
 - image bytes (a binary column, e.g. ``content`` of ``spark.read.format("binaryFile")``), for a model

@@ -21,10 +21,10 @@ class HorovodStrategy(Strategy):
 
         self.hvd = hvd
         if self.device.type == "cuda" and not hvd.nccl_built():
-            raise RuntimeError(f"rank {self.rank} trains on {self.device} but this Horovod was built without NCCL, so it "
-                               "cannot average GPU gradients: run `make setup` on a machine with nvcc and the CUDA "
-                               "build of torch (it builds a Horovod with NCCL), or set train.strategy=ddp, or "
-                               "train.device=cpu")
+            raise RuntimeError(f"rank {self.rank} trains on {self.device} but this Horovod was built without "
+                               "NCCL, so it cannot average GPU gradients: run `make setup` on a machine with nvcc "
+                               "and the CUDA build of torch (it builds a Horovod with NCCL), or set "
+                               "train.strategy=ddp, or train.device=cpu")
         hvd.init()
 
     def stop(self) -> None:
