@@ -32,6 +32,9 @@ class Precision:
         if name == "fp16" and device.type != "cuda":
             raise PrecisionError(f"config key 'train.precision' = 'fp16' needs a GPU, but this rank runs on {device}: "
                                  "use train.precision=bf16 (autocast works on CPU) or fp32, or train on GPUs")
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise PrecisionError(f"config key 'train.precision' = 'bf16' but the GPU of this rank ({device}) has no "
+                                 "bfloat16 support (it needs compute capability 8.0 or newer): use fp16 or fp32")
         self.name, self.device = name, device
         self.dtype = PRECISIONS[name]
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None

@@ -26,6 +26,12 @@ def test_fp16_on_a_cpu_is_refused_naming_the_key_and_the_alternative():
         Precision("fp16", CPU)
 
 
+def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(PrecisionError, match=r"'train.precision' = 'bf16' but the GPU .* use fp16 or fp32"):
+        Precision("bf16", torch.device("cuda:0"))
+
+
 def test_an_fp32_step_is_the_plain_step():
     model, batch = _model_and_batch()
     plain = copy.deepcopy(model)
