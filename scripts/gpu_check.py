@@ -159,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
+        fix = ("check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES" if torch.version.cuda
+               else "install a CUDA build of torch")
         print(f"gpu_check: --device {args.device} but torch sees no CUDA device (torch {torch.__version__}, CUDA "
-              f"build: {torch.version.cuda or 'no'}): install a CUDA build of torch, or run with --device cpu",
-              file=sys.stderr)
+              f"build: {torch.version.cuda or 'no'}): {fix}, or run with --device cpu", file=sys.stderr)
         return 2
     exact_fp32()
     started = time.perf_counter()
