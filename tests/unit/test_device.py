@@ -59,6 +59,14 @@ def test_an_unknown_request_is_refused():
         resolve_device("gpu", [], 0, 0)
 
 
+@pytest.mark.parametrize("key", ["train.device", "infer.device"])
+def test_the_config_names_a_bad_device_key(key):
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"config key '{key}' = 'gpu' must be one of auto, cpu, cuda"):
+        load_config(overrides=[f"{key}=gpu"])
+
+
 def test_the_rank_environment_carries_the_tasks_gpus():
     assert gpu_environment([]) == {}
     env = gpu_environment(["1", "3"])
