@@ -84,3 +84,26 @@ def test_a_bf16_autocast_step_runs_on_cpu_and_stays_close_to_fp32(tmp_path, stra
         assert seen[name].dtype == torch.float32  # autocast computes in bf16, parameters and gradients stay fp32
         cosine = torch.nn.functional.cosine_similarity(seen[name].flatten(), grad.flatten(), dim=0)
         assert cosine > 0.99, (name, cosine.item())
+
+
+def test_torch_distributed_strategies_join_over_nccl_on_a_gpu_and_gloo_on_a_cpu(monkeypatch):
+    from pipelines.config import TrainConfig
+    from pipelines.launcher.rank import RankContext
+    from pipelines.train.strategies import make_strategy, torch_dist
+
+    joined = []
+    monkeypatch.setattr(torch_dist, "join_process_group", lambda ctx, backend: joined.append(backend))
+    for name in ("ddp", "fsdp", "pipeline"):
+        for device in ("cuda:0", "cpu"):
+            make_strategy(RankContext(0, 2, 0, 1, 0), TrainConfig(strategy=name), torch.device(device)).start()
+    assert joined == ["nccl", "gloo"] * 3
+
+
+def test_horovod_on_a_gpu_without_nccl_stops_before_joining_and_says_what_to_do():
+    from pipelines.config import TrainConfig
+    from pipelines.launcher.rank import RankContext
+    from pipelines.train.strategies import make_strategy
+
+    strategy = make_strategy(RankContext(0, 1, 0, 1, 0), TrainConfig(), torch.device("cuda:0"))
+    with pytest.raises(RuntimeError, match=r"built without NCCL.*make setup.*train.strategy=ddp"):
+        strategy.start()  # this machine's Horovod is the CPU/Gloo build
