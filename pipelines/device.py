@@ -71,6 +71,9 @@ def resolve_device(requested: str, spark_gpus: Sequence[str], visible_count: int
     if spark_gpus:
         gpu = spark_gpus[0]  # one GPU per task: more (gpu.amount > 1) would need a model-parallel rank
         if visible_count > 0:
+            if not restricted and not gpu.isdigit():
+                raise DeviceError(f"Spark gave the task GPU {gpu!r}, which is not a device index: use a discovery "
+                                  "script that reports nvidia-smi's indices (spark-conf/getGpusResources.sh)")
             index = 0 if restricted else int(gpu)
             return DeviceChoice(f"cuda:{index}", f"Spark task GPU {gpu}", gpu)
         why = f"Spark gave the task GPU {gpu} but torch sees no CUDA device ({_torch_build()})"

@@ -19,6 +19,12 @@ def test_a_scoring_task_in_an_unrestricted_worker_uses_the_address_as_index():
     assert resolve_device("auto", ["2"], visible_count=4, local_rank=0, restricted=False).device == "cuda:2"
 
 
+def test_a_gpu_address_that_is_no_index_is_refused_where_it_would_be_used_as_one():
+    with pytest.raises(DeviceError, match=r"GPU 'GPU-8f3a', which is not a device index.*getGpusResources.sh"):
+        resolve_device("auto", ["GPU-8f3a"], visible_count=1, local_rank=0, restricted=False)
+    assert resolve_device("auto", ["GPU-8f3a"], 1, 0).device == "cuda:0"  # a rank: CUDA_VISIBLE_DEVICES takes UUIDs
+
+
 @pytest.mark.parametrize("local_rank, visible, expected", [(0, 2, "cuda:0"), (1, 2, "cuda:1"), (2, 2, "cuda:0"),
                                                             (3, 1, "cuda:0"), (5, 4, "cuda:1")])
 def test_without_spark_gpus_ranks_take_local_rank_modulo_the_visible_gpus(local_rank, visible, expected):
