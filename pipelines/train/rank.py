@@ -34,7 +34,8 @@ def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     job = TrainJob.from_payload(payload)
     tc = job.config.train
     choice = resolve_device(tc.device, task_gpus(), visible_gpus(), ctx.local_rank)
-    ctx.log(f"rank {ctx.rank}: training on {choice.device} ({choice.reason}), train.precision={tc.precision}")
+    # The driver prints it as "[rank N] training on cuda:0 (Spark task GPU 3), ...".
+    ctx.log(f"training on {choice.device} ({choice.reason}), train.precision={tc.precision}")
     strategy = make_strategy(ctx, tc, activate(choice))
     strategy.start()
     ctx.heartbeat()  # arm the stall watchdog: set-up and resuming are collectives too
