@@ -141,6 +141,11 @@ class TrainConfig:
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
     pipeline: PipelineParallelConfig = field(default_factory=PipelineParallelConfig)
+    # auto: the GPU Spark gives the rank's task, else a visible GPU (local rank modulo their count),
+    # else the CPU; cuda: the same but no GPU is an error; cpu: never a GPU.
+    device: str = setting("auto", one_of("auto", "cpu", "cuda"))
+    # fp32 | bf16 (autocast, GPU or CPU) | fp16 (autocast + loss scaling; GPU, horovod or ddp only)
+    precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))
 
 
 RAW_KIND_RULE = Rule("empty (score Parquet with a features column), or one of images, csv, json, parquet",
@@ -184,6 +189,8 @@ class InferConfig:
     output: str = ""  # "" = <run dir>/predictions
     keep_columns: list[str] = setting(["*"], KEEP_RULE)  # input columns copied to the predictions
     batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
+    device: str = setting("auto", one_of("auto", "cpu", "cuda"))  # auto: the task's Spark GPU, else a visible GPU, else CPU
+    gpu_batch_size: int = setting(4096, at_least(1))  # rows per forward pass on a GPU (up to an Arrow batch's rows)
 
     def __post_init__(self) -> None:
         if self.input and self.source.kind:
@@ -310,7 +317,21 @@ def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     if tc.strategy == "pipeline" and tc.batch_size % tc.pipeline.microbatches:
         raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
                           f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)")
+    _check_precision(tc)
     return config
+
+
+def _check_precision(tc: TrainConfig) -> None:
+    """fp16 needs a GPU and one loss scaler whose skip decisions all ranks share (see pipelines.train.precision)."""
+    if tc.precision != "fp16":
+        return
+    if tc.device == "cpu":
+        raise ConfigError("config key 'train.precision' = 'fp16' needs a GPU but train.device='cpu': use "
+                          "train.precision=bf16 (autocast works on CPU) or fp32")
+    if tc.strategy in ("fsdp", "pipeline"):
+        raise ConfigError(f"config key 'train.precision' = 'fp16' is not supported with train.strategy={tc.strategy} "
+                          "(each rank holds only part of the gradients, so their loss scalers could disagree): "
+                          "use train.precision=bf16, which needs no loss scaling")
 
 
 def check_model(model: ModelConfig) -> None:
