@@ -7,7 +7,8 @@ One module per benchmark, each measuring one stage (``run(spark, config, size)``
   DDP and TorchDistributor;
 - ``infer``: the inference job (rows/s) against one PyTorch process and ``predict_batch_udf``;
 - ``etl``: the ETL (rows/s, time per phase) against a plain Spark read + Parquet write;
-- ``memory``: a training rank's peak RSS on a dataset 10x larger than the base one.
+- ``memory``: a training rank's peak RSS on a dataset 10x larger than the base one;
+- ``rl``: ``dlpipe rl``'s Spark rollout actors (env steps/s) against Gymnasium's Sync/AsyncVectorEnv.
 
 Shared pieces: ``harness`` (repeats, medians, ratios and targets, the table and JSON), ``data``
 (the datasets, made once through dlpipe's own ETL), ``procs`` and ``workers`` (contenders in their
@@ -26,7 +27,7 @@ from typing import Any
 from benchmarks.data import SIZES
 from pipelines.config import ConfigError, PipelineConfig
 
-NAMES = ("loader", "train", "infer", "etl", "memory")
+NAMES = ("loader", "train", "infer", "etl", "memory", "rl")
 
 __all__ = ["NAMES", "SIZES", "run"]
 

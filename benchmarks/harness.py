@@ -38,6 +38,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_predict_batch_udf": (">=", 1.0),
     "ratio_vs_plain_spark": (">=", 0.7),
     "rss_growth": ("<=", 0.1),
+    "ratio_vs_async_vector_env": (">=", 0.8),
 }
 
 

@@ -17,11 +17,12 @@ from models.base import DlpipeModel
 from models.cnn import CNN
 from models.gan import GAN
 from models.mlp import MLP
+from models.policy import MLPPolicy
 from models.vae import VAE
 
 __all__ = ["DlpipeModel", "build", "config_class", "names", "to_artifact_dict", "from_artifact_dict"]
 
-_REGISTRY: dict[str, type[DlpipeModel]] = {cls.name: cls for cls in (Autoencoder, CNN, GAN, MLP, VAE)}
+_REGISTRY: dict[str, type[DlpipeModel]] = {cls.name: cls for cls in (Autoencoder, CNN, GAN, MLP, MLPPolicy, VAE)}
 
 _ARTIFACT_KEYS = ("model_name", "model_config", "feature_shape", "num_classes", "state_dict")
 

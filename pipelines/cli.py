@@ -1,7 +1,8 @@
 """``dlpipe VERB --config FILE [key.sub=value ...]``: one entry point for every job.
 
 Verbs: etl, generate, train, infer, run (etl + train + infer under one run id), check (launcher
-smoke test). The same arguments work with ``python -m pipelines VERB ...`` and
+smoke test), rl (PPO with Spark rollouts), rl-eval (a classifier artifact as a policy in an
+environment). The same arguments work with ``python -m pipelines VERB ...`` and
 ``spark-submit pipelines/__main__.py VERB ...``.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ JOBS = {
     "infer": "pipelines.infer.job",
     "run": "pipelines.run",
     "check": "pipelines.launcher.smoke",
+    "rl": "pipelines.rl.job",
+    "rl-eval": "pipelines.rl.evaluate",
 }
 
 
@@ -63,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
-        # Training draws its own bar; `run` shows each of its stages itself.
-        with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run")):
+        # Training draws its own bar, rl a line per iteration; `run` shows each of its stages itself.
+        with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run", "rl", "rl-eval")):
             result = job.main(spark, config)
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
@@ -78,4 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         spark.stop()
     if args.verb == "run":
         print(f"dlpipe: run {config.run_id} finished; report: {result['report']}")
+    if args.verb in ("rl", "rl-eval"):
+        print(f"dlpipe: {args.verb} {config.run_id} finished; mean return {result['eval']['mean_return']:.1f}")
     return 0

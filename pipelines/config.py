@@ -1,6 +1,6 @@
 """Pipeline configuration: YAML + ``key.sub=value`` overrides, validated once into dataclasses.
 
-Every job (etl, generate, train, infer, run, check) takes the same :class:`PipelineConfig`.
+Every job (etl, generate, train, infer, run, check, rl, rl-eval) takes the same :class:`PipelineConfig`.
 Unknown keys are rejected with close-match suggestions; a value of the wrong type or outside its
 rules (declared beside each field with ``setting``, see ``pipelines.config_rules``) names the key,
 the value and what is allowed; ``model.params`` are checked against the chosen model's own config
@@ -141,6 +141,11 @@ class TrainConfig:
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
     pipeline: PipelineParallelConfig = field(default_factory=PipelineParallelConfig)
+    # auto: the GPU Spark gives the rank's task, else a visible GPU (local rank modulo their count),
+    # else the CPU; cuda: the same but no GPU is an error; cpu: never a GPU.
+    device: str = setting("auto", one_of("auto", "cpu", "cuda"))
+    # fp32 | bf16 (autocast, GPU or CPU) | fp16 (autocast + loss scaling; GPU, horovod or ddp only)
+    precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))
 
 
 RAW_KIND_RULE = Rule("empty (score Parquet with a features column), or one of images, csv, json, parquet",
@@ -184,6 +189,8 @@ class InferConfig:
     output: str = ""  # "" = <run dir>/predictions
     keep_columns: list[str] = setting(["*"], KEEP_RULE)  # input columns copied to the predictions
     batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
+    device: str = setting("auto", one_of("auto", "cpu", "cuda"))  # auto: the task's Spark GPU, else a visible GPU, else CPU
+    gpu_batch_size: int = setting(4096, at_least(1))  # rows per forward pass on a GPU (up to an Arrow batch's rows)
 
     def __post_init__(self) -> None:
         if self.input and self.source.kind:
@@ -216,6 +223,39 @@ class TrackingConfig:
 
 
 @dataclass
+class RLConfig:
+    """Reinforcement learning (``dlpipe rl``): PPO whose rollouts Spark tasks collect in parallel.
+
+    The policy is ``model.name`` (a policy model, e.g. ``mlp_policy``); each iteration collects
+    num_actors * envs_per_actor * steps_per_env environment steps, then updates the policy in the driver.
+    """
+
+    env_id: str = setting("CartPole-v1", NONEMPTY)  # Gymnasium id: Box (vector) observations, Discrete actions
+    num_actors: int = setting(2, at_least(1))  # Spark tasks stepping environments each iteration
+    envs_per_actor: int = setting(8, at_least(1))  # environments each task steps side by side
+    steps_per_env: int = setting(512, at_least(1))  # steps per environment per iteration (partial episodes bootstrap)
+    iterations: int = setting(25, at_least(1))  # collect + update rounds
+    seed: int = setting(0, at_least(0))  # with num_actors, fixes the whole run (env resets, actions, initial weights, minibatches)
+    lr: float = setting(1e-3, above(0))  # Adam learning rate
+    anneal_lr: bool = True  # decay lr linearly to lr / iterations by the last iteration
+    gamma: float = setting(0.99, within(0, 1))  # discount
+    gae_lambda: float = setting(0.95, within(0, 1))  # GAE bias/variance trade-off
+    update_epochs: int = setting(4, at_least(1))  # passes over each collected batch
+    minibatches: int = setting(16, at_least(1))  # minibatches per pass
+    max_grad_norm: float = setting(0.5, above(0))  # gradient-norm clip
+    normalize_advantages: bool = True  # per minibatch
+    eval_episodes: int = setting(100, at_least(1))  # greedy episodes of the final policy (summary.json)
+    save_trajectories: bool = False  # write the evaluation episodes as Parquet the ETL reads (behaviour cloning)
+    rollout_timeout_s: float = setting(300.0, above(0))  # one iteration's Spark job must finish within this
+
+    def __post_init__(self) -> None:
+        batch = self.num_actors * self.envs_per_actor * self.steps_per_env
+        if self.minibatches > batch:
+            raise ConfigError(f"config key 'rl.minibatches' = {self.minibatches} exceeds the {batch} steps an "
+                              "iteration collects (num_actors * envs_per_actor * steps_per_env)")
+
+
+@dataclass
 class PipelineConfig:
     """The whole pipeline's configuration."""
 
@@ -231,6 +271,7 @@ class PipelineConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     @property
     def dataset_dir(self) -> Path:
@@ -276,7 +317,21 @@ def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     if tc.strategy == "pipeline" and tc.batch_size % tc.pipeline.microbatches:
         raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
                           f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)")
+    _check_precision(tc)
     return config
+
+
+def _check_precision(tc: TrainConfig) -> None:
+    """fp16 needs a GPU and one loss scaler whose skip decisions all ranks share (see pipelines.train.precision)."""
+    if tc.precision != "fp16":
+        return
+    if tc.device == "cpu":
+        raise ConfigError("config key 'train.precision' = 'fp16' needs a GPU but train.device='cpu': use "
+                          "train.precision=bf16 (autocast works on CPU) or fp32")
+    if tc.strategy in ("fsdp", "pipeline"):
+        raise ConfigError(f"config key 'train.precision' = 'fp16' is not supported with train.strategy={tc.strategy} "
+                          "(each rank holds only part of the gradients, so their loss scalers could disagree): "
+                          "use train.precision=bf16, which needs no loss scaling")
 
 
 def check_model(model: ModelConfig) -> None:

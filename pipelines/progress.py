@@ -8,6 +8,7 @@ with dlpipe's epoch bar and fills logs with carriage returns. Instead:
 
 On a terminal each redraws one line; in a log (cron, Airflow, a file) they write whole lines only:
 one per epoch, plus at most one per :data:`LOG_EVERY_S` while a long epoch or stage runs.
+:class:`IterationProgress` prints one line per RL iteration.
 """
 from __future__ import annotations
 
@@ -61,6 +62,23 @@ class EpochProgress:
                           f"({e['samples_per_s']:.0f} samples/s, data wait {e['data_wait_fraction']:.0%})\n")
         self.stream.flush()
         self._last_line = time.monotonic()
+
+
+class IterationProgress:
+    """Reinforcement learning: one line per iteration with the episode return, losses and env steps/s."""
+
+    def __init__(self, iterations: int, stream: TextIO | None = None) -> None:
+        self.iterations = iterations
+        self.stream = stream or sys.stdout
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        ret = "n/a (no episode ended)" if r["mean_return"] is None else \
+            f"{r['mean_return']:.1f} (length {r['mean_length']:.1f}, {r['episodes']} episodes)"
+        self.stream.write(f"iteration {r['iteration']}/{self.iterations}: return {ret} "
+                          f"policy_loss {r['policy_loss']:.4f} value_loss {r['value_loss']:.3f} "
+                          f"entropy {r['entropy']:.3f} | {r['env_steps']} env steps, "
+                          f"{r['env_steps_per_s']:.0f}/s (rollout {r['rollout_s']:.2f} s, update {r['update_s']:.2f} s)\n")
+        self.stream.flush()
 
 
 def stage_line(label: str, stage_id: int, name: str, done: int, total: int) -> str:

@@ -74,7 +74,8 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
     summary["train"] = {"epochs_completed": trained["epochs_completed"], "final_train_loss": history[-1]["loss"],
                         "final_val_loss": history[-1].get("val_loss"),
                         "final_val_metrics": {k: v for k, v in history[-1].items() if k.startswith("val_")},
-                        "samples_per_s": history[-1]["samples_per_s"]}
+                        "samples_per_s": history[-1]["samples_per_s"],
+                        "devices": trained.get("devices", []), "precision": trained.get("precision", "fp32")}
     scored = stage("infer", lambda: infer.main(spark, config))
     evaluation = scored.get("eval", {})
     summary["eval"] = {k: v for k, v in evaluation.items() if k not in ("confusion_matrix",)}

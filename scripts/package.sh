@@ -4,6 +4,9 @@
 #   dist/dlpipe.zip    the `pipelines` and `models` packages          -> spark-submit --py-files dist/dlpipe.zip
 #   dist/env.tar.gz    a self-contained Python 3.11 with the pinned stack (torch, horovod, petastorm, pyarrow, ...)
 #                      -> --archives dist/env.tar.gz#env --conf spark.pyspark.python=./env/bin/python
+#                      After a GPU `make setup` it holds the CUDA build of torch with its CUDA libraries
+#                      (several GB) and the NCCL Horovod; the nodes need only the NVIDIA driver (and for
+#                      that Horovod, the CUDA runtime it was built against). README "GPUs".
 #
 # Why not venv-pack: a venv (and so a venv-pack archive) holds no interpreter, only a symlink to the
 # base Python (here a pyenv build whose libpython is found through an absolute RUNPATH), so it runs
@@ -148,6 +151,8 @@ assert all(os.path.realpath(p).startswith(here) for p in libpython), f"libpython
 print(f"package: verified: unpacked env imports horovod {horovod.__version__} (gloo), torch {torch.__version__}, "
       f"petastorm {petastorm.__version__}, pyspark {pyspark.__version__}, pyarrow {pyarrow.__version__} "
       f"from its own folder")
+if torch.version.cuda:  # a GPU environment: torch's CUDA libraries (site-packages/nvidia) came along
+    print(f"package: CUDA {torch.version.cuda} build of torch; horovod NCCL built: {bool(hvd.nccl_built())}")
 PY
   )
   rm -rf "$dir"

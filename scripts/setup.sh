@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent set-up: .venv with the pinned stack, plus horovod 0.28.1 (PyTorch + Gloo) built
 # once from its sdist and cached outside the repository. A second run takes seconds.
+#
+# GPU machines: DLPIPE_TORCH_INDEX=https://download.pytorch.org/whl/cu126 installs the CUDA build of
+# the pinned torch first. When torch is a CUDA build and nvcc is on the PATH, horovod is built with
+# NCCL as well (GPU allreduce), cached under its own key; without either, nothing changes: the
+# CPU/Gloo wheel, under the same key as always.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +27,8 @@ command -v g++ >/dev/null || die "g++ not found: a C++17 compiler is needed to b
 
 # --- virtual environment -----------------------------------------------------------------
 stamp="$VENV/.dlpipe-setup"
-want=$(cat pyproject.toml scripts/setup.sh scripts/cxx17 | sha256sum | cut -c1-16)
+want=$( { cat pyproject.toml scripts/setup.sh scripts/cxx17; echo "${DLPIPE_TORCH_INDEX:-}"; command -v nvcc || true; } \
+        | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$VENV/bin/python" -c "import horovod.torch as hvd, petastorm, pyspark, pyarrow; assert hvd.gloo_built()" 2>/dev/null; then
   echo "setup: .venv is up to date"
@@ -32,11 +38,26 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip "setuptools>=77.0.3" wheel
+if [ -n "${DLPIPE_TORCH_INDEX:-}" ]; then  # the CUDA build first; `torch==2.13.0` below then accepts 2.13.0+cuXXX
+  "${PIP[@]}" install -q "torch==$TORCH_VERSION" --index-url "$DLPIPE_TORCH_INDEX"
+fi
 "${PIP[@]}" install -q -e ".[dev]"
 
 # --- horovod: build once, cache the wheel ------------------------------------------------
 pytag=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-wheel_dir="$CACHE_ROOT/wheels/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-$pytag"
+torch_cuda=$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")')
+if [ -z "$torch_cuda" ]; then
+  wheel_dir="$CACHE_ROOT/wheels/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-$pytag"  # the CPU key, unchanged
+elif command -v nvcc >/dev/null; then
+  wheel_dir="$CACHE_ROOT/wheels/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-cu$torch_cuda-$pytag-nccl"
+  # Read by horovod's build below (HOROVOD_NCCL_HOME, when NCCL is not where CUDA is, passes through too).
+  export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"
+  echo "setup: torch is a CUDA $torch_cuda build and nvcc is here: horovod gets NCCL (GPU allreduce)"
+else
+  wheel_dir="$CACHE_ROOT/wheels/horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-cu$torch_cuda-$pytag"
+  echo "setup: torch is a CUDA $torch_cuda build but nvcc is not on the PATH: horovod without NCCL (CPU/Gloo only;" \
+       "install the CUDA toolkit and re-run for GPU training with train.strategy=horovod; ddp/fsdp/pipeline need no nvcc)"
+fi
 wheel=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then
   echo "setup: building horovod $HOROVOD_VERSION against torch $TORCH_VERSION (about 7-10 minutes on 2 cores) ..."
@@ -62,5 +83,8 @@ import horovod, horovod.torch as hvd, petastorm, pyspark, pyarrow, torch
 assert hvd.gloo_built(), "horovod was built without Gloo"
 print(f"setup: ok: pyspark {pyspark.__version__}, pyarrow {pyarrow.__version__}, torch {torch.__version__}, "
       f"petastorm {petastorm.__version__}, horovod {horovod.__version__} (gloo built)")
+if torch.version.cuda:
+    print(f"setup: CUDA {torch.version.cuda} build of torch, {torch.cuda.device_count()} GPU(s) visible; "
+          f"horovod NCCL built: {bool(hvd.nccl_built())}; check the GPUs with: python scripts/gpu_check.py")
 PY
 echo "$want" >"$stamp"

@@ -25,7 +25,8 @@ def make_model():
     return models.build("cnn", feature_shape=(1, 8, 8), num_classes=10, dropout=0.0)
 
 
-def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches: int, out: str) -> None:
+def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches: int, out: str,
+             precision: str = "fp32") -> None:
     """Join the group through the parent's TCPStore, run one step, save figures, gradients, held parameters."""
     from pipelines.config import PipelineParallelConfig, TrainConfig
     from pipelines.launcher.rank import exit_now
@@ -35,7 +36,8 @@ def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches:
     os.environ.update({"DLPIPE_STORE_ADDR": "127.0.0.1", "DLPIPE_STORE_PORT": str(port),
                        "DLPIPE_STALL_TIMEOUT_S": "60", "GLOO_SOCKET_IFNAME": "lo"})
     torch.set_num_threads(1)
-    tc = TrainConfig(strategy=strategy_name, batch_size=BATCH, pipeline=PipelineParallelConfig(microbatches=microbatches))
+    tc = TrainConfig(strategy=strategy_name, batch_size=BATCH, pipeline=PipelineParallelConfig(microbatches=microbatches),
+                     precision=precision)
     strategy = STRATEGIES[strategy_name](RankContext(rank, world, rank, 1, 0), tc)
     strategy.start()
     try:

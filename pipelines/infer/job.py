@@ -19,7 +19,7 @@ from pipelines.infer.evaluate import evaluate
 from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored_features
 from pipelines.infer.scoring import check_kept, predict
 from pipelines.publish import atomic_dir, check_writable
-from pipelines.session import describe
+from pipelines.session import check_device, describe
 
 __all__ = ["main", "predict", "model_artifact", "keep_columns", "ModelNotFoundError"]
 
@@ -31,6 +31,7 @@ class ModelNotFoundError(FileNotFoundError):
 def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     """Score the configured input, publish predictions, and evaluate when labels exist."""
     ic = config.infer
+    check_device(spark, ic.device, "infer.device")
     run_dir = config.run_dir()
     artifact = model_artifact(config)
     output = Path(ic.output or run_dir / "predictions")
@@ -44,7 +45,8 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"infer.keep_columns={ic.keep_columns}: {e}") from None
     describe(spark, f"infer {Path(scoring.described).name} with {artifact.name}")
-    predictions, loads = predict(spark, scoring.frame, artifact, ic.batch_size, keep)
+    predictions, loads = predict(spark, scoring.frame, artifact, ic.batch_size, keep, device=ic.device,
+                                 gpu_batch_size=ic.gpu_batch_size)
     with atomic_dir(output) as tmp:
         predictions.write.mode("overwrite").parquet(str(tmp / "data"))
     written = spark.read.parquet(str(output / "data"))

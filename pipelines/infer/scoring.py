@@ -3,9 +3,10 @@
 The artifact reaches the executors through Spark (``SparkContext.addFile``), so they need not see
 the driver's filesystem. Scoring uses ``mapInArrow``: the ``features`` list column arrives as one
 flat Arrow buffer that becomes a (rows, features) NumPy array without a copy per row, where a
-pandas UDF would first build one Python object per row. Each Python worker loads the model once,
-cached by the artifact's content hash. Image files' bytes are decoded in the same pass, by the
-preprocessing the ETL used (``pipelines.preprocess``). Input columns named in ``keep`` ride along
+pandas UDF would first build one Python object per row. Each Python worker loads the model once
+per device, cached by the artifact's content hash; a task runs it on the GPU Spark gave it, else
+(``infer.device=auto``) a GPU the worker sees, else the CPU (``pipelines.device``). Image files'
+bytes are decoded in the same pass, by the preprocessing the ETL used (``pipelines.preprocess``). Input columns named in ``keep`` ride along
 in the same Arrow batches and come out unchanged. ``pipelines.infer.udf`` scores with the same pieces.
 """
 from __future__ import annotations
@@ -27,12 +28,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.artifact import Preprocessing, file_digest, load_artifact, normalizer, preprocessing
+from pipelines.device import DeviceChoice, resolve_device, visible_gpus
+from pipelines.infer import predict as predict_on
 from pipelines.preprocess import decode_images
 
 _SPARK_TYPES = {"int64": T.LongType(), "float32": T.FloatType()}
 _ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32()}
 FLOAT_LISTS = pa.list_(pa.float32())
-_MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: artifact digest -> (model, normalizer)
+_MODEL_CACHE: dict[tuple[str, str], Any] = {}  # per Python worker: (artifact digest, device) -> (model, normalizer)
 # A column of a scored frame holding a preprocessing error (raw input): it wins over the features'.
 PREPROCESS_ERROR = "_dlpipe_preprocess_error"
 _IN_ID, _IN_FEATURES = "_dlpipe_id", "_dlpipe_features"  # internal names: never clash with kept columns
@@ -138,27 +141,36 @@ def ship_model(spark: SparkSession, artifact: str | Path) -> ShippedModel:
                         preprocessing(meta), spark.sparkContext.accumulator([], _ListParam()))
 
 
-def worker_model(shipped: ShippedModel) -> Any:
-    """The worker's cached (model, normalizer); loads it on first use in this process."""
-    if shipped.digest not in _MODEL_CACHE:
+def worker_model(shipped: ShippedModel, device: str = "cpu") -> Any:
+    """The worker's cached (model, normalizer) on ``device``; loads it on first use in this process."""
+    key = (shipped.digest, device)
+    if key not in _MODEL_CACHE:
+        import torch
+
         model, meta = load_artifact(SparkFiles.get(shipped.file_name))
-        _MODEL_CACHE[shipped.digest] = (model, normalizer(meta))
+        _MODEL_CACHE[key] = (predict_on.place(model, torch.device(device)), normalizer(meta))
         shipped.loads.add([os.getpid()])
-    return _MODEL_CACHE[shipped.digest]
+    return _MODEL_CACHE[key]
+
+
+def task_device(requested: str) -> DeviceChoice:
+    """This scoring task's device (``infer.device``): the GPU Spark gave the task, else a GPU the
+    worker sees (by partition), else the CPU. Spark does not narrow a Python worker's
+    ``CUDA_VISIBLE_DEVICES``, so a task's GPU address is its device index."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpu = context.resources().get("gpu") if context else None
+    return resolve_device(requested, tuple(gpu.addresses) if gpu is not None else (), visible_gpus(),
+                          local_rank=context.partitionId() if context else 0, key="infer.device", restricted=False)
 
 
 def score_matrix(model: Any, normalize: Any, matrix: np.ndarray, batch_size: int,
                  schema: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
-    """The model's outputs for a (rows, features) matrix, ``batch_size`` rows per forward pass."""
-    import torch
-
-    outputs: dict[str, list[np.ndarray]] = {}
-    with torch.inference_mode():
-        for start in range(0, len(matrix), batch_size):
-            part = model.predict(normalize(matrix[start:start + batch_size]))
-            for k, v in part.items():
-                outputs.setdefault(k, []).append(v.numpy())
-    return {name: np.concatenate(outputs[name]) if outputs else np.zeros((0, *shape), dtype=dtype)
+    """The model's outputs for a (rows, features) matrix, ``batch_size`` rows per forward pass on
+    the model's device."""
+    outputs = predict_on.score(model, normalize(matrix), batch_size) if len(matrix) else {}
+    return {name: outputs[name].numpy() if outputs else np.zeros((0, *shape), dtype=dtype)
             for name, (dtype, shape) in schema.items()}
 
 
@@ -176,13 +188,28 @@ def set_torch_threads() -> None:
     torch.set_num_threads(max(1, context.cpus() if context else 1))
 
 
-def make_scorer(shipped: ShippedModel, batch_size: int, keep: tuple[str, ...] = ()):
+@dataclass(frozen=True)
+class Placement:
+    """Where scoring runs: ``infer.device`` and the rows per forward pass on each kind of device."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 512  # rows per forward pass on the CPU
+    gpu_batch_size: int = 4096  # rows per forward pass on a GPU
+
+    def load(self, shipped: ShippedModel) -> tuple[Any, Any, int]:
+        """In a task: (model on the task's device, normalizer, rows per forward pass)."""
+        set_torch_threads()
+        choice = task_device(self.device)
+        model, normalize = worker_model(shipped, choice.device)
+        return model, normalize, predict_on.forward_rows(choice.torch_device, self.batch_size, self.gpu_batch_size)
+
+
+def make_scorer(shipped: ShippedModel, placement: Placement, keep: tuple[str, ...] = ()):
     """The ``mapInArrow`` function: Arrow batches in, prediction batches (plus ``keep`` columns) out."""
     schema = shipped.schema
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        set_torch_threads()
-        model, normalize = worker_model(shipped)
+        model, normalize, batch_size = placement.load(shipped)
         for batch in batches:
             column = batch.column(_IN_FEATURES)
             known = (batch.column(PREPROCESS_ERROR).to_pylist() if PREPROCESS_ERROR in batch.schema.names
@@ -216,20 +243,22 @@ def _arrow_column(values: np.ndarray, dtype: str, shape: tuple[int, ...], ok: np
 
 
 def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_size: int = 512,
-            keep: list[str] | tuple[str, ...] = ()) -> tuple[DataFrame, Any]:
+            keep: list[str] | tuple[str, ...] = (), *, device: str = "auto",
+            gpu_batch_size: int = 4096) -> tuple[DataFrame, Any]:
     """Score ``frame`` with the artifact; returns (predictions, loads accumulator).
 
     ``frame`` has ``features`` (array of numbers) or, for a model trained on images, ``content``
     (the image files' bytes, as Spark's ``binaryFile`` source reads them; decoded by the training's
     preprocessing), optionally ``id`` (null ids when absent) and :data:`PREPROCESS_ERROR`. The predictions are ``id``, the model's outputs, ``error`` (null when the
     row scored) and the ``keep`` columns of ``frame``, unchanged; one row per input row. The artifact
-    is shipped with ``addFile``; executors read their local copy.
+    is shipped with ``addFile``; executors read their local copy. ``device`` (``infer.device``):
+    auto | cpu | cuda; ``batch_size`` rows per forward pass on the CPU, ``gpu_batch_size`` on a GPU.
     """
     shipped = ship_model(spark, artifact)
     schema = shipped.schema
     keep = tuple(keep)
     check_kept(keep, frame.columns, ["id", *schema, "error"])
-    scorer = make_scorer(shipped, batch_size, keep)
+    scorer = make_scorer(shipped, Placement(device, batch_size, gpu_batch_size), keep)
     ident = F.col("id").cast("string") if "id" in frame.columns else F.lit(None).cast("string")
     inputs = [ident.alias(_IN_ID), model_input(frame, shipped.preprocessing).alias(_IN_FEATURES)]
     if PREPROCESS_ERROR in frame.columns:

@@ -7,8 +7,8 @@
     spark.sql("SELECT id, digits_cnn(features).prediction FROM t")
 
 It scores like ``dlpipe infer``: the artifact is shipped once with ``addFile`` and loaded once per
-Python worker (the same cache), rows are scored in batches, and a row that cannot be scored gets
-null outputs and an ``error``. Its argument is any of
+Python worker and device (the same cache, on the task's GPU when it has one), rows are scored in
+batches, and a row that cannot be scored gets null outputs and an ``error``. Its argument is any of
 
 - the features as the ETL wrote them (an array of numbers, e.g. a dataset split's ``features``);
 - image bytes (a binary column, e.g. ``content`` of ``spark.read.format("binaryFile")``), for a model
@@ -29,31 +29,32 @@ from pyspark.sql import types as T
 
 from pipelines.artifact import Preprocessing
 from pipelines.infer.scoring import (
-    FLOAT_LISTS, features_matrix, image_features, merge_errors, output_fields, score_matrix, set_torch_threads,
-    ship_model, worker_model,
+    FLOAT_LISTS, Placement, features_matrix, image_features, merge_errors, output_fields, score_matrix, ship_model,
 )
 
 
-def model_udf(spark: SparkSession, artifact: str | Path, *, batch_size: int = 512):
+def model_udf(spark: SparkSession, artifact: str | Path, *, batch_size: int = 512, device: str = "auto",
+              gpu_batch_size: int = 4096):
     """A vectorized (pandas) UDF scoring with the model artifact at ``artifact``.
 
     Returns a Spark function of one column (see the module docs for what it takes) giving a struct
     of the model's declared outputs and ``error``; it can be registered for SQL with
-    ``spark.udf.register(name, udf)``. ``batch_size`` rows go through the model per forward pass.
+    ``spark.udf.register(name, udf)``. ``batch_size`` rows go through the model per forward pass on
+    the CPU, ``gpu_batch_size`` on a GPU; ``device``: auto (the task's GPU, else the CPU) | cpu | cuda.
     ``udf.loads`` is an accumulator of the worker process ids that loaded the model.
     """
     if not Path(artifact).is_file():
         raise FileNotFoundError(f"model artifact {artifact} does not exist (model_udf's artifact argument)")
     shipped = ship_model(spark, artifact)
+    placement = Placement(device, batch_size, gpu_batch_size)
 
     @F.pandas_udf(T.StructType(output_fields(shipped.schema)))
     def score(values: Union[pd.Series, pd.DataFrame]) -> pd.DataFrame:
-        set_torch_threads()
-        model, normalize = worker_model(shipped)
+        model, normalize, rows = placement.load(shipped)
         column, pre_errors = features_column(values, shipped.preprocessing)
         matrix, errors = features_matrix(column, shipped.num_features)
         errors = merge_errors(pre_errors, errors)
-        return outputs_frame(score_matrix(model, normalize, matrix, batch_size, shipped.schema), errors)
+        return outputs_frame(score_matrix(model, normalize, matrix, rows, shipped.schema), errors)
 
     score.loads = shipped.loads
     return score

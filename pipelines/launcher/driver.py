@@ -112,7 +112,9 @@ def _barrier_task(spec: TaskSpec):
     ctx = BarrierTaskContext.get()
     partition = ctx.partitionId()
     host = ctx.getTaskInfos()[partition].address.rsplit(":", 1)[0]
-    return run_barrier_task(spec, partition, host, threads=max(1, ctx.cpus()))
+    gpu = ctx.resources().get("gpu")  # present when the cluster schedules GPUs (spark.task.resource.gpu.amount)
+    return run_barrier_task(spec, partition, host, threads=max(1, ctx.cpus()),
+                            gpus=tuple(gpu.addresses) if gpu is not None else ())
 
 
 def _explain_spark_error(error: BaseException, num_workers: int) -> str:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 from typing import Any, Iterator
 
+from pipelines.device import TASK_GPUS_ENV, gpu_environment
 from pipelines.launcher import protocol
 from pipelines.launcher.protocol import TaskSpec
 
@@ -29,10 +30,12 @@ class RankFailed(RuntimeError):
     """The rank process exited non-zero; the message names the rank and holds its log tail."""
 
 
-def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int) -> Iterator[str]:
+def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
+                     gpus: tuple[str, ...] = ()) -> Iterator[str]:
     """Register with the driver, start the assigned rank, stream its output, return its result.
 
-    Yields rank 0's result as one JSON string (other ranks yield nothing).
+    ``gpus``: the GPU addresses Spark gave this task (``TaskContext.resources()["gpu"]``), the only
+    ones its rank will see. Yields rank 0's result as one JSON string (other ranks yield nothing).
     """
     sock = socket.create_connection((spec.coordinator_host, spec.coordinator_port),
                                     timeout=spec.start_timeout_s)
@@ -57,7 +60,7 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int) ->
         raise RuntimeError(f"task {partition}: the driver refused it: {assignment.get('reason')}")
     sock.settimeout(None)
     rank = assignment["rank"]
-    env = rank_environment(spec, assignment, threads)
+    env = rank_environment(spec, assignment, threads, gpus)
     with tempfile.TemporaryDirectory(prefix=f"dlpipe-rank{rank}-") as tmp:
         spec_path = os.path.join(tmp, "spec.json")
         with open(spec_path, "w") as f:
@@ -99,10 +102,14 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int) ->
         yield json.dumps(result)
 
 
-def rank_environment(spec: TaskSpec, a: dict[str, Any], threads: int) -> dict[str, str]:
-    """The environment of one rank process: its place in the job, then what its rendezvous needs
-    (Horovod's Gloo variables as horovodrun sets them, or the driver's torch.distributed store)."""
+def rank_environment(spec: TaskSpec, a: dict[str, Any], threads: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of one rank process: its place in the job, its GPUs (Spark's addresses in
+    ``CUDA_VISIBLE_DEVICES``, so it sees only them; without any, what the worker sees), then what
+    its rendezvous needs (Horovod's Gloo variables as horovodrun sets them, or the driver's
+    torch.distributed store)."""
     env = dict(os.environ)
+    env.pop(TASK_GPUS_ENV, None)
+    env.update(gpu_environment(gpus))
     # The rank must import exactly what this Python worker imports (incl. --py-files zips).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update({

@@ -13,10 +13,11 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import PipelineConfig, to_yaml
 from pipelines.dataset import VALIDATION_SPLIT, row_group_sizes
+from pipelines.device import DeviceError
 from pipelines.launcher import LaunchError, run_ranks
 from pipelines.progress import EpochProgress
 from pipelines.publish import check_writable, write_text_atomic
-from pipelines.session import describe
+from pipelines.session import check_device, describe
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train.job import TrainJob, plan_job
 from pipelines.train.strategies import STRATEGIES
@@ -38,13 +39,17 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     (tests and benchmarks wrap the trainer). ``tracker``: the run's (``dlpipe run``); without one,
     the job tracks itself as ``config.tracking`` says.
     """
+    tc = config.train
+    try:
+        check_device(spark, tc.device, "train.device")
+    except DeviceError as e:
+        raise TrainError(str(e)) from None
     if tracker is None:
         check_writable(config.run_dir(), "workdir")
         with open_tracker(config, "train") as own:
             result = main(spark, config, on_event, entry, own)
             own.log_artifact(config.run_dir() / "metrics.jsonl")
             return result
-    tc = config.train
     check_writable(config.run_dir(), "workdir")
     job = plan_job(config)
     check_layout(job, tc.num_workers)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipelines.artifact import Normalizer
+from pipelines.device import pin_batch
 
 _DONE = object()
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
@@ -82,11 +83,13 @@ def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> It
 
 def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
                   normalize: Normalizer, workers: int = 1, prefetch: int = 4,
-                  skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+                  skip: int = 0, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly ``steps - skip`` batches of ``batch_size`` rows from this rank's shard, read ahead in a thread.
 
     The order depends only on (seed, rank, size): one producer thread keeps it reproducible, and
     ``skip`` drops the first batches of that order unnormalized (to resume inside an epoch).
+    ``pin`` (the rank trains on a GPU): batches come in pinned memory, pinned in the read-ahead
+    thread, so the rank's copy to the GPU is asynchronous.
     """
     out: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -103,8 +106,8 @@ def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int
                 while len(labels) - start >= batch_size and made < steps and not stop.is_set():
                     end = start + batch_size
                     if made >= skip:
-                        _put(out, {"features": normalize(feats[start:end]),
-                                   "label": torch.from_numpy(labels[start:end])}, stop)
+                        batch = {"features": normalize(feats[start:end]), "label": torch.from_numpy(labels[start:end])}
+                        _put(out, pin_batch(batch) if pin else batch, stop)
                     start, made = end, made + 1
                 carry_f, carry_l = feats[start:], labels[start:]
                 if made >= steps or stop.is_set():

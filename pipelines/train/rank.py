@@ -3,7 +3,8 @@
 The loop never branches on the model kind (it calls the strategy, which calls the model's own
 ``loss``) nor on the strategy (Horovod, DDP, FSDP or pipeline: ``pipelines.train.strategies``).
 Rank 0 writes checkpoints, ``metrics.jsonl`` and the final model artifact. Everything a rank
-knows arrives as one :class:`~pipelines.train.job.TrainJob`.
+knows arrives as one :class:`~pipelines.train.job.TrainJob`. Its device (a GPU or the CPU) is
+resolved once at start (``pipelines.device``); batches move there in one place (``to_device``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 import models
 from pipelines import dataset
 from pipelines.artifact import Normalizer, save_artifact
+from pipelines.device import DeviceChoice, activate, resolve_device, task_gpus, to_device, visible_gpus
 from pipelines.launcher import RankContext
 from pipelines.publish import write_text_atomic
 from pipelines.train import loader
@@ -30,11 +32,15 @@ PROGRESS_EVENTS_PER_EPOCH = 20
 def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     """Train on this rank's part; rank 0 returns the run's summary."""
     job = TrainJob.from_payload(payload)
-    strategy = make_strategy(ctx, job.config.train)
+    tc = job.config.train
+    choice = resolve_device(tc.device, task_gpus(), visible_gpus(), ctx.local_rank)
+    # The driver prints it as "[rank N] training on cuda:0 (Spark task GPU 3), ...".
+    ctx.log(f"training on {choice.device} ({choice.reason}), train.precision={tc.precision}")
+    strategy = make_strategy(ctx, tc, activate(choice))
     strategy.start()
     ctx.heartbeat()  # arm the stall watchdog: set-up and resuming are collectives too
     try:
-        return _train(strategy, job, ctx)
+        return _train(strategy, job, ctx, choice)
     finally:
         strategy.stop()
 
@@ -56,13 +62,16 @@ def build_model(job: TrainJob) -> models.DlpipeModel:
                         num_classes=len(manifest["label_names"]), **config.model.params)
 
 
-def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any]:
+def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceChoice) -> dict[str, Any]:
     config = job.config
     tc = config.train
     rank = ctx.rank
     normalize = Normalizer.from_stats(job.manifest["normalization"], job.manifest["feature_shape"])
     lr = tc.lr * (ctx.size if tc.scale_lr_by_workers and strategy.data_parallel else 1)
-    strategy.setup(build_model(job), lambda params: _optimizer(tc, params, lr))
+    strategy.setup(build_model(job).to(strategy.device),
+                   lambda params: _optimizer(tc, params, lr))
+    devices = strategy.allgather_object({"rank": rank, **choice.describe()})
+    ctx.emit("device", **choice.describe(), precision=tc.precision)
 
     # Rank 0 reads the newest checkpoint and broadcasts it; every rank restores its own part of it.
     found = latest_checkpoint(job.checkpoints, job.manifest_hash) if rank == 0 else None
@@ -105,7 +114,8 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
 
     def save_position(epoch: int, step: int, sums: dict[str, float]) -> None:
         """Checkpoint ``step`` steps into ``epoch``, with every rank's RNG state and sums so far."""
-        checkpoint(epoch, step, strategy.allgather_object({"rng": torch.get_rng_state(), "sums": dict(sums)}))
+        checkpoint(epoch, step, strategy.allgather_object({"rng": torch.get_rng_state(), "cuda_rng": _cuda_rng(),
+                                                           "sums": dict(sums)}))
         if rank == 0:
             ctx.emit("checkpoint", epoch=epoch + 1, step=step)
 
@@ -116,6 +126,8 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
         if epoch == start_epoch and start_step:  # inside an epoch: this rank's RNG and sums as they were
             mine = resume["ranks"][rank]
             torch.set_rng_state(mine["rng"])
+            if mine.get("cuda_rng") is not None and strategy.device.type == "cuda":  # dropout, VAE noise on the GPU
+                torch.cuda.set_rng_state(mine["cuda_rng"])
             position = Position(epoch, start_step, dict(mine["sums"]))
         train_stats = _train_epoch(strategy, ctx, position, steps, tc, train_url, normalize, save_position)
         val_stats = (_evaluate(strategy, ctx, job.validation_path, tc.batch_size, normalize, epoch)
@@ -130,13 +142,19 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext) -> dict[str, Any
 
     ctx.emit("memory", parameters=strategy.held_parameters(), optimizer_bytes=strategy.optimizer_bytes())
     model_state, _ = strategy.state()
-    result: dict[str, Any] = {"epochs_completed": len(history), "history": history}
+    result: dict[str, Any] = {"epochs_completed": len(history), "history": history, "devices": devices,
+                              "precision": tc.precision}
     if rank == 0:
         model = build_model(job)
         model.load_state_dict(model_state)
         save_artifact(job.artifact, model, job.manifest, job.manifest_hash, config)
         result["artifact"] = str(job.artifact)
     return result
+
+
+def _cuda_rng() -> torch.Tensor | None:
+    """This rank's GPU random state (None on CPU), so a run resumed mid-epoch draws the same noise."""
+    return torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 def _optimizer(tc: Any, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -156,7 +174,7 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     # resumes exactly where a checkpoint taken inside the epoch left off.
     batches = loader.epoch_batches(url, rank=shard, size=shards, batch_size=tc.batch_size, steps=steps,
                                    seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers,
-                                   skip=position.step)
+                                   skip=position.step, pin=strategy.device.type == "cuda")
     clock = loader.Stopwatch()
     sums = dict(position.sums)
     every = max(1, steps // PROGRESS_EVENTS_PER_EPOCH)
@@ -166,7 +184,7 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
         batch = clock.timed_next(batches)
         if batch is None:
             raise RuntimeError(f"rank {ctx.rank}: the loader ended after {step} of {steps} steps")
-        for k, v in strategy.train_step(batch).items():
+        for k, v in strategy.train_step(to_device(batch, strategy.device)).items():
             sums[k] = sums.get(k, 0.0) + v
         done = step + 1
         if ctx.rank == strategy.reporting_rank and (done % every == 0 or done == steps):
@@ -199,14 +217,14 @@ def _evaluate(strategy: Strategy, ctx: RankContext, path: str, batch_size: int, 
             if others.item() == 0:
                 break
             if batch is None:  # this rank's part ended first: keep the others company
-                strategy.eval_step({"features": torch.zeros(1, *normalize.feature_shape),
-                                    "label": torch.zeros(1, dtype=torch.int64)})
+                strategy.eval_step(to_device({"features": torch.zeros(1, *normalize.feature_shape),
+                                              "label": torch.zeros(1, dtype=torch.int64)}, strategy.device))
                 continue
         elif batch is None:
             break
         ctx.heartbeat()
         n = len(batch["label"])
-        figures = strategy.eval_step(batch)
+        figures = strategy.eval_step(to_device(batch, strategy.device))
         for k, v in figures.items():
             sums[k] = sums.get(k, 0.0) + v * n
         if figures:

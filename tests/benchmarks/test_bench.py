@@ -20,6 +20,8 @@ REQUIRED = {
               "ratio_vs_predict_batch_udf": ["dlpipe_infer", "predict_batch_udf"]},
     "etl": {"ratio_vs_plain_spark": ["dlpipe_etl", "plain_spark"]},
     "memory": {"rss_growth": ["peak_rss_base", "peak_rss_10x"]},
+    "rl": {"ratio_vs_async_vector_env": ["dlpipe_spark_actors", "async_vector_env_N_processes"],
+           "ratio_vs_sync_vector_env": ["dlpipe_spark_actors", "sync_vector_env_1_process"]},
 }
 
 

@@ -59,6 +59,7 @@ def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, n
     generative = name in ("vae", "gan")
     assert set(saved["stages"]) == {"etl", "train", "infer"} | ({"quality"} if generative else set())
     assert ("## Sample quality" in (report_dir / "report.md").read_text()) == generative
+    assert [(d["rank"], d["device"]) for d in saved["train"]["devices"]] == [(0, "cpu"), (1, "cpu")]
     assert (config.run_dir() / "config.yaml").is_file()
 
 

@@ -8,6 +8,8 @@ on every rank), and write the same checkpoints and model artifact.
 """
 from __future__ import annotations
 
+import torch
+
 from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
 from pipelines.train.strategies.base import Strategy
@@ -21,7 +23,7 @@ STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (HorovodStrategy, DD
 __all__ = ["STRATEGIES", "Strategy", "make_strategy"]
 
 
-def make_strategy(ctx: RankContext, tc: TrainConfig) -> Strategy:
-    """The strategy ``train.strategy`` names, for this rank."""
-    return STRATEGIES[tc.strategy](ctx, tc)
+def make_strategy(ctx: RankContext, tc: TrainConfig, device: torch.device | None = None) -> Strategy:
+    """The strategy ``train.strategy`` names, for this rank, on ``device`` (default: the CPU)."""
+    return STRATEGIES[tc.strategy](ctx, tc, device)
 

@@ -2,7 +2,9 @@
 
 The trainer (``pipelines.train.rank``) calls only these methods, so it never asks which strategy
 runs, and never what model it trains. A strategy owns its process group, the wrapped model and
-the optimizer; the loader, checkpoints and the artifact are shared.
+the optimizer; the loader, checkpoints and the artifact are shared. It runs on one device (a GPU
+or the CPU, chosen by ``pipelines.device``) at one precision (``train.precision``), both fixed
+when it is made: its steps never ask which.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from models import DlpipeModel
 from models.base import TrainingPhase
 from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
+from pipelines.train import step
+from pipelines.train.precision import Precision
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 Batch = dict[str, torch.Tensor]
@@ -33,9 +37,11 @@ class Strategy(abc.ABC):
     multi_phase: ClassVar[bool] = False
     phases: list[TrainingPhase] = []  # set by setup_phases for a model with several optimizers
 
-    def __init__(self, ctx: RankContext, tc: TrainConfig) -> None:
+    def __init__(self, ctx: RankContext, tc: TrainConfig, device: torch.device | None = None) -> None:
         self.ctx, self.tc = ctx, tc
         self.rank, self.size = ctx.rank, ctx.size
+        self.device = device or torch.device("cpu")
+        self.precision = Precision(tc.precision, self.device)
 
     # --- process group ---------------------------------------------------------------------------
 
@@ -60,7 +66,7 @@ class Strategy(abc.ABC):
 
     @abc.abstractmethod
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
-        """Wrap ``model`` (identical on every rank) and build its optimizer."""
+        """Wrap ``model`` (identical on every rank, already on ``self.device``) and build its optimizer."""
 
     # The defaults below suit a strategy whose rank runs the whole model as ``self.model`` with
     # ``self.optimizer`` (set by ``setup``): the data-parallel ones override only what differs.
@@ -83,6 +89,9 @@ class Strategy(abc.ABC):
             raise ValueError(f"model {model.name!r} trains with {len(phases)} optimizers "
                              f"({', '.join(p.name for p in phases)}); train.strategy={self.name} supports one: "
                              f"use horovod or ddp")
+        if self.precision.scaler is not None:  # one loss scaler would have to serve every optimizer
+            raise ValueError(f"model {model.name!r} trains with {len(phases)} optimizers; train.precision=fp16 "
+                             "scales one loss: use train.precision=bf16 or fp32")
         self.model, self.phases = model, phases
         self.optimizers = {p.name: make_optimizer(p.parameters()) for p in phases}
         self.broadcast_parameters(model)
@@ -97,14 +106,12 @@ class Strategy(abc.ABC):
         raise NotImplementedError(f"train.strategy={self.name} does not train multi-phase models")
 
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimizer step on ``batch``; ``loss`` and the model's metrics where this rank has them."""
+        """One optimizer step on ``batch`` (on ``self.device``); ``loss`` and the model's metrics
+        where this rank has them."""
         if self.phases:
             return self._phased_step(batch)
-        self.optimizer.zero_grad()
-        loss, metrics = self.forward_loss(batch)
-        loss.backward()
-        self.optimizer.step()
-        return step_metrics(loss, metrics)
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batch)
+
 
     def _phased_step(self, batch: Batch) -> dict[str, float]:
         """Each phase in order: its loss, its gradients (averaged once over the ranks), its step.
@@ -115,7 +122,8 @@ class Strategy(abc.ABC):
             optimizer = self.optimizers[phase.name]
             optimizer.zero_grad()
             with _only_trainable(self.model, params):
-                loss, metrics = phase.loss(batch)
+                with self.precision.autocast():
+                    loss, metrics = phase.loss(batch)
                 loss.backward()
             self.average_gradients(params, name=f"dlpipe.grad.{phase.name}")
             optimizer.step()
@@ -125,10 +133,9 @@ class Strategy(abc.ABC):
             figures.update({k: float(v) for k, v in metrics.items()})
         return figures
 
-    @torch.no_grad()
     def eval_step(self, batch: Batch) -> dict[str, float]:
         """``loss`` and metrics of ``batch`` without training (empty on ranks that do not see them)."""
-        return step_metrics(*self.model.loss(batch))
+        return step.eval_step(self.model.loss, self.precision, batch)
 
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         """(full model state dict under the model's own names, optimizer state). A collective:
@@ -198,11 +205,6 @@ def _only_trainable(model: torch.nn.Module, params: list[torch.nn.Parameter]) ->
     finally:
         for p in frozen:
             p.requires_grad_(True)
-
-
-def step_metrics(loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    """A step's loss and metrics as plain floats."""
-    return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,9 @@ class DDPStrategy(TorchDistributedStrategy):
             self.ddp = None
             return
         self.model = model
-        self.ddp = DistributedDataParallel(_Loss(model))  # broadcasts rank 0's parameters
+        # broadcasts rank 0's parameters; on a GPU, device_ids names the one this rank drives
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(_Loss(model), device_ids=device_ids)
         self.optimizer = make_optimizer(model.parameters())
 
     def set_training(self, training: bool) -> None:

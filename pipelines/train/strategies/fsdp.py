@@ -21,8 +21,8 @@ class FSDPStrategy(TorchDistributedStrategy):
         from torch.distributed.fsdp import fully_shard
 
         self.setup_phases(model, make_optimizer)  # a model with several optimizers: a clear error
-        # fully_shard picks a CUDA mesh when it can: name the CPU mesh explicitly.
-        mesh = init_device_mesh("cpu", (self.size,))
+        # fully_shard picks a CUDA mesh when it can: name the rank's device type explicitly.
+        mesh = init_device_mesh(self.device.type, (self.size,))
         for module in model.modules():  # each layer with weights of its own is one unit, then the root
             if module is not model and next(module.parameters(recurse=False), None) is not None:
                 fully_shard(module, mesh=mesh)

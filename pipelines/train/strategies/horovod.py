@@ -1,5 +1,6 @@
 """Horovod data parallelism (the default): every rank holds the whole model; gradients are averaged
-by Horovod's allreduce over Gloo, fused in its background thread."""
+by Horovod's allreduce, fused in its background thread: over Gloo on CPU, over NCCL on GPUs (a
+Horovod built with NCCL: ``make setup`` on a machine with nvcc and a CUDA build of torch)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +8,8 @@ from typing import Any
 import torch
 
 from models import DlpipeModel
-from pipelines.train.strategies.base import OptimizerFactory, Strategy
+from pipelines.train import step
+from pipelines.train.strategies.base import Batch, OptimizerFactory, Strategy
 
 
 class HorovodStrategy(Strategy):
@@ -19,6 +21,11 @@ class HorovodStrategy(Strategy):
         import horovod.torch as hvd
 
         self.hvd = hvd
+        if self.device.type == "cuda" and not hvd.nccl_built():
+            raise RuntimeError(f"rank {self.rank} trains on {self.device} but this Horovod was built without "
+                               "NCCL, so it cannot average GPU gradients: run `make setup` on a machine with nvcc "
+                               "and the CUDA build of torch (it builds a Horovod with NCCL), or set "
+                               "train.strategy=ddp, or train.device=cpu")
         hvd.init()
 
     def stop(self) -> None:
@@ -44,6 +51,17 @@ class HorovodStrategy(Strategy):
     def average_gradients(self, params: list[torch.nn.Parameter], name: str) -> None:
         grads = [p.grad for p in params if p.grad is not None]
         self.hvd.grouped_allreduce_(grads, op=self.hvd.Average, name=name)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        if self.phases:
+            return self._phased_step(batch)
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batch, synchronize=self._synchronize)
+
+    def _synchronize(self) -> Any:
+        """Average the gradients now (fp16: before the scaler checks them for overflow, so every rank
+        decides alike); ``step`` must then not average them again."""
+        self.optimizer.synchronize()
+        return self.optimizer.skip_synchronize()
 
     # Horovod matches collectives by name and names an object collective after the object's type
     # by default: a dict on rank 0 and None elsewhere would never meet. Name them explicitly.

@@ -6,12 +6,17 @@ How the batch reaches the stages: every rank reads the same batches (the whole s
 order); stage 0 feeds the features in, the last stage compares the output with
 ``batch[model.pipeline_target]`` (labels, or the features for reconstructions), and the stages
 in between only pass activations. Each rank keeps only its stage's parameters and optimizer state.
+
+Under bf16 each stage runs its forward under autocast and hands float32 activations on, so the
+activations sent between stages keep one dtype whatever the precision. fp16 is refused for this
+strategy (config check): its loss scaler would have to skip a step on every stage at once.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
+from torch import nn
 
 from models import DlpipeModel
 from pipelines.train.strategies.base import Batch, OptimizerFactory
@@ -42,7 +47,7 @@ class PipelineStrategy(TorchDistributedStrategy):
         for i, other in enumerate(stages):
             if i != self.rank:
                 other.to("meta")  # this rank never runs them: free their memory
-        self.stage = PipelineStage(self.module, self.rank, self.size, torch.device("cpu"))
+        self.stage = PipelineStage(_Autocast(self.module, self.precision.autocast), self.rank, self.size, self.device)
         key = model.pipeline_target
 
         def loss_fn(output: Any, target: torch.Tensor) -> torch.Tensor:
@@ -79,12 +84,13 @@ class PipelineStrategy(TorchDistributedStrategy):
     def eval_step(self, batch: Batch) -> dict[str, float]:
         # A plain forward along the stages (validation batches vary in size; the schedule's
         # buffers are sized for training batches).
-        x: Any = batch["features"] if self.rank == 0 else _recv(self.rank - 1)
-        output = self.module(*x) if isinstance(x, tuple) else self.module(x)
+        x: Any = batch["features"] if self.rank == 0 else _recv(self.rank - 1, self.device)
+        with self.precision.autocast():
+            output = self.module(*x) if isinstance(x, tuple) else self.module(x)
         if self.rank != self.last:
             _send(output, self.rank + 1)
             return {}
-        loss, metrics = self.model.output_loss(output, batch)
+        loss, metrics = self.model.output_loss(_float(output), batch)
         return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
 
     def combine(self, values: dict[str, float], mean: bool, name: str) -> dict[str, float]:
@@ -92,7 +98,7 @@ class PipelineStrategy(TorchDistributedStrategy):
 
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         mine = {self.names[k]: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        gathered = self.allgather_object((mine, self.optimizer.state_dict()))
+        gathered = self.allgather_object((mine, _cpu(self.optimizer.state_dict())))  # no GPU tensors in pickles
         model_state = {k: v for part, _ in gathered for k, v in part.items()}
         return model_state, [optim for _, optim in gathered]  # one optimizer state per stage
 
@@ -107,29 +113,61 @@ class PipelineStrategy(TorchDistributedStrategy):
         return sum(p.numel() for p in self.module.parameters())
 
 
+class _Autocast(nn.Module):
+    """A stage's forward under the run's autocast, its outputs back in float32 (what the next stage receives)."""
+
+    def __init__(self, module: nn.Module, autocast: Callable[[], ContextManager]) -> None:
+        super().__init__()
+        self.module, self.autocast = module, autocast
+
+    def forward(self, *args: Any) -> Any:
+        with self.autocast():
+            return _float(self.module(*args))
+
+
+def _cpu(state: Any) -> Any:
+    """An optimizer state dict with its tensors on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu(v) for v in state)
+    return state
+
+
+def _float(output: Any) -> Any:
+    """Floating tensors (one, or a tuple) as float32; a no-op in fp32."""
+    if isinstance(output, tuple):
+        return tuple(_float(t) for t in output)
+    return output.float() if output.is_floating_point() else output
+
+
 def _send(output: Any, dst: int) -> None:
-    """Send a tensor or a tuple of float tensors, shapes first (the receiver cannot know them)."""
+    """Send a tensor or a tuple of float tensors, shapes first (the receiver cannot know them);
+    the small headers go from the tensors' device (NCCL sends only GPU tensors)."""
     import torch.distributed as dist
 
     tensors = output if isinstance(output, tuple) else (output,)
-    dist.send(torch.tensor([len(tensors)]), dst)
+    device = tensors[0].device
+    dist.send(torch.tensor([len(tensors)], device=device), dst)
     for t in tensors:
-        header = torch.tensor([t.dim(), *t.shape, *([0] * (8 - t.dim()))])  # ndim + shape, fixed length
+        header = torch.tensor([t.dim(), *t.shape, *([0] * (8 - t.dim()))], device=device)  # ndim + shape, fixed length
         dist.send(header, dst)
         dist.send(t.detach().float().contiguous(), dst)
 
 
-def _recv(src: int) -> Any:
+def _recv(src: int, device: torch.device) -> Any:
     import torch.distributed as dist
 
-    count = torch.zeros(1, dtype=torch.int64)
+    count = torch.zeros(1, dtype=torch.int64, device=device)
     dist.recv(count, src)
     tensors = []
     for _ in range(int(count)):
-        header = torch.zeros(9, dtype=torch.int64)
+        header = torch.zeros(9, dtype=torch.int64, device=device)
         dist.recv(header, src)
         shape = header[1:1 + int(header[0])].tolist()
-        t = torch.empty(shape, dtype=torch.float32)
+        t = torch.empty(shape, dtype=torch.float32, device=device)
         dist.recv(t, src)
         tensors.append(t)
     return tuple(tensors) if len(tensors) > 1 else tensors[0]

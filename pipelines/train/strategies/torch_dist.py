@@ -1,11 +1,12 @@
 """What the torch.distributed strategies share: the process group (joined through the driver's
-TCPStore) and object/tensor collectives over Gloo."""
+TCPStore) and object/tensor collectives: over NCCL when the rank runs on a GPU, else Gloo."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 
+from pipelines.device import backend_for
 from pipelines.launcher.rank import join_process_group
 from pipelines.train.strategies.base import Strategy
 
@@ -16,13 +17,13 @@ class TorchDistributedStrategy(Strategy):
     rendezvous = "torch"
 
     def start(self) -> None:
-        join_process_group(self.ctx, backend="gloo")
+        join_process_group(self.ctx, backend=backend_for(self.device))
 
     def stop(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the group as it is: the rank process ends right after (``exit_now``), which closes
+        every connection. ``destroy_process_group`` while a peer is still finishing its last step
+        races Gloo's own teardown, and a rank that lost that race aborted ("terminate called without
+        an active exception") after a run that had succeeded."""
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         import torch.distributed as dist
@@ -59,6 +60,6 @@ class TorchDistributedStrategy(Strategy):
     def allreduce_sum(self, values: torch.Tensor, name: str) -> torch.Tensor:
         import torch.distributed as dist
 
-        values = values.clone()
+        values = values.to(self.device, copy=True)  # NCCL reduces only tensors on the GPU
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
+        return values.cpu()

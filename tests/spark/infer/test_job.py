@@ -14,6 +14,7 @@ from pipelines.infer import job as infer
 from pipelines.train import driver as train
 from pipelines.artifact import Normalizer, load_artifact
 from pipelines.config import ConfigError
+from pipelines.device import DeviceError
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +93,10 @@ def test_any_split_can_be_scored(spark, trained, tmp_path):
     scored = infer.main(spark, config)
     manifest = json.loads((config.dataset_dir / "manifest.json").read_text())
     assert scored["split"] == "val" and scored["rows"] == manifest["splits"]["val"]["count"]
+
+
+def test_cuda_requested_without_a_gpu_fails_before_scoring(spark, trained, tmp_path):
+    config = make_config(trained.workdir, "run_id=infer-cnn", "infer.device=cuda", f"infer.output={tmp_path / 'p'}")
+    with pytest.raises(DeviceError, match=r"'infer.device' = 'cuda' but there is no GPU here.*infer.device=auto"):
+        infer.main(spark, config)
+    assert not (tmp_path / "p").exists()

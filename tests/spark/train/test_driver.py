@@ -48,6 +48,21 @@ def test_metrics_jsonl_has_one_line_per_epoch_with_samples_seen(trained_cnn, dig
     assert lines[-1]["loss"] < lines[0]["loss"]
 
 
+def test_the_result_says_which_device_each_rank_used(trained_cnn):
+    _, result = trained_cnn
+    assert [d["rank"] for d in result["devices"]] == [0, 1]
+    assert all(d["device"] == "cpu" and d["gpu"] == "" for d in result["devices"])  # this machine has no GPU
+    assert "no CUDA device" in result["devices"][0]["reason"]
+    assert result["precision"] == "fp32"
+
+
+def test_cuda_requested_without_a_gpu_fails_before_launch(spark, digits_workdir):
+    config = make_config(digits_workdir, "run_id=cuda-none", "train.device=cuda")
+    with pytest.raises(TrainError, match=r"'train.device' = 'cuda' but there is no GPU here.*train.device=auto"):
+        train.main(spark, config)
+    assert not config.run_dir().exists()  # nothing started
+
+
 def test_artifact_holds_all_inference_needs(trained_cnn):
     config, result = trained_cnn
     artifact = torch.load(result["artifact"], weights_only=True)

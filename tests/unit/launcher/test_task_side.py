@@ -45,6 +45,19 @@ def test_extra_env_wins_over_the_defaults():
     assert env["HOROVOD_CYCLE_TIME"] == "5" and env["OMP_NUM_THREADS"] == "1"
 
 
+def test_a_task_with_spark_gpus_shows_its_rank_only_those(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # what the executor itself may see
+    env = rank_environment(_spec(), ASSIGNMENT, threads=1, gpus=("2",))
+    assert (env["CUDA_VISIBLE_DEVICES"], env["DLPIPE_TASK_GPUS"]) == ("2", "2")
+
+
+def test_a_task_without_spark_gpus_leaves_the_workers_gpus_and_no_stale_task_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # one multi-GPU node, no Spark GPU scheduling
+    monkeypatch.setenv("DLPIPE_TASK_GPUS", "7")  # left over in a reused worker: must not reach the rank
+    env = rank_environment(_spec(), ASSIGNMENT, threads=1)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and "DLPIPE_TASK_GPUS" not in env
+
+
 def test_describe_exit_names_the_code_or_the_signal():
     assert describe_exit(1) == "exited with code 1"
     assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"

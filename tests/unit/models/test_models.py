@@ -51,7 +51,7 @@ def build(name: str, feature_shape: tuple[int, ...]) -> models.DlpipeModel:
 
 
 def test_names() -> None:
-    assert models.names() == ["autoencoder", "cnn", "gan", "mlp", "vae"]
+    assert models.names() == ["autoencoder", "cnn", "gan", "mlp", "mlp_policy", "vae"]
 
 
 def test_package_exports_only_the_public_api() -> None:
@@ -213,7 +213,7 @@ def test_build_is_deterministic_given_the_seed() -> None:
 
 
 def test_unknown_model_name_lists_known_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'resnet'.*autoencoder, cnn, gan, mlp, vae"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'.*autoencoder, cnn, gan, mlp, mlp_policy, vae"):
         models.build("resnet", feature_shape=(1, 8, 8), num_classes=10)
 
 

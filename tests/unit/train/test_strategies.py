@@ -13,12 +13,12 @@ import strategy_workers as w
 WORLD = 2
 
 
-def _run(tmp_path, strategy: str, microbatches: int = 4) -> list[dict]:
+def _run(tmp_path, strategy: str, microbatches: int = 4, precision: str = "fp32") -> list[dict]:
     """Both ranks' saved results; the store is ours (as the driver's is in a launch)."""
     from torch.distributed import TCPStore
 
     store = TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False, timeout=timedelta(seconds=60))
-    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path)), nprocs=WORLD,
+    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path), precision), nprocs=WORLD,
                        join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=2):
@@ -110,3 +110,41 @@ def test_a_two_optimizer_model_on_a_strategy_that_has_one_is_refused_before_laun
     with pytest.raises(TrainError, match=rf"model 'gan' trains with 2 optimizers \(discriminator, generator\); "
                                          rf"train.strategy={strategy} supports one: use train.strategy=horovod or ddp"):
         check_layout(job, 2)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "pipeline"])
+def test_a_bf16_autocast_step_runs_on_cpu_and_stays_close_to_fp32(tmp_path, strategy):
+    ranks = _run(tmp_path, strategy, precision="bf16")
+    loss, grads, _ = _reference(4 if strategy == "pipeline" else 1)
+    figures = [r["figures"] for r in ranks if r["figures"]]
+    bf16_loss = sum(f["loss"] for f in figures) / len(figures)
+    assert bf16_loss == pytest.approx(loss, rel=2e-2)  # bf16 keeps about 3 significant digits
+    assert bf16_loss != pytest.approx(loss, rel=1e-6)  # ... so it did run in bf16
+    seen = {k: v for r in ranks for k, v in r["grads"].items()}
+    for name, grad in grads.items():
+        assert seen[name].dtype == torch.float32  # autocast computes in bf16, parameters and gradients stay fp32
+        cosine = torch.nn.functional.cosine_similarity(seen[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.99, (name, cosine.item())
+
+
+def test_torch_distributed_strategies_join_over_nccl_on_a_gpu_and_gloo_on_a_cpu(monkeypatch):
+    from pipelines.config import TrainConfig
+    from pipelines.launcher.rank import RankContext
+    from pipelines.train.strategies import make_strategy, torch_dist
+
+    joined = []
+    monkeypatch.setattr(torch_dist, "join_process_group", lambda ctx, backend: joined.append(backend))
+    for name in ("ddp", "fsdp", "pipeline"):
+        for device in ("cuda:0", "cpu"):
+            make_strategy(RankContext(0, 2, 0, 1, 0), TrainConfig(strategy=name), torch.device(device)).start()
+    assert joined == ["nccl", "gloo"] * 3
+
+
+def test_horovod_on_a_gpu_without_nccl_stops_before_joining_and_says_what_to_do():
+    from pipelines.config import TrainConfig
+    from pipelines.launcher.rank import RankContext
+    from pipelines.train.strategies import make_strategy
+
+    strategy = make_strategy(RankContext(0, 1, 0, 1, 0), TrainConfig(), torch.device("cuda:0"))
+    with pytest.raises(RuntimeError, match=r"built without NCCL.*make setup.*train.strategy=ddp"):
+        strategy.start()  # this machine's Horovod is the CPU/Gloo build

@@ -1,0 +1,175 @@
+"""The actor side: step seeded Gymnasium environments with a given policy and return the steps as Arrow.
+
+Runs inside a Spark task (``pipelines.rl.job`` calls :func:`rollout` from ``mapInArrow``), but
+imports no pyspark, so it runs and is tested in a plain process too. Each call resets its
+environments with seeds derived from ``(seed, iteration, actor)`` and steps them a fixed number
+of steps: no environment state survives between iterations, so a task can run on any executor
+and a retried task repeats exactly the same rollout.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import models
+from models.base import DlpipeModel
+from pipelines.config import ConfigError
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What every actor needs besides the weights: plain data, picklable."""
+
+    env_id: str
+    envs_per_actor: int
+    steps_per_env: int
+    seed: int
+
+
+# One row per environment step, ordered by (actor, env, step); as Spark DDL for mapInArrow.
+SPARK_SCHEMA = ("actor int, env int, step int, obs array<float>, action bigint, logprob float, value float, "
+                "next_value float, reward float, terminated boolean, truncated boolean")
+
+
+def schema() -> pa.Schema:
+    """:data:`SPARK_SCHEMA` in Arrow."""
+    return pa.schema([
+        ("actor", pa.int32()), ("env", pa.int32()), ("step", pa.int32()),
+        ("obs", pa.list_(pa.float32())),
+        ("action", pa.int64()), ("logprob", pa.float32()), ("value", pa.float32()),
+        ("next_value", pa.float32()),  # bootstrap value of the following observation (see pipelines.rl.gae)
+        ("reward", pa.float32()), ("terminated", pa.bool_()), ("truncated", pa.bool_()),
+    ])
+
+
+def actor_seeds(seed: int, iteration: int, actor: int, envs: int) -> tuple[list[int], int]:
+    """Environment reset seeds and the action-sampling seed of one actor in one iteration.
+
+    SeedSequence mixes the three numbers, so neighbouring actors or iterations get unrelated streams.
+    """
+    state = np.random.SeedSequence([seed, iteration, actor]).generate_state(envs + 1, dtype=np.uint32)
+    return [int(s) for s in state[:envs]], int(state[envs])
+
+
+def env_spaces(env_id: str) -> tuple[tuple[int, ...], int]:
+    """Observation shape and number of actions of ``env_id``; a ConfigError naming ``rl.env_id``
+    unless it exists with vector (Box) observations and Discrete actions."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:
+        raise ConfigError(f"config key 'rl.env_id' = {env_id!r} is not a registered Gymnasium environment "
+                          f"({type(e).__name__}: {e})") from None
+    try:
+        obs, act = env.observation_space, env.action_space
+        if not isinstance(obs, gym.spaces.Box) or not isinstance(act, gym.spaces.Discrete):
+            raise ConfigError(f"config key 'rl.env_id' = {env_id!r} has {type(obs).__name__} observations and "
+                              f"{type(act).__name__} actions; dlpipe rl needs Box (vector) observations and "
+                              "Discrete actions (e.g. CartPole-v1, Acrobot-v1, LunarLander-v3)")
+        return tuple(int(d) for d in obs.shape), int(act.n)
+    finally:
+        env.close()
+
+
+def make_envs(env_id: str, n: int) -> Any:
+    """``n`` copies of ``env_id`` stepped in this process; a finished episode resets in the same step
+    (its final observation is in ``info['final_obs']``)."""
+    import gymnasium as gym
+
+    return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+
+
+def policy_to_bytes(model: DlpipeModel) -> bytes:
+    """The policy as bytes to ship to the actors (architecture and weights)."""
+    buf = io.BytesIO()
+    torch.save(models.to_artifact_dict(model), buf)
+    return buf.getvalue()
+
+
+def policy_from_bytes(blob: bytes) -> DlpipeModel:
+    """The policy :func:`policy_to_bytes` shipped, in eval mode."""
+    return models.from_artifact_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+
+
+_ENVS: dict[tuple[str, int], Any] = {}  # per worker process: made once, reset with fresh seeds every call
+
+
+def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int) -> pa.RecordBatch:
+    """Step ``spec.envs_per_actor`` environments ``spec.steps_per_env`` steps with ``policy``; one
+    Arrow row per step (:func:`schema`)."""
+    torch.set_num_threads(1)  # actors share the cores with each other: one thread each
+    n, steps = spec.envs_per_actor, spec.steps_per_env
+    env_seeds, action_seed = actor_seeds(spec.seed, iteration, actor, n)
+    key = (spec.env_id, n)
+    if key not in _ENVS:
+        _ENVS[key] = make_envs(spec.env_id, n)
+    envs = _ENVS[key]
+    generator = torch.Generator().manual_seed(action_seed)
+    obs, _ = envs.reset(seed=env_seeds)
+    obs_size = int(np.prod(obs.shape[1:]))
+    all_obs = np.zeros((steps, n, obs_size), np.float32)
+    actions = np.zeros((steps, n), np.int64)
+    logprobs, values, next_values, rewards = (np.zeros((steps, n), np.float32) for _ in range(4))
+    terminated, truncated = np.zeros((steps, n), bool), np.zeros((steps, n), bool)
+    for t in range(steps):
+        x = torch.from_numpy(np.asarray(obs, np.float32))
+        out = policy.act(x, generator)
+        all_obs[t] = x.reshape(n, -1).numpy()
+        actions[t], logprobs[t], values[t] = out["actions"].numpy(), out["logprobs"].numpy(), out["values"].numpy()
+        obs, rewards[t], terminated[t], truncated[t], info = envs.step(actions[t])
+        cut = np.flatnonzero(truncated[t] & ~terminated[t])  # time limit: bootstrap from the true final obs
+        if len(cut):
+            final = np.stack([info["final_obs"][i] for i in cut]).astype(np.float32)
+            next_values[t, cut] = policy.value(torch.from_numpy(final)).numpy()
+    done = terminated | truncated
+    next_values[:-1] = np.where(done[:-1], next_values[:-1], values[1:])
+    last = policy.value(torch.from_numpy(np.asarray(obs, np.float32))).numpy()  # the rollout ends mid-episode
+    next_values[-1] = np.where(done[-1], next_values[-1], last)
+    # (steps, envs) -> rows ordered by env, then step
+    columns = [np.full(steps * n, actor, np.int32), np.repeat(np.arange(n, dtype=np.int32), steps),
+               np.tile(np.arange(steps, dtype=np.int32), n)]
+    flat = [a.swapaxes(0, 1).reshape(steps * n, *a.shape[2:]) for a in
+            (all_obs, actions, logprobs, values, next_values, rewards, terminated, truncated)]
+    offsets = pa.array(np.arange(0, steps * n * obs_size + 1, obs_size, dtype=np.int32))
+    obs_col = pa.ListArray.from_arrays(offsets, pa.array(flat[0].reshape(-1)))
+    return pa.RecordBatch.from_arrays([pa.array(c) for c in columns] + [obs_col] + [pa.array(c) for c in flat[1:]],
+                                      schema=schema())
+
+
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int,
+                 record: bool = False) -> dict[str, Any]:
+    """Play ``episodes`` whole episodes (one environment each, seeds ``seed + i``) choosing actions
+    with ``act`` (observations (B, obs) float32 -> actions (B,)); their returns and lengths, and with
+    ``record`` every step's observation and action (episode, step, obs, action)."""
+    envs = make_envs(env_id, episodes)
+    try:
+        obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+        running = np.ones(episodes, bool)
+        returns, lengths = np.zeros(episodes), np.zeros(episodes, np.int64)
+        steps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        while running.any():
+            flat = np.asarray(obs, np.float32).reshape(episodes, -1)
+            action = np.asarray(act(flat), np.int64)
+            if record:
+                live = np.flatnonzero(running)
+                steps.append((live, lengths[live].copy(), flat[live], action[live]))
+            obs, reward, term, trunc, _ = envs.step(action)
+            returns += np.where(running, reward, 0.0)
+            lengths += running
+            running &= ~(term | trunc)  # an env that finished is reset by the wrapper: ignore it from now on
+    finally:
+        envs.close()
+    result: dict[str, Any] = {"returns": returns.tolist(), "lengths": lengths.tolist()}
+    if record:
+        result["episode"] = np.concatenate([s[0] for s in steps])
+        result["step"] = np.concatenate([s[1] for s in steps])
+        result["obs"] = np.concatenate([s[2] for s in steps])
+        result["action"] = np.concatenate([s[3] for s in steps])
+    return result

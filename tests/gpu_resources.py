@@ -1,0 +1,54 @@
+"""Spark GPU scheduling without GPUs: a ``local-cluster`` whose workers discover fake GPUs, and a
+rank entry that reports what its barrier task handed it (for tests/spark/launcher/test_gpu_resources.py).
+
+``python tests/gpu_resources.py OUT.json DISCOVERY_SCRIPT`` is the driver: its own process, since the
+test session's ``local[2]`` SparkSession cannot schedule resources. The rank processes import this
+module by name (``tests/`` is on their path).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def device_probe(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Rank entry: the GPUs the task gave this rank, and the device ``train.device=auto`` picks."""
+    from pipelines.device import resolve_device, task_gpus, visible_gpus
+
+    seen = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "task_gpus": task_gpus(),
+            **resolve_device("auto", task_gpus(), visible_gpus(), ctx.local_rank).describe()}
+    ctx.emit("probe", **seen)
+    return seen
+
+
+def main(out: str, discovery_script: str) -> None:
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT),
+                                                os.environ.get("PYTHONPATH", "")])
+    sys.path[:0] = [str(REPO_ROOT)]
+    from pipelines.launcher import run_ranks
+    from pipelines.session import get_spark
+
+    gpu = {"amount": "1", "discoveryScript": discovery_script}
+    spark = get_spark("dlpipe-gpu-resources", master="local-cluster[2,1,1024]", conf={
+        "spark.driver.host": "127.0.0.1", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+        **{f"spark.worker.resource.gpu.{k}": v for k, v in gpu.items()},
+        **{f"spark.executor.resource.gpu.{k}": v for k, v in gpu.items()},
+        "spark.task.resource.gpu.amount": "1", "spark.executor.memory": "512m",
+        "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+        "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s"})
+    try:
+        events: list[dict[str, Any]] = []
+        run_ranks(spark, "gpu_resources:device_probe", {}, num_workers=2, start_timeout_s=90, failure_timeout_s=60,
+                  on_event=lambda rank, e: events.append({"rank": rank, **e}) if e.get("kind") == "probe" else None)
+        Path(out).write_text(json.dumps(sorted(events, key=lambda e: e["rank"])))
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
