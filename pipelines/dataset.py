@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -129,3 +130,14 @@ def steps_per_epoch(sizes: list[int], size: int, batch_size: int) -> int:
     """Steps every rank runs per epoch: enough for the largest shard, dropping < one batch."""
     largest = max(shard_rows(sizes, r, size) for r in range(size))
     return largest // batch_size
+
+
+def table_arrays(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A table of the dataset format -> (features (rows, F) float32, labels (rows,) int64)."""
+    rows = table.num_rows
+    values = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if rows and len(values) % rows:
+        raise ValueError(f"the features column holds {len(values)} values for {rows} rows: rows of unequal length "
+                         f"(the ETL writes every row with the same feature count)")
+    features = values.astype(np.float32, copy=False).reshape(rows, -1 if rows else 0)
+    return features, table.column("label").to_numpy().astype(np.int64, copy=False)

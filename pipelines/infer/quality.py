@@ -39,9 +39,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, F) float32, labels (N,) int64) of a published split."""
-    table = pq.ParquetDataset([str(p) for p in dataset.part_files(path)]).read(columns=["features", "label"])
-    features = np.stack(table.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
-    return features, table.column("label").to_numpy().astype(np.int64)
+    return dataset.table_arrays(pq.ParquetDataset([str(p) for p in dataset.part_files(path)])
+                                .read(columns=["features", "label"]))
 
 
 def sample_quality(config: PipelineConfig, artifact: str | Path) -> dict[str, Any]:

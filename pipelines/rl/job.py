@@ -46,9 +46,11 @@ class RolloutError(RuntimeError):
 def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train the policy, evaluate it greedily, write metrics, checkpoints, report and ``summary.json``;
     track the run (``tracking``: MLflow, TensorBoard; step = iteration)."""
+    obs_shape, num_actions = env_spaces(config.rl.env_id)  # a bad env id or model: an error before any tracking
+    model = build_policy(config, obs_shape, num_actions)
     check_writable(config.run_dir(), "workdir")
     with open_tracker(config, "rl") as tracker:
-        summary = _train(spark, config, on_iteration, tracker)
+        summary = _train(spark, config, model, on_iteration, tracker)
         tracker.log_metrics({"eval": summary["eval"]}, step=summary["iterations"])
         for name in ("summary.json", "config.yaml", "metrics.jsonl"):
             tracker.log_artifact(config.run_dir() / name)
@@ -58,13 +60,10 @@ def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[di
     return summary
 
 
-def _train(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[dict], None] | None,
-           tracker: Tracker) -> dict[str, Any]:
+def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeModel,
+           on_iteration: Callable[[dict], None] | None, tracker: Tracker) -> dict[str, Any]:
     rc = config.rl
-    obs_shape, num_actions = env_spaces(rc.env_id)
-    model = build_policy(config, obs_shape, num_actions)
     run_dir = config.run_dir()
-    check_writable(run_dir, "workdir")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=rc.lr, eps=1e-5)

@@ -97,7 +97,6 @@ class Tracker:
         self._stream = stream or sys.stderr
         self._workers = [_Background(sink, self._warn) for sink in sinks]
         self.flush_timeout_s = flush_timeout_s
-        self._epoch_steps = 0
 
     def _warn(self, message: str) -> None:
         print(f"dlpipe: warning: {message}", file=self._stream, flush=True)
@@ -136,7 +135,6 @@ class Tracker:
             for w in self._workers:
                 w.submit("backfill", epochs, stamp)
         elif kind == "progress":
-            self._epoch_steps = event["steps"]
             step = (event["epoch"] - 1) * event["steps"] + event["step"]
             self.log_metrics({"step_loss": event["loss"], "step_samples_per_s": event["samples_per_s"]}, step)
         elif kind == "epoch" and rank == 0:
@@ -160,7 +158,6 @@ def _epoch_figures(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("kind", "epoch", "time")}
 
 
-NO_TRACKING = Tracker([])
 # Overrides that turn tracking off: benchmarks and most tests measure something else.
 TRACKING_OFF = ["tracking.mlflow=false", "tracking.tensorboard=false"]
 

@@ -44,21 +44,27 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
         check_device(spark, tc.device, "train.device")
     except DeviceError as e:
         raise TrainError(str(e)) from None
-    if tracker is None:
-        check_writable(config.run_dir(), "workdir")
-        with open_tracker(config, "train") as own:
-            result = main(spark, config, on_event, entry, own)
-            own.log_artifact(config.run_dir() / "metrics.jsonl")
-            return result
     check_writable(config.run_dir(), "workdir")
     job = plan_job(config)
-    check_layout(job, tc.num_workers)
+    check_layout(job, tc.num_workers)  # every check before a tracked run starts
     if not job.validation_path:
         print(f"dlpipe train: dataset {config.dataset} has no '{VALIDATION_SPLIT}' split: training without "
               f"per-epoch validation", flush=True)
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    if tracker is not None:
+        return _attempts(spark, job, on_event, entry, tracker)
+    with open_tracker(config, "train") as own:
+        result = _attempts(spark, job, on_event, entry, own)
+        own.log_artifact(job.metrics_file)
+        return result
+
+
+def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None, entry: str,
+              tracker: Tracker) -> dict[str, Any]:
+    """Launch the ranks, relaunching a failed stage up to ``train.max_attempts`` times."""
+    config, tc = job.config, job.config.train
     progress = EpochProgress(tc.epochs)
 
     def handle(rank: int, event: dict[str, Any]) -> None:

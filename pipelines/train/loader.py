@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from pipelines import dataset
 from pipelines.artifact import Normalizer
 from pipelines.device import pin_batch
 
@@ -41,22 +42,11 @@ class _ArrowArrays:
             table = workers_pool.get_results()
         except EmptyResultError:
             raise StopIteration
-        return table_arrays(table)
-
-
-def table_arrays(table: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A table of the dataset format -> (features (rows, F) float32, labels (rows,) int64)."""
-    rows = table.num_rows
-    values = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    if rows and len(values) % rows:
-        raise ValueError(f"the features column holds {len(values)} values for {rows} rows: rows of unequal length "
-                         f"(the ETL writes every row with the same feature count)")
-    features = values.astype(np.float32, copy=False).reshape(rows, -1 if rows else 0)
-    return features, table.column("label").to_numpy().astype(np.int64, copy=False)
+        return dataset.table_arrays(table)
 
 
 def _reader(url: str, **options: Any) -> Any:
-    """Petastorm's batch reader of the dataset format's columns, yielding :func:`table_arrays`."""
+    """Petastorm's batch reader of the dataset format's columns, yielding :func:`dataset.table_arrays`."""
     from petastorm import make_batch_reader
 
     reader = make_batch_reader(url, schema_fields=["features", "label"], num_epochs=1, **options)
