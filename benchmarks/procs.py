@@ -49,10 +49,15 @@ def run_worker(job: dict[str, Any], *, threads: int, timeout_s: float,
     return _result(0, proc.stdout)
 
 
-def run_workers(jobs: list[dict[str, Any]], env: dict[str, str], timeout_s: float = 900) -> list[dict[str, Any]]:
-    """Run one contender process per job at the same time (DDP ranks, independent processes); their JSON."""
-    procs = [subprocess.Popen(_command(job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              cwd=str(REPO_ROOT)) for job in jobs]
+def run_workers(jobs: list[dict[str, Any]], env: dict[str, str] | list[dict[str, str]],
+                timeout_s: float = 900) -> list[dict[str, Any]]:
+    """Run one contender process per job at the same time (DDP ranks, independent processes); their JSON.
+
+    ``env``: one environment for all, or one per job (Horovod ranks learn their rank from it).
+    """
+    envs = env if isinstance(env, list) else [env] * len(jobs)
+    procs = [subprocess.Popen(_command(job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
+                              cwd=str(REPO_ROOT)) for job, e in zip(jobs, envs)]
     outputs = []
     try:
         for p in procs:

@@ -10,7 +10,6 @@ the start of every step: after the ``plan`` event, the second heartbeat marks th
 """
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,6 @@ from pipelines.launcher import RankContext
 
 # The entry strings the driver side launches (``module:function``, imported in the rank process).
 TIMED_ENTRY = "benchmarks.ranks:timed_train_rank"
-PINNED_ENTRY = "benchmarks.ranks:pinned_train_rank"
 NOOP_ENTRY = "benchmarks.ranks:noop_rank"
 
 _beats = [-1]  # heartbeats since the trainer's "plan" event (-1: not planned yet); one rank per process
@@ -56,17 +54,6 @@ def timed_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any
         return train_rank(payload, clock)
     finally:
         ctx.emit("bench_peak_rss", bytes=peak_rss_bytes())
-
-
-def pinned_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
-    """``timed_train_rank`` with this rank process (all its threads) pinned to its own core(s).
-
-    A what-if for the benchmark's knob sweep: the launcher does not pin ranks today.
-    """
-    cores = sorted(os.sched_getaffinity(0))
-    first = (ctx.local_rank * ctx.threads) % len(cores)
-    os.sched_setaffinity(0, {cores[(first + i) % len(cores)] for i in range(ctx.threads)})
-    return timed_train_rank(payload, ctx)
 
 
 def noop_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:

@@ -13,8 +13,16 @@ ETL output, one after the other:
 - ``torch_2_independent_processes``: two such processes at once, not communicating (summed): what the
   machine's 2 cores give to 2 processes at all (``machine_scaling`` = this / (2 x torch_1_process)).
 - ``ddp_2_processes``: PyTorch DDP (Gloo on 127.0.0.1), 2 single-thread processes, in-memory tensors.
-- Knob sweep (small and large): dlpipe's 2 ranks once each with HOROVOD_CYCLE_TIME 5 ms, batch 128,
-  and rank processes pinned to their own cores (``benchmarks.ranks.pinned_train_rank``).
+- ``horovod_2_processes``: plain Horovod (``DistributedOptimizer``, Gloo on 127.0.0.1, rendezvous
+  served here as ``horovodrun`` does), 2 single-thread processes, in-memory tensors: Horovod's own
+  cost, apart from what dlpipe adds (``horovod_vs_ddp``, ``dlpipe_vs_horovod``).
+- Knob sweep (small and large): dlpipe's 2 ranks once each with glibc's default malloc thresholds
+  (Horovod and DDP; ``train.malloc_tuning=false``), HOROVOD_CYCLE_TIME 5 ms, batch 128, and rank
+  processes left unpinned (``train.pin_ranks=false``).
+- Where the cores go: each dlpipe launch's ``cpu_cores`` (``benchmarks.cpu_profile``) splits the
+  CPU time of the job's process tree after the first epoch into rank main threads, the ranks' other
+  threads (loader, Petastorm, Horovod/Gloo), Spark's JVM, the Python workers relaying the ranks'
+  output, and the driver.
 - Launch: ``dlpipe_launch_to_first_step`` (call -> end of the trainer's first step);
   ``dlpipe_noop_launch`` (the same launch of an entry that joins Horovod and returns);
   ``torchdistributor_noop`` (``TorchDistributor(num_processes=2, local_mode=False).run(noop)``,
@@ -32,7 +40,7 @@ import time
 from typing import Any
 
 from benchmarks import data, harness, procs
-from benchmarks.ranks import PINNED_ENTRY, TIMED_ENTRY
+from benchmarks.ranks import TIMED_ENTRY
 from benchmarks.training import RANKS, noop_launch, plan, train_once
 from pipelines import dataset
 from pipelines.config import PipelineConfig
@@ -44,13 +52,16 @@ SIZES = {
     "large": {"data": data.DataSpec(50000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 3, "sweep": True},
 }
 # Knobs tried on dlpipe's 2 ranks (one launch each, after the rounds): name -> (config overrides, rank entry).
-# Also tried by hand on this machine, and slower: HOROVOD_CYCLE_TIME 0.1-0.2 ms and 20 ms.
+# Also tried by hand on this machine, and no faster: HOROVOD_CYCLE_TIME 0.1-20 ms (2-5 ms within noise of
+# 1 ms once malloc is tuned), waiting for Horovod's handles with a sleeping poll instead of its yield loop,
+# and one grouped allreduce after the backward pass instead of per-parameter hooks.
 SWEEP = {
+    "dlpipe_2_ranks_malloc_default": (["train.malloc_tuning=false"], TIMED_ENTRY),
+    "dlpipe_2_ranks_ddp_malloc_default": (["train.strategy=ddp", "train.malloc_tuning=false"], TIMED_ENTRY),
     "dlpipe_2_ranks_cycle_5ms": (["train.horovod_cycle_time_ms=5"], TIMED_ENTRY),
     "dlpipe_2_ranks_batch128": (["train.batch_size=128"], TIMED_ENTRY),
-    "dlpipe_2_ranks_pinned": ([], PINNED_ENTRY),
+    "dlpipe_2_ranks_unpinned": (["train.pin_ranks=false"], TIMED_ENTRY),
 }
-
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the train benchmark at ``size``; print its table, write ``train.json``, return its JSON."""
@@ -75,9 +86,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     others = {"torch_1_process": lambda: procs.run_worker({**args, "lr": tc.lr}, threads=1,
                                                           timeout_s=900)["samples_per_s"],
               "torch_2_independent_processes": lambda: _independent(args, tc.lr),
-              "ddp_2_processes": lambda: _ddp(args, lr_ranks)}
+              "ddp_2_processes": lambda: _ddp(args, lr_ranks),
+              "horovod_2_processes": lambda: _horovod(args, lr_ranks, tc.horovod_cycle_time_ms,
+                                                      tc.horovod_fusion_threshold_mb)}
     figures: dict[str, list[float]] = {key: [] for key in others}
-    rates, ddp_rates, launches, rss, waits, phases = [], [], [], [], [], []
+    rates, ddp_rates, launches, rss, waits, phases, cpus, ddp_cpus = [], [], [], [], [], [], [], []
     # Rounds: every contender once per round, so a change in machine load hits all of them alike.
     for i in range(s["rounds"]):
         harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} Horovod ranks, {s['epochs']} epochs")
@@ -87,9 +100,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         phases.append(out["launch_phases"])
         rss.append(out["peak_rss_bytes"])
         waits += out["data_wait_fraction"][1:]
+        cpus.append(out["cpu_cores"])
         harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} ranks with train.strategy=ddp")
-        ddp_rates += train_once(spark, data.derive(config, "train.strategy=ddp"), ds, s["epochs"],
-                                run_name=f"train-ddp-{i}")["samples_per_s"][1:]
+        out = train_once(spark, data.derive(config, "train.strategy=ddp"), ds, s["epochs"], run_name=f"train-ddp-{i}")
+        ddp_rates += out["samples_per_s"][1:]
+        ddp_cpus.append(out["cpu_cores"])
         for key, measure in others.items():
             if key in report.unavailable:
                 continue
@@ -99,8 +114,9 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
             except (harness.BenchError, subprocess.TimeoutExpired) as e:
                 report.skip(key, f"did not run: {str(e).splitlines()[0]}")
     report.add("dlpipe_2_ranks", rates, "samples/s", DESCRIPTIONS["dlpipe_2_ranks"],
-               data_wait_fraction=harness.mean(waits), peak_rss_bytes=max(rss))
-    report.add("dlpipe_2_ranks_ddp", ddp_rates, "samples/s", DESCRIPTIONS["dlpipe_2_ranks_ddp"])
+               data_wait_fraction=harness.mean(waits), peak_rss_bytes=max(rss), cpu_cores=_mean_parts(cpus))
+    report.add("dlpipe_2_ranks_ddp", ddp_rates, "samples/s", DESCRIPTIONS["dlpipe_2_ranks_ddp"],
+               cpu_cores=_mean_parts(ddp_cpus))
     report.add("dlpipe_launch_to_first_step", launches, "s", DESCRIPTIONS["dlpipe_launch_to_first_step"],
                phases=phases)
     for key, values in figures.items():
@@ -111,8 +127,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         harness.log(NAME, f"knob: {key}")
         out = train_once(spark, data.derive(config, *overrides), ds, s["epochs"], run_name=f"train-{key}",
                          entry=entry)
-        what = " ".join(overrides) if overrides else "each rank process pinned to its own core (sched_setaffinity)"
-        report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {what}",
+        report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {' '.join(overrides)}",
                    data_wait_fraction=harness.mean(out["data_wait_fraction"][1:]))
 
     harness.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
@@ -136,6 +151,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report.ratios["ddp_strategy_vs_ddp"] = harness.ratio(report.median("dlpipe_2_ranks_ddp"),
                                                          report.median("ddp_2_processes"))
     report.ratios["ddp_scaling_efficiency"] = harness.ratio(report.median("ddp_2_processes"), twice_one)
+    report.ratios["ddp_strategy_scaling_efficiency"] = harness.ratio(report.median("dlpipe_2_ranks_ddp"), twice_one)
+    report.ratios["horovod_vs_ddp"] = harness.ratio(report.median("horovod_2_processes"),
+                                                    report.median("ddp_2_processes"))
+    report.ratios["dlpipe_vs_horovod"] = harness.ratio(report.median("dlpipe_2_ranks"),
+                                                       report.median("horovod_2_processes"))
     report.ratios["machine_scaling"] = harness.ratio(report.median("torch_2_independent_processes"), twice_one)
     report.ratios["launch_seconds"] = report.median("dlpipe_launch_to_first_step")
     report.ratios["launch_ratio_vs_torchdistributor"] = harness.ratio(report.median("dlpipe_launch_to_first_step"),
@@ -146,11 +166,63 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         report.limits["scaling_efficiency"] = scaling_limit(report)
     if harness.meets("ratio_vs_ddp", report.ratios["ratio_vs_ddp"]) is False:
         report.limits["ratio_vs_ddp"] = ddp_limit(report)
+    if harness.meets("ddp_strategy_vs_ddp", report.ratios["ddp_strategy_vs_ddp"]) is False:
+        report.limits["ddp_strategy_vs_ddp"] = ddp_strategy_limit(report)
     return harness.finish(report, config)
 
 
+def _mean_parts(profiles: list[dict[str, float]]) -> dict[str, float]:
+    """Cores per part of the job, averaged over the rounds that have a profile."""
+    profiles = [p for p in profiles if p]
+    return {k: round(harness.mean([p[k] for p in profiles]), 3) for k in profiles[0]} if profiles else {}
+
+
+def _figure(report: harness.Report, name: str) -> str:
+    value = report.ratios.get(name)
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _malloc_sentence(report: harness.Report, tuned: str, untuned: str, what: str) -> str:
+    """The measured effect of train.malloc_tuning on one strategy, or '' when the sweep did not run."""
+    with_it, without = report.median(tuned), report.median(untuned)
+    if not (with_it and without):
+        return ""
+    return (f" {what} with glibc's default malloc thresholds (`train.malloc_tuning=false`): {without:,.0f} "
+            f"samples/s against {with_it:,.0f} tuned ({with_it / without:.2f}x, one launch): by default every "
+            "step's activation buffers go back to the OS and are faulted in again (page faults, zeroing and "
+            "unmapping, seen with `perf record` on the rank processes).")
+
+
+def _cpu_sentence(report: harness.Report) -> str:
+    """Where the cores went while dlpipe's Horovod ranks trained, from ``benchmarks.cpu_profile``."""
+    cores = report.contenders.get("dlpipe_2_ranks", {}).get("cpu_cores") or {}
+    one = report.median("torch_1_process")
+    if not cores or not cores.get("rank main threads") or not one:
+        return ""
+    main, idle = cores["rank main threads"], max(0.0, RANKS - cores["total"])
+    per_core = report.median("dlpipe_2_ranks") / main
+    return (f"Where the cores went after the first epoch (`cpu_cores`): the ranks' main threads used {main:.2f} of "
+            f"the {RANKS}, their other threads (loader, Petastorm, Horovod and Gloo) {cores['rank other threads']:.2f}, "
+            f"Spark's JVM and the Python workers relaying the ranks' output "
+            f"{cores['Spark JVM'] + cores['Spark Python workers']:.2f}, the driver {cores['driver']:.2f}; "
+            f"{idle:.2f} cores sat idle, the time each rank waits in every step's allreduce for the other's "
+            f"gradients. Per core of main thread the ranks train {per_core:,.0f} samples/s against {one:,.0f} for "
+            f"one process alone ({per_core / one:.2f}): the allreduce's own work (summing, copying into and out "
+            "of the fusion buffer) and two processes sharing one memory system.")
+
+
+def _step_sentence(report: harness.Report) -> str:
+    one = report.median("torch_1_process")
+    if not one:
+        return "every step ends waiting for the slower rank."
+    step_ms = 1000 * report.params["batch_size_per_rank"] / one
+    return (f"a step computes for about {step_ms:.0f} ms, so a wait of a millisecond or two for the slower rank "
+            "and the allreduce in every step is a large share of it (`train.batch_size=128` in the knobs below "
+            "shows the same cost spread over 4x the work).")
+
+
 def scaling_limit(report: harness.Report) -> str:
-    """What limits ``scaling_efficiency``, with this run's own profile figures."""
+    """What limits ``scaling_efficiency``, with this run's own figures."""
     r = report.ratios
     wait = report.contenders["dlpipe_2_ranks"]["data_wait_fraction"]
     parts = [f"The ranks waited for data {wait:.1%} of their time after the first epoch, so the loader is not "
@@ -161,34 +233,53 @@ def scaling_limit(report: harness.Report) -> str:
                 "process on this machine (`machine_scaling`)")
         parts.append(said + (": the two cores do not give two cores' worth of this model, a ceiling no launcher "
                              "can pass." if machine < 0.9 else ", so the cores themselves scale."))
-    ddp = r.get("ddp_scaling_efficiency")
-    parts.append("What the figures point at is synchronization: every step ends in an allreduce that waits for the slower rank, so "
-                 "whenever one rank loses its core for a moment (to its own Petastorm reader and batching threads, "
-                 "Horovod's background thread, the barrier task relaying its output, the Spark driver or the OS) "
-                 "both ranks stall" + (f"; PyTorch DDP on in-memory tensors, with no reader threads and no Spark, "
-                                       f"reaches {ddp:.0%}." if ddp is not None else "."))
-    tried = [(k, report.median(k)) for k in SWEEP if report.median(k)]
+    parts.append(_cpu_sentence(report))
+    parts.append(f"The synchronization is Horovod's: plain Horovod on in-memory tensors, without Spark, Parquet or "
+                 f"dlpipe, reaches {_figure(report, 'horovod_vs_ddp')}x PyTorch DDP (`horovod_vs_ddp`), and "
+                 f"dlpipe's Horovod ranks {_figure(report, 'dlpipe_vs_horovod')}x plain Horovod "
+                 "(`dlpipe_vs_horovod`). Horovod's background thread negotiates with the other rank over Gloo once "
+                 "every HOROVOD_CYCLE_TIME, and a gradient that is ready waits for the next cycle, then for the "
+                 "negotiation's round trip, before its allreduce starts; DDP starts each bucket's allreduce from "
+                 "the autograd hook that filled it. Even so, two DDP processes on in-memory tensors reach "
+                 f"{_figure(report, 'ddp_scaling_efficiency')} here (`ddp_scaling_efficiency`), and dlpipe under "
+                 f"`train.strategy=ddp` {_figure(report, 'ddp_strategy_scaling_efficiency')}: "
+                 + _step_sentence(report))
+    parts.append(_malloc_sentence(report, "dlpipe_2_ranks", "dlpipe_2_ranks_malloc_default",
+                                  "Horovod ranks").strip())
+    tried = [(k, report.median(k)) for k in SWEEP if report.median(k) and "malloc" not in k]
     if tried:
         base = report.median("dlpipe_2_ranks")
         parts.append(f"Knobs tried against the default ({base:,.0f} samples/s, HOROVOD_CYCLE_TIME "
-                     f"{report.params['horovod_cycle_time_ms']:g} ms, batch {report.params['batch_size_per_rank']}): "
-                     + ", ".join(f"{' '.join(SWEEP[k][0]) or 'ranks pinned to cores'} {v:,.0f}" for k, v in tried)
-                     + " samples/s.")
-    return " ".join(parts)
+                     f"{report.params['horovod_cycle_time_ms']:g} ms, batch {report.params['batch_size_per_rank']}, "
+                     "ranks pinned): " + ", ".join(f"{' '.join(SWEEP[k][0])} {v:,.0f}" for k, v in tried)
+                     + " samples/s (one launch each).")
+    return " ".join(p for p in parts if p)
 
 
 def ddp_limit(report: harness.Report) -> str:
     """What limits ``ratio_vs_ddp``."""
+    versus = report.ratios.get("dlpipe_vs_horovod")
+    if versus is not None and versus >= 1.0:
+        added = ("pinning each rank process to its own core (`train.pin_ranks`) and keeping freed memory mapped "
+                 "(`train.malloc_tuning`) more than pay for the data path, so what remains of the gap to DDP is "
+                 "Horovod's own.")
+    else:
+        added = ("the rest of the gap is what dlpipe's data path and launch add on the same cores (see "
+                 "`cpu_cores`).")
+    return (f"Plain Horovod on the same in-memory tensors reaches {_figure(report, 'horovod_vs_ddp')}x DDP "
+            "(`horovod_vs_ddp`), for the background-thread reason above. dlpipe's ranks, streaming and normalizing "
+            f"Parquet on the same two cores, reach {_figure(report, 'dlpipe_vs_horovod')}x plain Horovod "
+            f"(`dlpipe_vs_horovod`): {added} Users who need DDP's speed set `train.strategy=ddp` "
+            f"(`ddp_strategy_vs_ddp` {_figure(report, 'ddp_strategy_vs_ddp')}).")
+
+
+def ddp_strategy_limit(report: harness.Report) -> str:
+    """What limits ``ddp_strategy_vs_ddp``."""
     wait = report.contenders["dlpipe_2_ranks"]["data_wait_fraction"]
-    text = ("DDP here trains on tensors already in memory, while dlpipe's ranks stream and normalize Parquet "
-            f"on the same two cores (data wait {wait:.1%} of step time, plus the reader threads' CPU time); "
-            "Horovod's allreduce also passes through its background thread (HOROVOD_CYCLE_TIME), where DDP "
-            "reduces gradient buckets straight from autograd hooks.")
-    pinned, ddp = report.median("dlpipe_2_ranks_pinned"), report.median("ddp_2_processes")
-    if pinned and ddp:
-        text += (f" With each rank process pinned to its own core (a launcher change, tried here as a what-if) "
-                 f"dlpipe reaches {pinned / ddp:.2f}x DDP.")
-    return text
+    return ("The DDP contender trains on normalized tensors already in memory; dlpipe's DDP ranks stream the "
+            f"Parquet shard, shuffle and normalize it in a read-ahead thread on the same two cores (data wait "
+            f"{wait:.1%} of step time) and relay events through the barrier task."
+            + _malloc_sentence(report, "dlpipe_2_ranks_ddp", "dlpipe_2_ranks_ddp_malloc_default", "DDP ranks"))
 
 
 DESCRIPTIONS = {
@@ -200,6 +291,8 @@ DESCRIPTIONS = {
     "torch_2_independent_processes": "2 single-thread PyTorch processes training at the same time without "
                                      "communicating (sum): what the 2 cores give",
     "ddp_2_processes": "PyTorch DDP (Gloo, 127.0.0.1), 2 single-thread processes, in-memory tensors",
+    "horovod_2_processes": "plain Horovod (DistributedOptimizer, Gloo, 127.0.0.1, same HOROVOD_CYCLE_TIME), "
+                           "2 single-thread processes, in-memory tensors: Horovod's own cost, without dlpipe",
 }
 
 
@@ -225,6 +318,34 @@ def _ddp(args: dict[str, Any], lr: float) -> list[float]:
     results = procs.run_workers([{**args, "lr": lr, "rank": r, "world": RANKS, "port": port}
                                  for r in range(RANKS)], env)
     return results[0]["samples_per_s"]
+
+
+def _horovod(args: dict[str, Any], lr: float, cycle_time_ms: float, fusion_mb: int) -> list[float]:
+    """Per-epoch samples/s of 2 plain Horovod processes (Gloo on 127.0.0.1, in-memory tensors), started
+    as ``horovodrun`` starts them: a rendezvous server here, each rank's place in its environment."""
+    from horovod.runner.common.util.hosts import HostInfo, get_host_assignments
+    from horovod.runner.http.http_server import RendezvousServer
+
+    plan = get_host_assignments([HostInfo("127.0.0.1", RANKS)], RANKS)
+    server = RendezvousServer()
+    port = server.start()
+    server.init(plan)
+    envs = []
+    for slot in plan:
+        env = procs.python_env(1)
+        env.update({"HOROVOD_GLOO_RENDEZVOUS_ADDR": "127.0.0.1", "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
+                    "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_IFACE": "lo",
+                    "HOROVOD_HOSTNAME": slot.hostname, "HOROVOD_RANK": str(slot.rank),
+                    "HOROVOD_SIZE": str(slot.size), "HOROVOD_LOCAL_RANK": str(slot.local_rank),
+                    "HOROVOD_LOCAL_SIZE": str(slot.local_size), "HOROVOD_CROSS_RANK": str(slot.cross_rank),
+                    "HOROVOD_CROSS_SIZE": str(slot.cross_size), "HOROVOD_CYCLE_TIME": str(cycle_time_ms),
+                    "HOROVOD_FUSION_THRESHOLD": str(fusion_mb << 20)})
+        envs.append(env)
+    try:
+        results = procs.run_workers([{**args, "lr": lr, "horovod": True} for _ in plan], envs)
+    finally:
+        server.stop()
+    return next(r for r in results if r["rank"] == 0)["samples_per_s"]
 
 
 def _independent(args: dict[str, Any], lr: float) -> list[float]:

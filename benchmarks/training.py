@@ -4,7 +4,8 @@ One launch is exactly what ``dlpipe train`` does for one attempt: ``pipelines.tr
 (the driver->rank contract) and ``pipelines.train.driver.launch`` (one barrier stage of Horovod
 ranks), with a rank entry from ``benchmarks.ranks`` that wraps the trainer unchanged. Measured:
 per-epoch samples/s and data-wait fraction as the trainer reports them, the time from the call
-to the end of rank 0's first step (split into phases), and every rank's peak RSS.
+to the end of rank 0's first step (split into phases), every rank's peak RSS, and the cores each
+part of the job used from the end of the first epoch to the end of the last (``benchmarks.cpu_profile``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cpu_profile
 from benchmarks.data import on_dataset
 from benchmarks.harness import BenchError, bench_dir
 from benchmarks.ranks import NOOP_ENTRY, TIMED_ENTRY
@@ -40,9 +42,13 @@ def train_once(spark: Any, config: PipelineConfig, dataset_dir: Path, epochs: in
     rss: dict[int, int] = {}
     memory: dict[int, dict[str, int]] = {}  # rank -> parameters and optimizer bytes it held at the end
 
+    cpu: list[tuple[float, cpu_profile.Snapshot]] = []  # at rank 0's first and latest epoch end
+
     def on_event(rank: int, event: dict[str, Any]) -> None:
         if rank == 0:
             seen.setdefault(event.get("kind", ""), event["time"])
+            if event.get("kind") == "epoch":  # the figures leave the first epoch out: so does the profile
+                cpu[1:] = [(time.perf_counter(), cpu_profile.snapshot())]
         if event.get("kind") == "bench_peak_rss":
             rss[rank] = event["bytes"]
         if event.get("kind") == "memory":
@@ -60,6 +66,8 @@ def train_once(spark: Any, config: PipelineConfig, dataset_dir: Path, epochs: in
     return {"samples_per_s": [h["samples_per_s"] for h in history],
             "data_wait_fraction": [h["data_wait_fraction"] for h in history],
             "launch_seconds": seen["bench_first_step"] - called, "launch_phases": phases,
+            "cpu_cores": (cpu_profile.breakdown(cpu[0][1], cpu[-1][1], cpu[-1][0] - cpu[0][0])
+                          if len(cpu) > 1 else {}),
             "peak_rss_bytes": max(rss.values()) if rss else 0, "peak_rss_by_rank": rss, "memory_by_rank": memory,
             "artifact": result["artifact"]}
 

@@ -1,7 +1,8 @@
 """Contender processes: ``python -m benchmarks.workers JSON`` prints one JSON line.
 
-``train`` (one process, or a DDP rank when ``world`` > 1): plain PyTorch training on in-memory
-tensors, the limit and the DDP contender of the train benchmark. Same model (built as dlpipe's
+``train`` (one process, a DDP rank when ``world`` > 1, or a Horovod rank when ``horovod``): plain
+PyTorch training on in-memory tensors, the limit and the DDP and Horovod contenders of the train
+benchmark (Horovod as its documentation shows: ``DistributedOptimizer``, rendezvous from the environment). Same model (built as dlpipe's
 trainer builds it), optimizer, batch and per-rank steps as dlpipe's trainer, and the same loss:
 the model's own ``loss``, so any dlpipe model trains here. Measures samples/s per epoch.
 
@@ -43,7 +44,13 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(args["threads"])
     rank, world = args.get("rank", 0), args.get("world", 1)
-    ddp = world > 1
+    horovod = args.get("horovod", False)
+    ddp = world > 1 and not horovod
+    if horovod:
+        import horovod.torch as hvd
+
+        hvd.init()
+        rank, world = hvd.rank(), hvd.size()
     if ddp:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
@@ -56,12 +63,21 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
     # DDP reduces gradients through its own forward, so the loss must be computed inside it.
     net = DistributedDataParallel(step_loss) if ddp else step_loss
     optimizer = torch.optim.Adam(model.parameters(), lr=args["lr"])
+    if horovod:
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    def barrier(name: str) -> None:
+        if ddp:
+            dist.barrier()
+        elif horovod:
+            hvd.allreduce(torch.zeros(1), name=name)
+
     batch, steps = args["batch"], args["steps"]
     rates = []
     for epoch in range(args["epochs"]):
         order = torch.randperm(len(y))
-        if ddp:
-            dist.barrier()
+        barrier(f"epoch{epoch}.start")
         started = time.perf_counter()
         for step in range(steps):
             start = (step * batch) % max(1, len(y) - batch + 1)
@@ -74,11 +90,12 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
             loss.item()
             for value in metrics.values():
                 float(value)
-        if ddp:
-            dist.barrier()
+        barrier(f"epoch{epoch}.end")
         rates.append(steps * batch * world / (time.perf_counter() - started))
     if ddp:
         dist.destroy_process_group()
+    if horovod:
+        hvd.shutdown()
     return {"samples_per_s": rates, "rank": rank}
 
 

@@ -140,6 +140,12 @@ class TrainConfig:
     gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
+    # Rank processes keep freed memory for the next step (glibc malloc thresholds, see
+    # pipelines.train.driver.RANK_MALLOC_ENV) instead of unmapping every step's activations.
+    malloc_tuning: bool = True
+    # Each rank process (with its loader and Horovod threads) on its own cores, when the host has
+    # a core per rank thread (pipelines.launcher.rank.pin_rank); false lets the OS move them.
+    pin_ranks: bool = True
     pipeline: PipelineParallelConfig = field(default_factory=PipelineParallelConfig)
     # auto: the GPU Spark gives the rank's task, else a visible GPU (local rank modulo their count),
     # else the CPU; cuda: the same but no GPU is an error; cpu: never a GPU.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from pipelines.launcher.protocol import RESULT_EVENT, encode_event
 
 STALL_EXIT_CODE = 75
+PIN_ENV = "DLPIPE_PIN_RANKS"  # "1": each rank process on its own cores (see pin_rank)
 _last_beat: list[float] = []  # empty until the entry's first heartbeat arms the watchdog
 
 
@@ -107,15 +108,45 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def cores_for_rank(local_rank: int, local_size: int, threads: int, allowed: set[int]) -> set[int] | None:
+    """This rank's own ``threads`` cores of the ``allowed`` ones, when every rank on the host can
+    have its own; None when they cannot (pinning them would stack ranks on shared cores)."""
+    cores = sorted(allowed)
+    if local_size * threads > len(cores):
+        return None
+    first = local_rank * threads
+    return set(cores[first:first + threads])
+
+
+def pin_rank(ctx: RankContext) -> list[int]:
+    """With ``DLPIPE_PIN_RANKS=1`` (``train.pin_ranks``), keep this process on its own cores; the cores.
+
+    Called before any other thread starts, so the loader's, Petastorm's and Horovod's threads inherit
+    it: on a host with a core per rank thread, a rank's helper threads then take time from their own
+    rank only, instead of stalling the step of the rank they happen to land beside.
+    """
+    if os.environ.get(PIN_ENV) != "1" or not hasattr(os, "sched_setaffinity"):
+        return []
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = cores_for_rank(ctx.local_rank, local_size, ctx.threads, os.sched_getaffinity(0))
+    if cores is None:
+        ctx.log(f"not pinned to cores: {local_size} ranks x {ctx.threads} threads on this host but "
+                f"{len(os.sched_getaffinity(0))} cores allowed")
+        return []
+    os.sched_setaffinity(0, cores)
+    return sorted(cores)
+
+
 def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     ctx = context_from_env()
+    cores = pin_rank(ctx)
     import torch
 
     # Without this every rank uses all cores of the machine and they fight (10x slower).
     torch.set_num_threads(ctx.threads)
-    ctx.emit("started", pid=os.getpid(), host=os.environ.get("DLPIPE_HOSTNAME", ""))
+    ctx.emit("started", pid=os.getpid(), host=os.environ.get("DLPIPE_HOSTNAME", ""), cores=cores)
     stall_timeout = float(os.environ.get("DLPIPE_STALL_TIMEOUT_S", "120"))
     threading.Thread(target=_stall_watchdog, args=(ctx, stall_timeout), daemon=True).start()
     try:

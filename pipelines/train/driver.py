@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 
-from pipelines.config import PipelineConfig, to_yaml
+from pipelines.config import PipelineConfig, TrainConfig, to_yaml
 from pipelines.dataset import VALIDATION_SPLIT, row_group_sizes
 from pipelines.device import DeviceError
 from pipelines.launcher import LaunchError, run_ranks
+from pipelines.launcher.rank import PIN_ENV
 from pipelines.progress import EpochProgress
 from pipelines.publish import check_writable, write_text_atomic
 from pipelines.session import check_device, describe
@@ -90,16 +91,33 @@ def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None,
     raise AssertionError("unreachable")
 
 
+# glibc's default (dynamic) thresholds hand every step's large activation buffers back to the OS
+# and fault them in again on the next step; in a rank process with loader and Horovod threads
+# beside the trainer, that kernel work (page faults, unmapping) slowed training measurably
+# (docs/benchmarks.md, dlpipe_2_ranks_malloc_default). Allocations below 32 MiB (glibc's cap) come from the heap, and
+# up to 64 MiB of free heap stays mapped. train.malloc_tuning=false leaves the executors' own settings.
+RANK_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+
+def rank_env(tc: TrainConfig) -> dict[str, str]:
+    """What the training settings add to every rank process's environment."""
+    env = {"HOROVOD_CYCLE_TIME": str(tc.horovod_cycle_time_ms),
+           "HOROVOD_FUSION_THRESHOLD": str(tc.horovod_fusion_threshold_mb * 1024 * 1024)}
+    if tc.malloc_tuning:
+        env.update(RANK_MALLOC_ENV)
+    if tc.pin_ranks:
+        env[PIN_ENV] = "1"
+    return env
+
+
 def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_event: EventHandler | None = None,
            attempt: int = 0, description: str = "dlpipe train") -> dict[str, Any]:
     """One barrier stage running ``entry`` (default: the trainer) on the job's ranks; rank 0's result."""
     tc = job.config.train
-    env = {"HOROVOD_CYCLE_TIME": str(tc.horovod_cycle_time_ms),
-           "HOROVOD_FUSION_THRESHOLD": str(tc.horovod_fusion_threshold_mb * 1024 * 1024)}
     return run_ranks(spark, entry, job.to_payload(), num_workers=tc.num_workers,
                      rendezvous=STRATEGIES[tc.strategy].rendezvous,
                      start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
-                     gloo_iface=tc.gloo_iface, extra_env=env, on_event=on_event, attempt=attempt,
+                     gloo_iface=tc.gloo_iface, extra_env=rank_env(tc), on_event=on_event, attempt=attempt,
                      description=description)
 
 

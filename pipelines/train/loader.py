@@ -141,7 +141,8 @@ def read_all(url: str, *, rank: int, size: int, batch_size: int, normalize: Norm
         return
     with _reader(url, shuffle_row_groups=False, workers_count=1, **shard) as reader:
         for feats, labels in reader:
-            feats = feats.copy()  # Arrow's buffer is read-only; torch wants to own a writable one
+            # Arrow's buffers are read-only; torch wants to own writable ones
+            feats, labels = feats.copy(), labels.copy()
             for start in range(0, len(labels), batch_size):
                 yield {"features": normalize(feats[start:start + batch_size]),
                        "label": torch.from_numpy(labels[start:start + batch_size])}

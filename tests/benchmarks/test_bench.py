@@ -14,6 +14,8 @@ REQUIRED = {
     "loader": {"ratio_vs_pyarrow": ["dlpipe_petastorm", "pyarrow_numpy_torch"]},
     "train": {"scaling_efficiency": ["dlpipe_2_ranks", "torch_1_process"],
               "ratio_vs_ddp": ["dlpipe_2_ranks", "ddp_2_processes"],
+              "horovod_vs_ddp": ["horovod_2_processes", "ddp_2_processes"],
+              "ddp_strategy_vs_ddp": ["dlpipe_2_ranks_ddp", "ddp_2_processes"],
               "launch_seconds": ["dlpipe_launch_to_first_step"],
               "launch_ratio_vs_torchdistributor": ["dlpipe_launch_to_first_step", "torchdistributor_noop"]},
     "infer": {"ratio_vs_torch": ["dlpipe_infer", "torch_1_process"],
@@ -50,6 +52,20 @@ def test_each_benchmark_writes_its_json_with_its_ratios(tiny_results, name):
     for contender in written["contenders"].values():
         assert contender["values"] and all(math.isfinite(v) for v in contender["values"])
         assert contender["min"] <= contender["median"] <= contender["max"]
+
+
+@pytest.mark.slow
+def test_the_train_benchmark_says_where_the_cores_went(tiny_results):
+    """Each dlpipe launch's CPU breakdown covers the ranks' threads, Spark and the driver, and the
+    ranks' main threads are where most of it went (they train; the rest serves them)."""
+    workdir, _, _ = tiny_results
+    written = json.loads((workdir / "bench" / "train.json").read_text())
+    for contender in ("dlpipe_2_ranks", "dlpipe_2_ranks_ddp"):
+        cores = written["contenders"][contender]["cpu_cores"]
+        assert set(cores) >= {"rank main threads", "rank other threads", "Spark JVM", "Spark Python workers",
+                              "driver", "total"}, cores
+        assert 0 < cores["rank main threads"] <= cores["total"] <= 4, cores
+        assert cores["rank main threads"] > cores["rank other threads"], cores
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from testkit import make_config
 from pipelines.infer import job as infer
 from pipelines.train import driver as train
 from pipelines.train.driver import TrainError
+from pipelines.train.job import plan_job
 
 
 def _weights(run_dir):
@@ -110,6 +111,29 @@ def test_a_rank_killed_mid_epoch_is_retried_from_the_checkpoint(spark, digits_wo
     resumed, uninterrupted = _weights(config.run_dir()), _weights(clean.run_dir())
     for name in resumed:
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6)
+
+
+def test_every_rank_process_gets_the_training_environment(spark, digits_workdir, monkeypatch):
+    """The settings that act through a rank's environment (Horovod's cycle and fusion, glibc's
+    malloc thresholds, pinning) reach the rank processes the barrier tasks start, on every rank;
+    with a core per rank, each rank process runs on its own core."""
+    for name in train.RANK_MALLOC_ENV:  # what the rank sees must come from the launch, not from here
+        monkeypatch.delenv(name, raising=False)
+    config = make_config(digits_workdir, "run_id=rank-env", "train.horovod_cycle_time_ms=3")
+    seen: dict[int, dict] = {}
+
+    cores: dict[int, list[int]] = {}
+
+    def record(rank, event):
+        if event["kind"] == "environment":
+            seen[rank], cores[rank] = event["env"], event["cores"]
+
+    train.launch(spark, plan_job(config), entry="rank_probes:environment", on_event=record)
+    expected = {"HOROVOD_CYCLE_TIME": "3.0", "HOROVOD_FUSION_THRESHOLD": str(32 << 20), **train.RANK_MALLOC_ENV,
+                "DLPIPE_PIN_RANKS": "1"}
+    assert seen == {0: expected, 1: expected}
+    if len(os.sched_getaffinity(0)) >= 2:  # 2 ranks x 1 thread: one core each, not the same one
+        assert len(cores[0]) == len(cores[1]) == 1 and cores[0] != cores[1], cores
 
 
 def test_more_ranks_than_row_groups_is_caught_before_launch(spark, digits_workdir):

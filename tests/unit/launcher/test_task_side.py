@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from pipelines.launcher.protocol import TaskSpec, decode_event, encode_event
 from pipelines.launcher.task import describe_exit, rank_environment
 
@@ -120,3 +122,29 @@ def test_any_other_stage_failure_keeps_sparks_reason_without_the_py4j_line():
             "times, most recent failure: disk full\n\tat org.apache.spark")
     assert _explain_spark_error(RuntimeError(text), 2) == ("barrier stage failed: Task 0 in stage 2.0 failed 1 "
                                                            "times, most recent failure: disk full")
+
+
+def test_training_settings_reach_the_rank_environment_and_malloc_tuning_can_be_turned_off():
+    from pipelines.config import TrainConfig
+    from pipelines.train.driver import RANK_MALLOC_ENV, rank_env
+
+    tuned = rank_env(TrainConfig(horovod_cycle_time_ms=2.5, horovod_fusion_threshold_mb=4))
+    assert tuned == {"HOROVOD_CYCLE_TIME": "2.5", "HOROVOD_FUSION_THRESHOLD": str(4 << 20), **RANK_MALLOC_ENV,
+                     "DLPIPE_PIN_RANKS": "1"}
+    assert int(RANK_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]) <= 32 << 20  # glibc ignores a larger one
+    plain = rank_env(TrainConfig(malloc_tuning=False, pin_ranks=False))
+    assert set(plain) == {"HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD"}
+
+
+@pytest.mark.parametrize("local_rank, local_size, threads, allowed, expected", [
+    (0, 2, 1, {0, 1}, {0}),
+    (1, 2, 1, {0, 1}, {1}),
+    (1, 2, 2, {0, 1, 2, 3}, {2, 3}),
+    (1, 2, 1, {4, 9}, {9}),          # the cores the task may use, not 0..n-1
+    (0, 3, 1, {0, 1}, None),         # more rank threads than cores: no pinning
+    (0, 1, 4, {0, 1}, None),
+])
+def test_each_rank_gets_its_own_cores_only_when_every_rank_can(local_rank, local_size, threads, allowed, expected):
+    from pipelines.launcher.rank import cores_for_rank
+
+    assert cores_for_rank(local_rank, local_size, threads, allowed) == expected
