@@ -18,8 +18,8 @@ DEFAULT_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 ORDER = ("loader", "train", "infer", "etl", "memory", "rl")
 WHAT = {
     "loader": "a training rank's data path (Parquet -> normalized torch batches) against a plain pyarrow read",
-    "train": "Horovod data-parallel training launched by dlpipe against one PyTorch process, plain Horovod, PyTorch DDP "
-             "and TorchDistributor",
+    "train": "Horovod data-parallel training launched by dlpipe against one PyTorch process, plain Horovod, "
+             "PyTorch DDP and TorchDistributor",
     "infer": "the batch inference job (mapInArrow) against one PyTorch process and pyspark's predict_batch_udf",
     "etl": "the ETL (validate, deduplicate, split, normalize, publish) against a plain Spark read + Parquet write",
     "memory": "peak RSS of a training rank on a dataset 10x larger than the base one",

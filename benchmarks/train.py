@@ -202,7 +202,8 @@ def _cpu_sentence(report: harness.Report) -> str:
     main, idle = cores["rank main threads"], max(0.0, RANKS - cores["total"])
     per_core = report.median("dlpipe_2_ranks") / main
     return (f"Where the cores went after the first epoch (`cpu_cores`): the ranks' main threads used {main:.2f} of "
-            f"the {RANKS}, their other threads (loader, Petastorm, Horovod and Gloo) {cores['rank other threads']:.2f}, "
+            f"the {RANKS}, their other threads (loader, Petastorm, Horovod and Gloo) "
+            f"{cores['rank other threads']:.2f}, "
             f"Spark's JVM and the Python workers relaying the ranks' output "
             f"{cores['Spark JVM'] + cores['Spark Python workers']:.2f}, the driver {cores['driver']:.2f}; "
             f"{idle:.2f} cores sat idle, the time each rank waits in every step's allreduce for the other's "

@@ -2,9 +2,10 @@
 
 ``train`` (one process, a DDP rank when ``world`` > 1, or a Horovod rank when ``horovod``): plain
 PyTorch training on in-memory tensors, the limit and the DDP and Horovod contenders of the train
-benchmark (Horovod as its documentation shows: ``DistributedOptimizer``, rendezvous from the environment). Same model (built as dlpipe's
-trainer builds it), optimizer, batch and per-rank steps as dlpipe's trainer, and the same loss:
-the model's own ``loss``, so any dlpipe model trains here. Measures samples/s per epoch.
+benchmark (Horovod as its documentation shows: ``DistributedOptimizer``, rendezvous from the
+environment). Same model (built as dlpipe's trainer builds it), optimizer, batch and per-rank steps
+as dlpipe's trainer, and the same loss: the model's own ``loss``, so any dlpipe model trains here.
+Measures samples/s per epoch.
 
 ``infer_torch``: one PyTorch process scoring a Parquet folder with a model artifact and writing
 every output the model declares (``output_schema``) as Parquet. Measures rows and seconds.

@@ -94,8 +94,9 @@ def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None,
 # glibc's default (dynamic) thresholds hand every step's large activation buffers back to the OS
 # and fault them in again on the next step; in a rank process with loader and Horovod threads
 # beside the trainer, that kernel work (page faults, unmapping) slowed training measurably
-# (docs/benchmarks.md, dlpipe_2_ranks_malloc_default). Allocations below 32 MiB (glibc's cap) come from the heap, and
-# up to 64 MiB of free heap stays mapped. train.malloc_tuning=false leaves the executors' own settings.
+# (docs/benchmarks.md, dlpipe_2_ranks_malloc_default). Allocations below 32 MiB (glibc's cap)
+# come from the heap, and up to 64 MiB of free heap stays mapped. train.malloc_tuning=false
+# leaves the executors' own settings.
 RANK_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
 
