@@ -112,7 +112,8 @@ def image_decoder(prep: Preprocessing):
 _NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 
 
-def tabular_features(table: DataFrame, kind: str, columns: list[str], key: str) -> dict[str, Column]:
+def tabular_features(table: DataFrame, kind: str, columns: list[str], key: str,
+                     array_value_checks: bool = True) -> dict[str, Column]:
     """Expressions over ``table`` (as ``pipelines.raw.load_table`` reads it) making the features.
 
     ``columns``: numeric (or numeric-text) columns in order, or one array column. Returns
@@ -120,6 +121,10 @@ def tabular_features(table: DataFrame, kind: str, columns: list[str], key: str) 
     ``decode_detail`` (a value is not a number; a malformed JSON line), ``null_detail`` (a value is
     missing; a CSV row with another number of fields than the header), ``nonfinite_detail`` (NaN or
     +-inf after the cast to float32). ``key`` names the setting the columns came from, for errors.
+
+    ``array_value_checks=False``: for one array column, leave out the element checks (null
+    elements, NaN/inf: costly per-element expressions) for a caller that makes them on the values
+    itself (the ETL's writer, vectorized: ``pipelines.etl.write.check_feature_values``).
     """
     fields = {f.name: f.dataType for f in table.schema.fields}
     missing = [c for c in columns if c not in fields]
@@ -127,7 +132,7 @@ def tabular_features(table: DataFrame, kind: str, columns: list[str], key: str) 
         raise PreprocessError(f"{key}: no such column(s) {missing} among {list(fields)}" if missing
                               else f"{key}: no feature columns")
     if len(columns) == 1 and isinstance(fields[columns[0]], T.ArrayType):
-        feats = _array_features(columns[0], fields[columns[0]], key)
+        feats = _array_features(columns[0], fields[columns[0]], key, array_value_checks)
     else:
         feats = _scalar_features(columns, fields, key)
     corrupt = F.col(CORRUPT) if CORRUPT in fields else F.lit(None).cast("string")
@@ -169,7 +174,7 @@ def _scalar_features(cols: list[str], fields: dict[str, T.DataType], key: str) -
     }
 
 
-def _array_features(c: str, dtype: T.ArrayType, key: str) -> dict[str, Column]:
+def _array_features(c: str, dtype: T.ArrayType, key: str, value_checks: bool = True) -> dict[str, Column]:
     """One array column holding the whole feature vector (what pipelines.etl.generate writes)."""
     col = F.col(c)
     if isinstance(dtype.elementType, _NUMERIC):
@@ -180,11 +185,18 @@ def _array_features(c: str, dtype: T.ArrayType, key: str) -> dict[str, Column]:
         decode_detail = F.when(not_number, F.lit(f"column '{c}' holds a value that is not a number"))
     else:
         raise PreprocessError(f"{key}: column '{c}' is an array of {dtype.elementType.simpleString()}, not numbers")
-    null_detail = F.when(col.isNull(), F.lit(f"column '{c}' is null")).when(
-        contains_null(values), F.lit(f"column '{c}' has missing (null) elements")
-    )
+    null_detail = F.when(col.isNull(), F.lit(f"column '{c}' is null"))
+    if not value_checks:
+        return {"features": values, "decode_detail": decode_detail, "null_detail": null_detail,
+                "nonfinite_detail": F.lit(None).cast("string")}
+    null_detail = null_detail.when(contains_null(values), F.lit(null_elements_detail(c)))
     return {"features": values, "decode_detail": decode_detail, "null_detail": null_detail,
             "nonfinite_detail": nonfinite_detail(values)}
+
+
+def null_elements_detail(column: str) -> str:
+    """The ``wrong_shape`` detail of a feature array holding a null element."""
+    return f"column '{column}' has missing (null) elements"
 
 
 def contains_null(values: Column) -> Column:
@@ -198,13 +210,18 @@ def contains_null(values: Column) -> Column:
     return F.when(overlap.isNull(), True).when(overlap, F.exists(values, lambda x: x.isNull())).otherwise(False)
 
 
+# ``nan_or_inf`` details of a feature array, in the order they are checked.
+NONFINITE_DETAILS = ("features contain NaN", "features contain +inf", "features contain -inf")
+
+
 def nonfinite_detail(values: Column) -> Column:
     """Non-null when a float array holds NaN or +-inf (array_max sorts NaN above everything)."""
     top, bottom = F.array_max(values), F.array_min(values)
+    nan, pos_inf, neg_inf = NONFINITE_DETAILS
     return (
-        F.when(F.isnan(top), F.lit("features contain NaN"))
-        .when(top == float("inf"), F.lit("features contain +inf"))
-        .when(bottom == float("-inf"), F.lit("features contain -inf"))
+        F.when(F.isnan(top), F.lit(nan))
+        .when(top == float("inf"), F.lit(pos_inf))
+        .when(bottom == float("-inf"), F.lit(neg_inf))
     )
 
 

@@ -24,7 +24,10 @@ import pyarrow.parquet as pq
 from pipelines.dataset import RECORD_SCHEMA
 
 # One row per written file, returned by the Spark job to the driver (never the data itself).
-FILE_STATS_DDL = "grp string, file string, rows long, row_groups long, label_counts string, moments string"
+# The ETL's writer also fills ``reasons`` (a quarantine file's records per reason) and ``lengths``
+# (a task's readable records per feature count), both JSON; else they are "".
+FILE_STATS_DDL = ("grp string, file string, rows long, row_groups long, label_counts string, moments string, "
+                  "reasons string, lengths string")
 
 
 @dataclass
@@ -86,16 +89,37 @@ class PartSpec:
     """Plain, picklable description of what one task writes.
 
     ``group_column``: when set, rows go to ``<out_dir>/<group value>/part-NNNNN.parquet`` and the
-    column itself is not written. ``drop_repeated_ids``: the input is sorted by id within the
-    task, and only the first row of each id is kept (the ETL's duplicate rule, applied where all
-    copies of an id meet anyway).
+    column itself is not written.
     """
 
     out_dir: str
     rows_per_row_group: int
     group_column: str = ""
-    drop_repeated_ids: bool = False
     moments_group: str = ""  # files of this group also return the features' Moments (the train split)
+
+
+def _record_writer(path: str) -> pq.ParquetWriter:
+    """How every dataset file is written."""
+    return pq.ParquetWriter(
+        path,
+        RECORD_SCHEMA,
+        compression="snappy",
+        use_dictionary=["label"],  # ids are unique, features are floats: no dictionary
+        write_statistics=["id", "label"],
+    )
+
+
+def rewrite_labels(path: str, new_index: np.ndarray) -> None:
+    """Replace every label ``i`` of a part file by ``new_index[i]``, keeping its row groups."""
+    source = pq.ParquetFile(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.relabel-{os.getpid()}")
+    with _record_writer(tmp) as writer:
+        for i in range(source.metadata.num_row_groups):
+            group = source.read_row_group(i)
+            labels = pa.array(new_index[group.column("label").to_numpy()], pa.int64())
+            writer.write_table(group.set_column(group.schema.get_field_index("label"), "label", labels),
+                               row_group_size=group.num_rows)
+    os.replace(tmp, path)
 
 
 class _RowGroupFile:
@@ -130,13 +154,7 @@ class _RowGroupFile:
     def _flush(self, table: pa.Table) -> None:
         if self._writer is None:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._writer = pq.ParquetWriter(
-                self._tmp,
-                RECORD_SCHEMA,
-                compression="snappy",
-                use_dictionary=["label"],  # ids are unique, features are floats: no dictionary
-                write_statistics=["id", "label"],
-            )
+            self._writer = _record_writer(self._tmp)
         table = table.cast(RECORD_SCHEMA)
         self._writer.write_table(table, row_group_size=self._rows_per_group)
         self.rows += table.num_rows
@@ -156,41 +174,57 @@ class _RowGroupFile:
             os.replace(self._tmp, self.path)
 
 
+class GroupedParts:
+    """The part files one task writes: ``part-NNNNN.parquet`` per value of ``spec.group_column``
+    (or one file), each opened when its first row arrives."""
+
+    def __init__(self, spec: PartSpec, part_index: int) -> None:
+        self.spec = spec
+        self.name = f"part-{part_index:05d}.parquet"
+        self.files: dict[str, _RowGroupFile] = {}
+
+    def write(self, table: pa.Table) -> None:
+        """Take in rows (columns id, label, features [, group]) in the order they are to be written."""
+        spec = self.spec
+        for group, rows in _split_by_group(table, spec.group_column):
+            rel = f"{group}/{self.name}" if spec.group_column else self.name
+            if rel not in self.files:
+                self.files[rel] = _RowGroupFile(os.path.join(spec.out_dir, rel), spec.rows_per_row_group,
+                                                moments=bool(spec.moments_group) and group == spec.moments_group)
+            self.files[rel].write(rows.select(["id", "label", "features"]))
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish every file; one stats row (:data:`FILE_STATS_DDL`) per file written."""
+        stats = []
+        for rel, f in self.files.items():
+            f.close()
+            if f.rows:
+                stats.append(
+                    {
+                        "grp": rel.split("/")[0] if self.spec.group_column else "",
+                        "file": rel,
+                        "rows": f.rows,
+                        "row_groups": f.row_groups,
+                        "label_counts": json.dumps({str(k): v for k, v in sorted(f.label_counts.items())}),
+                        "moments": f.moments.to_json() if f.moments is not None else "",
+                        "reasons": "",
+                        "lengths": "",
+                    }
+                )
+        return stats
+
+
 def write_parts(batches: Iterable[pa.RecordBatch], spec: PartSpec, part_index: int) -> list[dict[str, Any]]:
     """Stream ``batches`` (columns id, label, features [, group]) into part files; return per-file stats.
 
     Runs inside a Spark task (or anywhere): memory stays bounded by one batch plus less than one
     row group per open file.
     """
-    files: dict[str, _RowGroupFile] = {}
-    last_id: str | None = None
+    parts = GroupedParts(spec, part_index)
     for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        if spec.drop_repeated_ids:
-            batch, last_id = _drop_repeated_ids(batch, last_id)
-        for group, table in _split_by_group(pa.Table.from_batches([batch]), spec.group_column):
-            name = f"part-{part_index:05d}.parquet"
-            rel = f"{group}/{name}" if spec.group_column else name
-            if rel not in files:
-                files[rel] = _RowGroupFile(os.path.join(spec.out_dir, rel), spec.rows_per_row_group,
-                                           moments=bool(spec.moments_group) and group == spec.moments_group)
-            files[rel].write(table.select(["id", "label", "features"]))
-    stats = []
-    for rel, f in files.items():
-        f.close()
-        if f.rows:
-            stats.append(
-                {
-                    "grp": rel.split("/")[0] if spec.group_column else "",
-                    "file": rel,
-                    "rows": f.rows,
-                    "row_groups": f.row_groups,
-                    "label_counts": json.dumps({str(k): v for k, v in sorted(f.label_counts.items())}),
-                    "moments": f.moments.to_json() if f.moments is not None else "",
-                }
-            )
-    return stats
+        if batch.num_rows:
+            parts.write(pa.Table.from_batches([batch]))
+    return parts.close()
 
 
 def _split_by_group(table: pa.Table, column: str) -> Iterator[tuple[str, pa.Table]]:
@@ -198,23 +232,18 @@ def _split_by_group(table: pa.Table, column: str) -> Iterator[tuple[str, pa.Tabl
         yield "", table
         return
     values = table.column(column).to_numpy(zero_copy_only=False)
-    for value in dict.fromkeys(values.tolist()):  # first-seen order: sorted input -> one run each
+    groups = dict.fromkeys(values.tolist())  # first-seen order
+    if len(groups) == 1:  # the usual batch: no copy
+        yield str(values[0]), table
+        return
+    for value in groups:
         yield str(value), table.filter(pa.array(values == value))
-
-
-def _drop_repeated_ids(batch: pa.RecordBatch, last_id: str | None) -> tuple[pa.RecordBatch, str | None]:
-    ids = batch.column("id").to_numpy(zero_copy_only=False)
-    previous = np.empty(len(ids), dtype=object)
-    previous[0] = last_id
-    previous[1:] = ids[:-1]
-    keep = ids != previous
-    return batch.filter(pa.array(keep)), ids[-1]
 
 
 def stats_batch(stats: list[dict[str, Any]]) -> pa.RecordBatch:
     """The per-file stats as one Arrow batch matching :data:`FILE_STATS_DDL`."""
-    columns = ["grp", "file", "rows", "row_groups", "label_counts", "moments"]
-    types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string(), pa.string()]
+    columns = ["grp", "file", "rows", "row_groups", "label_counts", "moments", "reasons", "lengths"]
+    types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.string()]
     return pa.RecordBatch.from_arrays(
         [pa.array([s[c] for s in stats], type=t) for c, t in zip(columns, types)], names=columns
     )

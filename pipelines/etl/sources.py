@@ -13,6 +13,7 @@ reasons by ``pipelines.etl.validate``.
     null_detail      string        set when a feature is missing / the row has the wrong number of fields
     nonfinite_detail string        set when a feature is NaN or +-inf
     fingerprint      bigint        hash of features + label: the last tie-break between duplicates
+                                   (null when ``row`` is set: source + row already tell records apart)
 """
 from __future__ import annotations
 
@@ -81,27 +82,36 @@ def resolve_source_path(path: str) -> Path:
     )
 
 
-def read_records(spark: SparkSession, source: SourceConfig) -> Extracted:
-    """Extract: read ``source`` (kind images | csv | json | parquet) into :data:`RECORD_COLUMNS`."""
+def read_records(spark: SparkSession, source: SourceConfig, array_value_checks: bool = True) -> Extracted:
+    """Extract: read ``source`` (kind images | csv | json | parquet) into :data:`RECORD_COLUMNS`.
+
+    ``array_value_checks=False``: features read as one array (images, an array column) get no
+    element checks here (null elements, NaN/inf): the caller makes them on the values
+    (``pipelines.etl.write.check_feature_values``), where they cost far less than per-element
+    Spark expressions.
+    """
     root = resolve_source_path(source.path)
     if source.kind == "images":
-        records, files = read_images(spark, source, root)
+        records, files = read_images(spark, source, root, array_value_checks)
         shape = [source.channels, *source.image_shape]
         return Extracted(records, root, int(np.prod(shape)), shape, files)
     if source.kind in TABULAR_KINDS:
-        records, num_features, files, columns = read_tabular(spark, source, root)
+        records, num_features, files, columns = read_tabular(spark, source, root, array_value_checks)
         return Extracted(records, root, num_features, None, files, columns)
     raise ConfigError(f"etl.source.kind={source.kind!r} is not one of images, {', '.join(TABULAR_KINDS)}")
 
 
 def _finish(df: DataFrame) -> DataFrame:
-    """Common tail of every reader: the fingerprint and the fixed column order."""
-    return df.withColumn("fingerprint", F.xxhash64("features", "label")).select(*RECORD_COLUMNS)
+    """Common tail of every reader: the fingerprint and the fixed column order. Hashing every
+    feature value is costly, so only records without a row number (CSV, JSON, images) get one."""
+    fingerprint = F.when(F.col("row").isNull(), F.xxhash64("features", "label"))
+    return df.withColumn("fingerprint", fingerprint).select(*RECORD_COLUMNS)
 
 
 # --- images -----------------------------------------------------------------------------------
 
-def read_images(spark: SparkSession, source: SourceConfig, root: Path) -> tuple[DataFrame, InputFiles]:
+def read_images(spark: SparkSession, source: SourceConfig, root: Path,
+                value_checks: bool = True) -> tuple[DataFrame, InputFiles]:
     """Image folder -> records. id = path relative to ``root``; label from labels.csv or sub-folder.
 
     Every listed image file is a record: an empty (0-byte) one, which Spark's scan skips, becomes a
@@ -123,7 +133,8 @@ def read_images(spark: SparkSession, source: SourceConfig, root: Path) -> tuple[
         F.concat(F.lit("cannot decode image: "), F.col("img.error")).alias("decode_detail"),
         F.lit(None).cast("string").alias("null_detail"),
     )
-    decoded = decoded.withColumn("nonfinite_detail", nonfinite_detail(F.col("features")))
+    nonfinite = nonfinite_detail(F.col("features")) if value_checks else F.lit(None).cast("string")
+    decoded = decoded.withColumn("nonfinite_detail", nonfinite)
     ids = files.select("id")  # every listed file, empty ones included (no decoding needed for this)
     if empty:
         empty_records = spark.createDataFrame([(p, f"{base}/{p}") for p in empty], "id string, source string").select(
@@ -165,8 +176,8 @@ def _read_labels_csv(spark: SparkSession, path: Path) -> DataFrame:
 
 # --- tabular ----------------------------------------------------------------------------------
 
-def read_tabular(spark: SparkSession, source: SourceConfig,
-                 root: Path) -> tuple[DataFrame, int | None, InputFiles, list[str]]:
+def read_tabular(spark: SparkSession, source: SourceConfig, root: Path,
+                 array_value_checks: bool = True) -> tuple[DataFrame, int | None, InputFiles, list[str]]:
     """CSV (header) / JSON lines / Parquet -> records; returns them, the fixed feature count (None =
     array), the input files (an empty file holds no records; it is reported, not an error) and the
     feature columns in order (the model artifact records them)."""
@@ -182,7 +193,8 @@ def read_tabular(spark: SparkSession, source: SourceConfig,
     if not feature_cols:
         raise EtlError(f"{root} has no feature columns besides the label/id; set etl.source.feature_columns")
     try:  # the preprocessing inference applies too
-        feats = tabular_features(raw, source.kind, feature_cols, f"etl.source.feature_columns (in {root})")
+        feats = tabular_features(raw, source.kind, feature_cols, f"etl.source.feature_columns (in {root})",
+                                 array_value_checks)
     except PreprocessError as e:
         raise EtlError(str(e)) from None
     array_column = len(feature_cols) == 1 and raw.schema[feature_cols[0]].dataType.typeName() == "array"

@@ -1,7 +1,7 @@
-"""ETL validation transforms: per-record checks, duplicates, split and label names.
+"""ETL validation: the source survey, per-record checks, split and label names.
 
-Pure functions from DataFrame to DataFrame (or Column), so tests can assert on what they return.
-Reasons, in the order they are checked (a record gets the first that applies):
+Mostly pure functions from DataFrame to DataFrame (or Column), so tests can assert on what they
+return. Reasons, in the order they are checked (a record gets the first that applies):
 
     decode_error   the image cannot be decoded, or a feature value is not a number
     wrong_shape    a feature is missing (null/empty/short row) or the count differs from the shape
@@ -10,15 +10,19 @@ Reasons, in the order they are checked (a record gets the first that applies):
     unknown_label  label not in etl.source.label_names (only when they are given)
     missing_id     empty id (tabular id column)
     duplicate_id   another valid record has the same id and comes first in DUPLICATE_ORDER
+                   (decided where the copies of an id meet: pipelines.etl.write.mark_duplicates)
 """
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.config import SourceConfig
 from pipelines.etl.sources import Extracted
 
 REASONS = ["decode_error", "wrong_shape", "nan_or_inf", "missing_label", "unknown_label", "missing_id", "duplicate_id"]
@@ -76,22 +80,6 @@ def _first_match(branches: list[tuple[Column, Column]]) -> Column:
     return expr
 
 
-def mark_duplicates(classified: DataFrame) -> DataFrame:
-    """Among the records that passed the per-record checks, keep the first of each id (in
-    :data:`DUPLICATE_ORDER`) and mark the others ``duplicate_id``; the detail names the kept one."""
-    ok = F.col("reason").isNull()
-    window = Window.partitionBy("id", ok).orderBy(*DUPLICATE_ORDER)
-    rank = F.row_number().over(window)
-    kept = F.first("source").over(window)
-    is_dup = ok & (rank > 1)
-    return (
-        classified.withColumn("_dup", is_dup)
-        .withColumn("detail", F.when(F.col("_dup"), F.concat(F.lit("same id as the record kept from "), kept)).otherwise(F.col("detail")))
-        .withColumn("reason", F.when(F.col("_dup"), F.lit("duplicate_id")).otherwise(F.col("reason")))
-        .drop("_dup")
-    )
-
-
 def split_column(splits: dict[str, float], id_col: str = "id") -> Column:
     """Split name from a hash of the id alone: stable across runs, partitionings and Spark versions."""
     bucket = F.pmod(F.xxhash64(F.col(id_col)), F.lit(SPLIT_BUCKETS))
@@ -115,28 +103,54 @@ def sort_label_names(labels: list[str]) -> list[str]:
     return sorted(labels)
 
 
-def label_names_from(decided: DataFrame, configured: list[str]) -> list[str]:
-    """The configured label names, else the sorted distinct labels of the accepted records."""
-    if configured:
-        return list(configured)
-    rows = decided.filter(F.col("reason").isNull()).select("label").distinct().collect()
-    return sort_label_names([r.label for r in rows])
+SHAPE_SAMPLE = 1000  # records whose feature counts guess an array column's length before the write
 
 
-def feature_shape(extracted: Extracted, narrow: DataFrame, channels: int, image_shape: list[int]) -> list[int]:
+@dataclass(frozen=True)
+class Survey:
+    """What the ETL learns before its one pass over the data: a label column read (no feature
+    values) and, for an array column, the feature counts of the first :data:`SHAPE_SAMPLE` records."""
+
+    records_in: int
+    feature_shape: list[int]
+    shape_is_guess: bool  # from the sample: the write pass counts every length and checks it
+    label_names: list[str]  # the configured names, else every label the source holds, sorted
+    labels_configured: bool  # etl.source.label_names: kept as they are
+    likely_accepted: int  # records with a (configured) label: sizes the row groups
+
+
+def survey(extracted: Extracted, source: SourceConfig) -> Survey:
+    """Count the records by label; sample the feature counts when the source is one array column."""
+    rows = extracted.records.groupBy("label").count().collect()
+    sample: Counter[int] | None = None
+    if extracted.num_features is None:
+        readable = F.col("features").isNotNull() & F.col("decode_detail").isNull()
+        counts = extracted.records.where(readable).select(F.size("features").alias("n")).limit(SHAPE_SAMPLE).collect()
+        sample = Counter(r["n"] for r in counts)
+    return survey_from_counts({r["label"]: r["count"] for r in rows}, sample, extracted, source)
+
+
+def survey_from_counts(labels: dict[str | None, int], sample: Counter[int] | None, extracted: Extracted,
+                       source: SourceConfig) -> Survey:
+    """:func:`survey` from its records per label (None: no label) and sampled feature counts."""
+    shape = feature_shape(extracted, sample or Counter(), source.channels, source.image_shape)
+    configured = list(source.label_names)
+    names = configured or sort_label_names(sorted(label for label in labels if label is not None))
+    likely = sum(n for label, n in labels.items() if label is not None and (not configured or label in configured))
+    return Survey(sum(labels.values()), shape, sample is not None, names, bool(configured), likely)
+
+
+def feature_shape(extracted: Extracted, lengths: Counter[int], channels: int, image_shape: list[int]) -> list[int]:
     """[C, H, W] for images; [D] for tabular, or [C, H, W] when an array column's length is C*H*W.
 
-    For an array column the length is the most common one among the readable records (ties: the
-    smaller); records of any other length are ``wrong_shape``.
+    For an array column the length is the most common one among the readable records
+    (``lengths``: records per length, all of them or a sample; ties: the smaller); records of
+    any other length are ``wrong_shape``.
     """
     if extracted.image_shape is not None:
         return list(extracted.image_shape)
     if extracted.num_features is not None:
         return [extracted.num_features]
-    counts = (
-        narrow.filter(F.col("n_features").isNotNull() & F.col("decode_detail").isNull())
-        .groupBy("n_features").count().orderBy(F.desc("count"), "n_features").limit(1).collect()
-    )
-    length = counts[0]["n_features"] if counts else 0
+    length = min(lengths, key=lambda n: (-lengths[n], n)) if lengths else 0
     shape = [channels, *image_shape]
     return shape if int(np.prod(shape)) == length else [length]

@@ -110,12 +110,21 @@ def test_etl_phases_are_timed_through_the_stage_listeners():
     calls = []
     spark = SimpleNamespace(sparkContext=SimpleNamespace(setJobDescription=calls.append))
     with etl_bench._phase_clock() as marks:
-        session.describe(spark, "etl: read and validate")
+        session.describe(spark, "etl: survey")
         session.describe(spark, "generate")  # not an ETL phase
-        session.describe(spark, "etl: write splits")
+        session.describe(spark, "etl: validate and write")
     session.describe(spark, "etl: after the clock")
-    assert [m[0] for m in marks] == ["read and validate", "write splits"]
-    assert calls[0] == "dlpipe etl: read and validate" and session.STAGE_LISTENERS == []
+    assert [m[0] for m in marks] == ["survey", "validate and write"]
+    assert calls[0] == "dlpipe etl: survey" and session.STAGE_LISTENERS == []
+
+
+def test_etl_limit_says_whether_the_shuffle_alone_misses_the_target():
+    phases = {"survey": 0.6, "validate and write": 4.4}
+    text = etl_bench.etl_limit(1_000_000, copy_rate=300_000, sorted_rate=200_000, phases=phases)
+    assert "(3.3 s)" in text and "would have 4.8 s" in text and "survey 0.6 s, validate and write 4.4 s" in text
+    assert "takes 5.0 s, 0.67x the plain copy's rate: the shuffle alone misses the target" in text
+    text = etl_bench.etl_limit(1_000_000, copy_rate=300_000, sorted_rate=250_000, phases=phases)
+    assert "0.83x the plain copy's rate; the rest of the gap is the ETL's own work" in text
 
 
 @pytest.mark.parametrize("model_name", ["cnn", "autoencoder", "vae"])

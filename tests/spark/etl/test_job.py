@@ -15,6 +15,7 @@ from pipelines.etl import job as etl
 from pipelines.etl import validate as etl_validate
 from pipelines.config import ConfigError, load_config
 from pipelines.etl.sources import EtlError
+from pipelines.etl.write import mark_duplicates
 from pipelines.publish import SUCCESS
 
 DIGIT_IDS = [f"images/digit_{i:04d}.png" for i in range(1797)]
@@ -297,6 +298,58 @@ def test_json_array_column_bad_records(spark, tmp_path):
     assert [(r["features"], r["label"]) for r in kept if r["id"] == "r3"] == [([9.0, 9.0, 9.0], 0)]
 
 
+def test_a_label_seen_only_on_rejected_records_is_not_a_class(spark, tmp_path):
+    """The survey sees every label; the files are rewritten when one belongs to rejected records only."""
+    rows = [f"{i},{i + 1},{['2', '10'][i % 2]}" for i in range(20)] + ["1,NaN,5", "2,,7"]  # 5 and 7: rejected only
+    src = tmp_path / "t.csv"
+    src.write_text("\n".join(["a,b,label", *rows]) + "\n")
+    manifest = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
+                       "etl.max_quarantine_fraction=0.2", "etl.rows_per_row_group=3")
+    assert manifest["label_names"] == ["2", "10"]  # not ["2", "5", "7", "10"]
+    assert manifest["quarantine_by_reason"] == reasons(nan_or_inf=1, wrong_shape=1)
+    dataset = tmp_path / "work" / "datasets" / "digits"
+    table = pa.concat_tables([read_split(dataset, s) for s in manifest["splits"]])
+    by_id = {}
+    for line in rows[:20]:
+        a, b, label = line.split(",")
+        by_id[f"{float(a)},{float(b)}"] = label
+    for features, index in zip(table.column("features").to_pylist(), table.column("label").to_pylist()):
+        assert manifest["label_names"][index] == by_id[f"{features[0]},{features[1]}"]
+    for name, info in manifest["splits"].items():
+        assert sum(info["per_class"].values()) == info["count"]
+        for file in info["files"]:
+            sizes = [g for g in dataset_row_groups(dataset / name / file)]
+            assert all(size == 3 for size in sizes[:-1])
+    configured = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
+                         "etl.max_quarantine_fraction=0.2", "etl.source.label_names=['10','5','2','7']")
+    assert configured["label_names"] == ["10", "5", "2", "7"]  # configured: kept, even classes without records
+    per_class = {k: sum(s["per_class"][k] for s in configured["splits"].values()) for k in ["10", "5", "2", "7"]}
+    assert per_class == {"10": 10, "5": 0, "2": 10, "7": 0}
+
+
+def dataset_row_groups(path: Path) -> list[int]:
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def test_a_wrong_guess_of_the_array_length_is_corrected_by_a_second_write(spark, tmp_path, monkeypatch, capsys):
+    """The length is guessed from the first records; the writer counts all of them."""
+    monkeypatch.setattr(etl_validate, "SHAPE_SAMPLE", 4)
+    short = [{"rid": f"s{i}", "vec": [1.0, 2.0, 3.0], "cls": 0} for i in range(5)]  # first in the file
+    long = [{"rid": f"l{i}", "vec": [1.0, 2.0, 3.0, float(i)], "cls": i % 2} for i in range(20)]
+    pq.write_table(pa.Table.from_pylist(short + long), tmp_path / "src.parquet")
+    manifest = run_etl(spark, tmp_path / "work", "etl.source.kind=parquet", f"etl.source.path={tmp_path / 'src.parquet'}",
+                       "etl.source.feature_columns=[vec]", "etl.source.label_column=cls", "etl.source.id_column=rid",
+                       "etl.max_quarantine_fraction=0.25")
+    assert "suggested feature shape [3], but over all records it is [4]: validating and writing again" in capsys.readouterr().out
+    assert manifest["feature_shape"] == [4] and manifest["accepted"] == 20
+    assert manifest["quarantine_by_reason"] == reasons(wrong_shape=5)
+    dataset = tmp_path / "work" / "datasets" / "digits"
+    assert sorted(quarantine_reasons(dataset)) == [f"s{i}" for i in range(5)]
+    assert sorted(pa.concat_tables([read_split(dataset, s) for s in manifest["splits"]]).column("id").to_pylist()) == sorted(
+        f"l{i}" for i in range(20))
+
+
 # --- failure publishes nothing ----------------------------------------------------------------
 
 def test_too_many_rejects_raise_and_keep_previous_dataset(spark, tmp_path):
@@ -362,7 +415,7 @@ def test_split_does_not_depend_on_input_partitioning(spark, tmp_path):
 
 # --- transforms on tiny DataFrames ------------------------------------------------------------
 
-def test_classify_and_mark_duplicates(spark):
+def test_classify_then_mark_duplicates_in_the_job_order(spark):
     rows = [
         # id, source, row, label, n_features, decode, null, nonfinite, fingerprint
         ("a", "f1", 0, "1", 3, None, None, None, 1),
@@ -380,14 +433,15 @@ def test_classify_and_mark_duplicates(spark):
         "id string, source string, row long, label string, n_features int, decode_detail string, "
         "null_detail string, nonfinite_detail string, fingerprint long",
     )
-    decided = etl_validate.mark_duplicates(etl_validate.classify(df, 3, ["0", "1"]))
-    got = {(r.id, r.row): r.reason for r in decided.collect()}
+    classified = etl_validate.classify(df, 3, ["0", "1"]).orderBy("id", *etl_validate.DUPLICATE_ORDER)
+    decided, _ = mark_duplicates(pa.Table.from_pylist([r.asDict() for r in classified.collect()]))
+    got = {(r["id"], r["row"]): r["reason"] for r in decided.to_pylist()}
     assert got == {
         ("a", 0): None, ("a", 1): "duplicate_id", ("b", 2): "decode_error", ("c", 3): "wrong_shape",
         ("d", 4): "missing_label", ("e", 5): "unknown_label", ("f", 6): "nan_or_inf",
         ("a", 9): "decode_error", (None, 7): "missing_id",
     }
-    detail = {(r.id, r.row): r.detail for r in decided.collect()}
+    detail = {(r["id"], r["row"]): r["detail"] for r in decided.to_pylist()}
     assert detail[("c", 3)] == "expected 3 feature values, got 2"
     assert detail[("a", 1)] == "same id as the record kept from f1"
 

@@ -1,4 +1,4 @@
-"""The Parquet part writer: exact row groups, grouping by split, duplicate ids (pyarrow only, no Spark)."""
+"""The Parquet part writer: exact row groups, grouping by split, relabelling (pyarrow only, no Spark)."""
 from __future__ import annotations
 
 import json
@@ -34,23 +34,36 @@ def test_row_groups_hold_exactly_the_configured_rows_across_batches(tmp_path):
     assert json.loads(stats[0]["label_counts"]) == {"0": 7, "1": 7, "2": 7}
 
 
-def test_group_column_writes_one_folder_per_split_and_drops_repeated_ids(tmp_path):
-    batch = _batch(["a", "a", "b", "c", "c", "d"], [0, 1, 0, 1, 1, 0], ["train", "train", "train", "test", "test", "test"])
-    spec = PartSpec(str(tmp_path), rows_per_row_group=64, group_column="split", drop_repeated_ids=True)
+def test_group_column_writes_one_folder_per_split(tmp_path):
+    batch = _batch(["a", "b", "c", "d", "e", "f"], [0, 1, 0, 1, 1, 0], ["train", "test", "train", "test", "test", "train"])
+    spec = PartSpec(str(tmp_path), rows_per_row_group=64, group_column="split")
     stats = write_parts([batch], spec, part_index=0)
     assert sorted((s["grp"], s["file"], s["rows"]) for s in stats) == [
-        ("test", "test/part-00000.parquet", 2), ("train", "train/part-00000.parquet", 2)]
-    assert pq.read_table(tmp_path / "train").column("id").to_pylist() == ["a", "b"]
-    assert pq.read_table(tmp_path / "train").column("label").to_pylist() == [0, 0]  # the first "a" is kept
+        ("test", "test/part-00000.parquet", 3), ("train", "train/part-00000.parquet", 3)]
+    assert pq.read_table(tmp_path / "train").column("id").to_pylist() == ["a", "c", "f"]
+    assert pq.read_table(tmp_path / "train").column("label").to_pylist() == [0, 0, 0]
     assert "split" not in pq.read_table(tmp_path / "test").column_names
+
+
+def test_rewrite_labels_keeps_rows_and_row_groups(tmp_path):
+    from pipelines.etl.parts import rewrite_labels
+
+    batch = _batch([f"r{i}" for i in range(7)], [0, 2, 2, 0, 2, 0, 0])
+    write_parts([batch], PartSpec(str(tmp_path), rows_per_row_group=3), part_index=0)
+    path = tmp_path / "part-00000.parquet"
+    rewrite_labels(str(path), np.array([0, -1, 1]))  # label 1 no longer exists: 2 -> 1
+    assert pq.read_table(path).column("label").to_pylist() == [0, 1, 1, 0, 1, 0, 0]
+    assert row_group_sizes(tmp_path) == [3, 3, 1]
+    assert pq.read_table(path).column("id").to_pylist() == [f"r{i}" for i in range(7)]
 
 
 def test_an_empty_partition_writes_no_file_and_stats_match_their_ddl(tmp_path):
     assert write_parts([_batch([], [])], PartSpec(str(tmp_path), 8), part_index=0) == []
     assert list(tmp_path.iterdir()) == []
-    stats = [{"grp": "", "file": "f", "rows": 3, "row_groups": 1, "label_counts": "{}", "moments": ""}]
+    stats = [{"grp": "", "file": "f", "rows": 3, "row_groups": 1, "label_counts": "{}", "moments": "", "reasons": "",
+              "lengths": ""}]
     batch = stats_batch(stats)
-    assert batch.schema.names == ["grp", "file", "rows", "row_groups", "label_counts", "moments"]
+    assert batch.schema.names == ["grp", "file", "rows", "row_groups", "label_counts", "moments", "reasons", "lengths"]
     assert batch.column("rows").to_pylist() == [3] and batch.column("rows").type == pa.int64()
     assert np.array_equal(batch.column("row_groups").to_numpy(), [1])
 
