@@ -43,7 +43,7 @@ from pipelines.etl.write import INPUT_COLUMNS, QUARANTINE_SCHEMA, TASK_GROUP, Da
 from pipelines.publish import atomic_dir, check_writable, write_json_atomic
 from pipelines.session import describe
 
-__all__ = ["EtlError", "main", "write_dataset", "publish"]
+__all__ = ["EtlError", "main", "ordered_records", "write_dataset", "publish"]
 
 STD_FLOOR = 1e-6  # normalisation never divides by ~0
 
@@ -61,15 +61,21 @@ def write_dataset(
     do not depend on how the input was partitioned, and all copies of an id meet in one task, which
     decides the duplicates. ``feature_column``: the source's array column, named in details.
     """
+    ordered = ordered_records(records, etl, num_features)
+    spec = DatasetSpec(str(out_dir), rows_per_row_group, tuple(label_names), dataset.TRAIN_SPLIT, feature_column)
+    return [row.asDict() for row in ordered.mapInArrow(dataset_writer(spec), FILE_STATS_DDL).collect()]
+
+
+def ordered_records(records: DataFrame, etl: EtlConfig, num_features: int) -> DataFrame:
+    """What the writer tasks are handed: every record with its per-record verdict and split
+    (:data:`~pipelines.etl.write.INPUT_COLUMNS`), hash-partitioned by id and sorted."""
     configured = etl.source.label_names or None
-    ordered = (
+    return (
         assign_split(classify(with_feature_count(records), num_features, configured), etl.splits)
         .repartition(etl.output_files, "id")
         .sortWithinPartitions("id", *DUPLICATE_ORDER)  # id first: its prefix makes Spark's sort fast
         .select(*INPUT_COLUMNS)
     )
-    spec = DatasetSpec(str(out_dir), rows_per_row_group, tuple(label_names), dataset.TRAIN_SPLIT, feature_column)
-    return [row.asDict() for row in ordered.mapInArrow(dataset_writer(spec), FILE_STATS_DDL).collect()]
 
 
 def normalization_stats(stats: list[dict[str, Any]], mode: str) -> dict[str, Any]:

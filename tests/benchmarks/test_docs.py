@@ -120,10 +120,11 @@ def test_etl_phases_are_timed_through_the_stage_listeners():
 
 def test_etl_limit_says_whether_the_shuffle_alone_misses_the_target():
     phases = {"survey": 0.6, "validate and write": 4.4}
-    text = etl_bench.etl_limit(1_000_000, copy_rate=300_000, sorted_rate=200_000, phases=phases)
+    text = etl_bench.etl_limit(1_000_000, copy_rate=300_000, sorted_rate=200_000, phases=phases, spark_side_s=2.5)
     assert "(3.3 s)" in text and "would have 4.8 s" in text and "survey 0.6 s, validate and write 4.4 s" in text
+    assert "the Spark side alone (into a noop sink, dlpipe_pass_to_noop) takes 2.5 s" in text
     assert "takes 5.0 s, 0.67x the plain copy's rate: the shuffle alone misses the target" in text
-    text = etl_bench.etl_limit(1_000_000, copy_rate=300_000, sorted_rate=250_000, phases=phases)
+    text = etl_bench.etl_limit(1_000_000, copy_rate=300_000, sorted_rate=250_000, phases=phases, spark_side_s=2.5)
     assert "0.83x the plain copy's rate; the rest of the gap is the ETL's own work" in text
 
 
