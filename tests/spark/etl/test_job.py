@@ -381,6 +381,10 @@ def test_errors_name_the_setting_and_the_fix(spark, tmp_path):
         run_etl(spark, tmp_path / "work", "etl.source.path=nowhere/at/all")
     with pytest.raises(ConfigError, match="must sum to 1"):
         run_etl(spark, tmp_path / "work", "etl.splits={train: 0.7, val: 0.2}")
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("a,b,label\n")
+    with pytest.raises(EtlError, match=r"no records found in csv source .*empty.csv.* \(etl.source.path\)"):
+        run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={header_only}")
     assert not (tmp_path / "work" / "datasets").exists()
 
 
