@@ -39,7 +39,7 @@ SIZES = {
     "small": {"data": data.DataSpec(1000000, 8, 1024), "repeats": 3, "warmup": True},
     "large": {"data": data.DataSpec(5000000, 8, 1024), "repeats": 3, "warmup": True},
 }
-STAGE_PREFIX = "etl: "  # how the ETL names its stages (``describe(spark, "etl: write splits")``)
+STAGE_PREFIX = "etl: "  # how the ETL names its stages (``describe(spark, "etl: validate and write")``)
 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
