@@ -186,12 +186,12 @@ def _array_features(c: str, dtype: T.ArrayType, key: str, value_checks: bool = T
     else:
         raise PreprocessError(f"{key}: column '{c}' is an array of {dtype.elementType.simpleString()}, not numbers")
     null_detail = F.when(col.isNull(), F.lit(f"column '{c}' is null"))
-    if not value_checks:
-        return {"features": values, "decode_detail": decode_detail, "null_detail": null_detail,
-                "nonfinite_detail": F.lit(None).cast("string")}
-    null_detail = null_detail.when(contains_null(values), F.lit(null_elements_detail(c)))
+    nonfinite = F.lit(None).cast("string")
+    if value_checks:
+        null_detail = null_detail.when(contains_null(values), F.lit(null_elements_detail(c)))
+        nonfinite = nonfinite_detail(values)
     return {"features": values, "decode_detail": decode_detail, "null_detail": null_detail,
-            "nonfinite_detail": nonfinite_detail(values)}
+            "nonfinite_detail": nonfinite}
 
 
 def null_elements_detail(column: str) -> str:

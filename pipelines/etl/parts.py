@@ -98,6 +98,12 @@ class PartSpec:
     moments_group: str = ""  # files of this group also return the features' Moments (the train split)
 
 
+def hidden_tmp(path: str) -> str:
+    """Where ``path`` is written before it is renamed into place: a dot file beside it (readers
+    skip those), per process, so a retried task attempt writes its own and then replaces the file."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+
+
 def _record_writer(path: str) -> pq.ParquetWriter:
     """How every dataset file is written."""
     return pq.ParquetWriter(
@@ -112,7 +118,7 @@ def _record_writer(path: str) -> pq.ParquetWriter:
 def rewrite_labels(path: str, new_index: np.ndarray) -> None:
     """Replace every label ``i`` of a part file by ``new_index[i]``, keeping its row groups."""
     source = pq.ParquetFile(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.relabel-{os.getpid()}")
+    tmp = hidden_tmp(path)
     with _record_writer(tmp) as writer:
         for i in range(source.metadata.num_row_groups):
             group = source.read_row_group(i)
@@ -128,8 +134,7 @@ class _RowGroupFile:
     def __init__(self, path: str, rows_per_group: int, moments: bool = False) -> None:
         self.path = path
         self.moments = Moments() if moments else None
-        # Hidden while written (readers skip dot files); a retried task attempt replaces the file.
-        self._tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        self._tmp = hidden_tmp(path)
         self._rows_per_group = rows_per_group
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.Table] = []

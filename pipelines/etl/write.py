@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.dataset import QUARANTINE, QUARANTINE_COLUMNS
-from pipelines.etl.parts import GroupedParts, PartSpec, stats_batch
+from pipelines.etl.parts import GroupedParts, PartSpec, hidden_tmp, stats_batch
 from pipelines.etl.validate import REASONS
 from pipelines.preprocess import NONFINITE_DETAILS, null_elements_detail
 
@@ -141,7 +141,7 @@ class QuarantineFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        self._tmp = hidden_tmp(path)
         self._writer: pq.ParquetWriter | None = None
         self.reasons: Counter[str] = Counter()
 

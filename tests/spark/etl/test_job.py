@@ -318,7 +318,7 @@ def test_a_label_seen_only_on_rejected_records_is_not_a_class(spark, tmp_path):
     for name, info in manifest["splits"].items():
         assert sum(info["per_class"].values()) == info["count"]
         for file in info["files"]:
-            sizes = [g for g in dataset_row_groups(dataset / name / file)]
+            sizes = dataset_row_groups(dataset / name / file)
             assert all(size == 3 for size in sizes[:-1])
     configured = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
                          "etl.max_quarantine_fraction=0.2", "etl.source.label_names=['10','5','2','7']")
