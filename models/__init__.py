@@ -10,26 +10,54 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from models.autoencoder import Autoencoder
-from models.base import DlpipeModel
+from models.base import (
+    CAPABILITIES, CLASSIFIER, GENERATOR, POLICY, RECONSTRUCTOR, TASKS, Acts, DlpipeModel, Embeds, Reconstructs, Samples,
+)
 from models.cnn import CNN
 from models.gan import GAN
 from models.mlp import MLP
 from models.policy import MLPPolicy
 from models.vae import VAE
 
-__all__ = ["DlpipeModel", "build", "config_class", "names", "to_artifact_dict", "from_artifact_dict"]
+__all__ = ["DlpipeModel", "ModelSpec", "build", "config_class", "names", "spec", "to_artifact_dict",
+           "from_artifact_dict", "TASKS", "CLASSIFIER", "RECONSTRUCTOR", "GENERATOR", "POLICY", "CAPABILITIES", "Acts", "Embeds", "Reconstructs", "Samples"]
 
 _REGISTRY: dict[str, type[DlpipeModel]] = {cls.name: cls for cls in (Autoencoder, CNN, GAN, MLP, MLPPolicy, VAE)}
 
 _ARTIFACT_KEYS = ("model_name", "model_config", "feature_shape", "num_classes", "state_dict")
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered model declares it is: its task and the capabilities it implements."""
+
+    name: str
+    task: str  # one of TASKS
+    capabilities: frozenset[type]
+    figures: tuple[str, ...]
+    multi_phase: bool  # trains with several optimizers (a GAN)
+    pipeline_parallel: bool  # can be cut into pipeline stages
+
+    def can(self, capability: type) -> bool:
+        """Whether the model implements ``capability`` (one of CAPABILITIES, e.g. ``Samples``)."""
+        return capability in self.capabilities
+
+
 def names() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+    """The declaration of model ``name`` (ValueError for an unknown name)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    cls = _REGISTRY[name]
+    return ModelSpec(name, cls.task, cls.capabilities, cls.figures, cls.multi_phase, cls.pipeline_parallel)
 
 
 def config_class(name: str) -> type:

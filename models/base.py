@@ -9,6 +9,10 @@ outputs and their declared schema, so callers never branch on which model they r
     model.figures                             # what the run report shows for this model
     model.pipeline_stages(n)                  # model parallelism: n consecutive stages (split points)
     model.training_phases()                   # the optimizers it trains with (one, unless it says more)
+
+Each model class declares what it is: its ``task`` (one of :data:`TASKS`) and its
+``capabilities`` (the Protocols below it implements). Verbs, evaluation, the report and config
+validation select by these declarations (``models.spec(name)``), never by probing a model.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import abc
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,46 @@ from torch import nn
 
 OutputSchema = dict[str, tuple[str, tuple[int, ...]]]
 Batch = dict[str, torch.Tensor]
+
+
+# What a model is for. The trainer trains classifiers, reconstructors and generators (``dlpipe
+# train``/``run``); policies learn from an environment (``dlpipe rl``).
+CLASSIFIER, RECONSTRUCTOR, GENERATOR, POLICY = "classifier", "reconstructor", "generator", "policy"
+TASKS = (CLASSIFIER, RECONSTRUCTOR, GENERATOR, POLICY)
+
+
+class Samples(Protocol):
+    """Generates new examples from its prior."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` new examples (n, *feature_shape) in the model's normalized space."""
+
+
+class Embeds(Protocol):
+    """Maps features to a hidden representation (sample quality's feature space)."""
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, *feature_shape) -> (B, hidden)."""
+
+
+class Reconstructs(Protocol):
+    """Reconstructs its input."""
+
+    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction, same shape as ``features``."""
+
+
+class Acts(Protocol):
+    """A policy: chooses actions for observations and values states."""
+
+    def act(self, features: torch.Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> Batch:
+        """``actions``, ``logprobs``, ``values`` for a batch of observations."""
+
+    def value(self, features: torch.Tensor) -> torch.Tensor:
+        """State values (B,)."""
+
+
+CAPABILITIES: tuple[type, ...] = (Samples, Embeds, Reconstructs, Acts)
 
 
 @dataclass(frozen=True)
@@ -54,6 +98,10 @@ class DlpipeModel(nn.Module, abc.ABC):
 
     name: ClassVar[str]  # registry name, e.g. "cnn"
     config_class: ClassVar[type]  # the @dataclass holding this model's hyperparameters
+    task: ClassVar[str]  # one of TASKS
+    capabilities: ClassVar[frozenset[type]] = frozenset()  # the Protocols above it implements
+    multi_phase: ClassVar[bool] = False  # trains with several optimizers (training_phases lists them)
+    pipeline_parallel: ClassVar[bool] = True  # can be cut into pipeline stages (pipeline_parts)
     # Figures the run report draws for this model, by name (see pipelines.report.FIGURES):
     # "confusion_matrix" (needs a `prediction` output), "reconstructions" (needs `reconstruct`),
     # "samples" (needs `sample`).
@@ -151,6 +199,7 @@ class Classifier(DlpipeModel):
     """Cross-entropy classifier; subclasses implement `forward(x) -> logits (B, num_classes)`."""
 
     figures: ClassVar[tuple[str, ...]] = ("confusion_matrix",)
+    task: ClassVar[str] = CLASSIFIER
 
     def __init__(self, config: Any, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)
@@ -175,7 +224,8 @@ class Reconstructor(DlpipeModel):
     """Base of the unsupervised models; subclasses implement `_reconstruct` and `output_loss`."""
 
     pipeline_target: ClassVar[str] = "features"
-
+    task: ClassVar[str] = RECONSTRUCTOR
+    capabilities: ClassVar[frozenset[type]] = frozenset({Reconstructs})
     figures: ClassVar[tuple[str, ...]] = ("reconstructions",)
 
     @abc.abstractmethod

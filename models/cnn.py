@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from models.base import Classifier, eval_mode
+from models.base import Classifier, Embeds, eval_mode
 from models.layers import conv_stack, require_image_shape
 
 
@@ -34,6 +34,7 @@ class CNN(Classifier):
 
     name: ClassVar[str] = "cnn"
     config_class: ClassVar[type] = CNNConfig
+    capabilities: ClassVar[frozenset[type]] = frozenset({Embeds})
 
     def __init__(self, config: CNNConfig, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)

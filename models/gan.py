@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Batch, DlpipeModel, OutputSchema, TrainingPhase, eval_mode
+from models.base import GENERATOR, Batch, DlpipeModel, OutputSchema, Samples, TrainingPhase, eval_mode
 from models.layers import require_image_shape
 
 
@@ -79,6 +79,10 @@ class GAN(DlpipeModel):
     name: ClassVar[str] = "gan"
     config_class: ClassVar[type] = GANConfig
     figures: ClassVar[tuple[str, ...]] = ("samples",)
+    task: ClassVar[str] = GENERATOR
+    capabilities: ClassVar[frozenset[type]] = frozenset({Samples})
+    multi_phase: ClassVar[bool] = True
+    pipeline_parallel: ClassVar[bool] = False
 
     def __init__(self, config: GANConfig, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)

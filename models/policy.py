@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import DlpipeModel, OutputSchema
+from models.base import POLICY, Acts, DlpipeModel, OutputSchema
 
 Batch = dict[str, torch.Tensor]
 
@@ -70,6 +70,8 @@ class MLPPolicy(DlpipeModel):
 
     name: ClassVar[str] = "mlp_policy"
     config_class: ClassVar[type] = PolicyConfig
+    task: ClassVar[str] = POLICY
+    capabilities: ClassVar[frozenset[type]] = frozenset({Acts})
 
     def __init__(self, config: PolicyConfig, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)

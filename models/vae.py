@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from models.autoencoder import ConvEncoder, LinearDecoder
-from models.base import OutputSchema, Reconstructor, eval_mode, per_sample_mse
+from models.base import OutputSchema, Reconstructor, Reconstructs, Samples, eval_mode, per_sample_mse
 from models.layers import require_image_shape
 
 
@@ -71,6 +71,7 @@ class VAE(Reconstructor):
     name: ClassVar[str] = "vae"
     config_class: ClassVar[type] = VAEConfig
     figures: ClassVar[tuple[str, ...]] = ("reconstructions", "samples")
+    capabilities: ClassVar[frozenset[type]] = frozenset({Reconstructs, Samples})
 
     def __init__(self, config: VAEConfig, feature_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__(config, feature_shape, num_classes)

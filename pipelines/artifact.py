@@ -1,34 +1,35 @@
 """The model artifact: everything inference needs and nothing it must guess.
 
-A plain dict of tensors, strings and numbers (``torch.load(path, weights_only=True)`` loads it):
-the model's name, config and weights, the feature shape, the preprocessing (how a raw record
-became features: :class:`Preprocessing`), the ETL's normalization statistics and the label names.
-This module owns its format, where a run keeps it (:func:`artifact_path`) and the transforms both
-training and inference apply (:class:`Preprocessing`, applied by ``pipelines.preprocess``; then
-:class:`Normalizer`).
+One file (``torch.load(..., weights_only=True)`` loads it): the model's name, config and weights,
+and :class:`ArtifactMeta`: the feature shape, the preprocessing (how a raw record became features:
+:class:`Preprocessing`), the ETL's normalization statistics, the label names, and where the model
+came from (dataset identity and version, the run it was warm-started from). This module owns its
+format, where a run keeps it (:func:`artifact_path`) and the transforms both training and inference
+apply (:class:`Preprocessing`, applied by ``pipelines.preprocess``; then :class:`Normalizer`). It is
+read and written through ``pipelines.storage``, so it may live in any store.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import uuid
+import io
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 import models
+from pipelines import storage
+from pipelines.dataset import Normalization
+from pipelines.formats import FormatError, Record
 
 FORMAT = "dlpipe-model/1"
 TABULAR_KINDS = ("csv", "json", "parquet")
 FEATURES_ONLY = "features"  # an artifact saved before preprocessing was recorded: scores features only
 
 
-def artifact_path(run_dir: str | Path) -> Path:
+def artifact_path(run_dir: str) -> str:
     """Where a run keeps its model artifact."""
-    return Path(run_dir) / "model" / "model.pt"
+    return storage.join(run_dir, "model", "model.pt")
 
 
 @dataclass
@@ -40,10 +41,10 @@ class Normalizer:
     std: torch.Tensor = field(repr=False)
 
     @classmethod
-    def from_stats(cls, stats: dict, feature_shape: list[int] | tuple[int, ...]) -> "Normalizer":
+    def from_stats(cls, stats: Normalization, feature_shape: list[int] | tuple[int, ...]) -> "Normalizer":
         shape = tuple(feature_shape)
-        mean = torch.tensor(stats["mean"], dtype=torch.float32)
-        std = torch.tensor(stats["std"], dtype=torch.float32)
+        mean = torch.tensor(stats.mean, dtype=torch.float32)
+        std = torch.tensor(stats.std, dtype=torch.float32)
         if mean.numel() > 1:
             mean, std = mean.reshape(shape), std.reshape(shape)
         return cls(shape, mean, std)
@@ -59,7 +60,7 @@ class Normalizer:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(Record):
     """How a raw record became the model's features, as the ETL did it for the training data.
 
     ``pipelines.preprocess`` applies it (the ETL and inference share that code); the artifact's
@@ -79,79 +80,97 @@ class Preprocessing:
         return self.kind in TABULAR_KINDS
 
     @classmethod
-    def from_source(cls, source: Any, manifest: Mapping[str, Any] | None = None) -> "Preprocessing":
-        """From an ``etl.source`` config; the manifest's record of the ETL run wins where it has one
-        (the image shape it wrote, the feature columns it resolved)."""
-        recorded = dict((manifest or {}).get("source") or {})
-        kind = recorded.get("kind", source.kind)
+    def from_source(cls, source: Any, manifest: Any = None) -> "Preprocessing":
+        """From an ``etl.source`` config; the manifest's record of the ETL run (a
+        ``pipelines.dataset.Manifest``) wins where it has one (the image shape it wrote, the
+        feature columns it resolved)."""
+        recorded = manifest.source if manifest is not None else None
+        kind = recorded.kind if recorded is not None else source.kind
         if kind == "images":
-            shape = list((manifest or {}).get("feature_shape") or [source.channels, *source.image_shape])
+            shape = list(manifest.feature_shape if manifest is not None else [source.channels, *source.image_shape])
             return cls("images", (int(shape[1]), int(shape[2])), int(shape[0]))
-        return cls(kind, feature_columns=tuple(recorded.get("feature_columns", source.feature_columns)),
-                   label_column=recorded.get("label_column", source.label_column),
-                   id_column=recorded.get("id_column", source.id_column))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for the artifact (lists, not tuples: ``weights_only`` loading)."""
-        return {"kind": self.kind, "image_shape": list(self.image_shape), "channels": self.channels,
-                "resize": self.resize, "feature_columns": list(self.feature_columns),
-                "label_column": self.label_column, "id_column": self.id_column}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
-        return cls(d["kind"], tuple(d["image_shape"]), int(d["channels"]), d["resize"],
-                   tuple(d["feature_columns"]), d["label_column"], d["id_column"])
+        columns = recorded.feature_columns if recorded is not None and recorded.feature_columns is not None \
+            else source.feature_columns
+        return cls(kind, feature_columns=tuple(columns),
+                   label_column=recorded.label_column if recorded is not None else source.label_column,
+                   id_column=recorded.id_column if recorded is not None else source.id_column)
 
 
-def save_artifact(path: Path, model: models.DlpipeModel, manifest: dict[str, Any], manifest_hash: str,
-                  config: Any) -> None:
-    """Write the artifact atomically. The preprocessing comes from ``config.etl.source`` and what the
+@dataclass(frozen=True)
+class ArtifactMeta(Record):
+    """Everything of an artifact but the weights: what inference needs to score with it."""
+
+    model_name: str
+    model_config: dict[str, Any]
+    feature_shape: list[int]
+    num_classes: int
+    normalization: Normalization
+    label_names: list[str]
+    preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing(FEATURES_ONLY))
+    manifest_hash: str = ""  # the identity of the dataset (view) it was trained on
+    config_hash: str = ""
+    dataset_version: int = 0  # the dataset version it was trained on (0 = not recorded)
+    init_from: str = ""  # the artifact it was warm-started from ("" = random initialization)
+    format: str = FORMAT
+
+    @property
+    def task(self) -> str:
+        return models.spec(self.model_name).task
+
+    def normalizer(self) -> Normalizer:
+        """The artifact's feature normalization."""
+        return Normalizer.from_stats(self.normalization, self.feature_shape)
+
+
+def save_artifact(location: str, model: models.DlpipeModel, meta: ArtifactMeta) -> None:
+    """Write the artifact (one atomic write: a reader sees the whole file or the one before)."""
+    payload = {**meta.to_dict(), **models.to_artifact_dict(model)}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    storage.write_bytes(location, buffer.getvalue())
+
+
+def artifact_meta(model: models.DlpipeModel, manifest: Any, identity: str, config: Any, *,
+                  version: int = 0, init_from: str = "") -> ArtifactMeta:
+    """The metadata of ``model`` trained on a dataset whose manifest is ``manifest`` (identity
+    ``identity``) with ``config``: its preprocessing comes from ``config.etl.source`` and what the
     manifest recorded of the ETL run that made the training data."""
-    payload = {
-        "format": FORMAT,
-        **models.to_artifact_dict(model),
-        "preprocessing": Preprocessing.from_source(config.etl.source, manifest).to_dict(),
-        "normalization": manifest["normalization"],
-        "label_names": list(manifest["label_names"]),
-        "manifest_hash": manifest_hash,
-        "config_hash": config.digest(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    plain = models.to_artifact_dict(model)
+    return ArtifactMeta(plain["model_name"], plain["model_config"], plain["feature_shape"], plain["num_classes"],
+                        manifest.normalization, list(manifest.label_names),
+                        Preprocessing.from_source(config.etl.source, manifest), identity, config.digest(),
+                        version, init_from)
 
 
-def load_artifact(path: str | Path) -> tuple[models.DlpipeModel, dict[str, Any]]:
+def load_artifact(location: str) -> tuple[models.DlpipeModel, ArtifactMeta]:
     """Rebuild the model (eval mode) and return it with the artifact's metadata."""
-    payload = load_metadata(path)
-    return models.from_artifact_dict(payload), payload
+    payload = _load(location)
+    return models.from_artifact_dict(payload), _meta(payload, location)
 
 
-def load_metadata(path: str | Path) -> dict[str, Any]:
-    """The artifact's dict (weights included) without building the model."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a dlpipe model artifact (format {payload.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+def load_metadata(location: str) -> ArtifactMeta:
+    """The artifact's metadata without building the model."""
+    return _meta(_load(location), location)
+
+
+def load_state(location: str) -> tuple[dict[str, torch.Tensor], ArtifactMeta]:
+    """The artifact's weights and metadata (a warm start loads them into a fresh model)."""
+    payload = _load(location)
+    return payload["state_dict"], _meta(payload, location)
+
+
+def _load(location: str) -> dict[str, Any]:
+    payload = torch.load(io.BytesIO(storage.read_bytes(location)), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise FormatError(f"{storage.redact(location)} is not a dlpipe model artifact (format {found!r}, "
+                          f"expected {FORMAT!r})")
     return payload
 
 
-def normalizer(meta: dict[str, Any]) -> Normalizer:
-    """The artifact's feature normalization."""
-    return Normalizer.from_stats(meta["normalization"], meta["feature_shape"])
+def _meta(payload: Mapping[str, Any], location: str) -> ArtifactMeta:
+    fields = {k: v for k, v in payload.items() if k != "state_dict"}
+    if fields.get("preprocessing") is None:  # saved before preprocessing was recorded
+        fields.pop("preprocessing", None)
+    return ArtifactMeta.from_dict(fields, storage.redact(location))
 
-
-def preprocessing(meta: Mapping[str, Any]) -> Preprocessing:
-    """The artifact's preprocessing; kind ``features`` for an artifact saved before it was recorded."""
-    recorded = meta.get("preprocessing")
-    return Preprocessing.from_dict(recorded) if recorded else Preprocessing(FEATURES_ONLY)
-
-
-def file_digest(path: str | Path) -> str:
-    """Content hash of a file: the identity inference caches a loaded model by."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]

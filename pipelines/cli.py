@@ -4,15 +4,24 @@ Verbs: etl, generate, train, infer, run (etl + train + infer under one run id), 
 smoke test), rl (PPO with Spark rollouts), rl-eval (a classifier artifact as a policy in an
 environment). The same arguments work with ``python -m pipelines VERB ...`` and
 ``spark-submit pipelines/__main__.py VERB ...``.
+
+Before Spark starts: the config is loaded and validated for the verb (``pipelines.validate``), the
+store options resolved, and the job takes the lease of the run (and dataset) it writes
+(``pipelines.lease``), so a second job on the same run id stops instead of training beside it.
+``--check`` stops there, after probing every location the verb uses.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
+from typing import Any, Iterator
 
-from pipelines.config import ConfigError, PipelineConfig, check_environment, load_config, to_yaml
+from pipelines import storage
+from pipelines.config import ConfigError, PipelineConfig, load_config, to_yaml
+from pipelines.lease import Lease
 
 # verb -> module whose ``main(spark, config)`` runs it
 JOBS = {
@@ -21,10 +30,12 @@ JOBS = {
     "train": "pipelines.train.driver",
     "infer": "pipelines.infer.job",
     "run": "pipelines.run",
-    "check": "pipelines.launcher.smoke",
+    "check": "pipelines.train.smoke",
     "rl": "pipelines.rl.job",
     "rl-eval": "pipelines.rl.evaluate",
 }
+RUN_WRITERS = ("train", "infer", "run", "rl", "rl-eval")  # verbs that write <workdir>/runs/<run_id>
+DATASET_WRITERS = ("etl", "run")  # verbs that write <workdir>/datasets/<dataset>
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,7 +44,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--run-id", help="run id (default: a timestamp); re-use it to resume or re-run")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config, print it resolved, and exit (no Spark)")
+                        help="validate the config for the verb, probe every location it uses (list, write and "
+                             "delete a marker), print the config resolved, and exit (no Spark)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -48,39 +60,78 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     return config
 
 
+def known_master(config: PipelineConfig) -> str:
+    """The master the job will run on, as far as it is known before Spark starts ("" = unknown)."""
+    from pipelines.session import read_spark_defaults, under_spark_submit
+
+    if under_spark_submit():
+        return ""
+    return read_spark_defaults().get("spark.master") or config.master or "local[*]"
+
+
+def prepare(config: PipelineConfig, verb: str) -> None:
+    """Everything before Spark: the store options (resolved once, here), then the one validation."""
+    from pipelines.validate import validate
+
+    sc = config.storage
+    storage.set_options(storage.StorageOptions(sc.s3_endpoint, sc.s3_region, sc.azure_account).resolved())
+    validate(config, verb, known_master(config))
+
+
+@contextlib.contextmanager
+def leases(config: PipelineConfig, verb: str) -> Iterator[None]:
+    """Hold the leases of what ``verb`` writes (the run folder, the dataset) while it runs."""
+    with contextlib.ExitStack() as stack:
+        job = f"dlpipe {verb} (run {config.run_id})"
+        if verb in DATASET_WRITERS:
+            stack.enter_context(Lease(config.dataset_dir, job, config.lease.ttl_s, config.lease.wait_s, key="dataset"))
+        if verb in RUN_WRITERS:
+            stack.enter_context(Lease(config.run_dir(), job, config.lease.ttl_s, config.lease.wait_s, key="run_id"))
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = resolve_config(args)
-        check_environment(config)
-    except ConfigError as e:
+        prepare(config, args.verb)
+        if args.check:
+            from pipelines.validate import probe_locations
+
+            for line in probe_locations(config, args.verb):
+                print(f"# {line}")
+            print(f"# dlpipe {args.verb}: config is valid\n" + to_yaml(config), end="")
+            return 0
+    except (ConfigError, storage.StorageError) as e:
         print(f"dlpipe: config error: {e}", file=sys.stderr)
         return 2
-    if args.check:
-        print(f"# dlpipe {args.verb}: config is valid\n" + to_yaml(config), end="")
-        return 0
     job = importlib.import_module(JOBS[args.verb])
+    from pipelines.progress import spark_progress
     from pipelines.session import get_spark
 
-    from pipelines.progress import spark_progress
-
-    spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
     try:
-        # Training draws its own bar, rl a line per iteration; `run` shows each of its stages itself.
-        with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run", "rl", "rl-eval")):
-            result = job.main(spark, config)
+        with leases(config, args.verb):
+            spark = get_spark(f"dlpipe-{args.verb}", master=config.master, conf=config.spark)
+            try:
+                # Training draws its own bar, rl a line per iteration; `run` shows each of its stages itself.
+                with spark_progress(spark, args.verb, shown=args.verb not in ("train", "run", "rl", "rl-eval")):
+                    result = job.main(spark, config)
+            finally:
+                spark.stop()
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2
-    except (RuntimeError, FileNotFoundError, ValueError) as e:
-        if not type(e).__module__.startswith("pipelines."):  # not ours: keep the traceback
-            raise
-        print(f"dlpipe {args.verb}: {type(e).__name__}: {e}", file=sys.stderr)
+    except (RuntimeError, OSError, ValueError) as e:
+        if not type(e).__module__.startswith("pipelines.") and not isinstance(e, FileNotFoundError):
+            raise  # not ours: keep the traceback
+        print(f"dlpipe {args.verb}: {type(e).__name__}: {storage.redact(str(e))}", file=sys.stderr)
         return 1
-    finally:
-        spark.stop()
-    if args.verb == "run":
-        print(f"dlpipe: run {config.run_id} finished; report: {result['report']}")
-    if args.verb in ("rl", "rl-eval"):
-        print(f"dlpipe: {args.verb} {config.run_id} finished; mean return {result['eval']['mean_return']:.1f}")
+    _say_done(args.verb, config, result)
     return 0
+
+
+def _say_done(verb: str, config: PipelineConfig, result: Any) -> None:
+    if verb == "run":
+        print(f"dlpipe: run {config.run_id} finished; report: {storage.redact(result.report)}")
+    elif verb in ("rl", "rl-eval"):
+        print(f"dlpipe: {verb} {config.run_id} finished; mean return {result.eval.mean_return:.1f}")

@@ -23,13 +23,11 @@ from typing import Any
 
 import yaml
 
+from pipelines import storage
+from pipelines.errors import ConfigError
 from pipelines.config_rules import (
     Rule, above, at_least, check, each, folder_name, one_of, rules_markdown, setting, within,
 )
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the fix."""
 
 
 def _splits_problem(splits: dict[str, float]) -> str | None:
@@ -48,6 +46,8 @@ def _splits_problem(splits: dict[str, float]) -> str | None:
 SPLITS_RULE = Rule("split name -> fraction > 0, fractions summing to 1, 'train' included", _splits_problem)
 UNIQUE = Rule("no value twice", lambda v: "lists a value twice" if len(set(v)) != len(v) else None)
 NONEMPTY = Rule("not empty", lambda v: None if v else "must not be empty")
+LOCATION = Rule("a local path, or an s3://, gs://, hdfs://, abfs:// or az:// URI without credentials",
+                lambda v: storage.uri_problem(v) if v else None)
 MASTER_PATTERN = re.compile(r"|local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s|mesos)://.+")
 MASTER_RULE = Rule("empty, local, local[N], local[*], local-cluster[N,C,M], yarn, spark://..., k8s://...",
                    lambda v: None if MASTER_PATTERN.fullmatch(v) else
@@ -59,7 +59,7 @@ class SourceConfig:
     """Where the raw records come from. A new dataset needs a new config, not new code."""
 
     kind: str = setting("images", one_of("images", "csv", "json", "parquet"))  # images | csv | json | parquet
-    path: str = setting("data/digits", NONEMPTY)  # image folder, or tabular file/folder (relative paths: to the repo root)
+    path: str = setting("data/digits", NONEMPTY, LOCATION)  # image folder, or tabular file/folder; local (relative: to the current folder, else the repo root) or a URI
     labels_csv: str = "labels.csv"  # images: CSV (file,label) inside `path`; "" = label from sub-folder name
     image_shape: list[int] = setting([8, 8], each(at_least(1), length=2))  # H, W every image is resized to
     channels: int = setting(1, one_of(1, 3))  # 1 = greyscale, 3 = RGB
@@ -91,7 +91,7 @@ class GenerateConfig:
     num_samples: int = setting(100_000, at_least(1))
     image_size: int = setting(8, at_least(1))  # 8 = native digits, 28 = upscaled
     partitions: int = setting(0, at_least(0))  # 0 = one partition per 50k samples
-    output: str = ""  # "" = <workdir>/generated/digits_<size>px_<n>
+    output: str = setting("", LOCATION)  # "" = <workdir>/generated/digits_<size>px_<n>
     max_rotation_deg: float = setting(12.0, within(0, 180))
     max_shift_px: float = setting(1.0, at_least(0))
     elastic_alpha: float = setting(1.0, at_least(0))  # strength of the elastic distortion, in pixels
@@ -168,7 +168,7 @@ class InferSourceConfig:
     """Raw records to score (``infer.source``), decoded with the model artifact's own preprocessing."""
 
     kind: str = setting("", RAW_KIND_RULE)  # images | csv | json | parquet; "" = infer.input or the ETL split
-    path: str = ""  # image folder, or tabular file/folder (relative paths: as given, else under the repo root)
+    path: str = setting("", LOCATION)  # image folder, or tabular file/folder; local (relative: as given, else under the repo root) or a URI
     labels_csv: str = ""  # images: CSV (file,label) inside `path`, used for evaluation; "" = unlabelled
 
     def __post_init__(self) -> None:
@@ -188,11 +188,11 @@ class InferConfig:
     """Batch inference with a vectorized Spark UDF."""
 
     split: str = setting("test", folder_name())  # which ETL split to score when `input` and `source` are empty (any split of the dataset)
-    input: str = ""  # any Parquet with a `features` column; "" = infer.source, else the ETL split above
+    input: str = setting("", LOCATION)  # any Parquet with a `features` column; "" = infer.source, else the ETL split above
     source: InferSourceConfig = field(default_factory=InferSourceConfig)  # raw records (images, CSV, JSON, Parquet)
-    artifact: str = ""  # model artifact file; "" = the model of infer.model_run
+    artifact: str = setting("", LOCATION)  # model artifact file; "" = the model of infer.model_run
     model_run: str = setting("", folder_name(allow_empty=True))  # run whose model scores; "" = this run
-    output: str = ""  # "" = <run dir>/predictions
+    output: str = setting("", LOCATION)  # "" = <run dir>/predictions
     keep_columns: list[str] = setting(["*"], KEEP_RULE)  # input columns copied to the predictions
     batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
     device: str = setting("auto", one_of("auto", "cpu", "cuda"))  # auto: the task's Spark GPU, else a visible GPU, else CPU
@@ -262,10 +262,33 @@ class RLConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Where data and runs live beyond local disk (``pipelines.storage``). Credentials are never
+    set here: each store's standard chain provides them (AWS env/profiles/roles, GCS application
+    default credentials, Hadoop config + Kerberos)."""
+
+    s3_endpoint: str = ""  # "" = $AWS_ENDPOINT_URL, else AWS; e.g. http://minio:9000 for an S3-compatible store
+    s3_region: str = ""  # "" = $AWS_DEFAULT_REGION / $AWS_REGION
+    azure_account: str = ""  # storage account of az://container/path URIs (abfs:// URIs name theirs)
+    # How raw sources are read: spark = Spark's own readers (needs a Hadoop connector for remote
+    # schemes); python = listed and read through pipelines.storage inside Spark tasks; auto = Spark's
+    # readers where Hadoop has a filesystem for the scheme, else python.
+    reader: str = setting("auto", one_of("auto", "spark", "python"))
+
+
+@dataclass
+class LeaseConfig:
+    """One live job per run id (and per dataset): ``pipelines.lease``."""
+
+    ttl_s: float = setting(60.0, above(5))  # a killed job's lease expires this long after its last renewal
+    wait_s: float = setting(0.0, at_least(0))  # 0 = a job that finds the lease held stops at once; > 0 = waits up to this
+
+
+@dataclass
 class PipelineConfig:
     """The whole pipeline's configuration."""
 
-    workdir: str = setting("work", NONEMPTY)  # datasets, runs, benchmark output (relative paths: to the current folder)
+    workdir: str = setting("work", NONEMPTY, LOCATION)  # datasets, runs: a folder (relative: to the current folder) or s3://, gs://, hdfs://, abfs:// URI
     dataset: str = setting("digits", folder_name())  # name of the ETL output folder under <workdir>/datasets
     run_id: str = setting("", folder_name(allow_empty=True))  # "" = a timestamp; reuse an id to resume or re-run idempotently
     master: str = setting("", MASTER_RULE)  # "" = spark-submit's / spark-defaults' master, else local[*]
@@ -278,15 +301,25 @@ class PipelineConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
 
     @property
-    def dataset_dir(self) -> Path:
-        return Path(self.workdir) / "datasets" / self.dataset
+    def workdir_location(self) -> str:
+        """``workdir`` as an absolute local path or a URI."""
+        return storage.normalize(self.workdir)
 
-    def run_dir(self) -> Path:
-        if not self.run_id:
-            raise ConfigError("run_id is empty: set run_id (the CLI uses a timestamp when --run-id is not given)")
-        return Path(self.workdir) / "runs" / self.run_id
+    @property
+    def dataset_dir(self) -> str:
+        return storage.join(self.workdir_location, "datasets", self.dataset)
+
+    def run_dir(self, run_id: str = "") -> str:
+        """The folder of run ``run_id`` (default: this config's run)."""
+        run_id = run_id or self.run_id
+        if not run_id:
+            raise ConfigError("run_id is empty: set run_id (the CLI uses a timestamp when --run-id is not given)",
+                              key="run_id")
+        return storage.join(self.workdir_location, "runs", run_id)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -319,25 +352,7 @@ def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
     config = _build(PipelineConfig, raw, prefix="")
     check_model(config.model)
-    tc = config.train
-    if tc.strategy == "pipeline" and tc.batch_size % tc.pipeline.microbatches:
-        raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
-                          f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)")
-    _check_precision(tc)
     return config
-
-
-def _check_precision(tc: TrainConfig) -> None:
-    """fp16 needs a GPU and one loss scaler whose skip decisions all ranks share (see pipelines.train.precision)."""
-    if tc.precision != "fp16":
-        return
-    if tc.device == "cpu":
-        raise ConfigError("config key 'train.precision' = 'fp16' needs a GPU but train.device='cpu': use "
-                          "train.precision=bf16 (autocast works on CPU) or fp32")
-    if tc.strategy in ("fsdp", "pipeline"):
-        raise ConfigError(f"config key 'train.precision' = 'fp16' is not supported with train.strategy={tc.strategy} "
-                          "(each rank holds only part of the gradients, so their loss scalers could disagree): "
-                          "use train.precision=bf16, which needs no loss scaling")
 
 
 def check_model(model: ModelConfig) -> None:
@@ -355,14 +370,6 @@ def check_model(model: ModelConfig) -> None:
         if isinstance(e, ConfigError):
             raise ConfigError(f"{e} (model {model.name!r})") from None
         raise ConfigError(f"model.params for model {model.name!r}: {e}") from None
-
-
-def check_environment(config: PipelineConfig) -> None:
-    """What the config asks of this machine, checked before Spark starts (e.g. YARN needs its conf)."""
-    if config.master == "yarn" and not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
-        raise ConfigError("config key 'master' = 'yarn' but neither HADOOP_CONF_DIR nor YARN_CONF_DIR is set: "
-                          "export the folder holding the cluster's yarn-site.xml, or submit with spark-submit "
-                          "--master yarn on a machine set up for the cluster")
 
 
 def rules_table() -> str:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pipelines.storage.uri import redact
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -81,7 +83,8 @@ def check(field: dataclasses.Field, value: Any, key: str) -> str | None:
     for rule in rules_of(field):
         problem = rule.problem(value)
         if problem:
-            return f"config key {key!r} = {value!r} {problem}"
+            shown = redact(value) if isinstance(value, str) else value  # a refused secret is not repeated
+            return f"config key {key!r} = {shown!r} {problem}"
     return None
 
 

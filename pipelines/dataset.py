@@ -1,34 +1,45 @@
 """The dlpipe dataset format, in one place: what the ETL writes and every later stage reads.
 
-    <workdir>/datasets/<dataset>/
-      <split>/part-NNNNN.parquet   RECORD_SCHEMA: id string, label int64 (class index), features list<float32>
-      quarantine/                  rejected records (QUARANTINE_COLUMNS)
-      manifest.json                MANIFEST_KEYS: counts, splits, shapes, normalization, label names
-      _SUCCESS                     published atomically (``pipelines.publish``)
+    <workdir>/datasets/<dataset>/               (a local folder or a URI: s3://, gs://, hdfs://, abfs://)
+      _head.json                                 HEAD: the committed versions, oldest first (written last)
+      v000001-<token>/                           one version, written whole before the head names it
+        manifest.json                            Manifest: counts, splits and their files, shapes, stats
+        <split>/part-NNNNN.parquet               RECORD_SCHEMA: id string, label int64, features list<float32>
+        quarantine/part-NNNNN.parquet            rejected records (QUARANTINE_COLUMNS)
+      v000002-<token>/ ...                       a later version (``etl.mode=append``)
 
-Split names are whatever ``etl.splits`` named (``train`` is required); readers take them from
-the manifest, never from a fixed list. Shard order is Petastorm's: files sorted by path, row
-groups in file order, rank ``r`` of ``n`` gets row groups ``i % n == r``.
+Readers trust only what the head names: a version folder the head does not name (a killed ETL)
+is invisible and removed by the next ETL. A dataset written before versions existed
+(``manifest.json`` + ``_SUCCESS`` at the top, split folders beside them) reads as version 1.
+
+A dataset *view* (:class:`DatasetView`, :func:`open_dataset`) is the union of versions 1..N: each
+split's files of every version, in Petastorm's order (sorted by path; version folders sort by
+number). Its normalization statistics and label names are those of version N's manifest, which
+the ETL merged over every version. Shard order is Petastorm's: rank ``r`` of ``n`` gets the row
+groups ``i % n == r`` of the split's files, listed in that order.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipelines.config import ConfigError
-from pipelines.publish import is_published
+from pipelines import storage
+from pipelines.errors import ConfigError
+from pipelines.formats import FormatError, Record
 
 TRAIN_SPLIT = "train"  # the one split every dataset has (normalization is computed on it)
 VALIDATION_SPLIT = "val"  # used for per-epoch validation when the dataset has it
 QUARANTINE = "quarantine"  # folder of rejected records; never a split name
 MANIFEST_FILE = "manifest.json"
+HEAD_FILE = "_head.json"
+LEGACY_SUCCESS = "_SUCCESS"  # a dataset written before versions: its root is version 1
+FORMAT = "dlpipe-dataset/2"
+HEAD_FORMAT = "dlpipe-dataset-head/1"
 
 # What every dataset file holds; petastorm's make_batch_reader and pyarrow read it as is.
 RECORD_SCHEMA = pa.schema(
@@ -40,86 +51,278 @@ RECORD_SCHEMA = pa.schema(
 )
 RECORD_COLUMNS = {"id": "string", "label": "int64", "features": "list<float32>"}  # as the manifest says
 QUARANTINE_COLUMNS = ["id", "source", "row", "label", "reason", "detail"]
-# Keys of manifest.json (``make_manifest`` writes exactly these).
-MANIFEST_KEYS = (
-    "records_in", "accepted", "quarantined", "quarantine_by_reason", "splits", "feature_shape", "dtype",
-    "columns", "normalization", "label_names", "source", "input_files", "config_hash", "created_at",
-    "rows_per_row_group", "row_group_rule",
-)
 
 
 class DatasetError(RuntimeError):
     """The dataset a job needs is missing or incomplete; the message says how to make it."""
 
 
-# --- manifest ---------------------------------------------------------------------------------
+# --- the manifest -------------------------------------------------------------------------------
 
-def make_manifest(**values: Any) -> dict[str, Any]:
-    """The manifest dict, checked to hold exactly :data:`MANIFEST_KEYS` (dtype and columns are fixed)."""
-    values = {"dtype": "float32", "columns": dict(RECORD_COLUMNS), **values}
-    missing, extra = set(MANIFEST_KEYS) - set(values), set(values) - set(MANIFEST_KEYS)
-    if missing or extra:
-        raise ValueError(f"internal: manifest keys missing {sorted(missing)}, unexpected {sorted(extra)}")
-    return {k: values[k] for k in MANIFEST_KEYS}
+@dataclass(frozen=True)
+class PartFile(Record):
+    """One Parquet file of a split: its path relative to the version folder and its row groups' rows."""
 
+    path: str
+    row_groups: list[int]
 
-def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a published ETL dataset."""
-    dataset_dir = Path(dataset_dir)
-    if not is_published(dataset_dir):
-        raise DatasetError(f"no published dataset at {dataset_dir} (no _SUCCESS): run `dlpipe etl` with the same "
-                           f"workdir and dataset first")
-    return json.loads((dataset_dir / MANIFEST_FILE).read_text())
+    @property
+    def rows(self) -> int:
+        return sum(self.row_groups)
 
 
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """Identity of the data: the manifest without its creation time and config hash (a re-run of
-    the ETL on the same input gives the same hash, so checkpoints stay valid)."""
-    stable = {k: v for k, v in manifest.items() if k not in ("created_at", "config_hash")}
+@dataclass(frozen=True)
+class SplitInfo(Record):
+    count: int
+    per_class: dict[str, int]
+    row_groups: int
+    files: list[PartFile]
+
+
+@dataclass(frozen=True)
+class Normalization(Record):
+    """``(x - mean) / std`` of the train split: one value (``global``) or one per feature."""
+
+    mode: str
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass(frozen=True)
+class Moments(Record):
+    """Count, mean and sum of squared deviations per feature: merged exactly across files and versions."""
+
+    n: int = 0
+    mean: list[float] = field(default_factory=list)
+    m2: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SourceRecord(Record):
+    """The ETL's source as it was resolved (the model artifact records it for inference)."""
+
+    kind: str
+    path: str
+    feature_columns: list[str] | None = None  # tables: the feature columns in order
+    label_column: str = ""
+    id_column: str = ""
+
+
+@dataclass(frozen=True)
+class InputFilesSummary(Record):
+    listed: int
+    empty: int
+    empty_examples: list[str]
+
+
+@dataclass(frozen=True)
+class Manifest(Record):
+    """One dataset version: what it added (counts, quarantine, files) and the view's statistics
+    up to it (normalization, label names), so a reader of version N needs only N's manifest for those."""
+
+    records_in: int
+    accepted: int
+    quarantined: int
+    quarantine_by_reason: dict[str, int]
+    splits: dict[str, SplitInfo]
+    feature_shape: list[int]
+    normalization: Normalization
+    label_names: list[str]
+    source: SourceRecord
+    input_files: InputFilesSummary
+    config_hash: str
+    created_at: str
+    rows_per_row_group: int
+    row_group_rule: str
+    version: int = 1
+    train_moments: Moments = field(default_factory=Moments)  # this version's train rows (merged into later ones)
+    dtype: str = "float32"
+    columns: dict[str, str] = field(default_factory=lambda: dict(RECORD_COLUMNS))
+    format: str = FORMAT
+    legacy_identity: str = ""  # a first-format manifest's identity, as its checkpoints recorded it
+
+    @property
+    def split_names(self) -> list[str]:
+        """The split names, sorted (train first is not implied)."""
+        return sorted(self.splits)
+
+    @classmethod
+    def from_dict(cls, value: Any, where: str = "", key: str = "") -> "Manifest":
+        if isinstance(value, dict) and "format" not in value:  # the first format: files by name only
+            value = _upgrade_v1(value)
+        return super().from_dict(value, where or MANIFEST_FILE, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        value = super().to_dict()
+        if not self.legacy_identity:
+            del value["legacy_identity"]
+        return value
+
+    def identity(self) -> str:
+        """What the data is, not when or by which config it was made: a re-run of the ETL on the
+        same input gives the same identity, so checkpoints made on it stay valid."""
+        return self.legacy_identity or _stable_hash(self.to_dict())
+
+
+def _upgrade_v1(old: dict[str, Any]) -> dict[str, Any]:
+    """A manifest of the first format (no ``format`` key; a split's ``files`` were names in its folder)."""
+    value = dict(old)
+    value["legacy_identity"] = _stable_hash(old)  # what checkpoints made on it recorded
+    value["format"] = "dlpipe-dataset/1"
+    splits = {}
+    for name, info in old.get("splits", {}).items():
+        info = dict(info)
+        info["files"] = [{"path": f"{name}/{f}", "row_groups": []} for f in info.get("files", [])]
+        splits[name] = info
+    value["splits"] = splits
+    return value
+
+
+def _stable_hash(value: dict[str, Any]) -> str:
+    stable = {k: v for k, v in value.items() if k not in ("created_at", "config_hash")}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def split_names(manifest: dict[str, Any]) -> list[str]:
-    """The dataset's split names (manifest.json is written with sorted keys: sorted by name)."""
-    return list(manifest["splits"])
+# --- the head -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VersionEntry(Record):
+    version: int
+    folder: str  # relative to the dataset folder
+    created_at: str
 
 
-def split_paths(dataset_dir: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """Absolute paths of the dataset's split folders, by split name."""
-    root = Path(dataset_dir).resolve()
-    return {s: str(root / s) for s in split_names(manifest)}
+@dataclass(frozen=True)
+class Head(Record):
+    versions: list[VersionEntry]
+    format: str = HEAD_FORMAT
 
 
-def split_path(dataset_dir: str | Path, manifest: dict[str, Any], split: str, key: str) -> str:
-    """The folder of ``split``; a :class:`ConfigError` naming config ``key`` when there is none."""
-    paths = split_paths(dataset_dir, manifest)
-    if split not in paths:
-        raise ConfigError(f"{key}={split!r} is not a split of dataset {Path(dataset_dir).name} "
-                           f"(its splits: {', '.join(paths)}): set {key} to one of them")
-    return paths[split]
+def read_head(dataset_dir: str) -> Head | None:
+    """The committed versions of the dataset at ``dataset_dir``; None when none is published."""
+    head = storage.join(dataset_dir, HEAD_FILE)
+    if storage.exists(head):
+        return Head.from_json(storage.read_text(head), head)
+    if storage.exists(storage.join(dataset_dir, LEGACY_SUCCESS)):
+        return Head([VersionEntry(1, "", "")])
+    return None
+
+
+def write_head(dataset_dir: str, head: Head) -> None:
+    """Commit: the head names the versions readers see (one atomic write, after their files)."""
+    storage.write_text(storage.join(dataset_dir, HEAD_FILE), head.to_json())
+
+
+# --- reading a dataset ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SplitFiles(Record):
+    """A split's files in a view, in Petastorm's order, with their row groups' rows."""
+
+    files: list[str]  # locations
+    row_groups: list[list[int]]  # per file
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows of every row group, in Petastorm's order."""
+        return [n for groups in self.row_groups for n in groups]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.sizes)
+
+
+@dataclass(frozen=True)
+class DatasetView(Record):
+    """Versions 1..``version`` of a dataset: what training, inference and the report read."""
+
+    location: str
+    version: int
+    manifest: Manifest  # version ``version``'s (normalization, labels, shape of the whole view)
+    splits: dict[str, SplitFiles]
+    identity: str  # changes whenever the data does: checkpoints made on other data are refused
+    counts: dict[str, int] = field(default_factory=dict)  # rows per split over every version
+
+    @property
+    def name(self) -> str:
+        return storage.name(self.location)
+
+    @property
+    def split_names(self) -> list[str]:
+        return sorted(self.splits)
+
+    def split(self, name: str, key: str) -> SplitFiles:
+        """The files of split ``name``; a :class:`ConfigError` naming config ``key`` when there is none."""
+        if name not in self.splits:
+            raise ConfigError(f"{key}={name!r} is not a split of dataset {self.name} (its splits: "
+                              f"{', '.join(self.split_names)}): set {key} to one of them", key=key)
+        return self.splits[name]
+
+
+def open_dataset(dataset_dir: str, version: int = 0, key: str = "dataset_version") -> DatasetView:
+    """The view of versions 1..``version`` (0 = the newest) of the published dataset at ``dataset_dir``."""
+    head = read_head(dataset_dir)
+    if head is None or not head.versions:
+        raise DatasetError(f"no published dataset at {storage.redact(dataset_dir)}: run `dlpipe etl` with the same "
+                           f"workdir and dataset first")
+    numbers = [v.version for v in head.versions]
+    wanted = version or numbers[-1]
+    if wanted not in numbers:
+        raise ConfigError(f"{key}={version}: dataset {storage.name(dataset_dir)} has versions "
+                          f"{', '.join(map(str, numbers))}", key=key)
+    manifests = [(v, read_manifest(storage.join(dataset_dir, v.folder) if v.folder else dataset_dir))
+                 for v in head.versions if v.version <= wanted]
+    splits: dict[str, list[tuple[str, list[int]]]] = {}
+    counts: dict[str, int] = {}
+    for entry, manifest in manifests:
+        root = storage.join(dataset_dir, entry.folder) if entry.folder else dataset_dir
+        for name, info in manifest.splits.items():
+            counts[name] = counts.get(name, 0) + info.count
+            for part in info.files:
+                location = storage.join(root, part.path)
+                splits.setdefault(name, []).append((location, part.row_groups or _footer_row_groups(location)))
+    ordered = {name: SplitFiles(*map(list, zip(*sorted(files)))) if files else SplitFiles([], [])
+               for name, files in splits.items()}
+    for name in manifests[-1][1].splits:
+        ordered.setdefault(name, SplitFiles([], []))
+    latest = manifests[-1][1]
+    identity = latest_identity(manifests)
+    return DatasetView(dataset_dir, wanted, latest, ordered, identity, counts)
+
+
+def latest_identity(manifests: list[tuple[VersionEntry, Manifest]]) -> str:
+    """The view's identity: version 1's own (the single-version identity older checkpoints carry),
+    chained with each later version's."""
+    identity = ""
+    for _, manifest in manifests:
+        own = manifest.identity()
+        identity = own if not identity else hashlib.sha256(f"{identity}+{own}".encode()).hexdigest()[:16]
+    return identity
+
+
+def read_manifest(version_dir: str) -> Manifest:
+    path = storage.join(version_dir, MANIFEST_FILE)
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{storage.redact(path)} is missing: the dataset's head names a version that is not "
+                           f"there; re-run `dlpipe etl`") from None
+    try:
+        return Manifest.from_json(text, storage.redact(path))
+    except FormatError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _footer_row_groups(location: str) -> list[int]:
+    """Row groups of a file whose manifest did not record them (datasets of the first format)."""
+    import pyarrow.parquet as pq
+
+    with storage.open_input(location) as f:
+        meta = pq.ParquetFile(f).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
 # --- shard order ------------------------------------------------------------------------------
-
-def dataset_url(path: str | Path) -> str:
-    """Petastorm wants URLs; plain paths become ``file://`` URLs."""
-    text = str(path)
-    return text if urlparse(text).scheme else "file://" + str(Path(text).resolve())
-
-
-def part_files(path: str | Path) -> list[Path]:
-    """The Parquet files of a split folder, in Petastorm's order (sorted by path, hidden files skipped)."""
-    return sorted(p for p in Path(path).rglob("*.parquet") if not p.name.startswith((".", "_")))
-
-
-def row_group_sizes(path: str | Path) -> list[int]:
-    """Rows of every row group of a local split folder, in Petastorm's order."""
-    sizes: list[int] = []
-    for f in part_files(path):
-        meta = pq.ParquetFile(f).metadata
-        sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return sizes
-
 
 def shard_rows(sizes: list[int], rank: int, size: int) -> int:
     """Rows in ``rank``'s shard under Petastorm's ``index % shard_count == cur_shard`` rule."""
@@ -141,3 +344,14 @@ def table_arrays(table: Any) -> tuple[np.ndarray, np.ndarray]:
                          f"(the ETL writes every row with the same feature count)")
     features = values.astype(np.float32, copy=False).reshape(rows, -1 if rows else 0)
     return features, table.column("label").to_numpy().astype(np.int64, copy=False)
+
+
+def read_split(split: SplitFiles, columns: tuple[str, ...] = ("features", "label")) -> pa.Table:
+    """A whole split as one table (small splits: the report, sample quality)."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for location in split.files:
+        with storage.open_input(location) as f:
+            tables.append(pq.read_table(f, columns=list(columns)))
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table().select(list(columns))

@@ -16,18 +16,18 @@ and torch only when a function needs it: the barrier task (a Spark Python worker
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+from pipelines.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
-TASK_GPUS_ENV = "DLPIPE_TASK_GPUS"  # the task's Spark GPU addresses, comma-separated, for its rank process
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ConfigError):
     """The requested device cannot be had here; the message names the setting and what to do."""
 
 
@@ -65,7 +65,7 @@ def resolve_device(requested: str, spark_gpus: Sequence[str], visible_count: int
     the device index). ``key`` is the config key named in errors.
     """
     if requested not in DEVICES:
-        raise DeviceError(f"config key {key!r} = {requested!r} must be one of {', '.join(DEVICES)}")
+        raise DeviceError(f"config key {key!r} = {requested!r} must be one of {', '.join(DEVICES)}", key=key)
     if requested == "cpu":
         return DeviceChoice("cpu", f"{key}=cpu")
     if spark_gpus:
@@ -73,7 +73,7 @@ def resolve_device(requested: str, spark_gpus: Sequence[str], visible_count: int
         if visible_count > 0:
             if not restricted and not gpu.isdigit():
                 raise DeviceError(f"Spark gave the task GPU {gpu!r}, which is not a device index: use a discovery "
-                                  "script that reports nvidia-smi's indices (spark-conf/getGpusResources.sh)")
+                                  "script that reports nvidia-smi's indices (spark-conf/getGpusResources.sh)", key=key)
             index = 0 if restricted else int(gpu)
             return DeviceChoice(f"cuda:{index}", f"Spark task GPU {gpu}", gpu)
         why = f"Spark gave the task GPU {gpu} but torch sees no CUDA device ({_torch_build()})"
@@ -85,7 +85,7 @@ def resolve_device(requested: str, spark_gpus: Sequence[str], visible_count: int
     if requested == "cuda":
         raise DeviceError(f"config key {key!r} = 'cuda' but there is no GPU here: {why}. Install a CUDA build of "
                           f"torch and schedule GPUs (spark-conf/spark-defaults.gpu.conf), or set {key}=auto "
-                          f"(GPU when there is one, else CPU) or {key}=cpu")
+                          f"(GPU when there is one, else CPU) or {key}=cpu", key=key)
     return DeviceChoice("cpu", f"{key}=auto: {why}")
 
 
@@ -95,18 +95,9 @@ def _torch_build() -> str:
     return f"torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}"
 
 
-def task_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The Spark GPU addresses the barrier task handed this rank process (empty: none)."""
-    value = (os.environ if environ is None else environ).get(TASK_GPUS_ENV, "")
-    return [a for a in value.split(",") if a]
-
-
 def gpu_environment(addresses: Sequence[str]) -> dict[str, str]:
     """Environment for a rank process given Spark GPUs: it sees only those (its GPU is then ``cuda:0``)."""
-    if not addresses:
-        return {}
-    joined = ",".join(addresses)
-    return {"CUDA_VISIBLE_DEVICES": joined, TASK_GPUS_ENV: joined}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(addresses)} if addresses else {}
 
 
 def visible_gpus() -> int:

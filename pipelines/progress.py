@@ -8,7 +8,6 @@ with dlpipe's epoch bar and fills logs with carriage returns. Instead:
 
 On a terminal each redraws one line; in a log (cron, Airflow, a file) they write whole lines only:
 one per epoch, plus at most one per :data:`LOG_EVERY_S` while a long epoch or stage runs.
-:class:`IterationProgress` prints one line per RL iteration.
 """
 from __future__ import annotations
 
@@ -17,6 +16,8 @@ import sys
 import threading
 import time
 from typing import Any, Iterator, TextIO
+
+from pipelines.events import EpochEnded, RankEvent, StepProgress
 
 LOG_EVERY_S = 60.0  # in logs, the longest silence while an epoch or a Spark stage runs
 POLL_S = 0.5  # how often the Spark stage display looks at the status tracker
@@ -34,51 +35,33 @@ class EpochProgress:
         self.log_every_s = log_every_s
         self._last_line = time.monotonic()
 
-    def __call__(self, rank: int, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind == "progress":  # sent by one rank: the one that sees the loss
+    def __call__(self, event: RankEvent) -> None:
+        if isinstance(event, StepProgress):  # sent by one rank: the one that sees the loss
             self._bar(event)
-        elif kind == "epoch" and rank == 0:
+        elif isinstance(event, EpochEnded) and event.rank == 0:
             self._epoch(event)
 
-    def _bar(self, e: dict[str, Any]) -> None:
-        filled = int(e["step"] / e["steps"] * self.width)
-        line = (f"epoch {e['epoch']}/{self.epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{e['step']}/{e['steps']} loss {e['loss']:.4f} {e['samples_per_s']:.0f} samples/s")
+    def _bar(self, e: StepProgress) -> None:
+        filled = int(e.step / e.steps * self.width)
+        line = (f"epoch {e.epoch}/{self.epochs} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{e.step}/{e.steps} loss {e.loss:.4f} {e.samples_per_s:.0f} samples/s")
         if self.tty:
             self.stream.write("\r" + line)
-        elif time.monotonic() - self._last_line >= self.log_every_s and e["step"] < e["steps"]:
+        elif time.monotonic() - self._last_line >= self.log_every_s and e.step < e.steps:
             self.stream.write(line + "\n")  # a long epoch in a log: a sign of life, now and then
             self._last_line = time.monotonic()
         else:
             return
         self.stream.flush()
 
-    def _epoch(self, e: dict[str, Any]) -> None:
-        metrics = " ".join(f"{k} {v:.4f}" for k, v in e.items()
-                           if k.startswith("val_") and isinstance(v, float))
+    def _epoch(self, event: EpochEnded) -> None:
+        e = event.record
+        metrics = " ".join(f"val_{k} {v:.4f}" for k, v in e.val.items())
         end = "\r\033[K" if self.tty else ""  # a terminal: the summary replaces the bar
-        self.stream.write(f"{end}epoch {e['epoch']}/{self.epochs} done: loss {e['loss']:.4f} {metrics} "
-                          f"({e['samples_per_s']:.0f} samples/s, data wait {e['data_wait_fraction']:.0%})\n")
+        self.stream.write(f"{end}epoch {e.epoch}/{self.epochs} done: loss {e.loss:.4f} {metrics} "
+                          f"({e.samples_per_s:.0f} samples/s, data wait {e.data_wait_fraction:.0%})\n")
         self.stream.flush()
         self._last_line = time.monotonic()
-
-
-class IterationProgress:
-    """Reinforcement learning: one line per iteration with the episode return, losses and env steps/s."""
-
-    def __init__(self, iterations: int, stream: TextIO | None = None) -> None:
-        self.iterations = iterations
-        self.stream = stream or sys.stdout
-
-    def __call__(self, r: dict[str, Any]) -> None:
-        ret = "n/a (no episode ended)" if r["mean_return"] is None else \
-            f"{r['mean_return']:.1f} (length {r['mean_length']:.1f}, {r['episodes']} episodes)"
-        self.stream.write(f"iteration {r['iteration']}/{self.iterations}: return {ret} "
-                          f"policy_loss {r['policy_loss']:.4f} value_loss {r['value_loss']:.3f} "
-                          f"entropy {r['entropy']:.3f} | {r['env_steps']} env steps, "
-                          f"{r['env_steps_per_s']:.0f}/s (rollout {r['rollout_s']:.2f} s, update {r['update_s']:.2f} s)\n")
-        self.stream.flush()
 
 
 def stage_line(label: str, stage_id: int, name: str, done: int, total: int) -> str:

@@ -1,92 +1,108 @@
-"""Atomic publication of output folders: write to a temp folder, then rename into place.
+"""Publishing multi-file outputs without rename: a commit object written last names what belongs.
 
-A reader never sees half an output, and a re-run replaces instead of duplicating. Works on any
-POSIX filesystem the driver and executors share (local disk for ``local[*]``, NFS on a cluster).
+Object stores (S3, GCS, Azure) have no atomic rename, so nothing is published by renaming a
+folder. A multi-file output (predictions, generated data, trajectories) is written into a fresh
+attempt folder under its target, and becomes visible at once when the one small commit object
+``<target>/_commit.json`` naming that folder and its files is written (a single PUT is atomic,
+and listing after it is consistent, on S3, GCS and Azure, as a rename is on a POSIX disk)::
+
+    <target>/_commit.json                         {"folder": "a-20261204T201500.0417...-1f2e3d4c", "files": [...]}
+    <target>/a-20261204T201500.0417...-1f2e3d4c/  the committed attempt
+    <target>/a-20261204T193000.9001...-00aa11bb/  an older or killed attempt: never read, removed
+
+Readers trust only committed files (:func:`committed_files`); a killed job leaves an attempt folder
+no reader sees, which the next publication of the same target removes; a re-run commits a new
+attempt and removes the old one, so a target converges to one complete output. Single files (a
+checkpoint, the model artifact, ``summary.json``) are one atomic write each (``pipelines.storage``).
+The dataset has its own commit object, its head (``pipelines.dataset``).
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
+import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator
 
-SUCCESS = "_SUCCESS"
+from pipelines import storage
+from pipelines.formats import Record
+
+COMMIT_FILE = "_commit.json"
+ATTEMPT_PREFIX = "a-"
+
+
+@dataclass(frozen=True)
+class Commit(Record):
+    folder: str  # the committed attempt folder, relative to the target
+    files: list[str]  # its files, relative to that folder, sorted
+    created_at: str
+    format: str = "dlpipe-commit/1"
+
+
+def new_attempt_name() -> str:
+    """A fresh attempt folder name; names sort by the time they were made (to the nanosecond)."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+    return f"{ATTEMPT_PREFIX}{stamp}.{now % 10**9:09d}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``final``; on success it replaces ``final`` and gets ``_SUCCESS``.
-
-    On an exception the temp folder is removed and ``final`` is left as it was.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = final.parent / f".{final.name}.tmp-{token}"
-    tmp.mkdir()
+def publishing(target: str) -> Iterator[str]:
+    """Yield a fresh attempt folder under ``target``; when the block succeeds, commit it (every
+    file now in it), then remove older attempts. On an exception the attempt is removed and
+    ``target`` stays as it was."""
+    name = new_attempt_name()
+    folder = storage.join(target, name)
+    storage.mkdirs(folder)
     try:
-        yield tmp
-        (tmp / SUCCESS).touch()
-        replace_dir(tmp, final)
+        yield folder
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        storage.delete_dir(folder)
         raise
+    files = [storage.relative(f.location, folder) for f in storage.list_files(folder)]
+    commit = Commit(name, files, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    storage.write_text(storage.join(target, COMMIT_FILE), commit.to_json())
+    remove_stale_attempts(target, name)
 
 
-def replace_dir(src: Path, final: Path) -> None:
-    """Move ``src`` to ``final``, replacing any previous ``final`` with two renames."""
-    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.rename(final, old)
-    os.rename(src, final)
-    shutil.rmtree(old, ignore_errors=True)
+def read_commit(target: str) -> Commit | None:
+    """The commit of ``target``, or None when nothing was published there."""
+    path = storage.join(target, COMMIT_FILE)
+    if not storage.exists(path):
+        return None
+    return Commit.from_json(storage.read_text(path), storage.redact(path))
 
 
-def check_writable(path: str | Path, key: str) -> None:
-    """Fail now, naming config ``key`` and the path, when ``path`` cannot be created or written.
-
-    Checks the nearest existing ancestor: it must be a folder in which a file can be made (a real
-    probe: permission bits say nothing for root or on read-only mounts). Jobs call this before any
-    work, so a wrong output location costs seconds, not a whole run.
-    """
-    target = Path(path).absolute()
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"cannot create {path} (under {key}): {existing} is a file, not a folder; "
-                          f"point {key} at a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dlpipe-write-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OutputError(f"cannot create {path} (under {key}): cannot write in {existing} ({e.strerror}); "
-                          f"choose a writable location for {key} or fix its permissions") from e
+def is_published(target: str) -> bool:
+    return read_commit(target) is not None
 
 
-class OutputError(RuntimeError):
-    """An output location cannot be written; the message names the config key and the path."""
+def committed_folder(target: str) -> str | None:
+    """The committed attempt folder of ``target`` (None when nothing is committed)."""
+    commit = read_commit(target)
+    return storage.join(target, commit.folder) if commit else None
 
 
-def is_published(path: str | Path) -> bool:
-    """True when ``path`` is a complete, published output."""
-    return (Path(path) / SUCCESS).is_file()
+def committed_files(target: str, suffix: str = "") -> list[str]:
+    """The committed files of ``target`` (ending in ``suffix``), sorted; [] when nothing is committed."""
+    commit = read_commit(target)
+    if commit is None:
+        return []
+    folder = storage.join(target, commit.folder)
+    return [storage.join(folder, f) for f in commit.files if f.endswith(suffix)]
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to ``path`` via a temp file and ``os.replace`` (atomic on POSIX)."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text to ``path`` via a temp file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def remove_stale_attempts(target: str, committed: str) -> None:
+    """Remove the attempt folders older than the committed one (a newer one may be another job's,
+    still writing) and whatever an older dlpipe left there (``data/`` + ``_SUCCESS``)."""
+    for entry in storage.list_dirs(target):
+        name = storage.name(entry)
+        if name.startswith(ATTEMPT_PREFIX) and name < committed:
+            storage.delete_dir(entry)
+    for legacy in ("data", "_SUCCESS"):
+        path = storage.join(target, legacy)
+        if storage.is_dir(path):
+            storage.delete_dir(path)
+        elif storage.exists(path):
+            storage.delete(path)

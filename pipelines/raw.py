@@ -1,22 +1,35 @@
 """Reading raw input with Spark, every file and record counted: shared by the ETL and inference.
 
-Spark's file scans skip zero-byte files without a word; :func:`binary_files` and :func:`empty_files`
-find them by comparing the listing (``inputFiles()``) with what the scan read, so callers can turn
+Two ways in, giving the same records (same ids, sources, counts): Spark's own file readers, where
+Hadoop has a filesystem for the location's scheme (local disk, ``hdfs://`` on a cluster, ``s3a``
+with hadoop-aws), and ``pipelines.storage`` where it has none (``s3://``, ``gs://``, ``abfs://``
+without a connector): the driver lists the files and Spark tasks read them through the storage
+layer (``storage.reader``: auto | spark | python).
+
+Spark's file scans skip zero-byte files without a word; :func:`binary_files` and
+:func:`empty_files` find them by comparing the listing with what was read, so callers can turn
 each into a record (images) or a report line (tables). :func:`load_table` keeps every row of a
 CSV / JSON / Parquet input (malformed ones in ``_corrupt_record``) with a reference to its file.
 """
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Iterator
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines import storage
 from pipelines.preprocess import CORRUPT
+from pipelines.publish import committed_folder
+from pipelines.tables import read_parquet_through_storage, spark_path, spark_reads
 
 REFERENCE_COLUMNS = ("_file", "_row")  # added by load_table: the file and (Parquet) row of each record
+READERS = ("auto", "spark", "python")
 
 
 class RawInputError(RuntimeError):
@@ -25,85 +38,170 @@ class RawInputError(RuntimeError):
 
 @dataclass(frozen=True)
 class BinaryFiles:
-    """A folder's files as Spark's ``binaryFile`` source reads them, and the ones it skipped."""
+    """A folder's files as read (path, id, content), the count listed and the ones skipped as empty."""
 
     frame: DataFrame  # path (as Spark spells it), id (path relative to the folder), content
     listed: int  # files listed
-    empty: list[str]  # zero-byte files (the scan skips them), relative to the folder, sorted
-    base: str  # the folder, fully qualified (``file:/abs/folder``): ``base + "/" + id`` is a path
+    empty: list[str]  # zero-byte files (Spark's scan skips them), relative to the folder, sorted
+    base: str  # the folder as Spark spells it: ``base + "/" + id`` is a path
 
 
-def binary_files(spark: SparkSession, root: Path, glob: str | None = None) -> BinaryFiles:
-    """Every file under ``root`` (recursively; ``glob`` filters names), with its id and bytes."""
-    base = qualified(spark, root)
-    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")  # no partition discovery
-    if glob:
-        reader = reader.option("pathGlobFilter", glob)
-    raw = reader.load(str(root))
-    listed = raw.inputFiles()
-    frame = raw.select("path", F.col("path").substr(len(base) + 2, 1 << 30).alias("id"), "content")
-    return BinaryFiles(frame, len(listed), unscanned(spark, listed, raw.select("path"), base), base)
+def resolve_location(path: str, key: str) -> str:
+    """A source path as a location: a URI as given; a local path as given if it exists, else under
+    the repo root (the bundled data). A dlpipe publication (``dlpipe generate``'s output, saved
+    trajectories) resolves to its committed folder. :class:`RawInputError` naming ``key`` when
+    nothing is there."""
+    from pipelines.session import REPO_ROOT
+
+    if not storage.is_local(path):
+        if storage.exists(path):
+            return committed_folder(storage.normalize(path)) or storage.normalize(path)
+        raise RawInputError(f"{key}={storage.redact(path)} does not exist: point {key} at the folder or file of "
+                            "records")
+    given = storage.normalize(path)
+    bundled = storage.normalize(path, str(REPO_ROOT))
+    for candidate in (given, bundled):
+        if storage.exists(candidate):
+            return committed_folder(candidate) or candidate
+    raise RawInputError(f"{key}={path!r} does not exist (looked in {given} and {bundled}): point {key} at the folder "
+                        "or file of records")
 
 
-def unscanned(spark: SparkSession, listed: list[str], scanned: DataFrame, base: str) -> list[str]:
-    """Listed files the scan did not read (Spark skips zero-byte files), relative to ``base``, sorted.
-
-    The listing spells local paths ``file:///x``, the scan ``file:/x``: both are brought to the latter.
-    """
-    def plain(column: str) -> Column:
-        return F.regexp_replace(F.col(column), "^file:/+", "file:/")
-
-    if not listed:
-        return []
-    listing = spark.createDataFrame([(p,) for p in listed], "path string").select(plain("path").alias("p"))
-    missing = listing.join(scanned.select(plain("path").alias("p")), "p", "left_anti").collect()
-    return sorted(row.p[len(base) + 1:] for row in missing)
+def _partitions(spark: SparkSession, files: int) -> int:
+    """A few streaming tasks per core: small files would otherwise make as many tiny tasks."""
+    return max(1, min(files, 4 * spark.sparkContext.defaultParallelism))
 
 
-def empty_files(spark: SparkSession, listed: list[str], root: Path) -> list[str]:
-    """The zero-byte files among ``listed`` (tabular sources: few files), relative to ``root``, sorted."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    base = qualified(spark, root)
+# --- binary files -----------------------------------------------------------------------------------
+
+def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = None,
+                 reader: str = "auto") -> BinaryFiles:
+    """Every file under ``root`` (recursively; ``extensions`` filters names, any case), with its id and bytes."""
+    suffixes = tuple(f".{e}" for e in extensions) + tuple(f".{e.upper()}" for e in extensions) if extensions else None
+    base = spark_path(root).rstrip("/")
+    if spark_reads(spark, root, reader):
+        raw = spark.read.format("binaryFile").option("recursiveFileLookup", "true")  # no partition discovery
+        if suffixes:
+            raw = raw.option("pathGlobFilter", "*.{" + ",".join(s[1:] for s in suffixes) + "}")
+        loaded = raw.load(spark_path(root))
+        listed = loaded.inputFiles()
+        frame = loaded.select("path", F.col("path").substr(len(base) + 2, 1 << 30).alias("id"), "content")
+        sizes = {storage.relative(e.location, root): e.size for e in storage.list_files(root, suffix=suffixes)}
+        read_ids = {p[len(base) + 1:] for p in (_plain_spelling(x) for x in listed)}
+        empty = sorted(i for i in read_ids if sizes.get(i) == 0)
+        return BinaryFiles(frame, len(listed), empty, base)
+    entries = storage.list_files(root, suffix=suffixes)
+    full = [(spark_path(e.location), storage.relative(e.location, root)) for e in entries if e.size > 0]
+    empty = sorted(storage.relative(e.location, root) for e in entries if e.size == 0)
+    options = storage.current_options()
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        storage.set_options(options)
+        for batch in batches:
+            paths = batch.column(0).to_pylist()
+            contents = [storage.read_bytes(p[len("file:"):] if p.startswith("file:") else p) for p in paths]
+            yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), pa.array(contents, pa.binary())],
+                                             names=["path", "id", "content"])
+
+    listing = spark.createDataFrame(full, "path string, id string") if full else \
+        spark.createDataFrame([], "path string, id string")
+    frame = listing.repartition(_partitions(spark, len(full))).mapInArrow(read, "path string, id string, content binary")
+    return BinaryFiles(frame, len(entries), empty, base)
+
+
+def _plain_spelling(path: str) -> str:
+    """Spark's listing spells local paths ``file:///x``, its scans ``file:/x``: the latter."""
+    return "file:/" + path[len("file:"):].lstrip("/") if path.startswith("file:") else path
+
+
+def empty_files(listed: list[str], root: str) -> list[str]:
+    """The zero-byte files among ``listed`` (Spark's spelling), relative to ``root``, sorted."""
+    base = spark_path(root).rstrip("/")
+    sizes = {spark_path(e.location): e.size for e in storage.list_files(root, include_hidden=True)}
     empty = []
-    for path in listed:
-        hpath = jvm.org.apache.hadoop.fs.Path(path)
-        if hpath.getFileSystem(conf).getFileStatus(hpath).getLen() == 0:
-            full = hpath.getFileSystem(conf).makeQualified(hpath).toString()
-            empty.append(full[len(base) + 1:] if full.startswith(base + "/") else full)
+    for path in (_plain_spelling(p) for p in listed):
+        if sizes.get(path) == 0:
+            empty.append(path[len(base) + 1:] if path.startswith(base + "/") else path)
     return sorted(empty)
 
 
-def qualified(spark: SparkSession, path: Path) -> str:
-    """``path`` fully qualified by Hadoop (scheme included), as Spark's file sources report it."""
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(str(path))
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return fs.makeQualified(hpath).toString().rstrip("/")
+# --- tables -----------------------------------------------------------------------------------------
 
-
-def load_table(spark: SparkSession, kind: str, root: Path) -> DataFrame:
+def load_table(spark: SparkSession, kind: str, root: str, reader: str = "auto") -> tuple[DataFrame, list[str]]:
     """Read a CSV (header) / JSON lines / Parquet table with every record kept (PERMISSIVE), plus
-    ``_file`` and ``_row`` references (``_row``: the row index in a Parquet file, else null)."""
-    path = str(root)
+    ``_file`` and ``_row`` references (``_row``: the row index in a Parquet file, else null); and
+    the files it read (Spark's spelling)."""
+    if not spark_reads(spark, root, reader):
+        return _load_table_through_storage(spark, kind, root)
+    path = spark_path(root)
     if kind == "csv":
         header = spark.read.option("header", "true").csv(path).columns
         # All columns as strings: a non-number is then seen (and named) instead of silently nulled.
-        schema = T.StructType([T.StructField(c, T.StringType()) for c in header]
-                              + [T.StructField(CORRUPT, T.StringType())])
         df = (
             spark.read.option("header", "true").option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT).schema(schema).csv(path)
+            .option("columnNameOfCorruptRecord", CORRUPT).schema(_csv_schema(header)).csv(path)
         )
     elif kind == "json":
         df = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(path)
     else:
-        reader = spark.read
-        if root.is_dir():  # only the data files: a folder may also hold _SUCCESS, *.json notes, ...
-            reader = reader.option("pathGlobFilter", "*.parquet")
-        df = reader.parquet(path)
+        reader_ = spark.read
+        if storage.is_dir(root):  # only the data files: a folder may also hold _SUCCESS, *.json notes, ...
+            reader_ = reader_.option("pathGlobFilter", "*.parquet")
+        df = reader_.parquet(path)
     row = F.col("_metadata.row_index") if kind == "parquet" else F.lit(None).cast("bigint")
-    return df.select("*", F.col("_metadata.file_path").alias("_file"), row.alias("_row"))
+    return df.select("*", F.col("_metadata.file_path").alias("_file"), row.alias("_row")), df.inputFiles()
+
+
+def _csv_schema(header: list[str]) -> T.StructType:
+    return T.StructType([T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT, T.StringType())])
+
+
+def _load_table_through_storage(spark: SparkSession, kind: str, root: str) -> tuple[DataFrame, list[str]]:
+    """:func:`load_table` for a store Spark has no connector for: the driver lists the files, tasks
+    read them through ``pipelines.storage``, and Spark parses CSV / JSON lines with the options its
+    own readers use (``from_csv`` / ``from_json``, PERMISSIVE), so both ways give the same records."""
+    entries = storage.list_files(root, suffix=".parquet" if kind == "parquet" else None)
+    locations = [e.location for e in entries]
+    listed = [spark_path(x) for x in locations]
+    readable = [x for x, e in zip(locations, entries) if e.size > 0]
+    if not readable:
+        raise RawInputError(f"{storage.redact(root)} holds no {kind} data files (every file is empty or none is there)")
+    if kind == "parquet":
+        return read_parquet_through_storage(spark, readable, references=True), listed
+    options = storage.current_options()
+    files = spark.createDataFrame([(x,) for x in readable], "location string").repartition(
+        _partitions(spark, len(readable)))
+    lines = files.mapInArrow(_text_lines(options, skip_header=kind == "csv"), "value string, _file string")
+    if kind == "csv":
+        header = next(csv.reader(io.StringIO(_first_line(readable[0]))))
+        ddl = ", ".join(f"`{c.replace('`', '``')}` STRING" for c in [*header, CORRUPT])
+        parsed = F.from_csv("value", ddl, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+    else:
+        inferred = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(
+            lines.select("value").rdd.map(lambda r: r.value))
+        parsed = F.from_json("value", inferred.schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+    table = lines.select(parsed.alias("r"), "_file").select("r.*", "_file", F.lit(None).cast("bigint").alias("_row"))
+    return table, listed
+
+
+def _first_line(location: str) -> str:
+    with storage.open_input(location) as f:
+        head = f.read(1 << 16).decode("utf-8", errors="replace")
+    return head.splitlines()[0] if head else ""
+
+
+def _text_lines(options: storage.StorageOptions, skip_header: bool):
+    """A ``mapInArrow`` function: file locations in, their non-blank lines (and the file) out."""
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        storage.set_options(options)
+        for batch in batches:
+            for location in batch.column(0).to_pylist():
+                lines = storage.read_text(location).splitlines()[1 if skip_header else 0:]
+                kept = [line for line in lines if line.strip()]  # Spark's readers skip blank lines too
+                yield pa.RecordBatch.from_arrays([pa.array(kept, pa.string()),
+                                                  pa.array([spark_path(location)] * len(kept), pa.string())],
+                                                 names=["value", "_file"])
+    return read
 
 
 def table_columns(table: DataFrame) -> list[str]:
@@ -111,16 +209,22 @@ def table_columns(table: DataFrame) -> list[str]:
     return [c for c in table.columns if c not in (CORRUPT, *REFERENCE_COLUMNS)]
 
 
-def read_labels_csv(spark: SparkSession, path: Path, key: str, hint: str = "") -> DataFrame:
-    """An image folder's labels file (columns file,label) as ``id`` (the file's relative path), ``label``."""
-    if not path.is_file():
-        raise RawInputError(f"labels file {path} ({key}) does not exist; create it with columns file,label"
-                            + (f" {hint}" if hint else ""))
-    raw = spark.read.option("header", "true").csv(str(path))
-    missing = {"file", "label"} - set(raw.columns)
+def read_labels_csv(spark: SparkSession, path: str, key: str, hint: str = "") -> DataFrame:
+    """An image folder's labels file (columns file,label) as ``id`` (the file's relative path), ``label``.
+    Read on the driver through ``pipelines.storage`` (one small file, from any store)."""
+    if not storage.is_file(path):
+        raise RawInputError(f"labels file {storage.redact(path)} ({key}) does not exist; create it with columns "
+                            f"file,label" + (f" {hint}" if hint else ""))
+    rows = list(csv.reader(io.StringIO(storage.read_text(path))))
+    header = [c.strip() for c in rows[0]] if rows else []
+    missing = {"file", "label"} - set(header)
     if missing:
-        raise RawInputError(f"labels file {path} ({key}) lacks column(s) {sorted(missing)}; it has {raw.columns}, "
-                            "needs file,label")
+        raise RawInputError(f"labels file {storage.redact(path)} ({key}) lacks column(s) {sorted(missing)}; it has "
+                            f"{header}, needs file,label")
+    at_file, at_label = header.index("file"), header.index("label")
+    records = [(r[at_file] if len(r) > at_file else None, r[at_label] if len(r) > at_label else None)
+               for r in rows[1:] if r]
+    raw = spark.createDataFrame(records, "file string, label string")
     file = F.regexp_replace(F.trim("file"), r"^\./", "")
     label = F.trim("label")
     return raw.select(file.alias("id"), F.when(label != "", label).alias("label"))

@@ -13,7 +13,6 @@ from typing import Callable
 
 from pyspark.sql import SparkSession
 
-from pipelines.device import resolve_device, visible_gpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = REPO_ROOT / "spark-conf"
@@ -76,11 +75,3 @@ def describe(spark: SparkSession, stage: str) -> None:
     spark.sparkContext.setJobDescription(f"dlpipe {stage}")
     for listener in list(STAGE_LISTENERS):
         listener(stage)
-
-
-def check_device(spark: SparkSession, requested: str, key: str) -> None:
-    """``<key>=cuda`` where tasks surely get no GPU fails before any work (``DeviceError`` naming
-    ``key``): a local master (Spark schedules no GPUs there) on a machine whose torch sees none. On
-    a cluster only the tasks can tell; each checks when it starts (``pipelines.device.resolve_device``)."""
-    if requested == "cuda" and spark.sparkContext.master.startswith("local"):
-        resolve_device(requested, (), visible_gpus(), local_rank=0, key=key)

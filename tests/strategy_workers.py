@@ -25,20 +25,26 @@ def make_model():
     return models.build("cnn", feature_shape=(1, 8, 8), num_classes=10, dropout=0.0)
 
 
+def context(rank: int, world: int, port: int):
+    """The RankContext a launcher would hand this rank: the parent's store is its rendezvous."""
+    from pipelines.launcher.rank import RankContext
+
+    return RankContext(rank, world, rank, local_size=world, rendezvous_addr="127.0.0.1", rendezvous_port=port,
+                       stall_timeout_s=60)
+
+
 def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches: int, out: str,
              precision: str = "fp32") -> None:
     """Join the group through the parent's TCPStore, run one step, save figures, gradients, held parameters."""
     from pipelines.config import PipelineParallelConfig, TrainConfig
     from pipelines.launcher.rank import exit_now
-    from pipelines.launcher.rank import RankContext
     from pipelines.train.strategies import STRATEGIES
 
-    os.environ.update({"DLPIPE_STORE_ADDR": "127.0.0.1", "DLPIPE_STORE_PORT": str(port),
-                       "DLPIPE_STALL_TIMEOUT_S": "60", "GLOO_SOCKET_IFNAME": "lo"})
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     tc = TrainConfig(strategy=strategy_name, batch_size=BATCH, pipeline=PipelineParallelConfig(microbatches=microbatches),
                      precision=precision)
-    strategy = STRATEGIES[strategy_name](RankContext(rank, world, rank, 1, 0), tc)
+    strategy = STRATEGIES[strategy_name](context(rank, world, port), tc)
     strategy.start()
     try:
         model = make_model()
@@ -102,13 +108,12 @@ def gan_step(strategy) -> dict:
 def gan_one_step(rank: int, world: int, port: int, strategy_name: str, out: str) -> None:
     """mp.spawn body: a torch.distributed strategy's GAN step, saved for the parent."""
     from pipelines.config import TrainConfig
-    from pipelines.launcher.rank import RankContext, exit_now
+    from pipelines.launcher.rank import exit_now
     from pipelines.train.strategies import STRATEGIES
 
-    os.environ.update({"DLPIPE_STORE_ADDR": "127.0.0.1", "DLPIPE_STORE_PORT": str(port),
-                       "DLPIPE_STALL_TIMEOUT_S": "60", "GLOO_SOCKET_IFNAME": "lo"})
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    strategy = STRATEGIES[strategy_name](RankContext(rank, world, rank, 1, 0), TrainConfig(strategy=strategy_name))
+    strategy = STRATEGIES[strategy_name](context(rank, world, port), TrainConfig(strategy=strategy_name))
     strategy.start()
     try:
         torch.save(gan_step(strategy), Path(out) / f"rank{rank}.pt")

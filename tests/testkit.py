@@ -5,6 +5,7 @@ imported under that name.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,3 +19,41 @@ def make_config(workdir: Path, *overrides: str):
 
     return load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml",
                        [f"workdir={workdir}", "master=local[2]", "run_id=test", *TRACKING_OFF, *overrides])
+
+
+def publish_dataset(dataset_dir: str, splits: dict[str, int], *, feature_shape: tuple[int, ...] = (1, 8, 8),
+                    label_names: tuple[str, ...] = ("0", "1"), rows_per_row_group: int = 8, version_folder: str = ""):
+    """A small published dataset (version 1) in the real format, written without Spark: ``splits``
+    maps split names to row counts; features are ``row index / 100``, labels cycle. Its manifest."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipelines import dataset, storage
+    from pipelines.dataset import (
+        Head, InputFilesSummary, Manifest, Normalization, PartFile, SourceRecord, SplitInfo, VersionEntry,
+    )
+    from pipelines.etl.parts import PartSpec, write_parts
+
+    folder = version_folder or "v000001-test0000"
+    root = storage.join(dataset_dir, folder)
+    width = int(np.prod(feature_shape))
+    infos = {}
+    for name, rows in splits.items():
+        values = np.repeat(np.arange(rows, dtype=np.float32)[:, None] / 100, width, axis=1)
+        labels = np.arange(rows) % len(label_names)
+        table = pa.table({"id": [f"{name}-{i:05d}" for i in range(rows)], "label": pa.array(labels, pa.int64()),
+                          "features": pa.array(list(values), pa.list_(pa.float32()))})
+        stats = write_parts(table.to_batches(), PartSpec(storage.join(root, name), rows_per_row_group), 0)
+        files = [PartFile(f"{name}/{s['file']}", json.loads(s["row_groups"])) for s in stats]
+        per_class = {n: int((labels == i).sum()) for i, n in enumerate(label_names)}
+        infos[name] = SplitInfo(rows, per_class, sum(len(f.row_groups) for f in files), files)
+    total = sum(splits.values())
+    manifest = Manifest(
+        records_in=total, accepted=total, quarantined=0, quarantine_by_reason={}, splits=infos,
+        feature_shape=list(feature_shape), normalization=Normalization("global", [0.5], [0.25]),
+        label_names=list(label_names), source=SourceRecord("images", "/data"),
+        input_files=InputFilesSummary(total, 0, []), config_hash="test", created_at="2026-01-01T00:00:00+00:00",
+        rows_per_row_group=rows_per_row_group, row_group_rule="test")
+    storage.write_text(storage.join(root, dataset.MANIFEST_FILE), manifest.to_json())
+    dataset.write_head(dataset_dir, Head([VersionEntry(1, folder, manifest.created_at)]))
+    return manifest

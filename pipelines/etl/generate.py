@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,9 +33,11 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from pipelines.config import ConfigError, GenerateConfig, PipelineConfig
+from pipelines.config import PipelineConfig
 from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, stats_batch, write_parts
-from pipelines.publish import atomic_dir, check_writable, write_json_atomic
+from pipelines import storage
+from pipelines.formats import Record
+from pipelines.publish import publishing
 from pipelines.session import REPO_ROOT, describe
 
 BLOCK = 1024  # samples per unit of work: also the Arrow batch size handed to the writer
@@ -151,29 +153,35 @@ def load_digits(folder: Path = DIGITS_DIR) -> tuple[np.ndarray, np.ndarray]:
     return images, np.array([int(r["label"]) for r in rows], dtype=np.int64)
 
 
-def check_generate_config(g: GenerateConfig) -> None:
-    """Reject settings the generator cannot honour, naming the key."""
-    if g.num_samples < 1:
-        raise ConfigError(f"generate.num_samples={g.num_samples} must be >= 1")
-    if g.image_size < 1:
-        raise ConfigError(f"generate.image_size={g.image_size} must be >= 1 (8 = native digits, 28 = upscaled)")
-    if g.partitions < 0:
-        raise ConfigError(f"generate.partitions={g.partitions} must be >= 0 (0 = one per {SAMPLES_PER_PARTITION} samples)")
-    for key in ("max_rotation_deg", "max_shift_px", "elastic_alpha", "noise_std"):
-        if getattr(g, key) < 0:
-            raise ConfigError(f"generate.{key}={getattr(g, key)} must be >= 0")
+@dataclass(frozen=True)
+class GenerateResult(Record):
+    """What :data:`INFO_FILE` holds, and what ``dlpipe generate`` returns."""
+
+    n: int
+    image_size: int
+    seed: int
+    feature_shape: list[int]
+    label_names: list[str]
+    deformation: Deformation
+    files: list[str]  # relative to the committed folder
+    rows_per_row_group: int
+    config_hash: str
+    created_at: str
+    output: str = ""  # the committed folder (what etl.source.path may name; its target works too)
 
 
-def output_dir(config: PipelineConfig) -> Path:
+def output_dir(config: PipelineConfig) -> str:
     """``generate.output``, else ``<workdir>/generated/digits_<size>px_<n>``."""
     g = config.generate
-    return Path(g.output) if g.output else Path(config.workdir) / "generated" / f"digits_{g.image_size}px_{g.num_samples}"
+    if g.output:
+        return storage.normalize(g.output)
+    return storage.join(config.workdir_location, "generated", f"digits_{g.image_size}px_{g.num_samples}")
 
 
-def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
-    """Generate ``generate.num_samples`` deformed digits as Parquet; return what :data:`INFO_FILE` holds."""
+def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
+    """Generate ``generate.num_samples`` deformed digits as Parquet (committed under the output
+    folder, ``pipelines.publish``); return what :data:`INFO_FILE` holds."""
     g = config.generate
-    check_generate_config(g)
     params = Deformation(
         seed=config.train.seed, num_samples=g.num_samples, image_size=g.image_size,
         max_rotation_deg=g.max_rotation_deg, max_shift_px=g.max_shift_px,
@@ -181,34 +189,29 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     )
     blocks = math.ceil(g.num_samples / BLOCK)
     partitions = min(blocks, g.partitions or math.ceil(g.num_samples / SAMPLES_PER_PARTITION))
-    digits = spark.sparkContext.broadcast(load_digits())
     out = output_dir(config)
-    check_writable(out, "generate.output" if g.output else "workdir")
+    storage.check_location(out, "generate.output" if g.output else "workdir")
+    digits = spark.sparkContext.broadcast(load_digits())
     describe(spark, "generate")
     try:
-        with atomic_dir(out) as tmp:
-            spec = PartSpec(str(tmp), ROWS_PER_ROW_GROUP)
+        with publishing(out) as folder:
+            spec = PartSpec(folder, ROWS_PER_ROW_GROUP, storage_options=storage.current_options())
             write = _block_writer(params, digits, spec)
             stats = spark.range(blocks, numPartitions=partitions).mapInArrow(write, FILE_STATS_DDL).collect()
             rows = sum(s["rows"] for s in stats)
             if rows != g.num_samples:
                 raise GenerateError(f"internal: wrote {rows} samples instead of generate.num_samples={g.num_samples}")
-            info = {
-                "n": g.num_samples,
-                "image_size": g.image_size,
-                "seed": params.seed,
-                "feature_shape": [1, g.image_size, g.image_size],
-                "label_names": [str(d) for d in range(10)],
-                "deformation": asdict(params),
-                "files": sorted(s["file"] for s in stats),
-                "rows_per_row_group": ROWS_PER_ROW_GROUP,
-                "config_hash": config.digest(),
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            write_json_atomic(tmp / INFO_FILE, info)
+            info = GenerateResult(
+                n=g.num_samples, image_size=g.image_size, seed=params.seed,
+                feature_shape=[1, g.image_size, g.image_size], label_names=[str(d) for d in range(10)],
+                deformation=params, files=sorted(s["file"] for s in stats), rows_per_row_group=ROWS_PER_ROW_GROUP,
+                config_hash=config.digest(), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                output=folder)
+            storage.write_text(storage.join(folder, INFO_FILE), info.to_json())
     finally:
         digits.destroy()
-    print(f"generate: {g.num_samples} samples, {g.image_size}x{g.image_size}, {len(stats)} files -> {out}")
+    print(f"generate: {g.num_samples} samples, {g.image_size}x{g.image_size}, {len(stats)} files -> "
+          f"{storage.redact(out)}")
     return info
 
 

@@ -3,13 +3,14 @@
     dlpipe etl --config FILE [key=value ...]
     spark-submit pipelines/__main__.py etl --config FILE [key=value ...]
 
-Output, published atomically as ``<workdir>/datasets/<dataset>/`` (a re-run replaces it), in the
-format ``pipelines.dataset`` defines::
+Output: one version of ``<workdir>/datasets/<dataset>/`` (any store), in the format
+``pipelines.dataset`` defines, written whole into its own folder and committed by the dataset's
+head (a re-run replaces the dataset)::
 
-    <split>/ ...        one folder per etl.splits entry: part-NNNNN.parquet (id, label, features)
-    quarantine/         rejected records: id, source, row, label, reason, detail (part-NNNNN.parquet)
-    manifest.json       counts, shapes, train-split normalisation, label names, config hash
-    _SUCCESS
+    v000001-<token>/<split>/     one folder per etl.splits entry: part-NNNNN.parquet (id, label, features)
+    v000001-<token>/quarantine/  rejected records: id, source, row, label, reason, detail (part-NNNNN.parquet)
+    v000001-<token>/manifest.json  counts, files and row groups, shapes, train-split normalisation, label names
+    _head.json                   the committed versions (written last)
 
 Every record is either accepted or quarantined with one reason, checked in this order:
 decode_error, wrong_shape, nan_or_inf, missing_label, unknown_label, missing_id, duplicate_id.
@@ -18,11 +19,11 @@ If the quarantined fraction exceeds ``etl.max_quarantine_fraction`` the job rais
 """
 from __future__ import annotations
 
+import io
 import json
-import shutil
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines import dataset
+from pipelines import dataset, storage
 from pipelines.config import EtlConfig, PipelineConfig
+from pipelines.dataset import (
+    Head, InputFilesSummary, Manifest, Normalization, PartFile, SourceRecord, SplitInfo, VersionEntry,
+)
 from pipelines.etl.parts import FILE_STATS_DDL, GROUPS_PER_RANK, Moments, rewrite_labels, streaming_rows_per_row_group
 from pipelines.etl.sources import EtlError, Extracted, read_records
 from pipelines.etl.validate import (
@@ -40,7 +44,6 @@ from pipelines.etl.validate import (
     with_feature_count,
 )
 from pipelines.etl.write import INPUT_COLUMNS, QUARANTINE_SCHEMA, TASK_GROUP, DatasetSpec, dataset_writer
-from pipelines.publish import atomic_dir, check_writable, write_json_atomic
 from pipelines.session import describe
 
 __all__ = ["EtlError", "main", "ordered_records", "write_dataset", "publish"]
@@ -51,7 +54,7 @@ STD_FLOOR = 1e-6  # normalisation never divides by ~0
 # --- the one pass -----------------------------------------------------------------------------
 
 def write_dataset(
-    records: DataFrame, out_dir: Path, etl: EtlConfig, num_features: int, label_names: list[str],
+    records: DataFrame, out_dir: str, etl: EtlConfig, num_features: int, label_names: list[str],
     rows_per_row_group: int, feature_column: str = "features",
 ) -> list[dict[str, Any]]:
     """Validate every record and write it, accepted to its split or rejected to the quarantine, in
@@ -62,7 +65,8 @@ def write_dataset(
     decides the duplicates. ``feature_column``: the source's array column, named in details.
     """
     ordered = ordered_records(records, etl, num_features)
-    spec = DatasetSpec(str(out_dir), rows_per_row_group, tuple(label_names), dataset.TRAIN_SPLIT, feature_column)
+    spec = DatasetSpec(out_dir, rows_per_row_group, tuple(label_names), dataset.TRAIN_SPLIT, feature_column,
+                       storage.current_options())
     return [row.asDict() for row in ordered.mapInArrow(dataset_writer(spec), FILE_STATS_DDL).collect()]
 
 
@@ -78,16 +82,20 @@ def ordered_records(records: DataFrame, etl: EtlConfig, num_features: int) -> Da
     )
 
 
-def normalization_stats(stats: list[dict[str, Any]], mode: str) -> dict[str, Any]:
-    """Mean/std of the train split (population std, floored) from the moments its writer tasks
-    returned: no second pass over the data. Files are merged in name order, so the figures do not
-    depend on which task finished first.
-
-    ``global``: one mean/std over all values; ``per_feature``: one per feature position.
-    """
+def train_moments(stats: list[dict[str, Any]]) -> Moments:
+    """The train split's feature moments from those its writer tasks returned: no second pass over
+    the data. Files are merged in name order, so the figures do not depend on which task finished first."""
     moments = Moments()
     for s in sorted((s for s in stats if s["grp"] == dataset.TRAIN_SPLIT), key=lambda s: s["file"]):
         moments.merge(Moments.from_json(s["moments"]))
+    return moments
+
+
+def normalization_stats(moments: Moments, mode: str) -> Normalization:
+    """Mean/std (population std, floored) from the train split's moments.
+
+    ``global``: one mean/std over all values; ``per_feature``: one per feature position.
+    """
     mean = moments.mean
     var = moments.m2 / moments.n
     if mode == "global":  # equal counts per feature: pool the per-feature moments exactly
@@ -95,7 +103,7 @@ def normalization_stats(stats: list[dict[str, Any]], mode: str) -> dict[str, Any
         var = np.array([np.mean(var + (mean - grand) ** 2)])
         mean = np.array([grand])
     std = np.maximum(np.sqrt(np.maximum(var, 0.0)), STD_FLOOR)
-    return {"mode": mode, "mean": mean.tolist(), "std": std.tolist()}
+    return Normalization(mode, mean.tolist(), std.tolist())
 
 
 # --- bookkeeping ------------------------------------------------------------------------------
@@ -127,7 +135,7 @@ def reason_counts(stats: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
 
 
 def check_quarantine_fraction(
-    quarantine: Path, records_in: int, by_reason: dict[str, int], etl: EtlConfig, dataset_dir: Path
+    quarantine: str, records_in: int, by_reason: dict[str, int], etl: EtlConfig, dataset_dir: str
 ) -> None:
     """Raise :class:`EtlError` (nothing published) when too many records were rejected; the
     examples come from the quarantine files just written (``quarantine``)."""
@@ -140,16 +148,18 @@ def check_quarantine_fraction(
     raise EtlError(
         f"{quarantined} of {records_in} records ({quarantined / records_in:.1%}) failed validation, above "
         f"etl.max_quarantine_fraction={etl.max_quarantine_fraction}: {reasons}. Nothing was published "
-        f"({dataset_dir} is unchanged). Examples: {shown}. Fix the source data or raise etl.max_quarantine_fraction."
+        f"({storage.redact(dataset_dir)} is unchanged). Examples: {shown}. Fix the source data or raise "
+        f"etl.max_quarantine_fraction."
     )
 
 
-def quarantine_examples(folder: Path, count: int = 3) -> list[dict[str, Any]]:
+def quarantine_examples(folder: str, count: int = 3) -> list[dict[str, Any]]:
     """The first ``count`` quarantined records by (reason, id), read file by file."""
     order = [("reason", "ascending"), ("id", "ascending")]
     firsts = []
-    for file in sorted(folder.glob("part-*.parquet")):
-        table = pq.read_table(file, columns=["reason", "id", "source", "detail"])
+    for entry in storage.list_files(folder, suffix=".parquet"):
+        with storage.open_input(entry.location) as f:
+            table = pq.read_table(f, columns=["reason", "id", "source", "detail"])
         firsts.append(table.take(pc.sort_indices(table, order)[:count]))
     if not firsts:
         return []
@@ -157,7 +167,7 @@ def quarantine_examples(folder: Path, count: int = 3) -> list[dict[str, Any]]:
     return table.take(pc.sort_indices(table, order)[:count]).to_pylist()
 
 
-def settle_label_names(stats: list[dict[str, Any]], surveyed: Survey, out_dir: Path) -> list[str]:
+def settle_label_names(stats: list[dict[str, Any]], surveyed: Survey, out_dir: str) -> list[str]:
     """The label names: the configured ones as they are, else the sorted labels of the accepted
     records. The files were written with the surveyed labels, which include those seen only on
     rejected records; when there are such, the part files' label indices (and ``stats``) are
@@ -173,14 +183,14 @@ def settle_label_names(stats: list[dict[str, Any]], surveyed: Survey, out_dir: P
     kept = sort_label_names([names[i] for i in sorted(used)])
     new_index = np.array([kept.index(name) if name in kept else -1 for name in names], np.int64)
     for s in split_stats(stats):
-        rewrite_labels(str(out_dir / s["file"]), new_index)
+        rewrite_labels(storage.join(out_dir, s["file"]), new_index)
         s["label_counts"] = json.dumps({str(new_index[int(k)]): n for k, n in json.loads(s["label_counts"]).items()})
     return kept
 
 
 def summarize_splits(
     stats: list[dict[str, Any]], splits: dict[str, float], label_names: list[str]
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, SplitInfo]:
     """Manifest ``splits`` section from the writer's per-file stats."""
     out = {}
     for name in splits:
@@ -189,19 +199,16 @@ def summarize_splits(
         for s in files:
             for index, n in json.loads(s["label_counts"]).items():
                 per_class[label_names[int(index)]] += n
-        out[name] = {
-            "count": sum(s["rows"] for s in files),
-            "per_class": per_class,
-            "row_groups": sum(s["row_groups"] for s in files),
-            "files": [s["file"].split("/", 1)[1] for s in files],
-        }
+        parts = [PartFile(s["file"], json.loads(s["row_groups"])) for s in files]
+        out[name] = SplitInfo(count=sum(s["rows"] for s in files), per_class=per_class,
+                              row_groups=sum(len(p.row_groups) for p in parts), files=parts)
     return out
 
 
 # --- the job ----------------------------------------------------------------------------------
 
 def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineConfig,
-                       out_dir: Path) -> tuple[list[int], int, list[dict[str, Any]]]:
+                       out_dir: str) -> tuple[list[int], int, list[dict[str, Any]]]:
     """The one pass (:func:`write_dataset`) into ``out_dir``: (feature shape, rows per row group,
     stats). An array column's length was guessed from a sample; the pass counts every record's,
     and in the rare case where the most common count differs from the guess, it runs again."""
@@ -225,70 +232,101 @@ def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineC
         return written
     print(f"etl: the first {SHAPE_SAMPLE} records suggested feature shape {surveyed.feature_shape}, but over all "
           f"records it is {counted}: validating and writing again")
-    for child in out_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    storage.delete_dir(out_dir)
+    storage.mkdirs(out_dir)
     return write(counted)
 
 
-def publish(spark: SparkSession, extracted: Extracted, surveyed: Survey, config: PipelineConfig) -> dict[str, Any]:
-    """Validate and write quarantine and splits, check the counts, write statistics and manifest
-    into a temp folder, then swap it in (any failure publishes nothing)."""
-    etl = config.etl
-    with atomic_dir(config.dataset_dir) as tmp:
-        describe(spark, "etl: validate and write")
-        shape, rows_per_row_group, stats = validate_and_write(extracted, surveyed, config, tmp)
-        accepted, by_reason = reason_counts(stats)
-        records_in = accepted + sum(by_reason.values())
-        seen = sum(s["rows"] for s in stats if s["grp"] == TASK_GROUP)
-        if not records_in == seen == surveyed.records_in:
-            raise EtlError(
-                f"internal reconciliation failed: the survey counted {surveyed.records_in} records, the writer "
-                f"tasks saw {seen}, and {records_in} were written or quarantined; did {extracted.path} change "
-                "while the ETL ran? Re-run it."
-            )
-        quarantine = tmp / dataset.QUARANTINE
-        check_quarantine_fraction(quarantine, records_in, by_reason, etl, config.dataset_dir)
-        if not quarantine.is_dir():  # nothing rejected: a schema-only file, so readers find the columns
-            quarantine.mkdir()
-            pq.write_table(QUARANTINE_SCHEMA.empty_table(), quarantine / "part-00000.parquet")
-        label_names = settle_label_names(stats, surveyed, tmp)
-        splits = summarize_splits(stats, etl.splits, label_names)
-        if splits[dataset.TRAIN_SPLIT]["count"] == 0:
-            raise EtlError(f"the train split is empty ({accepted} records accepted); check etl.splits={etl.splits}")
-        manifest = dataset.make_manifest(
-            records_in=records_in,
-            accepted=accepted,
-            quarantined=records_in - accepted,
-            quarantine_by_reason=by_reason,
-            splits=splits,
-            feature_shape=shape,
-            normalization=normalization_stats(stats, etl.normalization),
-            label_names=label_names,
-            source=source_record(extracted, etl),
-            input_files=extracted.files.summary(),
-            config_hash=config.digest(),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            rows_per_row_group=rows_per_row_group,
-            row_group_rule=(f"etl.rows_per_row_group={etl.rows_per_row_group}" if etl.rows_per_row_group else
-                            f"sized for streaming: at most {etl.row_group_mib:g} MiB of features, at least "
-                            f"{GROUPS_PER_RANK} train row groups per rank of train.num_workers="
-                            f"{config.train.num_workers}"),
-        )
-        write_json_atomic(tmp / dataset.MANIFEST_FILE, manifest)
+def publish(spark: SparkSession, extracted: Extracted, surveyed: Survey, config: PipelineConfig) -> Manifest:
+    """Validate and write quarantine and splits into a new version folder, check the counts, write
+    its manifest, then commit it in the dataset's head (any failure before commits nothing)."""
+    dataset_dir = config.dataset_dir
+    version, folder = 1, f"v{1:06d}-{uuid.uuid4().hex[:8]}"
+    out = storage.join(dataset_dir, folder)
+    storage.mkdirs(out)
+    try:
+        manifest = write_version(spark, extracted, surveyed, config, out, version)
+    except BaseException:
+        storage.delete_dir(out)
+        raise
+    dataset.write_head(dataset_dir, Head([VersionEntry(version, folder, manifest.created_at)]))
+    remove_uncommitted(dataset_dir)
     return manifest
 
 
-def source_record(extracted: Extracted, etl: EtlConfig) -> dict[str, Any]:
+def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, config: PipelineConfig, out: str,
+                  version: int) -> Manifest:
+    """One dataset version into the folder ``out``: its files, then its manifest (returned)."""
+    etl = config.etl
+    describe(spark, "etl: validate and write")
+    shape, rows_per_row_group, stats = validate_and_write(extracted, surveyed, config, out)
+    accepted, by_reason = reason_counts(stats)
+    records_in = accepted + sum(by_reason.values())
+    seen = sum(s["rows"] for s in stats if s["grp"] == TASK_GROUP)
+    if not records_in == seen == surveyed.records_in:
+        raise EtlError(
+            f"internal reconciliation failed: the survey counted {surveyed.records_in} records, the writer "
+            f"tasks saw {seen}, and {records_in} were written or quarantined; did {extracted.path} change "
+            "while the ETL ran? Re-run it."
+        )
+    quarantine = storage.join(out, dataset.QUARANTINE)
+    check_quarantine_fraction(quarantine, records_in, by_reason, etl, config.dataset_dir)
+    if not storage.list_files(quarantine):  # nothing rejected: a schema-only file, so readers find the columns
+        buffer = io.BytesIO()
+        pq.write_table(QUARANTINE_SCHEMA.empty_table(), buffer)
+        storage.write_bytes(storage.join(quarantine, "part-00000.parquet"), buffer.getvalue())
+    label_names = settle_label_names(stats, surveyed, out)
+    splits = summarize_splits(stats, etl.splits, label_names)
+    if splits[dataset.TRAIN_SPLIT].count == 0:
+        raise EtlError(f"the train split is empty ({accepted} records accepted); check etl.splits={etl.splits}")
+    moments = train_moments(stats)
+    manifest = Manifest(
+        records_in=records_in,
+        accepted=accepted,
+        quarantined=records_in - accepted,
+        quarantine_by_reason=by_reason,
+        splits=splits,
+        feature_shape=shape,
+        normalization=normalization_stats(moments, etl.normalization),
+        label_names=label_names,
+        source=source_record(extracted, etl),
+        input_files=InputFilesSummary(**extracted.files.summary()),
+        config_hash=config.digest(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        rows_per_row_group=rows_per_row_group,
+        row_group_rule=(f"etl.rows_per_row_group={etl.rows_per_row_group}" if etl.rows_per_row_group else
+                        f"sized for streaming: at most {etl.row_group_mib:g} MiB of features, at least "
+                        f"{GROUPS_PER_RANK} train row groups per rank of train.num_workers="
+                        f"{config.train.num_workers}"),
+        version=version,
+        train_moments=moments.to_record(),
+    )
+    storage.write_text(storage.join(out, dataset.MANIFEST_FILE), manifest.to_json())
+    return manifest
+
+
+def remove_uncommitted(dataset_dir: str) -> None:
+    """Remove what the head does not name: older versions' folders, a killed ETL's folder, and the
+    files of a dataset written before versions (its split folders, manifest.json and _SUCCESS)."""
+    head = dataset.read_head(dataset_dir)
+    keep = {dataset.HEAD_FILE} | {v.folder for v in head.versions} if head else {dataset.HEAD_FILE}
+    for entry in storage.list_dirs(dataset_dir):
+        if storage.name(entry) not in keep:
+            storage.delete_dir(entry)
+    for legacy in (dataset.MANIFEST_FILE, dataset.LEGACY_SUCCESS):
+        storage.delete(storage.join(dataset_dir, legacy))
+
+
+def source_record(extracted: Extracted, etl: EtlConfig) -> SourceRecord:
     """The manifest's ``source``: kind and path, and for tables the columns as resolved (the model
     artifact records them, so inference preprocesses new records exactly as these were)."""
-    record: dict[str, Any] = {"kind": etl.source.kind, "path": str(extracted.path)}
-    if extracted.feature_columns is not None:
-        record.update(feature_columns=list(extracted.feature_columns), label_column=etl.source.label_column,
-                      id_column=etl.source.id_column)
-    return record
+    if extracted.feature_columns is None:
+        return SourceRecord(etl.source.kind, storage.redact(extracted.path))
+    return SourceRecord(etl.source.kind, storage.redact(extracted.path), list(extracted.feature_columns),
+                        etl.source.label_column, etl.source.id_column)
 
 
-def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
+def main(spark: SparkSession, config: PipelineConfig) -> Manifest:
     """Run the ETL for ``config`` and return the manifest (also written to the dataset folder).
 
     Two reads of the source: a narrow survey (the label column, and the feature counts of the
@@ -296,9 +334,10 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
     and gathers the statistics. Nothing is cached, so a source larger than memory streams through.
     """
     etl = config.etl
-    check_writable(config.dataset_dir, "workdir")
+    storage.check_location(config.dataset_dir, "workdir")
     describe(spark, "etl: survey")
-    extracted = read_records(spark, etl.source, array_value_checks=False)  # the writer checks the values
+    extracted = read_records(spark, etl.source, array_value_checks=False,  # the writer checks the values
+                             reader=config.storage.reader)
     surveyed = survey(extracted, etl.source)
     if surveyed.records_in == 0:
         raise EtlError(
@@ -306,10 +345,11 @@ def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
             "check the path and, for images, the file extensions"
         )
     manifest = publish(spark, extracted, surveyed, config)
-    reasons = ", ".join(f"{k} {v}" for k, v in manifest["quarantine_by_reason"].items() if v) or "none"
+    reasons = ", ".join(f"{k} {v}" for k, v in manifest.quarantine_by_reason.items() if v) or "none"
     print(
-        f"etl: records in {manifest['records_in']} = accepted {manifest['accepted']} + quarantined "
-        f"{manifest['quarantined']} (quarantine: {reasons}) -> {config.dataset_dir}"
+        f"etl: records in {manifest.records_in} = accepted {manifest.accepted} + quarantined "
+        f"{manifest.quarantined} (quarantine: {reasons}) -> {storage.redact(config.dataset_dir)} "
+        f"version {manifest.version}"
     )
     files = extracted.files
     if files.empty:

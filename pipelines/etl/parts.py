@@ -6,14 +6,15 @@ Horovod ranks are handed whole row groups, so dlpipe writes its datasets with py
 groups hold exactly ``rows_per_row_group`` rows (the last one of a file may hold fewer). A file is
 only opened when its first row arrives, so empty partitions leave no empty files.
 
-The folder written to must be visible to the driver and every executor (local disk in
-``local[*]``, a shared filesystem on a cluster), the same assumption ``pipelines.publish.atomic_dir`` makes.
+Files are written through ``pipelines.storage`` (any store: no Hadoop connector needed), each
+one a single upload or a renamed temp file, so a retried task replaces its file whole. They go
+into a folder no reader trusts until the job commits it (``pipelines.publish``, ``pipelines.dataset``).
 """
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -21,12 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import dataset, storage
 from pipelines.dataset import RECORD_SCHEMA
 
 # One row per written file, returned by the Spark job to the driver (never the data itself).
-# The ETL's writer also fills ``reasons`` (a quarantine file's records per reason) and ``lengths``
-# (a task's readable records per feature count), both JSON; else they are "".
-FILE_STATS_DDL = ("grp string, file string, rows long, row_groups long, label_counts string, moments string, "
+# ``row_groups``: the rows of each row group, JSON. The ETL's writer also fills ``reasons`` (a
+# quarantine file's records per reason) and ``lengths`` (a task's readable records per feature
+# count), both JSON; else they are "".
+FILE_STATS_DDL = ("grp string, file string, rows long, row_groups string, label_counts string, moments string, "
                   "reasons string, lengths string")
 
 
@@ -69,6 +72,18 @@ class Moments:
         d = json.loads(text)
         return cls(d["n"], np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64))
 
+    def to_record(self) -> dataset.Moments:
+        """As the manifest stores them (a later version merges them without re-reading the data)."""
+        if self.n == 0:
+            return dataset.Moments()
+        return dataset.Moments(self.n, self.mean.tolist(), self.m2.tolist())
+
+    @classmethod
+    def from_record(cls, record: dataset.Moments) -> "Moments":
+        if record.n == 0:
+            return cls()
+        return cls(record.n, np.asarray(record.mean, np.float64), np.asarray(record.m2, np.float64))
+
 
 GROUPS_PER_RANK = 4  # row groups each training rank gets at least, when the split is large enough
 FEATURE_BYTES = 4  # float32
@@ -96,18 +111,13 @@ class PartSpec:
     rows_per_row_group: int
     group_column: str = ""
     moments_group: str = ""  # files of this group also return the features' Moments (the train split)
+    storage_options: storage.StorageOptions = storage.StorageOptions()  # the driver's, for the executors
 
 
-def hidden_tmp(path: str) -> str:
-    """Where ``path`` is written before it is renamed into place: a dot file beside it (readers
-    skip those), per process, so a retried task attempt writes its own and then replaces the file."""
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-
-
-def _record_writer(path: str) -> pq.ParquetWriter:
+def _record_writer(sink: Any) -> pq.ParquetWriter:
     """How every dataset file is written."""
     return pq.ParquetWriter(
-        path,
+        sink,
         RECORD_SCHEMA,
         compression="snappy",
         use_dictionary=["label"],  # ids are unique, features are floats: no dictionary
@@ -115,32 +125,51 @@ def _record_writer(path: str) -> pq.ParquetWriter:
     )
 
 
-def rewrite_labels(path: str, new_index: np.ndarray) -> None:
+class StoredParquet:
+    """A Parquet file in any store, opened on the first write and made visible whole on close."""
+
+    def __init__(self, location: str, make_writer: Callable[[Any], pq.ParquetWriter]) -> None:
+        self.location = location
+        self._make_writer = make_writer
+        self._stack = ExitStack()
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table, **options: Any) -> None:
+        if self.writer is None:
+            self.writer = self._make_writer(self._stack.enter_context(storage.open_output(self.location)))
+        self.writer.write_table(table, **options)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self._stack.close()
+
+
+def rewrite_labels(location: str, new_index: np.ndarray) -> None:
     """Replace every label ``i`` of a part file by ``new_index[i]``, keeping its row groups."""
-    source = pq.ParquetFile(path)
-    tmp = hidden_tmp(path)
-    with _record_writer(tmp) as writer:
-        for i in range(source.metadata.num_row_groups):
-            group = source.read_row_group(i)
-            labels = pa.array(new_index[group.column("label").to_numpy()], pa.int64())
-            writer.write_table(group.set_column(group.schema.get_field_index("label"), "label", labels),
-                               row_group_size=group.num_rows)
-    os.replace(tmp, path)
+    with storage.open_input(location) as f:
+        source = pq.ParquetFile(f)
+        groups = [source.read_row_group(i) for i in range(source.metadata.num_row_groups)]
+    out = StoredParquet(location, _record_writer)
+    for group in groups:
+        labels = pa.array(new_index[group.column("label").to_numpy()], pa.int64())
+        out.write(group.set_column(group.schema.get_field_index("label"), "label", labels),
+                  row_group_size=group.num_rows)
+    out.close()
 
 
 class _RowGroupFile:
     """One Parquet file filled in row groups of exactly ``rows_per_group`` rows."""
 
-    def __init__(self, path: str, rows_per_group: int, moments: bool = False) -> None:
-        self.path = path
+    def __init__(self, location: str, rows_per_group: int, moments: bool = False) -> None:
+        self.location = location
         self.moments = Moments() if moments else None
-        self._tmp = hidden_tmp(path)
         self._rows_per_group = rows_per_group
-        self._writer: pq.ParquetWriter | None = None
+        self._file = StoredParquet(location, _record_writer)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.rows = 0
-        self.row_groups = 0
+        self.group_rows: list[int] = []  # rows of each row group written
         self.label_counts: Counter[int] = Counter()
 
     def write(self, table: pa.Table) -> None:
@@ -157,13 +186,11 @@ class _RowGroupFile:
             self._pending_rows = rest.num_rows
 
     def _flush(self, table: pa.Table) -> None:
-        if self._writer is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._writer = _record_writer(self._tmp)
         table = table.cast(RECORD_SCHEMA)
-        self._writer.write_table(table, row_group_size=self._rows_per_group)
+        self._file.write(table, row_group_size=self._rows_per_group)
         self.rows += table.num_rows
-        self.row_groups += -(-table.num_rows // self._rows_per_group)
+        full, rest = divmod(table.num_rows, self._rows_per_group)
+        self.group_rows += [self._rows_per_group] * full + ([rest] if rest else [])
         labels, counts = np.unique(table.column("label").to_numpy(), return_counts=True)
         self.label_counts.update(dict(zip(labels.tolist(), counts.tolist())))
         if self.moments is not None:
@@ -174,9 +201,7 @@ class _RowGroupFile:
         if self._pending_rows:
             self._flush(pa.concat_tables(self._pending))
             self._pending, self._pending_rows = [], 0
-        if self._writer is not None:
-            self._writer.close()
-            os.replace(self._tmp, self.path)
+        self._file.close()
 
 
 class GroupedParts:
@@ -194,7 +219,7 @@ class GroupedParts:
         for group, rows in _split_by_group(table, spec.group_column):
             rel = f"{group}/{self.name}" if spec.group_column else self.name
             if rel not in self.files:
-                self.files[rel] = _RowGroupFile(os.path.join(spec.out_dir, rel), spec.rows_per_row_group,
+                self.files[rel] = _RowGroupFile(storage.join(spec.out_dir, rel), spec.rows_per_row_group,
                                                 moments=bool(spec.moments_group) and group == spec.moments_group)
             self.files[rel].write(rows.select(["id", "label", "features"]))
 
@@ -209,7 +234,7 @@ class GroupedParts:
                         "grp": rel.split("/")[0] if self.spec.group_column else "",
                         "file": rel,
                         "rows": f.rows,
-                        "row_groups": f.row_groups,
+                        "row_groups": json.dumps(f.group_rows),
                         "label_counts": json.dumps({str(k): v for k, v in sorted(f.label_counts.items())}),
                         "moments": f.moments.to_json() if f.moments is not None else "",
                         "reasons": "",
@@ -248,7 +273,7 @@ def _split_by_group(table: pa.Table, column: str) -> Iterator[tuple[str, pa.Tabl
 def stats_batch(stats: list[dict[str, Any]]) -> pa.RecordBatch:
     """The per-file stats as one Arrow batch matching :data:`FILE_STATS_DDL`."""
     columns = ["grp", "file", "rows", "row_groups", "label_counts", "moments", "reasons", "lengths"]
-    types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.string()]
+    types = [pa.string(), pa.string(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.string(), pa.string()]
     return pa.RecordBatch.from_arrays(
         [pa.array([s[c] for s in stats], type=t) for c, t in zip(columns, types)], names=columns
     )
@@ -260,6 +285,7 @@ def part_writer(spec: PartSpec) -> Callable[[Iterator[pa.RecordBatch]], Iterator
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
+        storage.set_options(spec.storage_options)
         yield stats_batch(write_parts(batches, spec, TaskContext.get().partitionId()))
 
     return write_partition

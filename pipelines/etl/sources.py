@@ -18,7 +18,6 @@ reasons by ``pipelines.etl.validate``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -29,16 +28,16 @@ from pipelines.config import ConfigError, SourceConfig
 from pipelines.preprocess import (
     PreprocessError, image_decoder, nonfinite_detail, raw_label, tabular_features,
 )
-from pipelines.raw import RawInputError, binary_files, empty_files, load_table, read_labels_csv, table_columns
-from pipelines.session import REPO_ROOT
+from pipelines import storage
+from pipelines.raw import (
+    RawInputError, binary_files, empty_files, load_table, read_labels_csv, resolve_location, table_columns,
+)
 
 RECORD_COLUMNS = [
     "id", "source", "row", "label", "features",
     "decode_detail", "null_detail", "nonfinite_detail", "fingerprint",
 ]
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
-# Hadoop's glob is case-sensitive: list both spellings.
-IMAGE_GLOB = "*.{" + ",".join(IMAGE_EXTENSIONS + [e.upper() for e in IMAGE_EXTENSIONS]) + "}"
 
 
 class EtlError(RuntimeError):
@@ -50,7 +49,7 @@ class Extracted:
     """What a reader hands to the validation step."""
 
     records: DataFrame  # RECORD_COLUMNS
-    path: Path  # resolved source path
+    path: str  # resolved source location
     num_features: int | None  # fixed by the source layout; None = one array column, length read from the data
     image_shape: list[int] | None  # [C, H, W] when the source is an image folder
     files: "InputFiles"  # every input file listed, and the empty ones
@@ -70,33 +69,30 @@ class InputFiles:
         return {"listed": self.listed, "empty": len(self.empty), "empty_examples": self.empty[:examples]}
 
 
-def resolve_source_path(path: str) -> Path:
-    """``etl.source.path`` as an absolute path: as given if it exists, else under the repo root."""
-    given = Path(path).expanduser()
-    for candidate in (given, REPO_ROOT / given):
-        if candidate.exists():
-            return candidate.resolve()
-    raise EtlError(
-        f"etl.source.path={path!r} does not exist (looked in {given.resolve()} and {REPO_ROOT / given}); "
-        "point etl.source.path at the image folder or tabular file/folder"
-    )
+def resolve_source_path(path: str, key: str = "etl.source.path") -> str:
+    """``etl.source.path`` as a location (see ``pipelines.raw.resolve_source_path``)."""
+    try:
+        return resolve_location(path, key)
+    except RawInputError as e:
+        raise EtlError(str(e)) from None
 
 
-def read_records(spark: SparkSession, source: SourceConfig, array_value_checks: bool = True) -> Extracted:
+def read_records(spark: SparkSession, source: SourceConfig, array_value_checks: bool = True,
+                 reader: str = "auto") -> Extracted:
     """Extract: read ``source`` (kind images | csv | json | parquet) into :data:`RECORD_COLUMNS`.
 
     ``array_value_checks=False``: features read as one array (images, an array column) get no
     element checks here (null elements, NaN/inf): the caller makes them on the values
     (``pipelines.etl.write.check_feature_values``), where they cost far less than per-element
-    Spark expressions.
+    Spark expressions. ``reader``: ``storage.reader`` (``pipelines.raw``: Spark's readers or the storage layer).
     """
     root = resolve_source_path(source.path)
     if source.kind == "images":
-        records, files = read_images(spark, source, root, array_value_checks)
+        records, files = read_images(spark, source, root, array_value_checks, reader)
         shape = [source.channels, *source.image_shape]
         return Extracted(records, root, int(np.prod(shape)), shape, files)
     if source.kind in TABULAR_KINDS:
-        records, num_features, files, columns = read_tabular(spark, source, root, array_value_checks)
+        records, num_features, files, columns = read_tabular(spark, source, root, array_value_checks, reader)
         return Extracted(records, root, num_features, None, files, columns)
     raise ConfigError(f"etl.source.kind={source.kind!r} is not one of images, {', '.join(TABULAR_KINDS)}")
 
@@ -110,16 +106,17 @@ def _finish(df: DataFrame) -> DataFrame:
 
 # --- images -----------------------------------------------------------------------------------
 
-def read_images(spark: SparkSession, source: SourceConfig, root: Path,
-                value_checks: bool = True) -> tuple[DataFrame, InputFiles]:
+def read_images(spark: SparkSession, source: SourceConfig, root: str,
+                value_checks: bool = True, reader: str = "auto") -> tuple[DataFrame, InputFiles]:
     """Image folder -> records. id = path relative to ``root``; label from labels.csv or sub-folder.
 
     Every listed image file is a record: an empty (0-byte) one, which Spark's scan skips, becomes a
     ``decode_error`` record with the detail ``empty file (0 bytes)``.
     """
-    if not root.is_dir():
-        raise EtlError(f"etl.source.path={root} is not a folder; source.kind=images reads a folder of images")
-    listing = binary_files(spark, root, IMAGE_GLOB)
+    if not storage.is_dir(root):
+        raise EtlError(f"etl.source.path={storage.redact(root)} is not a folder; source.kind=images reads a folder "
+                       "of images")
+    listing = binary_files(spark, root, IMAGE_EXTENSIONS, reader)
     base, empty = listing.base, listing.empty
     # Small files are packed ~32 per scan task; that many Python UDF tasks cost more than the
     # decoding. A few streaming tasks per core are plenty.
@@ -148,17 +145,17 @@ def read_images(spark: SparkSession, source: SourceConfig, root: Path,
         # label = name of the folder holding the file; files directly in root have none.
         folder = F.regexp_extract("id", r"([^/]+)/[^/]+$", 1)
         return _finish(decoded.withColumn("label", F.when(folder != "", folder))), found
-    labels_path = root / source.labels_csv
+    labels_path = storage.join(root, source.labels_csv)
     labels = _read_labels_csv(spark, labels_path)
     labelled = decoded.join(labels, "id", "left")  # a file listed twice -> two records, one id
     # Rows of labels.csv naming no image file are records too: they must not vanish silently.
     orphans = labels.join(ids, "id", "left_anti").select(
         "id",
-        F.lit(str(labels_path)).alias("source"),
+        F.lit(storage.redact(labels_path)).alias("source"),
         F.lit(None).cast("bigint").alias("row"),
         F.lit(None).cast("array<float>").alias("features"),
         F.lit(f"listed in {source.labels_csv} but no image file ({', '.join(IMAGE_EXTENSIONS)}) "
-              f"with that path under {root}").alias("decode_detail"),
+              f"with that path under {storage.redact(root)}").alias("decode_detail"),
         F.lit(None).cast("string").alias("null_detail"),
         F.lit(None).cast("string").alias("nonfinite_detail"),
         "label",
@@ -166,7 +163,7 @@ def read_images(spark: SparkSession, source: SourceConfig, root: Path,
     return _finish(labelled.unionByName(orphans)), found
 
 
-def _read_labels_csv(spark: SparkSession, path: Path) -> DataFrame:
+def _read_labels_csv(spark: SparkSession, path: str) -> DataFrame:
     try:
         return read_labels_csv(spark, path, "etl.source.labels_csv",
                                "or set etl.source.labels_csv='' to take each label from the image's sub-folder name")
@@ -176,14 +173,16 @@ def _read_labels_csv(spark: SparkSession, path: Path) -> DataFrame:
 
 # --- tabular ----------------------------------------------------------------------------------
 
-def read_tabular(spark: SparkSession, source: SourceConfig, root: Path,
-                 array_value_checks: bool = True) -> tuple[DataFrame, int | None, InputFiles, list[str]]:
+def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_value_checks: bool = True,
+                 reader: str = "auto") -> tuple[DataFrame, int | None, InputFiles, list[str]]:
     """CSV (header) / JSON lines / Parquet -> records; returns them, the fixed feature count (None =
     array), the input files (an empty file holds no records; it is reported, not an error) and the
     feature columns in order (the model artifact records them)."""
-    raw = load_table(spark, source.kind, root)
-    listed = raw.inputFiles()
-    files = InputFiles(len(listed), empty_files(spark, listed, root))
+    try:
+        raw, listed = load_table(spark, source.kind, root, reader)
+    except RawInputError as e:
+        raise EtlError(f"etl.source.path: {e}") from None
+    files = InputFiles(len(listed), empty_files(listed, root))
     columns = table_columns(raw)
     label_col = _require_column(columns, source.label_column, "etl.source.label_column", root)
     id_col = _require_column(columns, source.id_column, "etl.source.id_column", root) if source.id_column else ""
@@ -191,9 +190,11 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: Path,
     for c in feature_cols:
         _require_column(columns, c, "etl.source.feature_columns", root)
     if not feature_cols:
-        raise EtlError(f"{root} has no feature columns besides the label/id; set etl.source.feature_columns")
+        raise EtlError(f"{storage.redact(root)} has no feature columns besides the label/id; set "
+                       "etl.source.feature_columns")
     try:  # the preprocessing inference applies too
-        feats = tabular_features(raw, source.kind, feature_cols, f"etl.source.feature_columns (in {root})",
+        feats = tabular_features(raw, source.kind, feature_cols,
+                                 f"etl.source.feature_columns (in {storage.redact(root)})",
                                  array_value_checks)
     except PreprocessError as e:
         raise EtlError(str(e)) from None
@@ -219,7 +220,7 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: Path,
     return _finish(records), num_features, files, feature_cols
 
 
-def _require_column(columns: list[str], name: str, key: str, root: Path) -> str:
+def _require_column(columns: list[str], name: str, key: str, root: str) -> str:
     if name not in columns:
-        raise EtlError(f"{key}={name!r}: no such column in {root}; its columns are {columns}")
+        raise EtlError(f"{key}={name!r}: no such column in {storage.redact(root)}; its columns are {columns}")
     return name

@@ -18,7 +18,6 @@ normalizes from those rows, so the source's values are read and validated once.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -28,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from pipelines.dataset import QUARANTINE, QUARANTINE_COLUMNS
-from pipelines.etl.parts import GroupedParts, PartSpec, hidden_tmp, stats_batch
+from pipelines.etl.parts import GroupedParts, PartSpec, StoredParquet, stats_batch
 from pipelines.etl.validate import REASONS
 from pipelines.preprocess import NONFINITE_DETAILS, null_elements_detail
 
@@ -56,6 +56,7 @@ class DatasetSpec:
     label_names: tuple[str, ...]  # label -> class index, by position
     train_split: str  # its files also return the features' moments (the normalization statistics)
     feature_column: str = "features"  # named in the detail of a null element
+    storage_options: storage.StorageOptions = storage.StorageOptions()  # the driver's, for the executors
 
 
 @dataclass(frozen=True)
@@ -139,29 +140,25 @@ def mark_duplicates(table: pa.Table, kept: KeptId = KeptId()) -> tuple[pa.Table,
 class QuarantineFile:
     """One task's rejected records, streamed into a Parquet file opened at the first of them."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._tmp = hidden_tmp(path)
-        self._writer: pq.ParquetWriter | None = None
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._file = StoredParquet(location, lambda sink: pq.ParquetWriter(sink, QUARANTINE_SCHEMA,
+                                                                           compression="snappy"))
         self.reasons: Counter[str] = Counter()
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        if self._writer is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._writer = pq.ParquetWriter(self._tmp, QUARANTINE_SCHEMA, compression="snappy")
-        self._writer.write_table(table.select(QUARANTINE_COLUMNS).cast(QUARANTINE_SCHEMA))
+        self._file.write(table.select(QUARANTINE_COLUMNS).cast(QUARANTINE_SCHEMA))
         self.reasons.update(table["reason"].to_pylist())
 
     def close(self) -> list[dict[str, Any]]:
         """Finish the file; its stats row, or none when nothing was rejected."""
-        if self._writer is None:
+        if not self.reasons:
             return []
-        self._writer.close()
-        os.replace(self._tmp, self.path)
-        return [{"grp": QUARANTINE, "file": f"{QUARANTINE}/{os.path.basename(self.path)}",
-                 "rows": sum(self.reasons.values()), "row_groups": 0, "label_counts": "", "moments": "",
+        self._file.close()
+        return [{"grp": QUARANTINE, "file": f"{QUARANTINE}/{storage.name(self.location)}",
+                 "rows": sum(self.reasons.values()), "row_groups": "[]", "label_counts": "", "moments": "",
                  "reasons": json.dumps(dict(sorted(self.reasons.items()))), "lengths": ""}]
 
 
@@ -172,8 +169,8 @@ def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, par
     Memory stays bounded by one chunk of :data:`CHUNK_ROWS` plus less than one row group per split.
     """
     parts = GroupedParts(PartSpec(spec.out_dir, spec.rows_per_row_group, group_column="split",
-                                  moments_group=spec.train_split), part_index)
-    quarantine = QuarantineFile(os.path.join(spec.out_dir, QUARANTINE, parts.name))
+                                  moments_group=spec.train_split, storage_options=spec.storage_options), part_index)
+    quarantine = QuarantineFile(storage.join(spec.out_dir, QUARANTINE, parts.name))
     label_names = pa.array(spec.label_names, pa.string())
     kept = KeptId()
     seen = 0
@@ -198,7 +195,7 @@ def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, par
                               "features": good["features"]}))
     if not seen:
         return []
-    task = {"grp": TASK_GROUP, "file": "", "rows": seen, "row_groups": 0, "label_counts": "", "moments": "",
+    task = {"grp": TASK_GROUP, "file": "", "rows": seen, "row_groups": "[]", "label_counts": "", "moments": "",
             "reasons": "", "lengths": json.dumps({str(n): c for n, c in sorted(lengths.items())})}
     return parts.close() + quarantine.close() + [task]
 
@@ -237,6 +234,7 @@ def dataset_writer(spec: DatasetSpec) -> Callable[[Iterator[pa.RecordBatch]], It
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
+        storage.set_options(spec.storage_options)
         yield stats_batch(write_dataset_part(batches, spec, TaskContext.get().partitionId()))
 
     return write_partition

@@ -11,20 +11,20 @@ the ETL's reason (``decode_error: image file is truncated``); an empty image fil
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines import dataset
-from pipelines.artifact import FEATURES_ONLY, Preprocessing, preprocessing
+from pipelines import dataset, publish, storage
+from pipelines.artifact import FEATURES_ONLY, ArtifactMeta, Preprocessing
 from pipelines.config import ConfigError, InferSourceConfig, PipelineConfig
 from pipelines.infer.scoring import PREPROCESS_ERROR
 from pipelines.preprocess import PreprocessError, image_decoder, raw_label, tabular_features
-from pipelines.raw import RawInputError, binary_files, empty_files, load_table, read_labels_csv, table_columns
-from pipelines.session import REPO_ROOT
+from pipelines.raw import (
+    RawInputError, binary_files, empty_files, load_table, read_labels_csv, resolve_location, table_columns,
+)
+from pipelines.tables import read_parquet
 
 IMAGE_LABEL = "label"  # images: the column holding infer.source.labels_csv's label
 
@@ -39,68 +39,71 @@ class ScoringInput:
     label_column: str = ""  # among `columns`: the labels, when the input has them ("" = unlabelled)
     label_is_index: bool = True  # labels are class indices (datasets) or raw names (raw records)
     empty_files: list[str] = field(default_factory=list)  # zero-byte input files (images: rows with an error)
-    features_path: str = ""  # the Parquet folder holding the scored features, when the input is one
+    features_files: list[str] = field(default_factory=list)  # Parquet files holding the scored features, if any
 
 
-def read_input(spark: SparkSession, config: PipelineConfig, meta: dict[str, Any]) -> ScoringInput:
+def read_input(spark: SparkSession, config: PipelineConfig, meta: ArtifactMeta) -> ScoringInput:
     """The input ``infer.*`` names: ``infer.source`` (raw), else ``infer.input``, else ``infer.split``."""
-    ic = config.infer
+    ic, reader = config.infer, config.storage.reader
     if ic.source.kind:
-        return read_raw(spark, ic.source, meta)
+        return read_raw(spark, ic.source, meta, reader)
     if ic.input:
-        return features_parquet(spark, ic.input)
-    manifest = dataset.load_manifest(config.dataset_dir)
-    path = dataset.split_path(config.dataset_dir, manifest, ic.split, "infer.split")
-    return ScoringInput(spark.read.parquet(path), ["id", "label"], path, "label", features_path=path)
+        return features_parquet(spark, storage.normalize(ic.input), reader)
+    view = dataset.open_dataset(config.dataset_dir)
+    files = view.split(ic.split, "infer.split").files
+    described = f"{storage.redact(config.dataset_dir)} ({ic.split} split, version {view.version})"
+    return ScoringInput(read_parquet(spark, files, reader), ["id", "label"], described, "label",
+                        features_files=files)
 
 
-def features_parquet(spark: SparkSession, path: str) -> ScoringInput:
-    """Any Parquet with a ``features`` column (an ``id`` and a ``label`` class index are optional)."""
-    frame = spark.read.parquet(path)
+def features_parquet(spark: SparkSession, location: str, reader: str) -> ScoringInput:
+    """Any Parquet with a ``features`` column (an ``id`` and a ``label`` class index are optional):
+    a file, a folder of files, or a dlpipe publication (its committed files)."""
+    files = publish.committed_files(location, ".parquet") or \
+        [e.location for e in storage.list_files(location, suffix=".parquet")]
+    if not files:
+        raise ConfigError(f"infer.input={storage.redact(location)} holds no Parquet files: point it at a Parquet file "
+                          "or folder with a features column", key="infer.input")
+    frame = read_parquet(spark, files, reader)
     if "features" not in frame.columns:
-        raise ConfigError(f"infer.input={path!r} has no 'features' column (its columns: {frame.columns}): score "
-                          "raw records with infer.source.kind and infer.source.path instead")
+        raise ConfigError(f"infer.input={storage.redact(location)} has no 'features' column (its columns: "
+                          f"{frame.columns}): score raw records with infer.source.kind and infer.source.path instead",
+                          key="infer.input")
     columns = [c for c in frame.columns if c != "features"]
-    return ScoringInput(frame, columns, path, "label" if "label" in columns else "", features_path=path)
+    return ScoringInput(frame, columns, storage.redact(location), "label" if "label" in columns else "",
+                        features_files=files)
 
 
-def read_raw(spark: SparkSession, source: InferSourceConfig, meta: dict[str, Any]) -> ScoringInput:
+def read_raw(spark: SparkSession, source: InferSourceConfig, meta: ArtifactMeta, reader: str) -> ScoringInput:
     """Raw records preprocessed as the artifact records; one row per record, bad ones with an error."""
-    prep = preprocessing(meta)
-    num_features = int(np.prod(meta["feature_shape"]))
+    prep = meta.preprocessing
+    num_features = int(np.prod(meta.feature_shape))
     if prep.kind == FEATURES_ONLY:
         raise ConfigError("the model artifact records no preprocessing (it was saved by an older dlpipe), so it "
                           "cannot decode raw records: score Parquet with a features column (infer.input), or "
-                          "retrain the model")
-    root = resolve_path(source.path)
+                          "retrain the model", key="infer.source.kind")
+    try:
+        root = resolve_location(source.path, "infer.source.path")
+    except RawInputError as e:
+        raise ConfigError(str(e), key="infer.source.path") from None
     if source.kind == "images" or prep.kind == "images":
         if source.kind != prep.kind:
             raise ConfigError(f"infer.source.kind={source.kind!r} but the model was trained on {prep.kind} "
-                              f"records: set infer.source.kind={prep.kind}")
-        return raw_images(spark, root, source.labels_csv)
-    return raw_table(spark, root, source.kind, prep, num_features)
+                              f"records: set infer.source.kind={prep.kind}", key="infer.source.kind")
+        return raw_images(spark, root, source.labels_csv, reader)
+    return raw_table(spark, root, source.kind, prep, num_features, reader)
 
 
-def resolve_path(path: str) -> Path:
-    """``infer.source.path`` as an absolute path: as given if it exists, else under the repo root."""
-    given = Path(path).expanduser()
-    for candidate in (given, REPO_ROOT / given):
-        if candidate.exists():
-            return candidate.resolve()
-    raise ConfigError(f"infer.source.path={path!r} does not exist (looked in {given.resolve()} and "
-                      f"{REPO_ROOT / given}): point it at the folder or file of records to score")
-
-
-def raw_images(spark: SparkSession, root: Path, labels_csv: str) -> ScoringInput:
+def raw_images(spark: SparkSession, root: str, labels_csv: str, reader: str = "auto") -> ScoringInput:
     """Every file under ``root`` is a record (the labels file aside), its bytes for the scorer to decode.
 
     Columns: ``id`` (the path relative to ``root``), ``path`` (as Spark spells it), ``content``,
     ``label`` when ``labels_csv`` is given; an empty file has null content and an error.
     """
-    if not root.is_dir():
-        raise ConfigError(f"infer.source.path={str(root)!r} is not a folder; infer.source.kind=images scores "
-                          "the image files in a folder")
-    listing = binary_files(spark, root)
+    if not storage.is_dir(root):
+        raise ConfigError(f"infer.source.path={storage.redact(root)!r} is not a folder; infer.source.kind=images "
+                          "scores the image files in a folder", key="infer.source.path")
+    listing = binary_files(spark, root, reader=reader)
     files = listing.frame.filter(F.col("id") != labels_csv) if labels_csv else listing.frame
     empty = [p for p in listing.empty if p != labels_csv]
     decoded = files.select("id", "path", "content", F.lit(None).cast("string").alias(PREPROCESS_ERROR))
@@ -111,30 +114,36 @@ def raw_images(spark: SparkSession, root: Path, labels_csv: str) -> ScoringInput
     columns, label = ["id", "path"], ""
     if labels_csv:
         try:
-            labels = read_labels_csv(spark, root / labels_csv, "infer.source.labels_csv")
+            labels = read_labels_csv(spark, storage.join(root, labels_csv), "infer.source.labels_csv")
         except RawInputError as e:
             raise ConfigError(str(e)) from None
         # One label per file (a file listed twice with two labels has none): one row per record.
         one = labels.groupBy("id").agg(F.when(F.countDistinct("label") == 1, F.min("label")).alias(IMAGE_LABEL))
         decoded = decoded.join(one, "id", "left")
         columns, label = [*columns, IMAGE_LABEL], IMAGE_LABEL
-    return ScoringInput(decoded, columns, str(root), label, label_is_index=False, empty_files=empty)
+    return ScoringInput(decoded, columns, storage.redact(root), label, label_is_index=False, empty_files=empty)
 
 
-def raw_table(spark: SparkSession, root: Path, kind: str, prep: Preprocessing, num_features: int) -> ScoringInput:
+def raw_table(spark: SparkSession, root: str, kind: str, prep: Preprocessing, num_features: int,
+              reader: str = "auto") -> ScoringInput:
     """Every record of a CSV / JSON lines / Parquet input: the artifact's feature columns, in order,
     cast as the ETL cast them. Columns: the table's own."""
     if not prep.feature_columns:
         raise ConfigError("the model artifact records no feature columns for its tabular input: retrain it with "
                           "etl.source.feature_columns set (or with this dlpipe, which records the resolved columns)")
-    table = load_table(spark, kind, root)
+    try:
+        table, listed = load_table(spark, kind, root, reader)
+    except RawInputError as e:
+        raise ConfigError(f"infer.source.path: {e}", key="infer.source.path") from None
     own = table_columns(table)
     missing = [c for c in prep.feature_columns if c not in own]
     if missing:
-        raise ConfigError(f"infer.source.path={str(root)!r} lacks the model's feature column(s) {missing} (the model "
-                          f"takes {list(prep.feature_columns)} in that order; the input has {own})")
+        raise ConfigError(f"infer.source.path={storage.redact(root)!r} lacks the model's feature column(s) {missing} "
+                          f"(the model takes {list(prep.feature_columns)} in that order; the input has {own})",
+                          key="infer.source.path")
     try:
-        feats = tabular_features(table, kind, list(prep.feature_columns), f"the model's feature columns (in {root})")
+        feats = tabular_features(table, kind, list(prep.feature_columns),
+                                 f"the model's feature columns (in {storage.redact(root)})")
     except PreprocessError as e:
         raise ConfigError(str(e)) from None
     error = F.coalesce(
@@ -150,8 +159,8 @@ def raw_table(spark: SparkSession, root: Path, kind: str, prep: Preprocessing, n
         error.alias(PREPROCESS_ERROR),
         F.when(ident != "", ident).alias("id"))
     label = prep.label_column if prep.label_column in columns else ""
-    files = empty_files(spark, table.inputFiles(), root)
-    return ScoringInput(frame, columns, str(root), label, label_is_index=False, empty_files=files)
+    return ScoringInput(frame, columns, storage.redact(root), label, label_is_index=False,
+                        empty_files=empty_files(listed, root))
 
 
 def scored_features(scoring: ScoringInput, prep: Preprocessing) -> DataFrame:

@@ -9,17 +9,17 @@ the floor a perfect generator would reach) and an untrained generator of the sam
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 import models
-from pipelines import dataset
-from pipelines.artifact import Normalizer, artifact_path, load_artifact, normalizer, save_artifact
+from pipelines import dataset, storage
+from pipelines.artifact import Normalizer, artifact_meta, artifact_path, load_artifact, save_artifact
 from pipelines.config import ConfigError, PipelineConfig
+from pipelines.formats import Record
 
 CLASSIFIER_BATCH = 64
 SEED = 0
@@ -37,79 +37,87 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
-def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class SampleQuality(Record):
+    frechet_distance: float
+    real_vs_real: float  # the floor a perfect generator would reach
+    untrained_generator: float  # the ceiling
+    fraction_of_untrained: float | None
+    samples: int
+    reference_split: str
+    classifier: str  # the artifact whose feature space the distances are in
+
+
+def read_split(split: dataset.SplitFiles) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, F) float32, labels (N,) int64) of a published split."""
-    return dataset.table_arrays(pq.ParquetDataset([str(p) for p in dataset.part_files(path)])
-                                .read(columns=["features", "label"]))
+    return dataset.table_arrays(dataset.read_split(split))
 
 
-def sample_quality(config: PipelineConfig, artifact: str | Path) -> dict[str, Any]:
+def sample_quality(config: PipelineConfig, artifact: str) -> SampleQuality:
     """Fréchet distances of the artifact's samples, of real train images and of an untrained
     generator, each against the scored split (``infer.split``), in a classifier's feature space."""
     model, meta = load_artifact(artifact)
-    if not hasattr(model, "sample"):
+    if not models.spec(model.name).can(models.Samples):
         raise ValueError(f"model {model.name!r} does not generate samples: sample quality is for generative models")
     qc = config.quality
-    manifest = dataset.load_manifest(config.dataset_dir)
-    splits = dataset.split_paths(config.dataset_dir, manifest)
+    view = dataset.open_dataset(config.dataset_dir)
     reference_split = config.infer.split
-    if reference_split not in splits or dataset.TRAIN_SPLIT not in splits:
-        raise ConfigError(f"sample quality compares with infer.split={reference_split!r} and the train split; "
-                          f"dataset {config.dataset} has {', '.join(splits)}")
-    classifier, classifier_norm, classifier_path = feature_classifier(config, manifest)
-    own_norm = normalizer(meta)
+    reference, train_split = view.split(reference_split, "infer.split"), view.split(dataset.TRAIN_SPLIT, "infer.split")
+    classifier, classifier_norm, classifier_path = feature_classifier(config, view)
+    own_norm = meta.normalizer()
 
     def embed(images: torch.Tensor, norm: Normalizer) -> np.ndarray:
         """Images in ``norm``'s space -> the classifier's features (through pixels, so spaces may differ)."""
         pixels = norm.denormalize(images).reshape(len(images), -1).numpy()
         return classifier.embed(classifier_norm(pixels)).numpy().astype(np.float64)
 
-    def real(split: str) -> np.ndarray:
-        features, _ = read_split(splits[split])
+    def real(split: dataset.SplitFiles) -> np.ndarray:
+        features, _ = read_split(split)
         return embed(classifier_norm(features), classifier_norm)
 
-    reference, train = real(reference_split), real(dataset.TRAIN_SPLIT)
+    reference_features, train = real(reference), real(train_split)
     generated = embed(model.sample(qc.samples, generator=torch.Generator().manual_seed(SEED)), own_norm)
     torch.manual_seed(config.train.seed)  # the weights training started from
     untrained = models.build(model.name, feature_shape=model.feature_shape, num_classes=model.num_classes,
                              **model.config_dict())
     ceiling = embed(untrained.sample(qc.samples, generator=torch.Generator().manual_seed(SEED)), own_norm)
-    score = frechet_distance(generated, reference)
-    worst = frechet_distance(ceiling, reference)
-    return {"frechet_distance": score, "real_vs_real": frechet_distance(train, reference),
-            "untrained_generator": worst, "fraction_of_untrained": score / worst if worst > 0 else None,
-            "samples": qc.samples, "reference_split": reference_split, "classifier": str(classifier_path)}
+    score = frechet_distance(generated, reference_features)
+    worst = frechet_distance(ceiling, reference_features)
+    return SampleQuality(frechet_distance=score, real_vs_real=frechet_distance(train, reference_features),
+                         untrained_generator=worst, fraction_of_untrained=score / worst if worst > 0 else None,
+                         samples=qc.samples, reference_split=reference_split, classifier=classifier_path)
 
 
-def feature_classifier(config: PipelineConfig, manifest: dict[str, Any]) -> tuple[Any, Normalizer, Path]:
-    """(classifier with ``embed``, its normalizer, its artifact): ``quality.classifier_run``'s model,
+def feature_classifier(config: PipelineConfig, view: dataset.DatasetView) -> tuple[Any, Normalizer, str]:
+    """(classifier that embeds, its normalizer, its artifact): ``quality.classifier_run``'s model,
     else a CNN trained here on the train split, cached under ``<workdir>/quality/``."""
     qc = config.quality
     if qc.classifier_run:
-        path = artifact_path(Path(config.workdir) / "runs" / qc.classifier_run)
-        if not path.is_file():
-            raise ConfigError(f"quality.classifier_run={qc.classifier_run!r}: no model artifact at {path}; "
-                              f"name a finished run of a classifier (model.name=cnn), or leave it empty")
+        path = artifact_path(config.run_dir(qc.classifier_run))
+        if not storage.is_file(path):
+            raise ConfigError(f"quality.classifier_run={qc.classifier_run!r}: no model artifact at "
+                              f"{storage.redact(path)}; name a finished run of a classifier (model.name=cnn), or "
+                              f"leave it empty", key="quality.classifier_run")
     else:
-        path = Path(config.workdir) / "quality" / f"{config.dataset}-{dataset.manifest_hash(manifest)}" / "model.pt"
-        if not path.is_file():
-            _train_classifier(config, manifest, path)
+        path = storage.join(config.workdir_location, "quality", f"{config.dataset}-{view.identity}", "model.pt")
+        if not storage.is_file(path):
+            _train_classifier(config, view, path)
     model, meta = load_artifact(path)
-    if not hasattr(model, "embed"):
+    if not models.spec(model.name).can(models.Embeds):
         raise ConfigError(f"quality.classifier_run={qc.classifier_run!r} holds model {model.name!r}, which has no "
-                          f"feature layer to embed images: use a run of model.name=cnn")
-    return model, normalizer(meta), path
+                          f"feature layer to embed images: use a run of model.name=cnn", key="quality.classifier_run")
+    return model, meta.normalizer(), path
 
 
-def _train_classifier(config: PipelineConfig, manifest: dict[str, Any], path: Path) -> None:
+def _train_classifier(config: PipelineConfig, view: dataset.DatasetView, path: str) -> None:
     """A default CNN on the train split, in this process (seconds on the digits): seeded, so the
     feature space, and with it every score, is the same each time."""
-    norm = Normalizer.from_stats(manifest["normalization"], manifest["feature_shape"])
-    features, labels = read_split(dataset.split_paths(config.dataset_dir, manifest)[dataset.TRAIN_SPLIT])
+    manifest = view.manifest
+    norm = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
+    features, labels = read_split(view.splits[dataset.TRAIN_SPLIT])
     x, y = norm(features), torch.from_numpy(labels)
     torch.manual_seed(SEED)
-    model = models.build("cnn", feature_shape=tuple(manifest["feature_shape"]),
-                         num_classes=len(manifest["label_names"]))
+    model = models.build("cnn", feature_shape=tuple(manifest.feature_shape), num_classes=len(manifest.label_names))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(config.quality.classifier_epochs):
@@ -118,4 +126,4 @@ def _train_classifier(config: PipelineConfig, manifest: dict[str, Any], path: Pa
             loss, _ = model.loss({"features": x[idx], "label": y[idx]})
             loss.backward()
             optimizer.step()
-    save_artifact(path, model.eval(), manifest, dataset.manifest_hash(manifest), config)
+    save_artifact(path, model.eval(), artifact_meta(model, manifest, view.identity, config, version=view.version))

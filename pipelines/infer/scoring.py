@@ -27,7 +27,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.artifact import Preprocessing, file_digest, load_artifact, normalizer, preprocessing
+from pipelines import storage
+from pipelines.artifact import Preprocessing, load_artifact
 from pipelines.device import DeviceChoice, resolve_device, visible_gpus
 from pipelines.infer import predict as predict_on
 from pipelines.preprocess import decode_images
@@ -42,11 +43,12 @@ _IN_ID, _IN_FEATURES = "_dlpipe_id", "_dlpipe_features"  # internal names: never
 _STAGING: list[Path] = []  # the driver's one staging folder, removed when the driver exits
 
 
-def _ship(spark: SparkSession, artifact: Path, digest: str) -> str:
-    """``addFile`` a copy of ``artifact`` named by its digest; return that name.
+def _ship(spark: SparkSession, data: bytes, digest: str) -> str:
+    """``addFile`` a local copy of the artifact's bytes named by its digest; return that name.
 
     ``addFile`` keys files by name, so the digest keeps versions apart; the copy is made once per
-    artifact version and driver process (the same path added twice is a no-op for Spark).
+    artifact version and driver process (the same path added twice is a no-op for Spark). The
+    artifact may live in any store: Spark ships the driver's copy, executors need no access to it.
     """
     if not _STAGING:
         _STAGING.append(Path(tempfile.mkdtemp(prefix="dlpipe-infer-")))
@@ -54,7 +56,7 @@ def _ship(spark: SparkSession, artifact: Path, digest: str) -> str:
     name = f"dlpipe-model-{digest}.pt"
     staged = _STAGING[0] / name
     if not staged.is_file():
-        shutil.copyfile(artifact, staged)
+        staged.write_bytes(data)
     spark.sparkContext.addFile(str(staged))
     return name
 
@@ -131,14 +133,17 @@ class ShippedModel:
     loads: Any  # accumulator of the process ids that loaded the model
 
 
-def ship_model(spark: SparkSession, artifact: str | Path) -> ShippedModel:
-    """Make ``artifact`` available to the executors (``addFile``) and describe it for scoring."""
-    artifact = Path(artifact).resolve()
-    digest = file_digest(artifact)
-    name = _ship(spark, artifact, digest)
-    model, meta = load_artifact(artifact)
-    return ShippedModel(name, digest, model.output_schema(), int(np.prod(meta["feature_shape"])),
-                        preprocessing(meta), spark.sparkContext.accumulator([], _ListParam()))
+def ship_model(spark: SparkSession, artifact: str) -> ShippedModel:
+    """Make ``artifact`` (a location in any store) available to the executors (``addFile``) and
+    describe it for scoring."""
+    import hashlib
+
+    data = storage.read_bytes(storage.normalize(artifact))
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    name = _ship(spark, data, digest)
+    model, meta = load_artifact(str(_STAGING[0] / name))
+    return ShippedModel(name, digest, model.output_schema(), int(np.prod(meta.feature_shape)),
+                        meta.preprocessing, spark.sparkContext.accumulator([], _ListParam()))
 
 
 def worker_model(shipped: ShippedModel, device: str = "cpu") -> Any:
@@ -148,7 +153,7 @@ def worker_model(shipped: ShippedModel, device: str = "cpu") -> Any:
         import torch
 
         model, meta = load_artifact(SparkFiles.get(shipped.file_name))
-        _MODEL_CACHE[key] = (predict_on.place(model, torch.device(device)), normalizer(meta))
+        _MODEL_CACHE[key] = (predict_on.place(model, torch.device(device)), meta.normalizer())
         shipped.loads.add([os.getpid()])
     return _MODEL_CACHE[key]
 
@@ -242,7 +247,7 @@ def _arrow_column(values: np.ndarray, dtype: str, shape: tuple[int, ...], ok: np
                     type=pa.list_(_ARROW_TYPES[dtype])) if mask.any() else lists
 
 
-def predict(spark: SparkSession, frame: DataFrame, artifact: str | Path, batch_size: int = 512,
+def predict(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: int = 512,
             keep: list[str] | tuple[str, ...] = (), *, device: str = "auto",
             gpu_batch_size: int = 4096) -> tuple[DataFrame, Any]:
     """Score ``frame`` with the artifact; returns (predictions, loads accumulator).

@@ -1,12 +1,24 @@
 """N cooperating rank processes inside one barrier-mode Spark stage: no horovodrun, torchrun, mpirun or SSH.
 
-The ranks join Horovod (over Gloo) or torch.distributed through a rendezvous the driver runs.
+The launcher belongs to no training library: its caller chooses what the ranks meet through
+(``rendezvous``: training strategies bring Horovod's or a torch.distributed store).
 
-Split by role: ``driver`` (rendezvous, coordination, progress), ``task`` (runs inside each
-barrier task and starts one rank process), ``rank`` (the rank process's entry point), and
-``protocol`` (the JSON-lines messages between them).
+Split by role: ``driver`` (coordination, progress; imports pyspark), ``task`` (runs inside each
+barrier task and starts one rank process), ``rank`` (the rank process's entry point, which
+imports no pyspark), ``plan`` (which rank each task runs), ``rendezvous`` (the interface a
+rendezvous offers) and ``protocol`` (the typed messages between them).
 """
-from pipelines.launcher.driver import LaunchError, run_ranks
+from typing import Any
+
 from pipelines.launcher.rank import RankContext
 
 __all__ = ["LaunchError", "RankContext", "run_ranks"]
+
+
+def __getattr__(name: str) -> Any:
+    # The driver side imports pyspark: loaded on first use, so a rank process never loads it.
+    if name in ("LaunchError", "run_ranks"):
+        from pipelines.launcher import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'pipelines.launcher' has no attribute {name!r}")

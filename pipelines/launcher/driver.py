@@ -1,13 +1,17 @@
 """Driver side: one barrier stage of N tasks, each running one rank process (no mpirun, no SSH).
 
-The driver runs the ranks' rendezvous (Horovod's own rendezvous server, or a torch.distributed
-TCPStore) and a small coordinator socket. Tasks authenticate and register their host with the
-coordinator; once all N have, the driver computes the host plan (Horovod's), starts the
-rendezvous and hands each task its rank, sizes and the rendezvous address. Tasks then stream
-their rank's log lines and events back, which the driver prints prefixed with the rank.
+The driver runs a small coordinator socket and the rendezvous its caller chose (for training, the
+strategy's: Horovod's Gloo rendezvous or a torch.distributed store; see
+``pipelines.launcher.rendezvous``). Tasks authenticate and register their host with the
+coordinator; once all N have, the driver plans the ranks by host (``pipelines.launcher.plan``),
+starts the rendezvous and hands each task its rank and the rendezvous's address. Tasks then
+stream their rank's log lines and events back, which the driver prints prefixed with the rank
+and hands to ``on_event``.
 
 Every wait is bounded: registration (``start_timeout_s``), a failed or silent rank
-(``failure_timeout_s``); on failure the Spark job group is cancelled and the error names the rank.
+(``failure_timeout_s``). A failure in any of the coordinator's threads reaches the driver's wait
+loop as its own message; on any failure the Spark job group is cancelled and the error names the
+rank. Every socket binds to the driver's address (``spark.driver.host``), never all interfaces.
 """
 from __future__ import annotations
 
@@ -22,24 +26,39 @@ import socketserver
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pyspark import BarrierTaskContext
 from pyspark.sql import SparkSession
 
-from pipelines.launcher.protocol import (
-    AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec, is_answer, new_challenge, new_secret, send,
-)
+from pipelines import events
+from pipelines.errors import ConfigError
+from pipelines.formats import FormatError
+from pipelines.launcher import protocol
+from pipelines.launcher.plan import assign_ranks
+from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec
+from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 
 log = logging.getLogger("dlpipe.launcher")
-EventHandler = Callable[[int, dict[str, Any]], None]
+EventHandler = Callable[[events.RankEvent], None]
 
 
 class LaunchError(RuntimeError):
     """The barrier stage failed: names the rank and the cause, and holds the rank's log tail."""
 
 
-RENDEZVOUS = ("horovod", "torch")
+@dataclass(frozen=True)
+class _Failed:
+    """Put on the coordinator's queue by a thread that failed: the wait loop ends the launch with it."""
+
+    error: Exception
+    peer: str
+
+
+@dataclass(frozen=True)
+class _Disconnected:
+    peer: str
 
 
 def run_ranks(
@@ -48,36 +67,36 @@ def run_ranks(
     payload: dict[str, Any],
     *,
     num_workers: int,
-    rendezvous: str = "horovod",
+    rendezvous: Rendezvous | None = None,
     start_timeout_s: float = 120.0,
     failure_timeout_s: float = 120.0,
     gloo_iface: str = "",
-    extra_env: dict[str, str] | None = None,
+    pin_cores: bool = False,
     on_event: EventHandler | None = None,
     attempt: int = 0,
-    description: str = "dlpipe horovod",
+    description: str = "dlpipe ranks",
 ) -> Any:
     """Run ``entry(payload, ctx)`` on ``num_workers`` ranks; return rank 0's result.
 
     ``entry`` is ``"package.module:function"``, importable on the executors. ``rendezvous``: what
-    the ranks join: ``"horovod"`` (Horovod's Gloo rendezvous server, run by the driver) or
-    ``"torch"`` (a torch.distributed ``TCPStore`` on the driver: ``DLPIPE_STORE_ADDR``/``_PORT``). ``gloo_iface``:
-    the network interface Gloo uses; empty means ``lo`` when all ranks share one host (local
-    mode), otherwise it must be given. ``on_event(rank, event)`` sees every event a rank emits.
+    the ranks join (default: none). ``gloo_iface``: the network interface the ranks' collectives
+    use; empty means ``lo`` when all ranks share one host, otherwise it must be given.
+    ``pin_cores``: each rank process on its own cores when its host has enough.
+    ``on_event(event)`` sees every event a rank emits. A rank that reports a
+    :class:`~pipelines.events.ConfigProblem` ends the launch with a :class:`ConfigError` naming its key.
     """
     sc = spark.sparkContext
     driver_host = sc.getConf().get("spark.driver.host", socket.gethostname())
-    if rendezvous not in RENDEZVOUS:
-        raise ValueError(f"rendezvous={rendezvous!r} is not one of {', '.join(RENDEZVOUS)}")
-    secret = new_secret()  # this launch's: reaches the tasks only inside the Spark closure
-    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret, rendezvous, failure_timeout_s)
+    secret = protocol.new_secret()  # this launch's: reaches the tasks only inside the Spark closure
+    launch_id = f"dlpipe-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret, rendezvous or NoRendezvous())
     spec = TaskSpec(
         entry=entry, payload=payload, num_workers=num_workers,
         coordinator_host=driver_host, coordinator_port=coordinator.port,
-        start_timeout_s=start_timeout_s, failure_timeout_s=failure_timeout_s, secret=secret,
-        gloo_iface=gloo_iface, extra_env=dict(extra_env or {}),
+        start_timeout_s=start_timeout_s, failure_timeout_s=failure_timeout_s, launch_id=launch_id,
+        secret=secret, pin_cores=pin_cores,
     )
-    group = f"dlpipe-horovod-{uuid.uuid4().hex[:8]}"
+    group = f"dlpipe-ranks-{uuid.uuid4().hex[:8]}"
     outcome: dict[str, Any] = {}
 
     def run_stage() -> None:
@@ -95,6 +114,14 @@ def run_ranks(
         if failure is not None:
             sc.cancelJobGroup(group)
             stage.join(timeout=30)
+            if isinstance(failure, events.ConfigProblem):
+                raise ConfigError(f"{failure.message} (reported by rank {failure.rank}; its traceback is in "
+                                  f"its log {failure.log})", key=failure.key)
+            if isinstance(failure, _Failed):
+                if isinstance(failure.error, ConfigError):
+                    raise failure.error
+                raise LaunchError(f"the driver's coordinator failed while serving the task at {failure.peer}: "
+                                  f"{type(failure.error).__name__}: {failure.error}") from failure.error
             raise LaunchError(failure + coordinator.tails_text())
         if "error" in outcome:
             raise LaunchError(_explain_spark_error(outcome["error"], num_workers) + coordinator.tails_text()) \
@@ -160,43 +187,34 @@ def explain_lost_executor(text: str) -> str | None:
 
 
 class Coordinator:
-    """The driver's socket the barrier tasks talk to; also runs Horovod's rendezvous server.
+    """The driver's socket the barrier tasks talk to; it also runs the launch's rendezvous.
 
     A connection counts only once it answered the challenge with the launch's secret; until then,
-    and for any line that is not a JSON message, it is dropped and logged, never trusted.
+    and for any line that is not a launcher message, it is dropped and logged, never trusted.
     """
 
     def __init__(self, driver_host: str, num_workers: int, gloo_iface: str, attempt: int, secret: str,
-                 rendezvous: str = "horovod", timeout_s: float = 120.0) -> None:
+                 rendezvous: Rendezvous) -> None:
         self.driver_host = driver_host
-        self.rendezvous_kind = rendezvous
-        self.timeout_s = timeout_s
         self.num_workers = num_workers
         self.gloo_iface = gloo_iface
         self.attempt = attempt
-        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.rendezvous = rendezvous
+        self.messages: queue.Queue[Any] = queue.Queue()
         self.tails: dict[int, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=30))
         self._registered: dict[int, tuple[str, socket.socket]] = {}
         self._lock = threading.Lock()
-        self._rendezvous = None
         coordinator = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 peer = "%s:%s" % self.client_address[:2]
-                if not coordinator._authenticate(self.request, self.rfile, secret, peer):
-                    return
-                for line in iter(lambda: self.rfile.readline(MAX_LINE_BYTES + 1), b""):
-                    message = _parse(line)
-                    if message is None:
-                        log.warning("dlpipe launcher: dropped a malformed message from task at %s: %r",
-                                    peer, line[:200])
-                        continue
-                    if message.get("type") == "register":
-                        coordinator._register(message, self.request, peer)
-                    coordinator.messages.put(message)
-                coordinator.messages.put({"type": "disconnect", "partition": -1})
+                try:
+                    coordinator._serve(self.request, self.rfile, secret, peer)
+                except Exception as e:  # noqa: BLE001 - any failure here must end the launch, not vanish
+                    log.exception("dlpipe launcher: coordinator thread for %s failed", peer)
+                    coordinator.messages.put(_Failed(e, peer))
 
         socketserver.ThreadingTCPServer.daemon_threads = True
         self._server = socketserver.ThreadingTCPServer((driver_host, 0), Handler)
@@ -204,87 +222,73 @@ class Coordinator:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         log.info("dlpipe launcher: coordinator for %d tasks listening on %s:%d", num_workers, driver_host, self.port)
 
+    def _serve(self, sock: socket.socket, rfile: Any, secret: str, peer: str) -> None:
+        if not self._authenticate(sock, rfile, secret, peer):
+            return
+        for line in iter(lambda: rfile.readline(MAX_LINE_BYTES + 1), b""):
+            message = protocol.decode(line)
+            if message is None:
+                log.warning("dlpipe launcher: dropped a malformed message from task at %s: %r", peer, line[:200])
+                continue
+            if isinstance(message, protocol.Register):
+                self._register(message, sock)
+            self.messages.put(message)
+        self.messages.put(_Disconnected(peer))
+
     @staticmethod
     def _authenticate(sock: socket.socket, rfile: Any, secret: str, peer: str) -> bool:
         """Challenge the peer; True when it answered with the launch's secret in time."""
-        challenge = new_challenge()
+        challenge = protocol.new_challenge()
         sock.settimeout(AUTH_TIMEOUT_S)
         try:
-            send(sock, {"type": "challenge", "challenge": challenge})
-            reply = _parse(rfile.readline(MAX_LINE_BYTES + 1))
+            protocol.send(sock, protocol.Challenge(challenge))
+            reply = protocol.decode(rfile.readline(MAX_LINE_BYTES + 1))
         except OSError:  # timed out or gone
             reply = None
-        if reply is None or reply.get("type") != "auth" or not is_answer(secret, challenge, reply.get("answer")):
+        if not isinstance(reply, protocol.Auth) or not protocol.is_answer(secret, challenge, reply.answer):
             log.warning("dlpipe launcher: refused a connection from %s: it did not authenticate as a barrier "
                         "task of this launch", peer)
             return False
         sock.settimeout(None)
         return True
 
-    def _register(self, message: dict[str, Any], sock: socket.socket, peer: str) -> None:
-        partition, host = message.get("partition"), message.get("host")
-        if not isinstance(partition, int) or not 0 <= partition < self.num_workers or not isinstance(host, str):
-            log.warning("dlpipe launcher: ignored a malformed registration from %s: %r", peer, message)
+    def _register(self, message: protocol.Register, sock: socket.socket) -> None:
+        if not 0 <= message.partition < self.num_workers:
+            log.warning("dlpipe launcher: ignored a registration of partition %d", message.partition)
             return
         with self._lock:
             if len(self._registered) == self.num_workers:
                 # Spark re-ran a task of this barrier stage (a stage retry): its peers are gone, so
                 # it must fail; dlpipe relaunches the whole stage itself (train.max_attempts).
-                send(sock, {"type": "abort", "reason": "this Horovod job already started; Spark's retry "
-                            "of a single barrier task cannot rejoin it"})
+                protocol.send(sock, protocol.Refused("this launch's ranks already started; Spark's retry of a "
+                                                     "single barrier task cannot rejoin them"))
                 return
-            self._registered[partition] = (host, sock)
+            self._registered[message.partition] = (message.host, sock)
             if len(self._registered) == self.num_workers:
                 self._assign()
 
     def _assign(self) -> None:
         """All tasks are in: plan ranks by host, start the rendezvous, send assignments."""
-        from horovod.runner.common.util.hosts import HostInfo, get_host_assignments
-
-        partitions = sorted(self._registered)
-        hosts: dict[str, list[int]] = {}
-        for p in partitions:  # ranks follow partition order, grouped by host
-            hosts.setdefault(self._registered[p][0], []).append(p)
-        plan = get_host_assignments([HostInfo(h, len(ps)) for h, ps in hosts.items()], self.num_workers)
+        slots = assign_ranks({p: host for p, (host, _) in self._registered.items()})
+        hosts = sorted({s.hostname for s in slots.values()})
         iface = self.gloo_iface or ("lo" if len(hosts) == 1 else "")
         if not iface:
-            raise LaunchError(f"ranks run on {len(hosts)} hosts ({', '.join(hosts)}): set train.gloo_iface "
-                              f"to the network interface they share (e.g. eth0)")
-        port = self._start_rendezvous(plan)
-        slots = iter(plan)
-        for host, ps in hosts.items():
-            for p in ps:
-                slot = next(slots)
-                send(self._registered[p][1], {
-                    "rank": slot.rank, "size": slot.size, "local_rank": slot.local_rank,
-                    "local_size": slot.local_size, "cross_rank": slot.cross_rank,
-                    "cross_size": slot.cross_size, "hostname": slot.hostname,
-                    "rendezvous": self.rendezvous_kind, "rendezvous_addr": self.driver_host,
-                    "rendezvous_port": port, "gloo_iface": iface, "attempt": self.attempt,
-                })
-
-    def _start_rendezvous(self, plan: list[Any]) -> int:
-        """Start this launch's rendezvous on the driver (a fresh port each launch); return its port."""
-        if self.rendezvous_kind == "torch":
-            import datetime
-
-            from torch.distributed import TCPStore
-
-            self._rendezvous = TCPStore(self.driver_host, 0, None, True, wait_for_workers=False,
-                                        timeout=datetime.timedelta(seconds=self.timeout_s))
-            return self._rendezvous.port
-        from horovod.runner.http.http_server import RendezvousServer
-
-        self._rendezvous = RendezvousServer()
-        port = self._rendezvous.start()
-        self._rendezvous.init(plan)
-        return port
+            raise ConfigError(f"ranks run on {len(hosts)} hosts ({', '.join(hosts)}): set train.gloo_iface to the "
+                              f"network interface they share (e.g. eth0)", key="train.gloo_iface")
+        port = self.rendezvous.start(self.driver_host, sorted(slots.values(), key=lambda s: s.rank))
+        for partition, (_, sock) in self._registered.items():
+            slot = slots[partition]
+            protocol.send(sock, protocol.Assignment(
+                slot=slot, attempt=self.attempt, rendezvous_addr=self.driver_host, rendezvous_port=port,
+                gloo_iface=iface, env=self.rendezvous.rank_env(slot, self.driver_host, port, iface)))
 
     def watch(self, stage: threading.Thread, start_timeout_s: float, failure_timeout_s: float,
-              on_event: EventHandler | None) -> str | None:
-        """Relay messages until the stage ends; return a failure reason to cancel it, or None."""
+              on_event: EventHandler | None) -> str | events.ConfigProblem | _Failed | None:
+        """Relay messages until the stage ends; return why to cancel it (a reason, a rank's config
+        problem, or a coordinator thread's failure), or None."""
         started = time.monotonic()
         last_seen: dict[int, float] = {}
+        joined: set[int] = set()
         failed_at: float | None = None
         failed_reason = ""
         while stage.is_alive():
@@ -293,24 +297,29 @@ class Coordinator:
             except queue.Empty:
                 message = None
             now = time.monotonic()
-            if message is not None:
-                rank = message.get("rank", -1)
-                rank = rank if isinstance(rank, int) else -1
-                if rank >= 0:
-                    last_seen[rank] = now
-                kind = message.get("type")
-                if kind == "log":
-                    line = str(message.get("line", ""))
-                    self.tails[rank].append(line)
-                    print(f"[rank {rank}] {line}", flush=True)
-                elif kind == "event" and on_event is not None and isinstance(message.get("event"), dict):
-                    on_event(rank, message["event"])
-                elif kind == "exit" and message.get("code") != 0 and failed_at is None:
-                    from pipelines.launcher.task import describe_exit
+            if isinstance(message, _Failed):
+                return message
+            rank = getattr(message, "rank", -1)
+            if rank >= 0:
+                last_seen[rank] = now
+            if isinstance(message, protocol.LogLine):
+                self.tails[rank].append(message.line)
+                print(f"[rank {rank}] {message.line}", flush=True)
+            elif isinstance(message, protocol.EventLine):
+                event = self._event(message)
+                if isinstance(event, events.ConfigProblem):
+                    return event
+                if isinstance(event, events.Joined):
+                    joined.add(rank)
+                    if len(joined) == self.num_workers:
+                        self.rendezvous.all_joined()
+                if event is not None and on_event is not None:
+                    on_event(event)
+            elif isinstance(message, protocol.Exit) and message.code != 0 and failed_at is None:
+                from pipelines.launcher.task import describe_exit
 
-                    code = message.get("code")
-                    failed_at = now
-                    failed_reason = f"rank {rank} {describe_exit(code) if isinstance(code, int) else 'exited'}"
+                failed_at = now
+                failed_reason = f"rank {rank} {describe_exit(message.code)}"
             with self._lock:
                 registered = len(self._registered)
             if registered < self.num_workers and now - started > start_timeout_s:
@@ -325,6 +334,14 @@ class Coordinator:
                         f"{failure_timeout_s:g}s: its task or executor is gone")
         return None
 
+    @staticmethod
+    def _event(message: protocol.EventLine) -> events.RankEvent | None:
+        try:
+            return events.decode(message.event)
+        except FormatError as e:
+            log.warning("dlpipe launcher: dropped an event from rank %d: %s", message.rank, e)
+            return None
+
     def tails_text(self) -> str:
         parts = [f"\n--- last lines of rank {r} ---\n" + "\n".join(t) for r, t in sorted(self.tails.items()) if t]
         return "".join(parts)
@@ -334,22 +351,9 @@ class Coordinator:
         with self._lock:
             for _, sock in self._registered.values():
                 try:
-                    send(sock, {"type": "abort"})
+                    protocol.send(sock, protocol.Abort())
                 except OSError:
                     pass
         self._server.shutdown()
         self._server.server_close()
-        if self._rendezvous is not None and self.rendezvous_kind == "horovod":
-            self._rendezvous.stop()
-        self._rendezvous = None  # a TCPStore closes when its last reference goes
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    """One JSON object per line; None for anything else (cut, too long, not JSON, not an object)."""
-    if not line.endswith(b"\n") or len(line) > MAX_LINE_BYTES:
-        return None
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
+        self.rendezvous.close()

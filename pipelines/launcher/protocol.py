@@ -1,12 +1,17 @@
-"""JSON-lines messages between the driver's coordinator and the barrier tasks.
+"""The launcher's whole protocol in one file: typed messages between the driver's coordinator and
+the barrier tasks, and the spec each rank process starts from.
 
-Every connection to the coordinator is authenticated before anything else: the coordinator sends
-a random challenge, the task answers with its HMAC under the launch's secret (a fresh one per
-launch, known only to the driver and, through the Spark closure, the barrier tasks). Anything
-else is dropped and logged.
+Coordinator <-> task: one JSON object per line (:func:`encode` / :func:`decode`), one small frozen
+dataclass per message. Every connection is authenticated before anything else: the coordinator
+sends a :class:`Challenge`, the task answers with an :class:`Auth` holding the HMAC of it under the
+launch's secret (fresh per launch, known only to the driver and, through the Spark closure, the
+barrier tasks). Anything else is dropped and logged.
 
-Rank processes talk to their task through stdout: a line starting with ``EVENT_PREFIX`` carries
-a JSON event (progress, metrics, the result); every other line is a log line.
+    task -> coordinator: Auth, Register, LogLine, EventLine, Heartbeat, Exit
+    coordinator -> task: Challenge, Assignment, Refused, Abort
+
+Rank process -> its task: stdout lines. A line starting with :data:`EVENT_PREFIX` carries a rank
+event (``pipelines.events``); every other line is a log line.
 """
 from __future__ import annotations
 
@@ -16,13 +21,124 @@ import json
 import secrets
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pipelines import events
+from pipelines.formats import FormatError, Record
+from pipelines.launcher.plan import RankSlot
 
 EVENT_PREFIX = "@@dlpipe-event "
-RESULT_EVENT = "result"
 HEARTBEAT_INTERVAL_S = 5.0
 AUTH_TIMEOUT_S = 10.0  # a connection must authenticate within this, or it is closed
 MAX_LINE_BYTES = 1 << 20  # longer lines are refused (no peer may make the driver buffer without bound)
+
+
+@dataclass(frozen=True)
+class Message(Record):
+    type: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class Challenge(Message):
+    type: ClassVar[str] = "challenge"
+    challenge: str
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    type: ClassVar[str] = "auth"
+    answer: str
+
+
+@dataclass(frozen=True)
+class Register(Message):
+    type: ClassVar[str] = "register"
+    partition: int
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Assignment(Message):
+    """Once every task has registered: this task's rank, and what its rank process needs to join
+    the others (the rendezvous's address and the variables its library reads)."""
+
+    type: ClassVar[str] = "assignment"
+    slot: RankSlot
+    attempt: int
+    rendezvous_addr: str
+    rendezvous_port: int
+    gloo_iface: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    type: ClassVar[str] = "refused"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Abort(Message):
+    type: ClassVar[str] = "abort"
+
+
+@dataclass(frozen=True)
+class LogLine(Message):
+    type: ClassVar[str] = "log"
+    partition: int
+    rank: int
+    line: str
+
+
+@dataclass(frozen=True)
+class EventLine(Message):
+    type: ClassVar[str] = "event"
+    partition: int
+    rank: int
+    event: dict[str, Any]  # events.encode(...) of the rank's event
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    type: ClassVar[str] = "heartbeat"
+    partition: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class Exit(Message):
+    type: ClassVar[str] = "exit"
+    partition: int
+    rank: int
+    code: int
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {m.type: m for m in (
+    Challenge, Auth, Register, Assignment, Refused, Abort, LogLine, EventLine, Heartbeat, Exit)}
+
+
+def encode(message: Message) -> bytes:
+    """One message as one JSON line."""
+    return (json.dumps({"type": message.type, **message.to_dict()}, default=str) + "\n").encode()
+
+
+def decode(line: bytes | str) -> Message | None:
+    """The message in one line; None for anything else (cut, too long, not JSON, unknown type,
+    wrong fields): a peer's garbage never raises in the reader."""
+    raw = line.encode() if isinstance(line, str) else line
+    if not raw.endswith(b"\n") or len(raw) > MAX_LINE_BYTES:
+        return None
+    try:
+        value = json.loads(raw)
+        cls = MESSAGE_TYPES[value.pop("type")]
+        return cls.from_dict(value, f"launcher message {cls.type!r}")
+    except (ValueError, KeyError, TypeError, AttributeError, FormatError):
+        return None
+
+
+def send(sock: socket.socket, message: Message) -> None:
+    sock.sendall(encode(message))
 
 
 def new_secret() -> str:
@@ -44,24 +160,20 @@ def is_answer(secret: str, challenge: str, given: object) -> bool:
     return isinstance(given, str) and hmac.compare_digest(answer(secret, challenge), given)
 
 
-def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    """Send one JSON message terminated by a newline."""
-    sock.sendall((json.dumps(message, default=str) + "\n").encode())
+def event_line(event: events.RankEvent) -> str:
+    """The stdout line a rank prints to emit ``event``."""
+    return EVENT_PREFIX + json.dumps(events.encode(event), default=str)
 
 
-def encode_event(kind: str, data: dict[str, Any]) -> str:
-    """The stdout line a rank prints to emit an event."""
-    return EVENT_PREFIX + json.dumps({"kind": kind, **data}, default=str)
-
-
-def decode_event(line: str) -> dict[str, Any] | None:
-    """The event in a rank's stdout line, or None for an ordinary log line."""
+def parse_event_line(line: str) -> dict[str, Any] | None:
+    """The encoded event in a rank's stdout line (plain data), or None for an ordinary log line."""
     if not line.startswith(EVENT_PREFIX):
         return None
     try:
-        return json.loads(line[len(EVENT_PREFIX):])
+        value = json.loads(line[len(EVENT_PREFIX):])
     except json.JSONDecodeError:
         return None
+    return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)
@@ -75,6 +187,24 @@ class TaskSpec:
     coordinator_port: int
     start_timeout_s: float
     failure_timeout_s: float
+    launch_id: str  # names the rank log files of this launch
     secret: str = field(repr=False, default="")  # authenticates the task to the coordinator
-    gloo_iface: str = ""
-    extra_env: dict[str, str] = field(default_factory=dict)
+    pin_cores: bool = False  # each rank process on its own cores when the host has enough
+
+
+@dataclass(frozen=True)
+class RankSpec(Record):
+    """What one rank process starts from (its task writes it as JSON and passes the file's path):
+    the entry to run, its payload, and everything the rank knows of its place in the job."""
+
+    entry: str
+    payload: dict[str, Any]
+    slot: RankSlot
+    threads: int  # cores given to the rank's task (spark.task.cpus)
+    attempt: int  # 0 for the first launch, 1 for the first retry, ...
+    gpus: list[str]  # the GPU addresses Spark gave the task ([] = none)
+    rendezvous_addr: str
+    rendezvous_port: int
+    stall_timeout_s: float  # a rank that makes no progress for this long ends itself
+    log_path: str  # this rank's log file on its host (output lines and tracebacks)
+    pin_cores: bool = False

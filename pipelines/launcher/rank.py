@@ -1,27 +1,34 @@
 """One rank process: ``python -m pipelines.launcher SPEC.json`` runs :func:`main`.
 
-The barrier task starts this process with its place in the job (``RANK``, ``WORLD_SIZE``, ...)
-and its rendezvous in the environment (Horovod's Gloo variables, so ``hvd.init()`` joins the
-others through the driver's rendezvous server; or ``DLPIPE_STORE_ADDR``/``_PORT`` for
-torch.distributed, see :func:`join_process_group`). The rank runs the entry function named in
-the spec and prints its result as an event line.
+The barrier task writes the rank's :class:`~pipelines.launcher.protocol.RankSpec` (entry, payload,
+its place in the job, its rendezvous) and starts this process with the variables its library
+reads in the environment (``CUDA_VISIBLE_DEVICES``, Horovod's Gloo variables). The rank runs the
+entry function and prints its result as an event line. This process imports no pyspark and
+nothing of the driver side.
+
+A setting only the rank can check that does not work here (a ``ConfigError``, e.g. fp16 on a
+device without it) ends the rank with one :class:`~pipelines.events.ConfigProblem` event naming the
+key; its traceback goes to the rank's log file only, whose path the event gives.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import json
 import os
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.launcher.protocol import RESULT_EVENT, encode_event
+from pipelines import events
+from pipelines.errors import ConfigError
+from pipelines.launcher.protocol import RankSpec, event_line
 
 STALL_EXIT_CODE = 75
-PIN_ENV = "DLPIPE_PIN_RANKS"  # "1": each rank process on its own cores (see pin_rank)
+CONFIG_EXIT_CODE = 78  # EX_CONFIG
 _last_beat: list[float] = []  # empty until the entry's first heartbeat arms the watchdog
 
 
@@ -32,12 +39,26 @@ class RankContext:
     rank: int
     size: int
     local_rank: int
-    threads: int  # cores given to this rank's task (spark.task.cpus)
-    attempt: int  # 0 for the first launch, 1 for the first retry, ...
+    local_size: int = 1
+    threads: int = 1  # cores given to this rank's task (spark.task.cpus)
+    attempt: int = 0  # 0 for the first launch, 1 for the first retry, ...
+    hostname: str = ""
+    gpus: tuple[str, ...] = ()  # the GPU addresses Spark gave the task (the only ones this process sees)
+    rendezvous_addr: str = ""  # the driver's rendezvous (a torch.distributed store: host and port)
+    rendezvous_port: int = 0
+    stall_timeout_s: float = 120.0  # no progress for this long ends the rank (launcher's failure timeout)
+    log_path: str = ""  # this rank's log file on its host
 
-    def emit(self, kind: str, **data: Any) -> None:
-        """Send an event (progress, metrics) to the driver, tagged with this rank."""
-        print(encode_event(kind, {"rank": self.rank, "time": time.time(), **data}), flush=True)
+    @classmethod
+    def from_spec(cls, spec: RankSpec) -> "RankContext":
+        slot = spec.slot
+        return cls(slot.rank, slot.size, slot.local_rank, slot.local_size, spec.threads, spec.attempt,
+                   slot.hostname, tuple(spec.gpus), spec.rendezvous_addr, spec.rendezvous_port,
+                   spec.stall_timeout_s, spec.log_path)
+
+    def emit(self, event: events.RankEvent) -> None:
+        """Send an event (progress, metrics) to the driver, tagged with this rank and the time."""
+        print(event_line(events.stamped(event, self.rank, time.time())), flush=True)
 
     def log(self, message: str) -> None:
         """A log line the driver prints prefixed with this rank."""
@@ -52,7 +73,13 @@ class RankContext:
             _last_beat.append(time.monotonic())
 
 
-def _stall_watchdog(ctx: RankContext, timeout_s: float) -> None:
+def as_context(cls: type[RankContext], ctx: RankContext) -> RankContext:
+    """``ctx`` as an instance of the subclass ``cls`` (tests and benchmarks wrap ``emit`` / ``heartbeat``)."""
+    return cls(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
+
+
+def _stall_watchdog(ctx: RankContext) -> None:
+    timeout_s = ctx.stall_timeout_s
     while True:
         time.sleep(min(1.0, timeout_s / 4))
         if _last_beat and time.monotonic() - _last_beat[0] > timeout_s:
@@ -61,38 +88,12 @@ def _stall_watchdog(ctx: RankContext, timeout_s: float) -> None:
             os._exit(STALL_EXIT_CODE)
 
 
-def join_process_group(ctx: RankContext, backend: str = "gloo") -> None:
-    """``torch.distributed.init_process_group`` through the driver's TCPStore (``rendezvous="torch"``).
-
-    Collectives time out after the launch's failure timeout, so a dead peer ends this rank.
-    """
-    import datetime
-
-    import torch.distributed as dist
-
-    timeout = datetime.timedelta(seconds=float(os.environ.get("DLPIPE_STALL_TIMEOUT_S", "120")))
-    store = dist.TCPStore(os.environ["DLPIPE_STORE_ADDR"], int(os.environ["DLPIPE_STORE_PORT"]), ctx.size,
-                          is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.size, timeout=timeout)
-
-
 def resolve_entry(entry: str) -> Callable[[dict[str, Any], RankContext], Any]:
     """Import ``module:function``."""
     module_name, _, func_name = entry.partition(":")
     if not func_name:
         raise ValueError(f"entry {entry!r} must look like 'package.module:function'")
     return getattr(importlib.import_module(module_name), func_name)
-
-
-def context_from_env() -> RankContext:
-    env = os.environ
-    return RankContext(
-        rank=int(env["RANK"]),
-        size=int(env["WORLD_SIZE"]),
-        local_rank=int(env["LOCAL_RANK"]),
-        threads=int(env.get("DLPIPE_RANK_THREADS", "1")),
-        attempt=int(env.get("DLPIPE_ATTEMPT", "0")),
-    )
 
 
 def exit_now(code: int) -> None:
@@ -119,42 +120,54 @@ def cores_for_rank(local_rank: int, local_size: int, threads: int, allowed: set[
 
 
 def pin_rank(ctx: RankContext) -> list[int]:
-    """With ``DLPIPE_PIN_RANKS=1`` (``train.pin_ranks``), keep this process on its own cores; the cores.
+    """Keep this process on its own cores (the launch's ``pin_cores``); the cores, [] when not pinned.
 
     Called before any other thread starts, so the loader's, Petastorm's and Horovod's threads inherit
     it: on a host with a core per rank thread, a rank's helper threads then take time from their own
     rank only, instead of stalling the step of the rank they happen to land beside.
     """
-    if os.environ.get(PIN_ENV) != "1" or not hasattr(os, "sched_setaffinity"):
+    if not hasattr(os, "sched_setaffinity"):
         return []
-    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores = cores_for_rank(ctx.local_rank, local_size, ctx.threads, os.sched_getaffinity(0))
+    cores = cores_for_rank(ctx.local_rank, ctx.local_size, ctx.threads, os.sched_getaffinity(0))
     if cores is None:
-        ctx.log(f"not pinned to cores: {local_size} ranks x {ctx.threads} threads on this host but "
+        ctx.log(f"not pinned to cores: {ctx.local_size} ranks x {ctx.threads} threads on this host but "
                 f"{len(os.sched_getaffinity(0))} cores allowed")
         return []
     os.sched_setaffinity(0, cores)
     return sorted(cores)
 
 
+def _log_traceback(path: str) -> None:
+    """This exception's traceback into the rank's log file only (not on the driver's console)."""
+    if not path:
+        return
+    try:
+        with open(path, "a") as log:
+            traceback.print_exc(file=log)
+    except OSError:
+        traceback.print_exc()
+
+
 def main(spec_path: str) -> int:
-    with open(spec_path) as f:
-        spec = json.load(f)
-    ctx = context_from_env()
-    cores = pin_rank(ctx)
+    spec = RankSpec.from_json(Path(spec_path).read_text(), spec_path)
+    ctx = RankContext.from_spec(spec)
+    cores = pin_rank(ctx) if spec.pin_cores else []
     import torch
 
     # Without this every rank uses all cores of the machine and they fight (10x slower).
     torch.set_num_threads(ctx.threads)
-    ctx.emit("started", pid=os.getpid(), host=os.environ.get("DLPIPE_HOSTNAME", ""), cores=cores)
-    stall_timeout = float(os.environ.get("DLPIPE_STALL_TIMEOUT_S", "120"))
-    threading.Thread(target=_stall_watchdog, args=(ctx, stall_timeout), daemon=True).start()
+    ctx.emit(events.Started(pid=os.getpid(), host=ctx.hostname, cores=cores))
+    threading.Thread(target=_stall_watchdog, args=(ctx,), daemon=True).start()
     try:
-        result = resolve_entry(spec["entry"])(spec["payload"], ctx)
+        result = resolve_entry(spec.entry)(spec.payload, ctx)
+    except ConfigError as e:
+        _log_traceback(ctx.log_path)
+        ctx.emit(events.ConfigProblem(key=e.key, message=str(e), log=f"{ctx.hostname}:{ctx.log_path}"))
+        return CONFIG_EXIT_CODE
     except BaseException:
         traceback.print_exc()
         sys.stdout.flush()
         sys.stderr.flush()
         return 1
-    ctx.emit(RESULT_EVENT, result=result)
+    ctx.emit(events.Result(result=result))
     return 0

@@ -1,14 +1,14 @@
 """Task side: runs inside one barrier task and owns exactly one rank process.
 
-The rank lives in its own process so a native crash or ``hvd.shutdown()`` cannot poison Spark's
-reused Python worker. The task forwards the rank's output to the driver line by line, sends
-heartbeats, and turns a non-zero exit into a task failure carrying the rank's log tail.
+The rank lives in its own process so a native crash or a library's shutdown cannot poison Spark's
+reused Python worker. The task forwards the rank's output to the driver line by line (and into
+the rank's log file on this host, kept after the task ends), sends heartbeats, and turns a
+non-zero exit into a task failure carrying the rank's log tail.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -18,11 +18,12 @@ import tempfile
 import threading
 from typing import Any, Iterator
 
-from pipelines.device import TASK_GPUS_ENV, gpu_environment
+from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
-from pipelines.launcher.protocol import TaskSpec
+from pipelines.launcher.protocol import Assignment, RankSpec, TaskSpec
 
 LOG_TAIL_LINES = 40
+LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file
 _PR_SET_PDEATHSIG = 1
 
 
@@ -41,115 +42,100 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
                                     timeout=spec.start_timeout_s)
     lock = threading.Lock()
 
-    def send(message: dict[str, Any]) -> None:
+    def send(message: protocol.Message) -> None:
         with lock:
-            protocol.send(sock, {"partition": partition, **message})
+            protocol.send(sock, message)
 
-    reader = sock.makefile("r")
-    challenge = json.loads(reader.readline() or "{}").get("challenge")
-    if not challenge:
+    reader = sock.makefile("rb")
+    challenge = protocol.decode(reader.readline(protocol.MAX_LINE_BYTES + 1))
+    if not isinstance(challenge, protocol.Challenge):
         raise RuntimeError(f"task {partition}: the coordinator at {spec.coordinator_host}:{spec.coordinator_port} "
                            f"sent no challenge: is it a dlpipe launch?")
-    send({"type": "auth", "answer": protocol.answer(spec.secret, challenge)})
-    send({"type": "register", "host": host, "pid": os.getpid()})
-    line = reader.readline()  # the assignment arrives once every task has registered
-    if not line:
-        raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank")
-    assignment = json.loads(line)
-    if "rank" not in assignment:
-        raise RuntimeError(f"task {partition}: the driver refused it: {assignment.get('reason')}")
+    send(protocol.Auth(protocol.answer(spec.secret, challenge.challenge)))
+    send(protocol.Register(partition, host, os.getpid()))
+    reply = protocol.decode(reader.readline(protocol.MAX_LINE_BYTES + 1))  # once every task has registered
+    if isinstance(reply, protocol.Refused):
+        raise RuntimeError(f"task {partition}: the driver refused it: {reply.reason}")
+    if not isinstance(reply, Assignment):
+        raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank "
+                           "(the launch failed on the driver: see its error)")
     sock.settimeout(None)
-    rank = assignment["rank"]
-    env = rank_environment(spec, assignment, threads, gpus)
-    with tempfile.TemporaryDirectory(prefix=f"dlpipe-rank{rank}-") as tmp:
+    rank = reply.slot.rank
+    log_path = rank_log_path(spec.launch_id, rank)
+    rank_spec = RankSpec(spec.entry, spec.payload, reply.slot, threads, reply.attempt, list(gpus),
+                         reply.rendezvous_addr, reply.rendezvous_port, spec.failure_timeout_s, log_path,
+                         spec.pin_cores)
+    with tempfile.TemporaryDirectory(prefix=f"dlpipe-rank{rank}-") as tmp, open(log_path, "a") as log:
         spec_path = os.path.join(tmp, "spec.json")
         with open(spec_path, "w") as f:
-            json.dump({"entry": spec.entry, "payload": spec.payload}, f)
+            f.write(rank_spec.to_json())
         proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "pipelines.launcher", spec_path],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            preexec_fn=_die_with_parent,
+            env=rank_environment(reply, threads, gpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, preexec_fn=_die_with_parent,
         )
         threading.Thread(target=_watch_driver, args=(reader, proc), daemon=True).start()
         stop_beats = threading.Event()
-        threading.Thread(target=_heartbeat, args=(send, rank, stop_beats), daemon=True).start()
+        threading.Thread(target=_heartbeat, args=(send, partition, rank, stop_beats), daemon=True).start()
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         result = None
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
                 text = raw.rstrip("\n")
-                event = protocol.decode_event(text)
+                event = protocol.parse_event_line(text)
                 if event is None:
                     tail.append(text)
-                    send({"type": "log", "rank": rank, "line": text})
-                elif event.get("kind") == protocol.RESULT_EVENT:
+                    log.write(raw)
+                    log.flush()
+                    send(protocol.LogLine(partition, rank, text))
+                elif event.get("kind") == "result":
                     result = event.get("result")
                 else:
-                    send({"type": "event", "rank": rank, "event": event})
+                    send(protocol.EventLine(partition, rank, event))
             code = proc.wait()
         finally:
             stop_beats.set()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        send({"type": "exit", "rank": rank, "code": code})
+        send(protocol.Exit(partition, rank, code))
         sock.close()
     if code != 0:
         raise RankFailed(f"rank {rank} (barrier task {partition} on {host}) {describe_exit(code)}; "
-                         f"last lines of its log:\n" + "\n".join(tail))
+                         f"its log: {host}:{log_path}; last lines:\n" + "\n".join(tail))
     if rank == 0:
+        import json
+
         yield json.dumps(result)
 
 
-def rank_environment(spec: TaskSpec, a: dict[str, Any], threads: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
-    """The environment of one rank process: its place in the job, its GPUs (Spark's addresses in
-    ``CUDA_VISIBLE_DEVICES``, so it sees only them; without any, what the worker sees), then what
-    its rendezvous needs (Horovod's Gloo variables as horovodrun sets them, or the driver's
-    torch.distributed store)."""
+def rank_log_path(launch_id: str, rank: int) -> str:
+    """This host's log file of ``rank`` in launch ``launch_id`` (kept after the task ends)."""
+    folder = os.path.join(tempfile.gettempdir(), LOG_DIR)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{launch_id}-rank{rank}.log")
+
+
+def rank_environment(a: Assignment, threads: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of one rank process: what libraries read, nothing dlpipe's settings decide.
+
+    Its GPUs (Spark's addresses in ``CUDA_VISIBLE_DEVICES``, so it sees only them; without any,
+    what the worker sees), the variables its rendezvous's library reads, the thread count for
+    OpenMP, and the Python path of this worker (the rank imports exactly what it imports).
+    """
     env = dict(os.environ)
-    env.pop(TASK_GPUS_ENV, None)
     env.update(gpu_environment(gpus))
-    # The rank must import exactly what this Python worker imports (incl. --py-files zips).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update({
-        "RANK": str(a["rank"]),
-        "WORLD_SIZE": str(a["size"]),
-        "LOCAL_RANK": str(a["local_rank"]),
-        "LOCAL_WORLD_SIZE": str(a["local_size"]),
-        "DLPIPE_HOSTNAME": a["hostname"],
-        "DLPIPE_STALL_TIMEOUT_S": str(spec.failure_timeout_s),
-        "DLPIPE_RANK_THREADS": str(threads),
-        "DLPIPE_ATTEMPT": str(a.get("attempt", 0)),
+        "RANK": str(a.slot.rank),
+        "WORLD_SIZE": str(a.slot.size),
+        "LOCAL_RANK": str(a.slot.local_rank),
+        "LOCAL_WORLD_SIZE": str(a.slot.local_size),
         "OMP_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     })
-    if a.get("rendezvous", "horovod") == "torch":
-        env.update({
-            "DLPIPE_STORE_ADDR": a["rendezvous_addr"],
-            "DLPIPE_STORE_PORT": str(a["rendezvous_port"]),
-            "GLOO_SOCKET_IFNAME": a["gloo_iface"],
-        })
-    else:
-        env.update({
-            "HOROVOD_GLOO_RENDEZVOUS_ADDR": a["rendezvous_addr"],
-            "HOROVOD_GLOO_RENDEZVOUS_PORT": str(a["rendezvous_port"]),
-            "HOROVOD_CONTROLLER": "gloo",
-            "HOROVOD_CPU_OPERATIONS": "gloo",
-            "HOROVOD_GLOO_IFACE": a["gloo_iface"],
-            "HOROVOD_HOSTNAME": a["hostname"],
-            "HOROVOD_RANK": str(a["rank"]),
-            "HOROVOD_SIZE": str(a["size"]),
-            "HOROVOD_LOCAL_RANK": str(a["local_rank"]),
-            "HOROVOD_LOCAL_SIZE": str(a["local_size"]),
-            "HOROVOD_CROSS_RANK": str(a["cross_rank"]),
-            "HOROVOD_CROSS_SIZE": str(a["cross_size"]),
-            # A collective whose peer died must end, not wait forever.
-            "HOROVOD_GLOO_TIMEOUT_SECONDS": str(int(spec.failure_timeout_s)),
-            "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(5, int(spec.failure_timeout_s) // 2)),
-            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(int(spec.failure_timeout_s)),
-        })
-    env.update(spec.extra_env)
+    env.update(a.env)
     return env
 
 
@@ -175,7 +161,7 @@ def _watch_driver(reader: Any, proc: subprocess.Popen) -> None:
     """Kill the rank when the driver says abort or its connection drops."""
     try:
         for line in reader:
-            if json.loads(line).get("type") == "abort":
+            if isinstance(protocol.decode(line), protocol.Abort):
                 break
     except (OSError, ValueError):
         pass
@@ -183,9 +169,9 @@ def _watch_driver(reader: Any, proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def _heartbeat(send: Any, rank: int, stop: threading.Event) -> None:
+def _heartbeat(send: Any, partition: int, rank: int, stop: threading.Event) -> None:
     while not stop.wait(protocol.HEARTBEAT_INTERVAL_S):
         try:
-            send({"type": "heartbeat", "rank": rank})
+            send(protocol.Heartbeat(partition, rank))
         except OSError:
             return

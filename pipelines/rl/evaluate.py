@@ -8,57 +8,70 @@ Plays ``rl.eval_episodes`` episodes of ``rl.env_id`` and writes ``<run>/rl_eval.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from pyspark.sql import SparkSession
 
-from pipelines.artifact import load_artifact, normalizer
+import models
+from pipelines import storage
+from pipelines.artifact import load_artifact
 from pipelines.config import ConfigError, PipelineConfig
+from pipelines.formats import Record
 from pipelines.infer.job import model_artifact
-from pipelines.publish import write_json_atomic
+from pipelines.rl.job import GreedyEvaluation
 from pipelines.rl.rollout import env_spaces, run_episodes
 
 
-def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
-    """Evaluate the artifact in the environment; ``{"eval": {mean_return, std_return, ...}, ...}``.
-    (Runs in the driver; ``spark`` is unused but every verb takes it.)"""
+@dataclass(frozen=True)
+class RLEvalResult(Record):
+    """``<run>/rl_eval.json``, and what ``dlpipe rl-eval`` returns."""
+
+    run_id: str
+    env_id: str
+    artifact: str
+    eval: GreedyEvaluation
+
+
+def main(spark: SparkSession, config: PipelineConfig) -> RLEvalResult:
+    """Evaluate the artifact in the environment. (Runs in the driver; ``spark`` is unused but every verb takes it.)"""
     rc = config.rl
     obs_shape, num_actions = env_spaces(rc.env_id)
     artifact = model_artifact(config)
     act = classifier_policy(artifact, int(np.prod(obs_shape)), num_actions, rc.env_id)
     started = time.monotonic()
     played = run_episodes(act, rc.env_id, rc.eval_episodes, seed=rc.seed + 2_000_000)
-    result = {"run_id": config.run_id, "env_id": rc.env_id, "artifact": str(artifact),
-              "eval": {"episodes": rc.eval_episodes, "mean_return": float(np.mean(played["returns"])),
-                       "std_return": float(np.std(played["returns"])),
-                       "mean_length": float(np.mean(played["lengths"])),
-                       "seconds": round(time.monotonic() - started, 2)}}
-    run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "rl_eval.json", result)
+    result = RLEvalResult(config.run_id, rc.env_id, artifact, GreedyEvaluation(
+        episodes=rc.eval_episodes, mean_return=float(np.mean(played["returns"])),
+        std_return=float(np.std(played["returns"])), mean_length=float(np.mean(played["lengths"])),
+        seconds=round(time.monotonic() - started, 2)))
+    storage.write_text(storage.join(config.run_dir(), "rl_eval.json"), result.to_json())
     return result
 
 
-def classifier_policy(artifact: Any, obs_size: int, num_actions: int, env_id: str) -> Callable[[np.ndarray], np.ndarray]:
+def classifier_policy(artifact: str, obs_size: int, num_actions: int, env_id: str) -> Callable[[np.ndarray], np.ndarray]:
     """Observations (B, obs_size) -> actions (B,) from a classifier artifact whose labels are action numbers."""
     model, meta = load_artifact(artifact)
-    features = int(np.prod(meta["feature_shape"]))
+    shown = storage.redact(artifact)
+    if models.spec(meta.model_name).task != models.CLASSIFIER:
+        raise ConfigError(f"model artifact {shown} holds a {models.spec(meta.model_name).task} ({meta.model_name}); "
+                          f"rl-eval plays classifiers (trained on rl.save_trajectories episodes)", key="infer.artifact")
+    features = int(np.prod(meta.feature_shape))
     if features != obs_size:
-        raise ConfigError(f"model artifact {artifact} takes {features} features but rl.env_id={env_id!r} "
-                          f"observations have {obs_size} values")
+        raise ConfigError(f"model artifact {shown} takes {features} features but rl.env_id={env_id!r} "
+                          f"observations have {obs_size} values", key="rl.env_id")
     try:
-        actions = np.array([int(name) for name in meta["label_names"]], np.int64)
+        actions = np.array([int(name) for name in meta.label_names], np.int64)
     except ValueError:
-        raise ConfigError(f"model artifact {artifact} has labels {meta['label_names']}, not action numbers: "
-                          "rl-eval plays classifiers trained on rl.save_trajectories episodes") from None
+        raise ConfigError(f"model artifact {shown} has labels {meta.label_names}, not action numbers: "
+                          "rl-eval plays classifiers trained on rl.save_trajectories episodes",
+                          key="infer.artifact") from None
     if actions.min() < 0 or actions.max() >= num_actions:
-        raise ConfigError(f"model artifact {artifact} predicts actions {actions.tolist()} but rl.env_id={env_id!r} "
-                          f"has {num_actions} actions")
-    normalize = normalizer(meta)
-    if "prediction" not in model.output_schema():
-        raise ConfigError(f"model artifact {artifact} ({meta['model_name']}) declares no `prediction` output")
+        raise ConfigError(f"model artifact {shown} predicts actions {actions.tolist()} but rl.env_id={env_id!r} "
+                          f"has {num_actions} actions", key="rl.env_id")
+    normalize = meta.normalizer()
 
     def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():

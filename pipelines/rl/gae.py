@@ -31,20 +31,3 @@ def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, termin
         running = deltas[t] + carry[t] * running
         advantages[t] = running
     return advantages.astype(np.float32), (advantages + values).astype(np.float32)
-
-
-def episode_stats(rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> tuple[list[float], list[int]]:
-    """Returns and lengths of the episodes that ended inside the rollouts, (T, N) arrays.
-
-    Every rollout starts from a reset, so an episode that ends inside it lies wholly inside it.
-    """
-    done = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
-    returns: list[float] = []
-    lengths: list[int] = []
-    for env in range(rewards.shape[1]):
-        start = 0
-        for t in np.flatnonzero(done[:, env]):
-            returns.append(float(rewards[start:t + 1, env].sum()))
-            lengths.append(int(t + 1 - start))
-            start = t + 1
-    return returns, lengths

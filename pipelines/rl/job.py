@@ -1,22 +1,25 @@
 """``dlpipe rl``: PPO on a Gymnasium environment, rollouts collected in parallel by Spark tasks.
 
-Each iteration the driver broadcasts the policy (architecture + weights, ~20 KB), one Spark job of
-``rl.num_actors`` tasks steps seeded environments with it (``pipelines.rl.rollout``, through
-``mapInArrow``) and returns every step as Arrow; the driver computes GAE and runs the PPO update.
-Every iteration is checkpointed (newest two kept) and appended to ``metrics.jsonl``; re-running
-the same run id resumes after the last checkpoint. At the end the greedy policy plays
-``rl.eval_episodes`` episodes (``summary.json``), optionally saved as Parquet for the ETL, and a
-report with the return curve is written.
+Each iteration the driver broadcasts the policy (architecture + weights, ~20 KB) and one Spark job
+of ``rl.num_actors`` tasks steps each actor's environments with it (``pipelines.rl.rollout``),
+continuing them from where the previous iteration left them (the actors' states travel with the
+tasks), and returns every step as Arrow; the driver computes GAE and runs the PPO update. Every
+iteration is checkpointed (newest two kept, with the actors' states) and appended to
+``metrics.jsonl``; re-running the same run id resumes after the last checkpoint exactly. At the end
+the greedy policy plays ``rl.eval_episodes`` episodes (``summary.json``), optionally saved as
+Parquet for the ETL, and a report with the return curve is written. All of it through
+``pipelines.storage``: the workdir may be in any store.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -25,16 +28,17 @@ import torch
 from pyspark.sql import SparkSession
 
 import models
-from pipelines.config import ConfigError, PipelineConfig, to_yaml
-from pipelines.progress import IterationProgress
-from pipelines.publish import atomic_dir, check_writable, write_json_atomic, write_text_atomic
-from pipelines.tracking import Tracker, open_tracker
+from pipelines import storage
+from pipelines.config import PipelineConfig, to_yaml
+from pipelines.formats import Record
+from pipelines.publish import committed_folder, publishing
 from pipelines.rl import gae as gae_lib
+from pipelines.rl.checkpoint import IterationRecord, RLCheckpoint, latest_rl_checkpoint, save_rl_checkpoint
 from pipelines.rl.ppo import UpdateSettings, annealed_lr, ppo_update
-from pipelines.rl.report import write_rl_report
-from pipelines.rl.rollout import SPARK_SCHEMA, RolloutSpec, env_spaces, policy_to_bytes, run_episodes, schema
+from pipelines.rl.report import IterationProgress, write_rl_report
+from pipelines.rl.rollout import ActorResult, RolloutSpec, env_spaces, policy_to_bytes, run_episodes, schema
 from pipelines.session import describe
-from pipelines.train.checkpoint import latest_checkpoint, save_checkpoint
+from pipelines.tracking import Tracker, open_tracker
 
 POLICY_FILE = "policy.pt"  # <run>/model/policy.pt: models.to_artifact_dict of the final policy
 
@@ -43,52 +47,101 @@ class RolloutError(RuntimeError):
     """An iteration's rollouts did not come back; the message says why and which setting to change."""
 
 
-def main(spark: SparkSession, config: PipelineConfig, on_iteration: Callable[[dict], None] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GreedyEvaluation(Record):
+    episodes: int
+    mean_return: float
+    std_return: float
+    mean_length: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RLSummary(Record):
+    """``<run>/summary.json`` of ``dlpipe rl``, and what :func:`main` returns."""
+
+    run_id: str
+    env_id: str
+    model: str
+    num_actors: int
+    iterations: int
+    env_steps: int
+    train_seconds: float
+    final: IterationRecord | None
+    eval: GreedyEvaluation
+    policy: str
+    report: str
+    status: str = "ok"
+    trajectories: str = ""
+
+
+@dataclass
+class Collected:
+    """One iteration's rollouts: the steps of every actor, their whole episodes, their states."""
+
+    steps: pa.Table
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    states: list[bytes] = field(default_factory=list)
+
+
+def main(spark: SparkSession, config: PipelineConfig,
+         on_iteration: Callable[[IterationRecord], None] | None = None) -> RLSummary:
     """Train the policy, evaluate it greedily, write metrics, checkpoints, report and ``summary.json``;
-    track the run (``tracking``: MLflow, TensorBoard; step = iteration)."""
-    obs_shape, num_actions = env_spaces(config.rl.env_id)  # a bad env id or model: an error before any tracking
+    track the run (``tracking``: MLflow, TensorBoard; step = iteration). The config was validated
+    for ``rl`` before Spark started (a policy model); the environment is checked here, first."""
+    obs_shape, num_actions = env_spaces(config.rl.env_id)  # a bad env id: an error before anything is written
     model = build_policy(config, obs_shape, num_actions)
-    check_writable(config.run_dir(), "workdir")
+    run_dir = config.run_dir()
+    storage.check_location(run_dir, "workdir")
     with open_tracker(config, "rl") as tracker:
         summary = _train(spark, config, model, on_iteration, tracker)
-        tracker.log_metrics({"eval": summary["eval"]}, step=summary["iterations"])
+        tracker.log_metrics({"eval": summary.eval.to_dict()}, step=summary.iterations)
         for name in ("summary.json", "config.yaml", "metrics.jsonl"):
-            tracker.log_artifact(config.run_dir() / name)
-        for path in sorted(Path(summary["report"]).parent.glob("*")):
-            tracker.log_artifact(path, "report")
-        tracker.log_artifact(summary["policy"], "model")
+            tracker.log_artifact(storage.join(run_dir, name))
+        for entry in storage.list_files(storage.parent(summary.report), recursive=False):
+            tracker.log_artifact(entry.location, "report")
+        tracker.log_artifact(summary.policy, "model")
     return summary
 
 
 def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeModel,
-           on_iteration: Callable[[dict], None] | None, tracker: Tracker) -> dict[str, Any]:
+           on_iteration: Callable[[IterationRecord], None] | None, tracker: Tracker) -> RLSummary:
     rc = config.rl
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    storage.write_text(storage.join(run_dir, "config.yaml"), to_yaml(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=rc.lr, eps=1e-5)
-    history = resume(run_dir / "checkpoints", fingerprint(config), model, optimizer)
+    checkpoints = storage.join(run_dir, "checkpoints")
+    history: list[IterationRecord] = []
+    states: list[bytes | None] = [None] * rc.num_actors
+    found = latest_rl_checkpoint(checkpoints, fingerprint(config))
+    if found is not None:
+        model.load_state_dict(found.model)
+        optimizer.load_state_dict(found.optimizer)
+        history = list(found.history)
+        if len(found.actors) == rc.num_actors:
+            states = list(found.actors)
+        print(f"dlpipe rl {config.run_id}: resuming after iteration {found.iteration}", flush=True)
     spec = RolloutSpec(rc.env_id, rc.envs_per_actor, rc.steps_per_env, rc.seed)
     progress = on_iteration or IterationProgress(rc.iterations)
     describe(spark, f"rl rollouts ({rc.num_actors} actors, {rc.env_id})")
-    if history:
-        print(f"dlpipe rl {config.run_id}: resuming after iteration {history[-1]['iteration']}", flush=True)
     for iteration in range(len(history), rc.iterations):
         started = time.monotonic()
-        table = collect(spark, spec, policy_to_bytes(model), iteration, rc.num_actors, rc.rollout_timeout_s)
+        collected = collect(spark, spec, policy_to_bytes(model), iteration, states, rc.rollout_timeout_s)
         rollout_s = time.monotonic() - started
-        steps = to_steps(table, rc.num_actors * rc.envs_per_actor, rc.steps_per_env)
+        steps = to_steps(collected.steps, rc.num_actors * rc.envs_per_actor, rc.steps_per_env)
         started = time.monotonic()
         losses = learn(model, optimizer, steps, config, iteration)
         update_s = time.monotonic() - started
-        record = iteration_record(iteration, history, steps, losses, rollout_s, update_s, optimizer)
+        states = list(collected.states)
+        record = iteration_record(iteration, history, collected, steps, losses, rollout_s, update_s, optimizer)
         history.append(record)
-        save_checkpoint(run_dir / "checkpoints", {"epoch": iteration + 1, "model": model.state_dict(),
-                                                  "optimizer": optimizer.state_dict(), "history": json.dumps(history),
-                                                  "manifest_hash": fingerprint(config)})
-        write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        save_rl_checkpoint(checkpoints, RLCheckpoint(iteration + 1, model.state_dict(), optimizer.state_dict(),
+                                                     list(history), fingerprint(config), actors=states))
+        storage.write_text(storage.join(run_dir, "metrics.jsonl"),
+                           "".join(json.dumps(h.to_dict()) + "\n" for h in history))
         progress(record)
-        tracker.log_metrics({k: v for k, v in record.items() if k != "iteration"}, step=record["iteration"])
+        tracker.log_metrics({k: v for k, v in record.to_dict().items() if k != "iteration"}, step=record.iteration)
     return finish(config, run_dir, model, history)
 
 
@@ -117,13 +170,9 @@ def minibatch_generator(seed: int, iteration: int) -> torch.Generator:
 
 
 def build_policy(config: PipelineConfig, obs_shape: tuple[int, ...], num_actions: int) -> models.DlpipeModel:
-    """The policy ``model.name`` names, initialised from ``rl.seed``; a ConfigError unless it is a policy."""
+    """The policy ``model.name`` names (a policy: checked by ``pipelines.validate``), initialised from ``rl.seed``."""
     torch.manual_seed(config.rl.seed)
-    model = models.build(config.model.name, feature_shape=obs_shape, num_classes=num_actions, **config.model.params)
-    if not callable(getattr(model, "act", None)):
-        raise ConfigError(f"config key 'model.name' = {config.model.name!r} is not a policy model (it has no "
-                          "`act`); dlpipe rl needs one, e.g. model.name=mlp_policy")
-    return model
+    return models.build(config.model.name, feature_shape=obs_shape, num_classes=num_actions, **config.model.params)
 
 
 def fingerprint(config: PipelineConfig) -> str:
@@ -136,47 +185,31 @@ def fingerprint(config: PipelineConfig) -> str:
     return "rl-" + hashlib.sha256(blob).hexdigest()[:16]
 
 
-def resume(folder: Path, expected: str, model: models.DlpipeModel, optimizer: torch.optim.Optimizer) -> list[dict]:
-    """Load the newest checkpoint in ``folder`` into ``model`` and ``optimizer``; its metrics history
-    ([] when there is none)."""
-    try:
-        state = latest_checkpoint(folder, expected)
-    except ValueError:
-        raise ConfigError(f"the checkpoints in {folder} were made with other rl/model settings: use a new "
-                          f"run_id, or delete {folder} to start over") from None
-    if state is None:
-        return []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return json.loads(state["history"])
-
-
-def collect(spark: SparkSession, spec: RolloutSpec, policy: bytes, iteration: int, num_actors: int,
-            timeout_s: float) -> pa.Table:
-    """One Spark job: ``num_actors`` tasks each run ``rollout`` with the broadcast policy; all steps
-    as one Arrow table ordered by (actor, env, step). Cancelled after ``timeout_s``."""
+def collect(spark: SparkSession, spec: RolloutSpec, policy: bytes, iteration: int, states: list[bytes | None],
+            timeout_s: float) -> Collected:
+    """One Spark job: an actor task per entry of ``states``, each continuing its environments with
+    the broadcast policy; their steps as one Arrow table ordered by (actor, env, step), their whole
+    episodes and their new states. Cancelled after ``timeout_s``."""
     sc = spark.sparkContext
     # Broadcast rather than a closure variable: fetched once per executor, not once per task.
     weights = sc.broadcast(policy)
 
-    def actor_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def actor_task(item: tuple[int, bytes | None]) -> ActorResult:
         from pipelines.rl.rollout import policy_from_bytes, rollout
 
-        model = policy_from_bytes(weights.value)
-        for b in batches:
-            for actor in b.column(0).to_pylist():
-                yield rollout(spec, model, iteration, actor)
+        actor, state = item
+        return rollout(spec, policy_from_bytes(weights.value), iteration, actor, state)
 
-    frame = spark.range(num_actors, numPartitions=num_actors).mapInArrow(actor_task, SPARK_SCHEMA)
+    rdd = sc.parallelize(list(enumerate(states)), len(states)).map(actor_task)
     group = f"dlpipe-rl-{uuid.uuid4().hex[:8]}"
     sc.setJobGroup(group, f"dlpipe rl rollouts, iteration {iteration}", interruptOnCancel=True)
     timer = threading.Timer(timeout_s, sc.cancelJobGroup, [group])
     timer.start()
     try:
-        batches = frame._collect_as_arrow()  # pyspark 3.5 has no public DataFrame.toArrow
+        results = rdd.collect()
     except Exception as e:
         if not timer.is_alive():
-            raise RolloutError(f"iteration {iteration}: the {num_actors} rollout tasks did not finish within "
+            raise RolloutError(f"iteration {iteration}: the {len(states)} rollout tasks did not finish within "
                                f"rl.rollout_timeout_s={timeout_s:g}s and were cancelled: check that the cluster "
                                "has free task slots, or lower rl.steps_per_env / raise rl.rollout_timeout_s") from e
         raise
@@ -184,8 +217,10 @@ def collect(spark: SparkSession, spec: RolloutSpec, policy: bytes, iteration: in
         timer.cancel()
         sc.setLocalProperty("spark.jobGroup.id", None)
         weights.destroy()
-    table = pa.Table.from_batches(batches, schema=schema())
-    return table.sort_by([("actor", "ascending"), ("env", "ascending"), ("step", "ascending")])
+    results = sorted(results, key=lambda r: r.actor)
+    table = pa.concat_tables([r.table() for r in results]) if results else schema().empty_table()
+    return Collected(table, [x for r in results for x in r.returns], [x for r in results for x in r.lengths],
+                     [r.state for r in results])
 
 
 def to_steps(table: pa.Table, envs: int, steps: int) -> dict[str, np.ndarray]:
@@ -201,26 +236,28 @@ def to_steps(table: pa.Table, envs: int, steps: int) -> dict[str, np.ndarray]:
     return out
 
 
-def iteration_record(iteration: int, history: list[dict], steps: dict[str, np.ndarray], losses: dict[str, float],
-                     rollout_s: float, update_s: float, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """One line of ``metrics.jsonl``."""
-    returns, lengths = gae_lib.episode_stats(steps["reward"], steps["terminated"], steps["truncated"])
-    collected = int(steps["reward"].size)
-    return {
-        "iteration": iteration + 1,
-        "env_steps": (history[-1]["env_steps"] if history else 0) + collected,
-        "episodes": len(returns),
-        "mean_return": float(np.mean(returns)) if returns else None,
-        "mean_length": float(np.mean(lengths)) if lengths else None,
-        **{k: round(v, 6) for k, v in losses.items()},
-        "lr": optimizer.param_groups[0]["lr"],
-        "rollout_s": round(rollout_s, 3),
-        "update_s": round(update_s, 3),
-        "env_steps_per_s": round(collected / rollout_s, 1),
-    }
+def iteration_record(iteration: int, history: list[IterationRecord], collected: Collected,
+                     steps: dict[str, np.ndarray], losses: dict[str, float], rollout_s: float, update_s: float,
+                     optimizer: torch.optim.Optimizer) -> IterationRecord:
+    """One line of ``metrics.jsonl``: the episodes that ended in this iteration, whole."""
+    returns, lengths = collected.returns, collected.lengths
+    collected_steps = int(steps["reward"].size)
+    return IterationRecord(
+        iteration=iteration + 1,
+        env_steps=(history[-1].env_steps if history else 0) + collected_steps,
+        episodes=len(returns),
+        mean_return=float(np.mean(returns)) if returns else None,
+        mean_length=float(np.mean(lengths)) if lengths else None,
+        lr=optimizer.param_groups[0]["lr"],
+        rollout_s=round(rollout_s, 3),
+        update_s=round(update_s, 3),
+        env_steps_per_s=round(collected_steps / rollout_s, 1),
+        losses={k: round(v, 6) for k, v in losses.items()},
+    )
 
 
-def finish(config: PipelineConfig, run_dir: Path, model: models.DlpipeModel, history: list[dict]) -> dict[str, Any]:
+def finish(config: PipelineConfig, run_dir: str, model: models.DlpipeModel,
+           history: list[IterationRecord]) -> RLSummary:
     """Greedy evaluation, the trajectories (``rl.save_trajectories``), the policy file, report, summary."""
     rc = config.rl
     model.eval()
@@ -228,36 +265,37 @@ def finish(config: PipelineConfig, run_dir: Path, model: models.DlpipeModel, his
     played = run_episodes(lambda obs: model.act(torch.from_numpy(obs).reshape(len(obs), *model.feature_shape),
                                                 greedy=True)["actions"].numpy(),
                           rc.env_id, rc.eval_episodes, seed=rc.seed + 1_000_000, record=rc.save_trajectories)
-    evaluation = {"episodes": rc.eval_episodes, "mean_return": float(np.mean(played["returns"])),
-                  "std_return": float(np.std(played["returns"])), "mean_length": float(np.mean(played["lengths"])),
-                  "seconds": round(time.monotonic() - started, 2)}
-    policy_path = run_dir / "model" / POLICY_FILE
-    policy_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = policy_path.with_name(f".{POLICY_FILE}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save(models.to_artifact_dict(model), tmp)
-    tmp.replace(policy_path)
-    summary: dict[str, Any] = {"run_id": config.run_id, "env_id": rc.env_id, "model": config.model.name,
-                               "num_actors": rc.num_actors, "iterations": len(history),
-                               "env_steps": history[-1]["env_steps"] if history else 0,
-                               "train_seconds": round(sum(h["rollout_s"] + h["update_s"] for h in history), 1),
-                               "final": history[-1] if history else {}, "eval": evaluation,
-                               "policy": str(policy_path), "status": "ok"}
-    if rc.save_trajectories:
-        summary["trajectories"] = str(write_trajectories(run_dir / "trajectories", played))
-    summary["report"] = str(write_rl_report(run_dir, history, evaluation, rc.env_id))
-    write_json_atomic(run_dir / "summary.json", summary)
+    evaluation = GreedyEvaluation(episodes=rc.eval_episodes, mean_return=float(np.mean(played["returns"])),
+                                  std_return=float(np.std(played["returns"])),
+                                  mean_length=float(np.mean(played["lengths"])),
+                                  seconds=round(time.monotonic() - started, 2))
+    policy_path = storage.join(run_dir, "model", POLICY_FILE)
+    buffer = io.BytesIO()
+    torch.save(models.to_artifact_dict(model), buffer)
+    storage.write_bytes(policy_path, buffer.getvalue())
+    trajectories = write_trajectories(storage.join(run_dir, "trajectories"), played) if rc.save_trajectories else ""
+    report = write_rl_report(run_dir, config.run_id, history, evaluation, rc.env_id)
+    summary = RLSummary(run_id=config.run_id, env_id=rc.env_id, model=config.model.name, num_actors=rc.num_actors,
+                        iterations=len(history), env_steps=history[-1].env_steps if history else 0,
+                        train_seconds=round(sum(h.rollout_s + h.update_s for h in history), 1),
+                        final=history[-1] if history else None, eval=evaluation, policy=policy_path, report=report,
+                        trajectories=trajectories)
+    storage.write_text(storage.join(run_dir, "summary.json"), summary.to_json())
     print(f"dlpipe rl {config.run_id}: greedy evaluation over {rc.eval_episodes} episodes: mean return "
-          f"{evaluation['mean_return']:.1f} +- {evaluation['std_return']:.1f}", flush=True)
+          f"{evaluation.mean_return:.1f} +- {evaluation.std_return:.1f}", flush=True)
     return summary
 
 
-def write_trajectories(folder: Path, played: dict[str, Any]) -> Path:
+def write_trajectories(target: str, played: dict) -> str:
     """Evaluation episodes as a tabular Parquet source for the ETL: ``id`` (episode-step), one float
-    column per observation value (``obs_0``...), ``action`` (the greedy action: the label)."""
+    column per observation value (``obs_0``...), ``action`` (the greedy action: the label). Committed
+    under ``target``; returns the committed folder (the ETL reads it as etl.source.path)."""
     obs = played["obs"]
     columns = {"id": pa.array([f"ep{e:05d}-t{s:05d}" for e, s in zip(played["episode"], played["step"])])}
     columns.update({f"obs_{i}": pa.array(obs[:, i].astype(np.float32)) for i in range(obs.shape[1])})
     columns["action"] = pa.array(played["action"].astype(np.int64))
-    with atomic_dir(folder) as tmp:
-        pq.write_table(pa.table(columns), tmp / "part-00000.parquet")
-    return folder
+    with publishing(target) as folder:
+        buffer = io.BytesIO()
+        pq.write_table(pa.table(columns), buffer)
+        storage.write_bytes(storage.join(folder, "part-00000.parquet"), buffer.getvalue())
+    return committed_folder(target) or target

@@ -1,10 +1,12 @@
-"""The actor side: step seeded Gymnasium environments with a given policy and return the steps as Arrow.
+"""The actor side: step Gymnasium environments with a given policy and return the steps as Arrow.
 
-Runs inside a Spark task (``pipelines.rl.job`` calls :func:`rollout` from ``mapInArrow``), but
-imports no pyspark, so it runs and is tested in a plain process too. Each call resets its
-environments with seeds derived from ``(seed, iteration, actor)`` and steps them a fixed number
-of steps: no environment state survives between iterations, so a task can run on any executor
-and a retried task repeats exactly the same rollout.
+Runs inside a Spark task (``pipelines.rl.job`` calls :func:`rollout` from an RDD map), but imports
+no pyspark, so it runs and is tested in a plain process too. An actor's environments live on
+across iterations: each rollout continues them from the :class:`ActorState` the previous one
+returned (pickled, through the driver), so an episode longer than ``rl.steps_per_env`` goes on in
+the next iteration, and an episode's return is counted once it ends, whole. The state travels
+with the task, so a task can run on any executor, and a retried task repeats exactly the same
+rollout: the environments start from seeds of ``(seed, actor)``, actions from ``(seed, iteration, actor)``.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import cloudpickle
 import numpy as np
 import pyarrow as pa
 import torch
@@ -31,13 +34,8 @@ class RolloutSpec:
     seed: int
 
 
-# One row per environment step, ordered by (actor, env, step); as Spark DDL for mapInArrow.
-SPARK_SCHEMA = ("actor int, env int, step int, obs array<float>, action bigint, logprob float, value float, "
-                "next_value float, reward float, terminated boolean, truncated boolean")
-
-
 def schema() -> pa.Schema:
-    """:data:`SPARK_SCHEMA` in Arrow."""
+    """One row per environment step, ordered by (actor, env, step)."""
     return pa.schema([
         ("actor", pa.int32()), ("env", pa.int32()), ("step", pa.int32()),
         ("obs", pa.list_(pa.float32())),
@@ -48,12 +46,45 @@ def schema() -> pa.Schema:
 
 
 def actor_seeds(seed: int, iteration: int, actor: int, envs: int) -> tuple[list[int], int]:
-    """Environment reset seeds and the action-sampling seed of one actor in one iteration.
+    """Environment reset seeds (used when the actor first makes its environments) and the
+    action-sampling seed of one actor in one iteration.
 
-    SeedSequence mixes the three numbers, so neighbouring actors or iterations get unrelated streams.
+    SeedSequence mixes the numbers, so neighbouring actors or iterations get unrelated streams.
     """
-    state = np.random.SeedSequence([seed, iteration, actor]).generate_state(envs + 1, dtype=np.uint32)
-    return [int(s) for s in state[:envs]], int(state[envs])
+    resets = np.random.SeedSequence([seed, actor, 2**32 - 1]).generate_state(envs, dtype=np.uint32)
+    action = np.random.SeedSequence([seed, iteration, actor]).generate_state(1, dtype=np.uint32)
+    return [int(s) for s in resets], int(action[0])
+
+
+@dataclass
+class ActorState:
+    """One actor's environments mid-episode: what the next rollout continues from."""
+
+    envs: Any  # the vector environment (its episodes and random generators as they are)
+    obs: np.ndarray  # (envs, *obs_shape): the observations the next step acts on
+    episode_return: np.ndarray  # (envs,) reward so far in each running episode
+    episode_length: np.ndarray  # (envs,) steps so far in each running episode
+
+    def to_bytes(self) -> bytes:
+        return cloudpickle.dumps(self)
+
+    @staticmethod
+    def from_bytes(blob: bytes) -> "ActorState":
+        return cloudpickle.loads(blob)
+
+
+@dataclass(frozen=True)
+class ActorResult:
+    """What one actor's rollout sends back to the driver."""
+
+    actor: int
+    steps: bytes  # the steps as an Arrow IPC stream (:func:`schema`), ordered by (env, step)
+    returns: list[float]  # episodes that ended in this rollout, whole (they may have begun earlier)
+    lengths: list[int]
+    state: bytes  # ActorState to continue from
+
+    def table(self) -> pa.Table:
+        return pa.ipc.open_stream(self.steps).read_all()
 
 
 def env_spaces(env_id: str) -> tuple[tuple[int, ...], int]:
@@ -98,32 +129,45 @@ def policy_from_bytes(blob: bytes) -> DlpipeModel:
     return models.from_artifact_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
 
 
-_ENVS: dict[tuple[str, int], Any] = {}  # per worker process: made once, reset with fresh seeds every call
+def start_actor(spec: RolloutSpec, actor: int) -> ActorState:
+    """An actor's environments, freshly reset with its seeds."""
+    n = spec.envs_per_actor
+    envs = make_envs(spec.env_id, n)
+    resets, _ = actor_seeds(spec.seed, 0, actor, n)
+    obs, _ = envs.reset(seed=resets)
+    return ActorState(envs, obs, np.zeros(n), np.zeros(n, np.int64))
 
 
-def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int) -> pa.RecordBatch:
-    """Step ``spec.envs_per_actor`` environments ``spec.steps_per_env`` steps with ``policy``; one
-    Arrow row per step (:func:`schema`)."""
+def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int,
+            state: bytes | None = None) -> ActorResult:
+    """Step the actor's environments ``spec.steps_per_env`` steps with ``policy``, continuing from
+    ``state`` (None: the first rollout, fresh environments); one Arrow row per step (:func:`schema`)."""
     torch.set_num_threads(1)  # actors share the cores with each other: one thread each
     n, steps = spec.envs_per_actor, spec.steps_per_env
-    env_seeds, action_seed = actor_seeds(spec.seed, iteration, actor, n)
-    key = (spec.env_id, n)
-    if key not in _ENVS:
-        _ENVS[key] = make_envs(spec.env_id, n)
-    envs = _ENVS[key]
+    current = ActorState.from_bytes(state) if state is not None else start_actor(spec, actor)
+    envs, obs = current.envs, current.obs
+    _, action_seed = actor_seeds(spec.seed, iteration, actor, n)
     generator = torch.Generator().manual_seed(action_seed)
-    obs, _ = envs.reset(seed=env_seeds)
     obs_size = int(np.prod(obs.shape[1:]))
     all_obs = np.zeros((steps, n, obs_size), np.float32)
     actions = np.zeros((steps, n), np.int64)
     logprobs, values, next_values, rewards = (np.zeros((steps, n), np.float32) for _ in range(4))
     terminated, truncated = np.zeros((steps, n), bool), np.zeros((steps, n), bool)
+    running_return, running_length = current.episode_return.copy(), current.episode_length.copy()
+    returns: list[float] = []
+    lengths: list[int] = []
     for t in range(steps):
         x = torch.from_numpy(np.asarray(obs, np.float32))
         out = policy.act(x, generator)
         all_obs[t] = x.reshape(n, -1).numpy()
         actions[t], logprobs[t], values[t] = out["actions"].numpy(), out["logprobs"].numpy(), out["values"].numpy()
         obs, rewards[t], terminated[t], truncated[t], info = envs.step(actions[t])
+        running_return += rewards[t]
+        running_length += 1
+        for i in np.flatnonzero(terminated[t] | truncated[t]):  # a whole episode ended: count it, start anew
+            returns.append(float(running_return[i]))
+            lengths.append(int(running_length[i]))
+            running_return[i], running_length[i] = 0.0, 0
         cut = np.flatnonzero(truncated[t] & ~terminated[t])  # time limit: bootstrap from the true final obs
         if len(cut):
             final = np.stack([info["final_obs"][i] for i in cut]).astype(np.float32)
@@ -132,11 +176,21 @@ def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int) 
     next_values[:-1] = np.where(done[:-1], next_values[:-1], values[1:])
     last = policy.value(torch.from_numpy(np.asarray(obs, np.float32))).numpy()  # the rollout ends mid-episode
     next_values[-1] = np.where(done[-1], next_values[-1], last)
-    # (steps, envs) -> rows ordered by env, then step
+    batch = _steps_batch(actor, all_obs, actions, logprobs, values, next_values, rewards, terminated, truncated)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema()) as writer:
+        writer.write_batch(batch)
+    after = ActorState(envs, obs, running_return, running_length)
+    return ActorResult(actor, sink.getvalue().to_pybytes(), returns, lengths, after.to_bytes())
+
+
+def _steps_batch(actor: int, *arrays: np.ndarray) -> pa.RecordBatch:
+    """(steps, envs) arrays -> rows ordered by env, then step."""
+    steps, n = arrays[1].shape
+    obs_size = arrays[0].shape[2]
     columns = [np.full(steps * n, actor, np.int32), np.repeat(np.arange(n, dtype=np.int32), steps),
                np.tile(np.arange(steps, dtype=np.int32), n)]
-    flat = [a.swapaxes(0, 1).reshape(steps * n, *a.shape[2:]) for a in
-            (all_obs, actions, logprobs, values, next_values, rewards, terminated, truncated)]
+    flat = [a.swapaxes(0, 1).reshape(steps * n, *a.shape[2:]) for a in arrays]
     offsets = pa.array(np.arange(0, steps * n * obs_size + 1, obs_size, dtype=np.int32))
     obs_col = pa.ListArray.from_arrays(offsets, pa.array(flat[0].reshape(-1)))
     return pa.RecordBatch.from_arrays([pa.array(c) for c in columns] + [obs_col] + [pa.array(c) for c in flat[1:]],

@@ -10,17 +10,22 @@ One dlpipe run is one MLflow run, found again by the tag ``dlpipe.run_id``: re-r
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import queue
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines import storage
 from pipelines.config import PipelineConfig, TrackingConfig, to_yaml
+from pipelines.events import EpochEnded, EpochRecord, RankEvent, Resumed, StepProgress
 from pipelines.tracking.sinks import Sink, TensorBoardSink
 
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -117,28 +122,33 @@ class Tracker:
             for w in self._workers:
                 w.submit("metrics", numbers, step, stamp)
 
-    def log_artifact(self, path: str | Path, folder: str = "") -> None:
-        path = Path(path)
-        if path.is_file():
-            for w in self._workers:
-                w.submit("artifact", path, folder)
+    def log_artifact(self, location: str, folder: str = "") -> None:
+        """Store the file at ``location`` (local, or in any store: copied to a local temp file
+        first, since the sinks take local files) with the run."""
+        if not self.active or not storage.is_file(location):
+            return
+        path = Path(location) if storage.is_local(location) else _local_copy(location)
+        for w in self._workers:
+            w.submit("artifact", path, folder)
 
-    def on_train_event(self, rank: int, event: dict[str, Any]) -> None:
+    def on_train_event(self, event: RankEvent) -> None:
         """Metrics from the ranks' events: step figures as they come (the first one long before an
         epoch ends, step = global step), epoch figures at step = epoch."""
-        kind = event.get("kind")
-        if kind == "resume" and rank == 0:
+        if isinstance(event, Resumed) and event.rank == 0:
             # A killed attempt may have died with epoch records still queued: the checkpoint's
             # history is the truth, and each sink adds the epochs it does not hold yet.
-            epochs = [(h["epoch"], numeric_figures(_epoch_figures(h))) for h in event.get("history", [])]
+            epochs = [(h.epoch, numeric_figures(h.figures())) for h in event.history]
             stamp = int(time.time() * 1000)
             for w in self._workers:
                 w.submit("backfill", epochs, stamp)
-        elif kind == "progress":
-            step = (event["epoch"] - 1) * event["steps"] + event["step"]
-            self.log_metrics({"step_loss": event["loss"], "step_samples_per_s": event["samples_per_s"]}, step)
-        elif kind == "epoch" and rank == 0:
-            self.log_metrics(_epoch_figures(event), step=event["epoch"])
+        elif isinstance(event, StepProgress):
+            step = (event.epoch - 1) * event.steps + event.step
+            self.log_metrics({"step_loss": event.loss, "step_samples_per_s": event.samples_per_s}, step)
+        elif isinstance(event, EpochEnded) and event.rank == 0:
+            self.log_epoch(event.record)
+
+    def log_epoch(self, record: EpochRecord) -> None:
+        self.log_metrics(record.figures(), step=record.epoch)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run in every sink; waits at most ``flush_timeout_s`` in all."""
@@ -153,30 +163,64 @@ class Tracker:
         self.close("FAILED" if exc_type else "FINISHED")
 
 
-def _epoch_figures(record: dict[str, Any]) -> dict[str, Any]:
-    """An epoch record (event or history line) without what is not a figure of the epoch."""
-    return {k: v for k, v in record.items() if k not in ("kind", "epoch", "time")}
+def _local_copy(location: str) -> Path:
+    """A local temp copy of a stored file (kept until the process ends), named like it."""
+    folder = Path(tempfile.mkdtemp(prefix="dlpipe-tracking-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / storage.name(location)
+    path.write_bytes(storage.read_bytes(location))
+    return path
 
 
 # Overrides that turn tracking off: benchmarks and most tests measure something else.
 TRACKING_OFF = ["tracking.mlflow=false", "tracking.tensorboard=false"]
 
 
+LOCAL_TRACKING = "dlpipe-tracking"  # under the current folder: tracking's home when the workdir is remote
+
+
+def tracking_home(config: PipelineConfig) -> Path:
+    """Where the MLflow file store and TensorBoard's event files go by default: the workdir when it
+    is local; a local folder when it is a store (both write local files only)."""
+    workdir = config.workdir_location
+    return Path(workdir) if storage.is_local(workdir) else Path(LOCAL_TRACKING).resolve()
+
+
 def mlflow_uri(config: PipelineConfig) -> str:
-    """``tracking.uri``, or a file store under the workdir (works with no server)."""
-    return config.tracking.uri or (Path(config.workdir).resolve() / "mlruns").as_uri()
+    """``tracking.uri``, or a file store under the tracking home (works with no server)."""
+    return config.tracking.uri or (tracking_home(config) / "mlruns").as_uri()
+
+
+def tensorboard_dir(config: PipelineConfig) -> Path:
+    home = tracking_home(config)
+    return Path(config.run_dir()) / "tb" if home == Path(config.workdir_location) else home / "tb" / config.run_id
+
+
+_SAID_WHERE: set[str] = set()
 
 
 def open_tracker(config: PipelineConfig, job: str) -> Tracker:
-    """The tracker ``config.tracking`` asks for, its run started and the resolved config logged."""
+    """The tracker ``config.tracking`` asks for, its run started and the resolved config logged.
+    With a workdir in a store, the local defaults are used and said once per process."""
     tc: TrackingConfig = config.tracking
     sinks: list[Sink] = []
+    remote = not storage.is_local(config.workdir_location)
+    if remote and (tc.mlflow or tc.tensorboard) and config.workdir_location not in _SAID_WHERE:
+        _SAID_WHERE.add(config.workdir_location)
+        where = []
+        if tc.mlflow and not tc.uri:
+            where.append(f"MLflow file store {mlflow_uri(config)}")
+        if tc.tensorboard:
+            where.append(f"TensorBoard events in {tensorboard_dir(config)}")
+        if where:
+            print(f"dlpipe: workdir {storage.redact(config.workdir_location)} is a store, and tracking writes local "
+                  f"files: {'; '.join(where)} (set tracking.uri to an MLflow server to keep runs elsewhere)", flush=True)
     if tc.mlflow:
         from pipelines.tracking.mlflow_sink import MlflowSink
 
         sinks.append(MlflowSink(mlflow_uri(config), tc.experiment, config.run_id, job, tc.timeout_s))
     if tc.tensorboard:
-        sinks.append(TensorBoardSink(config.run_dir() / "tb", to_yaml(config)))
+        sinks.append(TensorBoardSink(tensorboard_dir(config), to_yaml(config)))
     tracker = Tracker(sinks, tc.flush_timeout_s)
     tracker.log_params(flatten(config.to_dict()))
     return tracker

@@ -1,58 +1,59 @@
-"""Training checkpoints: one atomic file per position (epoch end, or N steps into an epoch), newest two kept.
+"""The training checkpoint format: :class:`TrainCheckpoint`, one file per position (see
+``pipelines.checkpoints`` for the files, where they live and how they are written).
 
-    epoch-0003.pt              after 3 whole epochs
-    epoch-0003.step-000050.pt  after 3 whole epochs and 50 steps of the 4th (train.checkpoint_every_steps)
+On disk a checkpoint is the dict :meth:`TrainCheckpoint.to_dict` makes (tensors, numbers, strings
+and lists: ``torch.load(weights_only=True)`` reads it); its keys are the ones checkpoints always
+had, so a run resumes from checkpoints older versions wrote.
 """
 from __future__ import annotations
 
-import os
-import re
-import uuid
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-import torch
-
-KEEP = 2
-_NAME = re.compile(r"epoch-(\d+)(?:\.step-(\d+))?\.pt")
+from pipelines import checkpoints, storage
+from pipelines.events import EpochRecord
+from pipelines.formats import Record
 
 
-def checkpoint_name(epoch: int, step: int = 0) -> str:
-    """File name of the checkpoint after ``epoch`` whole epochs and ``step`` steps of the next."""
-    return f"epoch-{epoch:04d}" + (f".step-{step:06d}" if step else "") + ".pt"
+@dataclass(frozen=True)
+class RankState(Record):
+    """One rank's state inside an epoch: its random generators and its running sums."""
+
+    rng: Any  # torch.get_rng_state()
+    sums: dict[str, float]
+    cuda_rng: Any = None  # torch.cuda.get_rng_state() on a GPU rank (dropout, VAE noise), else None
 
 
-def _position(path: Path) -> tuple[int, int]:
-    found = _NAME.fullmatch(path.name)
-    return (int(found.group(1)), int(found.group(2) or 0)) if found else (-1, -1)
+@dataclass(frozen=True)
+class TrainCheckpoint(Record):
+    """Everything a resumed run needs to continue exactly where this one was."""
+
+    model: dict[str, Any]  # full state dict under the model's own names
+    optimizer: Any  # the strategy's optimizer state (one per phase, or per pipeline stage)
+    epoch: int  # whole epochs done
+    history: list[EpochRecord]
+    manifest_hash: str  # identity of the data it was made on: other data is refused
+    step: int = 0  # steps done of the next epoch (train.checkpoint_every_steps)
+    ranks: list[RankState] = field(default_factory=list)  # per rank, when step > 0
+    strategy: str = "horovod"  # checkpoints from before strategies existed were Horovod's
+    config: dict[str, Any] = field(default_factory=dict)
+    dataset_version: int = 0  # the dataset version trained on (0: not recorded)
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    """Checkpoint files in ``folder``, oldest position first."""
-    found = [p for p in folder.glob("epoch-*.pt") if _NAME.fullmatch(p.name)] if folder.is_dir() else []
-    return sorted(found, key=_position)
+class CheckpointMismatch(ValueError):
+    """The newest checkpoint was made on other data; the message says what to do."""
 
 
-def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
-    """Write the checkpoint for ``state['epoch']`` (and ``state['step']``) atomically; prune older ones."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / checkpoint_name(state["epoch"], state.get("step", 0))
-    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    for old in _checkpoints(folder)[:-KEEP]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def latest_checkpoint(folder: Path, manifest_hash: str) -> dict[str, Any] | None:
-    """The newest checkpoint in ``folder``, or None. Refuses one made on other data."""
-    found = _checkpoints(folder)
-    if not found:
+def latest_checkpoint(folder: str, manifest_hash: str,
+                      on_skip: Callable[[str, Exception], None] | None = None) -> TrainCheckpoint | None:
+    """The newest readable checkpoint in ``folder``, or None. Refuses one made on other data."""
+    payload = checkpoints.load_latest(folder, on_skip)
+    if payload is None:
         return None
-    state = torch.load(found[-1], map_location="cpu", weights_only=True)
-    if state.get("manifest_hash") != manifest_hash:
-        raise ValueError(f"checkpoint {found[-1]} was made on a different dataset (manifest hash "
-                         f"{state.get('manifest_hash')} != {manifest_hash}): use a new run_id or delete "
-                         f"{folder} to start over")
-    return state
+    location = payload.pop("_location")
+    found = TrainCheckpoint.from_dict(payload, storage.redact(location))
+    if found.manifest_hash != manifest_hash:
+        raise CheckpointMismatch(
+            f"checkpoint {storage.redact(location)} was made on a different dataset (identity {found.manifest_hash} "
+            f"!= {manifest_hash}): use a new run_id, or delete {storage.redact(folder)} to start over")
+    return found

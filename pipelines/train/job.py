@@ -1,64 +1,69 @@
 """The whole contract from the training driver to its ranks: one typed, JSON-safe job object.
 
 The driver plans a :class:`TrainJob` once (:func:`plan_job`); the launcher ships it as plain data
-to every barrier task, and each rank rebuilds it with :meth:`TrainJob.from_payload`. Nothing else
-assembles what a rank needs (benchmarks call :func:`plan_job` too).
+to every barrier task, and each rank rebuilds it with :meth:`TrainJob.from_dict`. Nothing else
+assembles what a rank needs (benchmarks call :func:`plan_job` too), and every location in it is
+absolute (a local path or a store URI), so a rank on any host finds the same data.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pipelines import dataset
+from pipelines import dataset, storage
 from pipelines.artifact import artifact_path
 from pipelines.config import PipelineConfig, from_dict
+from pipelines.formats import FormatError, Record, from_plain
 
 
 @dataclass(frozen=True)
-class TrainJob:
-    """What every rank needs: the resolved config, the dataset it trains on, where to write."""
+class TrainJob(Record):
+    """What every rank needs: the resolved config, the dataset view it trains on, where to write."""
 
     config: PipelineConfig
-    manifest: dict[str, Any]  # the ETL's manifest.json (see pipelines.dataset)
-    manifest_hash: str  # identity of the data: checkpoints made on other data are refused
-    train_path: str  # absolute path of the train split
-    validation_path: str  # absolute path of the validation split; "" = the dataset has none
-    run_dir: str  # absolute path of <workdir>/runs/<run_id>
+    data: dataset.DatasetView
+    run_dir: str  # <workdir>/runs/<run_id>, absolute
+    storage_options: storage.StorageOptions  # the driver's non-secret store options (endpoint, region)
+    init_from: str = ""  # artifact whose weights the model starts from ("" = random, seeded)
 
     @property
-    def artifact(self) -> Path:
+    def train(self) -> dataset.SplitFiles:
+        return self.data.splits[dataset.TRAIN_SPLIT]
+
+    @property
+    def validation(self) -> dataset.SplitFiles | None:
+        """The validation split, None when the dataset has none."""
+        return self.data.splits.get(dataset.VALIDATION_SPLIT)
+
+    @property
+    def artifact(self) -> str:
         return artifact_path(self.run_dir)
 
     @property
-    def checkpoints(self) -> Path:
-        return Path(self.run_dir) / "checkpoints"
+    def checkpoints(self) -> str:
+        return storage.join(self.run_dir, "checkpoints")
 
     @property
-    def metrics_file(self) -> Path:
-        return Path(self.run_dir) / "metrics.jsonl"
+    def metrics_file(self) -> str:
+        return storage.join(self.run_dir, "metrics.jsonl")
 
-    def to_payload(self) -> dict[str, Any]:
-        """Plain data for the launcher (JSON)."""
-        return {f.name: getattr(self, f.name) if f.name != "config" else self.config.to_dict()
-                for f in dataclasses.fields(self)}
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "config": self.config.to_dict()}
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "TrainJob":
-        """The job a rank receives, rebuilt and validated."""
-        return cls(**{**payload, "config": from_dict(payload["config"])})
+    def from_dict(cls, value: Any, where: str = "train job", key: str = "") -> "TrainJob":
+        if not isinstance(value, dict) or not isinstance(value.get("config"), dict):
+            raise FormatError(f"{where}: expects a job with a config, got {type(value).__name__}")
+        return cls(config=from_dict(value["config"]),
+                   data=dataset.DatasetView.from_dict(value.get("data"), where, "data"),
+                   run_dir=from_plain(str, value.get("run_dir"), where, "run_dir"),
+                   storage_options=from_plain(storage.StorageOptions, value.get("storage_options"), where,
+                                              "storage_options"),
+                   init_from=from_plain(str, value.get("init_from", ""), where, "init_from"))
 
 
-def plan_job(config: PipelineConfig, run_dir: str | Path | None = None) -> TrainJob:
-    """The job for ``config``'s dataset and run (``run_dir``: default ``config.run_dir()``)."""
-    manifest = dataset.load_manifest(config.dataset_dir)
-    paths = dataset.split_paths(config.dataset_dir, manifest)
-    return TrainJob(
-        config=config,
-        manifest=manifest,
-        manifest_hash=dataset.manifest_hash(manifest),
-        train_path=paths[dataset.TRAIN_SPLIT],
-        validation_path=paths.get(dataset.VALIDATION_SPLIT, ""),
-        run_dir=str(Path(run_dir or config.run_dir()).resolve()),
-    )
+def plan_job(config: PipelineConfig, run_dir: str = "", version: int = 0, init_from: str = "") -> TrainJob:
+    """The job for ``config``'s dataset (``version``: 0 = the newest) and run (default ``config.run_dir()``)."""
+    view = dataset.open_dataset(config.dataset_dir, version)
+    return TrainJob(config=config, data=view, run_dir=run_dir or config.run_dir(),
+                    storage_options=storage.current_options(), init_from=init_from)

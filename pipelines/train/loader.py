@@ -17,8 +17,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipelines import dataset
+from pipelines import dataset, storage
 from pipelines.artifact import Normalizer
+from pipelines.dataset import SplitFiles
 from pipelines.device import pin_batch
 
 _DONE = object()
@@ -45,16 +46,22 @@ class _ArrowArrays:
         return dataset.table_arrays(table)
 
 
-def _reader(url: str, **options: Any) -> Any:
-    """Petastorm's batch reader of the dataset format's columns, yielding :func:`dataset.table_arrays`."""
+def _reader(split: SplitFiles, **options: Any) -> Any:
+    """Petastorm's batch reader of a split's files (the dataset format's columns), yielding
+    :func:`dataset.table_arrays`. Files on an object store are read through ``pipelines.storage``
+    (Petastorm's own remote filesystems fail on the pinned pyarrow: ``storage.petastorm_filesystem``)."""
     from petastorm import make_batch_reader
 
-    reader = make_batch_reader(url, schema_fields=["features", "label"], num_epochs=1, **options)
+    urls = [storage.petastorm_url(f) for f in split.files]
+    remote = not storage.is_local(split.files[0])
+    reader = make_batch_reader(urls, schema_fields=["features", "label"], num_epochs=1,
+                               filesystem=storage.petastorm_filesystem(split.files[0]) if remote else None, **options)
     reader._results_queue_reader = _ArrowArrays()  # the one private hook: how results become arrays
     return reader
 
 
-def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int,
+                  workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled passes over one shard; each pass has its own seed (so a new order).
 
     Petastorm shuffles the row groups; the rows inside each are shuffled here by a NumPy permutation
@@ -63,7 +70,7 @@ def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> It
     """
     pass_no = 0
     while True:
-        with _reader(url, cur_shard=rank, shard_count=size, shuffle_row_groups=True, shuffle_rows=False,
+        with _reader(split, cur_shard=rank, shard_count=size, shuffle_row_groups=True, shuffle_rows=False,
                      seed=seed * 7919 + pass_no, workers_count=workers, reader_pool_type="thread") as reader:
             for group_no, (feats, labels) in enumerate(reader):
                 order = np.random.default_rng([seed, pass_no, group_no]).permutation(len(labels))
@@ -71,7 +78,7 @@ def _shard_passes(url: str, rank: int, size: int, seed: int, workers: int) -> It
         pass_no += 1
 
 
-def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
+def epoch_batches(split: SplitFiles, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
                   normalize: Normalizer, workers: int = 1, prefetch: int = 4,
                   skip: int = 0, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly ``steps - skip`` batches of ``batch_size`` rows from this rank's shard, read ahead in a thread.
@@ -89,7 +96,7 @@ def epoch_batches(url: str, *, rank: int, size: int, batch_size: int, steps: int
             made = 0
             carry_f = np.zeros((0, 0), np.float32)
             carry_l = np.zeros(0, np.int64)
-            for feats, labels in _shard_passes(url, rank, size, seed, workers):
+            for feats, labels in _shard_passes(split, rank, size, seed, workers):
                 if len(carry_l):  # only the < batch_size leftover is copied, never the whole chunk again
                     feats, labels = np.concatenate([carry_f, feats]), np.concatenate([carry_l, labels])
                 start = 0
@@ -130,16 +137,16 @@ def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
             continue
 
 
-def read_all(url: str, *, rank: int, size: int, batch_size: int, normalize: Normalizer,
-             num_row_groups: int) -> Iterator[dict[str, torch.Tensor]]:
+def read_all(split: SplitFiles, *, rank: int, size: int, batch_size: int,
+             normalize: Normalizer) -> Iterator[dict[str, torch.Tensor]]:
     """One ordered pass over this rank's part of a split (for validation): every row once overall.
 
     With fewer row groups than ranks, rank 0 reads everything and the others nothing.
     """
-    shard = dict(cur_shard=rank, shard_count=size) if num_row_groups >= size else {}
-    if not shard and rank != 0:
+    shard = dict(cur_shard=rank, shard_count=size) if len(split.sizes) >= size else {}
+    if (not shard and rank != 0) or not split.files:
         return
-    with _reader(url, shuffle_row_groups=False, workers_count=1, **shard) as reader:
+    with _reader(split, shuffle_row_groups=False, workers_count=1, **shard) as reader:
         for feats, labels in reader:
             # Arrow's buffers are read-only; torch wants to own writable ones
             feats, labels = feats.copy(), labels.copy()

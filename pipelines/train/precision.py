@@ -15,11 +15,12 @@ from typing import Callable, ContextManager
 import torch
 
 from pipelines.device import exact_fp32
+from pipelines.errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(ConfigError):
     """The precision cannot run on the device; the message names ``train.precision``."""
 
 
@@ -28,13 +29,16 @@ class Precision:
 
     def __init__(self, name: str, device: torch.device) -> None:
         if name not in PRECISIONS:
-            raise PrecisionError(f"config key 'train.precision' = {name!r} must be one of {', '.join(PRECISIONS)}")
+            raise PrecisionError(f"config key 'train.precision' = {name!r} must be one of {', '.join(PRECISIONS)}",
+                                 key="train.precision")
         if name == "fp16" and device.type != "cuda":
             raise PrecisionError(f"config key 'train.precision' = 'fp16' needs a GPU, but this rank runs on {device}: "
-                                 "use train.precision=bf16 (autocast works on CPU) or fp32, or train on GPUs")
+                                 "use train.precision=bf16 (autocast works on CPU) or fp32, or train on GPUs",
+                                 key="train.precision")
         if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise PrecisionError(f"config key 'train.precision' = 'bf16' but the GPU of this rank ({device}) has no "
-                                 "bfloat16 support (it needs compute capability 8.0 or newer): use fp16 or fp32")
+                                 "bfloat16 support (it needs compute capability 8.0 or newer): use fp16 or fp32",
+                                 key="train.precision")
         self.name, self.device = name, device
         self.dtype = PRECISIONS[name]
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None

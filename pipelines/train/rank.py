@@ -2,12 +2,15 @@
 
 The loop never branches on the model kind (it calls the strategy, which calls the model's own
 ``loss``) nor on the strategy (Horovod, DDP, FSDP or pipeline: ``pipelines.train.strategies``).
-Rank 0 writes checkpoints, ``metrics.jsonl`` and the final model artifact. Everything a rank
-knows arrives as one :class:`~pipelines.train.job.TrainJob`. Its device (a GPU or the CPU) is
-resolved once at start (``pipelines.device``); batches move there in one place (``to_device``).
+Rank 0 writes checkpoints (off the step loop: ``pipelines.checkpoints.CheckpointWriter``),
+``metrics.jsonl`` and the final model artifact, through ``pipelines.storage``, so the run folder
+may be on any store. Everything a rank knows arrives as one :class:`~pipelines.train.job.TrainJob`
+and its :class:`~pipelines.launcher.RankContext`. Its device (a GPU or the CPU) is resolved once
+at start (``pipelines.device``); batches move there in one place (``to_device``).
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -16,24 +19,37 @@ from typing import Any, Callable
 import torch
 
 import models
-from pipelines import dataset
-from pipelines.artifact import Normalizer, save_artifact
-from pipelines.device import DeviceChoice, activate, resolve_device, task_gpus, to_device, visible_gpus
+from pipelines import events, storage
+from pipelines.artifact import Normalizer, artifact_meta, load_state, save_artifact
+from pipelines.checkpoints import CheckpointWriter
+from pipelines.dataset import SplitFiles, shard_rows, steps_per_epoch
+from pipelines.device import DeviceChoice, activate, resolve_device, to_device, visible_gpus
+from pipelines.errors import ConfigError
+from pipelines.events import EpochRecord
 from pipelines.launcher import RankContext
-from pipelines.publish import write_text_atomic
 from pipelines.train import loader
-from pipelines.train.checkpoint import latest_checkpoint, save_checkpoint
+from pipelines.train.checkpoint import RankState, TrainCheckpoint, latest_checkpoint
 from pipelines.train.job import TrainJob
 from pipelines.train.strategies import Strategy, make_strategy
 
 PROGRESS_EVENTS_PER_EPOCH = 20
+# glibc's default (dynamic) thresholds hand every step's large activation buffers back to the OS
+# and fault them in again on the next step; in a rank process with loader and Horovod threads
+# beside the trainer, that kernel work slowed training measurably (docs/benchmarks.md,
+# dlpipe_2_ranks_malloc_default). With train.malloc_tuning, allocations below 32 MiB come from the
+# heap and up to 64 MiB of free heap stays mapped (mallopt; the same as MALLOC_*_THRESHOLD_).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+RANK_MALLOC = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
 
 
 def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
-    """Train on this rank's part; rank 0 returns the run's summary."""
-    job = TrainJob.from_payload(payload)
+    """Train on this rank's part; rank 0 returns the run's result (``pipelines.train.driver.TrainResult``)."""
+    job = TrainJob.from_dict(payload)
+    storage.set_options(job.storage_options)
     tc = job.config.train
-    choice = resolve_device(tc.device, task_gpus(), visible_gpus(), ctx.local_rank)
+    if tc.malloc_tuning:
+        tune_malloc()
+    choice = resolve_device(tc.device, ctx.gpus, visible_gpus(), ctx.local_rank)
     # The driver prints it as "[rank N] training on cuda:0 (Spark task GPU 3), ...".
     ctx.log(f"training on {choice.device} ({choice.reason}), train.precision={tc.precision}")
     strategy = make_strategy(ctx, tc, activate(choice))
@@ -43,6 +59,16 @@ def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
         return _train(strategy, job, ctx, choice)
     finally:
         strategy.stop()
+
+
+def tune_malloc() -> None:
+    """Keep freed memory for the next step (see :data:`RANK_MALLOC`); no-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    for option, value in RANK_MALLOC.items():
+        libc.mallopt(option, value)
 
 
 @dataclass
@@ -55,101 +81,121 @@ class Position:
 
 
 def build_model(job: TrainJob) -> models.DlpipeModel:
-    """The configured model, initialized from ``train.seed`` (identical on every rank)."""
-    config, manifest = job.config, job.manifest
+    """The configured model, initialized from ``train.seed`` (identical on every rank), or from
+    the weights of ``job.init_from`` (a warm start; the optimizer starts fresh)."""
+    config, manifest = job.config, job.data.manifest
     torch.manual_seed(config.train.seed)
-    return models.build(config.model.name, feature_shape=tuple(manifest["feature_shape"]),
-                        num_classes=len(manifest["label_names"]), **config.model.params)
+    model = models.build(config.model.name, feature_shape=tuple(manifest.feature_shape),
+                         num_classes=len(manifest.label_names), **config.model.params)
+    if job.init_from:
+        state, _ = load_state(job.init_from)
+        model.load_state_dict(state)
+    return model
 
 
 def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceChoice) -> dict[str, Any]:
     config = job.config
     tc = config.train
     rank = ctx.rank
-    normalize = Normalizer.from_stats(job.manifest["normalization"], job.manifest["feature_shape"])
+    manifest = job.data.manifest
+    normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
     lr = tc.lr * (ctx.size if tc.scale_lr_by_workers and strategy.data_parallel else 1)
-    strategy.setup(build_model(job).to(strategy.device),
-                   lambda params: _optimizer(tc, params, lr))
+    strategy.setup(build_model(job).to(strategy.device), lambda params: _optimizer(tc, params, lr))
     devices = strategy.allgather_object({"rank": rank, **choice.describe()})
-    ctx.emit("device", **choice.describe(), precision=tc.precision)
+    ctx.emit(events.DeviceChosen(device=choice.device, gpu=choice.gpu, reason=choice.reason, precision=tc.precision))
 
     # Rank 0 reads the newest checkpoint and broadcasts it; every rank restores its own part of it.
-    found = latest_checkpoint(job.checkpoints, job.manifest_hash) if rank == 0 else None
-    resume = strategy.broadcast_object(found)
+    def skipped(location: str, error: Exception) -> None:
+        ctx.log(f"checkpoint {storage.redact(location)} cannot be read ({error}): resuming from the one before")
+
+    found = latest_checkpoint(job.checkpoints, job.data.identity, skipped) if rank == 0 else None
+    resume: TrainCheckpoint | None = strategy.broadcast_object(found)
     start_epoch, start_step, history = 0, 0, []
     if resume is not None:
-        made_with = resume.get("strategy", "horovod")  # checkpoints from before strategies existed: Horovod
-        if made_with != tc.strategy:
-            raise ValueError(f"the checkpoint in {job.checkpoints} was made with train.strategy={made_with}; "
-                             f"resume with that strategy, or use a new run_id")
-        start_epoch, start_step, history = resume["epoch"], resume.get("step", 0), resume["history"]
-        if start_step and len(resume["ranks"]) != ctx.size:  # checked before any state is loaded
-            raise ValueError(f"the checkpoint in {job.checkpoints} was made {start_step} steps into an epoch by "
-                             f"{len(resume['ranks'])} ranks; resume with train.num_workers={len(resume['ranks'])}, "
-                             f"or use a new run_id to start over")
-        strategy.load(resume["model"], resume["optimizer"])
+        if resume.strategy != tc.strategy:
+            raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made with train.strategy="
+                              f"{resume.strategy}; resume with that strategy, or use a new run_id", key="train.strategy")
+        start_epoch, start_step, history = resume.epoch, resume.step, list(resume.history)
+        if start_step and len(resume.ranks) != ctx.size:  # checked before any state is loaded
+            raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made {start_step} steps into "
+                              f"an epoch by {len(resume.ranks)} ranks; resume with train.num_workers="
+                              f"{len(resume.ranks)}, or use a new run_id to start over", key="train.num_workers")
+        strategy.load(resume.model, resume.optimizer)
         inside = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
         ctx.log(f"resuming from checkpoint after epoch {start_epoch}{inside}")
         if rank == 0:
-            ctx.emit("resume", epochs_done=start_epoch, step=start_step, history=history)
+            ctx.emit(events.Resumed(epochs_done=start_epoch, step=start_step, history=history))
 
     shard, shards = strategy.shard()
-    train_url = dataset.dataset_url(job.train_path)
-    sizes = dataset.row_group_sizes(job.train_path)
-    steps = dataset.steps_per_epoch(sizes, shards, tc.batch_size)
+    sizes = job.train.sizes
+    steps = steps_per_epoch(sizes, shards, tc.batch_size)
     if steps == 0:
-        raise ValueError(f"train.batch_size={tc.batch_size} is larger than every rank's shard "
-                         f"({min(dataset.shard_rows(sizes, r, shards) for r in range(shards))} rows): lower it")
-    ctx.emit("plan", steps_per_epoch=steps, shard_rows=dataset.shard_rows(sizes, shard, shards), epochs=tc.epochs,
-             start_epoch=start_epoch, strategy=tc.strategy, held_parameters=strategy.held_parameters())
+        raise ConfigError(f"train.batch_size={tc.batch_size} is larger than every rank's shard "
+                          f"({min(shard_rows(sizes, r, shards) for r in range(shards))} rows): lower it",
+                          key="train.batch_size")
+    ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=shard_rows(sizes, shard, shards), epochs=tc.epochs,
+                            start_epoch=start_epoch, strategy=tc.strategy, held_parameters=strategy.held_parameters()))
+    writer = CheckpointWriter(job.checkpoints) if rank == 0 else None
 
-    def checkpoint(epoch: int, step: int, ranks: list[Any]) -> None:
-        """Every rank calls it (the state is a collective); rank 0 writes it."""
+    def checkpoint(epoch: int, step: int, ranks: list[RankState]) -> None:
+        """Every rank calls it (the state is a collective); rank 0 writes it, off the step loop."""
         model_state, optimizer_state = strategy.state()
-        if rank == 0:
-            save_checkpoint(job.checkpoints, {
-                "model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step, "ranks": ranks,
-                "strategy": tc.strategy, "history": history, "config": config.to_dict(),
-                "manifest_hash": job.manifest_hash})
+        if writer is not None:
+            writer.submit(epoch, step, TrainCheckpoint(
+                model=model_state, optimizer=optimizer_state, epoch=epoch, step=step, ranks=ranks,
+                strategy=tc.strategy, history=list(history), config=config.to_dict(),
+                manifest_hash=job.data.identity, dataset_version=job.data.version).to_dict())
 
     def save_position(epoch: int, step: int, sums: dict[str, float]) -> None:
         """Checkpoint ``step`` steps into ``epoch``, with every rank's RNG state and sums so far."""
-        checkpoint(epoch, step, strategy.allgather_object({"rng": torch.get_rng_state(), "cuda_rng": _cuda_rng(),
-                                                           "sums": dict(sums)}))
+        mine = RankState(rng=torch.get_rng_state(), sums=dict(sums), cuda_rng=_cuda_rng())
+        checkpoint(epoch, step, strategy.allgather_object(mine))
         if rank == 0:
-            ctx.emit("checkpoint", epoch=epoch + 1, step=step)
+            ctx.emit(events.CheckpointSaved(epoch=epoch + 1, step=step))
 
     for epoch in range(start_epoch, tc.epochs):
         # Seeded per (seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would.
         torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
         position = Position(epoch)
-        if epoch == start_epoch and start_step:  # inside an epoch: this rank's RNG and sums as they were
-            mine = resume["ranks"][rank]
-            torch.set_rng_state(mine["rng"])
-            if mine.get("cuda_rng") is not None and strategy.device.type == "cuda":  # dropout, VAE noise on the GPU
-                torch.cuda.set_rng_state(mine["cuda_rng"])
-            position = Position(epoch, start_step, dict(mine["sums"]))
-        train_stats = _train_epoch(strategy, ctx, position, steps, tc, train_url, normalize, save_position)
-        val_stats = (_evaluate(strategy, ctx, job.validation_path, tc.batch_size, normalize, epoch)
-                     if job.validation_path else {})
-        record = {"epoch": epoch + 1, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()}}
+        if epoch == start_epoch and start_step and resume is not None:  # this rank's RNG and sums as they were
+            mine = resume.ranks[rank]
+            torch.set_rng_state(mine.rng)
+            if mine.cuda_rng is not None and strategy.device.type == "cuda":  # dropout, VAE noise on the GPU
+                torch.cuda.set_rng_state(mine.cuda_rng)
+            position = Position(epoch, start_step, dict(mine.sums))
+        train_stats = _train_epoch(strategy, ctx, position, steps, tc, job.train, normalize, save_position)
+        val_stats = (_evaluate(strategy, ctx, job.validation, tc.batch_size, normalize, epoch)
+                     if job.validation is not None else {})
+        record = epoch_record(epoch + 1, train_stats, val_stats)
         history.append(record)
         ctx.heartbeat()
-        ctx.emit("epoch", **record)
+        ctx.emit(events.EpochEnded(record=record))
         checkpoint(epoch + 1, 0, [])
         if rank == 0:
-            write_text_atomic(job.metrics_file, "".join(json.dumps(h) + "\n" for h in history))
+            storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
 
-    ctx.emit("memory", parameters=strategy.held_parameters(), optimizer_bytes=strategy.optimizer_bytes())
+    ctx.emit(events.MemoryUse(parameters=strategy.held_parameters(), optimizer_bytes=strategy.optimizer_bytes()))
     model_state, _ = strategy.state()
-    result: dict[str, Any] = {"epochs_completed": len(history), "history": history, "devices": devices,
-                              "precision": tc.precision}
-    if rank == 0:
+    result: dict[str, Any] = {"epochs_completed": len(history), "history": [h.to_dict() for h in history],
+                              "devices": devices, "precision": tc.precision, "artifact": "",
+                              "dataset_version": job.data.version, "init_from": job.init_from}
+    if writer is not None:
+        writer.wait()  # the last checkpoint is in the store before the run reports success
         model = build_model(job)
         model.load_state_dict(model_state)
-        save_artifact(job.artifact, model, job.manifest, job.manifest_hash, config)
-        result["artifact"] = str(job.artifact)
+        save_artifact(job.artifact, model, artifact_meta(model, job.data.manifest, job.data.identity, config,
+                                                         version=job.data.version, init_from=job.init_from))
+        result["artifact"] = job.artifact
+        result["checkpoint_times"] = vars(writer.times)
     return result
+
+
+def epoch_record(epoch: int, train: dict[str, float], val: dict[str, float]) -> EpochRecord:
+    """One epoch's record from the combined train figures and the validation figures."""
+    fixed = {k: train.pop(k) for k in ("loss", "samples", "samples_per_s", "seconds", "data_wait_fraction")}
+    return EpochRecord(epoch=epoch, loss=fixed["loss"], samples=int(fixed["samples"]),
+                       samples_per_s=fixed["samples_per_s"], seconds=fixed["seconds"],
+                       data_wait_fraction=fixed["data_wait_fraction"], metrics=train, val=val)
 
 
 def _cuda_rng() -> torch.Tensor | None:
@@ -158,21 +204,19 @@ def _cuda_rng() -> torch.Tensor | None:
 
 
 def _optimizer(tc: Any, params: Any, lr: float) -> torch.optim.Optimizer:
-    if tc.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=tc.weight_decay)
-    raise ValueError(f"train.optimizer={tc.optimizer!r} is not supported: use 'adam' or 'sgd'")
+    return torch.optim.Adam(params, lr=lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
 
 
-def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: Any, url: str,
+def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: Any, split: SplitFiles,
                  normalize: Normalizer, save_position: Callable[[int, int, dict[str, float]], None]) -> dict[str, float]:
     strategy.set_training(True)
     epoch = position.epoch
     shard, shards = strategy.shard()
     # The loader's order depends only on (seed, epoch, shard, shards): skipping the first batches
     # resumes exactly where a checkpoint taken inside the epoch left off.
-    batches = loader.epoch_batches(url, rank=shard, size=shards, batch_size=tc.batch_size, steps=steps,
+    batches = loader.epoch_batches(split, rank=shard, size=shards, batch_size=tc.batch_size, steps=steps,
                                    seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers,
                                    skip=position.step, pin=strategy.device.type == "cuda")
     clock = loader.Stopwatch()
@@ -188,8 +232,8 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
             sums[k] = sums.get(k, 0.0) + v
         done = step + 1
         if ctx.rank == strategy.reporting_rank and (done % every == 0 or done == steps):
-            ctx.emit("progress", epoch=epoch + 1, step=done, steps=steps, loss=sums["loss"] / done,
-                     samples_per_s=(done - position.step) * rows_per_step / clock.elapsed)
+            ctx.emit(events.StepProgress(epoch=epoch + 1, step=done, steps=steps, loss=sums["loss"] / done,
+                                         samples_per_s=(done - position.step) * rows_per_step / clock.elapsed))
         if tc.checkpoint_every_steps and done % tc.checkpoint_every_steps == 0 and done < steps:
             save_position(epoch, done, sums)
     elapsed = clock.elapsed
@@ -202,13 +246,12 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     return averaged
 
 
-def _evaluate(strategy: Strategy, ctx: RankContext, path: str, batch_size: int, normalize: Normalizer,
+def _evaluate(strategy: Strategy, ctx: RankContext, split: SplitFiles, batch_size: int, normalize: Normalizer,
               epoch: int) -> dict[str, float]:
-    """Loss and metrics over the whole split at ``path``, each rank reading its part, averaged by sample count."""
+    """Loss and metrics over the whole split, each rank reading its part, averaged by sample count."""
     strategy.set_training(False)
     shard, shards = strategy.shard()
-    batches = loader.read_all(dataset.dataset_url(path), rank=shard, size=shards, batch_size=batch_size,
-                              normalize=normalize, num_row_groups=len(dataset.row_group_sizes(path)))
+    batches = loader.read_all(split, rank=shard, size=shards, batch_size=batch_size, normalize=normalize)
     sums: dict[str, float] = {}
     for i in itertools.count():
         batch = next(batches, None)

@@ -22,6 +22,9 @@ def _dlpipe(*args: str) -> subprocess.CompletedProcess:
     ("train", "train.optimizer=adamw", "config key 'train.optimizer' = 'adamw' must be one of adam, sgd"),
     ("run", "model.name=resnet", "config key 'model.name' = 'resnet' is not a dlpipe model"),
     ("etl", "master=yarn", "neither HADOOP_CONF_DIR nor YARN_CONF_DIR is set"),
+    ("train", "model.name=mlp_policy", "'model.name' = 'mlp_policy' is a policy: policies learn from an environment "
+                                       "with `dlpipe rl"),
+    ("rl", "model.name=cnn", "'model.name' = 'cnn' is a classifier, but dlpipe rl trains a policy"),
 ])
 def test_a_bad_value_exits_2_naming_the_key_before_any_spark_session(verb, override, message):
     done = _dlpipe(verb, "--config", CONFIG, override)
@@ -31,10 +34,26 @@ def test_a_bad_value_exits_2_naming_the_key_before_any_spark_session(verb, overr
     assert "SparkContext" not in done.stderr and "log level" not in done.stderr  # no JVM was started
 
 
-def test_check_prints_the_resolved_config_and_starts_nothing():
-    done = _dlpipe("train", "--config", CONFIG, "--check", "train.epochs=3", "--run-id", "r1")
+@pytest.mark.parametrize("config, overrides, message", [
+    ("digits_gan.yaml", ["train.precision=fp16"], "config key 'train.precision' = 'fp16': model 'gan' trains with "
+                                                  "several optimizers"),
+    ("digits_gan.yaml", ["train.strategy=fsdp"], "config key 'train.strategy' = 'fsdp' cannot train model 'gan'"),
+    ("digits_cnn.yaml", ["train.precision=fp16", "master=local[2]"], "needs a GPU, and the ranks of master=local[2] "
+                                                                     "run on this machine"),
+    ("digits_gan.yaml", ["etl.source.image_shape=[6,6]"], "model 'gan' needs image sides divisible by 4"),
+])
+def test_an_impossible_combination_is_one_line_before_any_stage(tmp_path, config, overrides, message):
+    done = _dlpipe("run", "--config", f"pipelines/configs/{config}", f"workdir={tmp_path}", *overrides)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "datasets").exists()  # no ETL ran
+
+
+def test_check_probes_the_locations_prints_the_resolved_config_and_starts_nothing(tmp_path):
+    done = _dlpipe("train", "--config", CONFIG, "--check", "train.epochs=3", "--run-id", "r1", f"workdir={tmp_path}")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("# dlpipe train: config is valid")
+    assert f"# workdir: {tmp_path}: listed, written and cleaned up" in done.stdout
+    assert "# dlpipe train: config is valid" in done.stdout and list(tmp_path.iterdir()) == []
     resolved = yaml.safe_load(done.stdout)
     assert resolved["train"]["epochs"] == 3 and resolved["run_id"] == "r1" and resolved["model"]["name"] == "cnn"
     assert "SparkContext" not in done.stderr

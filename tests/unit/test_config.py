@@ -113,14 +113,23 @@ def test_the_whole_config_is_checked_in_well_under_a_second():
 
 
 def test_yarn_without_hadoop_configuration_is_named_before_spark(monkeypatch):
-    from pipelines.config import check_environment
+    from pipelines.validate import validate
 
     monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
     monkeypatch.delenv("YARN_CONF_DIR", raising=False)
     with pytest.raises(ConfigError, match="'master' = 'yarn' but neither HADOOP_CONF_DIR nor YARN_CONF_DIR"):
-        check_environment(load_config(None, ["master=yarn"]))
+        validate(load_config(None, ["master=yarn"]), "etl")
     monkeypatch.setenv("HADOOP_CONF_DIR", "/etc/hadoop/conf")
-    check_environment(load_config(None, ["master=yarn"]))
+    validate(load_config(None, ["master=yarn"]), "etl")
+
+
+@pytest.mark.parametrize("override", ["workdir=s3://key:secret@bucket/work", "etl.source.path=s3://b/x",
+                                      "infer.output=ftp://host/x"])
+def test_a_location_with_credentials_or_an_unknown_scheme_is_refused_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{key}' = .* is refused") as err:
+        load_config(None, [override])
+    assert "secret" not in str(err.value)  # a refused secret is not repeated in the message
 
 
 def test_readme_lists_the_validation_rules_generated_from_the_config_classes():

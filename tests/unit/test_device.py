@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipelines.device import (
-    DeviceChoice, DeviceError, backend_for, gpu_environment, resolve_device, task_gpus, to_device,
+    DeviceChoice, DeviceError, backend_for, gpu_environment, resolve_device, to_device,
 )
 
 
@@ -73,12 +73,9 @@ def test_the_config_names_a_bad_device_key(key):
         load_config(overrides=[f"{key}=gpu"])
 
 
-def test_the_rank_environment_carries_the_tasks_gpus():
+def test_the_rank_environment_shows_only_the_tasks_gpus():
     assert gpu_environment([]) == {}
-    env = gpu_environment(["1", "3"])
-    assert env == {"CUDA_VISIBLE_DEVICES": "1,3", "DLPIPE_TASK_GPUS": "1,3"}
-    assert task_gpus(env) == ["1", "3"]
-    assert task_gpus({}) == []
+    assert gpu_environment(["1", "3"]) == {"CUDA_VISIBLE_DEVICES": "1,3"}
 
 
 def test_the_backend_is_nccl_on_gpus_and_gloo_on_cpus():

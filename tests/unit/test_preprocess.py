@@ -10,8 +10,9 @@ from PIL import Image
 
 import models
 from testkit import DIGITS_DIR
-from pipelines.artifact import FEATURES_ONLY, Preprocessing, load_metadata, preprocessing, save_artifact
+from pipelines.artifact import FEATURES_ONLY, Preprocessing, artifact_meta, load_metadata, save_artifact
 from pipelines.config import PipelineConfig, SourceConfig
+from pipelines.dataset import Manifest
 from pipelines.preprocess import PreprocessError, decode_image, decode_images
 
 DIGIT = sorted((DIGITS_DIR / "images").glob("*.png"))[0]
@@ -60,13 +61,21 @@ def test_the_same_bytes_give_bit_identical_features_at_any_batch_position():
         assert a.tobytes() == b.tobytes()
 
 
+def _manifest(source: dict, feature_shape: list[int]) -> Manifest:
+    return Manifest.from_dict({
+        "format": "dlpipe-dataset/2", "records_in": 1, "accepted": 1, "quarantined": 0, "quarantine_by_reason": {},
+        "splits": {}, "feature_shape": feature_shape, "normalization": {"mode": "global", "mean": [0.5], "std": [0.25]},
+        "label_names": ["a", "b", "c"], "source": source, "input_files": {"listed": 1, "empty": 0, "empty_examples": []},
+        "config_hash": "c", "created_at": "t", "rows_per_row_group": 1, "row_group_rule": "r"})
+
+
 def test_preprocessing_comes_from_the_manifest_where_it_recorded_the_etl_run():
     source = SourceConfig(kind="images", image_shape=[8, 8], channels=1)
-    assert Preprocessing.from_source(source, {"feature_shape": [3, 28, 28], "source": {"kind": "images"}}) == \
+    assert Preprocessing.from_source(source, _manifest({"kind": "images", "path": "/x"}, [3, 28, 28])) == \
         Preprocessing("images", (28, 28), 3)
     assert Preprocessing.from_source(source) == Preprocessing("images", (8, 8), 1)
-    recorded = {"source": {"kind": "csv", "path": "/x", "feature_columns": ["b", "a"], "label_column": "y",
-                           "id_column": "rid"}}
+    recorded = _manifest({"kind": "csv", "path": "/x", "feature_columns": ["b", "a"], "label_column": "y",
+                          "id_column": "rid"}, [2])
     tabular = Preprocessing.from_source(SourceConfig(kind="csv"), recorded)
     assert tabular == Preprocessing("csv", feature_columns=("b", "a"), label_column="y", id_column="rid")
     assert tabular.is_tabular and Preprocessing.from_dict(tabular.to_dict()) == tabular
@@ -74,13 +83,15 @@ def test_preprocessing_comes_from_the_manifest_where_it_recorded_the_etl_run():
 
 def test_the_artifact_carries_its_preprocessing_and_an_old_artifact_scores_features_only(tmp_path):
     model = models.build("mlp", feature_shape=(1, 8, 8), num_classes=3)
-    manifest = {"normalization": {"mode": "global", "mean": [0.5], "std": [0.25]}, "label_names": ["a", "b", "c"],
-                "feature_shape": [1, 8, 8], "source": {"kind": "images", "path": "/data"}}
-    save_artifact(tmp_path / "model.pt", model, manifest, "hash", PipelineConfig())
-    meta = load_metadata(tmp_path / "model.pt")
-    assert meta["preprocessing"] == {"kind": "images", "image_shape": [8, 8], "channels": 1, "resize": "bilinear",
-                                     "feature_columns": [], "label_column": "", "id_column": ""}
-    assert preprocessing(meta) == IMAGES
-    old = torch.load(tmp_path / "model.pt", weights_only=True)
+    manifest = _manifest({"kind": "images", "path": "/data"}, [1, 8, 8])
+    path = str(tmp_path / "model.pt")
+    save_artifact(path, model, artifact_meta(model, manifest, "hash", PipelineConfig()))
+    meta = load_metadata(path)
+    assert torch.load(path, weights_only=True)["preprocessing"] == {
+        "kind": "images", "image_shape": [8, 8], "channels": 1, "resize": "bilinear", "feature_columns": [],
+        "label_column": "", "id_column": ""}
+    assert meta.preprocessing == IMAGES and meta.manifest_hash == "hash" and meta.label_names == ["a", "b", "c"]
+    old = torch.load(path, weights_only=True)
     del old["preprocessing"]
-    assert preprocessing(old).kind == FEATURES_ONLY
+    torch.save(old, path)
+    assert load_metadata(path).preprocessing.kind == FEATURES_ONLY

@@ -5,7 +5,13 @@ import io
 import time
 from types import SimpleNamespace
 
+from pipelines.events import EpochEnded, EpochRecord, StepProgress
 from pipelines.progress import EpochProgress, spark_progress
+
+
+def _record(epoch: int) -> EpochRecord:
+    return EpochRecord(epoch=epoch, loss=0.1, samples=10, samples_per_s=1000.0, seconds=1.0, data_wait_fraction=0.05,
+                       val={"accuracy": 0.9})
 
 
 class Terminal(io.StringIO):
@@ -15,10 +21,8 @@ class Terminal(io.StringIO):
 
 def _epoch(progress: EpochProgress, epoch: int, steps: int = 20) -> None:
     for step in range(1, steps + 1):
-        progress(0, {"kind": "progress", "epoch": epoch, "step": step, "steps": steps, "loss": 1.0 / step,
-                     "samples_per_s": 1000.0})
-    progress(0, {"kind": "epoch", "epoch": epoch, "loss": 0.1, "val_accuracy": 0.9, "samples_per_s": 1000.0,
-                 "data_wait_fraction": 0.05})
+        progress(StepProgress(epoch=epoch, step=step, steps=steps, loss=1.0 / step, samples_per_s=1000.0, rank=0))
+    progress(EpochEnded(record=_record(epoch), rank=0))
 
 
 def test_a_captured_log_gets_one_whole_line_per_epoch():
@@ -37,7 +41,7 @@ def test_a_long_epoch_in_a_log_says_where_it_is_now_and_then():
     progress = EpochProgress(epochs=1, stream=log, log_every_s=0.05)
     for step in (1, 2):
         time.sleep(0.06)
-        progress(0, {"kind": "progress", "epoch": 1, "step": step, "steps": 4, "loss": 0.5, "samples_per_s": 10.0})
+        progress(StepProgress(epoch=1, step=step, steps=4, loss=0.5, samples_per_s=10.0, rank=0))
     lines = log.getvalue().splitlines()
     assert lines == ["epoch 1/1 [#######.......................] 1/4 loss 0.5000 10 samples/s",
                      "epoch 1/1 [###############...............] 2/4 loss 0.5000 10 samples/s"]
@@ -53,8 +57,7 @@ def test_a_terminal_redraws_one_line_and_the_epoch_summary_replaces_it():
 
 def test_only_rank_0_epoch_records_are_printed():
     log = io.StringIO()
-    EpochProgress(epochs=2, stream=log)(1, {"kind": "epoch", "epoch": 1, "loss": 0.1, "samples_per_s": 1.0,
-                                            "data_wait_fraction": 0.0})
+    EpochProgress(epochs=2, stream=log)(EpochEnded(record=_record(1), rank=1))
     assert log.getvalue() == ""
 
 

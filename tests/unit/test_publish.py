@@ -1,56 +1,66 @@
-"""Atomic publication (pure filesystem logic, no Spark)."""
+"""Publishing without rename: the commit object names what belongs (local disk here; S3 in tests/spark/storage)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from pipelines.publish import SUCCESS, atomic_dir, is_published, write_json_atomic
+from pipelines import storage
+from pipelines.publish import COMMIT_FILE, committed_files, committed_folder, is_published, publishing, read_commit
 
 
-def test_atomic_dir_publishes_with_success_marker_and_replaces_the_old_output(tmp_path):
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_publication_is_invisible_until_committed_and_a_rerun_replaces_it(tmp_path):
     final = tmp_path / "out"
-    with atomic_dir(final) as tmp:
-        (tmp / "a.txt").write_text("first")
-        assert not final.exists()  # nothing visible while writing
-    assert is_published(final) and (final / "a.txt").read_text() == "first"
-    with atomic_dir(final) as tmp:
-        (tmp / "b.txt").write_text("second")
-    assert sorted(p.name for p in final.iterdir()) == [SUCCESS, "b.txt"]  # replaced, not merged
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or old folders left
+    with publishing(str(final)) as folder:
+        storage.write_text(storage.join(folder, "a.txt"), "first")
+        assert not is_published(str(final)) and committed_files(str(final)) == []  # nothing visible while writing
+    assert [storage.name(f) for f in committed_files(str(final))] == ["a.txt"]
+    first = committed_folder(str(final))
+    with publishing(str(final)) as folder:
+        storage.write_text(storage.join(folder, "b.txt"), "second")
+    assert [storage.name(f) for f in committed_files(str(final))] == ["b.txt"]  # replaced, not merged
+    assert not storage.exists(first)  # the older attempt is removed
+    assert _names(final) == [COMMIT_FILE, storage.name(committed_folder(str(final)))]  # nothing else left
+    assert json.loads((final / COMMIT_FILE).read_text())["files"] == ["b.txt"]
 
 
 def test_a_failed_write_leaves_the_previous_output_intact(tmp_path):
     final = tmp_path / "out"
-    with atomic_dir(final) as tmp:
-        (tmp / "good.txt").write_text("kept")
+    with publishing(str(final)) as folder:
+        storage.write_text(storage.join(folder, "good.txt"), "kept")
+    kept = read_commit(str(final))
     with pytest.raises(RuntimeError, match="midway"):
-        with atomic_dir(final) as tmp:
-            (tmp / "half.txt").write_text("half")
+        with publishing(str(final)) as folder:
+            storage.write_text(storage.join(folder, "half.txt"), "half")
             raise RuntimeError("failed midway")
-    assert sorted(p.name for p in final.iterdir()) == [SUCCESS, "good.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert read_commit(str(final)) == kept and [storage.name(f) for f in committed_files(str(final))] == ["good.txt"]
+    assert _names(final) == [COMMIT_FILE, kept.folder]  # the failed attempt is gone
 
 
-def test_write_json_atomic_round_trips_and_leaves_no_temp_file(tmp_path):
-    path = tmp_path / "sub" / "x.json"
-    write_json_atomic(path, {"b": 1, "a": [1, 2]})
-    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
-    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+def test_a_killed_attempt_stays_invisible_and_the_next_publication_removes_it(tmp_path):
+    final = tmp_path / "out"
+    killed = final / "a-20000101T000000-deadbeef"  # what a killed job leaves: an attempt nobody committed
+    killed.mkdir(parents=True)
+    (killed / "part-00000.parquet").write_text("half")
+    assert committed_files(str(final)) == []
+    with publishing(str(final)) as folder:
+        storage.write_text(storage.join(folder, "part-00000.parquet"), "whole")
+    assert not killed.exists()
+    assert [storage.read_text(f) for f in committed_files(str(final))] == ["whole"]
 
 
 def test_an_output_under_a_file_is_named_with_its_key(tmp_path):
-    from pipelines.publish import OutputError, check_writable
-
     (tmp_path / "notes.txt").write_text("a file")
-    with pytest.raises(OutputError, match=r"cannot create .*notes.txt/preds \(under infer.output\): .*notes.txt is a file, not a folder"):
-        check_writable(tmp_path / "notes.txt" / "preds", "infer.output")
+    with pytest.raises(storage.StorageError, match=r"infer.output=.*notes.txt/preds"):
+        storage.check_location(str(tmp_path / "notes.txt" / "preds"), "infer.output")
 
 
 def test_an_unwritable_location_is_named_even_for_root(tmp_path):
-    from pipelines.publish import OutputError, check_writable
-
-    with pytest.raises(OutputError, match=r"cannot create /proc/dlpipe/work \(under workdir\): cannot write in /proc"):
-        check_writable("/proc/dlpipe/work", "workdir")  # not writable whatever the user's permissions
-    check_writable(tmp_path / "new" / "deeper", "workdir")  # missing folders are fine: they will be made
+    with pytest.raises(storage.StorageError, match=r"workdir=/proc/dlpipe/work"):
+        storage.check_location("/proc/dlpipe/work", "workdir")  # not writable whatever the user's permissions
+    storage.check_location(str(tmp_path / "new" / "deeper"), "workdir")  # missing folders are fine: they will be made
     assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []  # the probe leaves nothing

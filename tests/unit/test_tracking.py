@@ -6,11 +6,17 @@ import time
 
 import pytest
 
+from pipelines.events import EpochEnded, EpochRecord, Resumed, StepProgress
 from pipelines.tracking import Sink, Tracker, flatten, numeric_figures
 
-PROGRESS = {"kind": "progress", "epoch": 2, "step": 5, "steps": 10, "loss": 0.5, "samples_per_s": 900.0}
-EPOCH = {"kind": "epoch", "epoch": 2, "loss": 0.4, "val_loss": 0.45, "val_accuracy": 0.9, "samples_per_s": 1000.0,
-         "data_wait_fraction": 0.1}
+PROGRESS = StepProgress(epoch=2, step=5, steps=10, loss=0.5, samples_per_s=900.0, rank=0)
+EPOCH_FIGURES = {"epoch": 2, "loss": 0.4, "samples": 100, "seconds": 1.5, "val_loss": 0.45, "val_accuracy": 0.9,
+                 "samples_per_s": 1000.0, "data_wait_fraction": 0.1}
+
+
+def epoch(rank: int = 0, **changes) -> EpochEnded:
+    """Rank ``rank``'s epoch event with ``changes`` to :data:`EPOCH_FIGURES`."""
+    return EpochEnded(record=EpochRecord.from_dict({**EPOCH_FIGURES, **changes}), rank=rank)
 
 
 class Recording(Sink):
@@ -49,15 +55,15 @@ def test_metrics_keep_finite_numbers_only_under_safe_names():
 def test_rank_events_become_step_and_epoch_metrics():
     sink = Recording()
     tracker = Tracker([sink])
-    tracker.on_train_event(0, PROGRESS)
-    tracker.on_train_event(1, {**EPOCH, "loss": 9.0})  # only rank 0's epoch record counts
-    tracker.on_train_event(0, EPOCH)
+    tracker.on_train_event(PROGRESS)
+    tracker.on_train_event(epoch(rank=1, loss=9.0))  # only rank 0's epoch record counts
+    tracker.on_train_event(epoch())
     tracker.close()
     assert sink.calls == [
         ("open",),
         ("metrics", {"step_loss": 0.5, "step_samples_per_s": 900.0}, 15),  # global step: (2 - 1) * 10 + 5
-        ("metrics", {"loss": 0.4, "val_loss": 0.45, "val_accuracy": 0.9, "samples_per_s": 1000.0,
-                     "data_wait_fraction": 0.1}, 2),
+        ("metrics", {"loss": 0.4, "samples": 100.0, "seconds": 1.5, "val_loss": 0.45, "val_accuracy": 0.9,
+                     "samples_per_s": 1000.0, "data_wait_fraction": 0.1}, 2),
         ("close", "FINISHED")]
 
 
@@ -103,7 +109,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts_and_a_rerun_continues_it(
     artifact.write_text('{"status": "ok"}')
     first = Tracker([MlflowSink(uri, "dlpipe-test", "run-a", "run", timeout_s=5)])
     first.log_params({"train.lr": "0.001", "train.epochs": "3"})
-    first.on_train_event(0, PROGRESS)
+    first.on_train_event(PROGRESS)
     client = mlflow_client(uri)
     # The first step metric reaches the store while the epoch is still running.
     deadline = time.monotonic() + 10
@@ -113,16 +119,17 @@ def test_mlflow_run_holds_params_metrics_and_artifacts_and_a_rerun_continues_it(
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         time.sleep(0.1)
     assert runs and runs[0].data.metrics["step_loss"] == 0.5
-    first.on_train_event(0, EPOCH)
-    first.log_artifact(artifact, "report")
+    first.on_train_event(epoch())
+    first.log_artifact(str(artifact), "report")
     first.close()
 
     again = Tracker([MlflowSink(uri, "dlpipe-test", "run-a", "run", timeout_s=5)], stream=io.StringIO())
     again.log_params({"train.lr": "0.001", "train.epochs": "5"})  # a re-run with more epochs
     # It resumes after epoch 2; epoch 1 never reached the store (the first attempt was killed).
-    again.on_train_event(0, {"kind": "resume", "epochs_done": 2, "step": 0,
-                             "history": [{"epoch": 1, "loss": 0.6}, {"epoch": 2, "loss": 0.4}]})
-    again.on_train_event(0, {**EPOCH, "epoch": 3, "loss": 0.3})
+    history = [EpochRecord.from_dict({**EPOCH_FIGURES, "epoch": 1, "loss": 0.6}),
+               EpochRecord.from_dict({**EPOCH_FIGURES, "epoch": 2, "loss": 0.4})]
+    again.on_train_event(Resumed(epochs_done=2, step=0, history=history, rank=0))
+    again.on_train_event(epoch(epoch=3, loss=0.3))
     again.close()
 
     experiment = client.get_experiment_by_name("dlpipe-test")
@@ -150,8 +157,8 @@ def test_mlflow_at_an_unreachable_server_fails_fast_with_one_warning(tmp_path):
     with Tracker([MlflowSink(f"http://127.0.0.1:{port}", "dlpipe", "run-b", "train", timeout_s=2)],
                  flush_timeout_s=30, stream=stream) as tracker:
         tracker.log_params({"train.lr": "0.001"})
-        for epoch in range(1, 4):
-            tracker.on_train_event(0, {**EPOCH, "epoch": epoch})
+        for number in range(1, 4):
+            tracker.on_train_event(epoch(epoch=number))
     assert time.monotonic() - started < 20  # MLflow alone would retry for minutes
     warnings = stream.getvalue().splitlines()
     assert len(warnings) == 1 and "MLflow tracking failed" in warnings[0] and str(port) in warnings[0], warnings

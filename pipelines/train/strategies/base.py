@@ -29,8 +29,9 @@ class Strategy(abc.ABC):
     """One distributed training method on ``ctx.size`` ranks."""
 
     name: ClassVar[str]
-    rendezvous: ClassVar[str]  # what the launcher hands out: "horovod" or "torch"
+    rendezvous: ClassVar[type]  # the driver-side rendezvous its ranks meet through (pipelines.train.rendezvous)
     data_parallel: ClassVar[bool] = True  # False: every rank reads the same batches (model parallel)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")  # train.precision values it supports
     lockstep_eval: ClassVar[bool] = False  # True: an eval forward is a collective (ranks must run as many)
     # True: trains models with several optimizers (``model.training_phases()``, a GAN) by
     # averaging each phase's gradients itself (:meth:`average_gradients`).

@@ -14,6 +14,7 @@ from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
 
 class FSDPStrategy(TorchDistributedStrategy):
     name = "fsdp"
+    precisions = ("fp32", "bf16")  # each rank holds part of the gradients: one fp16 loss scaler per rank could disagree
     lockstep_eval = True  # every forward all-gathers parameters
 
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:

@@ -3,19 +3,34 @@ by Horovod's allreduce, fused in its background thread: over Gloo on CPU, over N
 Horovod built with NCCL: ``make setup`` on a machine with nvcc and a CUDA build of torch)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 from models import DlpipeModel
+from pipelines.events import Joined
 from pipelines.train import step
+from pipelines.train.rendezvous import HorovodRendezvous
 from pipelines.train.strategies.base import Batch, OptimizerFactory, Strategy
 
 
 class HorovodStrategy(Strategy):
     name = "horovod"
-    rendezvous = "horovod"
+    rendezvous = HorovodRendezvous
     multi_phase = True
+
+    def settings_env(self) -> dict[str, str]:
+        """What ``train.*`` asks of Horovod, in the variables ``hvd.init()`` reads."""
+        tc, timeout = self.tc, int(self.tc.failure_timeout_s)
+        return {
+            "HOROVOD_CYCLE_TIME": str(tc.horovod_cycle_time_ms),
+            "HOROVOD_FUSION_THRESHOLD": str(tc.horovod_fusion_threshold_mb * 1024 * 1024),
+            # A collective whose peer died must end, not wait forever.
+            "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout),
+            "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(5, timeout // 2)),
+            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(timeout),
+        }
 
     def start(self) -> None:
         import horovod.torch as hvd
@@ -26,7 +41,9 @@ class HorovodStrategy(Strategy):
                                "NCCL, so it cannot average GPU gradients: run `make setup` on a machine with nvcc "
                                "and the CUDA build of torch (it builds a Horovod with NCCL), or set "
                                "train.strategy=ddp, or train.device=cpu")
+        os.environ.update(self.settings_env())
         hvd.init()
+        self.ctx.emit(Joined())
 
     def stop(self) -> None:
         self.hvd.shutdown()

@@ -25,6 +25,7 @@ from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
 
 class PipelineStrategy(TorchDistributedStrategy):
     name = "pipeline"
+    precisions = ("fp32", "bf16")  # each rank holds part of the gradients: one fp16 loss scaler per rank could disagree
     data_parallel = False
 
     @property

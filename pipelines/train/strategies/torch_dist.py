@@ -2,22 +2,38 @@
 TCPStore) and object/tensor collectives: over NCCL when the rank runs on a GPU, else Gloo."""
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import torch
 
 from pipelines.device import backend_for
-from pipelines.launcher.rank import join_process_group
+from pipelines.events import Joined
+from pipelines.launcher.rank import RankContext
+from pipelines.train.rendezvous import TorchStoreRendezvous
 from pipelines.train.strategies.base import Strategy
 
 
-class TorchDistributedStrategy(Strategy):
-    """Base of ddp, fsdp and pipeline: ``rendezvous = "torch"``."""
+def join_process_group(ctx: RankContext, backend: str = "gloo") -> None:
+    """``torch.distributed.init_process_group`` through the driver's store (``ctx.rendezvous_*``).
 
-    rendezvous = "torch"
+    Collectives time out after the launch's failure timeout, so a dead peer ends this rank.
+    """
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=ctx.stall_timeout_s)
+    store = dist.TCPStore(ctx.rendezvous_addr, ctx.rendezvous_port, ctx.size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.size, timeout=timeout)
+
+
+class TorchDistributedStrategy(Strategy):
+    """Base of ddp, fsdp and pipeline: they meet through a torch.distributed store on the driver."""
+
+    rendezvous = TorchStoreRendezvous
 
     def start(self) -> None:
         join_process_group(self.ctx, backend=backend_for(self.device))
+        self.ctx.emit(Joined())
 
     def stop(self) -> None:
         """Leave the group as it is: the rank process ends right after (``exit_now``), which closes

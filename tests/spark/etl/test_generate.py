@@ -15,11 +15,17 @@ import pytest
 from pipelines.etl import generate
 from pipelines.etl import job as etl
 from pipelines.config import load_config
+from pipelines.publish import committed_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_generate(spark, workdir: Path, *overrides: str) -> dict:
+def committed(target: Path) -> Path:
+    """The committed folder of a publication (``dlpipe generate`` commits its files under the output)."""
+    return Path(committed_folder(str(target)))
+
+
+def run_generate(spark, workdir: Path, *overrides: str) -> generate.GenerateResult:
     return generate.main(spark, load_config(None, [f"workdir={workdir}", *overrides]))
 
 
@@ -46,14 +52,14 @@ def generated(spark, tmp_path_factory):
 
 
 def test_same_samples_whatever_the_partitioning(generated):
-    one, three = (pq.read_table(p).sort_by("id") for p in generated)
-    assert len(list(generated[0].glob("part-*.parquet"))) == 1
-    assert len(list(generated[1].glob("part-*.parquet"))) == 3
+    one, three = (pq.read_table(committed(p)).sort_by("id") for p in generated)
+    assert len(list(committed(generated[0]).glob("part-*.parquet"))) == 1
+    assert len(list(committed(generated[1]).glob("part-*.parquet"))) == 3
     assert one.equals(three)
 
 
 def test_generated_shapes_labels_and_info(generated):
-    out = generated[1]
+    out = committed(generated[1])
     table = pq.read_table(out)
     assert table.column_names == ["id", "label", "features"]
     ids = table.column("id").to_pylist()
@@ -65,7 +71,7 @@ def test_generated_shapes_labels_and_info(generated):
     assert len(counts) == 10 and counts.min() > 150  # every digit, roughly evenly
     info = json.loads((out / generate.INFO_FILE).read_text())
     assert (info["n"], info["image_size"], info["seed"]) == (2500, 8, 3)
-    assert (out / "_SUCCESS").is_file()
+    assert generate.GenerateResult.from_dict(info).files == sorted(p.name for p in out.glob("part-*.parquet"))
 
 
 def test_undeformed_samples_are_their_base_digit(monkeypatch):
@@ -86,9 +92,9 @@ def test_etl_accepts_generated_output(spark, generated, tmp_path):
         f"workdir={tmp_path}", "dataset=gen", "etl.source.kind=parquet", f"etl.source.path={generated[1]}",
         "etl.source.feature_columns=[features]", "etl.source.id_column=id", "etl.source.image_shape=[8,8]",
     ]))
-    assert manifest["records_in"] == manifest["accepted"] == 2500
-    assert manifest["feature_shape"] == [1, 8, 8]
-    assert manifest["label_names"] == [str(d) for d in range(10)]
+    assert manifest.records_in == manifest.accepted == 2500  # the publication's target: its committed files
+    assert manifest.feature_shape == [1, 8, 8]
+    assert manifest.label_names == [str(d) for d in range(10)]
 
 
 @pytest.mark.slow
@@ -113,10 +119,12 @@ def test_generate_and_etl_larger_than_spark_memory(tmp_path):
                               capture_output=True, text=True, timeout=900)
         seconds[name] = time.monotonic() - start
         assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    generated_bytes = sum(p.stat().st_size for p in out.glob("*.parquet"))
-    manifest = json.loads((tmp_path / "datasets" / "gen28" / "manifest.json").read_text())
-    assert manifest["records_in"] == manifest["accepted"] + manifest["quarantined"] == n
-    assert manifest["accepted"] == n and manifest["feature_shape"] == [1, 28, 28]
-    assert sum(s["count"] for s in manifest["splits"].values()) == n
+    generated_bytes = sum(p.stat().st_size for p in committed(out).glob("*.parquet"))
+    from pipelines.dataset import open_dataset
+
+    manifest = open_dataset(str(tmp_path / "datasets" / "gen28")).manifest
+    assert manifest.records_in == manifest.accepted + manifest.quarantined == n
+    assert manifest.accepted == n and manifest.feature_shape == [1, 28, 28]
+    assert sum(s.count for s in manifest.splits.values()) == n
     print(f"\nscale: {n} samples, {n * 784 * 4 / 1e9:.2f} GB float32 features, generated Parquet "
           f"{generated_bytes / 1e9:.2f} GB; generate {seconds['generate']:.0f} s, etl {seconds['etl']:.0f} s")

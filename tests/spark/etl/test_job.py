@@ -1,6 +1,7 @@
 """ETL job on real Spark (local[2]) and real Parquet: validation reasons, splits, layout, manifest."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,28 +12,37 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines import dataset as ds
 from pipelines.etl import job as etl
 from pipelines.etl import validate as etl_validate
 from pipelines.config import ConfigError, load_config
 from pipelines.etl.sources import EtlError
 from pipelines.etl.write import mark_duplicates
-from pipelines.publish import SUCCESS
 
 DIGIT_IDS = [f"images/digit_{i:04d}.png" for i in range(1797)]
 NO_REASONS = {r: 0 for r in etl_validate.REASONS}
 
 
-def run_etl(spark, workdir: Path, *overrides: str) -> dict:
+def run_etl(spark, workdir: Path, *overrides: str) -> ds.Manifest:
     config = load_config(None, [f"workdir={workdir}", *overrides])
     return etl.main(spark, config)
 
 
+def version_dir(dataset: Path) -> Path:
+    """The folder of the dataset's newest committed version."""
+    return dataset / ds.read_head(str(dataset)).versions[-1].folder
+
+
 def read_split(dataset: Path, split: str) -> pa.Table:
-    return pq.read_table(dataset / split)
+    return ds.read_split(ds.open_dataset(str(dataset)).splits[split], ("id", "label", "features"))
+
+
+def quarantine(dataset: Path) -> pa.Table:
+    return pq.read_table(version_dir(dataset) / "quarantine")
 
 
 def quarantine_reasons(dataset: Path) -> dict[str, str]:
-    table = pq.read_table(dataset / "quarantine")
+    table = quarantine(dataset)
     return dict(zip(table.column("id").to_pylist(), table.column("reason").to_pylist()))
 
 
@@ -51,45 +61,47 @@ def digits_run(spark, tmp_path_factory):
 
 def test_digits_counts_reconcile(digits_run):
     manifest, dataset = digits_run
-    assert manifest["records_in"] == manifest["accepted"] + manifest["quarantined"] == 1797
-    assert manifest["accepted"] == 1797 and manifest["quarantine_by_reason"] == NO_REASONS
-    assert manifest["label_names"] == [str(d) for d in range(10)]
-    assert manifest["feature_shape"] == [1, 8, 8] and manifest["dtype"] == "float32"
-    assert sum(s["count"] for s in manifest["splits"].values()) == 1797
-    for split in manifest["splits"].values():
-        assert sum(split["per_class"].values()) == split["count"]
-    assert json.loads((dataset / "manifest.json").read_text()) == manifest
-    assert pq.read_table(dataset / "quarantine").num_rows == 0
+    assert manifest.records_in == manifest.accepted + manifest.quarantined == 1797
+    assert manifest.accepted == 1797 and manifest.quarantine_by_reason == NO_REASONS
+    assert manifest.label_names == [str(d) for d in range(10)]
+    assert manifest.feature_shape == [1, 8, 8] and manifest.dtype == "float32"
+    assert sum(s.count for s in manifest.splits.values()) == 1797
+    for split in manifest.splits.values():
+        assert sum(split.per_class.values()) == split.count
+    assert ds.read_manifest(str(version_dir(dataset))) == manifest
+    assert quarantine(dataset).num_rows == 0
 
 
 def test_digits_parquet_matches_manifest(digits_run):
     manifest, dataset = digits_run
-    rows_per_group = manifest["rows_per_row_group"]
+    rows_per_group = manifest.rows_per_row_group
     seen: list[str] = []
-    for name, info in manifest["splits"].items():
+    for name, info in manifest.splits.items():
         table = read_split(dataset, name)
         assert table.schema.field("features").type == pa.list_(pa.float32())
         assert table.schema.field("label").type == pa.int64()
-        assert table.num_rows == info["count"]
+        assert table.num_rows == info.count
         features = np.stack(table.column("features").to_numpy(zero_copy_only=False))
-        assert features.shape == (info["count"], 64) and features.dtype == np.float32
+        assert features.shape == (info.count, 64) and features.dtype == np.float32
         assert features.min() >= 0.0 and features.max() <= 1.0
         counts = np.bincount(table.column("label").to_numpy(), minlength=10)
-        assert dict(zip(manifest["label_names"], counts.tolist())) == info["per_class"]
-        assert sorted(p.name for p in (dataset / name).iterdir()) == info["files"]
+        assert dict(zip(manifest.label_names, counts.tolist())) == info.per_class
+        version = version_dir(dataset)
+        assert sorted(f"{name}/{p.name}" for p in (version / name).iterdir()) == [f.path for f in info.files]
         groups = 0
-        for file in info["files"]:
-            meta = pq.ParquetFile(dataset / name / file).metadata
+        for file in info.files:
+            meta = pq.ParquetFile(version / file.path).metadata
             sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            assert sizes == file.row_groups  # the manifest records each file's row groups
             assert all(s == rows_per_group for s in sizes[:-1]) and 0 < sizes[-1] <= rows_per_group
             groups += len(sizes)
-        assert groups == info["row_groups"]
+        assert groups == info.row_groups
         seen += table.column("id").to_pylist()
         if name == "train":
-            norm = manifest["normalization"]
-            assert norm["mode"] == "global"
-            assert norm["mean"] == pytest.approx([features.astype(np.float64).mean()], abs=1e-4)
-            assert norm["std"] == pytest.approx([features.astype(np.float64).std()], abs=1e-4)
+            norm = manifest.normalization
+            assert norm.mode == "global"
+            assert norm.mean == pytest.approx([features.astype(np.float64).mean()], abs=1e-4)
+            assert norm.std == pytest.approx([features.astype(np.float64).std()], abs=1e-4)
     assert sorted(seen) == DIGIT_IDS  # every image exactly once, in exactly one split
 
 
@@ -106,23 +118,25 @@ def test_petastorm_reads_train_split(digits_run):
 
     manifest, dataset = digits_run
     rows = 0
-    with make_batch_reader(f"file://{dataset / 'train'}", num_epochs=1, workers_count=1) as reader:
+    with make_batch_reader(f"file://{version_dir(dataset) / 'train'}", num_epochs=1, workers_count=1) as reader:
         for batch in reader:
             assert batch.features.shape[1:] == (64,) and batch.features.dtype == np.float32
             rows += len(batch.label)
-    assert rows == manifest["splits"]["train"]["count"]
+    assert rows == manifest.splits["train"].count
 
 
 def test_rerun_replaces_instead_of_duplicating(spark, digits_run):
     manifest, dataset = digits_run
-    before = {s: sorted(read_split(dataset, s).column("id").to_pylist()) for s in manifest["splits"]}
+    before = {s: sorted(read_split(dataset, s).column("id").to_pylist()) for s in manifest.splits}
     again = run_etl(spark, dataset.parent.parent)
-    after = {s: sorted(read_split(dataset, s).column("id").to_pylist()) for s in manifest["splits"]}
+    after = {s: sorted(read_split(dataset, s).column("id").to_pylist()) for s in manifest.splits}
     assert after == before
-    assert {k: v for k, v in again.items() if k != "created_at"} == {k: v for k, v in manifest.items() if k != "created_at"}
+    assert dataclasses.replace(again, created_at="") == dataclasses.replace(manifest, created_at="")
+    assert again.identity() == manifest.identity()  # the same data: checkpoints made on it stay valid
     assert [p.name for p in dataset.parent.iterdir()] == ["digits"]  # no temp or old folders left
-    assert [p.relative_to(dataset) for p in dataset.rglob(SUCCESS)] == [Path(SUCCESS)]
-    assert sorted(p.name for p in dataset.iterdir()) == sorted(["train", "val", "test", "quarantine", "manifest.json", SUCCESS])
+    version = version_dir(dataset)
+    assert sorted(p.name for p in dataset.iterdir()) == sorted([ds.HEAD_FILE, version.name])  # the old version is gone
+    assert sorted(p.name for p in version.iterdir()) == sorted(["train", "val", "test", "quarantine", "manifest.json"])
 
 
 # --- bad records ------------------------------------------------------------------------------
@@ -154,9 +168,9 @@ def test_image_folder_bad_records(spark, tmp_path, digits_dir):
         "etl.max_quarantine_fraction=0.5",
     )
     expected = reasons(decode_error=2, missing_label=1, unknown_label=1, duplicate_id=1)
-    assert manifest["quarantine_by_reason"] == expected
+    assert manifest.quarantine_by_reason == expected
     # 14 files + 1 extra labels.csv row for d3 + 1 row naming a missing file = 16 records
-    assert manifest["records_in"] == 16 and manifest["accepted"] == 11 and manifest["quarantined"] == 5
+    assert manifest.records_in == 16 and manifest.accepted == 11 and manifest.quarantined == 5
     dataset = tmp_path / "work" / "datasets" / "digits"
     assert quarantine_reasons(dataset) == {
         "img/corrupt.png": "decode_error",
@@ -165,7 +179,7 @@ def test_image_folder_bad_records(spark, tmp_path, digits_dir):
         "img/d10.png": "unknown_label",
         "img/d3.png": "duplicate_id",
     }
-    accepted = pa.concat_tables([read_split(dataset, s) for s in manifest["splits"]])
+    accepted = pa.concat_tables([read_split(dataset, s) for s in manifest.splits])
     ids = accepted.column("id").to_pylist()
     assert sorted(ids) == sorted([f"img/d{i}.png" for i in range(10)] + ["img/rgb.jpg"])
     rgb = accepted.filter(pa.compute.equal(accepted.column("id"), "img/rgb.jpg"))
@@ -188,12 +202,12 @@ def test_labels_from_sub_folders(spark, tmp_path, digits_dir):
         spark, tmp_path / "work", f"etl.source.path={src}", "etl.source.labels_csv=''",
         "etl.max_quarantine_fraction=0.2", "etl.source.channels=3", "etl.source.image_shape=[4,6]",
     )
-    assert manifest["label_names"] == ["cat", "dog"]
-    assert manifest["feature_shape"] == [3, 4, 6]
-    assert manifest["quarantine_by_reason"] == reasons(missing_label=1)
-    assert manifest["accepted"] == 10
-    assert sum(s["per_class"]["dog"] for s in manifest["splits"].values()) == 5
-    assert len(manifest["normalization"]["mean"]) == 1
+    assert manifest.label_names == ["cat", "dog"]
+    assert manifest.feature_shape == [3, 4, 6]
+    assert manifest.quarantine_by_reason == reasons(missing_label=1)
+    assert manifest.accepted == 10
+    assert sum(s.per_class["dog"] for s in manifest.splits.values()) == 5
+    assert len(manifest.normalization.mean) == 1
 
 
 def test_every_listed_image_file_is_a_record_empty_and_truncated_ones_quarantined(spark, tmp_path, digits_dir):
@@ -208,10 +222,11 @@ def test_every_listed_image_file_is_a_record_empty_and_truncated_ones_quarantine
     listed = [p for p in src.rglob("*") if p.is_file() and p.suffix.lower() == ".png"]
     manifest = run_etl(spark, tmp_path / "work", f"etl.source.path={src}", "etl.source.labels_csv=''",
                        "etl.max_quarantine_fraction=0.5")
-    assert manifest["records_in"] == len(listed) == 14
-    assert manifest["accepted"] == 10 and manifest["quarantine_by_reason"] == reasons(decode_error=4)
-    assert manifest["input_files"] == {"listed": 14, "empty": 2, "empty_examples": ["a/empty.png", "b/empty2.PNG"]}
-    table = pq.read_table(tmp_path / "work" / "datasets" / "digits" / "quarantine")
+    assert manifest.records_in == len(listed) == 14
+    assert manifest.accepted == 10 and manifest.quarantine_by_reason == reasons(decode_error=4)
+    assert manifest.input_files.to_dict() == {"listed": 14, "empty": 2,
+                                              "empty_examples": ["a/empty.png", "b/empty2.PNG"]}
+    table = quarantine(tmp_path / "work" / "datasets" / "digits")
     details = dict(zip(table.column("id").to_pylist(), table.column("detail").to_pylist()))
     assert details["a/empty.png"] == details["b/empty2.PNG"] == "empty file (0 bytes)"
     assert "truncated" in details["a/truncated.png"]
@@ -228,8 +243,8 @@ def test_empty_and_header_only_tabular_files_hold_no_records_and_are_reported(sp
     (src / "c.csv").write_bytes(b"")  # zero bytes: reported
     manifest = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
                        "etl.splits={train: 1.0}")
-    assert manifest["records_in"] == manifest["accepted"] == 20 and manifest["quarantined"] == 0
-    assert manifest["input_files"] == {"listed": 3, "empty": 1, "empty_examples": ["c.csv"]}
+    assert manifest.records_in == manifest.accepted == 20 and manifest.quarantined == 0
+    assert manifest.input_files.to_dict() == {"listed": 3, "empty": 1, "empty_examples": ["c.csv"]}
     assert "1 of 3 input files are empty (0 bytes; they hold no records): c.csv" in capsys.readouterr().out
 
 
@@ -255,20 +270,20 @@ def test_csv_bad_records(spark, tmp_path):
         "etl.normalization=per_feature", "etl.rows_per_row_group=4", "etl.output_files=2",
     )
     expected = reasons(decode_error=1, wrong_shape=3, nan_or_inf=2, missing_label=1, duplicate_id=1)
-    assert manifest["quarantine_by_reason"] == expected
-    assert manifest["records_in"] == 38 == manifest["accepted"] + manifest["quarantined"]
-    assert manifest["accepted"] == 30 and manifest["feature_shape"] == [4]
-    assert manifest["label_names"] == ["0", "1"]
+    assert manifest.quarantine_by_reason == expected
+    assert manifest.records_in == 38 == manifest.accepted + manifest.quarantined
+    assert manifest.accepted == 30 and manifest.feature_shape == [4]
+    assert manifest.label_names == ["0", "1"]
     dataset = tmp_path / "work" / "datasets" / "digits"
-    quarantine = pq.read_table(dataset / "quarantine").to_pylist()
-    assert all(q["source"].endswith("table.csv") and q["detail"] for q in quarantine)
-    assert any("'b' value 'abc' is not a number" in q["detail"] for q in quarantine)
+    rejected = quarantine(dataset).to_pylist()
+    assert all(q["source"].endswith("table.csv") and q["detail"] for q in rejected)
+    assert any("'b' value 'abc' is not a number" in q["detail"] for q in rejected)
     train = read_split(dataset, "train")
     features = np.stack(train.column("features").to_numpy(zero_copy_only=False)).astype(np.float64)
-    norm = manifest["normalization"]
-    assert norm["mode"] == "per_feature" and len(norm["mean"]) == 4
-    assert norm["mean"] == pytest.approx(features.mean(axis=0).tolist(), abs=1e-4)
-    assert norm["std"] == pytest.approx(np.maximum(features.std(axis=0), 1e-6).tolist(), abs=1e-4)
+    norm = manifest.normalization
+    assert norm.mode == "per_feature" and len(norm.mean) == 4
+    assert norm.mean == pytest.approx(features.mean(axis=0).tolist(), abs=1e-4)
+    assert norm.std == pytest.approx(np.maximum(features.std(axis=0), 1e-6).tolist(), abs=1e-4)
 
 
 def test_json_array_column_bad_records(spark, tmp_path):
@@ -289,12 +304,12 @@ def test_json_array_column_bad_records(spark, tmp_path):
         "etl.source.label_names=['0','1']", "etl.max_quarantine_fraction=0.5",
     )
     expected = reasons(decode_error=1, wrong_shape=2, unknown_label=1, missing_id=1, duplicate_id=1)
-    assert manifest["quarantine_by_reason"] == expected
-    assert manifest["records_in"] == 26 and manifest["accepted"] == 20
-    assert manifest["feature_shape"] == [3]
+    assert manifest.quarantine_by_reason == expected
+    assert manifest.records_in == 26 and manifest.accepted == 20
+    assert manifest.feature_shape == [3]
     # Both r3 records come from one JSON file (no row numbers): the next tie-break is the label, "0" < "1".
     dataset = tmp_path / "work" / "datasets" / "digits"
-    kept = pa.concat_tables([read_split(dataset, s) for s in manifest["splits"]]).to_pylist()
+    kept = pa.concat_tables([read_split(dataset, s) for s in manifest.splits]).to_pylist()
     assert [(r["features"], r["label"]) for r in kept if r["id"] == "r3"] == [([9.0, 9.0, 9.0], 0)]
 
 
@@ -305,25 +320,25 @@ def test_a_label_seen_only_on_rejected_records_is_not_a_class(spark, tmp_path):
     src.write_text("\n".join(["a,b,label", *rows]) + "\n")
     manifest = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
                        "etl.max_quarantine_fraction=0.2", "etl.rows_per_row_group=3")
-    assert manifest["label_names"] == ["2", "10"]  # not ["2", "5", "7", "10"]
-    assert manifest["quarantine_by_reason"] == reasons(nan_or_inf=1, wrong_shape=1)
+    assert manifest.label_names == ["2", "10"]  # not ["2", "5", "7", "10"]
+    assert manifest.quarantine_by_reason == reasons(nan_or_inf=1, wrong_shape=1)
     dataset = tmp_path / "work" / "datasets" / "digits"
-    table = pa.concat_tables([read_split(dataset, s) for s in manifest["splits"]])
+    table = pa.concat_tables([read_split(dataset, s) for s in manifest.splits])
     by_id = {}
     for line in rows[:20]:
         a, b, label = line.split(",")
         by_id[f"{float(a)},{float(b)}"] = label
     for features, index in zip(table.column("features").to_pylist(), table.column("label").to_pylist()):
-        assert manifest["label_names"][index] == by_id[f"{features[0]},{features[1]}"]
-    for name, info in manifest["splits"].items():
-        assert sum(info["per_class"].values()) == info["count"]
-        for file in info["files"]:
-            sizes = dataset_row_groups(dataset / name / file)
-            assert all(size == 3 for size in sizes[:-1])
+        assert manifest.label_names[index] == by_id[f"{features[0]},{features[1]}"]
+    for name, info in manifest.splits.items():
+        assert sum(info.per_class.values()) == info.count
+        for file in info.files:
+            sizes = dataset_row_groups(version_dir(dataset) / file.path)
+            assert all(size == 3 for size in sizes[:-1]) and sizes == file.row_groups
     configured = run_etl(spark, tmp_path / "work", "etl.source.kind=csv", f"etl.source.path={src}",
                          "etl.max_quarantine_fraction=0.2", "etl.source.label_names=['10','5','2','7']")
-    assert configured["label_names"] == ["10", "5", "2", "7"]  # configured: kept, even classes without records
-    per_class = {k: sum(s["per_class"][k] for s in configured["splits"].values()) for k in ["10", "5", "2", "7"]}
+    assert configured.label_names == ["10", "5", "2", "7"]  # configured: kept, even classes without records
+    per_class = {k: sum(s.per_class[k] for s in configured.splits.values()) for k in ["10", "5", "2", "7"]}
     assert per_class == {"10": 10, "5": 0, "2": 10, "7": 0}
 
 
@@ -342,11 +357,11 @@ def test_a_wrong_guess_of_the_array_length_is_corrected_by_a_second_write(spark,
                        "etl.source.feature_columns=[vec]", "etl.source.label_column=cls", "etl.source.id_column=rid",
                        "etl.max_quarantine_fraction=0.25")
     assert "suggested feature shape [3], but over all records it is [4]: validating and writing again" in capsys.readouterr().out
-    assert manifest["feature_shape"] == [4] and manifest["accepted"] == 20
-    assert manifest["quarantine_by_reason"] == reasons(wrong_shape=5)
+    assert manifest.feature_shape == [4] and manifest.accepted == 20
+    assert manifest.quarantine_by_reason == reasons(wrong_shape=5)
     dataset = tmp_path / "work" / "datasets" / "digits"
     assert sorted(quarantine_reasons(dataset)) == [f"s{i}" for i in range(5)]
-    assert sorted(pa.concat_tables([read_split(dataset, s) for s in manifest["splits"]]).column("id").to_pylist()) == sorted(
+    assert sorted(pa.concat_tables([read_split(dataset, s) for s in manifest.splits]).column("id").to_pylist()) == sorted(
         f"l{i}" for i in range(20))
 
 
@@ -368,7 +383,7 @@ def test_too_many_rejects_raise_and_keep_previous_dataset(spark, tmp_path):
                  "nan_or_inf=2", "missing_label=1", "duplicate_id=1", "Nothing was published"):
         assert text in message
     after = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
-    assert after == before and first["accepted"] == 30
+    assert after == before and first.accepted == 30
     assert [p.name for p in dataset.parent.iterdir()] == ["digits"]
 
 
@@ -409,12 +424,12 @@ def test_split_does_not_depend_on_input_partitioning(spark, tmp_path):
             "etl.source.image_shape=[2,3]", "etl.output_files=3", "etl.rows_per_row_group=16",
         )
     one, five = (tmp_path / "work" / "datasets" / f"p{k}" for k in (1, 5))
-    m1, m5 = (json.loads((d / "manifest.json").read_text()) for d in (one, five))
-    assert m1["feature_shape"] == [1, 2, 3]  # 6 == channels * 2 * 3
-    assert m1["splits"] == m5["splits"] and m1["normalization"] == m5["normalization"]
-    for split in m1["splits"]:
-        for file in m1["splits"][split]["files"]:  # same rows, same order, same row groups
-            assert pq.read_table(one / split / file).equals(pq.read_table(five / split / file))
+    m1, m5 = (ds.read_manifest(str(version_dir(d))) for d in (one, five))
+    assert m1.feature_shape == [1, 2, 3]  # 6 == channels * 2 * 3
+    assert m1.splits == m5.splits and m1.normalization == m5.normalization
+    for split in m1.splits:
+        for file in m1.splits[split].files:  # same rows, same order, same row groups
+            assert pq.read_table(version_dir(one) / file.path).equals(pq.read_table(version_dir(five) / file.path))
 
 
 # --- transforms on tiny DataFrames ------------------------------------------------------------

@@ -35,9 +35,10 @@ def test_output_schema_follows_the_models_declared_outputs():
 
 def test_classification_metrics_from_a_confusion_matrix():
     confusion = np.array([[5, 1, 0], [0, 3, 1], [0, 0, 0]])  # true x predicted
-    m = classification_metrics(confusion, ["a", "b", "c"])
+    m = classification_metrics(confusion, ["a", "b", "c"]).to_dict()
     assert m["accuracy"] == pytest.approx(8 / 10) and m["rows"] == 10
     assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(5 / 6), "support": 6}
     assert m["per_class"]["b"] == {"precision": pytest.approx(3 / 4), "recall": pytest.approx(3 / 4), "support": 4}
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "support": 0}  # nothing predicted, none true
     assert m["confusion_matrix"] == confusion.tolist()
+    assert "reconstruction_error" not in m  # eval.json holds the task's figures only

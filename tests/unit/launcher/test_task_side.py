@@ -1,4 +1,4 @@
-"""Pure helpers of the launcher: the rank environment, exit descriptions, event lines."""
+"""Pure helpers of the launcher: the rank environment, the rank plan, exit descriptions, typed messages."""
 from __future__ import annotations
 
 import os
@@ -6,58 +6,78 @@ import signal
 
 import pytest
 
-from pipelines.launcher.protocol import TaskSpec, decode_event, encode_event
+from pipelines import events
+from pipelines.launcher import protocol
+from pipelines.launcher.plan import RankSlot, assign_ranks
+from pipelines.launcher.protocol import Assignment
 from pipelines.launcher.task import describe_exit, rank_environment
+from pipelines.train.rendezvous import HorovodRendezvous, TorchStoreRendezvous
 
-ASSIGNMENT = {"rank": 1, "size": 2, "local_rank": 1, "local_size": 2, "cross_rank": 0, "cross_size": 1,
-              "hostname": "127.0.0.1", "rendezvous_addr": "127.0.0.1", "rendezvous_port": 4321,
-              "gloo_iface": "lo", "attempt": 2}
-
-
-def _spec(**extra) -> TaskSpec:
-    return TaskSpec(entry="m:f", payload={}, num_workers=2, coordinator_host="127.0.0.1", coordinator_port=1,
-                    start_timeout_s=30, failure_timeout_s=90, **extra)
+SLOT = RankSlot(rank=1, size=2, local_rank=1, local_size=2, cross_rank=0, cross_size=1, hostname="127.0.0.1")
 
 
-def test_rank_environment_holds_horovods_gloo_variables_and_the_threads():
-    env = rank_environment(_spec(), ASSIGNMENT, threads=3)
+def _assignment(env: dict[str, str] | None = None) -> Assignment:
+    return Assignment(slot=SLOT, attempt=2, rendezvous_addr="127.0.0.1", rendezvous_port=4321, gloo_iface="lo",
+                      env=env or {})
+
+
+def test_horovods_rendezvous_hands_each_rank_its_gloo_variables():
+    env = rank_environment(_assignment(HorovodRendezvous().rank_env(SLOT, "127.0.0.1", 4321, "lo")), threads=3)
     expected = {
         "HOROVOD_GLOO_RENDEZVOUS_ADDR": "127.0.0.1", "HOROVOD_GLOO_RENDEZVOUS_PORT": "4321",
         "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_IFACE": "lo",
         "HOROVOD_HOSTNAME": "127.0.0.1", "HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "1",
         "HOROVOD_LOCAL_SIZE": "2", "HOROVOD_CROSS_RANK": "0", "HOROVOD_CROSS_SIZE": "1",
-        "HOROVOD_GLOO_TIMEOUT_SECONDS": "90", "HOROVOD_STALL_CHECK_TIME_SECONDS": "45",
-        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "90", "DLPIPE_STALL_TIMEOUT_S": "90",
-        "DLPIPE_RANK_THREADS": "3", "OMP_NUM_THREADS": "3", "DLPIPE_ATTEMPT": "2",
-        "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "3", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
     }
     assert {k: env[k] for k in expected} == expected
-    assert "DLPIPE_STORE_ADDR" not in env
+    assert "GLOO_SOCKET_IFNAME" not in env or "GLOO_SOCKET_IFNAME" in os.environ
 
 
-def test_a_torch_rendezvous_gets_the_drivers_store_and_no_horovod_variables():
-    env = rank_environment(_spec(), {**ASSIGNMENT, "rendezvous": "torch", "rendezvous_port": 5555}, threads=1)
-    assert (env["DLPIPE_STORE_ADDR"], env["DLPIPE_STORE_PORT"], env["GLOO_SOCKET_IFNAME"]) == ("127.0.0.1", "5555", "lo")
+def test_a_torch_rendezvous_sets_no_horovod_variables_and_settings_travel_in_the_job_not_the_environment():
+    env = rank_environment(_assignment(TorchStoreRendezvous().rank_env(SLOT, "127.0.0.1", 5555, "lo")), threads=1)
+    assert env["GLOO_SOCKET_IFNAME"] == "lo"
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("1", "2", "1")
     assert not [k for k in env if k.startswith("HOROVOD_") and k not in os.environ]
+    assert not [k for k in env if k.startswith(("DLPIPE_", "MALLOC_")) and k not in os.environ]
 
 
-def test_extra_env_wins_over_the_defaults():
-    env = rank_environment(_spec(extra_env={"HOROVOD_CYCLE_TIME": "5", "OMP_NUM_THREADS": "1"}), ASSIGNMENT, 3)
-    assert env["HOROVOD_CYCLE_TIME"] == "5" and env["OMP_NUM_THREADS"] == "1"
+def test_horovod_settings_come_from_the_train_config_in_the_rank():
+    from pipelines.config import TrainConfig
+    from pipelines.launcher.rank import RankContext
+    from pipelines.train.strategies.horovod import HorovodStrategy
+
+    strategy = HorovodStrategy(RankContext(0, 2, 0), TrainConfig(horovod_cycle_time_ms=2.5,
+                                                                 horovod_fusion_threshold_mb=4, failure_timeout_s=90))
+    assert strategy.settings_env() == {
+        "HOROVOD_CYCLE_TIME": "2.5", "HOROVOD_FUSION_THRESHOLD": str(4 << 20), "HOROVOD_GLOO_TIMEOUT_SECONDS": "90",
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": "45", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "90"}
 
 
 def test_a_task_with_spark_gpus_shows_its_rank_only_those(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # what the executor itself may see
-    env = rank_environment(_spec(), ASSIGNMENT, threads=1, gpus=("2",))
-    assert (env["CUDA_VISIBLE_DEVICES"], env["DLPIPE_TASK_GPUS"]) == ("2", "2")
+    env = rank_environment(_assignment(), threads=1, gpus=("2",))
+    assert env["CUDA_VISIBLE_DEVICES"] == "2"
 
 
-def test_a_task_without_spark_gpus_leaves_the_workers_gpus_and_no_stale_task_gpus(monkeypatch):
+def test_a_task_without_spark_gpus_leaves_the_workers_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # one multi-GPU node, no Spark GPU scheduling
-    monkeypatch.setenv("DLPIPE_TASK_GPUS", "7")  # left over in a reused worker: must not reach the rank
-    env = rank_environment(_spec(), ASSIGNMENT, threads=1)
-    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and "DLPIPE_TASK_GPUS" not in env
+    env = rank_environment(_assignment(), threads=1)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_ranks_are_planned_by_host_as_horovodrun_would():
+    from horovod.runner.common.util.hosts import HostInfo, get_host_assignments
+
+    hosts = {0: "a", 1: "b", 2: "a", 3: "c", 4: "a", 5: "b"}
+    mine = assign_ranks(hosts)
+    assert [mine[p].rank for p in (0, 2, 4, 1, 5, 3)] == [0, 1, 2, 3, 4, 5]  # a host's ranks are consecutive
+    plan = get_host_assignments([HostInfo("a", 3), HostInfo("b", 2), HostInfo("c", 1)], 6)
+    by_rank = {s.rank: s for s in mine.values()}
+    for theirs in plan:
+        ours = by_rank[theirs.rank]
+        assert (ours.hostname, ours.local_rank, ours.local_size, ours.cross_rank, ours.cross_size, ours.size) == (
+            theirs.hostname, theirs.local_rank, theirs.local_size, theirs.cross_rank, theirs.cross_size, theirs.size)
 
 
 def test_describe_exit_names_the_code_or_the_signal():
@@ -67,10 +87,23 @@ def test_describe_exit_names_the_code_or_the_signal():
 
 
 def test_event_lines_round_trip_and_log_lines_are_not_events():
-    line = encode_event("epoch", {"rank": 0, "loss": 0.5})
-    assert decode_event(line) == {"kind": "epoch", "rank": 0, "loss": 0.5}
-    assert decode_event("epoch 1 done") is None
-    assert decode_event(line[:-3]) is None  # a cut line is a log line, not a crash
+    event = events.StepProgress(epoch=1, step=3, steps=9, loss=0.5, samples_per_s=100.0, rank=0, time=1.0)
+    line = protocol.event_line(event)
+    assert events.decode(protocol.parse_event_line(line)) == event
+    assert protocol.parse_event_line("epoch 1 done") is None
+    assert protocol.parse_event_line(line[:-3]) is None  # a cut line is a log line, not a crash
+
+
+def test_an_event_of_an_unknown_kind_is_refused_not_guessed():
+    from pipelines.formats import FormatError
+
+    with pytest.raises(FormatError, match="unknown kind 'bench_peak_rss'"):
+        events.decode({"kind": "bench_peak_rss", "rank": 0})
+    record = events.EpochRecord(epoch=2, loss=0.3, samples=100, samples_per_s=50.0, seconds=2.0,
+                                data_wait_fraction=0.1, metrics={"accuracy": 0.9}, val={"loss": 0.4})
+    flat = record.to_dict()
+    assert flat["val_loss"] == 0.4 and flat["accuracy"] == 0.9  # metrics.jsonl keeps its flat shape
+    assert events.EpochRecord.from_dict(flat) == record
 
 
 def test_only_the_launch_secret_answers_the_challenge():
@@ -83,12 +116,13 @@ def test_only_the_launch_secret_answers_the_challenge():
     assert not is_answer(secret, challenge, None) and not is_answer(secret, challenge, 42)
 
 
-def test_the_coordinator_parses_only_whole_json_objects():
-    from pipelines.launcher.driver import _parse
-
-    assert _parse(b'{"type": "log", "rank": 0}\n') == {"type": "log", "rank": 0}
-    for bad in (b'{"type": "log"', b"not json\n", b"[1, 2]\n", b"\xff\xfe\n", b""):
-        assert _parse(bad) is None, bad
+def test_the_coordinator_decodes_only_whole_messages_of_known_types():
+    assert protocol.decode(b'{"type": "log", "partition": 0, "rank": 0, "line": "x"}\n') == protocol.LogLine(0, 0, "x")
+    for bad in (b'{"type": "log"', b"not json\n", b"[1, 2]\n", b"\xff\xfe\n", b"", b'{"type": "nope"}\n',
+                b'{"type": "exit", "partition": 0, "rank": 0, "code": "x"}\n'):
+        assert protocol.decode(bad) is None, bad
+    assignment = _assignment({"A": "1"})
+    assert protocol.decode(protocol.encode(assignment)) == assignment
 
 
 # What Spark 3.5 raises through Py4J when an executor dies under a barrier task (shortened).
@@ -124,16 +158,10 @@ def test_any_other_stage_failure_keeps_sparks_reason_without_the_py4j_line():
                                                            "times, most recent failure: disk full")
 
 
-def test_training_settings_reach_the_rank_environment_and_malloc_tuning_can_be_turned_off():
-    from pipelines.config import TrainConfig
-    from pipelines.train.driver import RANK_MALLOC_ENV, rank_env
+def test_malloc_tuning_sets_the_thresholds_in_the_rank_process():
+    from pipelines.train.rank import M_MMAP_THRESHOLD, RANK_MALLOC
 
-    tuned = rank_env(TrainConfig(horovod_cycle_time_ms=2.5, horovod_fusion_threshold_mb=4))
-    assert tuned == {"HOROVOD_CYCLE_TIME": "2.5", "HOROVOD_FUSION_THRESHOLD": str(4 << 20), **RANK_MALLOC_ENV,
-                     "DLPIPE_PIN_RANKS": "1"}
-    assert int(RANK_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]) <= 32 << 20  # glibc ignores a larger one
-    plain = rank_env(TrainConfig(malloc_tuning=False, pin_ranks=False))
-    assert set(plain) == {"HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD"}
+    assert RANK_MALLOC[M_MMAP_THRESHOLD] <= 32 << 20  # glibc ignores a larger one
 
 
 @pytest.mark.parametrize("local_rank, local_size, threads, allowed, expected", [

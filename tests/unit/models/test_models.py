@@ -55,8 +55,34 @@ def test_names() -> None:
 
 
 def test_package_exports_only_the_public_api() -> None:
-    assert sorted(models.__all__) == sorted(["DlpipeModel", "build", "config_class", "names", "to_artifact_dict",
-                                            "from_artifact_dict"])
+    assert sorted(models.__all__) == sorted([
+        "DlpipeModel", "ModelSpec", "build", "config_class", "names", "spec", "to_artifact_dict", "from_artifact_dict",
+        "TASKS", "CLASSIFIER", "RECONSTRUCTOR", "GENERATOR", "POLICY", "CAPABILITIES", "Acts", "Embeds",
+        "Reconstructs", "Samples"])
+
+
+# The methods each capability Protocol promises (what a model that declares it must have).
+CAPABILITY_METHODS = {models.Samples: ("sample",), models.Embeds: ("embed",), models.Reconstructs: ("reconstruct",),
+                      models.Acts: ("act", "value")}
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_declares_a_task_and_implements_the_capabilities_it_declares(name: str) -> None:
+    spec = models.spec(name)
+    assert spec.task in models.TASKS
+    model = models.build(name, feature_shape=(4,) if spec.task == models.POLICY else (1, 8, 8), num_classes=3)
+    assert set(CAPABILITY_METHODS) == set(models.CAPABILITIES)
+    for capability in models.CAPABILITIES:
+        has = all(callable(getattr(model, method, None)) for method in CAPABILITY_METHODS[capability])
+        assert has == spec.can(capability), (name, capability.__name__)  # declared exactly when implemented
+    assert spec.multi_phase == (len(model.training_phases()) > 1)
+
+
+def test_the_registry_declares_what_the_verbs_select_by() -> None:
+    tasks = {name: models.spec(name).task for name in models.names()}
+    assert tasks == {"autoencoder": "reconstructor", "cnn": "classifier", "gan": "generator", "mlp": "classifier",
+                     "mlp_policy": "policy", "vae": "reconstructor"}
+    assert [n for n in models.names() if models.spec(n).can(models.Samples)] == ["gan", "vae"]
 
 
 @pytest.mark.parametrize(("name", "shape"), CASES, ids=CASE_IDS)

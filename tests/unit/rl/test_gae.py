@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.rl.gae import episode_stats, gae
+from pipelines.rl.gae import gae
 
 GAMMA = LAM = 0.5
 
@@ -44,11 +44,3 @@ def test_gae_with_lambda_one_and_no_bootstrap_is_the_discounted_return_minus_val
 def test_gae_rejects_arrays_of_different_shapes():
     with pytest.raises(ValueError, match="one shape"):
         gae(np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 1)), np.zeros((3, 2)), np.zeros((3, 2)), 0.9, 0.9)
-
-
-def test_episode_stats_counts_only_episodes_that_ended_inside_the_rollout():
-    rewards = _columns([1, 1, 1, 1], [1, 2, 3, 4])
-    terminated = _columns([0, 1, 0, 0], [0, 0, 0, 0]).astype(bool)
-    truncated = _columns([0, 0, 0, 1], [0, 0, 1, 0]).astype(bool)
-    returns, lengths = episode_stats(rewards, terminated, truncated)
-    assert returns == [2.0, 2.0, 6.0] and lengths == [2, 2, 3]  # env 1's last step starts an unfinished episode

@@ -12,7 +12,7 @@ import torch
 import models
 from pipelines.config import ConfigError
 from pipelines.rl.rollout import (
-    RolloutSpec, actor_seeds, env_spaces, policy_from_bytes, policy_to_bytes, rollout, run_episodes, schema,
+    ActorState, RolloutSpec, actor_seeds, env_spaces, policy_from_bytes, policy_to_bytes, rollout, run_episodes, schema,
 )
 from testkit import REPO_ROOT
 
@@ -28,17 +28,20 @@ def _policy():
 
 def test_actor_seeds_are_reproducible_and_differ_by_actor_and_iteration():
     assert actor_seeds(0, 1, 2, 3) == actor_seeds(0, 1, 2, 3)
-    seeds = {tuple(actor_seeds(0, it, actor, 3)[0]) for it in range(3) for actor in range(3)}
-    assert len(seeds) == 9
+    resets = {tuple(actor_seeds(0, it, actor, 3)[0]) for it in range(3) for actor in range(3)}
+    actions = {actor_seeds(0, it, actor, 3)[1] for it in range(3) for actor in range(3)}
+    assert len(resets) == 3 and len(actions) == 9  # environments by actor; actions by actor and iteration
 
 
 def test_rollout_rows_are_reproducible_and_ordered_by_env_then_step():
     policy = _policy()
     spec = RolloutSpec("CartPole-v1", envs_per_actor=3, steps_per_env=20, seed=5)
-    a, b = rollout(spec, policy, 0, 1), rollout(spec, policy, 0, 1)
+    first, again = rollout(spec, policy, 0, 1), rollout(spec, policy, 0, 1)
+    a, b = first.table(), again.table()
     assert a.schema == schema() and a.num_rows == 60
-    assert a.equals(b)
-    assert not a.column(4).equals(rollout(spec, policy, 1, 1).column(4))  # next iteration: other seeds
+    assert a.equals(b)  # a retried task repeats the same rollout exactly, and leaves the same environments
+    assert np.array_equal(ActorState.from_bytes(first.state).obs, ActorState.from_bytes(again.state).obs)
+    assert rollout(spec, policy, 1, 1, first.state).table().column("obs")[0] != a.column("obs")[0]  # goes on
     assert set(a.column("actor").to_pylist()) == {1}
     assert a.column("env").to_pylist() == [e for e in range(3) for _ in range(20)]
     assert a.column("step").to_pylist() == list(range(20)) * 3
@@ -46,7 +49,7 @@ def test_rollout_rows_are_reproducible_and_ordered_by_env_then_step():
 
 def test_next_value_bootstraps_at_time_limits_and_not_at_terminations():
     policy = _policy()
-    rows = rollout(RolloutSpec(SHORT, 4, 30, seed=0), policy, 0, 0).to_pydict()
+    rows = rollout(RolloutSpec(SHORT, 4, 30, seed=0), policy, 0, 0).table().to_pydict()
     value, next_value = np.array(rows["value"]), np.array(rows["next_value"])
     term, trunc = np.array(rows["terminated"]), np.array(rows["truncated"])
     step = np.array(rows["step"])
@@ -60,6 +63,22 @@ def test_next_value_bootstraps_at_time_limits_and_not_at_terminations():
             assert next_value[i] == value[i + 1]
     last = np.flatnonzero(step == 29)
     assert all(next_value[i] != 0.0 for i in last if not term[i])  # the rollout's end bootstraps
+
+
+def test_episodes_longer_than_a_rollout_go_on_and_are_counted_whole_once_they_end():
+    """CartPole episodes last more than 5 steps: each rollout continues the last one's environments."""
+    policy = _policy()
+    spec = RolloutSpec("CartPole-v1", envs_per_actor=2, steps_per_env=5, seed=0)
+    state, returns, lengths, steps = None, [], [], 0
+    for iteration in range(40):
+        result = rollout(spec, policy, iteration, 0, state)
+        state, steps = result.state, steps + 2 * 5
+        returns += result.returns
+        lengths += result.lengths
+    assert returns and all(n > 5 for n in lengths)  # whole episodes, longer than any one rollout
+    assert returns == [float(n) for n in lengths]  # CartPole: reward 1 a step, counted from the episode's start
+    unfinished = ActorState.from_bytes(state).episode_length.sum()
+    assert sum(lengths) + unfinished == steps  # every step belongs to one episode, ended or still running
 
 
 def test_policy_bytes_round_trip():

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from pipelines.artifact import Normalizer
+from pipelines.dataset import Normalization, SplitFiles
 from pipelines.train import loader
 
 
 @pytest.fixture
 def chunks(monkeypatch):
-    def passes(url, rank, size, seed, workers):
+    def passes(split, rank, size, seed, workers):
         while True:
             yield np.arange(40 * 4, dtype=np.float32).reshape(40, 4), np.arange(40, dtype=np.int64)
 
@@ -26,8 +27,8 @@ def pinned(monkeypatch):
 
 
 def _batches(pin: bool) -> list[dict[str, torch.Tensor]]:
-    normalize = Normalizer.from_stats({"mean": [0.0], "std": [1.0]}, [4])
-    return list(loader.epoch_batches("file:///unused", rank=0, size=1, batch_size=8, steps=3, seed=0,
+    normalize = Normalizer.from_stats(Normalization("global", [0.0], [1.0]), [4])
+    return list(loader.epoch_batches(SplitFiles(["/unused"], [[40]]), rank=0, size=1, batch_size=8, steps=3, seed=0,
                                      normalize=normalize, pin=pin))
 
 

@@ -102,16 +102,25 @@ def test_fp16_scales_the_loss_and_averages_gradients_before_the_overflow_check()
     assert calls == ["scale", "synchronize", "unscale", "enter-skip", "step", "exit-skip", "update"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"device": "cpu"}, "needs a GPU but train.device='cpu'"),
-    ({"strategy": "fsdp"}, "not supported with train.strategy=fsdp"),
-    ({"strategy": "pipeline"}, "not supported with train.strategy=pipeline"),
+@pytest.mark.parametrize("overrides, master, message", [
+    ({"device": "cpu"}, "", "needs a GPU but train.device='cpu'"),
+    ({"strategy": "fsdp"}, "", "not supported with train.strategy=fsdp"),
+    ({"strategy": "pipeline"}, "", "not supported with train.strategy=pipeline"),
+    ({}, "local[2]", r"the ranks of master=local\[2\] run on this machine, which has none"),  # no GPU here
 ])
-def test_the_config_refuses_fp16_where_it_cannot_run(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        from_dict({"train": {"precision": "fp16", **overrides}})
+def test_validation_refuses_fp16_where_it_cannot_run(overrides, master, message):
+    from pipelines.validate import validate
+
+    config = from_dict({"train": {"precision": "fp16", **overrides}})
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(config, "train", master)
+    assert err.value.key == "train.precision"
 
 
 @pytest.mark.parametrize("strategy", ["horovod", "ddp"])
-def test_fp16_is_accepted_for_the_replicated_strategies(strategy):
-    assert from_dict({"train": {"precision": "fp16", "strategy": strategy}}).train.precision == "fp16"
+def test_fp16_is_accepted_for_the_replicated_strategies_on_a_cluster(strategy):
+    from pipelines.validate import validate
+
+    config = from_dict({"train": {"precision": "fp16", "strategy": strategy}})
+    validate(config, "train", master="spark://10.0.0.1:7077")  # only the ranks can tell: they report it
+    assert config.train.precision == "fp16"

@@ -98,18 +98,16 @@ def test_a_gan_step_averages_each_optimizers_gradients_once_like_one_process(tmp
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "pipeline"])
-def test_a_two_optimizer_model_on_a_strategy_that_has_one_is_refused_before_launch(tmp_path, strategy):
+def test_a_two_optimizer_model_on_a_strategy_that_has_one_is_refused_before_spark(tmp_path, strategy):
     from testkit import make_config
-    from pipelines.train.driver import TrainError, check_layout
-    from pipelines.train.job import TrainJob
+    from pipelines.errors import ConfigError
+    from pipelines.validate import validate
 
     config = make_config(tmp_path, "model.name=gan", f"train.strategy={strategy}")
-    manifest = {"feature_shape": [1, 8, 8], "label_names": [str(i) for i in range(10)]}
-    job = TrainJob(config=config, manifest=manifest, manifest_hash="x", train_path="", validation_path="",
-                   run_dir=str(tmp_path))
-    with pytest.raises(TrainError, match=rf"model 'gan' trains with 2 optimizers \(discriminator, generator\); "
-                                         rf"train.strategy={strategy} supports one: use train.strategy=horovod or ddp"):
-        check_layout(job, 2)
+    with pytest.raises(ConfigError, match=rf"'train.strategy' = '{strategy}' cannot train model 'gan': it trains "
+                                          rf"with several optimizers, which horovod, ddp support") as err:
+        validate(config, "run")
+    assert err.value.key == "train.strategy"
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "pipeline"])
@@ -136,7 +134,7 @@ def test_torch_distributed_strategies_join_over_nccl_on_a_gpu_and_gloo_on_a_cpu(
     monkeypatch.setattr(torch_dist, "join_process_group", lambda ctx, backend: joined.append(backend))
     for name in ("ddp", "fsdp", "pipeline"):
         for device in ("cuda:0", "cpu"):
-            make_strategy(RankContext(0, 2, 0, 1, 0), TrainConfig(strategy=name), torch.device(device)).start()
+            make_strategy(RankContext(0, 2, 0), TrainConfig(strategy=name), torch.device(device)).start()
     assert joined == ["nccl", "gloo"] * 3
 
 
@@ -145,6 +143,6 @@ def test_horovod_on_a_gpu_without_nccl_stops_before_joining_and_says_what_to_do(
     from pipelines.launcher.rank import RankContext
     from pipelines.train.strategies import make_strategy
 
-    strategy = make_strategy(RankContext(0, 1, 0, 1, 0), TrainConfig(), torch.device("cuda:0"))
+    strategy = make_strategy(RankContext(0, 1, 0), TrainConfig(), torch.device("cuda:0"))
     with pytest.raises(RuntimeError, match=r"built without NCCL.*make setup.*train.strategy=ddp"):
         strategy.start()  # this machine's Horovod is the CPU/Gloo build

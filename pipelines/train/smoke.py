@@ -1,13 +1,27 @@
 """``dlpipe check``: N Horovod ranks in a barrier stage allreduce a tensor (proves the launcher and the stack)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from pipelines.config import PipelineConfig
-from pipelines.launcher.driver import run_ranks
-from pipelines.launcher.rank import RankContext
+from pipelines.events import Joined
+from pipelines.formats import Record
+from pipelines.launcher import RankContext, run_ranks
+from pipelines.train.rendezvous import HorovodRendezvous
+
+ENTRY = "pipelines.train.smoke:allreduce_sum"
+
+
+@dataclass(frozen=True)
+class CheckResult(Record):
+    """What ``dlpipe check`` returns: rank 0's view of the allreduce."""
+
+    sum: list[float]
+    size: int
+    threads: int
 
 
 def allreduce_sum(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
@@ -16,6 +30,7 @@ def allreduce_sum(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     import torch
 
     hvd.init()
+    ctx.emit(Joined())
     try:
         assert hvd.rank() == ctx.rank and hvd.size() == ctx.size, "Horovod disagrees with the launcher"
         value = torch.full((4,), float((ctx.rank + 1) * payload.get("scale", 1)))
@@ -26,13 +41,16 @@ def allreduce_sum(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
         hvd.shutdown()
 
 
-def main(spark: SparkSession, config: PipelineConfig) -> dict[str, Any]:
+def main(spark: SparkSession, config: PipelineConfig) -> CheckResult:
     """Run :func:`allreduce_sum` on ``train.num_workers`` ranks and check the sum."""
-    n = config.train.num_workers
-    result = run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=n,
-                         start_timeout_s=config.train.start_timeout_s, gloo_iface=config.train.gloo_iface)
+    tc = config.train
+    n = tc.num_workers
+    result = CheckResult.from_dict(run_ranks(
+        spark, ENTRY, {}, num_workers=n, rendezvous=HorovodRendezvous(tc.failure_timeout_s),
+        start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s, gloo_iface=tc.gloo_iface,
+        description="dlpipe check"))
     expected = float(n * (n + 1) // 2)
-    if result["sum"] != [expected] * 4:
-        raise RuntimeError(f"dlpipe check: {n} ranks allreduced {result['sum']}, expected {expected} each")
-    print(f"dlpipe check: {n} Horovod ranks allreduced {result['sum']}")
+    if result.sum != [expected] * 4:
+        raise RuntimeError(f"dlpipe check: {n} ranks allreduced {result.sum}, expected {expected} each")
+    print(f"dlpipe check: {n} Horovod ranks allreduced {result.sum}")
     return result

@@ -1,0 +1,131 @@
+"""Checkpoint files in any store: one object per position, newest two kept, written off the step loop.
+
+    epoch-0003.pt              after 3 whole epochs (RL: after 3 iterations)
+    epoch-0003.step-000050.pt  after 3 whole epochs and 50 steps of the 4th
+
+Each checkpoint is one atomic write (``pipelines.storage``: a temp file renamed on local disk,
+one PUT on an object store), so a listed checkpoint is complete. :class:`CheckpointWriter`
+serializes the state on the caller's thread (the snapshot is taken there) and uploads it on its
+own thread: training goes on while a checkpoint travels to S3, and the next checkpoint waits for
+the previous one. Which payload a file holds is the business of its format's owner
+(``pipelines.train.checkpoint``, ``pipelines.rl.checkpoint``).
+"""
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from pipelines import storage
+
+KEEP = 2
+_NAME = re.compile(r"epoch-(\d+)(?:\.step-(\d+))?\.pt")
+
+
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """File name of the checkpoint after ``epoch`` whole epochs and ``step`` steps of the next."""
+    return f"epoch-{epoch:04d}" + (f".step-{step:06d}" if step else "") + ".pt"
+
+
+def _position(location: str) -> tuple[int, int]:
+    found = _NAME.fullmatch(storage.name(location))
+    return (int(found.group(1)), int(found.group(2) or 0)) if found else (-1, -1)
+
+
+def checkpoint_files(folder: str) -> list[str]:
+    """Checkpoint files in ``folder``, oldest position first ([] when there is none)."""
+    if not storage.is_dir(folder):
+        return []
+    found = [f.location for f in storage.list_files(folder, recursive=False)
+             if _NAME.fullmatch(storage.name(f.location))]
+    return sorted(found, key=_position)
+
+
+def to_bytes(payload: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def save(folder: str, epoch: int, step: int, payload: dict[str, Any]) -> str:
+    """Write one checkpoint now (on this thread) and prune older ones; its location."""
+    location = storage.join(folder, checkpoint_name(epoch, step))
+    _write(location, to_bytes(payload), folder)
+    return location
+
+
+def _write(location: str, data: bytes, folder: str) -> None:
+    storage.write_bytes(location, data)
+    for old in checkpoint_files(folder)[:-KEEP]:
+        storage.delete(old)
+
+
+def load_latest(folder: str, on_skip: Callable[[str, Exception], None] | None = None) -> dict[str, Any] | None:
+    """The payload of the newest readable checkpoint in ``folder``, or None. A file that cannot be
+    read (truncated by a disk that lied) is skipped for the one before it, with ``on_skip`` told."""
+    for location in reversed(checkpoint_files(folder)):
+        try:
+            payload = torch.load(io.BytesIO(storage.read_bytes(location)), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling garbage raises anything; the file is unusable either way
+            if on_skip is not None:
+                on_skip(location, e)
+            continue
+        return {**payload, "_location": location}
+    return None
+
+
+@dataclass
+class WriteTimes:
+    """How long checkpoints took: serializing on the step thread, and writing (off it)."""
+
+    serialize_s: float = 0.0
+    write_s: float = 0.0
+    waited_s: float = 0.0  # the step thread waiting for the previous write to finish
+    count: int = 0
+
+
+class CheckpointWriter:
+    """Writes checkpoints to ``folder`` on a background thread, one at a time, in order."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.times = WriteTimes()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, epoch: int, step: int, payload: dict[str, Any]) -> str:
+        """Serialize ``payload`` now and write it in the background once the previous write is done."""
+        started = time.perf_counter()
+        data = to_bytes(payload)
+        self.times.serialize_s += time.perf_counter() - started
+        self.wait()
+        location = storage.join(self.folder, checkpoint_name(epoch, step))
+
+        def write() -> None:
+            began = time.perf_counter()
+            try:
+                _write(location, data, self.folder)
+            except BaseException as e:  # surfaced by the next submit or wait
+                self._error = e
+            self.times.write_s += time.perf_counter() - began
+
+        self._thread = threading.Thread(target=write, name="dlpipe-checkpoint-writer", daemon=True)
+        self._thread.start()
+        self.times.count += 1
+        return location
+
+    def wait(self) -> None:
+        """Block until the last submitted checkpoint is written; raise its error if it failed."""
+        if self._thread is not None:
+            began = time.perf_counter()
+            self._thread.join()
+            self.times.waited_s += time.perf_counter() - began
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"writing a checkpoint to {storage.redact(self.folder)} failed: {error}") from error

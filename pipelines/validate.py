@@ -1,0 +1,199 @@
+"""One validation per verb: everything a verb's config needs, checked before any Spark stage.
+
+``validate(config, verb)`` asks the registries what they support (models: ``models.spec``;
+strategies: ``pipelines.train.strategies.STRATEGIES``; precisions, devices, source kinds) and
+raises one :class:`ConfigError` naming the key at fault. The stages do not check their config
+again. What only a rank can know (a GPU without bf16, say) is reported by the rank as a
+``ConfigProblem`` (``pipelines.launcher.rank``), which the driver turns into the same one line.
+
+Checks that need the data (a split's row groups against ``train.num_workers``) stay with the data
+(``pipelines.train.driver``); the locations a config names are probed by ``dlpipe VERB --check``
+(:func:`probe_locations`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import models
+from pipelines import dataset, storage
+from pipelines.config import PipelineConfig
+from pipelines.device import resolve_device, visible_gpus
+from pipelines.errors import ConfigError
+from pipelines.train.precision import PRECISIONS
+from pipelines.train.strategies import STRATEGIES
+
+TRAIN_VERBS = ("train", "run")  # verbs that train a model with the barrier-stage trainer
+
+
+def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
+    """Raise a :class:`ConfigError` for the first setting ``verb`` cannot run with.
+
+    ``master``: the Spark master the job will run on, when known before Spark starts ("" = unknown;
+    local masters let the GPU checks run here, where the tasks will run).
+    """
+    _environment(config, master)
+    checks: dict[str, list[Callable[[PipelineConfig, str], None]]] = {
+        "train": [_trainable_model, _strategy, _precision, _train_device, _model_shape],
+        "run": [_trainable_model, _strategy, _precision, _train_device, _model_shape, _scored_split, _infer_device],
+        "infer": [_infer_device],
+        "rl": [_policy_model],
+        "rl-eval": [],
+        "etl": [],
+        "generate": [],
+        "check": [],
+    }
+    for check in checks.get(verb, []):
+        check(config, master)
+
+
+def _local(master: str) -> bool:
+    return master.startswith("local")
+
+
+def _environment(config: PipelineConfig, master: str) -> None:
+    """What the config asks of this machine (YARN needs its conf)."""
+    if (config.master or master) == "yarn" and not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+        raise ConfigError("config key 'master' = 'yarn' but neither HADOOP_CONF_DIR nor YARN_CONF_DIR is set: "
+                          "export the folder holding the cluster's yarn-site.xml, or submit with spark-submit "
+                          "--master yarn on a machine set up for the cluster", key="master")
+
+
+def _trainable_model(config: PipelineConfig, master: str) -> None:
+    spec = models.spec(config.model.name)
+    if spec.task == models.POLICY:
+        raise ConfigError(f"config key 'model.name' = {spec.name!r} is a policy: policies learn from an environment "
+                          f"with `dlpipe rl --config pipelines/configs/cartpole_ppo.yaml`, not from a dataset with "
+                          f"`dlpipe train`/`run`; pick a classifier, reconstructor or generator here "
+                          f"({', '.join(n for n in models.names() if models.spec(n).task != models.POLICY)})",
+                          key="model.name")
+
+
+def _policy_model(config: PipelineConfig, master: str) -> None:
+    spec = models.spec(config.model.name)
+    if spec.task != models.POLICY:
+        policies = [n for n in models.names() if models.spec(n).task == models.POLICY]
+        raise ConfigError(f"config key 'model.name' = {spec.name!r} is a {spec.task}, but dlpipe rl trains a policy "
+                          f"({', '.join(policies)}), e.g. model.name=mlp_policy", key="model.name")
+
+
+def _strategy(config: PipelineConfig, master: str) -> None:
+    tc, spec = config.train, models.spec(config.model.name)
+    strategy = STRATEGIES[tc.strategy]
+    if spec.multi_phase and not strategy.multi_phase:
+        able = [n for n, s in STRATEGIES.items() if s.multi_phase]
+        raise ConfigError(f"config key 'train.strategy' = {tc.strategy!r} cannot train model {spec.name!r}: it trains "
+                          f"with several optimizers, which {', '.join(able)} support", key="train.strategy")
+    if not strategy.data_parallel:
+        if not spec.pipeline_parallel:
+            raise ConfigError(f"config key 'train.strategy' = {tc.strategy!r}: model {spec.name!r} cannot be cut into "
+                              f"pipeline stages; use train.strategy=horovod or ddp", key="train.strategy")
+        if tc.batch_size % tc.pipeline.microbatches:
+            raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
+                              f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)",
+                              key="train.pipeline.microbatches")
+
+
+def _precision(config: PipelineConfig, master: str) -> None:
+    tc, spec = config.train, models.spec(config.model.name)
+    strategy = STRATEGIES[tc.strategy]
+    if tc.precision not in strategy.precisions:
+        raise ConfigError(f"config key 'train.precision' = {tc.precision!r} is not supported with "
+                          f"train.strategy={tc.strategy} (it supports {', '.join(strategy.precisions)}): each rank "
+                          "holds only part of the gradients, so their fp16 loss scalers could disagree; use bf16, "
+                          "which needs no loss scaling", key="train.precision")
+    if tc.precision == "fp16" and spec.multi_phase:
+        raise ConfigError(f"config key 'train.precision' = 'fp16': model {spec.name!r} trains with several optimizers "
+                          "and fp16 scales one loss: use train.precision=bf16 or fp32", key="train.precision")
+    if tc.precision == "fp16":
+        if tc.device == "cpu":
+            raise ConfigError("config key 'train.precision' = 'fp16' needs a GPU but train.device='cpu': use "
+                              "train.precision=bf16 (autocast works on CPU) or fp32", key="train.precision")
+        if _local(master) and visible_gpus() == 0:
+            raise ConfigError(f"config key 'train.precision' = 'fp16' needs a GPU, and the ranks of master={master} "
+                              "run on this machine, which has none: use train.precision=bf16 (autocast works on "
+                              "CPU) or fp32", key="train.precision")
+    assert tc.precision in PRECISIONS  # the config rule lists the same names
+
+
+def _train_device(config: PipelineConfig, master: str) -> None:
+    _device(config.train.device, "train.device", master)
+
+
+def _infer_device(config: PipelineConfig, master: str) -> None:
+    _device(config.infer.device, "infer.device", master)
+
+
+def _device(requested: str, key: str, master: str) -> None:
+    """``<key>=cuda`` with a local master on a machine whose torch sees no GPU: fails now. On a
+    cluster only the tasks can tell; each checks when it starts."""
+    if requested == "cuda" and _local(master):
+        resolve_device(requested, (), visible_gpus(), local_rank=0, key=key)
+
+
+def _model_shape(config: PipelineConfig, master: str) -> None:
+    """The model can be built for the data's feature shape (known before Spark: the published
+    dataset's for ``train``, the image source's for ``run``), and cut into the pipeline's stages."""
+    shape, classes = _expected_shape(config)
+    if shape is None:
+        return
+    tc = config.train
+    try:
+        model = models.build(config.model.name, feature_shape=tuple(shape), num_classes=max(classes, 2),
+                             **config.model.params)
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.name' = {config.model.name!r} does not fit the data (feature shape "
+                          f"{shape}): {e}", key="model.name") from None
+    if not STRATEGIES[tc.strategy].data_parallel:
+        try:
+            model.pipeline_stages(tc.num_workers)
+        except ValueError as e:
+            raise ConfigError(f"train.strategy=pipeline with train.num_workers={tc.num_workers}: {e}",
+                              key="train.num_workers") from None
+
+
+def _expected_shape(config: PipelineConfig) -> tuple[list[int] | None, int]:
+    source = config.etl.source
+    if source.kind == "images":
+        return [source.channels, *source.image_shape], len(source.label_names) or 2
+    try:
+        view = dataset.open_dataset(config.dataset_dir)
+    except (dataset.DatasetError, OSError, ConfigError):
+        return None, 0  # the train stage reads it, and says so when it is missing
+    return view.manifest.feature_shape, len(view.manifest.label_names)
+
+
+def _scored_split(config: PipelineConfig, master: str) -> None:
+    """The split ``run``'s inference scores must be one the ETL makes."""
+    ic = config.infer
+    if not ic.input and not ic.source.kind and ic.split not in config.etl.splits:
+        raise ConfigError(f"infer.split={ic.split!r} is not one of the splits etl.splits makes "
+                          f"({', '.join(config.etl.splits)}): set infer.split to one of them", key="infer.split")
+
+
+# --- `dlpipe VERB --check`: the locations, probed ------------------------------------------------------
+
+def locations(config: PipelineConfig, verb: str) -> list[tuple[str, str, bool]]:
+    """(location, config key, written?) of every place ``verb`` reads or writes."""
+    places = [(config.workdir_location, "workdir", True)]
+    if verb in ("etl", "run"):
+        places.append((storage.normalize(config.etl.source.path), "etl.source.path", False))
+    if verb in ("infer", "run", "rl-eval"):
+        ic = config.infer
+        for value, key, written in ((ic.source.path, "infer.source.path", False), (ic.input, "infer.input", False),
+                                    (ic.artifact, "infer.artifact", False), (ic.output, "infer.output", True)):
+            if value:
+                places.append((storage.normalize(value), key, written))
+    if verb == "generate" and config.generate.output:
+        places.append((storage.normalize(config.generate.output), "generate.output", True))
+    return places
+
+
+def probe_locations(config: PipelineConfig, verb: str) -> list[str]:
+    """List every location ``verb`` uses, and write and delete a marker where it writes; one line
+    per location probed. Raises the first location's problem as a one-line error naming its key."""
+    lines = []
+    for location, key, written in locations(config, verb):
+        storage.check_location(location, key, write=written)
+        lines.append(f"{key}: {storage.redact(location)}: {'listed, written and cleaned up' if written else 'listed'}")
+    return lines
