@@ -4,7 +4,8 @@ A job that writes a run folder (or a dataset) first takes its lease: the object 
 saying who holds it and until when. The holder renews it every ``ttl / 3`` while it runs; a
 second job finds it held, says which job holds it and stops (or, with ``lease.wait_s``, waits for
 it to be released or to expire). A killed job stops renewing, so its lease expires ``lease.ttl_s``
-after its last renewal and its retry takes over then.
+after its last renewal and its retry takes over then; a retry on the same host as the killed job
+sees that its process is gone and takes over at once.
 
 Object stores have no compare-and-swap (in the pinned pyarrow), so taking a lease is write, wait,
 verify: a job writes its lease, waits :data:`SETTLE_S`, and reads it back; of two jobs that raced,
@@ -27,6 +28,7 @@ from pipelines.errors import ConfigError
 from pipelines.formats import FormatError, Record
 
 LEASE_FILE = "_lease.json"
+_HELD: list["Lease"] = []  # this process's leases, for check_leases
 SETTLE_S = 1.0  # write, wait this long, verify
 POLL_S = 2.0  # while waiting for a held lease
 
@@ -54,6 +56,19 @@ class LeaseRecord(Record):
                 f"{time.strftime('%H:%M:%S', time.localtime(self.expires_at))}, {max(0.0, left):.0f} s from now)")
 
 
+def _dead_here(held: LeaseRecord) -> bool:
+    """The holder ran on this host and its process is gone (killed): its lease need not run out."""
+    if held.host != socket.gethostname():
+        return False
+    try:
+        os.kill(held.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class Lease:
     """The lease on one folder, held from :meth:`acquire` to :meth:`release` (a context manager)."""
 
@@ -73,7 +88,7 @@ class Lease:
         deadline = self.clock() + self.wait_s
         while True:
             held = self.read()
-            if held is None or held.holder == self.token or held.expires_at <= self.clock():
+            if held is None or held.holder == self.token or held.expires_at <= self.clock() or _dead_here(held):
                 self._write()
                 time.sleep(SETTLE_S)
                 again = self.read()
@@ -89,11 +104,14 @@ class Lease:
             time.sleep(POLL_S)
         self._renewer = threading.Thread(target=self._renew, name="dlpipe-lease", daemon=True)
         self._renewer.start()
+        _HELD.append(self)
         return self
 
     def release(self) -> None:
         """Stop renewing and remove the lease (if it is still ours)."""
         self._stop.set()
+        if self in _HELD:
+            _HELD.remove(self)
         if self._renewer is not None:
             self._renewer.join(timeout=10)
         held = self.read()
@@ -135,6 +153,13 @@ class Lease:
                 print(f"dlpipe: warning: could not renew {storage.redact(self.path)}: {e}", flush=True)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` when the lease was taken over (jobs call it between stages)."""
+        """Raise :class:`LeaseLost` when the lease was taken over."""
         if self.lost is not None:
             raise self.lost
+
+
+def check_leases() -> None:
+    """Raise :class:`LeaseLost` when a lease this process holds was taken over: jobs call it between
+    stages, epochs and iterations, so a job that lost its run stops writing it."""
+    for held in list(_HELD):
+        held.check()

@@ -20,6 +20,7 @@ from pipelines.config import PipelineConfig, to_yaml
 from pipelines.etl import job as etl
 from pipelines.infer import job as infer
 from pipelines.infer import quality
+from pipelines.lease import check_leases
 from pipelines.progress import spark_progress
 from pipelines.report import write_report
 from pipelines.summary import EtlCounts, InferCounts, RunSummary, StageStatus, TrainFigures
@@ -57,6 +58,7 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
         storage.write_text(storage.join(run_dir, SUMMARY_FILE), summary.to_json())
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:
+        check_leases()
         print(f"dlpipe run {config.run_id}: stage {name} ...", flush=True)
         started = time.monotonic()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,16 +31,22 @@ class WrittenFile(Record):
     nulls: int  # rows whose ``count_nulls_of`` column is null (e.g. predictions without an error)
 
 
-def write_parquet(frame: DataFrame, folder: str, count_nulls_of: str = "") -> list[WrittenFile]:
+def write_parquet(frame: DataFrame, folder: str, count_nulls_of: str = "",
+                  transform: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] | None = None,
+                  schema: T.StructType | None = None) -> list[WrittenFile]:
     """Write ``frame`` as ``folder/part-NNNNN.parquet`` (a task with no rows writes no file); one
-    :class:`WrittenFile` per file. ``count_nulls_of``: a column whose nulls each file counts."""
+    :class:`WrittenFile` per file. ``count_nulls_of``: a column whose nulls each file counts.
+    ``transform`` (with its output ``schema``): applied to each task's batches before they are
+    written, in the same Python worker (e.g. the scorer: predictions never go back to the JVM)."""
     from pyspark import TaskContext
 
     options = storage.current_options()
-    schema = to_arrow_schema(frame.schema)
+    arrow_schema = to_arrow_schema(schema or frame.schema)
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         storage.set_options(options)
+        if transform is not None:
+            batches = transform(batches)
         location = storage.join(folder, f"part-{TaskContext.get().partitionId():05d}.parquet")
         rows = nulls = 0
         with contextlib.ExitStack() as stack:
@@ -50,7 +56,7 @@ def write_parquet(frame: DataFrame, folder: str, count_nulls_of: str = "") -> li
                     continue
                 if writer is None:
                     writer = stack.enter_context(pq.ParquetWriter(stack.enter_context(storage.open_output(location)),
-                                                                  schema, compression="snappy"))
+                                                                  arrow_schema, compression="snappy"))
                 writer.write_batch(batch)
                 rows += batch.num_rows
                 if count_nulls_of:

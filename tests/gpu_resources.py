@@ -18,11 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def device_probe(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Rank entry: the GPUs the task gave this rank, and the device ``train.device=auto`` picks."""
-    from pipelines.device import resolve_device, task_gpus, visible_gpus
+    from pipelines.device import resolve_device, visible_gpus
+    from pipelines.events import Probe
 
-    seen = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "task_gpus": task_gpus(),
-            **resolve_device("auto", task_gpus(), visible_gpus(), ctx.local_rank).describe()}
-    ctx.emit("probe", **seen)
+    seen = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "task_gpus": list(ctx.gpus),
+            **resolve_device("auto", ctx.gpus, visible_gpus(), ctx.local_rank).describe()}
+    ctx.emit(Probe(name="gpus", data=seen))
     return seen
 
 
@@ -44,7 +45,7 @@ def main(out: str, discovery_script: str) -> None:
     try:
         events: list[dict[str, Any]] = []
         run_ranks(spark, "gpu_resources:device_probe", {}, num_workers=2, start_timeout_s=90, failure_timeout_s=60,
-                  on_event=lambda rank, e: events.append({"rank": rank, **e}) if e.get("kind") == "probe" else None)
+                  on_event=lambda e: events.append({"rank": e.rank, **e.data}) if e.kind == "probe" else None)
         Path(out).write_text(json.dumps(sorted(events, key=lambda e: e["rank"])))
     finally:
         spark.stop()

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines import events
 from pipelines.launcher import RankContext
+from pipelines.launcher.rank import as_context
 
 
 def raise_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
@@ -37,6 +39,21 @@ def stall_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
     hvd.allreduce(torch.ones(1), name="waits-for-a-live-but-stuck-peer")
 
 
+def config_error_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
+    """``payload['rank']`` finds a setting it cannot honour (as a rank on a GPU without bf16 would);
+    the others wait in a collective."""
+    import horovod.torch as hvd
+    import torch
+
+    from pipelines.train.precision import PrecisionError
+
+    hvd.init()
+    if ctx.rank == payload["rank"]:
+        raise PrecisionError("config key 'train.precision' = 'bf16' but the GPU of this rank (cuda:0) has no "
+                             "bfloat16 support: use fp16 or fp32", key="train.precision")
+    hvd.allreduce(torch.ones(1), name="waits-for-the-rank-with-the-config-problem")
+
+
 KILL_AT = (2, 13)  # (epoch, step) at which rank 0 dies on the first attempt
 
 
@@ -44,9 +61,10 @@ KILL_AT = (2, 13)  # (epoch, step) at which rank 0 dies on the first attempt
 class _KillAtStep(RankContext):
     """Rank 0 SIGKILLs itself when it reports step KILL_AT (first attempt only): exactly there, every run."""
 
-    def emit(self, kind: str, **data: Any) -> None:
-        super().emit(kind, **data)
-        if kind == "progress" and self.attempt == 0 and (data["epoch"], data["step"]) == KILL_AT:
+    def emit(self, event: events.RankEvent) -> None:
+        super().emit(event)
+        if (isinstance(event, events.StepProgress) and self.attempt == 0
+                and (event.epoch, event.step) == KILL_AT):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -54,4 +72,4 @@ def train_rank_killed_inside_epoch_2(payload: dict[str, Any], ctx: RankContext) 
     """The real trainer, with rank 0 killed at step 13 of epoch 2 on the first attempt."""
     from pipelines.train.rank import train_rank
 
-    return train_rank(payload, _KillAtStep(ctx.rank, ctx.size, ctx.local_rank, ctx.threads, ctx.attempt))
+    return train_rank(payload, as_context(_KillAtStep, ctx))

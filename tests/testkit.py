@@ -57,3 +57,19 @@ def publish_dataset(dataset_dir: str, splits: dict[str, int], *, feature_shape: 
     storage.write_text(storage.join(root, dataset.MANIFEST_FILE), manifest.to_json())
     dataset.write_head(dataset_dir, Head([VersionEntry(1, folder, manifest.created_at)]))
     return manifest
+
+
+def predictions_frame(spark, location: str):
+    """The committed predictions of ``dlpipe infer`` at ``location`` as a Spark frame."""
+    from pipelines.publish import committed_files
+
+    files = committed_files(str(location), ".parquet")
+    assert files, f"no committed predictions at {location}"
+    return spark.read.parquet(*files)
+
+
+def split_files(workdir, split: str, dataset_name: str = "digits") -> list[str]:
+    """The Parquet files of a published dataset's split (its newest version)."""
+    from pipelines.dataset import open_dataset
+
+    return open_dataset(str(Path(workdir) / "datasets" / dataset_name)).splits[split].files

@@ -19,7 +19,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation, evaluate
 from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored_features
-from pipelines.infer.scoring import check_kept, predict
+from pipelines.infer.scoring import check_kept, plan_scoring, predict
 from pipelines.publish import committed_files, publishing
 from pipelines.session import describe
 from pipelines.tables import read_parquet, write_parquet
@@ -61,10 +61,11 @@ def main(spark: SparkSession, config: PipelineConfig) -> InferResult:
     except ValueError as e:
         raise ConfigError(f"infer.keep_columns={ic.keep_columns}: {e}", key="infer.keep_columns") from None
     describe(spark, f"infer {storage.name(scoring.described)} with {storage.name(artifact)}")
-    predictions, loads = predict(spark, scoring.frame, artifact, ic.batch_size, keep, device=ic.device,
-                                 gpu_batch_size=ic.gpu_batch_size)
-    with publishing(output) as folder:
-        written = write_parquet(predictions, folder, count_nulls_of="error")
+    plan = plan_scoring(spark, scoring.frame, artifact, ic.batch_size, keep, device=ic.device,
+                        gpu_batch_size=ic.gpu_batch_size)
+    loads = plan.loads
+    with publishing(output) as folder:  # scored and written in one pass, in the same Python worker
+        written = write_parquet(plan.inputs, folder, count_nulls_of="error", transform=plan.scorer, schema=plan.schema)
     rows = sum(w.rows for w in written)
     bad_rows = rows - sum(w.nulls for w in written)
     files = committed_files(output, ".parquet")

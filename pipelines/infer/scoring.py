@@ -247,10 +247,31 @@ def _arrow_column(values: np.ndarray, dtype: str, shape: tuple[int, ...], ok: np
                     type=pa.list_(_ARROW_TYPES[dtype])) if mask.any() else lists
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """A planned scoring: its input frame, the ``mapInArrow`` function, the predictions' schema."""
+
+    inputs: DataFrame
+    scorer: Any  # Iterator[pa.RecordBatch] -> Iterator[pa.RecordBatch]
+    schema: T.StructType
+    loads: Any  # accumulator of the worker process ids that loaded the model
+
+    def predictions(self) -> DataFrame:
+        return self.inputs.mapInArrow(self.scorer, self.schema)
+
+
 def predict(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: int = 512,
             keep: list[str] | tuple[str, ...] = (), *, device: str = "auto",
             gpu_batch_size: int = 4096) -> tuple[DataFrame, Any]:
-    """Score ``frame`` with the artifact; returns (predictions, loads accumulator).
+    """Score ``frame`` with the artifact; returns (predictions, loads accumulator) (see :func:`plan_scoring`)."""
+    scoring = plan_scoring(spark, frame, artifact, batch_size, keep, device=device, gpu_batch_size=gpu_batch_size)
+    return scoring.predictions(), scoring.loads
+
+
+def plan_scoring(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: int = 512,
+                 keep: list[str] | tuple[str, ...] = (), *, device: str = "auto",
+                 gpu_batch_size: int = 4096) -> Scoring:
+    """Plan scoring ``frame`` with the artifact.
 
     ``frame`` has ``features`` (array of numbers) or, for a model trained on images, ``content``
     (the image files' bytes, as Spark's ``binaryFile`` source reads them; decoded by the training's
@@ -269,7 +290,7 @@ def predict(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: in
     if PREPROCESS_ERROR in frame.columns:
         inputs.append(F.col(PREPROCESS_ERROR))
     kept = [frame.schema[name] for name in keep]
-    return frame.select(*inputs, *keep).mapInArrow(scorer, output_schema(schema, kept)), shipped.loads
+    return Scoring(frame.select(*inputs, *keep), scorer, output_schema(schema, kept), shipped.loads)
 
 
 def model_input(frame: DataFrame, prep: Preprocessing) -> Column:

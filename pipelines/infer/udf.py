@@ -27,6 +27,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines import storage
 from pipelines.artifact import Preprocessing
 from pipelines.infer.scoring import (
     FLOAT_LISTS, Placement, features_matrix, image_features, merge_errors, output_fields, score_matrix, ship_model,
@@ -43,8 +44,9 @@ def model_udf(spark: SparkSession, artifact: str | Path, *, batch_size: int = 51
     the CPU, ``gpu_batch_size`` on a GPU; ``device``: auto (the task's GPU, else the CPU) | cpu | cuda.
     ``udf.loads`` is an accumulator of the worker process ids that loaded the model.
     """
-    if not Path(artifact).is_file():
-        raise FileNotFoundError(f"model artifact {artifact} does not exist (model_udf's artifact argument)")
+    artifact = storage.normalize(str(artifact))
+    if not storage.is_file(artifact):
+        raise FileNotFoundError(f"model artifact {storage.redact(artifact)} does not exist (model_udf's artifact argument)")
     shipped = ship_model(spark, artifact)
     placement = Placement(device, batch_size, gpu_batch_size)
 

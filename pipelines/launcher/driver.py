@@ -41,6 +41,7 @@ from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 
 log = logging.getLogger("dlpipe.launcher")
+DRAIN_TIMEOUT_S = 5.0  # after the stage ends, the longest wait for the ranks' last messages
 EventHandler = Callable[[events.RankEvent], None]
 
 
@@ -110,7 +111,11 @@ def run_ranks(
     stage = threading.Thread(target=run_stage, name="dlpipe-barrier-stage", daemon=True)
     stage.start()
     try:
-        failure = coordinator.watch(stage, start_timeout_s, failure_timeout_s, on_event)
+        try:
+            failure = coordinator.watch(stage, start_timeout_s, failure_timeout_s, on_event)
+        except BaseException:  # the caller's event handler stopped the launch (e.g. a lost lease, Ctrl-C)
+            sc.cancelJobGroup(group)
+            raise
         if failure is not None:
             sc.cancelJobGroup(group)
             stage.join(timeout=30)
@@ -284,54 +289,76 @@ class Coordinator:
 
     def watch(self, stage: threading.Thread, start_timeout_s: float, failure_timeout_s: float,
               on_event: EventHandler | None) -> str | events.ConfigProblem | _Failed | None:
-        """Relay messages until the stage ends; return why to cancel it (a reason, a rank's config
-        problem, or a coordinator thread's failure), or None."""
+        """Relay messages until the stage ends (and then every rank's last messages, which may still
+        be on their way); return why to cancel the stage (a reason, a rank's config problem, or a
+        coordinator thread's failure), or None."""
         started = time.monotonic()
-        last_seen: dict[int, float] = {}
-        joined: set[int] = set()
-        failed_at: float | None = None
-        failed_reason = ""
+        self._last_seen: dict[int, float] = {}
+        self._joined: set[int] = set()
+        self._exited: set[int] = set()
+        self._failed_at: float | None = None
+        self._failed_reason = ""
         while stage.is_alive():
             try:
                 message = self.messages.get(timeout=0.5)
             except queue.Empty:
                 message = None
             now = time.monotonic()
-            if isinstance(message, _Failed):
-                return message
-            rank = getattr(message, "rank", -1)
-            if rank >= 0:
-                last_seen[rank] = now
-            if isinstance(message, protocol.LogLine):
-                self.tails[rank].append(message.line)
-                print(f"[rank {rank}] {message.line}", flush=True)
-            elif isinstance(message, protocol.EventLine):
-                event = self._event(message)
-                if isinstance(event, events.ConfigProblem):
-                    return event
-                if isinstance(event, events.Joined):
-                    joined.add(rank)
-                    if len(joined) == self.num_workers:
-                        self.rendezvous.all_joined()
-                if event is not None and on_event is not None:
-                    on_event(event)
-            elif isinstance(message, protocol.Exit) and message.code != 0 and failed_at is None:
-                from pipelines.launcher.task import describe_exit
-
-                failed_at = now
-                failed_reason = f"rank {rank} {describe_exit(message.code)}"
+            stop = self._handle(message, now, on_event)
+            if stop is not None:
+                return stop
             with self._lock:
                 registered = len(self._registered)
             if registered < self.num_workers and now - started > start_timeout_s:
                 return (f"only {registered} of {self.num_workers} barrier tasks started within "
                         f"train.start_timeout_s={start_timeout_s:g}s: check that the cluster has "
                         f"{self.num_workers} free task slots, or raise train.start_timeout_s")
-            if failed_at is not None and now - failed_at > failure_timeout_s:
-                return f"{failed_reason}, and the stage did not end within {failure_timeout_s:g}s"
-            silent = [r for r, t in last_seen.items() if now - t > failure_timeout_s]
+            if self._failed_at is not None and now - self._failed_at > failure_timeout_s:
+                return f"{self._failed_reason}, and the stage did not end within {failure_timeout_s:g}s"
+            silent = [r for r, t in self._last_seen.items() if now - t > failure_timeout_s]
             if silent:
                 return (f"rank {silent[0]} sent nothing (not even a heartbeat) for "
                         f"{failure_timeout_s:g}s: its task or executor is gone")
+        # Every task sent its exit before its task ended; what it sent may still be queued or in transit.
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while len(self._exited) < self.num_workers and time.monotonic() < deadline:
+            try:
+                message = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            stop = self._handle(message, time.monotonic(), on_event)
+            if stop is not None:
+                return stop
+        return None
+
+    def _handle(self, message: Any, now: float,
+                on_event: EventHandler | None) -> events.ConfigProblem | _Failed | None:
+        """Print a log line, relay an event, note an exit; a failure that must end the launch."""
+        if isinstance(message, _Failed):
+            return message
+        rank = getattr(message, "rank", -1)
+        if rank >= 0:
+            self._last_seen[rank] = now
+        if isinstance(message, protocol.LogLine):
+            self.tails[rank].append(message.line)
+            print(f"[rank {rank}] {message.line}", flush=True)
+        elif isinstance(message, protocol.EventLine):
+            event = self._event(message)
+            if isinstance(event, events.ConfigProblem):
+                return event
+            if isinstance(event, events.Joined):
+                self._joined.add(rank)
+                if len(self._joined) == self.num_workers:
+                    self.rendezvous.all_joined()
+            if event is not None and on_event is not None:
+                on_event(event)
+        elif isinstance(message, protocol.Exit):
+            self._exited.add(rank)
+            if message.code != 0 and self._failed_at is None:
+                from pipelines.launcher.task import describe_exit
+
+                self._failed_at = now
+                self._failed_reason = f"rank {rank} {describe_exit(message.code)}"
         return None
 
     @staticmethod

@@ -31,6 +31,7 @@ import models
 from pipelines import storage
 from pipelines.config import PipelineConfig, to_yaml
 from pipelines.formats import Record
+from pipelines.lease import check_leases
 from pipelines.publish import committed_folder, publishing
 from pipelines.rl import gae as gae_lib
 from pipelines.rl.checkpoint import IterationRecord, RLCheckpoint, latest_rl_checkpoint, save_rl_checkpoint
@@ -126,6 +127,7 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
     progress = on_iteration or IterationProgress(rc.iterations)
     describe(spark, f"rl rollouts ({rc.num_actors} actors, {rc.env_id})")
     for iteration in range(len(history), rc.iterations):
+        check_leases()
         started = time.monotonic()
         collected = collect(spark, spec, policy_to_bytes(model), iteration, states, rc.rollout_timeout_s)
         rollout_s = time.monotonic() - started

@@ -21,6 +21,7 @@ from pipelines.dataset import VALIDATION_SPLIT, steps_per_epoch
 from pipelines.events import EpochRecord
 from pipelines.formats import Record
 from pipelines.launcher import LaunchError, run_ranks
+from pipelines.lease import check_leases
 from pipelines.progress import EpochProgress
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
@@ -93,6 +94,8 @@ def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None,
     progress = EpochProgress(tc.epochs)
 
     def handle(event: events.RankEvent) -> None:
+        if isinstance(event, events.EpochEnded):
+            check_leases()  # a job that lost its run stops (the stage is cancelled) instead of writing it
         progress(event)
         tracker.on_train_event(event)
         if on_event is not None:

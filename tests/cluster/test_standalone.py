@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,30 +29,34 @@ def pipeline_run(spark_submit, dlpipe_zip, tmp_path_factory) -> dict:
     result = spark_submit("run", ["--py-files", str(dlpipe_zip)], "pipelines/__main__.py",
                           ["run", "--config", CONFIG, "--run-id", "cluster-test", f"workdir={workdir}", "train.epochs=2"])
     assert result.returncode == 0, f"spark-submit pipelines/__main__.py run exited {result.returncode}:\n{result.tail()}"
-    summary = json.loads((workdir / "runs" / "cluster-test" / "summary.json").read_text())
-    manifest = json.loads((workdir / "datasets" / "digits" / "manifest.json").read_text())
-    return {"summary": summary, "manifest": manifest, "workdir": workdir, "log": result.log,
-            "seconds": result.seconds}
+    from pipelines.dataset import open_dataset
+    from pipelines.summary import RunSummary
+
+    summary = RunSummary.from_json((workdir / "runs" / "cluster-test" / "summary.json").read_text())
+    view = open_dataset(str(workdir / "datasets" / "digits"))
+    return {"summary": summary, "dataset": view, "workdir": workdir, "log": result.log, "seconds": result.seconds}
 
 
 def test_run_pipeline_on_standalone_cluster(pipeline_run, standalone_cluster):
-    summary, manifest = pipeline_run["summary"], pipeline_run["manifest"]
-    assert summary["status"] == "ok", summary
-    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
-    assert summary["etl"]["records_in"] == DIGITS_RECORDS
-    assert summary["etl"]["accepted"] == DIGITS_RECORDS and summary["etl"]["quarantined"] == 0
-    assert summary["train"]["epochs_completed"] == 2
-    test_rows = manifest["splits"]["test"]["count"]
+    summary, view = pipeline_run["summary"], pipeline_run["dataset"]
+    assert summary.status == "ok", summary
+    assert all(s.status == "ok" for s in summary.stages.values()), summary.stages
+    assert summary.etl.records_in == DIGITS_RECORDS
+    assert summary.etl.accepted == DIGITS_RECORDS and summary.etl.quarantined == 0
+    assert summary.train.epochs_completed == 2
+    test_rows = view.counts["test"]
     assert test_rows > 0
-    assert summary["infer"]["rows"] == test_rows and summary["infer"]["bad_rows"] == 0
-    assert summary["eval"]["accuracy"] > 0.5, summary["eval"]
+    assert summary.infer.rows == test_rows and summary.infer.bad_rows == 0
+    assert summary.eval.accuracy > 0.5, summary.eval
 
-    # Predictions are published (the executors got the artifact through SparkContext.addFile).
-    predictions = Path(summary["predictions"])
-    assert (predictions / "_SUCCESS").exists() or any((predictions / "data").glob("*.parquet")), predictions
+    # Predictions are committed (the executors got the artifact through SparkContext.addFile and
+    # wrote their files through the storage layer).
     import pyarrow.parquet as pq
 
-    assert pq.read_table(predictions / "data").num_rows == test_rows
+    from pipelines.publish import committed_files
+
+    files = committed_files(summary.predictions, ".parquet")
+    assert files and sum(pq.read_metadata(f).num_rows for f in files) == test_rows
 
     # It really ran on the cluster: both workers started an executor for the application.
     apps = [sorted(d.glob("app-*")) for d in standalone_cluster.work_dirs]

@@ -11,26 +11,30 @@ import time
 
 import pytest
 
+from pathlib import Path
+
 from testkit import REPO_ROOT, make_config
 from pipelines import run
+from pipelines.dataset import open_dataset
+from pipelines.summary import RunSummary
 from pipelines.tracking import TRACKING_OFF
 
 # Figures each case study must reach on the bundled digits test split (see README).
 def _half_of_untrained(summary) -> bool:
     """A generative model's samples: at most half the Fréchet distance of its untrained self, and
     never better than real images (the floor)."""
-    q = summary["sample_quality"]
-    return q["real_vs_real"] < q["frechet_distance"] <= 0.5 * q["untrained_generator"]
+    q = summary.sample_quality
+    return q.real_vs_real < q.frechet_distance <= 0.5 * q.untrained_generator
 
 
 CASES = {
     # config file (+ overrides), check on the summary, report figures
-    "cnn": ("digits_cnn.yaml", lambda s: s["eval"]["accuracy"] >= 0.97, ["loss_curves.png", "confusion_matrix.png"]),
-    "mlp": ("digits_cnn.yaml model.name=mlp", lambda s: s["eval"]["accuracy"] >= 0.95,
+    "cnn": ("digits_cnn.yaml", lambda s: s.eval.accuracy >= 0.97, ["loss_curves.png", "confusion_matrix.png"]),
+    "mlp": ("digits_cnn.yaml model.name=mlp", lambda s: s.eval.accuracy >= 0.95,
             ["loss_curves.png", "confusion_matrix.png"]),
-    "autoencoder": ("digits_autoencoder.yaml", lambda s: s["eval"]["error_vs_baseline"] <= 0.4,
+    "autoencoder": ("digits_autoencoder.yaml", lambda s: s.eval.error_vs_baseline <= 0.4,
                     ["loss_curves.png", "reconstructions.png"]),
-    "vae": ("digits_vae.yaml", lambda s: s["eval"]["error_vs_baseline"] <= 0.6 and _half_of_untrained(s),
+    "vae": ("digits_vae.yaml", lambda s: s.eval.error_vs_baseline <= 0.6 and _half_of_untrained(s),
             ["loss_curves.png", "reconstructions.png", "samples.png"]),
     "gan": ("digits_gan.yaml train.epochs=15", _half_of_untrained, ["loss_curves.png", "samples.png"]),
 }
@@ -46,21 +50,22 @@ def test_each_model_trains_through_the_pipeline_to_its_figure(spark, tmp_path, n
     config = load_config(REPO_ROOT / "pipelines" / "configs" / config_file,
                          [f"workdir={tmp_path}", "master=local[2]", f"run_id={name}", *TRACKING_OFF, *overrides])
     summary = run.main(spark, config)
-    assert summary["status"] == "ok"
-    assert summary["etl"] == {"records_in": 1797, "accepted": 1797, "quarantined": 0,
-                              "quarantine_by_reason": summary["etl"]["quarantine_by_reason"]}
-    assert summary["train"]["epochs_completed"] == config.train.epochs
-    assert good_enough(summary), {k: summary.get(k) for k in ("eval", "sample_quality")}
-    report_dir = config.run_dir() / "report"
+    assert summary.status == "ok"
+    assert (summary.etl.records_in, summary.etl.accepted, summary.etl.quarantined) == (1797, 1797, 0)
+    assert summary.train.epochs_completed == config.train.epochs
+    assert good_enough(summary), (summary.eval, summary.sample_quality)
+    report_dir = Path(config.run_dir()) / "report"
     for figure in figures:
         assert (report_dir / figure).stat().st_size > 1000, figure
-    saved = json.loads((config.run_dir() / "summary.json").read_text())
-    assert saved["eval"] == summary["eval"]
+    saved = RunSummary.from_json((Path(config.run_dir()) / "summary.json").read_text())
+    assert saved == summary
     generative = name in ("vae", "gan")
-    assert set(saved["stages"]) == {"etl", "train", "infer"} | ({"quality"} if generative else set())
-    assert ("## Sample quality" in (report_dir / "report.md").read_text()) == generative
-    assert [(d["rank"], d["device"]) for d in saved["train"]["devices"]] == [(0, "cpu"), (1, "cpu")]
-    assert (config.run_dir() / "config.yaml").is_file()
+    assert set(saved.stages) == {"etl", "train", "infer"} | ({"quality"} if generative else set())
+    report = (report_dir / "report.md").read_text()
+    assert ("## Sample quality" in report) == generative
+    assert ("## Evaluation" in report) == (name != "gan")  # a generator has no evaluation: no empty section
+    assert [(d["rank"], d["device"]) for d in saved.train.devices] == [(0, "cpu"), (1, "cpu")]
+    assert (Path(config.run_dir()) / "config.yaml").is_file()
 
 
 def _dlpipe_run(workdir, run_id, *extra):
@@ -99,7 +104,9 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
         assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 6
         epochs = [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert epochs == [1, 2, 3, 4, 5, 6]
-        assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == ["_SUCCESS", "data"]
+        predictions = sorted(p.name for p in (run_dir / "predictions").iterdir())
+        assert len(predictions) == 2 and predictions[0] == "_commit.json" and predictions[1].startswith("a-")
+        assert not (run_dir / "_lease.json").exists()  # released at the end
         assert summary["infer"]["rows"] == summary["eval"]["rows"]
         leftovers = [p.name for p in tmp_path.rglob(".*tmp-*")]
         assert leftovers == []
@@ -142,32 +149,34 @@ def test_any_split_layout_the_etl_accepts_runs_end_to_end(spark, tmp_path, layou
     overrides, scored = LAYOUTS[layout]
     config = make_config(tmp_path, f"run_id={layout}", "train.epochs=3", *overrides)
     summary = run.main(spark, config)
-    assert summary["status"] == "ok"
-    manifest = json.loads((config.dataset_dir / "manifest.json").read_text())
-    assert set(manifest["splits"]) == set(config.etl.splits) and (config.dataset_dir / scored).is_dir()
-    assert summary["infer"]["rows"] == manifest["splits"][scored]["count"] == summary["eval"]["rows"]
-    assert summary["eval"]["accuracy"] > 0.5
-    assert summary["train"]["final_val_loss"] is None and summary["train"]["final_val_metrics"] == {}
-    lines = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert summary.status == "ok"
+    view = open_dataset(config.dataset_dir)
+    assert set(view.splits) == set(config.etl.splits) and view.splits[scored].files
+    assert summary.infer.rows == view.counts[scored] == summary.eval.rows
+    assert summary.eval.accuracy > 0.5
+    assert summary.train.final_val_loss is None and summary.train.final_val_metrics == {}
+    lines = [json.loads(x) for x in (Path(config.run_dir()) / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and not any(k.startswith("val_") for x in lines for k in x)
     assert "training without per-epoch validation" in capsys.readouterr().out
-    report = (config.run_dir() / "report" / "report.md").read_text()
+    report = (Path(config.run_dir()) / "report" / "report.md").read_text()
     assert f"## Evaluation on the {scored} split" in report and "(no validation split)" in report
 
 
-def test_an_infer_split_the_etl_does_not_make_is_a_config_error_before_any_work(spark, tmp_path):
+def test_an_infer_split_the_etl_does_not_make_is_a_config_error_before_any_work(tmp_path):
     from pipelines.config import ConfigError
+    from pipelines.validate import validate
 
     config = make_config(tmp_path, "etl.splits={train: 0.7, holdout: 0.3}")  # infer.split stays "test"
     with pytest.raises(ConfigError, match="infer.split='test' is not one of the splits etl.splits makes"):
-        run.main(spark, config)
+        validate(config, "run")
     assert not (tmp_path / "datasets").exists() and not (tmp_path / "runs").exists()
 
 
 def test_an_unwritable_workdir_is_named_before_any_work(spark, tmp_path):
-    from pipelines.publish import OutputError
+    from pipelines.storage import StorageError
 
     (tmp_path / "file").write_text("not a folder")
     config = make_config(tmp_path / "file" / "work")
-    with pytest.raises(OutputError, match=r"cannot create .*file/work/runs/test \(under workdir\): .*/file is a file"):
+    with pytest.raises(StorageError, match=r"workdir=.*file/work/runs/test: .*"):
         run.main(spark, config)
+    assert (tmp_path / "file").read_text() == "not a folder"

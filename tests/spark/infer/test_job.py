@@ -9,7 +9,9 @@ import pytest
 import torch
 from pyspark.sql import types as T
 
-from testkit import make_config
+from pathlib import Path
+
+from testkit import make_config, predictions_frame, split_files
 from pipelines.infer import job as infer
 from pipelines.train import driver as train
 from pipelines.artifact import Normalizer, load_artifact
@@ -26,39 +28,40 @@ def trained(spark, digits_workdir):
 
 def _single_process_forward(artifact, features: np.ndarray) -> dict[str, np.ndarray]:
     model, meta = load_artifact(artifact)
-    normalize = Normalizer.from_stats(meta["normalization"], meta["feature_shape"])
+    normalize = Normalizer.from_stats(meta.normalization, meta.feature_shape)
     with torch.inference_mode():
         return {k: v.numpy() for k, v in model.predict(normalize(features)).items()}
 
 
 def test_predictions_match_a_single_process_forward(spark, trained, digits_workdir):
     result = infer.main(spark, trained)
-    test_dir = digits_workdir / "datasets" / "digits" / "test"
-    source = pq.read_table(test_dir).to_pandas().sort_values("id").reset_index(drop=True)
-    predicted = spark.read.parquet(result["predictions"] + "/data").toPandas().sort_values("id").reset_index(drop=True)
-    assert len(predicted) == len(source) == result["rows"]
+    source = pq.ParquetDataset(split_files(digits_workdir, "test")).read().to_pandas()
+    source = source.sort_values("id").reset_index(drop=True)
+    predicted = predictions_frame(spark, result.predictions).toPandas().sort_values("id").reset_index(drop=True)
+    assert len(predicted) == len(source) == result.rows and result.bad_rows == 0
     assert predicted["id"].tolist() == source["id"].tolist()
     assert predicted["error"].isna().all()
-    expected = _single_process_forward(result["artifact"], np.stack(source["features"]).astype(np.float32))
+    expected = _single_process_forward(result.artifact, np.stack(source["features"]).astype(np.float32))
     np.testing.assert_array_equal(predicted["prediction"].to_numpy(), expected["prediction"])
     np.testing.assert_allclose(np.stack(predicted["probabilities"]), expected["probabilities"], atol=1e-5)
-    assert result["eval"]["rows"] == len(source)
-    assert (trained.run_dir() / "report" / "confusion_matrix.png").stat().st_size > 0
+    assert result.eval.rows == len(source)
+    assert (Path(trained.run_dir()) / "report" / "confusion_matrix.png").stat().st_size > 0
 
 
 def test_model_is_loaded_once_per_worker_process(spark, trained, digits_workdir, tmp_path):
     # A fresh artifact identity (same weights, other bytes), so no worker has it cached yet.
-    artifact = torch.load(trained.run_dir() / "model" / "model.pt", weights_only=True)
-    artifact["note"] = "copy for the load-count test"
+    artifact = torch.load(Path(trained.run_dir()) / "model" / "model.pt", weights_only=True)
+    artifact["model_config"] = {**artifact["model_config"], "dropout": artifact["model_config"].get("dropout", 0.0)}
+    artifact["config_hash"] = "copy for the load-count test"
     torch.save(artifact, tmp_path / "model.pt")
-    frame = spark.read.parquet(str(digits_workdir / "datasets" / "digits" / "test")).repartition(12)
-    predictions, loads = infer.predict(spark, frame, tmp_path / "model.pt", batch_size=16)
+    frame = spark.read.parquet(*split_files(digits_workdir, "test")).repartition(12)
+    predictions, loads = infer.predict(spark, frame, str(tmp_path / "model.pt"), batch_size=16)
     assert predictions.filter("error IS NULL").count() == frame.count()
     # 12 partitions, many Arrow batches each, on local[2]: each reused Python worker loads it once
     assert 1 <= len(loads.value) <= 2
     assert len(set(loads.value)) == len(loads.value), f"a worker loaded the model twice: {loads.value}"
     # Same artifact again: every worker already has it (cached by content hash), nothing loads.
-    again, loads_again = infer.predict(spark, frame, tmp_path / "model.pt", batch_size=16)
+    again, loads_again = infer.predict(spark, frame, str(tmp_path / "model.pt"), batch_size=16)
     assert again.filter("error IS NULL").count() == frame.count()
     assert len(loads_again.value) <= 2 - len(loads.value)
 
@@ -69,7 +72,7 @@ def test_bad_rows_get_null_outputs_and_an_error(spark, trained):
     schema = T.StructType([T.StructField("id", T.StringType()),
                            T.StructField("features", T.ArrayType(T.FloatType()))])
     frame = spark.createDataFrame(rows, schema)
-    predictions, _ = infer.predict(spark, frame, trained.run_dir() / "model" / "model.pt")
+    predictions, _ = infer.predict(spark, frame, f"{trained.run_dir()}/model/model.pt")
     out = {r["id"]: r for r in predictions.collect()}
     assert len(out) == 4
     assert out["ok"]["error"] is None and out["ok"]["prediction"] is not None
@@ -91,12 +94,15 @@ def test_a_split_the_dataset_lacks_is_a_config_error_naming_its_splits(spark, tr
 def test_any_split_can_be_scored(spark, trained, tmp_path):
     config = make_config(trained.workdir, "run_id=infer-cnn", "infer.split=val", f"infer.output={tmp_path / 'p'}")
     scored = infer.main(spark, config)
-    manifest = json.loads((config.dataset_dir / "manifest.json").read_text())
-    assert scored["split"] == "val" and scored["rows"] == manifest["splits"]["val"]["count"]
+    from pipelines.dataset import open_dataset
+
+    assert scored.split == "val" and scored.rows == open_dataset(config.dataset_dir).counts["val"]
 
 
-def test_cuda_requested_without_a_gpu_fails_before_scoring(spark, trained, tmp_path):
+def test_cuda_requested_without_a_gpu_fails_before_spark(trained, tmp_path):
+    from pipelines.validate import validate
+
     config = make_config(trained.workdir, "run_id=infer-cnn", "infer.device=cuda", f"infer.output={tmp_path / 'p'}")
     with pytest.raises(DeviceError, match=r"'infer.device' = 'cuda' but there is no GPU here.*infer.device=auto"):
-        infer.main(spark, config)
+        validate(config, "infer", master="local[2]")
     assert not (tmp_path / "p").exists()

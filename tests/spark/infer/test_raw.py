@@ -17,9 +17,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import models
-from testkit import DIGITS_DIR, REPO_ROOT, make_config
-from pipelines import dataset
-from pipelines.artifact import preprocessing, save_artifact
+from testkit import DIGITS_DIR, REPO_ROOT, make_config, predictions_frame, split_files
+from pipelines.artifact import artifact_meta, load_metadata, save_artifact
+from pipelines.dataset import open_dataset
 from pipelines.config import ConfigError, load_config
 from pipelines.etl import job as etl
 from pipelines.infer import inputs, model_udf
@@ -67,12 +67,12 @@ def scored(spark, trained, new_images, tmp_path_factory):
         f"workdir={workdir}", "master=local[2]", "run_id=score-day1", "infer.model_run=infer-cnn",
         f"infer.source.path={incoming}"])
     result = infer.main(spark, config)
-    predictions = spark.read.parquet(result["predictions"] + "/data").toPandas().set_index("id")
+    predictions = predictions_frame(spark, result.predictions).toPandas().set_index("id")
     etl_workdir = tmp_path_factory.mktemp("etl-new-images")
     etl_config = make_config(etl_workdir, "dataset=new-digits", f"etl.source.path={good_only}",
                              "etl.source.labels_csv=''", "etl.splits={train: 1.0}")
     etl.main(spark, etl_config)
-    etl_split = spark.read.parquet(str(etl_config.dataset_dir / dataset.TRAIN_SPLIT))
+    etl_split = spark.read.parquet(*split_files(etl_workdir, "train", "new-digits"))
     return result, predictions, etl_split, config
 
 
@@ -80,7 +80,7 @@ def test_every_file_gets_one_row_and_the_bad_ones_an_error(scored, new_images, c
     result, predictions, _, _ = scored
     files = sorted(p.relative_to(new_images[0]).as_posix() for p in new_images[0].rglob("*") if p.is_file())
     assert sorted(predictions.index) == files and len(files) == 23
-    assert result["rows"] == 23 and result["bad_rows"] == 3 and "eval" not in result
+    assert result.rows == 23 and result.bad_rows == 3 and result.eval is None
     for name, error in BAD.items():
         assert predictions.loc[name, "error"] == error
         assert pd.isna(predictions.loc[name, "prediction"]) and predictions.loc[name, "probabilities"] is None
@@ -94,16 +94,16 @@ def test_new_images_score_exactly_as_the_same_images_through_the_etl(spark, scor
     result, predictions, etl_split, config = scored
     # The features: the scorer's decoding of the files the job read (the artifact's recorded
     # preprocessing, pipelines.preprocess) and the ETL's, bit for bit the same.
-    meta = torch.load(result["artifact"], weights_only=True)
+    meta = load_metadata(result.artifact)
     raw = inputs.read_input(spark, config, meta).frame.filter("content IS NOT NULL").select("id", "content").collect()
-    features, _ = image_features([r["content"] for r in raw], preprocessing(meta))
+    features, _ = image_features([r["content"] for r in raw], meta.preprocessing)
     ours = {r["id"]: np.asarray(f, dtype=np.float32) for r, f in zip(raw, features.to_pylist()) if f is not None}
     theirs = {r["id"]: np.asarray(r["features"], dtype=np.float32) for r in etl_split.collect()}
     assert sorted(ours) == sorted(theirs) and len(theirs) == 20
     for key in theirs:
         assert ours[key].tobytes() == theirs[key].tobytes(), key
     # The predictions: the job's for the raw files equal scoring the ETL's features.
-    via_etl, _ = infer.predict(spark, etl_split, result["artifact"])
+    via_etl, _ = infer.predict(spark, etl_split, result.artifact)
     expected = via_etl.toPandas().set_index("id").sort_index()
     good = predictions.drop(index=list(BAD)).sort_index()
     assert good["prediction"].astype(int).tolist() == expected["prediction"].tolist()
@@ -113,7 +113,7 @@ def test_new_images_score_exactly_as_the_same_images_through_the_etl(spark, scor
 def test_the_udf_scores_as_the_job_from_dataframe_code_and_sql(spark, scored, new_images):
     result, predictions, etl_split, _ = scored
     expected = predictions.drop(index=list(BAD)).sort_index()
-    digits_cnn = model_udf(spark, result["artifact"])
+    digits_cnn = model_udf(spark, result.artifact)
     frames = {"dataframe": etl_split.withColumn("pred", digits_cnn("features")).select("id", "pred.*")}
     etl_split.createOrReplaceTempView("new_digits")
     spark.udf.register("digits_cnn", digits_cnn)
@@ -138,7 +138,7 @@ def test_the_udf_scores_as_the_job_from_dataframe_code_and_sql(spark, scored, ne
 
 
 def test_a_parquet_with_extra_columns_keeps_every_one_unchanged(spark, trained, digits_workdir, tmp_path):
-    split = spark.read.parquet(str(digits_workdir / "datasets" / "digits" / "test")).orderBy("id").limit(30)
+    split = spark.read.parquet(*split_files(digits_workdir, "test")).orderBy("id").limit(30)
     rows = [(None if i == 0 else r["id"], f"customer-{i}", i * 1.25, datetime.date(2026, 11, 1 + i % 28),
              ["a", str(i)], {"k": i}, r["features"]) for i, r in enumerate(split.collect())]
     schema = ("id string, customer string, amount double, day date, tags array<string>, "
@@ -148,9 +148,9 @@ def test_a_parquet_with_extra_columns_keeps_every_one_unchanged(spark, trained, 
     config = make_config(digits_workdir, "run_id=infer-cnn", f"infer.input={tmp_path / 'input'}",
                          f"infer.output={tmp_path / 'out'}")
     result = infer.main(spark, config)
-    out = spark.read.parquet(result["predictions"] + "/data")
+    out = predictions_frame(spark, result.predictions)
     assert out.columns == ["id", "prediction", "probabilities", "error", "customer", "amount", "day", "tags", "extra"]
-    assert result["rows"] == 30 and result["bad_rows"] == 0 and "eval" not in result
+    assert result.rows == 30 and result.bad_rows == 0 and result.eval is None
     got = {r["customer"]: r for r in out.collect()}
     for r in source.collect():
         kept = got[r["customer"]]
@@ -161,7 +161,7 @@ def test_a_parquet_with_extra_columns_keeps_every_one_unchanged(spark, trained, 
     # Only what infer.keep_columns names; a name the input lacks is a config error naming it.
     config = make_config(digits_workdir, "run_id=infer-cnn", f"infer.input={tmp_path / 'input'}",
                          f"infer.output={tmp_path / 'out2'}", "infer.keep_columns=[customer]")
-    assert spark.read.parquet(infer.main(spark, config)["predictions"] + "/data").columns == \
+    assert predictions_frame(spark, infer.main(spark, config).predictions).columns == \
         ["id", "prediction", "probabilities", "error", "customer"]
     config.infer.keep_columns = ["customer", "nope"]
     with pytest.raises(ConfigError, match=r"infer.keep_columns names \['nope'\], not column\(s\) of"):
@@ -183,9 +183,9 @@ def table_model(spark, tmp_path_factory):
                          "etl.source.id_column=rid", "etl.splits={train: 1.0}", "model.name=mlp")
     manifest = etl.main(spark, config)
     torch.manual_seed(0)
-    model = models.build("mlp", feature_shape=tuple(manifest["feature_shape"]), num_classes=3)
-    artifact = root / "model.pt"
-    save_artifact(artifact, model, manifest, dataset.manifest_hash(manifest), config)
+    model = models.build("mlp", feature_shape=tuple(manifest.feature_shape), num_classes=3)
+    artifact = str(root / "model.pt")
+    save_artifact(artifact, model, artifact_meta(model, manifest, manifest.identity(), config))
     return root, train_csv, config, artifact
 
 
@@ -201,13 +201,14 @@ def test_raw_csv_is_preprocessed_as_the_etl_did_whatever_the_column_order(spark,
                         f"infer.source.path={tmp_path / 'new'}", f"infer.artifact={artifact}",
                         f"infer.output={tmp_path / 'out'}")
     result = infer.main(spark, score)
-    got = spark.read.parquet(result["predictions"] + "/data").toPandas().set_index("id")
-    assert result["rows"] == 62 and result["bad_rows"] == 2
+    got = predictions_frame(spark, result.predictions).toPandas().set_index("id")
+    assert result.rows == 62 and result.bad_rows == 2
     assert got.loc["bad1", "error"] == "decode_error: column 'f3' value 'abc' is not a number"
     assert got.loc["bad2", "error"] == "wrong_shape: missing value in column(s): f5"
     assert list(got.columns) == ["prediction", "probabilities", "error", "rid", "label", "customer"]
     assert got["customer"].tolist() == new.set_index("rid").loc[got.index, "customer"].tolist()
-    expected, _ = infer.predict(spark, spark.read.parquet(str(config.dataset_dir / "train")), artifact)
+    expected, _ = infer.predict(spark, spark.read.parquet(*open_dataset(config.dataset_dir).splits["train"].files),
+                                artifact)
     expected = expected.toPandas().set_index("id").sort_index()
     good = got.drop(index=["bad1", "bad2"]).sort_index()
     assert good.index.tolist() == expected.index.tolist()
@@ -215,7 +216,7 @@ def test_raw_csv_is_preprocessed_as_the_etl_did_whatever_the_column_order(spark,
     # The raw labels (names) are evaluated against the class indices the model predicts.
     truth = train_csv.set_index("rid")["label"]
     accuracy = np.mean([truth[i] == f"class{int(p)}" for i, p in good["prediction"].items()])
-    assert result["eval"]["rows"] == 60 and result["eval"]["accuracy"] == pytest.approx(accuracy)
+    assert result.eval.rows == 60 and result.eval.accuracy == pytest.approx(accuracy)
     # The UDF on numeric columns in a struct (by the model's column names): the same predictions.
     numeric = spark.createDataFrame(train_csv.drop(columns=["label"]))
     udf = model_udf(spark, artifact)

@@ -1,4 +1,4 @@
-"""The barrier-mode Horovod launcher on local[2]: real Spark, real Horovod over Gloo."""
+"""The barrier-mode launcher on local[2]: real Spark, real Horovod over Gloo through its rendezvous."""
 from __future__ import annotations
 
 import logging
@@ -6,32 +6,67 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from pipelines.errors import ConfigError
+from pipelines.events import Joined, Probe, Started
 from pipelines.launcher import LaunchError, run_ranks
+from pipelines.train.rendezvous import HorovodRendezvous
+from pipelines.train.smoke import ENTRY as ALLREDUCE
+
+
+def allreduce(spark, payload: dict, **options):
+    return run_ranks(spark, ALLREDUCE, payload, num_workers=options.pop("num_workers", 2),
+                     rendezvous=HorovodRendezvous(), **options)
 
 
 def test_two_ranks_allreduce_the_correct_sum(spark):
-    result = run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 10}, num_workers=2)
+    result = allreduce(spark, {"scale": 10})
     # ranks contribute 10 and 20
     assert result["sum"] == [30.0, 30.0, 30.0, 30.0]
     assert result["size"] == 2
     assert result["threads"] == 1  # spark.task.cpus = 1 in local[2]
 
 
-def test_events_reach_the_driver_with_the_rank(spark):
+def test_typed_events_reach_the_driver_with_the_rank(spark):
     seen = []
-    run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=2,
-                on_event=lambda rank, event: seen.append((rank, event["kind"])))
-    assert sorted(seen) == [(0, "started"), (1, "started")]
+    allreduce(spark, {}, on_event=seen.append)
+    assert sorted((e.rank, type(e).__name__) for e in seen) == [
+        (0, "Joined"), (0, "Started"), (1, "Joined"), (1, "Started")]
+    assert all(isinstance(e, (Started, Joined)) and e.time > 0 for e in seen)
+
+
+def test_a_rank_process_imports_no_pyspark_and_gets_no_settings_through_its_environment(spark):
+    seen = []
+    run_ranks(spark, "rank_probes:environment", {}, num_workers=2, on_event=seen.append)
+    probes = [e for e in seen if isinstance(e, Probe)]
+    assert len(probes) == 2
+    for probe in probes:
+        assert probe.data["pyspark_loaded"] is False and probe.data["driver_loaded"] is False
+        assert probe.data["env"] == {}  # no HOROVOD_*/MALLOC_*/DLPIPE_* settings: they travel in the job
+
+
+def test_a_setting_only_a_rank_can_check_is_one_config_error_with_its_log_and_no_traceback(spark, capsys):
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        run_ranks(spark, "rank_faults:config_error_on_rank", {"rank": 1}, num_workers=2,
+                  rendezvous=HorovodRendezvous(), failure_timeout_s=30)
+    assert time.monotonic() - started < 60
+    assert err.value.key == "train.precision"
+    message = str(err.value)
+    assert "'train.precision' = 'bf16' but the GPU of this rank" in message and "reported by rank 1" in message
+    log = re.search(r"its log \S+?:(\S+)\)", message).group(1)
+    assert "Traceback" in Path(log).read_text()  # the traceback is in the rank's log file ...
+    assert "Traceback" not in capsys.readouterr().out  # ... and not on the console
 
 
 def test_a_rank_that_raises_fails_the_stage_with_its_error(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
-        run_ranks(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2,
-                    failure_timeout_s=30)
+        run_ranks(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
+                  failure_timeout_s=30)
     assert time.monotonic() - started < 60
     message = str(err.value)
     assert "rank 1" in message
@@ -40,15 +75,14 @@ def test_a_rank_that_raises_fails_the_stage_with_its_error(spark):
 
 def test_more_ranks_than_slots_is_a_clear_error(spark):
     with pytest.raises(LaunchError, match="task slots"):
-        run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {}, num_workers=3,
-                    start_timeout_s=20)
+        allreduce(spark, {}, num_workers=3, start_timeout_s=20)
 
 
 def test_a_rank_stuck_in_a_collective_ends_within_the_failure_timeout(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
-        run_ranks(spark, "rank_faults:stall_on_rank", {"rank": 1}, num_workers=2,
-                    failure_timeout_s=10)
+        run_ranks(spark, "rank_faults:stall_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
+                  failure_timeout_s=10)
     assert time.monotonic() - started < 60
     assert "rank 0" in str(err.value) and "no progress for 10s" in str(err.value)
 
@@ -85,7 +119,7 @@ def test_a_foreign_client_is_refused_while_the_launch_succeeds(spark, caplog):
 
     intruder = threading.Thread(target=intrude, daemon=True)
     intruder.start()
-    result = run_ranks(spark, "pipelines.launcher.smoke:allreduce_sum", {"scale": 1}, num_workers=2)
+    result = allreduce(spark, {"scale": 1})
     intruder.join(timeout=30)
     assert result["sum"] == [3.0] * 4  # ranks contribute 1 and 2: the intruder took no rank
     assert replies == {"wrong_answer": b"", "no_auth_register": b"", "garbage": b""}

@@ -1,7 +1,9 @@
 """``dlpipe rl`` on real Spark (local[2]) with real Gymnasium: reproducibility, resume, timeouts, solving CartPole."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,12 +27,12 @@ def rl_config(workdir, run_id, *overrides):
 
 
 def _metrics(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in lines]
 
 
 def _weights(run_dir):
-    return torch.load(run_dir / "model" / job.POLICY_FILE, weights_only=True)["state_dict"]
+    return torch.load(Path(run_dir) / "model" / job.POLICY_FILE, weights_only=True)["state_dict"]
 
 
 def test_two_runs_with_the_same_seed_and_actors_give_identical_metrics_and_weights(spark, tmp_path):
@@ -40,14 +42,14 @@ def test_two_runs_with_the_same_seed_and_actors_give_identical_metrics_and_weigh
     assert first_a == first_b and first_a[0]["env_steps"] == 2 * 2 * 32
     wa, wb = _weights(tmp_path / "runs" / "a"), _weights(tmp_path / "runs" / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert a["eval"] == {**b["eval"], "seconds": a["eval"]["seconds"]}
+    assert dataclasses.replace(a.eval, seconds=0) == dataclasses.replace(b.eval, seconds=0)
     other = job.main(spark, rl_config(tmp_path, "c", "rl.iterations=1", "rl.seed=1"), on_iteration=lambda r: None)
-    assert _metrics(tmp_path / "runs" / "c") != first_a and other["eval"]["episodes"] == 3
+    assert _metrics(tmp_path / "runs" / "c") != first_a and other.eval.episodes == 3
 
 
 def test_a_failed_run_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_run(spark, tmp_path):
     def fail_after_two(record):
-        if record["iteration"] == 2:
+        if record.iteration == 2:
             raise KeyboardInterrupt("simulated crash after iteration 2")
 
     with pytest.raises(KeyboardInterrupt):
@@ -56,11 +58,11 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrup
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
     seen = []
     summary = job.main(spark, rl_config(tmp_path, "crashed"), on_iteration=seen.append)
-    assert [r["iteration"] for r in seen] == [3]  # only the missing iteration ran
+    assert [r.iteration for r in seen] == [3]  # only the missing iteration ran
     job.main(spark, rl_config(tmp_path, "straight"), on_iteration=lambda r: None)
     assert _metrics(run_dir) == _metrics(tmp_path / "runs" / "straight")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
-    assert summary["iterations"] == 3 and summary["env_steps"] == 3 * 128
+    assert summary.iterations == 3 and summary.env_steps == 3 * 128
     assert (run_dir / "report" / "return_curve.png").stat().st_size > 1000
     assert json.loads((run_dir / "summary.json").read_text())["eval"]["episodes"] == 3
 
@@ -84,9 +86,11 @@ def test_an_unusable_environment_is_a_config_error_naming_rl_env_id(spark, tmp_p
     assert not (tmp_path / "runs" / "e").exists()  # checked before anything is written
 
 
-def test_a_non_policy_model_is_a_config_error(spark, tmp_path):
-    with pytest.raises(ConfigError, match="'model.name' = 'mlp' is not a policy model"):
-        job.main(spark, rl_config(tmp_path, "m", "model.name=mlp", "model.params={}"))
+def test_a_non_policy_model_is_a_config_error_before_spark(tmp_path):
+    from pipelines.validate import validate
+
+    with pytest.raises(ConfigError, match="'model.name' = 'mlp' is a classifier, but dlpipe rl trains a policy"):
+        validate(rl_config(tmp_path, "m", "model.name=mlp", "model.params={}"), "rl")
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +105,10 @@ def solved(spark, tmp_path_factory):
 @pytest.mark.slow
 def test_ppo_solves_cartpole_on_a_short_budget_and_saves_its_episodes(solved):
     workdir, summary = solved
-    assert summary["eval"]["mean_return"] >= 195, summary["eval"]
-    table = pq.read_table(workdir / "runs" / "solve" / "trajectories")
+    assert summary.eval.mean_return >= 195, summary.eval
+    table = pq.read_table(summary.trajectories)
     assert table.column_names == ["id", "obs_0", "obs_1", "obs_2", "obs_3", "action"]
-    assert table.num_rows == round(summary["eval"]["mean_length"] * 20)
+    assert table.num_rows == round(summary.eval.mean_length * 20)
     assert set(table.column("action").to_pylist()) == {0, 1}
 
 
@@ -115,11 +119,11 @@ def test_behaviour_cloning_round_trip_through_the_etl_training_and_rl_eval(spark
                  "train.epochs=10", "rl.eval_episodes=20", *TRACKING_OFF]
     bc = load_config(REPO_ROOT / "pipelines" / "configs" / "cartpole_bc.yaml", [*overrides, "run_id=bc"])
     summary = run.main(spark, bc)
-    assert summary["etl"]["quarantined"] == 0 and summary["eval"]["accuracy"] > 0.9, summary["eval"]
+    assert summary.etl.quarantined == 0 and summary.eval.accuracy > 0.9, summary.eval
     played = evaluate.main(spark, load_config(REPO_ROOT / "pipelines" / "configs" / "cartpole_bc.yaml",
                                               [*overrides, "run_id=bc-eval", "infer.model_run=bc"]))
-    assert played["eval"]["mean_return"] >= 400, played
-    assert json.loads((workdir / "runs" / "bc-eval" / "rl_eval.json").read_text())["eval"] == played["eval"]
+    assert played.eval.mean_return >= 400, played
+    assert json.loads((workdir / "runs" / "bc-eval" / "rl_eval.json").read_text())["eval"] == played.eval.to_dict()
 
 
 def test_an_rl_run_is_tracked_one_mlflow_run_with_a_metric_per_iteration(spark, tmp_path):
@@ -134,6 +138,6 @@ def test_an_rl_run_is_tracked_one_mlflow_run_with_a_metric_per_iteration(spark, 
     assert run.data.params["rl.env_id"] == "CartPole-v1" and run.data.tags["dlpipe.job"] == "rl"
     history = client.get_metric_history(run.info.run_id, "env_steps")
     assert sorted((m.step, m.value) for m in history) == [(i, i * 2 * 2 * 32) for i in (1, 2, 3)]
-    assert run.data.metrics["eval.mean_return"] == summary["eval"]["mean_return"]
+    assert run.data.metrics["eval.mean_return"] == summary.eval.mean_return
     assert {f.path for f in client.list_artifacts(run.info.run_id, "model")} == {"model/policy.pt"}
-    assert list((config.run_dir() / "tb").glob("events.out.tfevents.*"))
+    assert list((Path(config.run_dir()) / "tb").glob("events.out.tfevents.*"))

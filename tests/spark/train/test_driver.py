@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 from testkit import make_config
+from pipelines import dataset, events
 from pipelines.infer import job as infer
 from pipelines.train import driver as train
 from pipelines.train.driver import TrainError
@@ -16,7 +18,11 @@ from pipelines.train.job import plan_job
 
 
 def _weights(run_dir):
-    return torch.load(run_dir / "model" / "model.pt", weights_only=True)["state_dict"]
+    return torch.load(Path(run_dir) / "model" / "model.pt", weights_only=True)["state_dict"]
+
+
+def _history(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +35,17 @@ def trained_cnn(spark, digits_workdir):
 
 def test_two_ranks_reach_95_percent_test_accuracy(spark, trained_cnn):
     config, result = trained_cnn
-    assert result["epochs_completed"] == 15
+    assert result.epochs_completed == 15
     scored = infer.main(spark, config)
-    assert scored["eval"]["accuracy"] >= 0.95
+    assert scored.eval.accuracy >= 0.95
 
 
 def test_metrics_jsonl_has_one_line_per_epoch_with_samples_seen(trained_cnn, digits_workdir):
     config, _ = trained_cnn
-    manifest = json.loads((digits_workdir / "datasets" / "digits" / "manifest.json").read_text())
-    lines = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    view = dataset.open_dataset(str(digits_workdir / "datasets" / "digits"))
+    lines = _history(config.run_dir())
     assert [x["epoch"] for x in lines] == list(range(1, 16))
-    train_rows = manifest["splits"]["train"]["count"]
+    train_rows = view.counts["train"]
     batch, ranks = config.train.batch_size, config.train.num_workers
     for x in lines:
         # the whole split, up to at most one batch per rank
@@ -51,26 +57,31 @@ def test_metrics_jsonl_has_one_line_per_epoch_with_samples_seen(trained_cnn, dig
 
 def test_the_result_says_which_device_each_rank_used(trained_cnn):
     _, result = trained_cnn
-    assert [d["rank"] for d in result["devices"]] == [0, 1]
-    assert all(d["device"] == "cpu" and d["gpu"] == "" for d in result["devices"])  # this machine has no GPU
-    assert "no CUDA device" in result["devices"][0]["reason"]
-    assert result["precision"] == "fp32"
+    assert [d.rank for d in result.devices] == [0, 1]
+    assert all(d.device == "cpu" and d.gpu == "" for d in result.devices)  # this machine has no GPU
+    assert "no CUDA device" in result.devices[0].reason
+    assert result.precision == "fp32" and result.dataset_version == 1
+    assert result.checkpoint_times["count"] == 15 and result.checkpoint_times["write_s"] > 0
 
 
-def test_cuda_requested_without_a_gpu_fails_before_launch(spark, digits_workdir):
+def test_cuda_requested_without_a_gpu_fails_before_spark(digits_workdir):
+    from pipelines.errors import ConfigError
+    from pipelines.validate import validate
+
     config = make_config(digits_workdir, "run_id=cuda-none", "train.device=cuda")
-    with pytest.raises(TrainError, match=r"'train.device' = 'cuda' but there is no GPU here.*train.device=auto"):
-        train.main(spark, config)
-    assert not config.run_dir().exists()  # nothing started
+    with pytest.raises(ConfigError, match=r"'train.device' = 'cuda' but there is no GPU here.*train.device=auto"):
+        validate(config, "train", master="local[2]")
+    assert not Path(config.run_dir()).exists()  # nothing started
 
 
 def test_artifact_holds_all_inference_needs(trained_cnn):
     config, result = trained_cnn
-    artifact = torch.load(result["artifact"], weights_only=True)
+    artifact = torch.load(result.artifact, weights_only=True)
     assert artifact["model_name"] == "cnn"
     assert artifact["label_names"] == [str(i) for i in range(10)]
     assert artifact["feature_shape"] == [1, 8, 8]
     assert len(artifact["normalization"]["mean"]) == 1
+    assert artifact["dataset_version"] == 1 and artifact["init_from"] == ""
 
 
 def test_same_seed_same_ranks_give_identical_weights(spark, digits_workdir):
@@ -90,10 +101,10 @@ def test_a_rank_killed_mid_epoch_is_retried_from_the_checkpoint(spark, digits_wo
     pids: dict[int, int] = {}
     killed = []
 
-    def kill_rank_1_in_epoch_3(rank, event):
-        if event["kind"] == "started":
-            pids[rank] = event["pid"]
-        if (event["kind"] == "progress" and event["epoch"] == 3 and event["step"] >= event["steps"] // 2
+    def kill_rank_1_in_epoch_3(event):
+        if isinstance(event, events.Started):
+            pids[event.rank] = event.pid
+        if (isinstance(event, events.StepProgress) and event.epoch == 3 and event.step >= event.steps // 2
                 and not killed):
             os.kill(pids[1], signal.SIGKILL)
             killed.append(pids[1])
@@ -102,8 +113,8 @@ def test_a_rank_killed_mid_epoch_is_retried_from_the_checkpoint(spark, digits_wo
                          "train.failure_timeout_s=30")
     result = train.main(spark, config, on_event=kill_rank_1_in_epoch_3)
     assert killed, "the test never killed a rank"
-    assert result["epochs_completed"] == 5
-    history = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert result.epochs_completed == 5
+    history = _history(config.run_dir())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
 
     clean = make_config(digits_workdir, "run_id=not-killed", "train.epochs=5")
@@ -113,26 +124,27 @@ def test_a_rank_killed_mid_epoch_is_retried_from_the_checkpoint(spark, digits_wo
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6)
 
 
-def test_every_rank_process_gets_the_training_environment(spark, digits_workdir, monkeypatch):
-    """The settings that act through a rank's environment (Horovod's cycle and fusion, glibc's
-    malloc thresholds, pinning) reach the rank processes the barrier tasks start, on every rank;
-    with a core per rank, each rank process runs on its own core."""
-    for name in train.RANK_MALLOC_ENV:  # what the rank sees must come from the launch, not from here
-        monkeypatch.delenv(name, raising=False)
+def test_the_training_settings_reach_every_rank_in_the_job_and_each_rank_gets_its_own_core(spark, digits_workdir):
+    """Horovod's cycle and fusion settings are set by the rank from its job (before hvd.init); with
+    a core per rank, each rank process runs on its own core (train.pin_ranks)."""
     config = make_config(digits_workdir, "run_id=rank-env", "train.horovod_cycle_time_ms=3")
     seen: dict[int, dict] = {}
+    job = plan_job(config)
 
-    cores: dict[int, list[int]] = {}
+    def record(event):
+        if isinstance(event, events.Probe):
+            seen[event.rank] = event.data
 
-    def record(rank, event):
-        if event["kind"] == "environment":
-            seen[rank], cores[rank] = event["env"], event["cores"]
+    from pipelines.launcher import run_ranks
+    from pipelines.train.rendezvous import HorovodRendezvous
 
-    train.launch(spark, plan_job(config), entry="rank_probes:environment", on_event=record)
-    expected = {"HOROVOD_CYCLE_TIME": "3.0", "HOROVOD_FUSION_THRESHOLD": str(32 << 20), **train.RANK_MALLOC_ENV,
-                "DLPIPE_PIN_RANKS": "1"}
-    assert seen == {0: expected, 1: expected}
+    run_ranks(spark, "rank_probes:horovod_settings", job.to_dict(), num_workers=2, rendezvous=HorovodRendezvous(),
+              pin_cores=True, on_event=record)
+    for rank in (0, 1):
+        assert seen[rank]["env"]["HOROVOD_CYCLE_TIME"] == "3.0"
+        assert seen[rank]["env"]["HOROVOD_FUSION_THRESHOLD"] == str(32 << 20)
     if len(os.sched_getaffinity(0)) >= 2:  # 2 ranks x 1 thread: one core each, not the same one
+        cores = {r: seen[r]["cores"] for r in (0, 1)}
         assert len(cores[0]) == len(cores[1]) == 1 and cores[0] != cores[1], cores
 
 
@@ -145,20 +157,20 @@ def test_more_ranks_than_row_groups_is_caught_before_launch(spark, digits_workdi
 def test_a_checkpoint_inside_an_epoch_resumes_there_with_identical_weights(spark, digits_workdir):
     """train.checkpoint_every_steps=5; rank 0 dies at step 13 of epoch 2: the retry resumes 10 steps
     into epoch 2 (steps 11-13 are redone, nothing else) and ends with an uninterrupted run's weights."""
-    events: list[tuple] = []
+    seen: list[tuple] = []
 
-    def record(rank, event):
-        if event["kind"] == "resume":
-            events.append(("resume", event["epochs_done"], event["step"]))
-        elif event["kind"] == "checkpoint":
-            events.append(("checkpoint", event["epoch"], event["step"]))
+    def record(event):
+        if isinstance(event, events.Resumed):
+            seen.append(("resume", event.epochs_done, event.step))
+        elif isinstance(event, events.CheckpointSaved):
+            seen.append(("checkpoint", event.epoch, event.step))
 
     config = make_config(digits_workdir, "run_id=killed-inside-epoch", "train.epochs=3", "train.max_attempts=2",
                          "train.failure_timeout_s=30", "train.checkpoint_every_steps=5")
     result = train.main(spark, config, on_event=record, entry="rank_faults:train_rank_killed_inside_epoch_2")
-    assert ("checkpoint", 2, 10) in events and ("resume", 1, 10) in events, events
-    assert result["epochs_completed"] == 3
-    history = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert ("checkpoint", 2, 10) in seen and ("resume", 1, 10) in seen, seen
+    assert result.epochs_completed == 3
+    history = _history(config.run_dir())
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
     clean = make_config(digits_workdir, "run_id=not-killed-3", "train.epochs=3")
@@ -166,6 +178,6 @@ def test_a_checkpoint_inside_an_epoch_resumes_there_with_identical_weights(spark
     resumed, uninterrupted = _weights(config.run_dir()), _weights(clean.run_dir())
     for name in resumed:
         assert torch.equal(resumed[name], uninterrupted[name]), name
-    clean_history = [json.loads(x) for x in (clean.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    clean_history = _history(clean.run_dir())
     for a, b in zip(history, clean_history):  # the resumed epoch's loss counts every step exactly once
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9) and a["samples"] == b["samples"]

@@ -8,13 +8,19 @@ import signal
 import pytest
 import torch
 
+from pathlib import Path
+
 from testkit import make_config
-from pipelines import run
+from pipelines import events, run
 from pipelines.train import driver as train
 
 
 def _weights(config):
-    return torch.load(config.run_dir() / "model" / "model.pt", weights_only=True)["state_dict"]
+    return torch.load(Path(config.run_dir()) / "model" / "model.pt", weights_only=True)["state_dict"]
+
+
+def _history(config) -> list[dict]:
+    return [json.loads(x) for x in (Path(config.run_dir()) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -22,11 +28,11 @@ def _weights(config):
 def test_each_strategy_trains_the_cnn_through_dlpipe_run_and_scores_unchanged(spark, tmp_path, strategy):
     config = make_config(tmp_path, f"run_id={strategy}", f"train.strategy={strategy}", "train.epochs=15")
     summary = run.main(spark, config)
-    assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 15
-    assert summary["eval"]["accuracy"] >= 0.95, summary["eval"]
-    history = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert summary.status == "ok" and summary.train.epochs_completed == 15
+    assert summary.eval.accuracy >= 0.95, summary.eval
+    history = _history(config)
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s"} <= set(history[-1])
-    artifact = torch.load(config.run_dir() / "model" / "model.pt", weights_only=True)
+    artifact = torch.load(Path(config.run_dir()) / "model" / "model.pt", weights_only=True)
     assert artifact["model_name"] == "cnn" and set(artifact["state_dict"]) == set(_weights(config))
 
 
@@ -37,10 +43,11 @@ def test_ddp_trains_and_a_killed_rank_resumes_from_the_checkpoint_with_identical
     pids: dict[int, int] = {}
     killed: list[int] = []
 
-    def kill_rank_1_in_epoch_3(rank, event):
-        if event["kind"] == "started":
-            pids[rank] = event["pid"]
-        if event["kind"] == "progress" and event["epoch"] == 3 and event["step"] >= event["steps"] // 2 and not killed:
+    def kill_rank_1_in_epoch_3(event):
+        if isinstance(event, events.Started):
+            pids[event.rank] = event.pid
+        if (isinstance(event, events.StepProgress) and event.epoch == 3 and event.step >= event.steps // 2
+                and not killed):
             os.kill(pids[1], signal.SIGKILL)
             killed.append(pids[1])
 
@@ -49,19 +56,23 @@ def test_ddp_trains_and_a_killed_rank_resumes_from_the_checkpoint_with_identical
                          "train.failure_timeout_s=30")
     result = train.main(spark, config, on_event=kill_rank_1_in_epoch_3)
     assert killed, "the test never killed a rank"
-    assert result["epochs_completed"] == 15
-    history = [json.loads(x) for x in (config.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert result.epochs_completed == 15
+    history = _history(config)
     assert [h["epoch"] for h in history] == list(range(1, 16))
 
     clean = make_config(digits_workdir, "run_id=ddp-clean", *common)
     summary = run.main(spark, clean)  # the whole dlpipe run (its ETL republishes the same dataset)
-    assert summary["status"] == "ok" and summary["eval"]["accuracy"] >= 0.95, summary["eval"]
+    assert summary.status == "ok" and summary.eval.accuracy >= 0.95, summary.eval
     resumed, uninterrupted = _weights(config), _weights(clean)
     for name in resumed:
         assert torch.equal(resumed[name], uninterrupted[name]), name
 
 
-def test_a_model_with_too_few_split_points_for_the_ranks_is_caught_before_launch(spark, digits_workdir):
+def test_a_model_with_too_few_split_points_for_the_ranks_is_caught_before_spark(digits_workdir):
+    from pipelines.errors import ConfigError
+    from pipelines.validate import validate
+
     config = make_config(digits_workdir, "run_id=pipe-too-many", "train.strategy=pipeline", "train.num_workers=64")
-    with pytest.raises(train.TrainError, match="cannot be cut into 64 pipeline stages"):
-        train.main(spark, config)
+    with pytest.raises(ConfigError, match="cannot be cut into 64 pipeline stages") as err:
+        validate(config, "train")  # the shape comes from the published dataset
+    assert err.value.key == "train.num_workers"

@@ -18,7 +18,7 @@ def test_training_with_an_unreachable_tracking_server_finishes_with_a_single_war
     config = make_config(digits_workdir, "run_id=dead-mlflow", "train.epochs=3", "tracking.mlflow=true",
                          f"tracking.uri=http://127.0.0.1:{port}", "tracking.tensorboard=true", "tracking.timeout_s=2")
     result = train.main(spark, config)
-    assert result["epochs_completed"] == 3
+    assert result.epochs_completed == 3
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "dlpipe: warning" in line]
     assert len(warnings) == 1 and "MLflow tracking failed" in warnings[0] and str(port) in warnings[0], warnings
@@ -26,10 +26,10 @@ def test_training_with_an_unreachable_tracking_server_finishes_with_a_single_war
     # TensorBoard, the other sink, went on: every epoch's figures, and step figures within the epochs.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(config.run_dir() / "tb"))
+    events = EventAccumulator(f"{config.run_dir()}/tb")
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
-    assert [round(e.value, 6) for e in events.Scalars("loss")] == [round(h["loss"], 6) for h in result["history"]]
+    assert [round(e.value, 6) for e in events.Scalars("loss")] == [round(h.loss, 6) for h in result.history]
     assert [e.step for e in events.Scalars("val_accuracy")] == [1, 2, 3]
     steps = [e.step for e in events.Scalars("step_loss")]
     assert len(steps) > 3 and steps == sorted(steps)
