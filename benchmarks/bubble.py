@@ -39,8 +39,14 @@ def _stage_worker(rank: int, port: int, microbatches: list[int], steps: int, out
 
     import torch.distributed as dist
 
-    os.environ.update({"DLPIPE_STORE_ADDR": "127.0.0.1", "DLPIPE_STORE_PORT": str(port),
-                       "DLPIPE_STALL_TIMEOUT_S": "120", "GLOO_SOCKET_IFNAME": "lo"})
+    class _Stage(RankContext):
+        def emit(self, event: Any) -> None:
+            """No driver reads a stage's events here (the strategy reports joining its group)."""
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # what the launcher's torch.distributed rendezvous sets
+    # The stage's place, and the store it joins through (as a launch hands them to a rank).
+    ctx = _Stage(rank=rank, size=STAGES, local_rank=rank, local_size=STAGES, rendezvous_addr="127.0.0.1",
+                 rendezvous_port=port, stall_timeout_s=120)
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(1)
     batch = {"features": torch.randn(BATCH, FEATURES, generator=g), "label": torch.randint(0, 10, (BATCH,), generator=g)}
@@ -48,7 +54,7 @@ def _stage_worker(rank: int, port: int, microbatches: list[int], steps: int, out
     strategy = None
     for m in microbatches:
         tc = TrainConfig(strategy="pipeline", batch_size=BATCH, pipeline=PipelineParallelConfig(microbatches=m))
-        strategy = PipelineStrategy(RankContext(rank, STAGES, rank, 1, 0), tc)
+        strategy = PipelineStrategy(ctx, tc)
         if not dist.is_initialized():
             strategy.start()
         strategy.setup(_model(), lambda params: torch.optim.SGD(params, lr=1e-3))

@@ -8,7 +8,6 @@ same config and model the pipeline itself would use.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -18,8 +17,10 @@ from typing import Any
 
 from benchmarks.harness import bench_dir
 from pipelines import dataset as ds_format
+from pipelines import storage
 from pipelines.config import PipelineConfig, load_config, to_yaml
-from pipelines.publish import is_published
+from pipelines.formats import FormatError
+from pipelines.publish import committed_folder
 
 SIZES = ("tiny", "small", "large")
 
@@ -69,14 +70,22 @@ def derive(config: PipelineConfig, *overrides: str) -> PipelineConfig:
 
 
 def generated(spark: Any, config: PipelineConfig, num_samples: int, image_size: int) -> Path:
-    """Generated digits (``pipelines.etl.generate``) under ``<workdir>/bench/data``, made once."""
+    """Generated digits (``pipelines.etl.generate``) under ``<workdir>/bench/data``, made once.
+
+    Returns the publication's target: its files are ``pipelines.publish.committed_files(target)``,
+    and the ETL's ``etl.source.path`` may name it as is.
+    """
     from pipelines.etl import generate
 
     out = bench_dir(config) / "data" / f"generated{image_size}_{num_samples}"
-    info = out / generate.INFO_FILE
-    if is_published(out) and info.is_file():
-        made = json.loads(info.read_text())
-        if made.get("n") == num_samples and made.get("image_size") == image_size:
+    folder = committed_folder(str(out))
+    info = storage.join(folder, generate.INFO_FILE) if folder else ""
+    if info and storage.is_file(info):
+        try:
+            made = generate.GenerateResult.from_json(storage.read_text(info), info)
+        except FormatError:  # written by another dlpipe: made again
+            made = None
+        if made is not None and made.n == num_samples and made.image_size == image_size:
             return out
     # One partition per core (at most one per block): generating is the slow part at large sizes.
     partitions = max(1, min(os.cpu_count() or 1, math.ceil(num_samples / generate.BLOCK)))
@@ -96,17 +105,27 @@ def etl_config(config: PipelineConfig, source: Path, spec: DataSpec, name: str) 
 
 
 def dataset(spark: Any, config: PipelineConfig, spec: DataSpec) -> Path:
-    """The ETL output of ``spec`` under ``<workdir>/bench/datasets``, made once (reused when it matches)."""
+    """The ETL output of ``spec`` under ``<workdir>/bench/datasets``, made once (reused when it matches).
+
+    Returns the dataset's folder; read it through its view (:func:`view`), never by building paths.
+    """
     from pipelines.etl import job as etl
 
     cfg = etl_config(config, generated(spark, config, spec.num_samples, spec.image_size), spec, spec.key)
-    manifest = cfg.dataset_dir / ds_format.MANIFEST_FILE
-    if is_published(cfg.dataset_dir) and manifest.is_file():
-        m = json.loads(manifest.read_text())
-        if m.get("records_in") == spec.num_samples and m.get("rows_per_row_group") == spec.rows_per_row_group:
-            return cfg.dataset_dir
+    try:
+        made = ds_format.open_dataset(cfg.dataset_dir)
+    except (ds_format.DatasetError, FormatError):  # none yet, or written by another dlpipe: made again
+        made = None
+    if made is not None and made.version == 1 and made.manifest.records_in == spec.num_samples \
+            and made.manifest.rows_per_row_group == spec.rows_per_row_group:
+        return Path(cfg.dataset_dir)
     etl.main(spark, cfg)
-    return cfg.dataset_dir
+    return Path(cfg.dataset_dir)
+
+
+def view(dataset_dir: Path) -> ds_format.DatasetView:
+    """The newest view of a bench dataset (its manifest, and its splits' files in Petastorm's order)."""
+    return ds_format.open_dataset(str(dataset_dir))
 
 
 def on_dataset(config: PipelineConfig, dataset_dir: Path, *overrides: str) -> PipelineConfig:
@@ -118,6 +137,7 @@ def on_dataset(config: PipelineConfig, dataset_dir: Path, *overrides: str) -> Pi
 def build_model(model_name: str, model_params: dict[str, Any], manifest: dict[str, Any]) -> Any:
     """``model_name`` built for ``manifest``'s dataset exactly as dlpipe's trainer builds it.
 
+    ``manifest``: the manifest as plain data (``Manifest.to_dict()``, what contender processes get).
     Whatever the model is (classifier or not), it gets the dataset's feature shape and label
     count; callers then only use the model contract (``loss``, ``predict``, ``output_schema``).
     """

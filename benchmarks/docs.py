@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import REPO_ROOT, command
-from pipelines.publish import write_text_atomic
+from pipelines import storage
 
 DEFAULT_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 ORDER = ("loader", "train", "infer", "etl", "memory", "rl")
@@ -45,7 +45,7 @@ def load(bench_dir: Path, size: str) -> dict[str, dict[str, Any]]:
 def write(bench_dir: Path, out: Path, size: str) -> Path:
     """Render the page from ``bench_dir`` and write it to ``out``; return ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, render(load(bench_dir, size), size))
+    storage.write_text(str(out), render(load(bench_dir, size), size))
     return out
 
 

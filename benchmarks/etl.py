@@ -32,6 +32,7 @@ from pipelines import session
 from pipelines.config import PipelineConfig
 from pipelines.etl.sources import read_records
 from pipelines.etl.validate import survey
+from pipelines.publish import committed_files
 
 NAME = "etl"
 SIZES = {
@@ -50,11 +51,12 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     spec: data.DataSpec = s["data"]
     report = harness.Report(NAME, size)
     source = data.generated(spark, config, spec.num_samples, spec.image_size)
+    source_files = committed_files(str(source), ".parquet")  # the generated publication's files
     cfg = data.etl_config(config, source, spec, f"etl_bench_{spec.key}")
     copy = harness.bench_dir(config) / "etl_plain_copy"
     rows = spec.num_samples
     report.params = {"input": f"generated digits {spec.image_size}x{spec.image_size} as Parquet", "rows": rows,
-                     "input_files": len(list(source.glob("*.parquet"))), "rows_per_row_group": spec.rows_per_row_group,
+                     "input_files": len(source_files), "rows_per_row_group": spec.rows_per_row_group,
                      "output_files": spec.output_files, "splits": dict(spec.splits), "repeats": s["repeats"],
                      "spark_cores": spark.sparkContext.defaultParallelism}
 
@@ -67,8 +69,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         marks.append(("end", time.perf_counter()))
         phases.append({a: round(tb - ta, 3) for (a, ta), (_, tb) in zip(marks, marks[1:])})
-        if manifest["records_in"] != rows:
-            raise harness.BenchError(f"the ETL read {manifest['records_in']} records, expected {rows}")
+        if manifest.records_in != rows:
+            raise harness.BenchError(f"the ETL read {manifest.records_in} records, expected {rows}")
         return rows / seconds
 
     def pass_to_noop() -> float:
@@ -81,7 +83,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     def plain(sorted_by_id: bool = False) -> float:
         shutil.rmtree(copy, ignore_errors=True)
         started = time.perf_counter()
-        frame = spark.read.parquet(str(source))
+        frame = spark.read.parquet(*source_files)
         if sorted_by_id:
             frame = frame.repartition(spec.output_files, "id").sortWithinPartitions("id")
         frame.write.mode("overwrite").parquet(str(copy))

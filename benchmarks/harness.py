@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines import storage
 from pipelines.config import PipelineConfig
-from pipelines.publish import write_text_atomic
 
 # benchmarks/ is not installed: the repository root is what executors, rank processes and
 # contender processes need on their path to import it.
@@ -238,7 +238,8 @@ def finish(report: Report, config: PipelineConfig) -> dict[str, Any]:
     """Print the table and write ``<workdir>/bench/<name>.json``; return the JSON dict."""
     result = report.to_dict()
     # Not sorted: contenders and ratios keep the order the benchmark gave them (dlpipe first, targets first).
-    write_text_atomic(bench_dir(config) / f"{report.name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    storage.write_text(str(bench_dir(config) / f"{report.name}.json"),
+                       json.dumps(result, indent=2, default=str) + "\n")
     print(format_table(result), flush=True)
     return result
 

@@ -44,18 +44,18 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
 
     s = SIZES[size]
     report = harness.Report(NAME, size)
-    ds = data.dataset(spark, config, s["data"])
-    manifest = dataset.load_manifest(ds)
-    source = dataset.split_paths(ds, manifest)[dataset.TRAIN_SPLIT]
+    view = data.view(data.dataset(spark, config, s["data"]))
+    manifest = view.manifest
+    source = view.splits[dataset.TRAIN_SPLIT].files  # the split's Parquet files (local paths)
     work = harness.bench_dir(config) / "infer"
-    artifact = _artifact(config, manifest, work / "model.pt")
+    artifact = _artifact(config, view, work / "model.pt")
     batch = config.infer.batch_size
     cores = spark.sparkContext.defaultParallelism
-    rows = spark.read.parquet(source).count()
+    rows = spark.read.parquet(*source).count()
     report.params = {"dataset": s["data"].key, "rows": rows, "model": config.model.name,
-                     "feature_shape": manifest["feature_shape"], "batch_size": batch, "spark_cores": cores,
+                     "feature_shape": manifest.feature_shape, "batch_size": batch, "spark_cores": cores,
                      "torch_threads_total": cores, "repeats": s["repeats"],
-                     "input_partitions": spark.read.parquet(source).rdd.getNumPartitions()}
+                     "input_partitions": spark.read.parquet(*source).rdd.getNumPartitions()}
 
     def timed(write: Callable[[str], None]) -> float:
         out = work / "out"
@@ -65,13 +65,13 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         return rows / (time.perf_counter() - started)
 
     def dlpipe_job(out: str) -> None:
-        predictions, _ = scoring.predict(spark, spark.read.parquet(source), artifact, batch)
+        predictions, _ = scoring.predict(spark, spark.read.parquet(*source), str(artifact), batch)
         predictions.write.mode("overwrite").parquet(out)
 
     def torch_process() -> float:
         out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
-        result = procs.run_worker({"job": "infer_torch", "path": source, "artifact": str(artifact),
+        result = procs.run_worker({"job": "infer_torch", "files": source, "artifact": str(artifact),
                                    "output": str(out), "batch": batch, "threads": cores},
                                   threads=cores, timeout_s=1800)
         return result["rows"] / result["seconds"]
@@ -118,20 +118,21 @@ UDF_LIMIT = (
 )
 
 
-def _artifact(config: PipelineConfig, manifest: dict[str, Any], path: Path) -> Path:
+def _artifact(config: PipelineConfig, view: dataset.DatasetView, path: Path) -> Path:
     """A dlpipe model artifact of ``model.name`` for the dataset (fresh weights, fixed seed)."""
     import torch
 
-    from pipelines.artifact import save_artifact
+    from pipelines.artifact import artifact_meta, save_artifact
 
     torch.manual_seed(config.train.seed)
-    model = data.build_model(config.model.name, config.model.params, manifest)
-    save_artifact(path, model, manifest, dataset.manifest_hash(manifest), config)
+    model = data.build_model(config.model.name, config.model.params, view.manifest.to_dict())
+    save_artifact(str(path), model, artifact_meta(model, view.manifest, view.identity, config, version=view.version))
     return path
 
 
-def _predict_batch_udf_job(spark: Any, source: str, artifact: Path, batch: int) -> Callable[[str], None]:
-    """The ``predict_batch_udf`` contender: a function writing ``source``'s id and model outputs to a folder."""
+def _predict_batch_udf_job(spark: Any, source: list[str], artifact: Path, batch: int) -> Callable[[str], None]:
+    """The ``predict_batch_udf`` contender: a function writing the id and model outputs of the Parquet
+    files ``source`` to a folder."""
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -141,17 +142,17 @@ def _predict_batch_udf_job(spark: Any, source: str, artifact: Path, batch: int) 
     artifact_path = str(artifact.resolve())
     model, meta = load_artifact(artifact_path)
     schema = model.output_schema()  # name -> (dtype, per-row shape): the UDF returns exactly these
-    num_features = math.prod(meta["feature_shape"])
+    num_features = math.prod(meta.feature_shape)
     del model
 
     def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:  # nested, so it is shipped by value
         import torch
 
-        from pipelines.artifact import load_artifact, normalizer
+        from pipelines.artifact import load_artifact
 
         torch.set_num_threads(1)  # one core per task, as dlpipe's job
         model, meta = load_artifact(artifact_path)
-        normalize = normalizer(meta)
+        normalize = meta.normalizer()
 
         def predict(features: np.ndarray) -> dict[str, np.ndarray]:
             with torch.inference_mode():
@@ -170,7 +171,7 @@ def _predict_batch_udf_job(spark: Any, source: str, artifact: Path, batch: int) 
                               input_tensor_shapes=[[num_features]])
 
     def job(out: str) -> None:
-        frame = spark.read.parquet(source)
+        frame = spark.read.parquet(*source)
         scored = frame.select("id", score("features").alias("p"))
         scored.select("id", *[F.col(f"p.{name}").alias(name) for name in schema]).write.mode("overwrite").parquet(out)
 

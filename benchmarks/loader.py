@@ -25,15 +25,15 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from benchmarks import data, harness
-from pipelines import dataset
+from pipelines import dataset, storage
 from pipelines.artifact import Normalizer
+from pipelines.dataset import SplitFiles
 from pipelines.config import PipelineConfig
 from pipelines.train import loader
 
@@ -64,13 +64,13 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     s = SIZES[size]
     spec: data.DataSpec = s["data"]
     report = harness.Report(NAME, size)
-    ds = data.dataset(spark, config, spec)
-    manifest = dataset.load_manifest(ds)
-    train = Path(dataset.split_paths(ds, manifest)[dataset.TRAIN_SPLIT])
+    view = data.view(data.dataset(spark, config, spec))
+    manifest = view.manifest
+    train = view.splits[dataset.TRAIN_SPLIT]
     batch = config.train.batch_size
-    normalize = Normalizer.from_stats(manifest["normalization"], manifest["feature_shape"])
-    rows = sum(dataset.row_group_sizes(train))
-    report.params = {"dataset": spec.key, "train_rows": rows, "feature_shape": manifest["feature_shape"],
+    normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
+    rows = train.rows
+    report.params = {"dataset": spec.key, "train_rows": rows, "feature_shape": manifest.feature_shape,
                      "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s["passes"],
                      "repeats": s["repeats"], "reader_workers": config.train.reader_workers, "torch_threads": 1}
     measures = {
@@ -80,7 +80,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     default_rows = etl_default_rows(config, spec)
     report.params["etl_default_rows_per_row_group"] = default_rows
     if s["etl_default"]:
-        default_layout = data.dataset(spark, config, spec.with_row_groups(default_rows)) / dataset.TRAIN_SPLIT
+        default_layout = data.view(data.dataset(spark, config, spec.with_row_groups(default_rows))).splits[
+            dataset.TRAIN_SPLIT]
         measures["dlpipe_petastorm_etl_default"] = lambda: _dlpipe(default_layout, batch, normalize,
                                                                    config.train.reader_workers, s["passes"])
     measures["petastorm_own_path"] = lambda: _petastorm_own_path(train, s["passes"])
@@ -147,25 +148,24 @@ def limit_text(report: harness.Report) -> str:
     return " ".join(parts)
 
 
-def _dlpipe(train: Path, batch: int, normalize: Normalizer, workers: int, passes: int) -> float:
-    url = dataset.dataset_url(train)
-    steps = sum(dataset.row_group_sizes(train)) // batch
+def _dlpipe(train: SplitFiles, batch: int, normalize: Normalizer, workers: int, passes: int) -> float:
+    steps = train.rows // batch
     started, seen = time.perf_counter(), 0
     for p in range(passes):
-        for b in loader.epoch_batches(url, rank=0, size=1, batch_size=batch, steps=steps, seed=p,
+        for b in loader.epoch_batches(train, rank=0, size=1, batch_size=batch, steps=steps, seed=p,
                                       normalize=normalize, workers=workers):
             seen += len(b["label"])
     return seen / (time.perf_counter() - started)
 
 
-def _petastorm_own_path(train: Path, passes: int) -> float:
+def _petastorm_own_path(train: SplitFiles, passes: int) -> float:
     """Petastorm's reader as Petastorm intends it: its row shuffle and its pandas conversion."""
     from petastorm import make_batch_reader
 
     started, seen = time.perf_counter(), 0
     for p in range(passes):
-        with make_batch_reader(dataset.dataset_url(train), schema_fields=["features", "label"], shuffle_row_groups=True,
-                               shuffle_rows=True, seed=p, num_epochs=1, workers_count=1,
+        with make_batch_reader([storage.petastorm_url(f) for f in train.files], schema_fields=["features", "label"],
+                               shuffle_row_groups=True, shuffle_rows=True, seed=p, num_epochs=1, workers_count=1,
                                reader_pool_type="thread") as reader:
             for chunk in reader:
                 np.asarray(chunk.features, dtype=np.float32)  # (rows, features), stacked by Petastorm
@@ -173,10 +173,10 @@ def _petastorm_own_path(train: Path, passes: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def _pyarrow(train: Path, batch: int, normalize: Normalizer, passes: int) -> float:
+def _pyarrow(train: SplitFiles, batch: int, normalize: Normalizer, passes: int) -> float:
     import pyarrow.parquet as pq
 
-    files = dataset.part_files(train)
+    files = train.files  # local paths: the benchmarks run on this machine's disk
     started, seen = time.perf_counter(), 0
     for _ in range(passes):
         for f in files:
@@ -191,7 +191,8 @@ def _pyarrow(train: Path, batch: int, normalize: Normalizer, passes: int) -> flo
     return seen / (time.perf_counter() - started)
 
 
-def _spark_converter(spark: Any, config: PipelineConfig, train: Path, report: harness.Report) -> tuple[Any, float]:
+def _spark_converter(spark: Any, config: PipelineConfig, train: SplitFiles,
+                     report: harness.Report) -> tuple[Any, float]:
     """(Petastorm's converter of the train split, seconds to materialize it), or (None, 0) if unavailable."""
     try:
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
@@ -203,7 +204,7 @@ def _spark_converter(spark: Any, config: PipelineConfig, train: Path, report: ha
     cache.mkdir(parents=True)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + str(cache))
     started = time.perf_counter()
-    converter = make_spark_converter(spark.read.parquet(str(train)).select("features", "label"))
+    converter = make_spark_converter(spark.read.parquet(*train.files).select("features", "label"))
     return converter, round(time.perf_counter() - started, 3)
 
 

@@ -41,10 +41,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     figures: dict[str, dict[str, Any]] = {}
     for label, spec in (("base", base), ("10x", big)):
         ds = data.dataset(spark, config, spec)
-        manifest = dataset.load_manifest(ds)
-        train_rows = manifest["splits"][dataset.TRAIN_SPLIT]["count"]
-        train_bytes = _parquet_bytes(Path(dataset.split_paths(ds, manifest)[dataset.TRAIN_SPLIT]))
-        feature_bytes = train_rows * 4 * math.prod(manifest["feature_shape"])  # float32 features
+        view = data.view(ds)
+        train_rows = view.counts[dataset.TRAIN_SPLIT]
+        train_bytes = _parquet_bytes(view.splits[dataset.TRAIN_SPLIT])
+        feature_bytes = train_rows * 4 * math.prod(view.manifest.feature_shape)  # float32 features
         harness.log(NAME, f"{label}: {train_rows} train rows, {feature_bytes / 2**20:.0f} MiB of float32 features")
         peaks = []
         for i in range(s["repeats"]):
@@ -80,6 +80,6 @@ LIMIT_TEXT = (
 )
 
 
-def _parquet_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in dataset.part_files(folder))
+def _parquet_bytes(split: dataset.SplitFiles) -> int:
+    return sum(Path(f).stat().st_size for f in split.files)  # local files: the benchmarks run on this disk
 

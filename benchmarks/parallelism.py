@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from benchmarks import bubble
-from benchmarks.data import DataSpec, dataset, derive, on_dataset
+from benchmarks.data import DataSpec, dataset, derive, on_dataset, view
 from benchmarks.harness import REPO_ROOT, bench_dir, log, machine
 from benchmarks.training import RANKS, train_once
+from pipelines import storage
 from pipelines.config import PipelineConfig, load_config
+from pipelines.dataset import Manifest
 from pipelines.tracking import TRACKING_OFF
-from pipelines.publish import write_text_atomic
 
 NAME = "parallelism"
 STRATEGIES = ("horovod", "ddp", "fsdp", "pipeline")
@@ -43,14 +44,14 @@ DEFAULT_DOCS = REPO_ROOT / "docs" / "parallelism.md"
 
 def digits_dataset(spark: Any, config: PipelineConfig) -> Path:
     """The bundled digits through dlpipe's ETL, under ``<workdir>/bench/datasets/digits8`` (made once)."""
-    from pipelines.dataset import MANIFEST_FILE
+    from pipelines.dataset import read_head
     from pipelines.etl import job as etl
-    from pipelines.publish import is_published
 
     cfg = derive(config, f"workdir={bench_dir(config)}", "dataset=digits8")
-    if not (is_published(cfg.dataset_dir) and (cfg.dataset_dir / MANIFEST_FILE).is_file()):
+    head = read_head(cfg.dataset_dir)
+    if head is None or not head.versions:
         etl.main(spark, cfg)
-    return cfg.dataset_dir
+    return Path(cfg.dataset_dir)
 
 
 def communicated_bytes(strategy: str, parameters: int, boundary_elements: int, batch: int) -> int:
@@ -68,24 +69,24 @@ def communicated_bytes(strategy: str, parameters: int, boundary_elements: int, b
     return batch * boundary_elements * 4
 
 
-def boundary_elements(config: PipelineConfig, manifest: dict[str, Any]) -> int:
+def boundary_elements(config: PipelineConfig, manifest: Manifest) -> int:
     """Elements per example crossing the cut between the 2 pipeline stages."""
     import models
 
-    model = models.build(config.model.name, feature_shape=tuple(manifest["feature_shape"]),
-                         num_classes=len(manifest["label_names"]), **config.model.params).eval()
+    model = models.build(config.model.name, feature_shape=tuple(manifest.feature_shape),
+                         num_classes=len(manifest.label_names), **config.model.params).eval()
     first, _ = model.pipeline_stages(RANKS)
     with torch.no_grad():
-        out = first(torch.zeros(1, *manifest["feature_shape"]))
+        out = first(torch.zeros(1, *manifest.feature_shape))
     return sum(t.numel() for t in (out if isinstance(out, tuple) else (out,)))
 
 
 def measure_case(spark: Any, config: PipelineConfig, ds: Path, epochs: int, label: str) -> dict[str, Any]:
     """Every strategy on one dataset and model; accuracy from the unchanged inference job."""
-    from pipelines.dataset import load_manifest
     from pipelines.infer import job as infer
 
-    manifest = load_manifest(ds)
+    data = view(ds)
+    manifest = data.manifest
     parameters = sum(_model_parameters(config, manifest))
     rows: dict[str, Any] = {}
     for strategy in STRATEGIES:
@@ -96,7 +97,7 @@ def measure_case(spark: Any, config: PipelineConfig, ds: Path, epochs: int, labe
                                           f"infer.output={bench_dir(config) / 'runs' / f'{NAME}-{label}-{strategy}-pred'}"))
         memory = out["memory_by_rank"]
         rows[strategy] = {
-            "test_accuracy": scored["eval"].get("accuracy"),
+            "test_accuracy": scored.eval.accuracy if scored.eval is not None else None,
             "samples_per_s": out["samples_per_s"][-1],
             "peak_rss_mib_by_rank": {r: round(b / 2**20, 1) for r, b in sorted(out["peak_rss_by_rank"].items())},
             "parameters_by_rank": {r: m["parameters"] for r, m in sorted(memory.items())},
@@ -105,15 +106,15 @@ def measure_case(spark: Any, config: PipelineConfig, ds: Path, epochs: int, labe
                                                           cfg.train.batch_size) / 1024, 1),
         }
     return {"label": label, "model": config.model.name, "model_params": _params_of(config, ds),
-            "feature_shape": manifest["feature_shape"], "train_rows": manifest["splits"]["train"]["count"],
+            "feature_shape": manifest.feature_shape, "train_rows": data.counts["train"],
             "epochs": epochs, "parameters": parameters, "strategies": rows}
 
 
-def _model_parameters(config: PipelineConfig, manifest: dict[str, Any]) -> list[int]:
+def _model_parameters(config: PipelineConfig, manifest: Manifest) -> list[int]:
     import models
 
-    model = models.build(config.model.name, feature_shape=tuple(manifest["feature_shape"]),
-                         num_classes=len(manifest["label_names"]), **config.model.params)
+    model = models.build(config.model.name, feature_shape=tuple(manifest.feature_shape),
+                         num_classes=len(manifest.label_names), **config.model.params)
     return [p.numel() for p in model.parameters()]
 
 
@@ -134,9 +135,9 @@ def run(spark: Any, config: PipelineConfig, size: str = "small", docs_path: Path
     result = {"benchmark": NAME, "size": size, "seconds": round(time.monotonic() - started, 1), "machine": machine(),
               "cases": cases, "bubble": bubbles}
     out = bench_dir(config)
-    write_text_atomic(out / f"{NAME}.json", json.dumps(result, indent=2, default=str) + "\n")
+    storage.write_text(str(out / f"{NAME}.json"), json.dumps(result, indent=2, default=str) + "\n")
     path = docs_path or (out / f"{NAME}.md" if size == "tiny" else DEFAULT_DOCS)
-    write_text_atomic(path, render(result))
+    storage.write_text(str(path), render(result))
     log(NAME, f"figures in {out / f'{NAME}.json'}; page {path}")
     return result
 

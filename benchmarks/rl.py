@@ -5,8 +5,9 @@ envs per actor x steps per env) with the same policy (``mlp_policy``, 64-64 tanh
 per process), sampling actions as PPO does:
 
 - ``dlpipe_spark_actors``: one iteration of ``dlpipe rl``'s collection, ``pipelines.rl.job.collect``:
-  broadcast the policy, a Spark job of ``num_actors`` tasks each stepping its own ``SyncVectorEnv``,
-  the steps back as Arrow, sorted; the whole wall time of the job counts;
+  broadcast the policy, a Spark job of ``num_actors`` tasks each stepping its own ``SyncVectorEnv``
+  (continued from the state the previous iteration returned, as ``dlpipe rl`` does), the steps back
+  as Arrow, sorted; the whole wall time of the job counts;
 - ``sync_vector_env_1_process``: one process stepping a ``SyncVectorEnv`` of all the environments,
   one batched policy call per step;
 - ``async_vector_env_N_processes``: Gymnasium's ``AsyncVectorEnv`` with as many worker processes
@@ -28,7 +29,7 @@ import models
 from benchmarks import harness
 from pipelines.config import PipelineConfig
 from pipelines.rl.job import collect
-from pipelines.rl.rollout import SPARK_SCHEMA, RolloutSpec, env_spaces, make_envs, policy_to_bytes
+from pipelines.rl.rollout import RolloutSpec, env_spaces, make_envs, policy_to_bytes, schema
 
 NAME = "rl"
 SIZES = {  # envs per actor, steps per env, repeats
@@ -58,14 +59,15 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     sync_envs = make_envs(rc.env_id, actors * envs)
     async_envs = gym.vector.AsyncVectorEnv([lambda: gym.make(rc.env_id)] * actors, context="spawn",
                                            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    rounds = {"n": 0}
+    rounds: dict[str, Any] = {"n": 0, "states": [None] * actors}  # actors' environments live on, as in dlpipe rl
 
     def spark_actors() -> float:
         rounds["n"] += 1
         started = time.perf_counter()
-        table = collect(spark, spec, blob, rounds["n"], actors, rc.rollout_timeout_s)
+        collected = collect(spark, spec, blob, rounds["n"], rounds["states"], rc.rollout_timeout_s)
         elapsed = time.perf_counter() - started
-        assert table.num_rows == total
+        assert collected.steps.num_rows == total
+        rounds["states"] = list(collected.states)
         return total / elapsed
 
     try:
@@ -126,6 +128,13 @@ def noop_job(spark: Any, blob: bytes, actors: int) -> float:
             assert weights.value
         return iter(())
 
-    spark.range(actors, numPartitions=actors).mapInArrow(task, SPARK_SCHEMA)._collect_as_arrow()
+    spark.range(actors, numPartitions=actors).mapInArrow(task, _spark_schema())._collect_as_arrow()
     weights.destroy()
     return time.perf_counter() - started
+
+
+def _spark_schema() -> Any:
+    """The rollout steps' schema (``pipelines.rl.rollout.schema``) as Spark's type."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema())

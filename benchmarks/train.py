@@ -70,16 +70,16 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     ds = data.dataset(spark, config, s["data"])
     # The contract dlpipe's ranks get; the PyTorch contenders read the same split, manifest and settings.
     job = plan(config, ds, harness.bench_dir(config) / "runs" / "train")
-    manifest, tc = job.manifest, job.config.train
-    steps = dataset.steps_per_epoch(dataset.row_group_sizes(job.train_path), RANKS, tc.batch_size)
+    manifest, tc = job.data.manifest, job.config.train
+    steps = dataset.steps_per_epoch(job.train.sizes, RANKS, tc.batch_size)
     report.params = {"dataset": s["data"].key, "model": config.model.name, "model_params": config.model.params,
-                     "feature_shape": manifest["feature_shape"], "batch_size_per_rank": tc.batch_size,
+                     "feature_shape": manifest.feature_shape, "batch_size_per_rank": tc.batch_size,
                      "steps_per_epoch_per_rank": steps, "epochs": s["epochs"], "rounds": s["rounds"],
                      "horovod_cycle_time_ms": tc.horovod_cycle_time_ms,
                      "horovod_fusion_threshold_mb": tc.horovod_fusion_threshold_mb,
                      "reader_workers": tc.reader_workers, "threads_per_rank": 1}
 
-    args = {"job": "train", "path": job.train_path, "manifest": manifest, "model": config.model.name,
+    args = {"job": "train", "split": job.train.to_dict(), "manifest": manifest.to_dict(), "model": config.model.name,
             "model_params": config.model.params, "batch": tc.batch_size, "steps": steps, "epochs": s["epochs"],
             "seed": tc.seed, "threads": 1}
     lr_ranks = tc.lr * RANKS if tc.scale_lr_by_workers else tc.lr

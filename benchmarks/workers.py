@@ -7,7 +7,7 @@ environment). Same model (built as dlpipe's trainer builds it), optimizer, batch
 as dlpipe's trainer, and the same loss: the model's own ``loss``, so any dlpipe model trains here.
 Measures samples/s per epoch.
 
-``infer_torch``: one PyTorch process scoring a Parquet folder with a model artifact and writing
+``infer_torch``: one PyTorch process scoring Parquet files with a model artifact and writing
 every output the model declares (``output_schema``) as Parquet. Measures rows and seconds.
 """
 from __future__ import annotations
@@ -23,17 +23,19 @@ from typing import Any
 import numpy as np
 
 
-def load_split(path: str, manifest: dict[str, Any], rank: int = 0, world: int = 1) -> tuple[Any, Any]:
-    """A split as normalized (rows, *feature_shape) float32 and (rows,) int64 tensors; rows rank::world."""
-    import pyarrow.parquet as pq
+def load_split(split: dict[str, Any], manifest: dict[str, Any], rank: int = 0, world: int = 1) -> tuple[Any, Any]:
+    """A split (``SplitFiles.to_dict()``) as normalized (rows, *feature_shape) float32 and (rows,)
+    int64 tensors; rows rank::world. ``manifest``: the dataset's ``Manifest.to_dict()``."""
     import torch
 
     from pipelines.artifact import Normalizer
+    from pipelines.dataset import Normalization, SplitFiles, read_split
 
-    table = pq.read_table(path, columns=["features", "label"])
+    table = read_split(SplitFiles.from_dict(split, "split"), ("features", "label"))
     flat = np.asarray(table.column("features").combine_chunks().flatten()).reshape(table.num_rows, -1)
     labels = np.asarray(table.column("label"))
-    normalize = Normalizer.from_stats(manifest["normalization"], manifest["feature_shape"])
+    normalize = Normalizer.from_stats(Normalization.from_dict(manifest["normalization"], "manifest", "normalization"),
+                                      manifest["feature_shape"])
     return normalize(flat[rank::world]).contiguous(), torch.from_numpy(labels[rank::world].copy())
 
 
@@ -57,7 +59,7 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
         from torch.nn.parallel import DistributedDataParallel
 
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args['port']}", rank=rank, world_size=world)
-    x, y = load_split(args["path"], args["manifest"], rank, world)
+    x, y = load_split(args["split"], args["manifest"], rank, world)
     torch.manual_seed(args["seed"])
     model = build_model(args["model"], args["model_params"], args["manifest"])
     step_loss = _loss_module(model)
@@ -138,19 +140,18 @@ def infer_torch(args: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import torch
 
-    from pipelines.artifact import load_artifact, normalizer
-    from pipelines.dataset import part_files
+    from pipelines.artifact import load_artifact
 
     torch.set_num_threads(args["threads"])
     started = time.perf_counter()
     model, meta = load_artifact(args["artifact"])
-    normalize = normalizer(meta)
+    normalize = meta.normalizer()
     schema = model.output_schema()
     out = Path(args["output"])
     out.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
     with torch.inference_mode():
-        for f in part_files(args["path"]):
+        for f in args["files"]:  # the split's files (local paths), in the dataset view's order
             for rb in pq.ParquetFile(f).iter_batches(batch_size=args["batch"], columns=["id", "features"]):
                 n = rb.num_rows
                 flat = np.asarray(rb.column(1).flatten()).reshape(n, -1)

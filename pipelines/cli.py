@@ -121,10 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2
-    except (RuntimeError, OSError, ValueError) as e:
-        if not type(e).__module__.startswith("pipelines.") and not isinstance(e, FileNotFoundError):
-            raise  # not ours: keep the traceback
-        print(f"dlpipe {args.verb}: {type(e).__name__}: {storage.redact(str(e))}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - ours (or one of our Spark tasks'): one line; anything else: raised
+        from pipelines.session import task_failure
+
+        if type(e).__module__.startswith("pipelines.") or isinstance(e, FileNotFoundError):
+            line = f"{type(e).__name__}: {e}"
+        else:
+            line = task_failure(e)
+            if line is None:
+                raise  # not ours: keep the traceback
+        print(f"dlpipe {args.verb}: {storage.redact(line)}", file=sys.stderr)
         return 1
     _say_done(args.verb, config, result)
     return 0

@@ -82,6 +82,10 @@ class EtlConfig:
     max_quarantine_fraction: float = setting(0.05, within(0, 1))  # above this the job fails and publishes nothing
     normalization: str = setting("global", one_of("global", "per_feature"))  # global (one mean/std) | per_feature (mean/std per feature)
     output_files: int = setting(4, at_least(1))  # Parquet files per split
+    # full: the dataset is remade from every source file (a re-run replaces it, as version 1);
+    # append: only files no version holds yet are read, published as the next version (old ones untouched)
+    mode: str = setting("full", one_of("full", "append"))
+    allow_new_labels: bool = False  # append: a label no earlier version has is added (else an error naming it)
 
 
 @dataclass
@@ -141,7 +145,7 @@ class TrainConfig:
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
     # Rank processes keep freed memory for the next step (glibc malloc thresholds, see
-    # pipelines.train.driver.RANK_MALLOC_ENV) instead of unmapping every step's activations.
+    # pipelines.train.rank.RANK_MALLOC) instead of unmapping every step's activations.
     malloc_tuning: bool = True
     # Each rank process (with its loader and Horovod threads) on its own cores, when the host has
     # a core per rank thread (pipelines.launcher.rank.pin_rank); false lets the OS move them.
@@ -152,6 +156,9 @@ class TrainConfig:
     device: str = setting("auto", one_of("auto", "cpu", "cuda"))
     # fp32 | bf16 (autocast, GPU or CPU) | fp16 (autocast + loss scaling; GPU, horovod or ddp only)
     precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))
+    # Warm start: a run id (its model/model.pt) or an artifact location whose weights the model starts
+    # from (the optimizer starts fresh); "" = random weights from train.seed
+    init_from: str = setting("", LOCATION)
 
 
 RAW_KIND_RULE = Rule("empty (score Parquet with a features column), or one of images, csv, json, parquet",
@@ -290,6 +297,7 @@ class PipelineConfig:
 
     workdir: str = setting("work", NONEMPTY, LOCATION)  # datasets, runs: a folder (relative: to the current folder) or s3://, gs://, hdfs://, abfs:// URI
     dataset: str = setting("digits", folder_name())  # name of the ETL output folder under <workdir>/datasets
+    dataset_version: int = setting(0, at_least(0))  # train/infer on versions 1..N of the dataset; 0 = the newest
     run_id: str = setting("", folder_name(allow_empty=True))  # "" = a timestamp; reuse an id to resume or re-run idempotently
     master: str = setting("", MASTER_RULE)  # "" = spark-submit's / spark-defaults' master, else local[*]
     spark: dict[str, str] = field(default_factory=dict)  # extra Spark settings for dlpipe's own session

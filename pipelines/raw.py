@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
@@ -41,9 +41,10 @@ class BinaryFiles:
     """A folder's files as read (path, id, content), the count listed and the ones skipped as empty."""
 
     frame: DataFrame  # path (as Spark spells it), id (path relative to the folder), content
-    listed: int  # files listed
+    listed: int  # files listed (and not skipped)
     empty: list[str]  # zero-byte files (Spark's scan skips them), relative to the folder, sorted
     base: str  # the folder as Spark spells it: ``base + "/" + id`` is a path
+    inputs: list[tuple[str, int]] = field(default_factory=list)  # (path relative to the folder, size) read
 
 
 def resolve_location(path: str, key: str) -> str:
@@ -74,25 +75,29 @@ def _partitions(spark: SparkSession, files: int) -> int:
 
 # --- binary files -----------------------------------------------------------------------------------
 
-def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = None,
-                 reader: str = "auto") -> BinaryFiles:
-    """Every file under ``root`` (recursively; ``extensions`` filters names, any case), with its id and bytes."""
+def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = None, reader: str = "auto",
+                 skip: dict[str, int] | None = None) -> BinaryFiles:
+    """Every file under ``root`` (recursively; ``extensions`` filters names, any case), with its id and
+    bytes; a file whose (relative path, size) is in ``skip`` is left out (already ingested)."""
     suffixes = tuple(f".{e}" for e in extensions) + tuple(f".{e.upper()}" for e in extensions) if extensions else None
     base = spark_path(root).rstrip("/")
+    entries = [e for e in storage.list_files(root, suffix=suffixes)
+               if (skip or {}).get(storage.relative(e.location, root)) != e.size]
+    inputs = [(storage.relative(e.location, root), e.size) for e in entries]
+    empty = sorted(rel for rel, size in inputs if size == 0)
     if spark_reads(spark, root, reader):
         raw = spark.read.format("binaryFile").option("recursiveFileLookup", "true")  # no partition discovery
-        if suffixes:
-            raw = raw.option("pathGlobFilter", "*.{" + ",".join(s[1:] for s in suffixes) + "}")
-        loaded = raw.load(spark_path(root))
-        listed = loaded.inputFiles()
+        if skip:
+            loaded = raw.load([spark_path(e.location) for e in entries if e.size > 0] or [spark_path(root)])
+            if not any(e.size > 0 for e in entries):
+                loaded = loaded.limit(0)
+        else:
+            if suffixes:
+                raw = raw.option("pathGlobFilter", "*.{" + ",".join(s[1:] for s in suffixes) + "}")
+            loaded = raw.load(spark_path(root))
         frame = loaded.select("path", F.col("path").substr(len(base) + 2, 1 << 30).alias("id"), "content")
-        sizes = {storage.relative(e.location, root): e.size for e in storage.list_files(root, suffix=suffixes)}
-        read_ids = {p[len(base) + 1:] for p in (_plain_spelling(x) for x in listed)}
-        empty = sorted(i for i in read_ids if sizes.get(i) == 0)
-        return BinaryFiles(frame, len(listed), empty, base)
-    entries = storage.list_files(root, suffix=suffixes)
-    full = [(spark_path(e.location), storage.relative(e.location, root)) for e in entries if e.size > 0]
-    empty = sorted(storage.relative(e.location, root) for e in entries if e.size == 0)
+        return BinaryFiles(frame, len(entries), empty, base, inputs)
+    full = [(spark_path(e.location), rel) for e, (rel, size) in zip(entries, inputs) if size > 0]
     options = storage.current_options()
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -106,7 +111,7 @@ def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = 
     listing = spark.createDataFrame(full, "path string, id string") if full else \
         spark.createDataFrame([], "path string, id string")
     frame = listing.repartition(_partitions(spark, len(full))).mapInArrow(read, "path string, id string, content binary")
-    return BinaryFiles(frame, len(entries), empty, base)
+    return BinaryFiles(frame, len(entries), empty, base, inputs)
 
 
 def _plain_spelling(path: str) -> str:
@@ -127,13 +132,29 @@ def empty_files(listed: list[str], root: str) -> list[str]:
 
 # --- tables -----------------------------------------------------------------------------------------
 
-def load_table(spark: SparkSession, kind: str, root: str, reader: str = "auto") -> tuple[DataFrame, list[str]]:
+def table_files(kind: str, root: str, skip: dict[str, int] | None = None) -> list[storage.FileEntry]:
+    """The data files of a table at ``root`` (a file, or a folder: every file not hidden; ``.parquet``
+    ones for Parquet), without those whose (relative path, size) is in ``skip``."""
+    entries = storage.list_files(root, suffix=".parquet" if kind == "parquet" and not storage.is_file(root) else None)
+    return [e for e in entries if (skip or {}).get(input_key(e.location, root)) != e.size]
+
+
+def input_key(location: str, root: str) -> str:
+    """A file's identity in its source: its path relative to the source folder (its name for a file source)."""
+    return storage.name(location) if storage.normalize(location) == storage.normalize(root) \
+        else storage.relative(location, root)
+
+
+def load_table(spark: SparkSession, kind: str, root: str, reader: str = "auto",
+               files: list[storage.FileEntry] | None = None) -> tuple[DataFrame, list[str]]:
     """Read a CSV (header) / JSON lines / Parquet table with every record kept (PERMISSIVE), plus
     ``_file`` and ``_row`` references (``_row``: the row index in a Parquet file, else null); and
-    the files it read (Spark's spelling)."""
+    the files it read (Spark's spelling). ``files``: read only these (default: every data file)."""
     if not spark_reads(spark, root, reader):
-        return _load_table_through_storage(spark, kind, root)
-    path = spark_path(root)
+        return _load_table_through_storage(spark, kind, root, files)
+    path = [spark_path(e.location) for e in files] if files is not None else spark_path(root)
+    if isinstance(path, list) and not path:
+        raise RawInputError(f"{storage.redact(root)}: no new {kind} data files to read")
     if kind == "csv":
         header = spark.read.option("header", "true").csv(path).columns
         # All columns as strings: a non-number is then seen (and named) instead of silently nulled.
@@ -145,7 +166,7 @@ def load_table(spark: SparkSession, kind: str, root: str, reader: str = "auto") 
         df = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(path)
     else:
         reader_ = spark.read
-        if storage.is_dir(root):  # only the data files: a folder may also hold _SUCCESS, *.json notes, ...
+        if files is None and storage.is_dir(root):  # only the data files: a folder may hold _SUCCESS, notes...
             reader_ = reader_.option("pathGlobFilter", "*.parquet")
         df = reader_.parquet(path)
     row = F.col("_metadata.row_index") if kind == "parquet" else F.lit(None).cast("bigint")
@@ -156,11 +177,12 @@ def _csv_schema(header: list[str]) -> T.StructType:
     return T.StructType([T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT, T.StringType())])
 
 
-def _load_table_through_storage(spark: SparkSession, kind: str, root: str) -> tuple[DataFrame, list[str]]:
+def _load_table_through_storage(spark: SparkSession, kind: str, root: str,
+                                files: list[storage.FileEntry] | None) -> tuple[DataFrame, list[str]]:
     """:func:`load_table` for a store Spark has no connector for: the driver lists the files, tasks
     read them through ``pipelines.storage``, and Spark parses CSV / JSON lines with the options its
     own readers use (``from_csv`` / ``from_json``, PERMISSIVE), so both ways give the same records."""
-    entries = storage.list_files(root, suffix=".parquet" if kind == "parquet" else None)
+    entries = files if files is not None else table_files(kind, root)
     locations = [e.location for e in entries]
     listed = [spark_path(x) for x in locations]
     readable = [x for x, e in zip(locations, entries) if e.size > 0]

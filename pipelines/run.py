@@ -86,11 +86,12 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
         final_val_metrics={f"val_{k}": v for k, v in last.val.items()}, samples_per_s=last.samples_per_s,
         devices=[d.to_dict() for d in trained.devices], precision=trained.precision, init_from=trained.init_from),
         artifact=trained.artifact, dataset_version=trained.dataset_version)
-    scored = stage("infer", lambda: infer.main(spark, config))
+    trained_on = dataclasses.replace(config, dataset_version=trained.dataset_version)  # score the same version
+    scored = stage("infer", lambda: infer.main(spark, trained_on))
     save(eval=scored.eval, infer=InferCounts(scored.rows, scored.bad_rows, scored.model_loads),
          predictions=scored.predictions)
     if models.spec(config.model.name).can(models.Samples):
-        save(sample_quality=stage("quality", lambda: quality.sample_quality(config, trained.artifact)))
+        save(sample_quality=stage("quality", lambda: quality.sample_quality(trained_on, trained.artifact)))
     tracker.log_metrics({"eval": scored.eval.figures() if scored.eval else {}, "infer": summary.infer.to_dict(),
                          "quality": summary.sample_quality.to_dict() if summary.sample_quality else {}},
                         step=trained.epochs_completed)

@@ -7,6 +7,7 @@ for local masters, loopback addresses.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -75,3 +76,17 @@ def describe(spark: SparkSession, stage: str) -> None:
     spark.sparkContext.setJobDescription(f"dlpipe {stage}")
     for listener in list(STAGE_LISTENERS):
         listener(stage)
+
+
+_OUR_ERROR = re.compile(r"(?:pipelines|models)\.[\w.]*\.(\w+(?:Error|Failed|Exception)): ([^\n]*)")
+
+
+def task_failure(error: BaseException) -> str | None:
+    """The error a Spark task of ours raised, as one line (``StorageError: s3://b/x: ...``), from the
+    text Spark wraps it in (a Py4J error with the JVM's stack and the task's Python traceback);
+    None when no task of ours failed."""
+    found = _OUR_ERROR.findall(str(error))
+    if not found:
+        return None
+    name, message = found[-1]
+    return f"{name}: {message.strip()}"

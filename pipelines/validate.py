@@ -34,8 +34,9 @@ def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
     """
     _environment(config, master)
     checks: dict[str, list[Callable[[PipelineConfig, str], None]]] = {
-        "train": [_trainable_model, _strategy, _precision, _train_device, _model_shape],
-        "run": [_trainable_model, _strategy, _precision, _train_device, _model_shape, _scored_split, _infer_device],
+        "train": [_trainable_model, _strategy, _precision, _train_device, _model_shape, _warm_start],
+        "run": [_trainable_model, _strategy, _precision, _train_device, _model_shape, _warm_start, _scored_split,
+                _infer_device],
         "infer": [_infer_device],
         "rl": [_policy_model],
         "rl-eval": [],
@@ -153,14 +154,34 @@ def _model_shape(config: PipelineConfig, master: str) -> None:
 
 
 def _expected_shape(config: PipelineConfig) -> tuple[list[int] | None, int]:
+    """(feature shape, classes) of the data the run will train on, as far as known before Spark
+    (classes 0 = not known yet)."""
     source = config.etl.source
-    if source.kind == "images":
-        return [source.channels, *source.image_shape], len(source.label_names) or 2
     try:
-        view = dataset.open_dataset(config.dataset_dir)
+        view = dataset.open_dataset(config.dataset_dir, config.dataset_version)
+        classes = len(view.manifest.label_names)
     except (dataset.DatasetError, OSError, ConfigError):
-        return None, 0  # the train stage reads it, and says so when it is missing
-    return view.manifest.feature_shape, len(view.manifest.label_names)
+        view, classes = None, 0
+    if source.kind == "images" and (view is None or config.etl.mode == "full"):
+        return [source.channels, *source.image_shape], len(source.label_names) or (classes if view else 0)
+    if view is None:
+        return None, 0  # the train stage reads the data, and says so when it is missing
+    return view.manifest.feature_shape, classes
+
+
+def _warm_start(config: PipelineConfig, master: str) -> None:
+    """``train.init_from`` names an artifact that fits the model and, where known, the data."""
+    from pipelines.artifact import load_metadata
+    from pipelines.train.warm import check_fits, warm_start_artifact
+
+    artifact = warm_start_artifact(config)
+    if not artifact:
+        return
+    shape, classes = _expected_shape(config)
+    meta = load_metadata(artifact)
+    if shape is None:
+        shape = list(meta.feature_shape)  # the data is not known yet: the launch checks it
+    check_fits(meta, config, shape, classes if classes > 1 else meta.num_classes, "the data")
 
 
 def _scored_split(config: PipelineConfig, master: str) -> None:

@@ -16,6 +16,11 @@ os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 os.environ.setdefault("SPARK_CONF_DIR", str(REPO_ROOT / "spark-conf"))
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+# Credentials for the S3 server the storage tests start (moto accepts any), set before any JVM starts so
+# executors and ranks inherit them as they would a cluster's. No test reaches AWS: endpoints are loopback.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_key, _value)
 # Executors (and the rank processes they start) import test-only rank entries (rank_faults) and
 # the benchmarks package: put tests/ and the repository root on their path.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -44,6 +49,30 @@ def spark(tmp_path_factory):
     )
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto's, a separate process on 127.0.0.1) for the session, with
+    AWS_ENDPOINT_URL set and dlpipe's storage options pointing at it (both restored afterwards)."""
+    from s3server import s3_server
+
+    from pipelines import storage
+
+    with s3_server() as server:
+        saved_env = {k: os.environ.get(k) for k in server.env}
+        saved_options = storage.current_options()
+        os.environ.update(server.env)
+        storage.set_options(storage.StorageOptions(s3_endpoint=server.endpoint))
+        try:
+            yield server
+        finally:
+            storage.set_options(saved_options)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture

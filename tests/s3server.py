@@ -101,6 +101,16 @@ class S3Server:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP by its PID): requests hang and time out, as with a network outage."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT): its buckets are as they were."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
     def make_bucket(self, name: str) -> None:
         """Create bucket ``name`` (an existing one is fine)."""
         import pyarrow.fs as pafs

@@ -19,10 +19,12 @@ If the quarantined fraction exceeds ``etl.max_quarantine_fraction`` the job rais
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipelines import dataset, storage
 from pipelines.config import EtlConfig, PipelineConfig
@@ -45,17 +48,75 @@ from pipelines.etl.validate import (
 )
 from pipelines.etl.write import INPUT_COLUMNS, QUARANTINE_SCHEMA, TASK_GROUP, DatasetSpec, dataset_writer
 from pipelines.session import describe
+from pipelines.tables import read_parquet
 
 __all__ = ["EtlError", "main", "ordered_records", "write_dataset", "publish"]
 
 STD_FLOOR = 1e-6  # normalisation never divides by ~0
+INPUTS_FILE = "inputs.parquet"  # in a version folder: (path, size) of every input file it read
+
+
+@dataclass(frozen=True)
+class Base:
+    """What an append builds on: the dataset's committed versions and what they ingested."""
+
+    head: Head
+    view: dataset.DatasetView  # versions 1..newest
+    manifests: list[Manifest]  # each version's own, oldest first
+    ingested: dict[str, int]  # input file (path relative to the source) -> size, over every version
+
+    @property
+    def version(self) -> int:
+        return self.view.version
+
+
+def load_base(dataset_dir: str) -> Base | None:
+    """The published dataset an append adds to; None when there is none yet (the append is version 1)."""
+    head = dataset.read_head(dataset_dir)
+    if head is None or not head.versions:
+        return None
+    view = dataset.open_dataset(dataset_dir)
+    manifests, ingested = [], {}
+    for entry in head.versions:
+        folder = storage.join(dataset_dir, entry.folder) if entry.folder else dataset_dir
+        manifests.append(dataset.read_manifest(folder))
+        inputs = storage.join(folder, INPUTS_FILE)
+        if storage.exists(inputs):
+            with storage.open_input(inputs) as f:
+                table = pq.read_table(f)
+            ingested.update(zip(table.column("path").to_pylist(), table.column("size").to_pylist()))
+    return Base(head, view, manifests, ingested)
+
+
+def held_ids(spark: SparkSession, base: Base, reader: str) -> DataFrame:
+    """(id, held_by): the ids every committed version accepted, with the version holding each."""
+    frames = []
+    for entry, manifest in zip(base.head.versions, base.manifests):
+        folder = storage.join(base.view.location, entry.folder) if entry.folder else base.view.location
+        files = [storage.join(folder, f.path) for info in manifest.splits.values() for f in info.files]
+        if files:
+            frames.append(read_parquet(spark, files, reader).select("id", F.lit(entry.version).alias("held_by")))
+    if not frames:
+        return spark.createDataFrame([], "id string, held_by int")
+    held = frames[0]
+    for frame in frames[1:]:
+        held = held.unionByName(frame)
+    return held
+
+
+def write_inputs(folder: str, read: list[tuple[str, int]]) -> None:
+    """The version's input files by (path relative to the source, size): a later append skips them."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"path": pa.array([p for p, _ in read], pa.string()),
+                             "size": pa.array([n for _, n in read], pa.int64())}), buffer)
+    storage.write_bytes(storage.join(folder, INPUTS_FILE), buffer.getvalue())
 
 
 # --- the one pass -----------------------------------------------------------------------------
 
 def write_dataset(
     records: DataFrame, out_dir: str, etl: EtlConfig, num_features: int, label_names: list[str],
-    rows_per_row_group: int, feature_column: str = "features",
+    rows_per_row_group: int, feature_column: str = "features", held: DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Validate every record and write it, accepted to its split or rejected to the quarantine, in
     one pass; return the writer tasks' per-file stats (:mod:`pipelines.etl.write`).
@@ -64,18 +125,26 @@ def write_dataset(
     do not depend on how the input was partitioned, and all copies of an id meet in one task, which
     decides the duplicates. ``feature_column``: the source's array column, named in details.
     """
-    ordered = ordered_records(records, etl, num_features)
+    ordered = ordered_records(records, etl, num_features, held)
     spec = DatasetSpec(out_dir, rows_per_row_group, tuple(label_names), dataset.TRAIN_SPLIT, feature_column,
                        storage.current_options())
     return [row.asDict() for row in ordered.mapInArrow(dataset_writer(spec), FILE_STATS_DDL).collect()]
 
 
-def ordered_records(records: DataFrame, etl: EtlConfig, num_features: int) -> DataFrame:
+def ordered_records(records: DataFrame, etl: EtlConfig, num_features: int,
+                    held: DataFrame | None = None) -> DataFrame:
     """What the writer tasks are handed: every record with its per-record verdict and split
-    (:data:`~pipelines.etl.write.INPUT_COLUMNS`), hash-partitioned by id and sorted."""
+    (:data:`~pipelines.etl.write.INPUT_COLUMNS`), hash-partitioned by id and sorted. ``held``: the
+    (id, held_by) of earlier versions (an append): a record whose id one holds is ``duplicate_id``."""
     configured = etl.source.label_names or None
+    counted = with_feature_count(records)
+    if held is not None:
+        # Only the held ids that come again reach the join: the new records' ids are few, the old many.
+        new_ids = records.select("id").where(F.col("id").isNotNull()).distinct()
+        again = held.join(F.broadcast(new_ids), "id", "left_semi")
+        counted = counted.join(again, "id", "left")
     return (
-        assign_split(classify(with_feature_count(records), num_features, configured), etl.splits)
+        assign_split(classify(counted, num_features, configured, held is not None), etl.splits)
         .repartition(etl.output_files, "id")
         .sortWithinPartitions("id", *DUPLICATE_ORDER)  # id first: its prefix makes Spark's sort fast
         .select(*INPUT_COLUMNS)
@@ -167,20 +236,27 @@ def quarantine_examples(folder: str, count: int = 3) -> list[dict[str, Any]]:
     return table.take(pc.sort_indices(table, order)[:count]).to_pylist()
 
 
-def settle_label_names(stats: list[dict[str, Any]], surveyed: Survey, out_dir: str) -> list[str]:
+def settle_label_names(stats: list[dict[str, Any]], surveyed: Survey, out_dir: str,
+                       earlier: list[str] | None = None) -> list[str]:
     """The label names: the configured ones as they are, else the sorted labels of the accepted
     records. The files were written with the surveyed labels, which include those seen only on
     rejected records; when there are such, the part files' label indices (and ``stats``) are
-    rewritten to the accepted labels alone (rare)."""
+    rewritten to the accepted labels alone (rare). ``earlier``: an append's labels so far, which
+    keep their indices (new ones follow them)."""
     if surveyed.labels_configured:
         return surveyed.label_names
     used: set[int] = set()
     for s in split_stats(stats):
         used.update(int(k) for k in json.loads(s["label_counts"]))
     names = surveyed.label_names
-    if len(used) == len(names):
+    if earlier is not None:
+        kept = list(earlier) + [n for i, n in enumerate(names) if i in used and n not in earlier]
+    elif len(used) == len(names):
         return names
-    kept = sort_label_names([names[i] for i in sorted(used)])
+    else:
+        kept = sort_label_names([names[i] for i in sorted(used)])
+    if kept == names:
+        return names
     new_index = np.array([kept.index(name) if name in kept else -1 for name in names], np.int64)
     for s in split_stats(stats):
         rewrite_labels(storage.join(out_dir, s["file"]), new_index)
@@ -207,8 +283,9 @@ def summarize_splits(
 
 # --- the job ----------------------------------------------------------------------------------
 
-def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineConfig,
-                       out_dir: str) -> tuple[list[int], int, list[dict[str, Any]]]:
+def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineConfig, out_dir: str,
+                       held: DataFrame | None = None,
+                       rows_per_row_group: int = 0) -> tuple[list[int], int, list[dict[str, Any]]]:
     """The one pass (:func:`write_dataset`) into ``out_dir``: (feature shape, rows per row group,
     stats). An array column's length was guessed from a sample; the pass counts every record's,
     and in the rare case where the most common count differs from the guess, it runs again."""
@@ -218,11 +295,11 @@ def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineC
 
     def write(shape: list[int]) -> tuple[list[int], int, list[dict[str, Any]]]:
         num_features = int(np.prod(shape))
-        rows_per_row_group = etl.rows_per_row_group or streaming_rows_per_row_group(
+        per_group = rows_per_row_group or etl.rows_per_row_group or streaming_rows_per_row_group(
             round(surveyed.likely_accepted * etl.splits[dataset.TRAIN_SPLIT]), num_features,
             config.train.num_workers, etl.row_group_mib)
-        return shape, rows_per_row_group, write_dataset(
-            extracted.records, out_dir, etl, num_features, surveyed.label_names, rows_per_row_group, array_column)
+        return shape, per_group, write_dataset(
+            extracted.records, out_dir, etl, num_features, surveyed.label_names, per_group, array_column, held)
 
     written = write(surveyed.feature_shape)
     if not surveyed.shape_is_guess:
@@ -237,29 +314,35 @@ def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineC
     return write(counted)
 
 
-def publish(spark: SparkSession, extracted: Extracted, surveyed: Survey, config: PipelineConfig) -> Manifest:
+def publish(spark: SparkSession, extracted: Extracted, surveyed: Survey, config: PipelineConfig,
+            base: Base | None = None) -> Manifest:
     """Validate and write quarantine and splits into a new version folder, check the counts, write
-    its manifest, then commit it in the dataset's head (any failure before commits nothing)."""
+    its manifest, then commit it in the dataset's head (any failure before commits nothing). With
+    ``base`` (an append) the version follows the base's, which stay as they are."""
     dataset_dir = config.dataset_dir
-    version, folder = 1, f"v{1:06d}-{uuid.uuid4().hex[:8]}"
+    version = base.version + 1 if base else 1
+    folder = f"v{version:06d}-{uuid.uuid4().hex[:8]}"
     out = storage.join(dataset_dir, folder)
     storage.mkdirs(out)
     try:
-        manifest = write_version(spark, extracted, surveyed, config, out, version)
+        manifest = write_version(spark, extracted, surveyed, config, out, version, base)
     except BaseException:
         storage.delete_dir(out)
         raise
-    dataset.write_head(dataset_dir, Head([VersionEntry(version, folder, manifest.created_at)]))
+    earlier = base.head.versions if base else []
+    dataset.write_head(dataset_dir, Head([*earlier, VersionEntry(version, folder, manifest.created_at)]))
     remove_uncommitted(dataset_dir)
     return manifest
 
 
 def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, config: PipelineConfig, out: str,
-                  version: int) -> Manifest:
+                  version: int, base: Base | None = None) -> Manifest:
     """One dataset version into the folder ``out``: its files, then its manifest (returned)."""
     etl = config.etl
     describe(spark, "etl: validate and write")
-    shape, rows_per_row_group, stats = validate_and_write(extracted, surveyed, config, out)
+    held = held_ids(spark, base, config.storage.reader) if base else None
+    shape, rows_per_row_group, stats = validate_and_write(
+        extracted, surveyed, config, out, held, base.view.manifest.rows_per_row_group if base else 0)
     accepted, by_reason = reason_counts(stats)
     records_in = accepted + sum(by_reason.values())
     seen = sum(s["rows"] for s in stats if s["grp"] == TASK_GROUP)
@@ -275,11 +358,17 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
         buffer = io.BytesIO()
         pq.write_table(QUARANTINE_SCHEMA.empty_table(), buffer)
         storage.write_bytes(storage.join(quarantine, "part-00000.parquet"), buffer.getvalue())
-    label_names = settle_label_names(stats, surveyed, out)
+    label_names = settle_label_names(stats, surveyed, out, base.view.manifest.label_names if base else None)
+    if base:
+        check_new_labels(label_names, base, etl, version)
     splits = summarize_splits(stats, etl.splits, label_names)
-    if splits[dataset.TRAIN_SPLIT].count == 0:
+    if splits[dataset.TRAIN_SPLIT].count == 0 and not base:
         raise EtlError(f"the train split is empty ({accepted} records accepted); check etl.splits={etl.splits}")
     moments = train_moments(stats)
+    merged = Moments()  # the view's: earlier versions' moments and these, no old data re-read
+    for earlier in (base.manifests if base else []):
+        merged.merge(Moments.from_record(earlier.train_moments))
+    merged.merge(moments)
     manifest = Manifest(
         records_in=records_in,
         accepted=accepted,
@@ -287,7 +376,7 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
         quarantine_by_reason=by_reason,
         splits=splits,
         feature_shape=shape,
-        normalization=normalization_stats(moments, etl.normalization),
+        normalization=normalization_stats(merged, etl.normalization),
         label_names=label_names,
         source=source_record(extracted, etl),
         input_files=InputFilesSummary(**extracted.files.summary()),
@@ -301,8 +390,19 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
         version=version,
         train_moments=moments.to_record(),
     )
+    write_inputs(out, extracted.files.read)
     storage.write_text(storage.join(out, dataset.MANIFEST_FILE), manifest.to_json())
     return manifest
+
+
+def check_new_labels(label_names: list[str], base: Base, etl: EtlConfig, version: int) -> None:
+    """An append may add labels only where the config says so (``etl.allow_new_labels``)."""
+    new = [n for n in label_names if n not in base.view.manifest.label_names]
+    if new and not etl.allow_new_labels:
+        raise EtlError(f"dataset version {version} would add label(s) {new} to the labels of versions 1..{base.version} "
+                       f"({', '.join(base.view.manifest.label_names)}): nothing was published. Set "
+                       "etl.allow_new_labels=true to add them (models trained on earlier versions predict the old "
+                       "classes only), or fix the data")
 
 
 def remove_uncommitted(dataset_dir: str) -> None:
@@ -335,16 +435,27 @@ def main(spark: SparkSession, config: PipelineConfig) -> Manifest:
     """
     etl = config.etl
     storage.check_location(config.dataset_dir, "workdir")
+    base = load_base(config.dataset_dir) if etl.mode == "append" else None
     describe(spark, "etl: survey")
     extracted = read_records(spark, etl.source, array_value_checks=False,  # the writer checks the values
-                             reader=config.storage.reader)
+                             reader=config.storage.reader, skip=base.ingested if base else None)
+    if base is not None and extracted.files.nothing:
+        print(f"etl: nothing new in {storage.redact(extracted.path)}: its {len(base.ingested)} file(s) are in "
+              f"versions 1..{base.version} of {storage.redact(config.dataset_dir)}; nothing published")
+        return base.manifests[-1]
     surveyed = survey(extracted, etl.source)
+    if base is not None:
+        labels = base.view.manifest.label_names
+        surveyed = dataclasses.replace(
+            surveyed, feature_shape=list(base.view.manifest.feature_shape), shape_is_guess=False,
+            label_names=surveyed.label_names if surveyed.labels_configured else
+            labels + [n for n in surveyed.label_names if n not in labels])
     if surveyed.records_in == 0:
         raise EtlError(
             f"no records found in {etl.source.kind} source {etl.source.path!r} (etl.source.path); "
             "check the path and, for images, the file extensions"
         )
-    manifest = publish(spark, extracted, surveyed, config)
+    manifest = publish(spark, extracted, surveyed, config, base)
     reasons = ", ".join(f"{k} {v}" for k, v in manifest.quarantine_by_reason.items() if v) or "none"
     print(
         f"etl: records in {manifest.records_in} = accepted {manifest.accepted} + quarantined "

@@ -17,7 +17,7 @@ reasons by ``pipelines.etl.validate``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -30,7 +30,8 @@ from pipelines.preprocess import (
 )
 from pipelines import storage
 from pipelines.raw import (
-    RawInputError, binary_files, empty_files, load_table, read_labels_csv, resolve_location, table_columns,
+    RawInputError, binary_files, empty_files, input_key, load_table, read_labels_csv, resolve_location, table_columns,
+    table_files,
 )
 
 RECORD_COLUMNS = [
@@ -58,11 +59,17 @@ class Extracted:
 
 @dataclass(frozen=True)
 class InputFiles:
-    """The input files a source listed. Spark's file scans skip zero-byte files, so they are found
-    here by comparing the listing with what the scan read (images: each is also a quarantined record)."""
+    """The input files a source listed (and read). Spark's file scans skip zero-byte files, so they
+    are found here by their size (images: each is also a quarantined record). ``read``: each file's
+    identity in the source, (path relative to the source path, size): an append skips these later."""
 
     listed: int
     empty: list[str]  # paths relative to the source path, sorted
+    read: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def nothing(self) -> bool:
+        return self.listed == 0
 
     def summary(self, examples: int = 20) -> dict:
         """For the manifest: counts and the first few empty files."""
@@ -78,21 +85,22 @@ def resolve_source_path(path: str, key: str = "etl.source.path") -> str:
 
 
 def read_records(spark: SparkSession, source: SourceConfig, array_value_checks: bool = True,
-                 reader: str = "auto") -> Extracted:
+                 reader: str = "auto", skip: dict[str, int] | None = None) -> Extracted:
     """Extract: read ``source`` (kind images | csv | json | parquet) into :data:`RECORD_COLUMNS`.
 
     ``array_value_checks=False``: features read as one array (images, an array column) get no
     element checks here (null elements, NaN/inf): the caller makes them on the values
     (``pipelines.etl.write.check_feature_values``), where they cost far less than per-element
     Spark expressions. ``reader``: ``storage.reader`` (``pipelines.raw``: Spark's readers or the storage layer).
+    ``skip``: files already ingested, by (path relative to the source, size): not read (``etl.mode=append``).
     """
     root = resolve_source_path(source.path)
     if source.kind == "images":
-        records, files = read_images(spark, source, root, array_value_checks, reader)
+        records, files = read_images(spark, source, root, array_value_checks, reader, skip)
         shape = [source.channels, *source.image_shape]
         return Extracted(records, root, int(np.prod(shape)), shape, files)
     if source.kind in TABULAR_KINDS:
-        records, num_features, files, columns = read_tabular(spark, source, root, array_value_checks, reader)
+        records, num_features, files, columns = read_tabular(spark, source, root, array_value_checks, reader, skip)
         return Extracted(records, root, num_features, None, files, columns)
     raise ConfigError(f"etl.source.kind={source.kind!r} is not one of images, {', '.join(TABULAR_KINDS)}")
 
@@ -106,8 +114,8 @@ def _finish(df: DataFrame) -> DataFrame:
 
 # --- images -----------------------------------------------------------------------------------
 
-def read_images(spark: SparkSession, source: SourceConfig, root: str,
-                value_checks: bool = True, reader: str = "auto") -> tuple[DataFrame, InputFiles]:
+def read_images(spark: SparkSession, source: SourceConfig, root: str, value_checks: bool = True,
+                reader: str = "auto", skip: dict[str, int] | None = None) -> tuple[DataFrame, InputFiles]:
     """Image folder -> records. id = path relative to ``root``; label from labels.csv or sub-folder.
 
     Every listed image file is a record: an empty (0-byte) one, which Spark's scan skips, becomes a
@@ -116,7 +124,7 @@ def read_images(spark: SparkSession, source: SourceConfig, root: str,
     if not storage.is_dir(root):
         raise EtlError(f"etl.source.path={storage.redact(root)} is not a folder; source.kind=images reads a folder "
                        "of images")
-    listing = binary_files(spark, root, IMAGE_EXTENSIONS, reader)
+    listing = binary_files(spark, root, IMAGE_EXTENSIONS, reader, skip)
     base, empty = listing.base, listing.empty
     # Small files are packed ~32 per scan task; that many Python UDF tasks cost more than the
     # decoding. A few streaming tasks per core are plenty.
@@ -140,7 +148,7 @@ def read_images(spark: SparkSession, source: SourceConfig, root: str,
             F.lit(None).cast("string").alias("nonfinite_detail"))
         decoded = decoded.unionByName(empty_records)
         ids = ids.unionByName(empty_records.select("id"))
-    found = InputFiles(listing.listed, empty)
+    found = InputFiles(listing.listed, empty, listing.inputs)
     if not source.labels_csv:
         # label = name of the folder holding the file; files directly in root have none.
         folder = F.regexp_extract("id", r"([^/]+)/[^/]+$", 1)
@@ -148,6 +156,8 @@ def read_images(spark: SparkSession, source: SourceConfig, root: str,
     labels_path = storage.join(root, source.labels_csv)
     labels = _read_labels_csv(spark, labels_path)
     labelled = decoded.join(labels, "id", "left")  # a file listed twice -> two records, one id
+    if skip:  # files ingested before are not orphans: labels.csv names them too
+        ids = ids.unionByName(spark.createDataFrame([(k,) for k in skip], "id string"))
     # Rows of labels.csv naming no image file are records too: they must not vanish silently.
     orphans = labels.join(ids, "id", "left_anti").select(
         "id",
@@ -174,15 +184,18 @@ def _read_labels_csv(spark: SparkSession, path: str) -> DataFrame:
 # --- tabular ----------------------------------------------------------------------------------
 
 def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_value_checks: bool = True,
-                 reader: str = "auto") -> tuple[DataFrame, int | None, InputFiles, list[str]]:
+                 reader: str = "auto", skip: dict[str, int] | None = None
+                 ) -> tuple[DataFrame, int | None, InputFiles, list[str]]:
     """CSV (header) / JSON lines / Parquet -> records; returns them, the fixed feature count (None =
     array), the input files (an empty file holds no records; it is reported, not an error) and the
     feature columns in order (the model artifact records them)."""
+    entries = table_files(source.kind, root, skip)
     try:
-        raw, listed = load_table(spark, source.kind, root, reader)
+        raw, listed = load_table(spark, source.kind, root, reader, entries if skip is not None else None)
     except RawInputError as e:
         raise EtlError(f"etl.source.path: {e}") from None
-    files = InputFiles(len(listed), empty_files(listed, root))
+    files = InputFiles(len(listed), empty_files(listed, root),
+                       [(input_key(e.location, root), e.size) for e in entries])
     columns = table_columns(raw)
     label_col = _require_column(columns, source.label_column, "etl.source.label_column", root)
     id_col = _require_column(columns, source.id_column, "etl.source.id_column", root) if source.id_column else ""

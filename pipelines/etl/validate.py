@@ -36,11 +36,13 @@ def with_feature_count(records: DataFrame) -> DataFrame:
     return records.withColumn("n_features", F.when(F.col("features").isNotNull(), F.size("features")))
 
 
-def classify(records: DataFrame, num_features: int, label_names: list[str] | None = None) -> DataFrame:
+def classify(records: DataFrame, num_features: int, label_names: list[str] | None = None,
+             held: bool = False) -> DataFrame:
     """Add ``reason`` and ``detail`` from the per-record checks (null reason = passes them).
 
     ``records`` has the extract columns (``features`` optional) plus ``n_features``.
-    ``label_names``: when given, any other label is ``unknown_label``.
+    ``label_names``: when given, any other label is ``unknown_label``. ``held``: ``records`` has
+    ``held_by``, the dataset version that already holds the id (an append): ``duplicate_id``.
     """
     c = F.col
     wrong_count = c("n_features") != num_features
@@ -67,6 +69,9 @@ def classify(records: DataFrame, num_features: int, label_names: list[str] | Non
             )
         )
     checks.append(("missing_id", c("id").isNull(), F.lit("empty or missing id")))
+    if held:
+        checks.append(("duplicate_id", c("held_by").isNotNull(),
+                       F.format_string("id already in dataset version %d", c("held_by"))))
     reason = _first_match([(failed, F.lit(name)) for name, failed, _ in checks])
     detail = _first_match([(failed, text) for _, failed, text in checks])
     return records.withColumn("reason", reason).withColumn("detail", detail)

@@ -49,7 +49,7 @@ def read_input(spark: SparkSession, config: PipelineConfig, meta: ArtifactMeta) 
         return read_raw(spark, ic.source, meta, reader)
     if ic.input:
         return features_parquet(spark, storage.normalize(ic.input), reader)
-    view = dataset.open_dataset(config.dataset_dir)
+    view = dataset.open_dataset(config.dataset_dir, config.dataset_version)
     files = view.split(ic.split, "infer.split").files
     described = f"{storage.redact(config.dataset_dir)} ({ic.split} split, version {view.version})"
     return ScoringInput(read_parquet(spark, files, reader), ["id", "label"], described, "label",

@@ -60,7 +60,7 @@ def sample_quality(config: PipelineConfig, artifact: str) -> SampleQuality:
     if not models.spec(model.name).can(models.Samples):
         raise ValueError(f"model {model.name!r} does not generate samples: sample quality is for generative models")
     qc = config.quality
-    view = dataset.open_dataset(config.dataset_dir)
+    view = dataset.open_dataset(config.dataset_dir, config.dataset_version)
     reference_split = config.infer.split
     reference, train_split = view.split(reference_split, "infer.split"), view.split(dataset.TRAIN_SPLIT, "infer.split")
     classifier, classifier_norm, classifier_path = feature_classifier(config, view)

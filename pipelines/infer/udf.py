@@ -17,7 +17,6 @@ batches, and a row that cannot be scored gets null outputs and an ``error``. Its
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -34,7 +33,7 @@ from pipelines.infer.scoring import (
 )
 
 
-def model_udf(spark: SparkSession, artifact: str | Path, *, batch_size: int = 512, device: str = "auto",
+def model_udf(spark: SparkSession, artifact: str, *, batch_size: int = 512, device: str = "auto",
               gpu_batch_size: int = 4096):
     """A vectorized (pandas) UDF scoring with the model artifact at ``artifact``.
 

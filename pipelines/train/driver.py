@@ -25,7 +25,8 @@ from pipelines.lease import check_leases
 from pipelines.progress import EpochProgress
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
-from pipelines.train.job import TrainJob, plan_job
+from pipelines.train.job import TrainJob, plan_job, record_run_data
+from pipelines.train.warm import check_warm_start, warm_start_artifact
 from pipelines.train.strategies import STRATEGIES
 
 RANK_ENTRY = "pipelines.train.rank:train_rank"
@@ -73,8 +74,13 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     """
     run_dir = config.run_dir()
     storage.check_location(run_dir, "workdir")
-    job = plan_job(config, run_dir, init_from=init_from)
+    job = plan_job(config, run_dir, init_from=init_from or warm_start_artifact(config))
     check_layout(job)  # every check before a tracked run starts
+    if job.init_from:
+        check_warm_start(job)
+        print(f"dlpipe train: warm start from {storage.redact(job.init_from)} (its weights; the optimizer starts "
+              f"fresh)", flush=True)
+    record_run_data(job)
     if job.validation is None:
         print(f"dlpipe train: dataset {config.dataset} has no '{VALIDATION_SPLIT}' split: training without "
               f"per-epoch validation", flush=True)

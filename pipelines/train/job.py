@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines import dataset, storage
 from pipelines.artifact import artifact_path
-from pipelines.config import PipelineConfig, from_dict
+from pipelines.config import ConfigError, PipelineConfig, from_dict
 from pipelines.formats import FormatError, Record, from_plain
 
 
@@ -62,8 +62,39 @@ class TrainJob(Record):
                    init_from=from_plain(str, value.get("init_from", ""), where, "init_from"))
 
 
+RUN_DATA_FILE = "dataset.json"  # in a run folder: the dataset version the run trains on
+
+
+@dataclass(frozen=True)
+class RunData(Record):
+    """The data a run trains on, recorded when it starts: a re-run of the run id (a resume, a retry)
+    trains on the same version, whatever was appended since."""
+
+    dataset: str
+    version: int
+    identity: str
+
+
 def plan_job(config: PipelineConfig, run_dir: str = "", version: int = 0, init_from: str = "") -> TrainJob:
-    """The job for ``config``'s dataset (``version``: 0 = the newest) and run (default ``config.run_dir()``)."""
-    view = dataset.open_dataset(config.dataset_dir, version)
-    return TrainJob(config=config, data=view, run_dir=run_dir or config.run_dir(),
-                    storage_options=storage.current_options(), init_from=init_from)
+    """The job for ``config``'s dataset and run (default ``config.run_dir()``). The version: ``version``,
+    else ``dataset_version``, else the one the run recorded when it first started, else the newest."""
+    run_dir = run_dir or config.run_dir()
+    recorded_at = storage.join(run_dir, RUN_DATA_FILE)
+    recorded = RunData.from_json(storage.read_text(recorded_at), recorded_at) if storage.exists(recorded_at) else None
+    wanted = version or config.dataset_version
+    if recorded is not None and recorded.dataset == config.dataset:
+        if wanted and wanted != recorded.version:
+            raise ConfigError(f"dataset_version={wanted}, but run {config.run_id} trains on version "
+                              f"{recorded.version} of dataset {config.dataset} (recorded when it started): a run "
+                              f"does not mix versions; use a new run_id for version {wanted}", key="dataset_version")
+        wanted = recorded.version
+    view = dataset.open_dataset(config.dataset_dir, wanted)
+    return TrainJob(config=config, data=view, run_dir=run_dir, storage_options=storage.current_options(),
+                    init_from=init_from)
+
+
+def record_run_data(job: TrainJob) -> None:
+    """Write the run's dataset version (once: a re-run keeps what the run started with)."""
+    location = storage.join(job.run_dir, RUN_DATA_FILE)
+    if not storage.exists(location):
+        storage.write_text(location, RunData(job.config.dataset, job.data.version, job.data.identity).to_json())

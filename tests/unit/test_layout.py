@@ -63,6 +63,33 @@ def test_no_import_cycle_among_the_projects_modules():
             visit(module, [])
 
 
+# The import layers of docs/architecture.md, lowest first: a module imports only its own layer and below.
+LAYERS = [
+    ("models",),
+    ("pipelines.errors", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
+     "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.publish",
+     "pipelines.checkpoints", "pipelines.tracking"),
+    ("pipelines.dataset", "pipelines.artifact", "pipelines.session", "pipelines.preprocess", "pipelines.tables",
+     "pipelines.raw", "pipelines.launcher"),
+    ("pipelines.etl", "pipelines.train", "pipelines.infer", "pipelines.rl", "pipelines.report", "pipelines.summary"),
+    ("pipelines.validate", "pipelines.run", "pipelines.cli", "pipelines.__main__", "pipelines"),
+]
+
+
+def _layer(module: str) -> int:
+    for level, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes if p != "pipelines") or module == "pipelines":
+            return level
+    raise AssertionError(f"module {module} is in no layer of LAYERS (docs/architecture.md): place it")
+
+
+def test_lower_layers_never_import_higher_ones():
+    edges = _module_imports()
+    upward = sorted(f"{m} (layer {_layer(m) + 1}) imports {t} (layer {_layer(t) + 1})"
+                    for m, targets in edges.items() for t in targets if _layer(t) > _layer(m))
+    assert upward == [], upward
+
+
 def test_models_import_nothing_but_torch():
     for module, targets in _module_imports().items():
         if module.startswith("models"):

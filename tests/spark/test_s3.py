@@ -1,0 +1,156 @@
+"""The whole pipeline with no shared disk: workdir and raw data in S3 (a real moto server process on
+127.0.0.1; no Hadoop connector: everything goes through pipelines.storage, on the driver, inside
+Spark tasks and in the ranks)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import pyarrow.parquet as pq
+
+from testkit import DIGITS_DIR, REPO_ROOT
+from pipelines import storage
+from pipelines.config import load_config
+from pipelines.publish import committed_files
+from pipelines.tracking import TRACKING_OFF
+
+pytestmark = pytest.mark.slow
+BUCKET = "dlpipe-test"
+IMAGES = 400  # of the bundled 1,797 digits: uploading each is one PUT (~35 ms against moto)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3):
+    """The bucket with a subset of the bundled digits (images and labels.csv) and a folder of new images."""
+    s3.make_bucket(BUCKET)
+    root = f"s3://{BUCKET}"
+    lines = (DIGITS_DIR / "labels.csv").read_text().splitlines()
+    kept = lines[1:IMAGES + 1]
+    storage.write_text(f"{root}/digits/labels.csv", "\n".join([lines[0], *kept]) + "\n")
+    for line in kept:
+        name = line.split(",")[0]
+        storage.write_bytes(f"{root}/digits/{name}", (DIGITS_DIR / name).read_bytes())
+    for line in lines[IMAGES + 1:IMAGES + 21]:  # 20 images the model never saw, for scoring
+        name = line.split(",")[0]
+        storage.write_bytes(f"{root}/incoming/{name.rsplit('/', 1)[-1]}", (DIGITS_DIR / name).read_bytes())
+    storage.write_bytes(f"{root}/incoming/broken.png", b"\x89PNG not really")
+    return root
+
+
+def _dlpipe(s3, *args: str) -> subprocess.Popen:
+    env = {**os.environ, **s3.env, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+RUN = ["run", "--config", "pipelines/configs/digits_cnn.yaml", "--run-id", "s3-run", "master=local[2]",
+       f"workdir=s3://{BUCKET}/work", f"etl.source.path=s3://{BUCKET}/digits", "train.epochs=4",
+       "tracking.mlflow=false", "tracking.tensorboard=false"]
+
+
+def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_bucket(s3, bucket, tmp_path):
+    first = _dlpipe(s3, *RUN)
+    deadline = time.monotonic() + 300
+    seen = []
+    try:
+        for line in first.stdout:
+            seen.append(line)
+            if line.startswith("epoch 2/4 done") or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # driver, JVM and ranks: nothing finishes the run
+        first.wait()
+    assert any(line.startswith("epoch 2/4 done") for line in seen), "".join(seen[-40:])
+    run = f"{bucket}/work/runs/s3-run"
+    checkpoints = [storage.name(e.location) for e in storage.list_files(f"{run}/checkpoints")]
+    assert checkpoints and all(name.startswith("epoch-") for name in checkpoints), checkpoints
+    assert not storage.exists(f"{run}/summary.json") or \
+        json.loads(storage.read_text(f"{run}/summary.json"))["status"] != "ok"
+
+    again = _dlpipe(s3, *RUN)
+    out, _ = again.communicate(timeout=400)
+    assert again.returncode == 0, out[-4000:]
+    assert "resuming from checkpoint after epoch" in out
+    summary = json.loads(storage.read_text(f"{run}/summary.json"))
+    assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 4
+    assert summary["etl"]["records_in"] == summary["etl"]["accepted"] == IMAGES
+    assert summary["eval"]["accuracy"] > 0.5 and summary["infer"]["bad_rows"] == 0
+    assert [json.loads(x)["epoch"] for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()] == [1, 2, 3, 4]
+    predictions = committed_files(f"{run}/predictions", ".parquet")
+    with storage.open_input(predictions[0]) as f:
+        assert "prediction" in pq.read_schema(f).names
+    assert storage.is_file(f"{run}/model/model.pt") and storage.is_file(f"{run}/report/report.md")
+    assert not storage.exists(f"{run}/_lease.json")  # released
+    assert "workdir s3://dlpipe-test/work is a store" not in out  # tracking off: nothing to say
+    assert not [line for line in out.splitlines() if "secret" in line.lower()]
+
+
+@pytest.fixture(scope="module")
+def trained_on_s3(bucket, spark):
+    """A short training on S3 in this process (the model the scoring tests use)."""
+    from pipelines import run
+
+    config = load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml", [
+        f"workdir=s3://{BUCKET}/work2", f"etl.source.path=s3://{BUCKET}/digits", "run_id=trained",
+        "master=local[2]", "train.epochs=3", *TRACKING_OFF])
+    summary = run.main(spark, config)
+    assert summary.status == "ok"
+    return config
+
+
+def test_raw_files_in_the_bucket_are_scored_and_a_frozen_server_is_a_clear_error_then_a_rerun_completes(
+        s3, spark, trained_on_s3):
+    from pipelines.infer import job as infer
+
+    def scoring(run_id: str):
+        return load_config(None, [f"workdir=s3://{BUCKET}/work2", f"run_id={run_id}", "infer.model_run=trained",
+                                  "infer.source.kind=images", f"infer.source.path=s3://{BUCKET}/incoming",
+                                  "master=local[2]", *TRACKING_OFF])
+
+    result = infer.main(spark, scoring("score-1"))
+    assert (result.rows, result.bad_rows) == (21, 1)
+    files = committed_files(result.predictions, ".parquet")
+    rows = [r for f in files for r in _read(f).to_pylist()]
+    assert sorted(r["id"] for r in rows if r["error"]) == ["broken.png"]
+
+    s3.pause()  # the store stops answering mid-job
+    try:
+        started = time.monotonic()
+        with pytest.raises((storage.StorageError, OSError, RuntimeError)) as err:
+            infer.main(spark, scoring("score-2"))
+        assert time.monotonic() - started < 120  # bounded: request timeouts, not a hang
+        message = str(err.value)
+        assert len(message.splitlines()) == 1, message  # one line, not a stack
+        assert f"s3://{BUCKET}" in message or "127.0.0.1" in message, message
+        assert "testing" not in message  # no credential in the error
+    finally:
+        s3.resume()
+    again = infer.main(spark, scoring("score-2"))  # the same job once the store is back
+    assert (again.rows, again.bad_rows) == (21, 1)
+
+
+def _read(location: str):
+    with storage.open_input(location) as f:
+        return pq.read_table(f)
+
+
+def test_rl_with_its_workdir_in_s3(s3, bucket, spark):
+    from pipelines.rl import job
+
+    config = load_config(REPO_ROOT / "pipelines" / "configs" / "cartpole_ppo.yaml", [
+        f"workdir=s3://{BUCKET}/rl", "run_id=ppo", "rl.num_actors=2", "rl.envs_per_actor=2", "rl.steps_per_env=32",
+        "rl.iterations=2", "rl.minibatches=4", "rl.eval_episodes=3", "rl.save_trajectories=true", *TRACKING_OFF])
+    summary = job.main(spark, config, on_iteration=lambda r: None)
+    run = f"s3://{BUCKET}/rl/runs/ppo"
+    assert summary.iterations == 2 and storage.is_file(f"{run}/model/policy.pt")
+    assert sorted(storage.name(e.location) for e in storage.list_files(f"{run}/checkpoints")) == [
+        "epoch-0001.pt", "epoch-0002.pt"]
+    assert len(storage.read_text(f"{run}/metrics.jsonl").splitlines()) == 2
+    assert committed_files(f"{run}/trajectories", ".parquet")
+    again = job.main(spark, config, on_iteration=lambda r: pytest.fail("nothing left to train"))
+    assert again.iterations == 2  # resumed from the bucket: complete
