@@ -3,6 +3,7 @@
 One module per benchmark, each measuring one stage (``run(spark, config, size)``):
 
 - ``loader``: a training rank's data path (samples/s) against a plain pyarrow read;
+- ``storage``: the loader and checkpoints on S3 (a real S3 server on loopback) against local disk;
 - ``train``: Horovod training launched by dlpipe (samples/s, launch time) against plain PyTorch,
   DDP and TorchDistributor;
 - ``infer``: the inference job (rows/s) against one PyTorch process and ``predict_batch_udf``;
@@ -27,7 +28,7 @@ from typing import Any
 from benchmarks.data import SIZES
 from pipelines.config import ConfigError, PipelineConfig
 
-NAMES = ("loader", "train", "infer", "etl", "memory", "rl")
+NAMES = ("loader", "storage", "train", "infer", "etl", "memory", "rl")
 
 __all__ = ["NAMES", "SIZES", "run"]
 

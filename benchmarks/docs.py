@@ -15,9 +15,11 @@ from benchmarks.harness import REPO_ROOT, command
 from pipelines import storage
 
 DEFAULT_PATH = REPO_ROOT / "docs" / "benchmarks.md"
-ORDER = ("loader", "train", "infer", "etl", "memory", "rl")
+ORDER = ("loader", "storage", "train", "infer", "etl", "memory", "rl")
 WHAT = {
     "loader": "a training rank's data path (Parquet -> normalized torch batches) against a plain pyarrow read",
+    "storage": "training data (the loader) and checkpoints on S3 (a real S3 server process on loopback) against "
+               "local disk, beside a plain pyarrow read of the same objects",
     "train": "Horovod data-parallel training launched by dlpipe against one PyTorch process, plain Horovod, "
              "PyTorch DDP and TorchDistributor",
     "infer": "the batch inference job (mapInArrow) against one PyTorch process and pyspark's predict_batch_udf",

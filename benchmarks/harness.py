@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ratio -> (comparison, bound); the docs table prints them next to the measured figure.
 TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_pyarrow": (">=", 0.9),
+    "ratio_s3_vs_local": (">=", 0.8),
     "ratio_etl_default_vs_pyarrow": (">=", 0.8),
     "scaling_efficiency": (">=", 0.8),
     "ratio_vs_ddp": (">=", 1.0),

@@ -131,7 +131,8 @@ class TrainConfig:
     optimizer: str = setting("adam", one_of("adam", "sgd"))  # adam | sgd
     adam_betas: list[float] = setting([0.9, 0.999], each(within(0.0, 0.9999), length=2))  # GANs train with [0.5, 0.999]
     lr: float = setting(1e-3, above(0))  # per-rank base learning rate
-    scale_lr_by_workers: bool = True  # lr * num_workers, the usual data-parallel rule
+    # lr * num_workers * grad_accumulation: the linear scaling rule for the global batch
+    scale_lr_by_workers: bool = True
     weight_decay: float = setting(0.0, at_least(0))
     seed: int = 0
     max_attempts: int = setting(1, at_least(1))  # >1: a failed stage is relaunched and resumes from the last checkpoint
@@ -144,6 +145,12 @@ class TrainConfig:
     gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
+    # Communication knobs of the data-parallel strategies (docs/benchmarks.md measures them):
+    # gradients all-reduced in half precision (horovod: fp16; ddp: fp16 or bf16), cast back after;
+    # N batches of train.batch_size per optimizer step, one all-reduce per N batches (horovod, ddp, fsdp).
+    grad_compression: str = setting("none", one_of("none", "fp16", "bf16"))
+    grad_accumulation: int = setting(1, at_least(1))
+    ddp_bucket_mb: float = setting(25.0, above(0))  # DDP's gradient bucket size (its bucket_cap_mb)
     # Rank processes keep freed memory for the next step (glibc malloc thresholds, see
     # pipelines.train.rank.RANK_MALLOC) instead of unmapping every step's activations.
     malloc_tuning: bool = True
@@ -360,7 +367,23 @@ def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
     config = _build(PipelineConfig, raw, prefix="")
     check_model(config.model)
+    check_spark_settings(config.spark)
     return config
+
+
+# Spark settings that carry a credential: a config is saved with every run (config.yaml, MLflow
+# params), so secrets stay in the stores' own chains or in spark-defaults.conf, never in it.
+_SECRET_SPARK_KEY = re.compile(r"secret|password|passwd|\.(key|token)$|\.account\.key\.|\.sas\.", re.IGNORECASE)
+
+
+def check_spark_settings(settings: dict[str, str]) -> None:
+    """The ``spark`` section holds no credential (see _SECRET_SPARK_KEY)."""
+    for key in settings:
+        if _SECRET_SPARK_KEY.search(key):
+            raise ConfigError(f"config key 'spark.{key}' looks like a credential, and a dlpipe config is saved with "
+                              "every run (config.yaml, MLflow): put it in spark-defaults.conf or the store's own "
+                              "credential chain (environment, instance role, credentials file) instead",
+                              key=f"spark.{key}")
 
 
 def check_model(model: ModelConfig) -> None:
@@ -381,7 +404,7 @@ def check_model(model: ModelConfig) -> None:
 
 
 def rules_table() -> str:
-    """Every config key with its default and what is allowed, as markdown (the README shows it)."""
+    """Every config key with its default and what is allowed, as markdown (docs/config.md shows it)."""
     import models
 
     return rules_markdown(PipelineConfig, extra={

@@ -2,7 +2,7 @@
 
 A field declares its rules with :func:`setting` (``epochs: int = setting(15, at_least(1))``); the
 loader checks every value against them and names the key, the value and what is allowed. The same
-rules render as the README's table (:func:`rules_markdown`), so the docs cannot drift.
+rules render as docs/config.md's table (:func:`rules_markdown`), so the docs cannot drift.
 """
 from __future__ import annotations
 

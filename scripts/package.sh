@@ -6,7 +6,7 @@
 #                      -> --archives dist/env.tar.gz#env --conf spark.pyspark.python=./env/bin/python
 #                      After a GPU `make setup` it holds the CUDA build of torch with its CUDA libraries
 #                      (several GB) and the NCCL Horovod; the nodes need only the NVIDIA driver (and for
-#                      that Horovod, the CUDA runtime it was built against). README "GPUs".
+#                      that Horovod, the CUDA runtime it was built against). docs/operations.md "GPUs".
 #
 # Why not venv-pack: a venv (and so a venv-pack archive) holds no interpreter, only a symlink to the
 # base Python (here a pyenv build whose libpython is found through an absolute RUNPATH), so it runs

@@ -19,7 +19,7 @@ from pipelines.dataset import open_dataset
 from pipelines.summary import RunSummary
 from pipelines.tracking import TRACKING_OFF
 
-# Figures each case study must reach on the bundled digits test split (see README).
+# Figures each case study must reach on the bundled digits test split (see docs/case-studies.md).
 def _half_of_untrained(summary) -> bool:
     """A generative model's samples: at most half the Fréchet distance of its untrained self, and
     never better than real images (the floor)."""

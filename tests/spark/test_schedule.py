@@ -1,4 +1,4 @@
-"""A schedule that runs: three "days" of a growing image folder, as the README's cron and Airflow
+"""A schedule that runs: three "days" of a growing image folder, as docs/operations.md's cron and Airflow
 examples run them. Day 1 ingests and trains; day 2 appends and scores the day's new raw files with
 day 1's model; day 3 appends and trains warm-started from day 1's model. Each day reads only its
 new files, and every run says which dataset version it used."""

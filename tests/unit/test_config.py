@@ -1,6 +1,8 @@
 """Config loading and validation (pure logic)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipelines.config import ConfigError, from_dict, load_config, to_yaml
@@ -132,8 +134,18 @@ def test_a_location_with_credentials_or_an_unknown_scheme_is_refused_naming_the_
     assert "secret" not in str(err.value)  # a refused secret is not repeated in the message
 
 
-def test_readme_lists_the_validation_rules_generated_from_the_config_classes():
+@pytest.mark.parametrize("key", ["spark.hadoop.fs.s3a.secret.key", "spark.hadoop.fs.s3a.session.token",
+                                 "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net", "spark.ssl.keyPassword"])
+def test_a_credential_in_the_spark_section_is_refused_and_not_repeated(key):
+    with pytest.raises(ConfigError, match=rf"config key 'spark.{re.escape(key)}' looks like a credential") as err:
+        load_config(None, [f"spark.{key}=hunter2"])
+    assert "hunter2" not in str(err.value) and err.value.key == f"spark.{key}"
+    # ordinary settings, including ones that only mention credentials, pass
+    assert load_config(None, ["spark.spark.security.credentials.hive.enabled=false"]).spark
+
+
+def test_docs_config_lists_the_validation_rules_generated_from_the_config_classes():
     from testkit import REPO_ROOT
     from pipelines.config import rules_table
 
-    assert rules_table() in (REPO_ROOT / "README.md").read_text()
+    assert rules_table() in (REPO_ROOT / "docs" / "config.md").read_text()

@@ -136,7 +136,8 @@ def test_rerun_replaces_instead_of_duplicating(spark, digits_run):
     assert [p.name for p in dataset.parent.iterdir()] == ["digits"]  # no temp or old folders left
     version = version_dir(dataset)
     assert sorted(p.name for p in dataset.iterdir()) == sorted([ds.HEAD_FILE, version.name])  # the old version is gone
-    assert sorted(p.name for p in version.iterdir()) == sorted(["train", "val", "test", "quarantine", "manifest.json"])
+    assert sorted(p.name for p in version.iterdir()) == sorted(["train", "val", "test", "quarantine", "manifest.json",
+                                                                "inputs.parquet"])
 
 
 # --- bad records ------------------------------------------------------------------------------
