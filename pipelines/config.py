@@ -161,6 +161,10 @@ class TrainConfig:
     # auto: the GPU Spark gives the rank's task, else a visible GPU (local rank modulo their count),
     # else the CPU; cuda: the same but no GPU is an error; cpu: never a GPU.
     device: str = setting("auto", one_of("auto", "cpu", "cuda"))
+    # GPUs each rank's task asks Spark for through the training stage's own resource profile, so ETL
+    # and inference tasks hold none (standalone, YARN, Kubernetes; pipelines.train.resources);
+    # 0 = the stage asks for nothing of its own (spark.task.resource.gpu.amount, if set, applies)
+    gpus_per_rank: int = setting(0, at_least(0))
     # fp32 | bf16 (autocast, GPU or CPU) | fp16 (autocast + loss scaling; GPU, horovod or ddp only)
     precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))
     # Warm start: a run id (its model/model.pt) or an artifact location whose weights the model starts

@@ -21,6 +21,7 @@ from pipelines.config import PipelineConfig
 from pipelines.device import resolve_device, visible_gpus
 from pipelines.errors import ConfigError
 from pipelines.train.precision import PRECISIONS
+from pipelines.train.resources import check_profile_support
 from pipelines.train.strategies import STRATEGIES
 
 TRAIN_VERBS = ("train", "run")  # verbs that train a model with the barrier-stage trainer
@@ -34,9 +35,9 @@ def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
     """
     _environment(config, master)
     checks: dict[str, list[Callable[[PipelineConfig, str], None]]] = {
-        "train": [_trainable_model, _strategy, _precision, _train_device, _model_shape, _warm_start],
-        "run": [_trainable_model, _strategy, _precision, _train_device, _model_shape, _warm_start, _scored_split,
-                _infer_device],
+        "train": [_trainable_model, _strategy, _communication, _precision, _train_device, _model_shape, _warm_start],
+        "run": [_trainable_model, _strategy, _communication, _precision, _train_device, _model_shape, _warm_start,
+                _scored_split, _infer_device],
         "infer": [_infer_device],
         "rl": [_policy_model],
         "rl-eval": [],
@@ -93,6 +94,34 @@ def _strategy(config: PipelineConfig, master: str) -> None:
             raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
                               f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)",
                               key="train.pipeline.microbatches")
+
+
+def _communication(config: PipelineConfig, master: str) -> None:
+    """The gradient compression and accumulation the strategy and model can do."""
+    tc, spec = config.train, models.spec(config.model.name)
+    strategy = STRATEGIES[tc.strategy]
+    if tc.grad_compression not in strategy.compressions:
+        able = [n for n, s in STRATEGIES.items() if tc.grad_compression in s.compressions]
+        why = " (Horovod's all-reduce has no bfloat16)" if tc.strategy == "horovod" else ""
+        raise ConfigError(f"config key 'train.grad_compression' = {tc.grad_compression!r} is not supported with "
+                          f"train.strategy={tc.strategy}{why}: it supports {', '.join(strategy.compressions)}; "
+                          f"{', '.join(able)} support {tc.grad_compression}", key="train.grad_compression")
+    if tc.grad_accumulation > 1:
+        if not strategy.accumulates:
+            raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: train.strategy="
+                              f"{tc.strategy} runs one batch a step (its micro-batches are train.pipeline.microbatches);"
+                              f" use {', '.join(n for n, s in STRATEGIES.items() if s.accumulates)} to accumulate",
+                              key="train.grad_accumulation")
+        if spec.multi_phase:
+            raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: model {spec.name!r} "
+                              "steps several optimizers in turn on each batch; train it with train.grad_accumulation=1",
+                              key="train.grad_accumulation")
+    if tc.gpus_per_rank:
+        if tc.device == "cpu":
+            raise ConfigError(f"config key 'train.gpus_per_rank' = {tc.gpus_per_rank} but train.device='cpu': set "
+                              "train.device=auto or cuda, or train.gpus_per_rank=0", key="train.gpus_per_rank")
+        if _local(master) and not master.startswith("local-cluster"):
+            check_profile_support(master, {}, tc.gpus_per_rank)  # refuses local masters, naming the key
 
 
 def _precision(config: PipelineConfig, master: str) -> None:

@@ -55,7 +55,7 @@ def spark(tmp_path_factory):
 def s3():
     """A real S3-compatible server (moto's, a separate process on 127.0.0.1) for the session, with
     AWS_ENDPOINT_URL set and dlpipe's storage options pointing at it (both restored afterwards)."""
-    from s3server import s3_server
+    from benchmarks.s3server import s3_server
 
     from pipelines import storage
 

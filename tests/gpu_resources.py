@@ -27,29 +27,49 @@ def device_probe(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return seen
 
 
-def main(out: str, discovery_script: str) -> None:
+def task_gpus(_: Any) -> list[list[str]]:
+    """What an ordinary (ETL-like) task was given: its GPU addresses, [] when none."""
+    from pyspark import TaskContext
+
+    gpu = TaskContext.get().resources().get("gpu")
+    return [list(gpu.addresses) if gpu is not None else []]
+
+
+def main(out: str, discovery_script: str, mode: str = "app") -> None:
+    """``mode`` app: every task asks for a GPU (spark.task.resource.gpu.amount=1); stage: only the
+    training stage does, through ``train.gpus_per_rank`` (pipelines.train.resources), and an
+    ordinary job before it reports what its tasks were given."""
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT),
                                                 os.environ.get("PYTHONPATH", "")])
     sys.path[:0] = [str(REPO_ROOT)]
+    from pipelines.config import load_config
     from pipelines.launcher import run_ranks
     from pipelines.session import get_spark
+    from pipelines.train.resources import training_profile
 
     gpu = {"amount": "1", "discoveryScript": discovery_script}
+    task_amount = {"spark.task.resource.gpu.amount": "1"} if mode == "app" else {}
     spark = get_spark("dlpipe-gpu-resources", master="local-cluster[2,1,1024]", conf={
         "spark.driver.host": "127.0.0.1", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
         **{f"spark.worker.resource.gpu.{k}": v for k, v in gpu.items()},
         **{f"spark.executor.resource.gpu.{k}": v for k, v in gpu.items()},
-        "spark.task.resource.gpu.amount": "1", "spark.executor.memory": "512m",
+        **task_amount, "spark.executor.memory": "512m",
         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s"})
     try:
+        found: dict[str, Any] = {"ordinary_tasks": []}
+        if mode == "stage":
+            found["ordinary_tasks"] = spark.sparkContext.parallelize(range(4), 4).mapPartitions(task_gpus).collect()
+        profile = training_profile(spark, load_config(None, ["train.gpus_per_rank=1"])) if mode == "stage" else None
         events: list[dict[str, Any]] = []
         run_ranks(spark, "gpu_resources:device_probe", {}, num_workers=2, start_timeout_s=90, failure_timeout_s=60,
+                  resources=profile,
                   on_event=lambda e: events.append({"rank": e.rank, **e.data}) if e.kind == "probe" else None)
-        Path(out).write_text(json.dumps(sorted(events, key=lambda e: e["rank"])))
+        found["ranks"] = sorted(events, key=lambda e: e["rank"])
+        Path(out).write_text(json.dumps(found))
     finally:
         spark.stop()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -34,8 +34,9 @@ def context(rank: int, world: int, port: int):
 
 
 def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches: int, out: str,
-             precision: str = "fp32") -> None:
-    """Join the group through the parent's TCPStore, run one step, save figures, gradients, held parameters."""
+             precision: str = "fp32", compression: str = "none", accumulation: int = 1) -> None:
+    """Join the group through the parent's TCPStore, run one step, save figures, gradients, held parameters.
+    ``accumulation``: the rank's rows come as that many batches of one step (train.grad_accumulation)."""
     from pipelines.config import PipelineParallelConfig, TrainConfig
     from pipelines.launcher.rank import exit_now
     from pipelines.train.strategies import STRATEGIES
@@ -43,7 +44,7 @@ def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     tc = TrainConfig(strategy=strategy_name, batch_size=BATCH, pipeline=PipelineParallelConfig(microbatches=microbatches),
-                     precision=precision)
+                     precision=precision, grad_compression=compression, grad_accumulation=accumulation)
     strategy = STRATEGIES[strategy_name](context(rank, world, port), tc)
     strategy.start()
     try:
@@ -53,7 +54,9 @@ def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches:
         if strategy.data_parallel:
             half = BATCH // world
             batch = {k: v[rank * half:(rank + 1) * half] for k, v in batch.items()}
-        figures = strategy.train_step(batch)
+        rows = len(batch["label"]) // accumulation
+        figures = strategy.train_step(*({k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
+                                        for i in range(accumulation)))
         grads = _gradients(strategy)
         full_state, _ = strategy.state()
         torch.save({"figures": figures, "grads": grads, "held": strategy.held_parameters(),
@@ -150,3 +153,34 @@ def gan_reference() -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         figures[f"{phase.name}_loss"] = loss.item()
         grads.update({f"{phase.name}.{n}": p.grad.clone() for n, p in phase.module.named_parameters()})
     return figures, grads
+
+
+def horovod_step_entry(payload: dict, ctx) -> dict:
+    """Launcher entry: one Horovod step of the CNN on this rank's half of the batch, given as
+    ``payload["accumulation"]`` batches with ``payload["compression"]``; rank 0's gradients as lists."""
+    from pipelines.config import TrainConfig
+    from pipelines.train.strategies import STRATEGIES
+
+    accumulation = payload["accumulation"]
+    strategy = STRATEGIES["horovod"](ctx, TrainConfig(grad_compression=payload["compression"],
+                                                      grad_accumulation=accumulation))
+    strategy.start()
+    try:
+        strategy.setup(make_model(), lambda params: torch.optim.SGD(params, lr=0.0))  # lr 0: gradients only
+        half = BATCH // strategy.size
+        rows = half // accumulation
+        batch = {k: v[strategy.rank * half:(strategy.rank + 1) * half] for k, v in make_batch().items()}
+        figures = strategy.train_step(*({k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
+                                        for i in range(accumulation)))
+        grads = {name: p.grad.flatten().tolist() for name, p in strategy.model.named_parameters()}
+    finally:
+        strategy.stop()
+    return {"figures": figures, "grads": grads}
+
+
+def reference_gradients() -> dict[str, torch.Tensor]:
+    """One process, the whole batch, one backward: the gradients a data-parallel step must average to."""
+    model = make_model()
+    loss, _ = model.loss(make_batch())
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}

@@ -76,13 +76,16 @@ def run_ranks(
     on_event: EventHandler | None = None,
     attempt: int = 0,
     description: str = "dlpipe ranks",
+    resources: Any = None,
 ) -> Any:
     """Run ``entry(payload, ctx)`` on ``num_workers`` ranks; return rank 0's result.
 
     ``entry`` is ``"package.module:function"``, importable on the executors. ``rendezvous``: what
     the ranks join (default: none). ``gloo_iface``: the network interface the ranks' collectives
     use; empty means ``lo`` when all ranks share one host, otherwise it must be given.
-    ``pin_cores``: each rank process on its own cores when its host has enough.
+    ``pin_cores``: each rank process on its own cores when its host has enough. ``resources``: a
+    pyspark ``ResourceProfile`` the barrier tasks ask for (e.g. GPUs per rank), instead of the
+    application's task resources.
     ``on_event(event)`` sees every event a rank emits. A rank that reports a
     :class:`~pipelines.events.ConfigProblem` ends the launch with a :class:`ConfigError` naming its key.
     """
@@ -103,7 +106,8 @@ def run_ranks(
     def run_stage() -> None:
         sc.setJobGroup(group, description, interruptOnCancel=True)
         try:
-            rdd = sc.parallelize(range(num_workers), num_workers).barrier()
+            rdd = sc.parallelize(range(num_workers), num_workers)
+            rdd = (rdd.withResources(resources) if resources is not None else rdd).barrier()
             outcome["results"] = rdd.mapPartitions(lambda _: _barrier_task(spec)).collect()
         except BaseException as e:  # reported by the watching thread below
             outcome["error"] = e

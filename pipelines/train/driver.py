@@ -27,6 +27,7 @@ from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train.job import TrainJob, plan_job, record_run_data
 from pipelines.train.warm import check_warm_start, warm_start_artifact
+from pipelines.train.resources import training_profile
 from pipelines.train.strategies import STRATEGIES
 
 RANK_ENTRY = "pipelines.train.rank:train_rank"
@@ -132,7 +133,7 @@ def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_ev
                        rendezvous=STRATEGIES[tc.strategy].rendezvous(tc.failure_timeout_s),
                        start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
                        gloo_iface=tc.gloo_iface, pin_cores=tc.pin_ranks, on_event=on_event, attempt=attempt,
-                       description=description)
+                       description=description, resources=training_profile(spark, job.config))
     return TrainResult.from_dict(result, "rank 0's training result")
 
 

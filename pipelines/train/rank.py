@@ -99,7 +99,8 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
     rank = ctx.rank
     manifest = job.data.manifest
     normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
-    lr = tc.lr * (ctx.size if tc.scale_lr_by_workers and strategy.data_parallel else 1)
+    # the linear scaling rule: lr grows with the batch a step averages (ranks x accumulated batches)
+    lr = tc.lr * (ctx.size * tc.grad_accumulation if tc.scale_lr_by_workers and strategy.data_parallel else 1)
     strategy.setup(build_model(job).to(strategy.device), lambda params: _optimizer(tc, params, lr))
     devices = strategy.allgather_object({"rank": rank, **choice.describe()})
     ctx.emit(events.DeviceChosen(device=choice.device, gpu=choice.gpu, reason=choice.reason, precision=tc.precision))
@@ -120,6 +121,11 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
             raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made {start_step} steps into "
                               f"an epoch by {len(resume.ranks)} ranks; resume with train.num_workers="
                               f"{len(resume.ranks)}, or use a new run_id to start over", key="train.num_workers")
+        made_with = resume.config.get("train", {}).get("grad_accumulation", 1)
+        if start_step and made_with != tc.grad_accumulation:  # its step count is in steps of made_with batches
+            raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made {start_step} steps into "
+                              f"an epoch with train.grad_accumulation={made_with}; resume with that setting, or use "
+                              "a new run_id", key="train.grad_accumulation")
         strategy.load(resume.model, resume.optimizer)
         inside = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
         ctx.log(f"resuming from checkpoint after epoch {start_epoch}{inside}")
@@ -128,10 +134,11 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
 
     shard, shards = strategy.shard()
     sizes = job.train.sizes
-    steps = steps_per_epoch(sizes, shards, tc.batch_size)
+    steps = steps_per_epoch(sizes, shards, tc.batch_size * tc.grad_accumulation)  # optimizer steps
     if steps == 0:
-        raise ConfigError(f"train.batch_size={tc.batch_size} is larger than every rank's shard "
-                          f"({min(shard_rows(sizes, r, shards) for r in range(shards))} rows): lower it",
+        raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accumulation={tc.grad_accumulation} rows "
+                          f"a step is more than every rank's shard "
+                          f"({min(shard_rows(sizes, r, shards) for r in range(shards))} rows): lower them",
                           key="train.batch_size")
     ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=shard_rows(sizes, shard, shards), epochs=tc.epochs,
                             start_epoch=start_epoch, strategy=tc.strategy, held_parameters=strategy.held_parameters()))
@@ -216,19 +223,20 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     shard, shards = strategy.shard()
     # The loader's order depends only on (seed, epoch, shard, shards): skipping the first batches
     # resumes exactly where a checkpoint taken inside the epoch left off.
-    batches = loader.epoch_batches(split, rank=shard, size=shards, batch_size=tc.batch_size, steps=steps,
+    accumulate = tc.grad_accumulation  # loader batches per optimizer step
+    batches = loader.epoch_batches(split, rank=shard, size=shards, batch_size=tc.batch_size, steps=steps * accumulate,
                                    seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers,
-                                   skip=position.step, pin=strategy.device.type == "cuda")
+                                   skip=position.step * accumulate, pin=strategy.device.type == "cuda")
     clock = loader.Stopwatch()
     sums = dict(position.sums)
     every = max(1, steps // PROGRESS_EVENTS_PER_EPOCH)
-    rows_per_step = tc.batch_size * shards  # the whole job's rows per step
+    rows_per_step = tc.batch_size * accumulate * shards  # the whole job's rows per optimizer step
     for step in range(position.step, steps):
         ctx.heartbeat()
-        batch = clock.timed_next(batches)
-        if batch is None:
+        micro = [clock.timed_next(batches) for _ in range(accumulate)]
+        if any(batch is None for batch in micro):
             raise RuntimeError(f"rank {ctx.rank}: the loader ended after {step} of {steps} steps")
-        for k, v in strategy.train_step(to_device(batch, strategy.device)).items():
+        for k, v in strategy.train_step(*(to_device(batch, strategy.device) for batch in micro)).items():
             sums[k] = sums.get(k, 0.0) + v
         done = step + 1
         if ctx.rank == strategy.reporting_rank and (done % every == 0 or done == steps):

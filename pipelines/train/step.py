@@ -5,7 +5,8 @@ The strategies call these with their own forward (a DDP wrapper, an FSDP-sharded
 """
 from __future__ import annotations
 
-from typing import Callable, ContextManager
+import contextlib
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
@@ -15,18 +16,29 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def train_step(forward_loss: LossFn, optimizer: torch.optim.Optimizer, precision: Precision, batch: Batch,
-               synchronize: Callable[[], ContextManager] | None = None) -> dict[str, float]:
-    """Zero the gradients, forward under the run's autocast, backward (scaled for fp16), step.
+def train_step(forward_loss: LossFn, optimizer: torch.optim.Optimizer, precision: Precision,
+               batches: Batch | Sequence[Batch], synchronize: Callable[[], ContextManager] | None = None,
+               no_sync: Callable[[], ContextManager] | None = None) -> dict[str, float]:
+    """One optimizer step over one batch or several (gradient accumulation): zero the gradients;
+    for each batch, forward under the run's autocast and backward (scaled for fp16); then step.
 
-    ``synchronize``: see :meth:`Precision.step` (Horovod's gradient averaging under fp16).
+    With N batches each loss is divided by N, so the gradients are the mean over all of them, as
+    one batch N times larger would give; the figures are the batches' mean. ``no_sync``: a context
+    in which the strategy does not all-reduce gradients (every batch but the last). ``synchronize``:
+    see :meth:`Precision.step` (Horovod's gradient averaging under fp16).
     """
+    micro = [batches] if isinstance(batches, dict) else list(batches)
     optimizer.zero_grad()
-    with precision.autocast():
-        loss, metrics = forward_loss(batch)
-    precision.backward(loss)
+    figures: list[dict[str, float]] = []
+    for i, batch in enumerate(micro):
+        holding = no_sync() if no_sync is not None and i < len(micro) - 1 else contextlib.nullcontext()
+        with holding:
+            with precision.autocast():
+                loss, metrics = forward_loss(batch)
+            precision.backward(loss / len(micro) if len(micro) > 1 else loss)
+        figures.append(step_metrics(loss, metrics))
     precision.step(optimizer, synchronize)
-    return step_metrics(loss, metrics)
+    return figures[0] if len(figures) == 1 else {k: sum(f[k] for f in figures) / len(figures) for k in figures[0]}
 
 
 @torch.no_grad()

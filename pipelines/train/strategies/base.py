@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator
 
 import torch
 
@@ -22,6 +22,7 @@ from pipelines.train import step
 from pipelines.train.precision import Precision
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+COMPRESSIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # train.grad_compression
 Batch = dict[str, torch.Tensor]
 
 
@@ -36,6 +37,9 @@ class Strategy(abc.ABC):
     # True: trains models with several optimizers (``model.training_phases()``, a GAN) by
     # averaging each phase's gradients itself (:meth:`average_gradients`).
     multi_phase: ClassVar[bool] = False
+    # train.grad_compression values it supports: the dtype gradients travel in when all-reduced
+    compressions: ClassVar[tuple[str, ...]] = ("none",)
+    accumulates: ClassVar[bool] = False  # supports train.grad_accumulation > 1 (no_sync between batches)
     phases: list[TrainingPhase] = []  # set by setup_phases for a model with several optimizers
 
     def __init__(self, ctx: RankContext, tc: TrainConfig, device: torch.device | None = None) -> None:
@@ -43,6 +47,7 @@ class Strategy(abc.ABC):
         self.rank, self.size = ctx.rank, ctx.size
         self.device = device or torch.device("cpu")
         self.precision = Precision(tc.precision, self.device)
+        self.compress_dtype = COMPRESSIONS[tc.grad_compression]  # None: gradients travel as they are
 
     # --- process group ---------------------------------------------------------------------------
 
@@ -106,15 +111,19 @@ class Strategy(abc.ABC):
         """Replace each gradient by its mean over the ranks (one collective for the list)."""
         raise NotImplementedError(f"train.strategy={self.name} does not train multi-phase models")
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimizer step on ``batch`` (on ``self.device``); ``loss`` and the model's metrics
-        where this rank has them."""
+    def train_step(self, *batches: Batch) -> dict[str, float]:
+        """One optimizer step on ``batches`` (on ``self.device``; several: ``train.grad_accumulation``,
+        gradients all-reduced once); ``loss`` and the model's metrics where this rank has them."""
         if self.phases:
-            return self._phased_step(batch)
-        return step.train_step(self.forward_loss, self.optimizer, self.precision, batch)
+            return self._phased_step(*batches)
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batches, no_sync=self.no_sync)
+
+    def no_sync(self) -> ContextManager:
+        """A context in which a backward accumulates gradients without all-reducing them."""
+        return contextlib.nullcontext()
 
 
-    def _phased_step(self, batch: Batch) -> dict[str, float]:
+    def _phased_step(self, batch: Batch) -> dict[str, float]:  # one batch: validation refuses accumulation
         """Each phase in order: its loss, its gradients (averaged once over the ranks), its step.
         ``loss`` is the sum of the phases' losses, ``<phase>_loss`` each one's."""
         figures: dict[str, float] = {"loss": 0.0}

@@ -3,7 +3,8 @@ gradient and optimizer state; layers all-gather their parameters just before the
 reduce-scatter their gradients. Checkpoints and the artifact still hold the full, unsharded state."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -16,6 +17,7 @@ class FSDPStrategy(TorchDistributedStrategy):
     name = "fsdp"
     precisions = ("fp32", "bf16")  # each rank holds part of the gradients: one fp16 loss scaler per rank could disagree
     lockstep_eval = True  # every forward all-gathers parameters
+    accumulates = True  # set_requires_gradient_sync(False) for all but the last batch of a step
 
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:
         from torch.distributed.device_mesh import init_device_mesh
@@ -30,6 +32,14 @@ class FSDPStrategy(TorchDistributedStrategy):
         fully_shard(model, mesh=mesh)
         self.model = model
         self.optimizer = make_optimizer(model.parameters())
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        self.model.set_requires_gradient_sync(False)  # gradients stay unsharded and accumulate locally
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     def _options(self) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions

@@ -19,6 +19,9 @@ class HorovodStrategy(Strategy):
     name = "horovod"
     rendezvous = HorovodRendezvous
     multi_phase = True
+    # Horovod's torch all-reduce takes float16, not bfloat16 (horovod/torch/mpi_ops.py's type table)
+    compressions = ("none", "fp16")
+    accumulates = True  # DistributedOptimizer(backward_passes_per_step=N)
 
     def settings_env(self) -> dict[str, str]:
         """What ``train.*`` asks of Horovod, in the variables ``hvd.init()`` reads."""
@@ -57,8 +60,14 @@ class HorovodStrategy(Strategy):
         self.model = model
         # Wrap before loading any state: DistributedOptimizer rebuilds the optimizer from its param
         # groups, so state loaded into the unwrapped one would be silently dropped.
-        self.optimizer = hvd.DistributedOptimizer(make_optimizer(model.parameters()),
-                                                  named_parameters=model.named_parameters(), op=hvd.Average)
+        compressed = self.compress_dtype is not None
+        self.optimizer = hvd.DistributedOptimizer(
+            make_optimizer(model.parameters()), named_parameters=model.named_parameters(), op=hvd.Average,
+            compression=hvd.Compression.fp16 if compressed else hvd.Compression.none,
+            # fp16 sums could overflow: divide by the ranks before the sum rather than after it
+            gradient_predivide_factor=float(self.size) if compressed else 1.0,
+            # the all-reduce fires on the last of a step's N backward passes; the others accumulate
+            backward_passes_per_step=self.tc.grad_accumulation)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
 
@@ -67,12 +76,19 @@ class HorovodStrategy(Strategy):
 
     def average_gradients(self, params: list[torch.nn.Parameter], name: str) -> None:
         grads = [p.grad for p in params if p.grad is not None]
-        self.hvd.grouped_allreduce_(grads, op=self.hvd.Average, name=name)
+        if self.compress_dtype is None:
+            self.hvd.grouped_allreduce_(grads, op=self.hvd.Average, name=name)
+            return
+        averaged = self.hvd.grouped_allreduce([g.to(self.compress_dtype) for g in grads], op=self.hvd.Average,
+                                              name=name, prescale_factor=1.0 / self.size, postscale_factor=self.size)
+        for g, mean in zip(grads, averaged):
+            g.copy_(mean)
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, *batches: Batch) -> dict[str, float]:
         if self.phases:
-            return self._phased_step(batch)
-        return step.train_step(self.forward_loss, self.optimizer, self.precision, batch, synchronize=self._synchronize)
+            return self._phased_step(*batches)
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batches,
+                               synchronize=self._synchronize)
 
     def _synchronize(self) -> Any:
         """Average the gradients now (fp16: before the scaler checks them for overflow, so every rank

@@ -61,7 +61,8 @@ class PipelineStrategy(TorchDistributedStrategy):
     def set_training(self, training: bool) -> None:
         self.module.train(training)
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, *batches: Batch) -> dict[str, float]:
+        (batch,) = batches  # one batch a step: the schedule's micro-batches are its accumulation
         self.optimizer.zero_grad()
         target = batch[self.model.pipeline_target]
         losses: list[torch.Tensor] = []

@@ -52,8 +52,12 @@ class TorchDistributedStrategy(Strategy):
 
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for the phase
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.size
+        if self.compress_dtype is not None:  # divided before the sum, as DDP's compress hooks do
+            flat = flat.to(self.compress_dtype).div_(self.size)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        else:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.size
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))

@@ -10,9 +10,12 @@ import torch
 
 from pathlib import Path
 
+import strategy_workers as w
 from testkit import make_config
 from pipelines import events, run
+from pipelines.launcher import run_ranks
 from pipelines.train import driver as train
+from pipelines.train.rendezvous import HorovodRendezvous
 
 
 def _weights(config):
@@ -21,6 +24,19 @@ def _weights(config):
 
 def _history(config) -> list[dict]:
     return [json.loads(x) for x in (Path(config.run_dir()) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_horovod_accumulates_batches_and_all_reduces_them_once_in_fp16(spark):
+    """4 batches a step, one fp16 all-reduce (backward_passes_per_step, Compression.fp16): the mean
+    gradient of the whole batch, to fp16's precision."""
+    result = run_ranks(spark, "strategy_workers:horovod_step_entry", {"accumulation": 4, "compression": "fp16"},
+                       num_workers=2, rendezvous=HorovodRendezvous())
+    exact = w.reference_gradients()
+    assert set(result["grads"]) == set(exact)
+    for name, grad in exact.items():
+        got = torch.tensor(result["grads"][name]).view_as(grad)
+        torch.testing.assert_close(got, grad, rtol=2e-2, atol=1e-4)
+    assert any(not torch.equal(torch.tensor(result["grads"][n]).view_as(g), g) for n, g in exact.items())
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines import storage
 from pipelines.storage import FileEntry, StorageError, StorageOptions
-from s3server import S3Server, free_port
+from benchmarks.s3server import S3Server, free_port
 
 BUCKET = "dlpipe-test"
 

@@ -13,13 +13,14 @@ import strategy_workers as w
 WORLD = 2
 
 
-def _run(tmp_path, strategy: str, microbatches: int = 4, precision: str = "fp32") -> list[dict]:
+def _run(tmp_path, strategy: str, microbatches: int = 4, precision: str = "fp32", compression: str = "none",
+         accumulation: int = 1) -> list[dict]:
     """Both ranks' saved results; the store is ours (as the driver's is in a launch)."""
     from torch.distributed import TCPStore
 
     store = TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False, timeout=timedelta(seconds=60))
-    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path), precision), nprocs=WORLD,
-                       join=False)
+    context = mp.spawn(w.one_step, args=(WORLD, store.port, strategy, microbatches, str(tmp_path), precision,
+                                         compression, accumulation), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=2):
         if time.monotonic() > deadline:
@@ -69,6 +70,30 @@ def test_a_data_parallel_step_averages_gradients_like_one_process_on_the_whole_b
         held = r["held"] / total_params
         assert (abs(held - 0.5) <= 0.15) if strategy == "fsdp" else held == 1.0, held
     assert ranks[0]["state_keys"] == sorted(grads)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_accumulated_step_averages_its_batches_like_one_process_on_the_whole_batch(tmp_path, strategy):
+    ranks = _run(tmp_path, strategy, accumulation=4)  # each rank: 4 batches of 2 rows, one all-reduce
+    loss, grads, _ = _reference(1)
+    assert (ranks[0]["figures"]["loss"] + ranks[1]["figures"]["loss"]) / 2 == pytest.approx(loss, abs=1e-5)
+    for r in ranks:
+        for name, grad in grads.items():
+            torch.testing.assert_close(r["grads"][name], grad, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_a_compressed_all_reduce_stays_close_to_the_exact_average(tmp_path, compression):
+    ranks = _run(tmp_path, "ddp", compression=compression)
+    _, grads, _ = _reference(1)
+    exact = True
+    for r in ranks:
+        for name, grad in grads.items():
+            assert r["grads"][name].dtype == torch.float32  # cast back after the all-reduce
+            torch.testing.assert_close(r["grads"][name], grad, rtol=2e-2, atol=1e-4)
+            exact = exact and torch.equal(r["grads"][name], grad)
+        torch.testing.assert_close(r["grads"], ranks[0]["grads"], rtol=0, atol=0)  # every rank alike
+    assert not exact  # the gradients did travel in half precision
 
 
 def test_a_gan_step_averages_each_optimizers_gradients_once_like_one_process(tmp_path):

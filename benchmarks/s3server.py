@@ -1,4 +1,4 @@
-"""A real S3-compatible HTTP server for tests: moto's ``moto_server`` started as a child process.
+"""A real S3-compatible HTTP server for tests and benchmarks: moto's ``moto_server`` started as a child process.
 
     with s3_server() as server:
         server.make_bucket("data")
