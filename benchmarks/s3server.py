@@ -101,6 +101,11 @@ class S3Server:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's PID while it runs (None when stopped)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP by its PID): requests hang and time out, as with a network outage."""
         if self._proc is not None and self._proc.poll() is None:

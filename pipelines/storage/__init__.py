@@ -28,9 +28,10 @@ _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options",
              "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output", "read_bytes",
              "read_text", "set_options", "write_bytes", "write_json", "write_text")
 _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
+_READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
 
 __all__ = ["StorageError", "check_uri", "is_local", "is_uri", "join", "name", "normalize", "parent", "redact",
-           "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES]
+           "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES, *_READAHEAD_NAMES]
 
 if TYPE_CHECKING:
     from pipelines.storage.fs import (FileEntry, StorageOptions, check_location, current_options, delete,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
                                       open_input, open_output, read_bytes, read_text, set_options, write_bytes,
                                       write_json, write_text)
     from pipelines.storage.petastorm_fs import petastorm_filesystem, petastorm_url
+    from pipelines.storage.readahead import ReadAhead, RowGroupRead
 
 
 def __getattr__(attr: str) -> Any:
@@ -45,6 +47,8 @@ def __getattr__(attr: str) -> Any:
         return getattr(importlib.import_module("pipelines.storage.fs"), attr)
     if attr in _PETASTORM_NAMES:
         return getattr(importlib.import_module("pipelines.storage.petastorm_fs"), attr)
+    if attr in _READAHEAD_NAMES:
+        return getattr(importlib.import_module("pipelines.storage.readahead"), attr)
     raise AttributeError(f"module 'pipelines.storage' has no attribute {attr!r}")
 
 

@@ -18,6 +18,7 @@ from pyarrow import filesystem as legacyfs
 
 from pipelines.storage import fs as _fs
 from pipelines.storage import uri as _uri
+from pipelines.storage.readahead import ReadAhead
 
 # fsspec implementations Petastorm imports only to strip "s3://" from URLs (see _let_fsspec_strip)
 _FSSPEC_PACKAGES = {"s3": "s3fs", "gs": "gcsfs"}
@@ -31,10 +32,11 @@ class PetastormFileSystem(legacyfs.FileSystem):
     so no network client is ever pickled.
     """
 
-    def __init__(self, location: str, options: _fs.StorageOptions):
+    def __init__(self, location: str, options: _fs.StorageOptions, read_ahead: ReadAhead | None = None):
         self._location = location
         self._options = options
         self._fs: pafs.FileSystem | None = None
+        self._ahead = read_ahead  # serves the files it reads ahead (this process only: not pickled)
 
     def __reduce__(self):
         return (PetastormFileSystem, (self._location, self._options))
@@ -78,7 +80,9 @@ class PetastormFileSystem(legacyfs.FileSystem):
 
     def open(self, path: str, mode: str = "rb"):
         if "r" in mode:
-            return self.fs.open_input_file(_strip(path))  # random access: Parquet footers and row groups
+            ahead = self._ahead.open_path(_strip(path)) if self._ahead is not None else None
+            # random access: Parquet footers and row groups
+            return ahead if ahead is not None else self.fs.open_input_file(_strip(path))
         if "w" in mode:
             return self.fs.open_output_stream(_strip(path))
         raise ValueError(f"mode {mode!r} is not supported (only 'rb' and 'wb')")
@@ -134,11 +138,12 @@ def _let_fsspec_strip(scheme: str) -> None:
     register_implementation(scheme, PathOnlyFileSystem, clobber=False)
 
 
-def petastorm_filesystem(location: str) -> legacyfs.FileSystem:
-    """The legacy filesystem to pass as ``make_batch_reader(..., filesystem=...)`` for the store of ``location``."""
+def petastorm_filesystem(location: str, read_ahead: ReadAhead | None = None) -> legacyfs.FileSystem:
+    """The legacy filesystem to pass as ``make_batch_reader(..., filesystem=...)`` for the store of ``location``;
+    ``read_ahead`` serves the files it reads ahead (``pipelines.storage.readahead``)."""
     _uri.check_uri(location, "")
     options = _fs.current_options().resolved()
-    adapter = PetastormFileSystem(_uri.normalize(location), options)
+    adapter = PetastormFileSystem(_uri.normalize(location), options, read_ahead)
     adapter.fs  # fail here, with a clear StorageError, rather than inside Petastorm
     _let_fsspec_strip(_uri.scheme(location))
     return adapter

@@ -8,7 +8,9 @@ split up to at most one batch per rank, and no collective waits for a rank that 
 """
 from __future__ import annotations
 
+import contextlib
 import queue
+import random
 import threading
 import time
 import warnings
@@ -23,6 +25,7 @@ from pipelines.dataset import SplitFiles
 from pipelines.device import pin_batch
 
 _DONE = object()
+READ_AHEAD_ROW_GROUPS = 8  # row groups fetched ahead of the reader on an object store (~4 MiB each)
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
@@ -46,18 +49,55 @@ class _ArrowArrays:
         return dataset.table_arrays(table)
 
 
-def _reader(split: SplitFiles, **options: Any) -> Any:
+COLUMNS = ["features", "label"]  # what the loader reads of the dataset format (pipelines.dataset)
+
+
+def petastorm_order(pieces: int, shard: int | None, shards: int | None, seed: int | None,
+                    shuffle: bool) -> list[int]:
+    """The row-group pieces Petastorm 0.12.1's reader reads, in the order it reads them, for
+    ``make_batch_reader(cur_shard=shard, shard_count=shards, seed=seed, shuffle_row_groups=shuffle)``
+    with one reader thread: ``Reader._partition_row_groups`` shuffles the piece indexes with
+    ``random.Random(seed)`` and keeps those with ``index % shards == shard``; its ventilator then
+    shuffles them with ``numpy.random.RandomState(seed)``. Read-ahead fetches in this order;
+    tests/unit/train/test_loader_order.py checks it against the reader, so a Petastorm that orders
+    otherwise fails there (and here only costs read-ahead misses)."""
+    indexes = list(range(pieces))
+    if shards:
+        if seed is not None:
+            random.Random(seed).shuffle(indexes)
+        indexes = [i for i in indexes if i % shards == shard]
+    if shuffle:
+        np.random.RandomState(seed).shuffle(indexes)
+    return indexes
+
+
+@contextlib.contextmanager
+def _reader(split: SplitFiles, *, shard: int | None = None, shards: int | None = None, seed: int | None = None,
+            shuffle: bool = False, workers: int = 1) -> Iterator[Any]:
     """Petastorm's batch reader of a split's files (the dataset format's columns), yielding
     :func:`dataset.table_arrays`. Files on an object store are read through ``pipelines.storage``
-    (Petastorm's own remote filesystems fail on the pinned pyarrow: ``storage.petastorm_filesystem``)."""
+    (Petastorm's own remote filesystems fail on the pinned pyarrow: ``storage.petastorm_filesystem``),
+    their row groups fetched ahead in the reader's order (``storage.ReadAhead``)."""
     from petastorm import make_batch_reader
 
     urls = [storage.petastorm_url(f) for f in split.files]
-    remote = not storage.is_local(split.files[0])
-    reader = make_batch_reader(urls, schema_fields=["features", "label"], num_epochs=1,
-                               filesystem=storage.petastorm_filesystem(split.files[0]) if remote else None, **options)
-    reader._results_queue_reader = _ArrowArrays()  # the one private hook: how results become arrays
-    return reader
+    options: dict[str, Any] = dict(num_epochs=1, shuffle_row_groups=shuffle, shuffle_rows=False, seed=seed,
+                                   workers_count=workers, reader_pool_type="thread")
+    if shards:
+        options.update(cur_shard=shard, shard_count=shards)
+    with contextlib.ExitStack() as stack:
+        filesystem = None
+        if not storage.is_local(split.files[0]):
+            pieces = [storage.RowGroupRead(f, g) for f, groups in zip(split.files, split.row_groups)
+                      for g in range(len(groups))]
+            order = petastorm_order(len(pieces), shard, shards, seed, shuffle)
+            # with several reader threads the order interleaves: the window covers it
+            ahead = stack.enter_context(storage.ReadAhead([pieces[i] for i in order], COLUMNS,
+                                                          window=READ_AHEAD_ROW_GROUPS + workers))
+            filesystem = storage.petastorm_filesystem(split.files[0], ahead)
+        reader = stack.enter_context(make_batch_reader(urls, schema_fields=COLUMNS, filesystem=filesystem, **options))
+        reader._results_queue_reader = _ArrowArrays()  # the one private hook: how results become arrays
+        yield reader
 
 
 def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int,
@@ -70,8 +110,8 @@ def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int,
     """
     pass_no = 0
     while True:
-        with _reader(split, cur_shard=rank, shard_count=size, shuffle_row_groups=True, shuffle_rows=False,
-                     seed=seed * 7919 + pass_no, workers_count=workers, reader_pool_type="thread") as reader:
+        with _reader(split, shard=rank, shards=size, seed=seed * 7919 + pass_no, shuffle=True,
+                     workers=workers) as reader:
             for group_no, (feats, labels) in enumerate(reader):
                 order = np.random.default_rng([seed, pass_no, group_no]).permutation(len(labels))
                 yield feats[order], labels[order]
@@ -143,10 +183,10 @@ def read_all(split: SplitFiles, *, rank: int, size: int, batch_size: int,
 
     With fewer row groups than ranks, rank 0 reads everything and the others nothing.
     """
-    shard = dict(cur_shard=rank, shard_count=size) if len(split.sizes) >= size else {}
-    if (not shard and rank != 0) or not split.files:
+    sharded = len(split.sizes) >= size
+    if (not sharded and rank != 0) or not split.files:
         return
-    with _reader(split, shuffle_row_groups=False, workers_count=1, **shard) as reader:
+    with _reader(split, shard=rank if sharded else None, shards=size if sharded else None) as reader:
         for feats, labels in reader:
             # Arrow's buffers are read-only; torch wants to own writable ones
             feats, labels = feats.copy(), labels.copy()

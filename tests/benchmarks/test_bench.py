@@ -12,6 +12,9 @@ from testkit import make_config
 # ratio -> the contenders it is computed from (one of them must say why, when the ratio is missing)
 REQUIRED = {
     "loader": {"ratio_vs_pyarrow": ["dlpipe_petastorm", "pyarrow_numpy_torch"]},
+    "storage": {"ratio_s3_vs_local": ["dlpipe_loader_s3", "dlpipe_loader_local"],
+                "s3_loader_vs_pyarrow_s3": ["dlpipe_loader_s3", "pyarrow_read_s3"],
+                "checkpoint_s3_vs_local_time": ["checkpoint_write_s3", "checkpoint_write_local"]},
     "train": {"scaling_efficiency": ["dlpipe_2_ranks", "torch_1_process"],
               "ratio_vs_ddp": ["dlpipe_2_ranks", "ddp_2_processes"],
               "horovod_vs_ddp": ["horovod_2_processes", "ddp_2_processes"],

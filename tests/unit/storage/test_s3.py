@@ -218,3 +218,29 @@ def test_petastorm_adapter_pickles_as_location_and_options(bucket):
     assert clone.isfile(f"{BUCKET}/data/p.bin") and clone.isdir(f"{BUCKET}/data")
     assert clone.ls(f"{BUCKET}/data") == [f"{BUCKET}/data/p.bin"]
     assert list(clone.walk(f"{BUCKET}/data")) == [(f"{BUCKET}/data", [], ["p.bin"])]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, monkeypatch):
+    """Read-ahead fetches each row group before Petastorm asks for it: the order it predicts is the
+    reader's (a Petastorm that ordered otherwise fails here) and no read misses it."""
+    from pipelines.dataset import SplitFiles
+    from pipelines.storage import readahead
+    from pipelines.train import loader
+
+    folder = f"{prefix}/train"
+    groups = _write_dataset(folder, files=3, row_groups=3, rows_per_group=20)
+    split = SplitFiles([e.location for e in storage.list_files(folder, suffix=".parquet")], [[20, 20, 20]] * 3)
+    made = []
+
+    class Recording(readahead.ReadAhead):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(readahead, "ReadAhead", Recording)
+    for shard, seed in ((0, 11), (1, 11), (1, 12)):
+        with loader._reader(split, shard=shard, shards=2, seed=seed, shuffle=True) as reader:
+            read = [labels.tolist() for _, labels in reader]
+        assert read == [groups[i] for i in loader.petastorm_order(9, shard, 2, seed, shuffle=True)]
+        assert made[-1].misses == 0 and len(made) == [(0, 11), (1, 11), (1, 12)].index((shard, seed)) + 1
