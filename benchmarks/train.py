@@ -61,6 +61,20 @@ SWEEP = {
     "dlpipe_2_ranks_cycle_5ms": (["train.horovod_cycle_time_ms=5"], TIMED_ENTRY),
     "dlpipe_2_ranks_batch128": (["train.batch_size=128"], TIMED_ENTRY),
     "dlpipe_2_ranks_unpinned": (["train.pin_ranks=false"], TIMED_ENTRY),
+    # the communication knobs (train.grad_compression, train.grad_accumulation)
+    "dlpipe_2_ranks_fp16_allreduce": (["train.grad_compression=fp16"], TIMED_ENTRY),
+    "dlpipe_2_ranks_accumulate4": (["train.grad_accumulation=4"], TIMED_ENTRY),
+    "dlpipe_2_ranks_ddp_fp16_allreduce": (["train.strategy=ddp", "train.grad_compression=fp16"], TIMED_ENTRY),
+    "dlpipe_2_ranks_ddp_bf16_allreduce": (["train.strategy=ddp", "train.grad_compression=bf16"], TIMED_ENTRY),
+    "dlpipe_2_ranks_ddp_accumulate4": (["train.strategy=ddp", "train.grad_accumulation=4"], TIMED_ENTRY),
+}
+ACCUMULATE = 4  # batches per optimizer step of the *_accumulate4 contenders
+# Test accuracy on the bundled digits (dlpipe run, digits_cnn.yaml): each knob against the plain run.
+ACCURACY_RUNS = {
+    "plain": [],
+    "fp16_allreduce": ["train.grad_compression=fp16"],
+    "ddp_bf16_allreduce": ["train.strategy=ddp", "train.grad_compression=bf16"],
+    f"accumulate{ACCUMULATE}": [f"train.grad_accumulation={ACCUMULATE}"],
 }
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
@@ -89,6 +103,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
               "ddp_2_processes": lambda: _ddp(args, lr_ranks),
               "horovod_2_processes": lambda: _horovod(args, lr_ranks, tc.horovod_cycle_time_ms,
                                                       tc.horovod_fusion_threshold_mb)}
+    if s["sweep"]:  # the plain libraries with the same knob: equal settings for dlpipe's knob contenders
+        accumulating = {**args, "steps": max(1, steps // ACCUMULATE), "accumulation": ACCUMULATE}
+        others[f"ddp_2_processes_accumulate{ACCUMULATE}"] = lambda: _ddp(accumulating, lr_ranks * ACCUMULATE)
+        others[f"horovod_2_processes_accumulate{ACCUMULATE}"] = lambda: _horovod(
+            accumulating, lr_ranks * ACCUMULATE, tc.horovod_cycle_time_ms, tc.horovod_fusion_threshold_mb)
     figures: dict[str, list[float]] = {key: [] for key in others}
     rates, ddp_rates, launches, rss, waits, phases, cpus, ddp_cpus = [], [], [], [], [], [], [], []
     # Rounds: every contender once per round, so a change in machine load hits all of them alike.
@@ -130,6 +149,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {' '.join(overrides)}",
                    data_wait_fraction=harness.mean(out["data_wait_fraction"][1:]))
 
+    if s["sweep"]:
+        for key, accuracy in _knob_accuracy(spark, config).items():
+            report.add(f"test_accuracy_{key}", [accuracy], "accuracy",
+                       f"dlpipe run of digits_cnn.yaml on the bundled digits, {' '.join(ACCURACY_RUNS[key]) or 'as is'}")
+
     harness.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
     noops = [noop_launch(spark, config, ds) for _ in range(s["launch_repeats"])]
     report.add("dlpipe_noop_launch", [n[0] for n in noops], "s", DESCRIPTIONS["dlpipe_noop_launch"],
@@ -162,6 +186,21 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                                                                       report.median("torchdistributor_noop"))
     report.ratios["noop_launch_ratio_vs_torchdistributor"] = harness.ratio(report.median("dlpipe_noop_launch"),
                                                                            report.median("torchdistributor_noop"))
+    dlpipe_runs = [k for k in report.contenders if k.startswith("dlpipe_2_ranks")]
+    best = max(dlpipe_runs, key=lambda k: report.median(k) or 0.0)
+    report.ratios["best_scaling_efficiency"] = harness.ratio(report.median(best), twice_one)
+    report.notes.append(f"`best_scaling_efficiency` is `{best}` ({DESCRIPTIONS.get(best, 'a knob of the sweep')}).")
+    if s["sweep"]:  # the knobs at equal settings, and what they cost in accuracy
+        knob = f"accumulate{ACCUMULATE}"
+        report.ratios[f"ratio_vs_ddp_{knob}"] = harness.ratio(report.median(f"dlpipe_2_ranks_{knob}"),
+                                                             report.median(f"ddp_2_processes_{knob}"))
+        report.ratios[f"horovod_vs_ddp_{knob}"] = harness.ratio(report.median(f"horovod_2_processes_{knob}"),
+                                                               report.median(f"ddp_2_processes_{knob}"))
+        plain = report.median("test_accuracy_plain")
+        for key in ACCURACY_RUNS:
+            accuracy = report.median(f"test_accuracy_{key}")
+            if key != "plain" and plain is not None and accuracy is not None:
+                report.ratios[f"accuracy_points_{key}_vs_plain"] = round(100 * (accuracy - plain), 2)
     if harness.meets("scaling_efficiency", report.ratios["scaling_efficiency"]) is False:
         report.limits["scaling_efficiency"] = scaling_limit(report)
     if harness.meets("ratio_vs_ddp", report.ratios["ratio_vs_ddp"]) is False:
@@ -169,6 +208,24 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     if harness.meets("ddp_strategy_vs_ddp", report.ratios["ddp_strategy_vs_ddp"]) is False:
         report.limits["ddp_strategy_vs_ddp"] = ddp_strategy_limit(report)
     return harness.finish(report, config)
+
+
+def _knob_accuracy(spark: Any, config: PipelineConfig) -> dict[str, float]:
+    """Test accuracy of ``dlpipe run`` on the bundled digits (digits_cnn.yaml) with each of ACCURACY_RUNS."""
+    from pipelines import run
+    from pipelines.config import load_config
+    from pipelines.tracking import TRACKING_OFF
+
+    workdir = harness.bench_dir(config) / "runs" / "knob-accuracy"
+    found = {}
+    for key, overrides in ACCURACY_RUNS.items():
+        harness.log(NAME, f"test accuracy on the bundled digits: {key}")
+        cfg = load_config(harness.REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml",
+                          [*TRACKING_OFF, f"workdir={workdir}", f"run_id={key}",
+                           f"etl.source.path={harness.REPO_ROOT / 'data' / 'digits'}", *overrides])
+        summary = run.main(spark, cfg)
+        found[key] = summary.eval.accuracy
+    return found
 
 
 def _mean_parts(profiles: list[dict[str, float]]) -> dict[str, float]:
@@ -294,6 +351,10 @@ DESCRIPTIONS = {
     "ddp_2_processes": "PyTorch DDP (Gloo, 127.0.0.1), 2 single-thread processes, in-memory tensors",
     "horovod_2_processes": "plain Horovod (DistributedOptimizer, Gloo, 127.0.0.1, same HOROVOD_CYCLE_TIME), "
                            "2 single-thread processes, in-memory tensors: Horovod's own cost, without dlpipe",
+    f"ddp_2_processes_accumulate{ACCUMULATE}": f"ddp_2_processes accumulating {ACCUMULATE} batches per optimizer "
+                                               "step (no_sync)",
+    f"horovod_2_processes_accumulate{ACCUMULATE}": f"horovod_2_processes accumulating {ACCUMULATE} batches per "
+                                                   "optimizer step (backward_passes_per_step)",
 }
 
 

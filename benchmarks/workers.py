@@ -4,14 +4,16 @@
 PyTorch training on in-memory tensors, the limit and the DDP and Horovod contenders of the train
 benchmark (Horovod as its documentation shows: ``DistributedOptimizer``, rendezvous from the
 environment). Same model (built as dlpipe's trainer builds it), optimizer, batch and per-rank steps
-as dlpipe's trainer, and the same loss: the model's own ``loss``, so any dlpipe model trains here.
-Measures samples/s per epoch.
+as dlpipe's trainer, and the same loss: the model's own ``loss``, so any dlpipe model trains here;
+``compression`` (fp16) and ``accumulation`` apply each library's own communication knobs.
+Measures samples/s per epoch (``steps`` optimizer steps of ``accumulation`` batches each).
 
 ``infer_torch``: one PyTorch process scoring Parquet files with a model artifact and writing
 every output the model declares (``output_schema``) as Parquet. Measures rows and seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,11 +65,21 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(args["seed"])
     model = build_model(args["model"], args["model_params"], args["manifest"])
     step_loss = _loss_module(model)
+    # Communication knobs as each library documents them: fp16 compression (Horovod's
+    # Compression.fp16, DDP's fp16_compress_hook) and gradient accumulation (Horovod's
+    # backward_passes_per_step, DDP's no_sync), ``accumulate`` batches per optimizer step.
+    compress, accumulate = args.get("compression", "none") == "fp16", args.get("accumulation", 1)
     # DDP reduces gradients through its own forward, so the loss must be computed inside it.
     net = DistributedDataParallel(step_loss) if ddp else step_loss
+    if ddp and compress:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        net.register_comm_hook(None, default_hooks.fp16_compress_hook)
     optimizer = torch.optim.Adam(model.parameters(), lr=args["lr"])
     if horovod:
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
+                                             compression=hvd.Compression.fp16 if compress else hvd.Compression.none,
+                                             backward_passes_per_step=accumulate)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
     def barrier(name: str) -> None:
@@ -83,18 +95,21 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
         barrier(f"epoch{epoch}.start")
         started = time.perf_counter()
         for step in range(steps):
-            start = (step * batch) % max(1, len(y) - batch + 1)
-            idx = order[start:start + batch]
             optimizer.zero_grad()
-            loss, metrics = net(x[idx], y[idx])
-            loss.backward()
+            for part in range(accumulate):
+                start = ((step * accumulate + part) * batch) % max(1, len(y) - batch + 1)
+                idx = order[start:start + batch]
+                holding = net.no_sync() if ddp and part < accumulate - 1 else contextlib.nullcontext()
+                with holding:
+                    loss, metrics = net(x[idx], y[idx])
+                    (loss / accumulate if accumulate > 1 else loss).backward()
+                # dlpipe's trainer reads the loss and every metric each batch too
+                loss.item()
+                for value in metrics.values():
+                    float(value)
             optimizer.step()
-            # dlpipe's trainer reads the loss and every metric each step too
-            loss.item()
-            for value in metrics.values():
-                float(value)
         barrier(f"epoch{epoch}.end")
-        rates.append(steps * batch * world / (time.perf_counter() - started))
+        rates.append(steps * accumulate * batch * world / (time.perf_counter() - started))
     if ddp:
         dist.destroy_process_group()
     if horovod:

@@ -181,3 +181,19 @@ def test_a_checkpoint_inside_an_epoch_resumes_there_with_identical_weights(spark
     clean_history = _history(clean.run_dir())
     for a, b in zip(history, clean_history):  # the resumed epoch's loss counts every step exactly once
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9) and a["samples"] == b["samples"]
+
+
+def test_accumulated_steps_with_a_compressed_all_reduce_cover_the_split_and_learn(spark, digits_workdir):
+    """train.grad_accumulation=2 with train.grad_compression=fp16 through the whole trainer: an epoch
+    is half as many optimizer steps of twice the rows, still the whole split, and the model learns."""
+    config = make_config(digits_workdir, "run_id=accumulate-fp16", "train.epochs=4", "train.grad_accumulation=2",
+                         "train.grad_compression=fp16")
+    result = train.main(spark, config)
+    assert result.epochs_completed == 4
+    view = dataset.open_dataset(str(digits_workdir / "datasets" / "digits"))
+    rows_per_step = config.train.batch_size * 2 * config.train.num_workers
+    lines = _history(config.run_dir())
+    for x in lines:
+        assert x["samples"] % rows_per_step == 0
+        assert view.counts["train"] - rows_per_step < x["samples"] <= view.counts["train"] + rows_per_step
+    assert lines[-1]["loss"] < lines[0]["loss"] and lines[-1]["val_accuracy"] >= 0.85, lines[-1]
