@@ -8,6 +8,7 @@ One module per benchmark, each measuring one stage (``run(spark, config, size)``
   DDP and TorchDistributor;
 - ``infer``: the inference job (rows/s) against one PyTorch process and ``predict_batch_udf``;
 - ``etl``: the ETL (rows/s, time per phase) against a plain Spark read + Parquet write;
+- ``append``: ``etl.mode=append`` of 1% new data against a full ETL; a warm-started training against a cold one;
 - ``memory``: a training rank's peak RSS on a dataset 10x larger than the base one;
 - ``rl``: ``dlpipe rl``'s Spark rollout actors (env steps/s) against Gymnasium's Sync/AsyncVectorEnv.
 
@@ -28,7 +29,7 @@ from typing import Any
 from benchmarks.data import SIZES
 from pipelines.config import ConfigError, PipelineConfig
 
-NAMES = ("loader", "storage", "train", "infer", "etl", "memory", "rl")
+NAMES = ("loader", "storage", "train", "infer", "etl", "append", "memory", "rl")
 
 __all__ = ["NAMES", "SIZES", "run"]
 

@@ -7,6 +7,7 @@ Measures nothing: it renders what the benchmarks wrote to ``<workdir>/bench/<nam
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from benchmarks.harness import REPO_ROOT, command
 from pipelines import storage
 
 DEFAULT_PATH = REPO_ROOT / "docs" / "benchmarks.md"
-ORDER = ("loader", "storage", "train", "infer", "etl", "memory", "rl")
+ORDER = ("loader", "storage", "train", "infer", "etl", "append", "memory", "scale", "rl")
 WHAT = {
     "loader": "a training rank's data path (Parquet -> normalized torch batches) against a plain pyarrow read",
     "storage": "training data (the loader) and checkpoints on S3 (a real S3 server process on loopback) against "
@@ -24,6 +25,10 @@ WHAT = {
              "PyTorch DDP and TorchDistributor",
     "infer": "the batch inference job (mapInArrow) against one PyTorch process and pyspark's predict_batch_udf",
     "etl": "the ETL (validate, deduplicate, split, normalize, publish) against a plain Spark read + Parquet write",
+    "append": "a scheduled job's cost when 1% new data arrives (`etl.mode=append` against a full ETL), and a "
+              "training warm-started from the previous model against a cold one",
+    "scale": "how cost grows with data: the ETL and one training epoch at three sizes 10x apart (time, throughput, "
+             "driver and executor peak memory)",
     "memory": "peak RSS of a training rank on a dataset 10x larger than the base one",
     "rl": "rollout throughput of `dlpipe rl`'s Spark actors against Gymnasium's SyncVectorEnv and AsyncVectorEnv",
 }
@@ -45,9 +50,15 @@ def load(bench_dir: Path, size: str) -> dict[str, dict[str, Any]]:
 
 
 def write(bench_dir: Path, out: Path, size: str) -> Path:
-    """Render the page from ``bench_dir`` and write it to ``out``; return ``out``."""
+    """Render the page from ``bench_dir`` and write it to ``out`` (with the figures it shows beside
+    it, as ``bench-<file>``); return ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    storage.write_text(str(out), render(load(bench_dir, size), size))
+    results = load(bench_dir, size)
+    for result in results.values():
+        for name in result.get("figures", []):
+            if (bench_dir / name).is_file():
+                shutil.copyfile(bench_dir / name, out.parent / f"bench-{name}")
+    storage.write_text(str(out), render(results, size))
     return out
 
 
@@ -131,6 +142,8 @@ def render(results: dict[str, dict[str, Any]], size: str) -> str:
             lines += ["", f"**What limits `{key}`.** {text}"]
         for note in r.get("notes", []):
             lines += ["", note]
+        for name in r.get("figures", []):
+            lines += ["", f"![{name}](bench-{name})"]
     return "\n".join(lines) + "\n"
 
 

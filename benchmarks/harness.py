@@ -44,6 +44,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_plain_spark": (">=", 0.7),
     "rss_growth": ("<=", 0.1),
     "ratio_vs_async_vector_env": (">=", 0.8),
+    "append_vs_full": ("<=", 0.05),
 }
 
 
@@ -134,6 +135,7 @@ class Report:
     unavailable: dict[str, str] = field(default_factory=dict)  # contender -> why it has no figure
     limits: dict[str, str] = field(default_factory=dict)  # ratio -> what limits it (when missed)
     notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # image files in the bench folder the docs page shows
     started: float = field(default_factory=time.time)
     load_before: list[float] = field(default_factory=lambda: list(os.getloadavg()))
 
@@ -173,6 +175,7 @@ class Report:
             "unavailable": self.unavailable,
             "limits": {k: v for k, v in self.limits.items() if k in self.ratios},
             "notes": self.notes,
+            "figures": self.figures,
         }
 
 

@@ -168,7 +168,7 @@ def load_table(spark: SparkSession, kind: str, root: str, reader: str = "auto",
         reader_ = spark.read
         if files is None and storage.is_dir(root):  # only the data files: a folder may hold _SUCCESS, notes...
             reader_ = reader_.option("pathGlobFilter", "*.parquet")
-        df = reader_.parquet(path)
+        df = reader_.parquet(*path) if isinstance(path, list) else reader_.parquet(path)  # varargs, not a list
     row = F.col("_metadata.row_index") if kind == "parquet" else F.lit(None).cast("bigint")
     return df.select("*", F.col("_metadata.file_path").alias("_file"), row.alias("_row")), df.inputFiles()
 

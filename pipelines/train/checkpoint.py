@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipelines import checkpoints, storage
+from pipelines.errors import ConfigError
 from pipelines.events import EpochRecord
 from pipelines.formats import Record
 
@@ -40,8 +41,9 @@ class TrainCheckpoint(Record):
     dataset_version: int = 0  # the dataset version trained on (0: not recorded)
 
 
-class CheckpointMismatch(ValueError):
-    """The newest checkpoint was made on other data; the message says what to do."""
+class CheckpointMismatch(ConfigError):
+    """The newest checkpoint was made on other data; the message says what to do (a setting
+    problem: no retry can fix it, so a rank reports it as one config error line)."""
 
 
 def latest_checkpoint(folder: str, manifest_hash: str,
@@ -55,5 +57,5 @@ def latest_checkpoint(folder: str, manifest_hash: str,
     if found.manifest_hash != manifest_hash:
         raise CheckpointMismatch(
             f"checkpoint {storage.redact(location)} was made on a different dataset (identity {found.manifest_hash} "
-            f"!= {manifest_hash}): use a new run_id, or delete {storage.redact(folder)} to start over")
+            f"!= {manifest_hash}): use a new run_id, or delete {storage.redact(folder)} to start over", key="run_id")
     return found

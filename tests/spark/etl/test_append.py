@@ -122,3 +122,21 @@ def test_a_run_trains_on_the_version_it_started_with(spark, tmp_path):
     with pytest.raises(ConfigError, match="run r1 trains on version 1 of dataset digits"):
         plan_job(make_config(work, "run_id=r1", "dataset_version=2"))
     assert json.loads((work / "runs" / "r1" / "dataset.json").read_text())["version"] == 1
+
+
+@pytest.mark.parametrize("reader", ["spark", "python"])
+def test_a_parquet_source_appends_its_new_files_alike_with_either_reader(spark, tmp_path, reader):
+    src = tmp_path / "src"
+    src.mkdir()
+
+    def part(name: str, ids: range) -> None:
+        pq.write_table(pa.table({"id": [f"r{i}" for i in ids], "label": [i % 2 for i in ids],
+                                 "features": [[float(i), 1.0, 2.0, 3.0] for i in ids]}), src / name)
+
+    common = ["etl.source.kind=parquet", "etl.source.feature_columns=[features]", "etl.source.id_column=id",
+              "etl.source.image_shape=[2,2]", f"storage.reader={reader}"]
+    part("day1.parquet", range(50))
+    assert _etl(spark, tmp_path / "work", src, *common).records_in == 50
+    part("day2.parquet", range(50, 80))
+    second = _etl(spark, tmp_path / "work", src, *common)
+    assert (second.version, second.records_in, second.accepted, second.input_files.listed) == (2, 30, 30, 1)
