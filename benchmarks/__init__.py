@@ -10,6 +10,7 @@ One module per benchmark, each measuring one stage (``run(spark, config, size)``
 - ``etl``: the ETL (rows/s, time per phase) against a plain Spark read + Parquet write;
 - ``append``: ``etl.mode=append`` of 1% new data against a full ETL; a warm-started training against a cold one;
 - ``memory``: a training rank's peak RSS on a dataset 10x larger than the base one;
+- ``scale``: the ETL and one training epoch at three sizes 10x apart (time, throughput, peak memory);
 - ``rl``: ``dlpipe rl``'s Spark rollout actors (env steps/s) against Gymnasium's Sync/AsyncVectorEnv.
 
 Shared pieces: ``harness`` (repeats, medians, ratios and targets, the table and JSON), ``data``
@@ -29,7 +30,7 @@ from typing import Any
 from benchmarks.data import SIZES
 from pipelines.config import ConfigError, PipelineConfig
 
-NAMES = ("loader", "storage", "train", "infer", "etl", "append", "memory", "rl")
+NAMES = ("loader", "storage", "train", "infer", "etl", "append", "memory", "scale", "rl")
 
 __all__ = ["NAMES", "SIZES", "run"]
 

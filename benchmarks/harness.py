@@ -45,6 +45,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "rss_growth": ("<=", 0.1),
     "ratio_vs_async_vector_env": (">=", 0.8),
     "append_vs_full": ("<=", 0.05),
+    "etl_throughput_min_over_max": (">=", 0.8),
+    "train_throughput_min_over_max": (">=", 0.8),
+    "driver_rss_growth": ("<=", 0.2),
 }
 
 

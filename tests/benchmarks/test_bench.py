@@ -26,7 +26,12 @@ REQUIRED = {
     "etl": {"ratio_vs_plain_spark": ["dlpipe_etl", "plain_spark"],
             "ratio_vs_plain_spark_sorted": ["dlpipe_etl", "plain_spark_sorted"],
             "plain_spark_sorted_vs_plain_spark": ["plain_spark_sorted", "plain_spark"]},
+    "append": {"append_vs_full": ["append_1pct", "full_etl_everything"],
+               "fixed_cost_share_of_append": ["append_1_record", "append_1pct"]},
     "memory": {"rss_growth": ["peak_rss_base", "peak_rss_10x"]},
+    "scale": {"etl_throughput_min_over_max": ["etl_200_rows", "etl_20000_rows"],
+              "train_throughput_min_over_max": ["train_epoch_200_rows", "train_epoch_20000_rows"],
+              "driver_rss_growth": ["etl_200_rows", "etl_20000_rows"]},
     "rl": {"ratio_vs_async_vector_env": ["dlpipe_spark_actors", "async_vector_env_N_processes"],
            "ratio_vs_sync_vector_env": ["dlpipe_spark_actors", "sync_vector_env_1_process"]},
 }
