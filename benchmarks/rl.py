@@ -12,15 +12,18 @@ per process), sampling actions as PPO does:
   one batched policy call per step;
 - ``async_vector_env_N_processes``: Gymnasium's ``AsyncVectorEnv`` with as many worker processes
   (one environment each) as dlpipe has actors; the policy runs in the parent, one batched call per step;
-- ``spark_job_noop``: the same Spark job shape (broadcast, ``num_actors`` tasks, Arrow collect) with
-  tasks that step nothing: the fixed per-iteration cost of a Spark job (seconds).
+- ``spark_job_noop``: the same Spark job shape (broadcast, ``num_actors`` RDD tasks, one result each)
+  with tasks that step nothing: the fixed per-iteration cost of a Spark job (seconds);
+- the sweep ``dlpipe_A_actors_S_steps``: dlpipe's iteration for each number of actors and steps per env
+  of the size, with the no-op job of the same actors beside it: Spark's share of the iteration
+  (``spark_overhead_fraction``) as actors and steps grow.
 
 ``ratio_vs_async_vector_env`` and ``ratio_vs_sync_vector_env`` = dlpipe's env steps/s over theirs.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +35,14 @@ from pipelines.rl.job import collect
 from pipelines.rl.rollout import RolloutSpec, env_spaces, make_envs, policy_to_bytes, schema
 
 NAME = "rl"
-SIZES = {  # envs per actor, steps per env, repeats
-    "tiny": {"envs_per_actor": 2, "steps_per_env": 64, "repeats": 1},
-    "small": {"envs_per_actor": 8, "steps_per_env": 512, "repeats": 5},
-    "large": {"envs_per_actor": 16, "steps_per_env": 1024, "repeats": 5},
+SIZES = {  # envs per actor, steps per env, repeats; the sweep's actors and steps per env
+    "tiny": {"envs_per_actor": 2, "steps_per_env": 64, "repeats": 1, "sweep_actors": (1, 2), "sweep_steps": (32, 128)},
+    "small": {"envs_per_actor": 8, "steps_per_env": 512, "repeats": 5, "sweep_actors": (1, 2, 4),
+              "sweep_steps": (128, 512, 2048)},
+    "large": {"envs_per_actor": 16, "steps_per_env": 1024, "repeats": 5, "sweep_actors": (1, 2, 4, 8),
+              "sweep_steps": (256, 1024, 4096)},
 }
+SWEEP_REPEATS = 3
 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
@@ -89,6 +95,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                f"AsyncVectorEnv, {actors} worker processes x 1 env x {envs * steps} steps, policy in the parent")
     report.add("spark_job_noop", figures["spark_job_noop"], "s",
                f"broadcast + {actors} tasks that step nothing + Arrow collect: Spark's per-iteration overhead")
+    _overhead_sweep(spark, rc, policy, s, report)
     dlpipe = report.median("dlpipe_spark_actors")
     report.ratios["ratio_vs_async_vector_env"] = harness.ratio(dlpipe, report.median("async_vector_env_N_processes"))
     report.ratios["ratio_vs_sync_vector_env"] = harness.ratio(dlpipe, report.median("sync_vector_env_1_process"))
@@ -118,23 +125,65 @@ def step_envs(envs: Any, policy: models.DlpipeModel, steps: int, seed: int) -> f
 
 
 def noop_job(spark: Any, blob: bytes, actors: int) -> float:
-    """Seconds for a rollout-shaped Spark job whose tasks read the broadcast policy and step nothing."""
+    """Seconds for a rollout-shaped Spark job whose tasks read the broadcast policy and step nothing:
+    ``collect``'s shape (broadcast, one RDD task per actor, each returning one result) with empty steps."""
     sc = spark.sparkContext
     started = time.perf_counter()
     weights = sc.broadcast(blob)
+    empty = _empty_steps()
 
-    def task(batches: Iterator[Any]) -> Iterator[Any]:
-        for _ in batches:
-            assert weights.value
-        return iter(())
+    def task(actor: int) -> tuple[int, bytes]:
+        assert weights.value
+        return actor, empty
 
-    spark.range(actors, numPartitions=actors).mapInArrow(task, _spark_schema())._collect_as_arrow()
+    results = sc.parallelize(range(actors), actors).map(task).collect()
     weights.destroy()
+    assert len(results) == actors
     return time.perf_counter() - started
 
 
-def _spark_schema() -> Any:
-    """The rollout steps' schema (``pipelines.rl.rollout.schema``) as Spark's type."""
-    from pyspark.sql.pandas.types import from_arrow_schema
+def _empty_steps() -> bytes:
+    """An Arrow IPC stream of no steps, in the rollout schema: what a task of the no-op job returns."""
+    import pyarrow as pa
 
-    return from_arrow_schema(schema())
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema()) as writer:
+        writer.write_table(schema().empty_table())
+    return sink.getvalue().to_pybytes()
+
+
+def _overhead_sweep(spark: Any, rc: Any, policy: models.DlpipeModel, s: dict[str, Any],
+                    report: harness.Report) -> None:
+    """The Spark job's share of an iteration as actors and steps per env grow: each grid point's
+    env steps/s and, beside it, a no-op job of the same actors; ``spark_overhead_fraction`` per point."""
+    blob = policy_to_bytes(policy)
+    fractions = {}
+    for actors in s["sweep_actors"]:
+        for steps in s["sweep_steps"]:
+            spec = RolloutSpec(rc.env_id, s["envs_per_actor"], steps, rc.seed)
+            total = actors * s["envs_per_actor"] * steps
+            states: list[Any] = [None] * actors
+            iteration_s, noop_s = [], []
+            harness.log(NAME, f"sweep: {actors} actors x {s['envs_per_actor']} envs x {steps} steps")
+            for i in range(SWEEP_REPEATS + 1):  # the first is warm-up
+                started = time.perf_counter()
+                collected = collect(spark, spec, blob, i + 1, states, rc.rollout_timeout_s)
+                elapsed = time.perf_counter() - started
+                states = list(collected.states)
+                noop = noop_job(spark, blob, actors)
+                if i:
+                    iteration_s.append(elapsed)
+                    noop_s.append(noop)
+            key = f"dlpipe_{actors}_actors_{steps}_steps"
+            fraction = float(np.median(noop_s) / np.median(iteration_s))
+            fractions[key] = fraction
+            report.add(key, [total / t for t in iteration_s], "env steps/s",
+                       f"{actors} actors x {s['envs_per_actor']} envs x {steps} steps per iteration ({total} steps)",
+                       spark_overhead_fraction=round(fraction, 3), noop_job_s=round(float(np.median(noop_s)), 3))
+    first, last = next(iter(fractions)), list(fractions)[-1]
+    report.ratios["sweep_overhead_fraction_fewest"] = round(fractions[first], 3)
+    report.ratios["sweep_overhead_fraction_most"] = round(fractions[last], 3)
+    report.notes.append("Spark's share of an iteration (`spark_overhead_fraction`: a no-op job of the same actors "
+                        "over the iteration's time) by actors and steps per env: " + ", ".join(
+                            f"{k.removeprefix('dlpipe_').replace('_', ' ')} {v:.0%}" for k, v in fractions.items())
+                        + ". It falls as each task steps longer: the job's cost is fixed per iteration.")

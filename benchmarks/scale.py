@@ -34,8 +34,8 @@ from pipelines.config import PipelineConfig
 NAME = "scale"
 SIZES = {
     "tiny": {"rows": (200, 2000, 20000), "image_size": 8, "rows_per_row_group": 256},
-    "small": {"rows": (3300, 33000, 330000), "image_size": 28, "rows_per_row_group": 1024},
-    "large": {"rows": (33000, 330000, 3300000), "image_size": 28, "rows_per_row_group": 1024},
+    "small": {"rows": (3800, 38000, 380000), "image_size": 28, "rows_per_row_group": 1024},  # 380000: > 1 GB
+    "large": {"rows": (38000, 380000, 3800000), "image_size": 28, "rows_per_row_group": 1024},
 }
 SAMPLE_EVERY_S = 0.2
 
@@ -105,7 +105,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     s = SIZES[size]
     report = harness.Report(NAME, size)
     rows_by_size, etl_rates, train_rates, etl_seconds, driver_peaks = [], [], [], [], []
-    parquet_bytes, epoch_seconds, epoch_samples = [], [], []
+    parquet_bytes, epoch_seconds, epoch_samples, jvm_peaks = [], [], [], []
     for measured, rows in [(False, s["rows"][0]), *((True, r) for r in s["rows"])]:  # a warm-up run first
         spec = data.DataSpec(rows, s["image_size"], s["rows_per_row_group"], output_files=4)
         source = data.generated(spark, config, rows, s["image_size"])
@@ -133,6 +133,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         etl_rates.append(manifest.records_in / seconds)
         train_rates.append(epoch.samples_per_s)
         driver_peaks.append(max(etl_peaks.get("driver", 0), train_peaks.get("driver", 0)))
+        jvm_peaks.append(max(etl_peaks.get("jvm", 0), train_peaks.get("jvm", 0)))
         mib = {k: round(v / 2**20) for k, v in {**{f"etl_{r}": b for r, b in etl_peaks.items()},
                                                   **{f"train_{r}": b for r, b in train_peaks.items()}}.items()}
         report.add(f"etl_{rows}_rows", [manifest.records_in / seconds], "rows/s",
@@ -149,6 +150,14 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report.ratios["etl_throughput_min_over_max"] = harness.ratio(min(etl_rates), max(etl_rates))
     report.ratios["train_throughput_min_over_max"] = harness.ratio(min(train_rates), max(train_rates))
     report.ratios["driver_rss_growth"] = harness.ratio(driver_peaks[-1], driver_peaks[0]) - 1
+    report.ratios["jvm_rss_growth"] = harness.ratio(jvm_peaks[-1], jvm_peaks[0]) - 1
+    report.notes.append(
+        "Memory (peak RSS, MiB, per contender's `peak_rss_mib`): the driver's Python process, dlpipe's own code, "
+        f"stays at {driver_peaks[0] / 2**20:,.0f}-{driver_peaks[-1] / 2**20:,.0f} MiB whatever the data. In "
+        f"`local[*]` the JVM is the driver and the executors together: it grows from {jvm_peaks[0] / 2**20:,.0f} to "
+        f"{jvm_peaks[-1] / 2**20:,.0f} MiB as the executors' shuffle and Parquet buffers fill the heap toward "
+        "`spark.driver.memory`, where Spark's memory manager spills instead of growing (the memory benchmark shows "
+        "a training rank staying flat on data 10x larger).")
     per_row, fixed = np.polyfit(np.array(rows_by_size, float), np.array(etl_seconds), 1)
     report.ratios["etl_fixed_seconds"] = round(float(fixed), 2)
     report.ratios["etl_marginal_rows_per_s"] = round(1 / float(per_row)) if per_row > 0 else None
