@@ -139,3 +139,25 @@ def s3_server(port: int | None = None) -> Iterator[S3Server]:
         yield server.start()
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def dlpipe_on_s3() -> Iterator[S3Server]:
+    """A started server, with the AWS variables and dlpipe's storage options pointing at it; both are
+    put back, and the server stopped, on exit."""
+    from pipelines import storage
+
+    with s3_server() as server:
+        saved_env = {k: os.environ.get(k) for k in server.env}
+        saved_options = storage.current_options()
+        os.environ.update(server.env)
+        storage.set_options(storage.StorageOptions(s3_endpoint=server.endpoint))
+        try:
+            yield server
+        finally:
+            storage.set_options(saved_options)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

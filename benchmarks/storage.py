@@ -24,7 +24,6 @@ submit to S3 (serialization only: the upload runs on the writer's thread).
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import tempfile
 import time
@@ -54,24 +53,11 @@ SIZES = {
 def s3_store() -> Iterator[tuple[str, Any]]:
     """A moto S3 server on 127.0.0.1 with an empty bucket; yields (``s3://BUCKET``, the server). Storage
     options and the AWS variables point at it for the duration, then are put back."""
-    from benchmarks.s3server import s3_server
+    from benchmarks.s3server import dlpipe_on_s3
 
-    saved_env = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}
-    saved_options = storage.current_options()
-    with s3_server() as server:
-        os.environ.update(server.env)
-        storage.set_options(storage.StorageOptions(s3_endpoint=server.endpoint))
-        try:
-            server.make_bucket(BUCKET)
-            yield f"s3://{BUCKET}", server
-        finally:
-            storage.set_options(saved_options)
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with dlpipe_on_s3() as server:
+        server.make_bucket(BUCKET)
+        yield f"s3://{BUCKET}", server
 
 
 def upload(split: SplitFiles, target: str) -> SplitFiles:

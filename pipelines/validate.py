@@ -20,6 +20,7 @@ from pipelines import dataset, storage
 from pipelines.config import PipelineConfig
 from pipelines.device import resolve_device, visible_gpus
 from pipelines.errors import ConfigError
+from pipelines.launcher.plan import local_slots
 from pipelines.train.precision import PRECISIONS
 from pipelines.train.resources import check_profile_support
 from pipelines.train.strategies import STRATEGIES
@@ -116,6 +117,12 @@ def _communication(config: PipelineConfig, master: str) -> None:
             raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: model {spec.name!r} "
                               "steps several optimizers in turn on each batch; train it with train.grad_accumulation=1",
                               key="train.grad_accumulation")
+    slots = local_slots(master or config.master)
+    if slots is not None and tc.num_workers > slots:
+        raise ConfigError(f"config key 'train.num_workers' = {tc.num_workers}: the ranks run as one barrier stage, "
+                          f"all at once, and master={master or config.master} runs {slots} tasks at a time: lower "
+                          f"train.num_workers, or raise the cores (local[{tc.num_workers}])",
+                          key="train.num_workers")
     if tc.gpus_per_rank:
         if tc.device == "cpu":
             raise ConfigError(f"config key 'train.gpus_per_rank' = {tc.gpus_per_rank} but train.device='cpu': set "

@@ -55,24 +55,10 @@ def spark(tmp_path_factory):
 def s3():
     """A real S3-compatible server (moto's, a separate process on 127.0.0.1) for the session, with
     AWS_ENDPOINT_URL set and dlpipe's storage options pointing at it (both restored afterwards)."""
-    from benchmarks.s3server import s3_server
+    from benchmarks.s3server import dlpipe_on_s3
 
-    from pipelines import storage
-
-    with s3_server() as server:
-        saved_env = {k: os.environ.get(k) for k in server.env}
-        saved_options = storage.current_options()
-        os.environ.update(server.env)
-        storage.set_options(storage.StorageOptions(s3_endpoint=server.endpoint))
-        try:
-            yield server
-        finally:
-            storage.set_options(saved_options)
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with dlpipe_on_s3() as server:
+        yield server
 
 
 @pytest.fixture

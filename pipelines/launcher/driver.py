@@ -36,7 +36,7 @@ from pipelines import events
 from pipelines.errors import ConfigError
 from pipelines.formats import FormatError
 from pipelines.launcher import protocol
-from pipelines.launcher.plan import assign_ranks
+from pipelines.launcher.plan import assign_ranks, local_slots
 from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 
@@ -90,6 +90,11 @@ def run_ranks(
     :class:`~pipelines.events.ConfigProblem` ends the launch with a :class:`ConfigError` naming its key.
     """
     sc = spark.sparkContext
+    slots = local_slots(sc.master, int(sc.getConf().get("spark.task.cpus", "1")))
+    if slots is not None and num_workers > slots:  # Spark would retry its barrier check for seconds first
+        raise LaunchError(f"the barrier stage needs {num_workers} task slots at once but master={sc.master} has "
+                          f"{slots}: lower train.num_workers or give Spark more cores (local[N], or a smaller "
+                          "spark.task.cpus)")
     driver_host = sc.getConf().get("spark.driver.host", socket.gethostname())
     secret = protocol.new_secret()  # this launch's: reaches the tasks only inside the Spark closure
     launch_id = f"dlpipe-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

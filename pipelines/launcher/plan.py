@@ -7,6 +7,8 @@ hand out for the same hosts.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 from pipelines.formats import Record
@@ -45,3 +47,16 @@ def assign_ranks(hosts: dict[int, str]) -> dict[int, RankSlot]:
                                         cross_rank=peers.index(host), cross_size=len(peers), hostname=host)
             rank += 1
     return slots
+
+
+_LOCAL_MASTER = re.compile(r"local(?:\[(\d+|\*)(?:,\d+)?\])?")
+
+
+def local_slots(master: str, task_cpus: int = 1) -> int | None:
+    """Task slots of a ``local``/``local[N]``/``local[*]`` master (tasks that can run at once with
+    ``task_cpus`` each); None for any other master (only the cluster knows)."""
+    found = _LOCAL_MASTER.fullmatch(master.strip())
+    if not found:
+        return None
+    cores = found.group(1) or "1"
+    return (os.cpu_count() or 1 if cores == "*" else int(cores)) // max(1, task_cpus)

@@ -85,3 +85,29 @@ def test_tiny_run_writes_the_docs_page_where_asked(tiny_results):
     assert "Size `tiny`" in page
     for name in benchmarks.NAMES:
         assert f"## {name}" in page
+
+
+@pytest.mark.slow
+def test_the_rl_benchmark_measures_spark_share_of_an_iteration_by_actors_and_steps(tiny_results):
+    workdir, _, _ = tiny_results
+    written = json.loads((workdir / "bench" / "rl.json").read_text())
+    assert {"dlpipe_spark_actors", "sync_vector_env_1_process", "async_vector_env_N_processes",
+            "spark_job_noop"} <= set(written["contenders"])
+    assert written["params"]["env_steps_per_iteration"] == 2 * 2 * 64
+    sweep = {k: c for k, c in written["contenders"].items() if k.endswith("_steps")}
+    assert set(sweep) == {f"dlpipe_{a}_actors_{s}_steps" for a in (1, 2) for s in (32, 128)}
+    for contender in sweep.values():
+        assert 0 < contender["spark_overhead_fraction"] < 1.5 and contender["noop_job_s"] > 0
+    for key in ("ratio_vs_async_vector_env", "ratio_vs_sync_vector_env", "spark_overhead_fraction",
+                "sweep_overhead_fraction_fewest", "sweep_overhead_fraction_most"):
+        assert math.isfinite(written["ratios"][key]) and written["ratios"][key] > 0, key
+
+
+@pytest.mark.slow
+def test_the_append_benchmark_puts_both_training_curves_on_the_page(tiny_results):
+    workdir, docs_path, _ = tiny_results
+    written = json.loads((workdir / "bench" / "append.json").read_text())
+    cold, warm = (written["contenders"][f"{k}_final_val_accuracy"]["curve"] for k in ("cold", "warm"))
+    assert len(cold) == len(warm) == written["params"]["train_epochs"]
+    assert "![append_curves.png](bench-append_curves.png)" in docs_path.read_text()
+    assert (docs_path.parent / "bench-append_curves.png").stat().st_size > 1000

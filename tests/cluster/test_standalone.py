@@ -1,9 +1,7 @@
-"""spark-submit against a real standalone cluster (Master + 2 one-core Workers on 127.0.0.1).
-
-1. ``pipelines/__main__.py run`` (ETL -> 2-rank Horovod training -> inference) with ``--py-files dist/dlpipe.zip``,
-   executors on this venv's Python.
-2. ``pipelines/__main__.py train`` with the executors on the packed environment, as on YARN:
-   ``--archives dist/env.tar.gz#env --conf spark.pyspark.python=./env/bin/python``.
+"""spark-submit against a real standalone cluster (Master + 2 one-core Workers on 127.0.0.1):
+``pipelines/__main__.py run`` (ETL -> 2-rank Horovod training -> inference) with the executors on the
+packed environment, as on YARN (``--archives dist/env.tar.gz#env --conf spark.pyspark.python=./env/bin/python``)
+and the code in ``--py-files dist/dlpipe.zip``.
 """
 from __future__ import annotations
 
@@ -23,11 +21,24 @@ DIGITS_RECORDS = 1797
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(spark_submit, dlpipe_zip, tmp_path_factory) -> dict:
-    """One ``spark-submit pipelines/__main__.py run`` on the cluster; returns its summary, manifest and workdir."""
+def packed_env() -> Path:
+    """``dist/env.tar.gz`` (``scripts/package.sh env``: reused when up to date, else about 30-40 s to build)."""
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "package.sh"), "env"], cwd=REPO_ROOT, check=True,
+                   env={**os.environ, "VENV": sys.prefix, "DLPIPE_PACK_VERIFY": "0"})
+    return REPO_ROOT / "dist" / "env.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(spark_submit, dlpipe_zip, packed_env, tmp_path_factory) -> dict:
+    """One ``spark-submit pipelines/__main__.py run`` on the cluster, executors on the packed environment;
+    returns its summary, manifest and workdir."""
     workdir = tmp_path_factory.mktemp("cluster-workdir")
-    result = spark_submit("run", ["--py-files", str(dlpipe_zip)], "pipelines/__main__.py",
-                          ["run", "--config", CONFIG, "--run-id", "cluster-test", f"workdir={workdir}", "train.epochs=2"])
+    result = spark_submit("run", ["--archives", f"{packed_env}#env", "--py-files", str(dlpipe_zip),
+                                  "--conf", "spark.pyspark.python=./env/bin/python",
+                                  "--conf", f"spark.pyspark.driver.python={sys.executable}"],
+                          "pipelines/__main__.py",
+                          ["run", "--config", CONFIG, "--run-id", "cluster-test", f"workdir={workdir}", "train.epochs=2"],
+                          timeout_s=400)
     assert result.returncode == 0, f"spark-submit pipelines/__main__.py run exited {result.returncode}:\n{result.tail()}"
     from pipelines.dataset import open_dataset
     from pipelines.summary import RunSummary
@@ -61,31 +72,6 @@ def test_run_pipeline_on_standalone_cluster(pipeline_run, standalone_cluster):
     # It really ran on the cluster: both workers started an executor for the application.
     apps = [sorted(d.glob("app-*")) for d in standalone_cluster.work_dirs]
     assert all(apps), f"an executor did not run on every worker: {apps}"
-
-
-@pytest.fixture(scope="module")
-def packed_env() -> Path:
-    """``dist/env.tar.gz`` (``scripts/package.sh env``: reused when up to date, else about 30-40 s to build)."""
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "package.sh"), "env"], cwd=REPO_ROOT, check=True,
-                   env={**os.environ, "VENV": sys.prefix, "DLPIPE_PACK_VERIFY": "0"})
-    return REPO_ROOT / "dist" / "env.tar.gz"
-
-
-def test_train_with_packed_env_on_standalone_cluster(pipeline_run, packed_env, dlpipe_zip, spark_submit,
-                                                     standalone_cluster):
-    """Executors (and so the Horovod ranks) run the Python unpacked from env.tar.gz, not this venv."""
-    workdir = pipeline_run["workdir"]  # reuses the dataset the pipeline run published
-    result = spark_submit(
-        "train-packed-env",
-        ["--archives", f"{packed_env}#env", "--py-files", str(dlpipe_zip),
-         "--conf", "spark.pyspark.python=./env/bin/python",
-         "--conf", f"spark.pyspark.driver.python={sys.executable}"],
-        "pipelines/__main__.py",
-        ["train", "--config", CONFIG, "--run-id", "cluster-packed", f"workdir={workdir}", "train.epochs=1"],
-        timeout_s=240,
-    )
-    assert result.returncode == 0, f"spark-submit pipelines/__main__.py train exited {result.returncode}:\n{result.tail()}"
-    assert (workdir / "runs" / "cluster-packed" / "model" / "model.pt").is_file()
-    # Each worker unpacked the archive for this application's executor.
+    # ... on the packed Python (so the ETL's, the ranks' and the scoring's): each worker unpacked the archive.
     unpacked = [list(d.glob("app-*/*/env/bin/python3.11")) for d in standalone_cluster.work_dirs]
     assert all(unpacked), f"env.tar.gz was not unpacked on every worker: {unpacked}"

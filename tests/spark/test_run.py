@@ -72,7 +72,7 @@ def _dlpipe_run(workdir, run_id, *extra):
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines", "run", "--config", "pipelines/configs/digits_cnn.yaml",
-         "--run-id", run_id, f"workdir={workdir}", "master=local[2]", "train.epochs=6", *extra],
+         "--run-id", run_id, f"workdir={workdir}", "master=local[2]", "train.epochs=4", *extra],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
 
@@ -86,7 +86,7 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
     deadline = time.monotonic() + 300
     try:
         for line in first.stdout:
-            if line.startswith("epoch 3/6 done") or time.monotonic() > deadline:
+            if line.startswith("epoch 2/4 done") or time.monotonic() > deadline:
                 break
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the whole process group we started: driver, JVM, ranks
@@ -101,9 +101,9 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
         if attempt == "resume":
             assert "resuming from checkpoint after epoch" in out
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 6
+        assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 4
         epochs = [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2, 3, 4, 5, 6]
+        assert epochs == [1, 2, 3, 4]
         predictions = sorted(p.name for p in (run_dir / "predictions").iterdir())
         assert len(predictions) == 2 and predictions[0] == "_commit.json" and predictions[1].startswith("a-")
         assert not (run_dir / "_lease.json").exists()  # released at the end
@@ -112,8 +112,8 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
         assert leftovers == []
         assert "\r" not in out and "[Stage" not in out  # no bar redrawn into the log, Spark's or ours
         assert [line for line in out.splitlines() if line.startswith("epoch ")] == [
-            line for line in out.splitlines() if re.fullmatch(r"epoch \d/6 done: .*", line)]
-    _check_one_mlflow_run(tmp_path, "2026-11-26", epochs=6)
+            line for line in out.splitlines() if re.fullmatch(r"epoch \d/4 done: .*", line)]
+    _check_one_mlflow_run(tmp_path, "2026-11-26", epochs=4)
 
 
 def _check_one_mlflow_run(workdir, run_id: str, epochs: int) -> None:

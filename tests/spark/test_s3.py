@@ -21,7 +21,7 @@ from pipelines.tracking import TRACKING_OFF
 
 pytestmark = pytest.mark.slow
 BUCKET = "dlpipe-test"
-IMAGES = 400  # of the bundled 1,797 digits: uploading each is one PUT (~35 ms against moto)
+IMAGES = 240  # of the bundled 1,797 digits: uploading each is one PUT (~35 ms against moto)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,14 @@ def _dlpipe(s3, *args: str) -> subprocess.Popen:
 
 
 RUN = ["run", "--config", "pipelines/configs/digits_cnn.yaml", "--run-id", "s3-run", "master=local[2]",
-       f"workdir=s3://{BUCKET}/work", f"etl.source.path=s3://{BUCKET}/digits", "train.epochs=4",
+       f"workdir=s3://{BUCKET}/work", f"etl.source.path=s3://{BUCKET}/digits", "train.epochs=4", "train.batch_size=16",
        "tracking.mlflow=false", "tracking.tensorboard=false"]
 
 
-def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_bucket(s3, bucket, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_run(s3, bucket) -> tuple[list[str], list[str], bool, str]:
+    """``dlpipe run`` on S3 killed (the whole process group) after epoch 2, then run again with the same
+    id: (the killed run's output, its checkpoints, whether it had finished, the second run's output)."""
     first = _dlpipe(s3, *RUN)
     deadline = time.monotonic() + 300
     seen = []
@@ -65,16 +68,22 @@ def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_buck
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # driver, JVM and ranks: nothing finishes the run
         first.wait()
-    assert any(line.startswith("epoch 2/4 done") for line in seen), "".join(seen[-40:])
     run = f"{bucket}/work/runs/s3-run"
     checkpoints = [storage.name(e.location) for e in storage.list_files(f"{run}/checkpoints")]
-    assert checkpoints and all(name.startswith("epoch-") for name in checkpoints), checkpoints
-    assert not storage.exists(f"{run}/summary.json") or \
-        json.loads(storage.read_text(f"{run}/summary.json"))["status"] != "ok"
-
+    finished = storage.exists(f"{run}/summary.json") and \
+        json.loads(storage.read_text(f"{run}/summary.json"))["status"] == "ok"
     again = _dlpipe(s3, *RUN)
     out, _ = again.communicate(timeout=400)
     assert again.returncode == 0, out[-4000:]
+    return seen, checkpoints, finished, out
+
+
+def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_bucket(bucket, resumed_run):
+    seen, checkpoints, finished, out = resumed_run
+    assert any(line.startswith("epoch 2/4 done") for line in seen), "".join(seen[-40:])
+    assert checkpoints and all(name.startswith("epoch-") for name in checkpoints), checkpoints
+    assert not finished  # the killed run left no summary that says it finished
+    run = f"{bucket}/work/runs/s3-run"
     assert "resuming from checkpoint after epoch" in out
     summary = json.loads(storage.read_text(f"{run}/summary.json"))
     assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 4
@@ -90,25 +99,12 @@ def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_buck
     assert not [line for line in out.splitlines() if "secret" in line.lower()]
 
 
-@pytest.fixture(scope="module")
-def trained_on_s3(bucket, spark):
-    """A short training on S3 in this process (the model the scoring tests use)."""
-    from pipelines import run
-
-    config = load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml", [
-        f"workdir=s3://{BUCKET}/work2", f"etl.source.path=s3://{BUCKET}/digits", "run_id=trained",
-        "master=local[2]", "train.epochs=3", *TRACKING_OFF])
-    summary = run.main(spark, config)
-    assert summary.status == "ok"
-    return config
-
-
 def test_raw_files_in_the_bucket_are_scored_and_a_frozen_server_is_a_clear_error_then_a_rerun_completes(
-        s3, spark, trained_on_s3):
+        s3, spark, resumed_run):
     from pipelines.infer import job as infer
 
     def scoring(run_id: str):
-        return load_config(None, [f"workdir=s3://{BUCKET}/work2", f"run_id={run_id}", "infer.model_run=trained",
+        return load_config(None, [f"workdir=s3://{BUCKET}/work", f"run_id={run_id}", "infer.model_run=s3-run",
                                   "infer.source.kind=images", f"infer.source.path=s3://{BUCKET}/incoming",
                                   "master=local[2]", *TRACKING_OFF])
 

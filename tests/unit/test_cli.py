@@ -41,6 +41,11 @@ def test_a_bad_value_exits_2_naming_the_key_before_any_spark_session(verb, overr
     ("digits_cnn.yaml", ["train.precision=fp16", "master=local[2]"], "needs a GPU, and the ranks of master=local[2] "
                                                                      "run on this machine"),
     ("digits_gan.yaml", ["etl.source.image_shape=[6,6]"], "model 'gan' needs image sides divisible by 4"),
+    ("digits_cnn.yaml", ["train.num_workers=3", "master=local[2]"], "'train.num_workers' = 3: the ranks run as one "
+                                                                    "barrier stage"),
+    ("digits_cnn.yaml", ["train.grad_compression=bf16"], "'train.grad_compression' = 'bf16' is not supported with "
+                                                         "train.strategy=horovod"),
+    ("digits_cnn.yaml", ["train.gpus_per_rank=1", "master=local[2]"], "'train.gpus_per_rank' = 1 asks Spark for GPUs"),
 ])
 def test_an_impossible_combination_is_one_line_before_any_stage(tmp_path, config, overrides, message):
     done = _dlpipe("run", "--config", f"pipelines/configs/{config}", f"workdir={tmp_path}", *overrides)
