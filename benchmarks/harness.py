@@ -83,18 +83,28 @@ def repeat(measure: Callable[[], float], repeats: int, warmup: int = 1) -> list[
     return [float(measure()) for _ in range(repeats)]
 
 
-def interleaved(measures: dict[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(measures: dict[str, Callable[[], float]], repeats: int, warmup: int = 1,
+                torch_threads: int | None = None) -> dict[str, list[float]]:
     """Measure every contender once per round, ``repeats`` rounds (after ``warmup`` discarded rounds).
 
     Round-robin rather than one contender after another, so a change in machine load during the
-    benchmark hits every contender alike instead of one of them.
+    benchmark hits every contender alike instead of one of them. ``torch_threads``: torch's intra-op
+    threads while measuring (1 = what a rank with one core gets), restored afterwards.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     figures: dict[str, list[float]] = {name: [] for name in measures}
-    for round_no in range(warmup + repeats):
-        for name, measure in measures.items():
-            value = float(measure())
-            if round_no >= warmup:
-                figures[name].append(value)
+    try:
+        for round_no in range(warmup + repeats):
+            for name, measure in measures.items():
+                value = float(measure())
+                if round_no >= warmup:
+                    figures[name].append(value)
+    finally:
+        torch.set_num_threads(threads)
     return figures
 
 

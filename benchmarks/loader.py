@@ -89,13 +89,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     converter, materialize_s = _spark_converter(spark, config, train, report)
     if converter is not None:
         measures["petastorm_spark_converter"] = lambda: _converter_pass(converter, batch, normalize, s["passes"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what a rank with one core gets
     try:
         harness.log(NAME, f"{len(measures)} contenders, {rows} rows, batch {batch}, {s['repeats']} rounds")
-        figures = harness.interleaved(measures, s["repeats"])
+        figures = harness.interleaved(measures, s["repeats"], torch_threads=1)
     finally:
-        torch.set_num_threads(threads)
         if converter is not None:
             converter.delete()
             shutil.rmtree(harness.bench_dir(config) / "petastorm_cache", ignore_errors=True)

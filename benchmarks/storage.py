@@ -97,13 +97,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
             "pyarrow_read_local": lambda: _pyarrow(local, batch, normalize, s["passes"]),
             "pyarrow_read_s3": lambda: _pyarrow(remote, batch, normalize, s["passes"]),
         }
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # what a rank with one core gets
-        try:
-            harness.log(NAME, f"loader: {len(loaders)} contenders, {local.rows} rows, {s['repeats']} rounds")
-            figures = harness.interleaved(loaders, s["repeats"])
-        finally:
-            torch.set_num_threads(threads)
+        harness.log(NAME, f"loader: {len(loaders)} contenders, {local.rows} rows, {s['repeats']} rounds")
+        figures = harness.interleaved(loaders, s["repeats"], torch_threads=1)
         for key, values in figures.items():
             extra = {"server_cores": round(statistics.median(server_cores[-len(values):]), 2)} \
                 if key == "dlpipe_loader_s3" else {}
