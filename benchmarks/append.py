@@ -107,22 +107,37 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report.ratios["fixed_cost_share_of_append"] = harness.ratio(report.median("append_1_record"),
                                                                 report.median("append_1pct"))
     if harness.meets("append_vs_full", report.ratios["append_vs_full"]) is False:
-        report.limits["append_vs_full"] = (
-            f"The append's fixed cost: appending a single record takes {report.median('append_1_record'):.1f} s, "
-            f"{report.ratios['fixed_cost_share_of_append']:.0%} of the 1% append. It lists the source and reads "
-            "the earlier versions' inputs and manifests (to skip ingested files and merge statistics), then runs "
-            "the same Spark jobs as a full ETL (survey, one pass, commit), each with Spark's per-job and "
-            "per-stage scheduling cost, which does not shrink with the data. The part that follows the data is "
-            f"the difference, {report.median('append_1pct') - report.median('append_1_record'):.1f} s for "
-            f"{delta_rows} records, against {report.median('full_etl_base'):.1f} s for {base_rows}: per record the "
-            "append costs what the full ETL does. At this size a full ETL takes seconds; the ratio falls as the "
-            "dataset grows and the fixed cost stays.")
+        report.limits["append_vs_full"] = _append_limit(report, delta_rows, base_rows)
     shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
 
     curves = _warm_against_cold(spark, config, s["train"], s["epochs"], report)
     _plot(curves, bench / "append_curves.png")
     report.figures.append("append_curves.png")
     return harness.finish(report, config)
+
+
+def _append_limit(report: harness.Report, delta_rows: int, base_rows: int) -> str:
+    """Why the append costs more than its share: its fixed cost, measured, and the size where it fades."""
+    fixed, append, full = (report.median(k) for k in ("append_1_record", "append_1pct", "full_etl_everything"))
+    marginal = append - fixed
+    text = (f"The append's fixed cost: appending a single record takes {fixed:.1f} s, "
+            f"{report.ratios['fixed_cost_share_of_append']:.0%} of the 1% append. It lists the source and reads the "
+            "earlier versions' inputs and manifests (to skip ingested files and merge statistics), then runs the "
+            "same Spark jobs as a full ETL (survey, one pass, commit), each with Spark's per-job and per-stage "
+            "scheduling cost, which does not shrink with the data. ")
+    if marginal <= 0.1 * fixed:
+        text += (f"The 1% append ({delta_rows} records) takes {marginal:+.1f} s beyond the single record, within the "
+                 "runs' spread: at this size the append is all fixed cost. ")
+    else:
+        text += (f"What follows the data is the difference, {marginal:.1f} s for {delta_rows} records, against "
+                 f"{full:.1f} s for the full ETL's {base_rows + delta_rows + 1}. ")
+    rows_per_s = (base_rows + delta_rows + 1) / full
+    # append ~ fixed + 1% of a full ETL, so append / full <= 5% once fixed <= 4% of the full ETL's time
+    full_needed = fixed / 0.04
+    return text + (f"At this machine's full-ETL rate ({rows_per_s:,.0f} records/s) a 1% append meets the 5% target "
+                   f"once a full ETL takes about {full_needed:.0f} s, a dataset of about "
+                   f"{full_needed * rows_per_s:,.0f} records: the ratio falls as the dataset grows and the fixed "
+                   "cost stays.")
 
 
 def _warm_against_cold(spark: Any, config: PipelineConfig, spec: data.DataSpec, epochs: int,

@@ -36,8 +36,8 @@ def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
     """
     _environment(config, master)
     checks: dict[str, list[Callable[[PipelineConfig, str], None]]] = {
-        "train": [_trainable_model, _strategy, _communication, _precision, _train_device, _model_shape, _warm_start],
-        "run": [_trainable_model, _strategy, _communication, _precision, _train_device, _model_shape, _warm_start,
+        "train": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape, _warm_start],
+        "run": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape, _warm_start,
                 _scored_split, _infer_device],
         "infer": [_infer_device],
         "rl": [_policy_model],
@@ -117,6 +117,11 @@ def _communication(config: PipelineConfig, master: str) -> None:
             raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: model {spec.name!r} "
                               "steps several optimizers in turn on each batch; train it with train.grad_accumulation=1",
                               key="train.grad_accumulation")
+
+
+def _placement(config: PipelineConfig, master: str) -> None:
+    """Where the ranks run: all at once in the master's task slots, with the GPUs they ask for."""
+    tc = config.train
     slots = local_slots(master or config.master)
     if slots is not None and tc.num_workers > slots:
         raise ConfigError(f"config key 'train.num_workers' = {tc.num_workers}: the ranks run as one barrier stage, "

@@ -59,4 +59,5 @@ def local_slots(master: str, task_cpus: int = 1) -> int | None:
     if not found:
         return None
     cores = found.group(1) or "1"
-    return (os.cpu_count() or 1 if cores == "*" else int(cores)) // max(1, task_cpus)
+    count = (os.cpu_count() or 1) if cores == "*" else int(cores)
+    return count // max(1, task_cpus)
