@@ -99,7 +99,7 @@ def test_etl_accepts_generated_output(spark, generated, tmp_path):
 
 @pytest.mark.slow
 def test_generate_and_etl_larger_than_spark_memory(tmp_path):
-    """150k 28x28 samples (~0.47 GB of float32 features, several times the ~130 MB of execution and storage
+    """150k 28x28 samples (~0.47 GB of float32 features, several times the under 130 MB of execution and storage
     memory a 512 MB JVM gives Spark) through generate and the ETL as CLI jobs."""
     n = int(os.environ.get("DLPIPE_SCALE_SAMPLES", "150000"))
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
