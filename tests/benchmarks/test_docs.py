@@ -128,6 +128,37 @@ def test_etl_limit_says_whether_the_shuffle_alone_misses_the_target():
     assert "0.83x the plain copy's rate; the rest of the gap is the ETL's own work" in text
 
 
+def _report(name: str, medians: dict[str, float], ratios: dict[str, float]) -> harness.Report:
+    return harness.Report(name, "small", contenders={k: {"median": v} for k, v in medians.items()}, ratios=ratios)
+
+
+def test_accumulate_limit_compares_dlpipe_with_plain_horovod_at_the_same_setting():
+    from benchmarks import train as train_bench
+
+    medians = {"horovod_2_processes_accumulate4": 3600.0, "dlpipe_2_ranks_accumulate4": 3420.0,
+               "dlpipe_2_ranks": 2900.0, "dlpipe_2_ranks_ddp_accumulate4": 3700.0}
+    text = train_bench.accumulate_limit(_report("train", medians, {"horovod_vs_ddp_accumulate4": 0.9}))
+    assert "reaches 0.90x plain DDP" in text and "reach 0.95x that plain Horovod run" in text
+    assert "dlpipe adds little to it" in text and "`dlpipe_2_ranks_ddp_accumulate4`" in text
+    medians["dlpipe_2_ranks_accumulate4"] = 2800.0
+    text = train_bench.accumulate_limit(_report("train", medians, {"horovod_vs_ddp_accumulate4": 0.9}))
+    assert "reach 0.78x" in text and "the rest is dlpipe's data path" in text
+
+
+def test_append_limit_says_when_the_append_is_all_fixed_cost_and_where_the_target_is_met():
+    from benchmarks import append as append_bench
+
+    medians = {"append_1_record": 1.2, "append_1pct": 1.25, "full_etl_everything": 5.0}
+    text = append_bench._append_limit(_report("append", medians, {"fixed_cost_share_of_append": 0.96}),
+                                      delta_rows=10_000, base_rows=989_999)
+    assert "within the runs' spread: at this size the append is all fixed cost" in text
+    assert "once a full ETL takes about 30 s, a dataset of about 6,000,000 records" in text
+    medians["append_1pct"] = 2.0
+    text = append_bench._append_limit(_report("append", medians, {"fixed_cost_share_of_append": 0.6}),
+                                      delta_rows=10_000, base_rows=989_999)
+    assert "What follows the data is the difference, 0.8 s for 10000 records" in text
+
+
 @pytest.mark.parametrize("model_name", ["cnn", "autoencoder", "vae"])
 def test_baselines_use_only_the_model_contract(model_name):
     import torch
