@@ -22,8 +22,10 @@
 #   DLPIPE_PACK_SPARK_JARS=1 keeps pyspark/jars.
 #
 # Usage: scripts/package.sh [all|zip|env]   (default all)
-#   env.tar.gz is rebuilt only when the venv's packages (pip freeze), the base Python or this script
-#   change; DLPIPE_PACK_FORCE=1 rebuilds anyway. DLPIPE_PACK_GZIP_LEVEL (default 1) trades time for size. After building, the archive is unpacked into a temp
+#   env.tar.gz is rebuilt only when the venv's packages (pip freeze, less dlpipe's own editable line),
+#   the base Python or this script change; the newest build is also kept in the set-up cache
+#   (${DLPIPE_CACHE:-~/.cache/dlpipe}/env/, beside the Horovod wheel) so a fresh clone reuses it.
+#   DLPIPE_PACK_FORCE=1 rebuilds anyway. DLPIPE_PACK_GZIP_LEVEL (default 1) trades time for size. After building, the archive is unpacked into a temp
 #   folder and its Python must import horovod.torch, petastorm, pyspark and torch from there
 #   (DLPIPE_PACK_VERIFY=0 skips that check).
 set -euo pipefail
@@ -31,6 +33,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 DIST=${DIST:-dist}
+CACHE_ROOT=${DLPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlpipe}  # as scripts/setup.sh
 WHAT=${1:-all}
 PY="$VENV/bin/python"
 
@@ -75,11 +78,20 @@ build_env() {
   [ -d "$VENV/$site" ] || die "$VENV/$site not found"
 
   # Rebuild only when something that goes into the archive changed.
-  local key
-  key=$( { echo "$base $pyver ${DLPIPE_PACK_SPARK_JARS:-0} ${DLPIPE_PACK_GZIP_LEVEL:-1}"; "$PY" -m pip freeze --all --disable-pip-version-check 2>/dev/null;
+  # dlpipe's own editable install names the checkout's folder and is left out of the archive anyway.
+  local key cached
+  key=$( { echo "$base $pyver ${DLPIPE_PACK_SPARK_JARS:-0} ${DLPIPE_PACK_GZIP_LEVEL:-1}";
+           env -u PYTHONPATH "$PY" -m pip freeze --all --disable-pip-version-check 2>/dev/null | grep -v -e '^-e ' -e '^# Editable';
            cat "$0"; } | sha256sum | cut -c1-16)
+  cached="$CACHE_ROOT/env/env-$key.tar.gz"
   if [ -z "${DLPIPE_PACK_FORCE:-}" ] && [ -f "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
     echo "package: $out is up to date ($(du -h "$out" | cut -f1)); DLPIPE_PACK_FORCE=1 rebuilds it"
+    return
+  fi
+  if [ -z "${DLPIPE_PACK_FORCE:-}" ] && [ -f "$cached" ]; then
+    cp "$cached" "$out.tmp" && mv "$out.tmp" "$out"
+    echo "$key" >"$out.key"
+    echo "package: $out from the set-up cache ($cached, $(du -h "$out" | cut -f1)); DLPIPE_PACK_FORCE=1 rebuilds it"
     return
   fi
 
@@ -129,6 +141,11 @@ TXT
   echo "$key" >"$out.key"
   echo "package: $out ($(du -h "$out" | cut -f1), $((SECONDS - started)) s)"
   [ "${DLPIPE_PACK_VERIFY:-1}" = 0 ] || verify_env "$out"
+  # Keep only the newest build in the cache (each is ~600 MB); the cache may be read-only: no harm.
+  if mkdir -p "$CACHE_ROOT/env" 2>/dev/null; then
+    rm -f "$CACHE_ROOT"/env/env-*.tar.gz
+    cp "$out" "$cached.tmp" 2>/dev/null && mv "$cached.tmp" "$cached" || rm -f "$cached.tmp"
+  fi
 }
 
 # Unpack into a fresh folder and import the stack from there, not from this machine's Python.
