@@ -17,11 +17,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from pipelines import storage
+
+T = TypeVar("T")
 
 KEEP = 2
 _NAME = re.compile(r"epoch-(\d+)(?:\.step-(\d+))?\.pt")
@@ -65,9 +67,11 @@ def _write(location: str, data: bytes, folder: str) -> None:
         storage.delete(old)
 
 
-def load_latest(folder: str, on_skip: Callable[[str, Exception], None] | None = None) -> dict[str, Any] | None:
-    """The payload of the newest readable checkpoint in ``folder``, or None. A file that cannot be
-    read (truncated by a disk that lied) is skipped for the one before it, with ``on_skip`` told."""
+def load_latest(folder: str, decode: Callable[[dict[str, Any], str], T],
+                on_skip: Callable[[str, Exception], None] | None = None) -> tuple[T, str] | None:
+    """The newest readable checkpoint in ``folder``, or None: (``decode(payload, redacted location)``,
+    e.g. a format's ``from_dict``; its location). A file that cannot be read (truncated by a disk that
+    lied) is skipped for the one before it, with ``on_skip`` told."""
     for location in reversed(checkpoint_files(folder)):
         try:
             payload = torch.load(io.BytesIO(storage.read_bytes(location)), map_location="cpu", weights_only=True)
@@ -75,7 +79,7 @@ def load_latest(folder: str, on_skip: Callable[[str, Exception], None] | None = 
             if on_skip is not None:
                 on_skip(location, e)
             continue
-        return {**payload, "_location": location}
+        return decode(payload, storage.redact(location)), location
     return None
 
 

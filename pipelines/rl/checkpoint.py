@@ -85,11 +85,10 @@ def latest_rl_checkpoint(folder: str, fingerprint: str,
     :class:`~pipelines.errors.ConfigError` when it was made with other settings."""
     from pipelines.errors import ConfigError
 
-    payload = checkpoints.load_latest(folder, on_skip)
-    if payload is None:
+    loaded = checkpoints.load_latest(folder, RLCheckpoint.from_dict, on_skip)
+    if loaded is None:
         return None
-    location = payload.pop("_location")
-    found = RLCheckpoint.from_dict(payload, storage.redact(location))
+    found, _ = loaded
     if found.fingerprint != fingerprint:
         raise ConfigError(f"the checkpoints in {storage.redact(folder)} were made with other rl/model settings: use a "
                           f"new run_id, or delete {storage.redact(folder)} to start over", key="run_id")

@@ -49,11 +49,10 @@ class CheckpointMismatch(ConfigError):
 def latest_checkpoint(folder: str, manifest_hash: str,
                       on_skip: Callable[[str, Exception], None] | None = None) -> TrainCheckpoint | None:
     """The newest readable checkpoint in ``folder``, or None. Refuses one made on other data."""
-    payload = checkpoints.load_latest(folder, on_skip)
-    if payload is None:
+    loaded = checkpoints.load_latest(folder, TrainCheckpoint.from_dict, on_skip)
+    if loaded is None:
         return None
-    location = payload.pop("_location")
-    found = TrainCheckpoint.from_dict(payload, storage.redact(location))
+    found, location = loaded
     if found.manifest_hash != manifest_hash:
         raise CheckpointMismatch(
             f"checkpoint {storage.redact(location)} was made on a different dataset (identity {found.manifest_hash} "
