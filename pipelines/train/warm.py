@@ -14,6 +14,7 @@ from pipelines import storage
 from pipelines.artifact import ArtifactMeta, artifact_path, load_metadata
 from pipelines.config import PipelineConfig
 from pipelines.errors import ConfigError
+from pipelines.formats import to_plain
 
 
 def warm_start_artifact(config: PipelineConfig) -> str:
@@ -41,7 +42,7 @@ def check_fits(meta: ArtifactMeta, config: PipelineConfig, feature_shape: list[i
     problems = []
     if meta.model_name != config.model.name:
         problems.append(f"model {meta.model_name!r} vs model.name={config.model.name!r}")
-    elif _plain(meta.model_config) != _plain(wanted):
+    elif to_plain(meta.model_config) != to_plain(wanted):  # tuples and lists alike
         problems.append(f"model config {meta.model_config} vs {wanted}")
     if list(meta.feature_shape) != list(feature_shape):
         problems.append(f"feature shape {list(meta.feature_shape)} vs {list(feature_shape)} ({where})")
@@ -57,11 +58,3 @@ def check_warm_start(job: Any) -> None:
     manifest = job.data.manifest
     check_fits(load_metadata(job.init_from), job.config, manifest.feature_shape, len(manifest.label_names),
                f"dataset {job.config.dataset} version {job.data.version}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
