@@ -16,10 +16,10 @@ demo: setup
 	$(VENV)/bin/dlpipe run --config pipelines/configs/digits_cnn.yaml
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=10
 
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow and not cluster"
+	$(PY) -m pytest tests -m "not slow and not cluster" --durations=10
 
 package: setup
 	bash scripts/package.sh

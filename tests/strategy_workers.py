@@ -25,6 +25,30 @@ def make_model():
     return models.build("cnn", feature_shape=(1, 8, 8), num_classes=10, dropout=0.0)
 
 
+def record_compute_dtypes(model: torch.nn.Module) -> dict[str, set[str]]:
+    """Record, for every convolution and linear layer of ``model``, the dtypes its forward produced
+    and its output's gradient had (the backward matmuls run in that dtype): filled as the model runs.
+
+    This is what tells bf16 from fp32 deterministically: the loss of a freshly initialized model
+    barely moves under bf16 (its logits are near 0, so the loss is near ln(classes) whatever their
+    rounding), while these dtypes are bfloat16 exactly when autocast was in effect."""
+    seen: dict[str, set[str]] = {}
+
+    def hook(name: str):
+        def on_forward(_module, _inputs, output: torch.Tensor) -> None:
+            if output.device.type == "meta":  # a pipeline stage's shape inference, not a computation
+                return
+            seen.setdefault(f"{name} forward", set()).add(str(output.dtype))
+            if output.requires_grad:
+                output.register_hook(lambda grad: seen.setdefault(f"{name} backward", set()).add(str(grad.dtype)))
+        return on_forward
+
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            module.register_forward_hook(hook(name))
+    return seen
+
+
 def context(rank: int, world: int, port: int):
     """The RankContext a launcher would hand this rank: the parent's store is its rendezvous."""
     from pipelines.launcher.rank import RankContext
@@ -49,6 +73,7 @@ def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches:
     strategy.start()
     try:
         model = make_model()
+        dtypes = record_compute_dtypes(model)
         strategy.setup(model, lambda params: torch.optim.SGD(params, lr=0.0))  # lr 0: compare gradients only
         batch = make_batch()
         if strategy.data_parallel:
@@ -60,7 +85,8 @@ def one_step(rank: int, world: int, port: int, strategy_name: str, microbatches:
         grads = _gradients(strategy)
         full_state, _ = strategy.state()
         torch.save({"figures": figures, "grads": grads, "held": strategy.held_parameters(),
-                    "state_keys": sorted(full_state)}, Path(out) / f"rank{rank}.pt")
+                    "state_keys": sorted(full_state), "dtypes": {k: sorted(v) for k, v in dtypes.items()}},
+                   Path(out) / f"rank{rank}.pt")
     finally:
         strategy.stop()
     exit_now(0)  # as a real rank does: no interpreter finalization with a process group's objects alive
@@ -157,16 +183,20 @@ def gan_reference() -> tuple[dict[str, float], dict[str, torch.Tensor]]:
 
 def horovod_step_entry(payload: dict, ctx) -> dict:
     """Launcher entry: one Horovod step of the CNN on this rank's half of the batch, given as
-    ``payload["accumulation"]`` batches with ``payload["compression"]``; rank 0's gradients as lists."""
+    ``payload["accumulation"]`` batches with ``payload["compression"]`` (and ``payload["precision"]``,
+    fp32 unless given); rank 0's gradients as lists and its layers' compute dtypes."""
     from pipelines.config import TrainConfig
     from pipelines.train.strategies import STRATEGIES
 
     accumulation = payload["accumulation"]
     strategy = STRATEGIES["horovod"](ctx, TrainConfig(grad_compression=payload["compression"],
-                                                      grad_accumulation=accumulation))
+                                                      grad_accumulation=accumulation,
+                                                      precision=payload.get("precision", "fp32")))
     strategy.start()
     try:
-        strategy.setup(make_model(), lambda params: torch.optim.SGD(params, lr=0.0))  # lr 0: gradients only
+        model = make_model()
+        dtypes = record_compute_dtypes(model)
+        strategy.setup(model, lambda params: torch.optim.SGD(params, lr=0.0))  # lr 0: gradients only
         half = BATCH // strategy.size
         rows = half // accumulation
         batch = {k: v[strategy.rank * half:(strategy.rank + 1) * half] for k, v in make_batch().items()}
@@ -175,7 +205,7 @@ def horovod_step_entry(payload: dict, ctx) -> dict:
         grads = {name: p.grad.flatten().tolist() for name, p in strategy.model.named_parameters()}
     finally:
         strategy.stop()
-    return {"figures": figures, "grads": grads}
+    return {"figures": figures, "grads": grads, "dtypes": {k: sorted(v) for k, v in dtypes.items()}}
 
 
 def reference_gradients() -> dict[str, torch.Tensor]:
