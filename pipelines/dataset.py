@@ -1,15 +1,20 @@
 """The dlpipe dataset format, in one place: what the ETL writes and every later stage reads.
 
     <workdir>/datasets/<dataset>/               (a local folder or a URI: s3://, gs://, hdfs://, abfs://)
-      _head.json                                 HEAD: the committed versions, oldest first (written last)
+      _head-00000007.json                        HEAD number 7: the committed versions, oldest first (written last)
       v000001-<token>/                           one version, written whole before the head names it
         manifest.json                            Manifest: counts, splits and their files, shapes, stats
         <split>/part-NNNNN.parquet               RECORD_SCHEMA: id string, label int64, features list<float32>
         quarantine/part-NNNNN.parquet            rejected records (QUARANTINE_COLUMNS)
       v000002-<token>/ ...                       a later version (``etl.mode=append``)
 
-Readers trust only what the head names: a version folder the head does not name (a killed ETL)
-is invisible and removed by the next ETL. A dataset written before versions existed
+Readers trust only what the newest head names: a version folder it does not name (a killed ETL)
+is invisible and removed by the next ETL. A commit never replaces a head: it creates the next
+numbered one only if it is absent (``pipelines.storage.create_if_absent``), after checking that
+this job still holds the dataset's lease, so a head is never missing (no delete-then-rename) and
+of two jobs that built on head N, only one commits N+1; the other is refused and publishes
+nothing. The last :data:`KEEP_HEADS` heads are kept. A dataset of an older dlpipe (one
+``_head.json``) reads as head number 0. A dataset written before versions existed
 (``manifest.json`` + ``_SUCCESS`` at the top, split folders beside them) reads as version 1.
 
 A dataset *view* (:class:`DatasetView`, :func:`open_dataset`) is the union of versions 1..N: each
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +41,9 @@ TRAIN_SPLIT = "train"  # the one split every dataset has (normalization is compu
 VALIDATION_SPLIT = "val"  # used for per-epoch validation when the dataset has it
 QUARANTINE = "quarantine"  # folder of rejected records; never a split name
 MANIFEST_FILE = "manifest.json"
-HEAD_FILE = "_head.json"
+HEAD_FILE = "_head.json"  # the one head of a dataset written before numbered heads: number 0
+HEAD_PREFIX = "_head-"  # _head-00000001.json, _head-00000002.json, ...
+KEEP_HEADS = 5
 LEGACY_SUCCESS = "_SUCCESS"  # a dataset written before versions: its root is version 1
 FORMAT = "dlpipe-dataset/2"
 HEAD_FORMAT = "dlpipe-dataset-head/1"
@@ -196,21 +203,61 @@ class VersionEntry(Record):
 class Head(Record):
     versions: list[VersionEntry]
     format: str = HEAD_FORMAT
+    number: int = 0  # which head this is (its file name says the same): a commit creates number + 1
+
+
+def head_name(number: int) -> str:
+    return f"{HEAD_PREFIX}{number:08d}.json"
+
+
+def _head_number(location: str) -> int | None:
+    name = storage.name(location)
+    digits = name[len(HEAD_PREFIX):-len(".json")]
+    return int(digits) if name.startswith(HEAD_PREFIX) and name.endswith(".json") and digits.isdigit() else None
+
+
+def head_files(dataset_dir: str) -> list[tuple[int, str]]:
+    """(number, location) of every numbered head, oldest first."""
+    if not storage.is_dir(dataset_dir):
+        return []
+    found = [(_head_number(f.location), f.location)
+             for f in storage.list_files(dataset_dir, recursive=False, include_hidden=True)]
+    return sorted((n, loc) for n, loc in found if n is not None)
 
 
 def read_head(dataset_dir: str) -> Head | None:
-    """The committed versions of the dataset at ``dataset_dir``; None when none is published."""
-    head = storage.join(dataset_dir, HEAD_FILE)
-    if storage.exists(head):
-        return Head.from_json(storage.read_text(head), head)
+    """The newest head of the dataset at ``dataset_dir`` (the committed versions); None when none is published."""
+    heads = head_files(dataset_dir)
+    if heads:
+        number, location = heads[-1]
+        head = Head.from_json(storage.read_text(location), storage.redact(location))
+        return replace(head, number=number)
+    legacy = storage.join(dataset_dir, HEAD_FILE)
+    if storage.exists(legacy):
+        return Head.from_json(storage.read_text(legacy), storage.redact(legacy))
     if storage.exists(storage.join(dataset_dir, LEGACY_SUCCESS)):
         return Head([VersionEntry(1, "", "")])
     return None
 
 
-def write_head(dataset_dir: str, head: Head) -> None:
-    """Commit: the head names the versions readers see (one atomic write, after their files)."""
-    storage.write_text(storage.join(dataset_dir, HEAD_FILE), head.to_json())
+def write_head(dataset_dir: str, versions: list[VersionEntry], after: int) -> Head:
+    """Commit: create head number ``after + 1`` naming ``versions`` (one atomic write, after their
+    files), only if no other job created it first and this job still holds its leases; then drop
+    heads older than the last :data:`KEEP_HEADS`. :class:`DatasetError` when another job committed."""
+    from pipelines.lease import verify_leases
+
+    head = Head(versions, number=after + 1)
+    verify_leases()  # a job whose lease was taken over must not commit (it names the new holder)
+    location = storage.join(dataset_dir, head_name(head.number))
+    try:
+        storage.create_if_absent(location, head.to_json().encode("utf-8"))
+    except storage.WriteConflict:
+        raise DatasetError(f"{storage.redact(dataset_dir)}: another job committed head {head.number} of this dataset "
+                           f"while this job was writing (both built on head {after}): nothing was published by this "
+                           "job. Re-run it; an append then builds on the new head") from None
+    for _, old in head_files(dataset_dir)[:-KEEP_HEADS]:
+        storage.delete(old)
+    return head
 
 
 # --- reading a dataset ------------------------------------------------------------------------

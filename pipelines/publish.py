@@ -32,6 +32,10 @@ COMMIT_FILE = "_commit.json"
 ATTEMPT_PREFIX = "a-"
 
 
+class PublishConflict(RuntimeError):
+    """Another job committed the same target while this one wrote it: this job published nothing."""
+
+
 @dataclass(frozen=True)
 class Commit(Record):
     folder: str  # the committed attempt folder, relative to the target
@@ -51,18 +55,36 @@ def new_attempt_name() -> str:
 def publishing(target: str) -> Iterator[str]:
     """Yield a fresh attempt folder under ``target``; when the block succeeds, commit it (every
     file now in it), then remove older attempts. On an exception the attempt is removed and
-    ``target`` stays as it was."""
+    ``target`` stays as it was.
+
+    The commit is conditional: it replaces only the ``_commit.json`` this job saw when it started
+    (or creates it only if there was none), and only while this process still holds its leases.
+    Of two jobs publishing one target at once, the later to commit gets :class:`PublishConflict`."""
+    from pipelines.lease import verify_leases
+
+    commit_path = storage.join(target, COMMIT_FILE)
+    before = storage.read_versioned(commit_path)  # the commit is conditional on this: no other job's in between
     name = new_attempt_name()
     folder = storage.join(target, name)
     storage.mkdirs(folder)
     try:
         yield folder
+        files = [storage.relative(f.location, folder) for f in storage.list_files(folder)]
+        data = Commit(name, files, datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json().encode("utf-8")
+        verify_leases()  # a job whose lease was taken over must not commit
+        try:
+            if before is None:
+                storage.create_if_absent(commit_path, data)
+            else:
+                storage.replace_if_version(commit_path, data, before[1])
+        except storage.WriteConflict:
+            raise PublishConflict(f"{storage.redact(target)}: another job published it while this job was writing "
+                                  "it, so this job's output was not published (nothing half-visible; its attempt "
+                                  "folder is removed). Re-run to replace that job's output, or write to another "
+                                  "target") from None
     except BaseException:
         storage.delete_dir(folder)
         raise
-    files = [storage.relative(f.location, folder) for f in storage.list_files(folder)]
-    commit = Commit(name, files, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    storage.write_text(storage.join(target, COMMIT_FILE), commit.to_json())
     remove_stale_attempts(target, name)
 
 

@@ -253,9 +253,11 @@ def locations(config: PipelineConfig, verb: str) -> list[tuple[str, str, bool]]:
 
 def probe_locations(config: PipelineConfig, verb: str) -> list[str]:
     """List every location ``verb`` uses, and write and delete a marker where it writes; one line
-    per location probed. Raises the first location's problem as a one-line error naming its key."""
+    per location probed, and for each written one how its commits are fenced (or what is lost). Raises the first location's problem as a one-line error naming its key."""
     lines = []
     for location, key, written in locations(config, verb):
         storage.check_location(location, key, write=written)
         lines.append(f"{key}: {storage.redact(location)}: {'listed, written and cleaned up' if written else 'listed'}")
+        if written:
+            lines.append(f"{key}: {storage.fencing(location)}")
     return lines

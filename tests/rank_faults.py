@@ -55,21 +55,35 @@ def config_error_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
 
 
 KILL_AT = (2, 13)  # (epoch, step) at which rank 0 dies on the first attempt
+AWAIT_CHECKPOINT = "epoch-0001.step-000010.pt"  # the checkpoint written off the step loop before KILL_AT
+AWAIT_TIMEOUT_S = 120.0  # the background write takes milliseconds quiet; a loaded 2-core machine gets 120 s
+_checkpoints: list[str] = []  # this rank's checkpoint folder (set by the entry below)
 
 
 @dataclass(frozen=True)
 class _KillAtStep(RankContext):
-    """Rank 0 SIGKILLs itself when it reports step KILL_AT (first attempt only): exactly there, every run."""
+    """Rank 0 SIGKILLs itself when it reports step KILL_AT (first attempt only): exactly there, every
+    run, and only once the checkpoint of step 10 is in the store (it is written on a background
+    thread, which a loaded machine may not have run yet: the kill must not race it)."""
 
     def emit(self, event: events.RankEvent) -> None:
         super().emit(event)
         if (isinstance(event, events.StepProgress) and self.attempt == 0
                 and (event.epoch, event.step) == KILL_AT):
+            from pipelines import storage
+
+            deadline = time.monotonic() + AWAIT_TIMEOUT_S
+            while not storage.exists(storage.join(_checkpoints[0], AWAIT_CHECKPOINT)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{AWAIT_CHECKPOINT} was not written within {AWAIT_TIMEOUT_S} s")
+                time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_rank_killed_inside_epoch_2(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     """The real trainer, with rank 0 killed at step 13 of epoch 2 on the first attempt."""
+    from pipelines.train.job import TrainJob
     from pipelines.train.rank import train_rank
 
+    _checkpoints.append(TrainJob.from_dict(payload).checkpoints)
     return train_rank(payload, as_context(_KillAtStep, ctx))

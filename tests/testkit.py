@@ -30,7 +30,7 @@ def publish_dataset(dataset_dir: str, splits: dict[str, int], *, feature_shape: 
 
     from pipelines import dataset, storage
     from pipelines.dataset import (
-        Head, InputFilesSummary, Manifest, Normalization, PartFile, SourceRecord, SplitInfo, VersionEntry,
+        InputFilesSummary, Manifest, Normalization, PartFile, SourceRecord, SplitInfo, VersionEntry,
     )
     from pipelines.etl.parts import PartSpec, write_parts
 
@@ -55,7 +55,7 @@ def publish_dataset(dataset_dir: str, splits: dict[str, int], *, feature_shape: 
         input_files=InputFilesSummary(total, 0, []), config_hash="test", created_at="2026-01-01T00:00:00+00:00",
         rows_per_row_group=rows_per_row_group, row_group_rule="test")
     storage.write_text(storage.join(root, dataset.MANIFEST_FILE), manifest.to_json())
-    dataset.write_head(dataset_dir, Head([VersionEntry(1, folder, manifest.created_at)]))
+    dataset.write_head(dataset_dir, [VersionEntry(1, folder, manifest.created_at)], after=0)
     return manifest
 
 

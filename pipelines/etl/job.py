@@ -10,7 +10,7 @@ head (a re-run replaces the dataset)::
     v000001-<token>/<split>/     one folder per etl.splits entry: part-NNNNN.parquet (id, label, features)
     v000001-<token>/quarantine/  rejected records: id, source, row, label, reason, detail (part-NNNNN.parquet)
     v000001-<token>/manifest.json  counts, files and row groups, shapes, train-split normalisation, label names
-    _head.json                   the committed versions (written last)
+    _head-<number>.json          the committed versions (a new numbered head per commit, written last)
 
 Every record is either accepted or quarantined with one reason, checked in this order:
 decode_error, wrong_shape, nan_or_inf, missing_label, unknown_label, missing_id, duplicate_id.
@@ -330,7 +330,12 @@ def publish(spark: SparkSession, extracted: Extracted, surveyed: Survey, config:
         storage.delete_dir(out)
         raise
     earlier = base.head.versions if base else []
-    dataset.write_head(dataset_dir, Head([*earlier, VersionEntry(version, folder, manifest.created_at)]))
+    after = base.head.number if base else _current_head_number(dataset_dir)
+    try:
+        dataset.write_head(dataset_dir, [*earlier, VersionEntry(version, folder, manifest.created_at)], after)
+    except BaseException:
+        storage.delete_dir(out)  # refused (another job committed, or this job lost its lease): publish nothing
+        raise
     remove_uncommitted(dataset_dir)
     return manifest
 
@@ -405,15 +410,21 @@ def check_new_labels(label_names: list[str], base: Base, etl: EtlConfig, version
                        "classes only), or fix the data")
 
 
+def _current_head_number(dataset_dir: str) -> int:
+    """The newest head's number (0 when none, or only an older dlpipe's one head): a full ETL builds on it."""
+    head = dataset.read_head(dataset_dir)
+    return head.number if head else 0
+
+
 def remove_uncommitted(dataset_dir: str) -> None:
     """Remove what the head does not name: older versions' folders, a killed ETL's folder, and the
     files of a dataset written before versions (its split folders, manifest.json and _SUCCESS)."""
     head = dataset.read_head(dataset_dir)
-    keep = {dataset.HEAD_FILE} | {v.folder for v in head.versions} if head else {dataset.HEAD_FILE}
+    keep = {v.folder for v in head.versions} if head else set()
     for entry in storage.list_dirs(dataset_dir):
         if storage.name(entry) not in keep:
             storage.delete_dir(entry)
-    for legacy in (dataset.MANIFEST_FILE, dataset.LEGACY_SUCCESS):
+    for legacy in (dataset.MANIFEST_FILE, dataset.LEGACY_SUCCESS, dataset.HEAD_FILE):
         storage.delete(storage.join(dataset_dir, legacy))
 
 

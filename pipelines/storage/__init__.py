@@ -29,9 +29,11 @@ _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options",
              "read_text", "set_options", "write_bytes", "write_json", "write_text")
 _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
 _READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
+_CONDITIONAL_NAMES = ("WriteConflict", "create_if_absent", "fenced", "fencing", "read_versioned", "replace_if_version")
 
 __all__ = ["StorageError", "check_uri", "is_local", "is_uri", "join", "name", "normalize", "parent", "redact",
-           "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES, *_READAHEAD_NAMES]
+           "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES, *_READAHEAD_NAMES,
+           *_CONDITIONAL_NAMES]
 
 if TYPE_CHECKING:
     from pipelines.storage.fs import (FileEntry, StorageOptions, check_location, current_options, delete,
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
                                       write_json, write_text)
     from pipelines.storage.petastorm_fs import petastorm_filesystem, petastorm_url
     from pipelines.storage.readahead import ReadAhead, RowGroupRead
+    from pipelines.storage.conditional import (WriteConflict, create_if_absent, fenced, fencing, read_versioned,
+                                               replace_if_version)
 
 
 def __getattr__(attr: str) -> Any:
@@ -47,6 +51,8 @@ def __getattr__(attr: str) -> Any:
         return getattr(importlib.import_module("pipelines.storage.fs"), attr)
     if attr in _PETASTORM_NAMES:
         return getattr(importlib.import_module("pipelines.storage.petastorm_fs"), attr)
+    if attr in _CONDITIONAL_NAMES:
+        return getattr(importlib.import_module("pipelines.storage.conditional"), attr)
     if attr in _READAHEAD_NAMES:
         return getattr(importlib.import_module("pipelines.storage.readahead"), attr)
     raise AttributeError(f"module 'pipelines.storage' has no attribute {attr!r}")

@@ -78,10 +78,14 @@ def _dlpipe_run(workdir, run_id, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the three waits below add up to 1,100 s: more than the suite's 900 s default
 def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
     """A run killed mid-training, re-run with the same id (a cron retry), resumes from its
     checkpoint; a third run of the finished id leaves one complete, consistent run, tracked as one
-    MLflow run (tracking is on by default on the command line). The captured console reads as lines."""
+    MLflow run (tracking is on by default on the command line). The captured console reads as lines.
+
+    Waits: up to 300 s for the first run's "epoch 2/4 done" line (about 30 s on a quiet machine), then
+    up to 400 s for each re-run (about 40 s quiet): 8-10x for a loaded 2-core machine."""
     first = _dlpipe_run(tmp_path, "2026-11-26")
     deadline = time.monotonic() + 300
     try:

@@ -94,7 +94,8 @@ def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_buck
     with storage.open_input(predictions[0]) as f:
         assert "prediction" in pq.read_schema(f).names
     assert storage.is_file(f"{run}/model/model.pt") and storage.is_file(f"{run}/report/report.md")
-    assert not storage.exists(f"{run}/_lease.json")  # released
+    lease = json.loads(storage.read_text(f"{run}/_lease.json"))
+    assert lease["released"] is True and lease["fence"] == 2  # the killed run's, then its resume's: released
     assert "workdir s3://dlpipe-test/work is a store" not in out  # tracking off: nothing to say
     assert not [line for line in out.splitlines() if "secret" in line.lower()]
 

@@ -58,6 +58,7 @@ def test_check_probes_the_locations_prints_the_resolved_config_and_starts_nothin
     done = _dlpipe("train", "--config", CONFIG, "--check", "train.epochs=3", "--run-id", "r1", f"workdir={tmp_path}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"# workdir: {tmp_path}: listed, written and cleaned up" in done.stdout
+    assert "# workdir: local commits are fenced: create by hard link, replace under an exclusive folder lock" in done.stdout
     assert "# dlpipe train: config is valid" in done.stdout and list(tmp_path.iterdir()) == []
     resolved = yaml.safe_load(done.stdout)
     assert resolved["train"]["epochs"] == 3 and resolved["run_id"] == "r1" and resolved["model"]["name"] == "cnn"

@@ -56,3 +56,68 @@ def test_petastorm_gets_urls(path, url):
     from pipelines import storage
 
     assert storage.petastorm_url(path) == url
+
+
+# --- numbered heads: a commit creates the next head only if it is absent ---------------------------
+
+def test_two_jobs_that_built_on_the_same_head_cannot_both_commit(tmp_path):
+    from testkit import publish_dataset
+
+    root = str(tmp_path / "ds")
+    publish_dataset(root, {"train": 8}, rows_per_row_group=4)
+    base = dataset.read_head(root)
+    assert base.number == 1
+    mine = dataset.VersionEntry(2, "v000002-mine", "t")
+    theirs = dataset.VersionEntry(2, "v000002-theirs", "t")
+    dataset.write_head(root, [*base.versions, theirs], after=base.number)
+    with pytest.raises(dataset.DatasetError, match="another job committed head 2 of this dataset .* nothing was "
+                                                   "published by this job. Re-run it"):
+        dataset.write_head(root, [*base.versions, mine], after=base.number)
+    head = dataset.read_head(root)
+    assert head.number == 2 and [v.folder for v in head.versions][-1] == "v000002-theirs"  # the winner's, whole
+
+
+def test_a_head_is_never_absent_and_only_the_last_few_are_kept(tmp_path):
+    from testkit import publish_dataset
+
+    root = str(tmp_path / "ds")
+    publish_dataset(root, {"train": 8}, rows_per_row_group=4)
+    versions = dataset.read_head(root).versions
+    for number in range(2, dataset.KEEP_HEADS + 4):
+        dataset.write_head(root, versions, after=number - 1)
+        assert dataset.read_head(root).number == number  # the new head exists before any old one goes
+    kept = [n for n, _ in dataset.head_files(root)]
+    assert kept == list(range(4, dataset.KEEP_HEADS + 4))
+
+
+def test_an_older_dlpipes_single_head_reads_as_head_0_and_the_next_commit_is_head_1(tmp_path):
+    from testkit import publish_dataset
+
+    root = tmp_path / "ds"
+    publish_dataset(str(root), {"train": 8}, rows_per_row_group=4)
+    (_, first), = dataset.head_files(str(root))
+    (root / dataset.HEAD_FILE).write_text((root / dataset.head_name(1)).read_text().replace('"number": 1', '"number": 0'))
+    (root / dataset.head_name(1)).unlink()
+    legacy = dataset.read_head(str(root))
+    assert legacy.number == 0 and dataset.open_dataset(str(root)).splits["train"].rows == 8
+    dataset.write_head(str(root), legacy.versions, after=legacy.number)
+    assert dataset.read_head(str(root)).number == 1
+
+
+def test_a_job_whose_dataset_lease_was_taken_over_cannot_commit(tmp_path):
+    from testkit import publish_dataset
+    from pipelines import storage
+    from pipelines.lease import Lease, LeaseLost
+
+    root = str(tmp_path / "ds")
+    publish_dataset(root, {"train": 8}, rows_per_row_group=4)
+    head = dataset.read_head(root)
+    held = Lease(root, "dlpipe etl (run a)", key="dataset").acquire()
+    try:
+        thief = Lease(root, "dlpipe etl (run b)", key="dataset")
+        assert thief._take(held.fence + 1, storage.read_versioned(thief.path)[1])  # as after an expiry
+        with pytest.raises(LeaseLost, match=r"taken over by dlpipe etl \(run b\)"):
+            dataset.write_head(root, head.versions, after=head.number)
+        assert dataset.read_head(root).number == 1  # nothing committed
+    finally:
+        held.release()

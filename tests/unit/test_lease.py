@@ -1,5 +1,5 @@
-"""One live job per run id: the lease object, taken, refused, waited for, taken over (local disk here;
-the same object on S3 in tests/spark/storage)."""
+"""One live job per run id: the fenced lease object, taken, refused, waited for, taken over (local disk
+here; the same object on the S3 server in tests/unit/storage/test_conditional.py)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,6 @@ with Lease(sys.argv[1], "dlpipe train (run r1)", ttl_s=float(sys.argv[2])):
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch):
-    monkeypatch.setattr(lease_mod, "SETTLE_S", 0.05)
     monkeypatch.setattr(lease_mod, "POLL_S", 0.1)
 
 
@@ -39,8 +38,11 @@ def test_a_lease_is_taken_renewed_and_released(tmp_path):
     with Lease(str(tmp_path), "dlpipe run (run a)", ttl_s=6) as held:
         record = held.read()
         assert record.holder == held.token and record.job == "dlpipe run (run a)"
-        assert record.expires_at - time.time() > 5
-    assert not (tmp_path / LEASE_FILE).exists()
+        assert record.expires_at - time.time() > 5 and record.fence == 1 and not record.released
+    after = json.loads((tmp_path / LEASE_FILE).read_text())
+    assert after["released"] is True and after["fence"] == 1  # kept, so the next job's token is higher
+    with Lease(str(tmp_path), "dlpipe run (run a, again)") as again:
+        assert again.fence == 2 and again.read().fence == 2
 
 
 def test_a_second_job_is_refused_naming_the_holder_and_what_to_do(tmp_path):
@@ -81,20 +83,81 @@ def test_a_killed_holders_lease_is_taken_over_at_once_on_its_host(tmp_path):
 def test_another_hosts_lease_is_respected_until_it_expires(tmp_path):
     (tmp_path / LEASE_FILE).write_text(json.dumps({
         "holder": "x", "job": "dlpipe run (run a)", "host": "other-host", "pid": 1, "acquired_at": time.time(),
-        "expires_at": time.time() + 1.0}))
+        "expires_at": time.time() + 1.0, "fence": 7}))
     with pytest.raises(LeaseHeld, match="pid 1 on other-host"):
         Lease(str(tmp_path), "me").acquire()
     time.sleep(1.1)  # its holder stopped renewing: the lease expired
     with Lease(str(tmp_path), "me") as mine:
-        assert mine.read().job == "me"
+        assert mine.read().job == "me" and mine.fence == 8  # a takeover raises the fencing token
 
 
-def test_a_lease_taken_over_while_held_is_reported_as_lost(tmp_path):
+def test_a_same_named_host_in_another_container_is_not_taken_for_this_one(tmp_path):
+    """Two containers share a host name but not a boot id / pid namespace: a pid that does not exist
+    here says nothing about the other container's process, so its lease is respected."""
+    (tmp_path / LEASE_FILE).write_text(json.dumps({
+        "holder": "x", "job": "dlpipe run (run a)", "host": lease_mod.socket.gethostname(), "pid": 999999,
+        "acquired_at": time.time(), "expires_at": time.time() + 60, "machine": "same-name/other-boot/pid:[1]"}))
+    with pytest.raises(LeaseHeld, match="pid 999999"):
+        Lease(str(tmp_path), "me").acquire()
+
+
+@pytest.mark.parametrize("content", ['{"holder": "x", "job": "j", "new_field_of_a_later_version": 1}', "\x00garbage"])
+def test_an_unreadable_lease_record_counts_as_held_and_says_what_to_do(tmp_path, content):
+    (tmp_path / LEASE_FILE).write_text(content)
+    with pytest.raises(LeaseHeld, match="cannot read .* counts as held: if no job is writing this run, delete that file"):
+        Lease(str(tmp_path), "me").acquire()
+    assert (tmp_path / LEASE_FILE).read_text() == content  # not overwritten
+
+
+def test_of_jobs_racing_for_a_free_lease_exactly_one_wins_each_round(tmp_path):
+    """Eight threads race for the same free lease (no settle-and-verify delay to hide behind): the
+    conditional writes let exactly one through; the others are told who holds it."""
+    import threading
+
+    barrier = threading.Barrier(8)
+    won: list[Lease] = []
+    refused: list[str] = []
+
+    def contend(i: int) -> None:
+        lease = Lease(str(tmp_path), f"job {i}", ttl_s=30)
+        barrier.wait()
+        try:
+            won.append(lease.acquire())
+        except LeaseHeld as e:
+            refused.append(str(e))
+
+    for round_ in range(3):
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert len(won) == 1 and len(refused) == 7, (won, refused)
+        assert all(won[0].job in message for message in refused)
+        assert won[0].verify() == round_ + 1  # fence 1, 2, 3: one more at every new holder
+        won.pop().release()
+        refused.clear()
+
+
+def test_a_holder_that_cannot_renew_stops_before_its_lease_could_expire(tmp_path, monkeypatch):
+    held = Lease(str(tmp_path), "first", ttl_s=6).acquire()
+    try:
+        held.check()  # just renewed
+        monkeypatch.setattr(lease_mod.time, "monotonic", lambda: held._renewed_at + 6 * 0.8)  # 4.8 s unrenewed
+        with pytest.raises(lease_mod.LeaseLost, match="could not renew its lease for 5 s .* stops before writing"):
+            held.check()
+    finally:
+        monkeypatch.undo()
+        held.release()
+
+
+def test_a_lease_taken_over_while_held_is_reported_as_lost_and_fences_its_commits(tmp_path):
     held = Lease(str(tmp_path), "first", ttl_s=6).acquire()
     other = Lease(str(tmp_path), "thief", ttl_s=6)
-    other._write()  # as if this job had been paused past its lease and another took over
-    time.sleep(2.5)  # the first renewal (ttl / 3) sees it
+    record = other.read()
+    # as if the first job had been paused past its lease and another took over
+    assert other._take(record.fence + 1, lease_mod.storage.read_versioned(other.path)[1])
     with pytest.raises(lease_mod.LeaseLost, match="was taken over by thief"):
-        held.check()
+        held.verify()  # a commit re-reads the lease: refused at once, before the next renewal
     held.release()
-    assert other.read().job == "thief"  # the loser does not remove the winner's lease
+    assert other.read().job == "thief" and not other.read().released  # the loser does not touch the winner's lease

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import time
 from types import SimpleNamespace
+from typing import Callable
 
 from pipelines.events import EpochEnded, EpochRecord, StepProgress
 from pipelines.progress import EpochProgress, spark_progress
@@ -70,11 +71,20 @@ def _fake_spark(stages):
     return SimpleNamespace(sparkContext=SimpleNamespace(statusTracker=lambda: tracker))
 
 
+def _wait_for(text: Callable[[], str], what: str, timeout_s: float = 30.0) -> None:
+    """Poll until ``what`` shows in ``text()``: the watcher thread draws every 0.5 s, so a quiet
+    machine needs about that; 30 s leaves room for a loaded 2-core one."""
+    deadline = time.monotonic() + timeout_s
+    while what not in text():
+        assert time.monotonic() < deadline, f"{what!r} not drawn within {timeout_s} s: {text()!r}"
+        time.sleep(0.05)
+
+
 def test_the_running_spark_stage_is_drawn_on_a_terminal_and_cleared_after():
     term = Terminal()
     with spark_progress(_fake_spark({3: ("parquet at etl.py:10", 1, 8), 4: ("save at parts.py:5", 2, 4)}),
                         "etl", stream=term):
-        time.sleep(1.2)
+        _wait_for(term.getvalue, "Spark stage 4")
     text = term.getvalue()
     assert "\r\033[K[etl] Spark stage 4 (save at parts.py:5): 2/4 tasks" in text  # the newest stage
     assert text.endswith("\r\033[K") and "\n" not in text
@@ -86,7 +96,7 @@ def test_spark_stages_in_a_log_are_whole_lines_at_most_every_interval():
         time.sleep(0.8)
     assert log.getvalue() == ""  # a short stage in a log: nothing beside dlpipe's own stage lines
     with spark_progress(_fake_spark({7: ("collect", 5, 10)}), "infer", stream=log, log_every_s=0.0):
-        time.sleep(0.8)
+        _wait_for(log.getvalue, "\n")  # one whole line
     assert log.getvalue().splitlines()[0] == "[infer] Spark stage 7 (collect): 5/10 tasks"
     assert "\r" not in log.getvalue()
 

@@ -64,3 +64,18 @@ def test_an_unwritable_location_is_named_even_for_root(tmp_path):
         storage.check_location("/proc/dlpipe/work", "workdir")  # not writable whatever the user's permissions
     storage.check_location(str(tmp_path / "new" / "deeper"), "workdir")  # missing folders are fine: they will be made
     assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []  # the probe leaves nothing
+
+
+def test_of_two_jobs_publishing_one_target_at_once_the_later_commit_is_refused_whole(tmp_path):
+    """Job A starts, job B starts and commits first: A's commit would replace B's output with a
+    commit made blind to it, so it is refused, A's attempt is removed, B's output stays whole."""
+    from pipelines.publish import PublishConflict
+
+    final = tmp_path / "out"
+    with pytest.raises(PublishConflict, match="another job published it while this job was writing it"):
+        with publishing(str(final)) as a_folder:
+            storage.write_text(storage.join(a_folder, "a.txt"), "job A")
+            with publishing(str(final)) as b_folder:
+                storage.write_text(storage.join(b_folder, "b.txt"), "job B")
+    assert [storage.name(f) for f in committed_files(str(final))] == ["b.txt"]
+    assert not storage.exists(a_folder) and _names(final) == [COMMIT_FILE, storage.name(b_folder)]

@@ -135,7 +135,8 @@ def test_rerun_replaces_instead_of_duplicating(spark, digits_run):
     assert again.identity() == manifest.identity()  # the same data: checkpoints made on it stay valid
     assert [p.name for p in dataset.parent.iterdir()] == ["digits"]  # no temp or old folders left
     version = version_dir(dataset)
-    assert sorted(p.name for p in dataset.iterdir()) == sorted([ds.HEAD_FILE, version.name])  # the old version is gone
+    # the old version is gone; each ETL committed a new numbered head (none replaced)
+    assert sorted(p.name for p in dataset.iterdir()) == sorted([ds.head_name(1), ds.head_name(2), version.name])
     assert sorted(p.name for p in version.iterdir()) == sorted(["train", "val", "test", "quarantine", "manifest.json",
                                                                 "inputs.parquet"])
 

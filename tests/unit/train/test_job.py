@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,8 @@ def test_a_dataset_written_before_versions_reads_as_version_1_with_its_old_ident
            "created_at": "2026-01-01", "rows_per_row_group": 8, "row_group_rule": "r"}
     (root / dataset.MANIFEST_FILE).write_text(json.dumps(old))
     (root / dataset.LEGACY_SUCCESS).touch()
-    (root / dataset.HEAD_FILE).unlink()
+    for _, head in dataset.head_files(str(root)):
+        Path(head).unlink()
     view = dataset.open_dataset(config.dataset_dir)
     assert view.version == 1 and view.splits["train"].sizes == [8, 4]  # row groups read from the footers
     # The identity older checkpoints recorded: the old manifest_hash of this very file.
