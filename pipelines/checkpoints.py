@@ -62,19 +62,54 @@ def save(folder: str, epoch: int, step: int, payload: dict[str, Any]) -> str:
 
 
 def _write(location: str, data: bytes, folder: str) -> None:
-    storage.write_bytes(location, data)
-    for old in checkpoint_files(folder)[:-KEEP]:
+    """Write one checkpoint durably, then prune: checkpoints positioned after it are from a timeline
+    this run left (files that did not decode, which the resume skipped), and of those at or before
+    it the newest :data:`KEEP` stay. By position, not by name order, so a run that had to restart
+    from an earlier position never prunes the checkpoint it just wrote."""
+    storage.write_bytes(location, data, durable=True)
+    mine = _position(location)
+    files = checkpoint_files(folder)
+    for old in [f for f in files if _position(f) > mine] + [f for f in files if _position(f) <= mine][:-KEEP]:
         storage.delete(old)
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint could not be read from its store (after retries): the job stops instead of
+    silently resuming from an older position or from scratch."""
+
+
+READ_ATTEMPTS = 3
+READ_RETRY_S = 1.0  # then 2 s: a store hiccup, not a damaged file
+
+
+def _read(location: str) -> bytes:
+    """The checkpoint's bytes, retried on store errors; :class:`CheckpointReadError` naming it after the last."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return storage.read_bytes(location)
+        except (OSError, storage.StorageError) as e:
+            if attempt == READ_ATTEMPTS:
+                raise CheckpointReadError(
+                    f"checkpoint {storage.redact(location)} could not be read after {READ_ATTEMPTS} attempts ({e}): "
+                    "the job stops rather than resume from an older checkpoint. Check the store and re-run "
+                    "(the same command resumes from it)") from None
+            time.sleep(READ_RETRY_S * attempt)
+    raise AssertionError("unreachable")
 
 
 def load_latest(folder: str, decode: Callable[[dict[str, Any], str], T],
                 on_skip: Callable[[str, Exception], None] | None = None) -> tuple[T, str] | None:
-    """The newest readable checkpoint in ``folder``, or None: (``decode(payload, redacted location)``,
-    e.g. a format's ``from_dict``; its location). A file that cannot be read (truncated by a disk that
-    lied) is skipped for the one before it, with ``on_skip`` told."""
+    """The newest usable checkpoint in ``folder``, or None when there is none: (``decode(payload,
+    redacted location)``, e.g. a format's ``from_dict``; its location).
+
+    A read error is retried, then raised (:class:`CheckpointReadError`); only a file that was read
+    and does not decode (truncated by a disk that lied, or garbage) is skipped for the one before
+    it, with ``on_skip`` told. When files exist but none decodes, ``on_skip`` hears of each, so a
+    run never restarts from scratch without saying so."""
     for location in reversed(checkpoint_files(folder)):
+        data = _read(location)
         try:
-            payload = torch.load(io.BytesIO(storage.read_bytes(location)), map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - unpickling garbage raises anything; the file is unusable either way
             if on_skip is not None:
                 on_skip(location, e)

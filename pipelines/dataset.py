@@ -337,6 +337,15 @@ def open_dataset(dataset_dir: str, version: int = 0, key: str = "dataset_version
     return DatasetView(dataset_dir, wanted, latest, ordered, identity, counts)
 
 
+def view_folders(view: DatasetView) -> list[str]:
+    """The version folders (relative to the dataset) whose files ``view`` reads: what its reader protects."""
+    folders = set()
+    for split in view.splits.values():
+        for location in split.files:
+            folders.add(storage.relative(location, view.location).split("/", 1)[0])
+    return sorted(folders)
+
+
 def latest_identity(manifests: list[tuple[VersionEntry, Manifest]]) -> str:
     """The view's identity: version 1's own (the single-version identity older checkpoints carry),
     chained with each later version's."""

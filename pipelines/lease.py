@@ -79,7 +79,8 @@ def this_machine() -> str:
     return f"{socket.gethostname()}/{boot}/{namespace}"
 
 
-def _process_started(pid: int) -> float | None:
+def process_started(pid: int) -> float | None:
+    """The start time of process ``pid`` on this machine; None when there is none, -1 when it is another user's."""
     import psutil
 
     try:
@@ -90,12 +91,18 @@ def _process_started(pid: int) -> float | None:
         return -1.0
 
 
-def _dead_here(held: LeaseRecord) -> bool:
-    """The holder ran on this machine and its process is gone (killed): its lease need not run out."""
-    if not held.machine or held.machine != this_machine() or held.machine.endswith("//"):
+def holder_is_dead_here(machine: str, pid: int, started: float) -> bool:
+    """The holder ran on this machine (host, boot, pid namespace) and its process is gone: a pid
+    that is free, or taken by a process that started at another time."""
+    if not machine or machine != this_machine() or machine.endswith("//"):
         return False
-    started = _process_started(held.pid)
-    return started is None or (started > 0 and abs(started - held.started) > 1.0)
+    now_started = process_started(pid)
+    return now_started is None or (now_started > 0 and abs(now_started - started) > 1.0)
+
+
+def _dead_here(held: LeaseRecord) -> bool:
+    """The holder of ``held`` is gone from this machine (killed): its lease need not run out."""
+    return holder_is_dead_here(held.machine, held.pid, held.started)
 
 
 def _parse(data: bytes, where: str) -> LeaseRecord | None:
@@ -161,11 +168,9 @@ class Lease:
 
     def _record(self, fence: int, released: bool = False) -> bytes:
         now = self.clock()
-        import psutil
-
         record = LeaseRecord(self.token, self.job, socket.gethostname(), os.getpid(), self._acquired_at or now,
                              now if released else now + self.ttl_s, fence, released, this_machine(),
-                             psutil.Process().create_time())
+                             process_started(os.getpid()) or 0.0)
         return record.to_json().encode("utf-8")
 
     def _take(self, fence: int, version: str | None) -> bool:

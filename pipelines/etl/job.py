@@ -41,12 +41,14 @@ from pipelines.dataset import (
     Head, InputFilesSummary, Manifest, Normalization, PartFile, SourceRecord, SplitInfo, VersionEntry,
 )
 from pipelines.etl.parts import FILE_STATS_DDL, GROUPS_PER_RANK, Moments, rewrite_labels, streaming_rows_per_row_group
-from pipelines.etl.sources import EtlError, Extracted, read_records
+from pipelines.etl.sources import EtlError, Extracted, NothingNew, read_records, resolve_source_path
 from pipelines.etl.validate import (
     DUPLICATE_ORDER, REASONS, SHAPE_SAMPLE, Survey, assign_split, classify, feature_shape, sort_label_names, survey,
     with_feature_count,
 )
 from pipelines.etl.write import INPUT_COLUMNS, QUARANTINE_SCHEMA, TASK_GROUP, DatasetSpec, dataset_writer
+from pipelines.publish import COMMIT_FILE
+from pipelines.readers import READERS_DIR, ReadLease, live_readers
 from pipelines.session import describe
 from pipelines.tables import read_parquet
 
@@ -418,12 +420,23 @@ def _current_head_number(dataset_dir: str) -> int:
 
 def remove_uncommitted(dataset_dir: str) -> None:
     """Remove what the head does not name: older versions' folders, a killed ETL's folder, and the
-    files of a dataset written before versions (its split folders, manifest.json and _SUCCESS)."""
+    files of a dataset written before versions (its split folders, manifest.json and _SUCCESS);
+    but keep, and report, a superseded version that a live job still reads (``pipelines.readers``:
+    called after the commit, so a reader either is listed here or reads the new head)."""
     head = dataset.read_head(dataset_dir)
     keep = {v.folder for v in head.versions} if head else set()
+    readers = live_readers(dataset_dir)
     for entry in storage.list_dirs(dataset_dir):
-        if storage.name(entry) not in keep:
-            storage.delete_dir(entry)
+        name = storage.name(entry)
+        if name in keep or name == READERS_DIR:
+            continue
+        holders = readers.holders_of(name)
+        if holders:
+            size = sum(f.size for f in storage.list_files(entry, include_hidden=True)) / 2**20
+            print(f"etl: kept the superseded {name} ({size:.1f} MiB): {', '.join(holders)} still reads it; "
+                  "the next ETL of this dataset removes it once that job has ended", flush=True)
+            continue
+        storage.delete_dir(entry)
     for legacy in (dataset.MANIFEST_FILE, dataset.LEGACY_SUCCESS, dataset.HEAD_FILE):
         storage.delete(storage.join(dataset_dir, legacy))
 
@@ -444,14 +457,38 @@ def main(spark: SparkSession, config: PipelineConfig) -> Manifest:
     first records of an array column), then one pass that validates, deduplicates, splits, writes
     and gathers the statistics. Nothing is cached, so a source larger than memory streams through.
     """
+    publication = published_source(config.etl.source.path)
+    if not publication:
+        return _extract_and_publish(spark, config)
+    # The source is a dlpipe publication (generate's output, saved trajectories): registered as its
+    # reader, naming no folder (so all are kept) while the ETL reads it, before its commit is read
+    # again: a re-publication meanwhile keeps the attempt read here.
+    with ReadLease(publication, f"dlpipe etl (run {config.run_id})", config.lease.ttl_s):
+        return _extract_and_publish(spark, config)
+
+
+def published_source(path: str) -> str:
+    """``etl.source.path`` as a location when it is a dlpipe publication (it has a commit object), else ""."""
+    try:
+        location = resolve_source_path(path)
+    except EtlError:
+        return ""  # the read reports it
+    parent = storage.parent(location)
+    return parent if storage.exists(storage.join(parent, COMMIT_FILE)) else ""
+
+
+def _extract_and_publish(spark: SparkSession, config: PipelineConfig) -> Manifest:
+    """:func:`main`'s body: read the source, validate, write and commit a version."""
     etl = config.etl
     storage.check_location(config.dataset_dir, "workdir")
     base = load_base(config.dataset_dir) if etl.mode == "append" else None
     describe(spark, "etl: survey")
-    extracted = read_records(spark, etl.source, array_value_checks=False,  # the writer checks the values
-                             reader=config.storage.reader, skip=base.ingested if base else None)
-    if base is not None and extracted.files.nothing:
-        print(f"etl: nothing new in {storage.redact(extracted.path)}: its {len(base.ingested)} file(s) are in "
+    try:
+        extracted = read_records(spark, etl.source, array_value_checks=False,  # the writer checks the values
+                                 reader=config.storage.reader, skip=base.ingested if base else None)
+    except NothingNew as e:  # an append that finds nothing new succeeds: a scheduler must not see a failure
+        assert base is not None
+        print(f"etl: nothing new in {storage.redact(e.root)}: its {len(base.ingested)} file(s) are in "
               f"versions 1..{base.version} of {storage.redact(config.dataset_dir)}; nothing published")
         return base.manifests[-1]
     surveyed = survey(extracted, etl.source)

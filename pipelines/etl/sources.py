@@ -45,6 +45,14 @@ class EtlError(RuntimeError):
     """The ETL cannot produce a trustworthy dataset; the message says which input and what to do."""
 
 
+class NothingNew(Exception):
+    """An append found no input file that earlier versions have not read: a success, nothing to publish."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.root = root
+
+
 @dataclass(frozen=True)
 class Extracted:
     """What a reader hands to the validation step."""
@@ -92,11 +100,14 @@ def read_records(spark: SparkSession, source: SourceConfig, array_value_checks: 
     element checks here (null elements, NaN/inf): the caller makes them on the values
     (``pipelines.etl.write.check_feature_values``), where they cost far less than per-element
     Spark expressions. ``reader``: ``storage.reader`` (``pipelines.raw``: Spark's readers or the storage layer).
-    ``skip``: files already ingested, by (path relative to the source, size): not read (``etl.mode=append``).
+    ``skip``: files already ingested, by (path relative to the source, size): not read (``etl.mode=append``);
+    :class:`NothingNew` when that leaves no file, for every source kind and reader.
     """
     root = resolve_source_path(source.path)
     if source.kind == "images":
         records, files = read_images(spark, source, root, array_value_checks, reader, skip)
+        if skip is not None and files.nothing:
+            raise NothingNew(root)
         shape = [source.channels, *source.image_shape]
         return Extracted(records, root, int(np.prod(shape)), shape, files)
     if source.kind in TABULAR_KINDS:
@@ -190,6 +201,8 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
     array), the input files (an empty file holds no records; it is reported, not an error) and the
     feature columns in order (the model artifact records them)."""
     entries = table_files(source.kind, root, skip)
+    if skip is not None and not entries:
+        raise NothingNew(root)  # before any reader: Spark's and the storage layer's alike refuse an empty list
     try:
         raw, listed = load_table(spark, source.kind, root, reader, entries if skip is not None else None)
     except RawInputError as e:

@@ -10,17 +10,21 @@ input has labels and the model's task has an evaluation.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
+
 from pyspark.sql import SparkSession
 
 from pipelines import storage
-from pipelines.artifact import artifact_path, load_artifact
+from pipelines.artifact import ArtifactMeta, artifact_path, load_artifact
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation, evaluate
 from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored_features
 from pipelines.infer.scoring import check_kept, plan_scoring, predict
-from pipelines.publish import committed_files, publishing
+from pipelines.publish import COMMIT_FILE, committed_files, publishing
+from pipelines.readers import ReadLease
 from pipelines.session import describe
 from pipelines.tables import read_parquet, write_parquet
 
@@ -54,7 +58,32 @@ def main(spark: SparkSession, config: PipelineConfig) -> InferResult:
     output = storage.normalize(ic.output) if ic.output else storage.join(run_dir, "predictions")
     storage.check_location(output, "infer.output" if ic.output else "workdir")
     model, meta = load_artifact(artifact)
-    scoring = read_input(spark, config, meta)
+    # Registered before the input is resolved: a commit meanwhile keeps what this job reads.
+    source = _read_root(config)
+    with ReadLease(source, f"dlpipe infer (run {config.run_id})", config.lease.ttl_s) if source else nullcontext() \
+            as reader:
+        scoring = read_input(spark, config, meta)
+        if reader is not None:
+            reader.name(sorted({storage.relative(f, source).split("/", 1)[0] for f in scoring.features_files}))
+        return _score(spark, config, scoring, model, meta, artifact, output)
+
+
+def _read_root(config: PipelineConfig) -> str:
+    """The folder whose superseded data a writer could remove under this job: the dataset for a
+    split, the publication for ``infer.input``; "" for raw records (their files are the user's)."""
+    ic = config.infer
+    if ic.source.kind:
+        return ""
+    if ic.input:
+        location = storage.normalize(ic.input)
+        return location if storage.exists(storage.join(location, COMMIT_FILE)) else ""
+    return config.dataset_dir
+
+
+def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, model: Any, meta: ArtifactMeta,
+           artifact: str, output: str) -> InferResult:
+    """:func:`main` once its input is resolved (and protected): score, publish, evaluate."""
+    ic, run_dir = config.infer, config.run_dir()
     keep = keep_columns(ic.keep_columns, scoring)
     try:
         check_kept(tuple(keep), list(scoring.frame.columns), ["id", *model.output_schema(), "error"])

@@ -115,7 +115,17 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
     checkpoints = storage.join(run_dir, "checkpoints")
     history: list[IterationRecord] = []
     states: list[bytes | None] = [None] * rc.num_actors
-    found = latest_rl_checkpoint(checkpoints, fingerprint(config))
+    unusable: list[str] = []
+
+    def skipped(location: str, error: Exception) -> None:
+        unusable.append(location)
+        print(f"dlpipe rl {config.run_id}: checkpoint {storage.redact(location)} was read but does not decode "
+              f"({error}): skipping it", flush=True)
+
+    found = latest_rl_checkpoint(checkpoints, fingerprint(config), skipped)
+    if found is None and unusable:
+        print(f"dlpipe rl {config.run_id}: none of the {len(unusable)} checkpoint(s) decodes: starting from "
+              "iteration 1", flush=True)
     if found is not None:
         model.load_state_dict(found.model)
         optimizer.load_state_dict(found.optimizer)

@@ -359,12 +359,23 @@ def _temp_name(path: str, sep: str = os.sep) -> str:
     return f"{folder}{sep}.{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def _fsync_local(path: str) -> None:
+    """fsync a local file or folder: its content (or its entries) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def open_output(location: str) -> Iterator[pa.NativeFile]:
+def open_output(location: str, durable: bool = False) -> Iterator[pa.NativeFile]:
     """A stream that appears at ``location`` only when the block ends without error.
 
     Local and HDFS: a hidden temp file beside it, renamed over ``location`` on success, removed on error.
     Object stores: the upload completes on success; on error the (possibly completed) object is deleted.
+    ``durable``: on local disk, the file is fsynced before the rename and its folder after it (a
+    checkpoint must survive a power cut once it is listed); object stores are durable on success.
     """
     fs, path = filesystem(location)
     sch = _uri.scheme(location)
@@ -397,7 +408,11 @@ def open_output(location: str) -> Iterator[pa.NativeFile]:
             if not stream.closed:
                 stream.close()
             if local:
+                if durable:
+                    _fsync_local(tmp)
                 os.replace(tmp, path)
+                if durable:
+                    _fsync_local(os.path.dirname(path))
             else:
                 # HDFS rename does not overwrite: drop the old file first (a brief gap, never a partial file)
                 with contextlib.suppress(FileNotFoundError):
@@ -412,13 +427,13 @@ def open_output(location: str) -> Iterator[pa.NativeFile]:
         raise
 
 
-def write_bytes(location: str, data: bytes) -> None:
+def write_bytes(location: str, data: bytes, durable: bool = False) -> None:
     """Write ``data`` atomically: readers see the old content or all of the new, never a part.
 
-    Local: temp file beside it (".name.tmp-<pid>-<rand>") then os.replace, parent folders created.
-    Object stores: one upload, visible all at once.
+    Local: temp file beside it (".name.tmp-<pid>-<rand>") then os.replace, parent folders created
+    (``durable``: fsynced, see :func:`open_output`). Object stores: one upload, visible all at once.
     """
-    with open_output(location) as stream:
+    with open_output(location, durable) as stream:
         stream.write(data)
 
 

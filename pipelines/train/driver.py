@@ -17,12 +17,13 @@ from pyspark.sql import SparkSession
 
 from pipelines import events, storage
 from pipelines.config import PipelineConfig, to_yaml
-from pipelines.dataset import VALIDATION_SPLIT, steps_per_epoch
+from pipelines.dataset import VALIDATION_SPLIT, steps_per_epoch, view_folders
 from pipelines.events import EpochRecord
 from pipelines.formats import Record
 from pipelines.launcher import LaunchError, run_ranks
 from pipelines.lease import check_leases
 from pipelines.progress import EpochProgress
+from pipelines.readers import ReadLease
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train.job import TrainJob, plan_job, record_run_data
@@ -75,7 +76,18 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | N
     """
     run_dir = config.run_dir()
     storage.check_location(run_dir, "workdir")
-    job = plan_job(config, run_dir, init_from=init_from or warm_start_artifact(config))
+    # A registered reader of the dataset before its head is read: a full ETL or an append that
+    # commits meanwhile keeps the versions this training (and its retries) read until it ends.
+    with ReadLease(config.dataset_dir, f"dlpipe train (run {config.run_id})", config.lease.ttl_s) as reader:
+        job = plan_job(config, run_dir, init_from=init_from or warm_start_artifact(config))
+        reader.name(view_folders(job.data))
+        return _planned(spark, job, on_event, entry, tracker)
+
+
+def _planned(spark: SparkSession, job: TrainJob, on_event: EventHandler | None, entry: str,
+             tracker: Tracker | None) -> TrainResult:
+    """:func:`main` once the job is planned (and its data protected)."""
+    config, run_dir = job.config, job.run_dir
     check_layout(job)  # every check before a tracked run starts
     if job.init_from:
         check_warm_start(job)

@@ -106,10 +106,16 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
     ctx.emit(events.DeviceChosen(device=choice.device, gpu=choice.gpu, reason=choice.reason, precision=tc.precision))
 
     # Rank 0 reads the newest checkpoint and broadcasts it; every rank restores its own part of it.
+    unusable: list[str] = []
+
     def skipped(location: str, error: Exception) -> None:
-        ctx.log(f"checkpoint {storage.redact(location)} cannot be read ({error}): resuming from the one before")
+        unusable.append(storage.redact(location))
+        ctx.log(f"checkpoint {storage.redact(location)} was read but does not decode ({error}): skipping it")
 
     found = latest_checkpoint(job.checkpoints, job.data.identity, skipped) if rank == 0 else None
+    if rank == 0 and found is None and unusable:
+        ctx.log(f"none of the {len(unusable)} checkpoint(s) in {storage.redact(job.checkpoints)} decodes: "
+                "training starts from scratch (epoch 1)")
     resume: TrainCheckpoint | None = strategy.broadcast_object(found)
     start_epoch, start_step, history = 0, 0, []
     if resume is not None:

@@ -67,7 +67,8 @@ def test_no_import_cycle_among_the_projects_modules():
 LAYERS = [
     ("models",),
     ("pipelines.errors", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
-     "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.publish",
+     "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.readers",
+     "pipelines.publish",
      "pipelines.checkpoints", "pipelines.tracking"),
     ("pipelines.dataset", "pipelines.artifact", "pipelines.session", "pipelines.preprocess", "pipelines.tables",
      "pipelines.raw", "pipelines.launcher"),

@@ -140,3 +140,29 @@ def test_a_parquet_source_appends_its_new_files_alike_with_either_reader(spark, 
     part("day2.parquet", range(50, 80))
     second = _etl(spark, tmp_path / "work", src, *common)
     assert (second.version, second.records_in, second.accepted, second.input_files.listed) == (2, 30, 30, 1)
+
+
+@pytest.mark.parametrize("kind", ["csv", "json", "parquet"])
+def test_an_append_that_finds_nothing_new_succeeds_with_one_line_under_either_reader(spark, tmp_path, capsys, kind):
+    """A scheduler runs the same append again (or a second job waited for the first's lease and then
+    found its files ingested): success, one line, nothing published, for every source kind and reader."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [{"a": float(i), "b": float(-i), "label": i % 2} for i in range(24)]
+    if kind == "csv":
+        (src / "day1.csv").write_text("a,b,label\n" + "".join(f"{r['a']},{r['b']},{r['label']}\n" for r in rows))
+    elif kind == "json":
+        (src / "day1.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), src / "day1.parquet")
+    first = _etl(spark, tmp_path / "work", src, f"etl.source.kind={kind}")
+    dataset_dir = str(tmp_path / "work" / "datasets" / "digits")
+    head = ds.read_head(dataset_dir)
+    capsys.readouterr()
+    for reader in ("spark", "python"):
+        again = _etl(spark, tmp_path / "work", src, f"etl.source.kind={kind}", f"storage.reader={reader}")
+        assert again == first  # the newest version's manifest, as it was
+        out = capsys.readouterr().out
+        assert [line for line in out.splitlines() if line.startswith("etl:")] == [
+            f"etl: nothing new in {src}: its 1 file(s) are in versions 1..1 of {dataset_dir}; nothing published"]
+    assert ds.read_head(dataset_dir) == head  # no new head

@@ -54,12 +54,50 @@ def test_a_checkpoint_inside_an_epoch_sorts_after_that_epochs_start_and_before_i
     assert _names(tmp_path) == ["epoch-0003.step-000100.pt", "epoch-0004.pt"]
 
 
-def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+def test_a_newest_checkpoint_that_does_not_decode_falls_back_to_the_one_before(tmp_path):
     _save(tmp_path, _state(1))
     (tmp_path / "epoch-0002.pt").write_bytes(b"truncated by a disk that lied")
     skipped = []
     state = latest_checkpoint(str(tmp_path), "hash-a", on_skip=lambda where, e: skipped.append(storage.name(where)))
     assert state.epoch == 1 and skipped == ["epoch-0002.pt"]
+
+
+def test_a_checkpoint_the_store_cannot_read_is_retried_then_stops_the_job_naming_it(tmp_path, monkeypatch):
+    """A store hiccup is not a damaged file: no silent fall-back to an older checkpoint (or to none)."""
+    _save(tmp_path, _state(1))
+    _save(tmp_path, _state(2))
+    monkeypatch.setattr(checkpoints, "READ_RETRY_S", 0.0)
+    calls = []
+    real = storage.read_bytes
+
+    def flaky(location: str) -> bytes:
+        calls.append(storage.name(location))
+        if len(calls) < checkpoints.READ_ATTEMPTS:  # fails twice, then the store answers
+            raise storage.StorageError(f"{location}: reading failed: no answer from the endpoint in time")
+        return real(location)
+
+    monkeypatch.setattr(storage, "read_bytes", flaky)
+    assert latest_checkpoint(str(tmp_path), "hash-a").epoch == 2  # retried: the newest, not the one before
+
+    def denied(location: str) -> bytes:
+        raise storage.StorageError(f"{location}: reading failed: access denied")
+
+    monkeypatch.setattr(storage, "read_bytes", denied)
+    with pytest.raises(checkpoints.CheckpointReadError, match=r"epoch-0002.pt could not be read after 3 attempts "
+                                                              r"\(.*access denied\): the job stops"):
+        latest_checkpoint(str(tmp_path), "hash-a")
+
+
+def test_after_a_restart_from_an_earlier_position_the_new_checkpoints_are_kept(tmp_path):
+    """Epochs 4 and 5 did not decode, so the run went on from epoch 3: its new epoch-4 checkpoint
+    replaces the bad ones instead of being pruned as older than them by name."""
+    _save(tmp_path, _state(3))
+    for bad in ("epoch-0004.pt", "epoch-0005.pt"):
+        (tmp_path / bad).write_bytes(b"garbage")
+    assert latest_checkpoint(str(tmp_path), "hash-a").epoch == 3
+    _save(tmp_path, _state(4))
+    assert _names(tmp_path) == ["epoch-0003.pt", "epoch-0004.pt"]
+    assert latest_checkpoint(str(tmp_path), "hash-a").model["w"].tolist() == [4.0, 4.0]
 
 
 def test_the_writer_writes_in_order_in_the_background_and_reports_its_times(tmp_path):
