@@ -23,7 +23,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from pipelines import storage
 from pipelines.formats import Record
@@ -51,41 +51,91 @@ def new_attempt_name() -> str:
     return f"{ATTEMPT_PREFIX}{stamp}.{now % 10**9:09d}-{uuid.uuid4().hex[:8]}"
 
 
+class PublishError(RuntimeError):
+    """What a job reported writing is not all there: nothing was published."""
+
+
+@dataclass
+class Attempt:
+    """One publication in progress: write into ``folder``, then :meth:`report` the files written
+    (the tasks' own list); the commit names exactly those, each checked to exist."""
+
+    folder: str
+    reported: list[str] | None = None  # locations; None = nothing reported: every file in the folder
+
+    def report(self, locations: Iterable[str]) -> None:
+        self.reported = [*(self.reported or []), *locations]
+
+    def files(self) -> list[str]:
+        """The files to commit, relative to the folder, sorted: the reported ones (each must exist)."""
+        if self.reported is None:
+            return sorted(storage.relative(f.location, self.folder) for f in storage.list_files(self.folder))
+        found = {storage.relative(f.location, self.folder)
+                 for f in storage.list_files(self.folder, include_hidden=True)}
+        wanted = {storage.relative(location, self.folder) for location in self.reported}
+        missing = sorted(wanted - found)
+        if missing:
+            raise PublishError(f"{storage.redact(self.folder)}: {len(missing)} file(s) the tasks reported writing are "
+                               f"missing ({', '.join(missing[:5])}): nothing was published; re-run the job")
+        return sorted(wanted)
+
+
 @contextmanager
-def publishing(target: str) -> Iterator[str]:
-    """Yield a fresh attempt folder under ``target``; when the block succeeds, commit it (every
-    file now in it), then remove older attempts. On an exception the attempt is removed and
-    ``target`` stays as it was.
+def publishing(target: str, job: str = "") -> Iterator[Attempt]:
+    """Yield a fresh :class:`Attempt` under ``target``; when the block succeeds, commit it (the
+    files reported, else every file now in it), then remove older attempts. On an exception the
+    attempt is removed and ``target`` stays as it was.
 
     The commit is conditional: it replaces only the ``_commit.json`` this job saw when it started
     (or creates it only if there was none), and only while this process still holds its leases.
-    Of two jobs publishing one target at once, the later to commit gets :class:`PublishConflict`."""
+    Of two jobs publishing one target at once, the later to commit gets :class:`PublishConflict`.
+    While it writes, the attempt is registered like a reader (``pipelines.readers``), so another
+    job's clean-up never removes it. ``job``: who writes, for those messages."""
     from pipelines.lease import verify_leases
+    from pipelines.readers import ReadLease
 
     commit_path = storage.join(target, COMMIT_FILE)
-    before = storage.read_versioned(commit_path)  # the commit is conditional on this: no other job's in between
     name = new_attempt_name()
     folder = storage.join(target, name)
-    storage.mkdirs(folder)
-    try:
-        yield folder
-        files = [storage.relative(f.location, folder) for f in storage.list_files(folder)]
-        data = Commit(name, files, datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json().encode("utf-8")
-        verify_leases()  # a job whose lease was taken over must not commit
+    with ReadLease(target, job or f"a dlpipe job writing {name}") as owner:
+        owner.name([name])
+        before = storage.read_versioned(commit_path)  # the commit is conditional on this: no other job's in between
+        storage.mkdirs(folder)
+        attempt = Attempt(folder)
         try:
-            if before is None:
-                storage.create_if_absent(commit_path, data)
-            else:
-                storage.replace_if_version(commit_path, data, before[1])
-        except storage.WriteConflict:
-            raise PublishConflict(f"{storage.redact(target)}: another job published it while this job was writing "
-                                  "it, so this job's output was not published (nothing half-visible; its attempt "
-                                  "folder is removed). Re-run to replace that job's output, or write to another "
-                                  "target") from None
-    except BaseException:
-        storage.delete_dir(folder)
-        raise
+            yield attempt
+            data = Commit(name, attempt.files(),
+                          datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json().encode("utf-8")
+            verify_leases()  # a job whose lease was taken over must not commit
+            try:
+                if before is None:
+                    storage.create_if_absent(commit_path, data)
+                else:
+                    storage.replace_if_version(commit_path, data, before[1])
+            except storage.WriteConflict:
+                raise PublishConflict(f"{storage.redact(target)}: another job published it while this job was "
+                                      "writing it, so this job's output was not published (nothing half-visible; "
+                                      "its attempt folder is removed). Re-run to replace that job's output, or "
+                                      "write to another target") from None
+        except BaseException:
+            storage.delete_dir(folder)
+            raise
     remove_stale_attempts(target, name)
+
+
+def check_committed(location: str, key: str) -> None:
+    """Refuse a dlpipe output that was never committed (attempt folders, no ``_commit.json``: a job
+    killed before its commit) instead of reading its partial files as data; ConfigError naming ``key``."""
+    from pipelines.errors import ConfigError
+
+    if not storage.is_dir(location) or storage.exists(storage.join(location, COMMIT_FILE)):
+        return
+    attempts = [storage.name(d) for d in storage.list_dirs(location) if storage.name(d).startswith(ATTEMPT_PREFIX)]
+    if attempts:
+        raise ConfigError(f"{key}={storage.redact(location)} holds {len(attempts)} uncommitted dlpipe attempt folder(s) "
+                          f"({attempts[0]}{', ...' if len(attempts) > 1 else ''}) and no {COMMIT_FILE}: the job that "
+                          "wrote it was stopped before it committed, so its files may be partial. Re-run that job, "
+                          "or point at a committed output", key=key)
 
 
 def read_commit(target: str) -> Commit | None:

@@ -25,7 +25,7 @@ from pyspark.sql import types as T
 
 from pipelines import storage
 from pipelines.preprocess import CORRUPT
-from pipelines.publish import committed_folder
+from pipelines.publish import check_committed, committed_folder
 from pipelines.tables import read_parquet_through_storage, spark_path, spark_reads
 
 REFERENCE_COLUMNS = ("_file", "_row")  # added by load_table: the file and (Parquet) row of each record
@@ -56,16 +56,26 @@ def resolve_location(path: str, key: str) -> str:
 
     if not storage.is_local(path):
         if storage.exists(path):
-            return committed_folder(storage.normalize(path)) or storage.normalize(path)
+            return _committed_or_plain(storage.normalize(path), key)
         raise RawInputError(f"{key}={storage.redact(path)} does not exist: point {key} at the folder or file of "
                             "records")
     given = storage.normalize(path)
     bundled = storage.normalize(path, str(REPO_ROOT))
     for candidate in (given, bundled):
         if storage.exists(candidate):
-            return committed_folder(candidate) or candidate
+            return _committed_or_plain(candidate, key)
     raise RawInputError(f"{key}={path!r} does not exist (looked in {given} and {bundled}): point {key} at the folder "
                         "or file of records")
+
+
+def _committed_or_plain(location: str, key: str) -> str:
+    """A publication's committed folder, or ``location`` itself when it is a plain folder or file;
+    a publication that was never committed is refused (its files may be partial)."""
+    committed = committed_folder(location)
+    if committed:
+        return committed
+    check_committed(location, key)
+    return location
 
 
 def _partitions(spark: SparkSession, files: int) -> int:

@@ -194,7 +194,8 @@ def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
     digits = spark.sparkContext.broadcast(load_digits())
     describe(spark, "generate")
     try:
-        with publishing(out) as folder:
+        with publishing(out, f"dlpipe generate (run {config.run_id})") as attempt:
+            folder = attempt.folder
             spec = PartSpec(folder, ROWS_PER_ROW_GROUP, storage_options=storage.current_options())
             write = _block_writer(params, digits, spec)
             stats = spark.range(blocks, numPartitions=partitions).mapInArrow(write, FILE_STATS_DDL).collect()
@@ -208,6 +209,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
                 config_hash=config.digest(), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 output=folder)
             storage.write_text(storage.join(folder, INFO_FILE), info.to_json())
+            attempt.report([*(storage.join(folder, s["file"]) for s in stats), storage.join(folder, INFO_FILE)])
     finally:
         digits.destroy()
     print(f"generate: {g.num_samples} samples, {g.image_size}x{g.image_size}, {len(stats)} files -> "

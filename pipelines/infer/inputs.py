@@ -59,6 +59,7 @@ def read_input(spark: SparkSession, config: PipelineConfig, meta: ArtifactMeta) 
 def features_parquet(spark: SparkSession, location: str, reader: str) -> ScoringInput:
     """Any Parquet with a ``features`` column (an ``id`` and a ``label`` class index are optional):
     a file, a folder of files, or a dlpipe publication (its committed files)."""
+    publish.check_committed(location, "infer.input")
     files = publish.committed_files(location, ".parquet") or \
         [e.location for e in storage.list_files(location, suffix=".parquet")]
     if not files:

@@ -93,8 +93,10 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
     plan = plan_scoring(spark, scoring.frame, artifact, ic.batch_size, keep, device=ic.device,
                         gpu_batch_size=ic.gpu_batch_size)
     loads = plan.loads
-    with publishing(output) as folder:  # scored and written in one pass, in the same Python worker
-        written = write_parquet(plan.inputs, folder, count_nulls_of="error", transform=plan.scorer, schema=plan.schema)
+    with publishing(output, f"dlpipe infer (run {config.run_id})") as attempt:  # scored and written in one pass
+        written = write_parquet(plan.inputs, attempt.folder, count_nulls_of="error", transform=plan.scorer,
+                                schema=plan.schema)
+        attempt.report(w.file for w in written)  # the commit names exactly what the tasks wrote
     rows = sum(w.rows for w in written)
     bad_rows = rows - sum(w.nulls for w in written)
     files = committed_files(output, ".parquet")

@@ -306,8 +306,8 @@ def write_trajectories(target: str, played: dict) -> str:
     columns = {"id": pa.array([f"ep{e:05d}-t{s:05d}" for e, s in zip(played["episode"], played["step"])])}
     columns.update({f"obs_{i}": pa.array(obs[:, i].astype(np.float32)) for i in range(obs.shape[1])})
     columns["action"] = pa.array(played["action"].astype(np.int64))
-    with publishing(target) as folder:
+    with publishing(target) as attempt:
         buffer = io.BytesIO()
         pq.write_table(pa.table(columns), buffer)
-        storage.write_bytes(storage.join(folder, "part-00000.parquet"), buffer.getvalue())
+        storage.write_bytes(storage.join(attempt.folder, "part-00000.parquet"), buffer.getvalue())
     return committed_folder(target) or target

@@ -77,14 +77,14 @@ def test_an_unreadable_reader_record_protects_everything(root):
 
 def test_a_republished_output_keeps_the_attempt_a_live_job_reads(tmp_path, capsys):
     target = str(tmp_path / "predictions")
-    with publishing(target) as folder:
-        storage.write_text(storage.join(folder, "part-0.parquet"), "first")
+    with publishing(target) as attempt:
+        storage.write_text(storage.join(attempt.folder, "part-0.parquet"), "first")
     first = committed_folder(target)
     with ReadLease(target, "dlpipe etl (run e1)", ttl_s=30) as reader:
         reader.name([storage.name(first)])
-        with publishing(target) as folder:
-            storage.write_text(storage.join(folder, "part-0.parquet"), "second")
+        with publishing(target) as attempt:
+            storage.write_text(storage.join(attempt.folder, "part-0.parquet"), "second")
         assert Path(first).is_dir() and "dlpipe etl (run e1) (pid" in capsys.readouterr().out
-    with publishing(target) as folder:
-        storage.write_text(storage.join(folder, "part-0.parquet"), "third")
+    with publishing(target) as attempt:
+        storage.write_text(storage.join(attempt.folder, "part-0.parquet"), "third")
     assert not Path(first).exists()
