@@ -108,9 +108,11 @@ def test_scheduled_rerun_resumes_and_never_duplicates(tmp_path):
         assert summary["status"] == "ok" and summary["train"]["epochs_completed"] == 4
         epochs = [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert epochs == [1, 2, 3, 4]
-        predictions = sorted(p.name for p in (run_dir / "predictions").iterdir())
+        predictions = sorted(p.name for p in (run_dir / "predictions").iterdir() if p.name != "_readers")
         assert len(predictions) == 2 and predictions[0] == "_commit.json" and predictions[1].startswith("a-")
-        assert not (run_dir / "_lease.json").exists()  # released at the end
+        assert not list((run_dir / "predictions" / "_readers").iterdir())  # the writer's record is gone
+        lease = json.loads((run_dir / "_lease.json").read_text())
+        assert lease["released"] is True  # released at the end (kept: the next holder's fence is higher)
         assert summary["infer"]["rows"] == summary["eval"]["rows"]
         leftovers = [p.name for p in tmp_path.rglob(".*tmp-*")]
         assert leftovers == []
