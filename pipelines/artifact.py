@@ -71,6 +71,7 @@ class Preprocessing(Record):
     image_shape: tuple[int, int] = (0, 0)  # images: H, W every image is resized to
     channels: int = 1  # images: 1 = greyscale, 3 = RGB (features are C,H,W in [0, 1])
     resize: str = "bilinear"  # images: Pillow's resampling filter for the resize
+    max_pixels: int = 25_000_000  # images: larger files are refused per record, unread (etl.source.max_pixels)
     feature_columns: tuple[str, ...] = ()  # tabular: numeric columns in order, or one array column
     label_column: str = ""  # tabular: the label column (used for evaluation when an input has it)
     id_column: str = ""  # tabular: the record id column ("" = none)
@@ -88,7 +89,7 @@ class Preprocessing(Record):
         kind = recorded.kind if recorded is not None else source.kind
         if kind == "images":
             shape = list(manifest.feature_shape if manifest is not None else [source.channels, *source.image_shape])
-            return cls("images", (int(shape[1]), int(shape[2])), int(shape[0]))
+            return cls("images", (int(shape[1]), int(shape[2])), int(shape[0]), max_pixels=source.max_pixels)
         columns = recorded.feature_columns if recorded is not None and recorded.feature_columns is not None \
             else source.feature_columns
         return cls(kind, feature_columns=tuple(columns),

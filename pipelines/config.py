@@ -63,6 +63,7 @@ class SourceConfig:
     labels_csv: str = "labels.csv"  # images: CSV (file,label) inside `path`; "" = label from sub-folder name
     image_shape: list[int] = setting([8, 8], each(at_least(1), length=2))  # H, W every image is resized to
     channels: int = setting(1, one_of(1, 3))  # 1 = greyscale, 3 = RGB
+    max_pixels: int = setting(25_000_000, at_least(1))  # images: a file larger than this (width x height) is quarantined unread (decompression bombs)
     feature_columns: list[str] = field(default_factory=list)  # tabular: numeric columns in order, or one array column; [] = all but label/id
     label_column: str = "label"  # tabular: label column
     id_column: str = ""  # tabular: stable record id; "" = sha1 of the record's content (identical records = duplicates)

@@ -35,16 +35,23 @@ class PreprocessError(ValueError):
 
 # --- images -----------------------------------------------------------------------------------
 
-def decode_image(data: bytes, channels: int, height: int, width: int, resize: str = "bilinear") -> np.ndarray:
+def decode_image(data: bytes, channels: int, height: int, width: int, resize: str = "bilinear",
+                 max_pixels: int = 25_000_000) -> np.ndarray:
     """One image file's bytes -> float32 C,H,W values in [0, 1], flattened.
 
     Greyscale (``channels=1``) or RGB (3), resized to ``height`` x ``width`` with Pillow's ``resize``
-    filter. Raises whatever Pillow raises for bytes it cannot read.
+    filter. Raises whatever Pillow raises for bytes it cannot read, and ``ValueError`` for an image
+    of more than ``max_pixels`` pixels, checked from its header before any pixel is decoded (a small
+    file can decode to gigabytes; Pillow only warns below 179 megapixels).
     """
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
     with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ValueError(f"image of {w}x{h} = {w * h} pixels is above etl.source.max_pixels={max_pixels}: refused "
+                             "unread (raise the limit if such images are real data)")
         img.draft(mode, (width, height))  # JPEG: decode at reduced size
         img = img.convert(mode)
         if img.size != (width, height):
@@ -75,7 +82,7 @@ def decode_images(contents: Iterable[bytes | None],
         try:
             if data is None:
                 raise ValueError("no image bytes (null)")
-            features.append(decode_image(data, prep.channels, height, width, prep.resize))
+            features.append(decode_image(data, prep.channels, height, width, prep.resize, prep.max_pixels))
             details.append(None)
         except Exception as e:  # noqa: BLE001 - any failure to decode is this record's problem, not the job's
             features.append(None)

@@ -88,10 +88,34 @@ def test_the_artifact_carries_its_preprocessing_and_an_old_artifact_scores_featu
     save_artifact(path, model, artifact_meta(model, manifest, "hash", PipelineConfig()))
     meta = load_metadata(path)
     assert torch.load(path, weights_only=True)["preprocessing"] == {
-        "kind": "images", "image_shape": [8, 8], "channels": 1, "resize": "bilinear", "feature_columns": [],
-        "label_column": "", "id_column": ""}
+        "kind": "images", "image_shape": [8, 8], "channels": 1, "resize": "bilinear", "max_pixels": 25_000_000,
+        "feature_columns": [], "label_column": "", "id_column": ""}
     assert meta.preprocessing == IMAGES and meta.manifest_hash == "hash" and meta.label_names == ["a", "b", "c"]
     old = torch.load(path, weights_only=True)
     del old["preprocessing"]
     torch.save(old, path)
     assert load_metadata(path).preprocessing.kind == FEATURES_ONLY
+
+
+def test_an_image_above_the_pixel_limit_is_refused_per_record_before_it_is_decoded():
+    """A 30-megapixel PNG of a few KB (above the 25 MP default) is one quarantined record with its
+    reason; the image beside it decodes; the limit is the config key's."""
+    import io
+
+    from PIL import Image
+
+    from pipelines.artifact import Preprocessing
+    from pipelines.preprocess import decode_images
+
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buffer, format="PNG")
+    bomb = buffer.getvalue()
+    assert len(bomb) < 200_000
+    small = _png(Image.new("L", (8, 8)))
+    prep = Preprocessing("images", (8, 8), 1)
+    features, details = decode_images([bomb, small], prep)
+    assert features[0] is None and features[1] is not None and details[1] is None
+    assert details[0] == ("image of 6000x5000 = 30000000 pixels is above etl.source.max_pixels=25000000: refused "
+                          "unread (raise the limit if such images are real data)")
+    _, details = decode_images([small], Preprocessing("images", (8, 8), 1, max_pixels=63))
+    assert details[0].startswith("image of 8x8 = 64 pixels is above etl.source.max_pixels=63")
