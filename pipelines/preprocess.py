@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 from pipelines.artifact import Preprocessing
 
 CORRUPT = "_corrupt_record"  # Spark's column for CSV / JSON records it cannot parse
+INVALID_TEXT = "_invalid_text"  # pipelines.raw's column: why a CSV / JSON record's bytes were not valid UTF-8
 MAX_DETAIL = 300
 
 
@@ -144,6 +145,9 @@ def tabular_features(table: DataFrame, kind: str, columns: list[str], key: str,
         feats = _scalar_features(columns, fields, key)
     corrupt = F.col(CORRUPT) if CORRUPT in fields else F.lit(None).cast("string")
     snippet = F.substring(corrupt, 1, 200)
+    if INVALID_TEXT in fields:  # bytes that are not text: whatever they parsed into, the record is not trusted
+        feats["decode_detail"] = F.when(F.col(INVALID_TEXT).isNotNull(), F.col(INVALID_TEXT)
+                                        ).otherwise(feats["decode_detail"])
     if kind == "json":  # an unparsable line
         feats["decode_detail"] = F.when(corrupt.isNotNull(), F.concat(F.lit("malformed JSON line: "), snippet)
                                         ).otherwise(feats["decode_detail"])

@@ -24,11 +24,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import storage
-from pipelines.preprocess import CORRUPT
+from pipelines.preprocess import CORRUPT, INVALID_TEXT
 from pipelines.publish import check_committed, committed_folder
 from pipelines.tables import read_parquet_through_storage, spark_path, spark_reads
 
 REFERENCE_COLUMNS = ("_file", "_row")  # added by load_table: the file and (Parquet) row of each record
+READ_CHUNK = 1 << 20  # the storage reader streams text files in pieces of this many bytes
+LINES_PER_BATCH = 8192
+REPLACEMENT = "\ufffd"  # what invalid UTF-8 bytes decode to, in Spark's readers as in Python's
 READERS = ("auto", "spark", "python")
 
 
@@ -149,6 +152,36 @@ def table_files(kind: str, root: str, skip: dict[str, int] | None = None) -> lis
     return [e for e in entries if (skip or {}).get(input_key(e.location, root)) != e.size]
 
 
+def unreadable_parquet(spark: SparkSession, entries: list[storage.FileEntry]) -> dict[str, str]:
+    """The Parquet files among ``entries`` whose footer cannot be read (truncated, not Parquet):
+    location -> the problem. Checked in Spark tasks (one footer read each), so one bad file becomes
+    a quarantined file instead of the whole read failing."""
+    if not entries:
+        return {}
+    options = storage.current_options()
+
+    def check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        storage.set_options(options)
+        bad: list[tuple[str, str]] = []
+        for batch in batches:
+            for location in batch.column(0).to_pylist():
+                try:
+                    with storage.open_input(location) as f:
+                        pq.read_metadata(f)
+                except FileNotFoundError:
+                    bad.append((location, "the file disappeared while the job read it"))
+                except Exception as e:  # noqa: BLE001 - whatever pyarrow says, this file cannot be read
+                    bad.append((location, f"unreadable Parquet file: {str(e).splitlines()[0][:200]}"))
+        yield pa.RecordBatch.from_arrays([pa.array([b[0] for b in bad], pa.string()),
+                                          pa.array([b[1] for b in bad], pa.string())], names=["location", "problem"])
+
+    frame = spark.createDataFrame([(e.location,) for e in entries], "location string").repartition(
+        _partitions(spark, len(entries)))
+    return {r["location"]: r["problem"] for r in frame.mapInArrow(check, "location string, problem string").collect()}
+
+
 def input_key(location: str, root: str) -> str:
     """A file's identity in its source: its path relative to the source folder (its name for a file source)."""
     return storage.name(location) if storage.normalize(location) == storage.normalize(root) \
@@ -180,7 +213,23 @@ def load_table(spark: SparkSession, kind: str, root: str, reader: str = "auto",
             reader_ = reader_.option("pathGlobFilter", "*.parquet")
         df = reader_.parquet(*path) if isinstance(path, list) else reader_.parquet(path)  # varargs, not a list
     row = F.col("_metadata.row_index") if kind == "parquet" else F.lit(None).cast("bigint")
-    return df.select("*", F.col("_metadata.file_path").alias("_file"), row.alias("_row")), df.inputFiles()
+    table = df.select("*", F.col("_metadata.file_path").alias("_file"), row.alias("_row"))
+    return _flag_invalid_text(table, kind), df.inputFiles()
+
+
+def _flag_invalid_text(table: DataFrame, kind: str) -> DataFrame:
+    """Spark's readers decode invalid UTF-8 bytes as U+FFFD and go on: a record holding one gets
+    :data:`INVALID_TEXT` (the storage reader says where the bytes were), so it is quarantined as a
+    decode error under either reader instead of entering the dataset with mangled text."""
+    if kind == "parquet":
+        return table
+    texts = [F.col(f"`{f.name}`") for f in table.schema.fields
+             if isinstance(f.dataType, T.StringType) and f.name not in REFERENCE_COLUMNS]
+    if not texts:
+        return table
+    joined = F.concat_ws("", *texts)
+    return table.withColumn(INVALID_TEXT, F.when(joined.contains(REPLACEMENT), F.lit(
+        "invalid UTF-8 bytes in the record (read as U+FFFD)")))
 
 
 def _csv_schema(header: list[str]) -> T.StructType:
@@ -203,7 +252,8 @@ def _load_table_through_storage(spark: SparkSession, kind: str, root: str,
     options = storage.current_options()
     files = spark.createDataFrame([(x,) for x in readable], "location string").repartition(
         _partitions(spark, len(readable)))
-    lines = files.mapInArrow(_text_lines(options, skip_header=kind == "csv"), "value string, _file string")
+    lines = files.mapInArrow(_text_lines(options, skip_header=kind == "csv"),
+                             f"value string, _file string, {INVALID_TEXT} string")
     if kind == "csv":
         header = next(csv.reader(io.StringIO(_first_line(readable[0]))))
         ddl = ", ".join(f"`{c.replace('`', '``')}` STRING" for c in [*header, CORRUPT])
@@ -212,33 +262,62 @@ def _load_table_through_storage(spark: SparkSession, kind: str, root: str,
         inferred = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(
             lines.select("value").rdd.map(lambda r: r.value))
         parsed = F.from_json("value", inferred.schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
-    table = lines.select(parsed.alias("r"), "_file").select("r.*", "_file", F.lit(None).cast("bigint").alias("_row"))
+    table = lines.select(parsed.alias("r"), "_file", INVALID_TEXT).select(
+        "r.*", "_file", F.lit(None).cast("bigint").alias("_row"), INVALID_TEXT)
     return table, listed
 
 
 def _first_line(location: str) -> str:
+    for line in _file_lines(location):
+        return line.decode("utf-8", errors="replace")
+    return ""
+
+
+def _file_lines(location: str) -> Iterator[bytes]:
+    """The lines of a text file, streamed in :data:`READ_CHUNK` pieces (never held whole), split on
+    ``\n`` only with a ``\r`` before it dropped: a form feed or U+2028 inside a field stays in its
+    record, as in Spark's readers."""
+    rest = b""
     with storage.open_input(location) as f:
-        head = f.read(1 << 16).decode("utf-8", errors="replace")
-    return head.splitlines()[0] if head else ""
+        while chunk := f.read(READ_CHUNK):
+            *whole, rest = (rest + chunk).split(b"\n")
+            for line in whole:
+                yield line[:-1] if line.endswith(b"\r") else line
+    if rest:
+        yield rest[:-1] if rest.endswith(b"\r") else rest
 
 
 def _text_lines(options: storage.StorageOptions, skip_header: bool):
-    """A ``mapInArrow`` function: file locations in, their non-blank lines (and the file) out."""
+    """A ``mapInArrow`` function: file locations in, their non-blank lines (and the file, and why a
+    line is not valid UTF-8: decoded with U+FFFD as Spark does, and flagged) out, in batches."""
+    schema = pa.schema([("value", pa.string()), ("_file", pa.string()), (INVALID_TEXT, pa.string())])
+
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         storage.set_options(options)
         for batch in batches:
             for location in batch.column(0).to_pylist():
-                lines = storage.read_text(location).splitlines()[1 if skip_header else 0:]
-                kept = [line for line in lines if line.strip()]  # Spark's readers skip blank lines too
-                yield pa.RecordBatch.from_arrays([pa.array(kept, pa.string()),
-                                                  pa.array([spark_path(location)] * len(kept), pa.string())],
-                                                 names=["value", "_file"])
+                rows: list[tuple[str, str, str | None]] = []
+                for number, raw in enumerate(_file_lines(location), start=1):
+                    if skip_header and number == 1:
+                        continue
+                    try:
+                        text, invalid = raw.decode("utf-8"), None
+                    except UnicodeDecodeError as e:
+                        text = raw.decode("utf-8", errors="replace")
+                        invalid = f"invalid UTF-8 bytes in the record (line {number}, byte {e.start + 1})"
+                    if text.strip():  # Spark's readers skip blank lines too
+                        rows.append((text, spark_path(location), invalid))
+                    if len(rows) >= LINES_PER_BATCH:
+                        yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], schema=schema)
+                        rows = []
+                if rows:
+                    yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], schema=schema)
     return read
 
 
 def table_columns(table: DataFrame) -> list[str]:
     """The input's own columns (without Spark's corrupt-record column and load_table's references)."""
-    return [c for c in table.columns if c not in (CORRUPT, *REFERENCE_COLUMNS)]
+    return [c for c in table.columns if c not in (CORRUPT, INVALID_TEXT, *REFERENCE_COLUMNS)]
 
 
 def read_labels_csv(spark: SparkSession, path: str, key: str, hint: str = "") -> DataFrame:

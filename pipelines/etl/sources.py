@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from pipelines.artifact import TABULAR_KINDS, Preprocessing
 from pipelines.config import ConfigError, SourceConfig
@@ -31,8 +32,9 @@ from pipelines.preprocess import (
 from pipelines import storage
 from pipelines.raw import (
     RawInputError, binary_files, empty_files, input_key, load_table, read_labels_csv, resolve_location, table_columns,
-    table_files,
+    table_files, unreadable_parquet,
 )
+from pipelines.tables import spark_path
 
 RECORD_COLUMNS = [
     "id", "source", "row", "label", "features",
@@ -203,11 +205,17 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
     entries = table_files(source.kind, root, skip)
     if skip is not None and not entries:
         raise NothingNew(root)  # before any reader: Spark's and the storage layer's alike refuse an empty list
+    unreadable = unreadable_parquet(spark, [e for e in entries if e.size]) if source.kind == "parquet" else {}
+    readable = [e for e in entries if e.location not in unreadable]
+    if unreadable and not [e for e in readable if e.size]:
+        raise EtlError(f"etl.source.path={storage.redact(root)}: none of its {len(entries)} Parquet file(s) can be read, "
+                       f"e.g. {storage.redact(next(iter(unreadable)))}: {next(iter(unreadable.values()))}")
     try:
-        raw, listed = load_table(spark, source.kind, root, reader, entries if skip is not None else None)
+        raw, listed = load_table(spark, source.kind, root, reader,
+                                 readable if skip is not None or unreadable else None)
     except RawInputError as e:
         raise EtlError(f"etl.source.path: {e}") from None
-    files = InputFiles(len(listed), empty_files(listed, root),
+    files = InputFiles(len(listed) + len(unreadable), empty_files(listed, root),
                        [(input_key(e.location, root), e.size) for e in entries])
     columns = table_columns(raw)
     label_col = _require_column(columns, source.label_column, "etl.source.label_column", root)
@@ -243,6 +251,13 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
         feats["null_detail"].alias("null_detail"),
         feats["nonfinite_detail"].alias("nonfinite_detail"),
     )
+    if unreadable:  # each unreadable file is one quarantined record naming it, so the counts reconcile
+        print(f"etl: {len(unreadable)} Parquet file(s) cannot be read and are quarantined as files: "
+              + ", ".join(storage.redact(x) for x in list(unreadable)[:5]), flush=True)
+        records = records.unionByName(spark.createDataFrame(
+            [(input_key(loc, root), spark_path(loc), None, None, None, problem, None, None)
+             for loc, problem in unreadable.items()], T.StructType([T.StructField(f.name, f.dataType, True)
+                                                                   for f in records.schema])))
     return _finish(records), num_features, files, feature_cols
 
 
