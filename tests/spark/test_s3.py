@@ -151,3 +151,31 @@ def test_rl_with_its_workdir_in_s3(s3, bucket, spark):
     assert committed_files(f"{run}/trajectories", ".parquet")
     again = job.main(spark, config, on_iteration=lambda r: pytest.fail("nothing left to train"))
     assert again.iterations == 2  # resumed from the bucket: complete
+
+
+RACES = int(os.environ.get("DLPIPE_FAULT_SWEEP", "0")) or 1  # rounds in make test (~45 s each); the sweep runs more
+
+
+@pytest.mark.slow
+def test_two_appends_started_together_on_s3_land_each_record_once_and_lose_no_version(s3, bucket):
+    """Each round a new day's CSV lands in the bucket and two `dlpipe etl etl.mode=append` processes
+    start together (a scheduler's retry beside the original): the lease lets one append the day, the
+    other then finds nothing new and succeeds too. Waits: each pair 300 s at most (~25 s quiet)."""
+    from pipelines import dataset as ds
+
+    src, work = f"s3://{BUCKET}/race-src", f"s3://{BUCKET}/race-work"
+    common = ["etl", "--config", "pipelines/configs/digits_cnn.yaml", "master=local[1]", f"workdir={work}",
+              "dataset=race", "etl.source.kind=csv", f"etl.source.path={src}", "etl.source.id_column=rid",
+              "etl.mode=append", "etl.rows_per_row_group=8", "lease.wait_s=300", *TRACKING_OFF]
+    for day in range(RACES):
+        rows = "".join(f"d{day}r{i},{i % 5},{day},{i % 2}\n" for i in range(30))
+        storage.write_text(f"{src}/day{day}.csv", "rid,a,b,label\n" + rows)
+        jobs = [_dlpipe(s3, *common, f"--run-id=race{day}{who}") for who in "ab"]
+        outs = [job.communicate(timeout=300)[0] for job in jobs]
+        assert [job.returncode for job in jobs] == [0, 0], outs
+        assert sum("etl: nothing new in" in out for out in outs) == 1, outs  # one appended, one found it done
+        head = ds.read_head(f"{work}/datasets/race")
+        assert [v.version for v in head.versions] == list(range(1, day + 2))  # one version a day, none lost
+        ids = [i for split in ds.open_dataset(f"{work}/datasets/race").splits.values()
+               for i in ds.read_split(split, ("id",)).column("id").to_pylist()]
+        assert len(ids) == len(set(ids)) == 30 * (day + 1)  # every record exactly once

@@ -28,8 +28,17 @@ def quick(monkeypatch):
 
 
 def _holder(folder, ttl_s: float = 30.0, hold_s: float = 60.0) -> subprocess.Popen:
+    """A process holding the lease; returns once it says "held" (60 s at most: an import of the
+    lease module takes well under a second on a quiet machine)."""
+    import selectors
+
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(ttl_s), str(hold_s)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, text=True)
+    with selectors.DefaultSelector() as ready:
+        ready.register(proc.stdout, selectors.EVENT_READ)
+        if not ready.select(timeout=60):
+            proc.kill()
+            pytest.fail("the lease holder process did not say 'held' within 60 s")
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -61,11 +70,13 @@ def test_a_second_job_is_refused_naming_the_holder_and_what_to_do(tmp_path):
 
 
 def test_with_wait_s_a_second_job_waits_and_takes_over_when_the_first_releases(tmp_path):
+    """Waits for the holder's release (1.5 s after it said "held"), polling every 0.1 s: at least
+    0.5 s must pass even if this process was slow to start waiting; 20 s at most (13x the hold)."""
     holder = _holder(tmp_path, hold_s=1.5)
     try:
         started = time.monotonic()
         with Lease(str(tmp_path), "second", wait_s=20) as second:
-            assert 1.0 < time.monotonic() - started < 15
+            assert 0.5 < time.monotonic() - started < 20
             assert second.read().job == "second"
     finally:
         holder.wait(timeout=30)
@@ -81,12 +92,14 @@ def test_a_killed_holders_lease_is_taken_over_at_once_on_its_host(tmp_path):
 
 
 def test_another_hosts_lease_is_respected_until_it_expires(tmp_path):
-    (tmp_path / LEASE_FILE).write_text(json.dumps({
-        "holder": "x", "job": "dlpipe run (run a)", "host": "other-host", "pid": 1, "acquired_at": time.time(),
-        "expires_at": time.time() + 1.0, "fence": 7}))
+    """The other host's lease runs 30 s (the refusal must come within it, a few ms quiet); then its
+    expiry is moved into the past, as if its holder had stopped renewing: no sleep to race."""
+    record = {"holder": "x", "job": "dlpipe run (run a)", "host": "other-host", "pid": 1, "acquired_at": time.time(),
+              "expires_at": time.time() + 30.0, "fence": 7}
+    (tmp_path / LEASE_FILE).write_text(json.dumps(record))
     with pytest.raises(LeaseHeld, match="pid 1 on other-host"):
         Lease(str(tmp_path), "me").acquire()
-    time.sleep(1.1)  # its holder stopped renewing: the lease expired
+    (tmp_path / LEASE_FILE).write_text(json.dumps({**record, "expires_at": time.time() - 1.0}))  # expired
     with Lease(str(tmp_path), "me") as mine:
         assert mine.read().job == "me" and mine.fence == 8  # a takeover raises the fencing token
 
