@@ -169,7 +169,7 @@ def remove_stale_attempts(target: str, committed: str) -> None:
     """Remove the attempt folders older than the committed one (a newer one may be another job's,
     still writing), except those a live reader of ``target`` still reads (``pipelines.readers``;
     a later publication removes them), and whatever an older dlpipe left there (``data/`` + ``_SUCCESS``)."""
-    from pipelines.readers import live_readers
+    from pipelines.readers import kept_note, live_readers
 
     readers = live_readers(target)
     for entry in storage.list_dirs(target):
@@ -177,8 +177,8 @@ def remove_stale_attempts(target: str, committed: str) -> None:
         if name.startswith(ATTEMPT_PREFIX) and name < committed:
             holders = readers.holders_of(name)
             if holders:
-                print(f"dlpipe: kept the superseded output {storage.redact(entry)} ({_size_mib(entry):.1f} MiB): "
-                      f"{', '.join(holders)} still reads it; a later publication removes it", flush=True)
+                print(f"dlpipe: kept the superseded output {storage.redact(entry)} {kept_note(entry, holders)}; a later "
+                      "publication removes it", flush=True)
                 continue
             storage.delete_dir(entry)
     for legacy in ("data", "_SUCCESS"):
@@ -187,7 +187,3 @@ def remove_stale_attempts(target: str, committed: str) -> None:
             storage.delete_dir(path)
         elif storage.exists(path):
             storage.delete(path)
-
-
-def _size_mib(folder: str) -> float:
-    return sum(f.size for f in storage.list_files(folder, include_hidden=True)) / 2**20

@@ -110,6 +110,12 @@ class ReadLease:
                 print(f"dlpipe: warning: could not renew the read lease {storage.redact(self.path)}: {e}", flush=True)
 
 
+def kept_note(folder: str, holders: list[str]) -> str:
+    """Why a writer kept ``folder``: "(12.3 MiB): <who> still reads it"."""
+    size = sum(f.size for f in storage.list_files(folder, include_hidden=True)) / 2**20
+    return f"({size:.1f} MiB): {', '.join(holders)} still reads it"
+
+
 def live_readers(root: str, remove_expired: bool = True) -> Readers:
     """The live reader records of ``root``; expired ones and those of a dead process on this
     machine are removed on the way (``remove_expired``)."""

@@ -48,7 +48,7 @@ from pipelines.etl.validate import (
 )
 from pipelines.etl.write import INPUT_COLUMNS, QUARANTINE_SCHEMA, TASK_GROUP, DatasetSpec, dataset_writer
 from pipelines.publish import COMMIT_FILE
-from pipelines.readers import READERS_DIR, ReadLease, live_readers
+from pipelines.readers import READERS_DIR, ReadLease, kept_note, live_readers
 from pipelines.session import describe
 from pipelines.tables import read_parquet
 
@@ -432,9 +432,8 @@ def remove_uncommitted(dataset_dir: str) -> None:
             continue
         holders = readers.holders_of(name)
         if holders:
-            size = sum(f.size for f in storage.list_files(entry, include_hidden=True)) / 2**20
-            print(f"etl: kept the superseded {name} ({size:.1f} MiB): {', '.join(holders)} still reads it; "
-                  "the next ETL of this dataset removes it once that job has ended", flush=True)
+            print(f"etl: kept the superseded {name} {kept_note(entry, holders)}; the next ETL of this dataset "
+                  "removes it once that job has ended", flush=True)
             continue
         storage.delete_dir(entry)
     for legacy in (dataset.MANIFEST_FILE, dataset.LEGACY_SUCCESS, dataset.HEAD_FILE):

@@ -25,10 +25,10 @@ import errno
 import fcntl
 import hashlib
 import os
-import secrets
 from typing import Any, Iterator
 
 from pipelines.storage import uri as _uri
+from pipelines.storage.fs import _fsync_local, _temp_name
 from pipelines.storage.uri import StorageError, fail
 
 NOT_FENCED = {
@@ -67,18 +67,10 @@ def _version_of(data: bytes) -> str:
 
 # --- local disk ---------------------------------------------------------------------------------
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_temp(path: str, data: bytes) -> str:
-    folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    """A complete, fsynced hidden temp file beside ``path`` (named as fs.py names its temp files)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = _temp_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -94,7 +86,7 @@ def _local_create(location: str, path: str, data: bytes) -> str:
         raise WriteConflict(f"{_uri.redact(location)}: {_CREATED}") from None
     finally:
         os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
+    _fsync_local(os.path.dirname(path))
     return _version_of(data)
 
 
@@ -120,7 +112,7 @@ def _local_replace(location: str, path: str, data: bytes, version: str) -> str:
             raise WriteConflict(f"{_uri.redact(location)}: {_CHANGED}")
         tmp = _write_temp(path, data)
         os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
+        _fsync_local(os.path.dirname(path))
     return _version_of(data)
 
 
