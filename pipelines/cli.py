@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import sys
 import time
+import traceback
 from typing import Any, Iterator
 
 from pipelines import storage
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - ours (or one of our Spark tasks'): one line; anything else: raised
+    except Exception as e:  # noqa: BLE001 - ours (or a Spark task's): one line; anything else: raised
         from pipelines.session import task_failure
 
         if type(e).__module__.startswith("pipelines.") or isinstance(e, FileNotFoundError):
@@ -130,10 +131,24 @@ def main(argv: list[str] | None = None) -> int:
             line = task_failure(e)
             if line is None:
                 raise  # not ours: keep the traceback
-        print(f"dlpipe {args.verb}: {storage.redact(line)}", file=sys.stderr)
+        print(f"dlpipe {args.verb}: {storage.redact(line)}\n(full traces: {_keep_traceback(e)})", file=sys.stderr)
         return 1
     _say_done(args.verb, config, result)
     return 0
+
+
+def _keep_traceback(error: BaseException) -> str:
+    """Append ``error``'s traceback to the job's Spark log file (beside the Java side); its path."""
+    from pipelines.session import spark_log_path
+
+    path = spark_log_path()
+    try:
+        with open(path, "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} dlpipe: the job failed:\n")
+            log.write(storage.redact("".join(traceback.format_exception(error))))
+    except OSError as e:
+        return f"not kept: {path}: {e}"
+    return path
 
 
 def _say_done(verb: str, config: PipelineConfig, result: Any) -> None:

@@ -95,6 +95,7 @@ class Started(RankEvent):
     pid: int
     host: str
     cores: list[int]  # the cores it is pinned to ([] = not pinned)
+    log: str = ""  # its log file: "host:/path"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,16 @@ class ConfigProblem(RankEvent):
     key: str
     message: str
     log: str  # where the rank's log file (with the traceback) is: "host:/path"
+
+
+@dataclass(frozen=True)
+class Failed(RankEvent):
+    """The entry function raised: the one-line cause for the console; the traceback is only in
+    the rank's log file, whose place ``log`` gives ("host:/path")."""
+
+    kind: ClassVar[str] = "failed"
+    error: str  # "ArrowInvalid: Parquet magic bytes not found ..." (the exception's first line)
+    log: str
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,7 @@ class MemoryUse(RankEvent):
 
 
 EVENT_TYPES: dict[str, type[RankEvent]] = {t.kind: t for t in (
-    Started, Joined, Result, ConfigProblem, Probe,
+    Started, Joined, Result, ConfigProblem, Failed, Probe,
     DeviceChosen, Resumed, Planned, StepProgress, EpochEnded, CheckpointSaved, MemoryUse,
 )}
 

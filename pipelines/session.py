@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +19,23 @@ from pyspark.sql import SparkSession
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = REPO_ROOT / "spark-conf"
+SPARK_LOG_ENV = "DLPIPE_SPARK_LOG"  # the log file spark-conf/log4j2.properties writes the full text to
+
+
+def spark_log_path() -> str:
+    """Where this job's Spark log file (Java stack traces, failed tasks' tracebacks) is: the one
+    :func:`get_spark` chose, else log4j2.properties' default (under spark-submit)."""
+    return os.environ.get(SPARK_LOG_ENV) or os.path.join(tempfile.gettempdir(), "dlpipe-spark.log")
+
+
+def _choose_spark_log(app_name: str) -> None:
+    """A log file of its own for the JVM this process is about to start (read by log4j2.properties)."""
+    if SPARK_LOG_ENV in os.environ or under_spark_submit():
+        return
+    folder = os.path.join(tempfile.gettempdir(), "dlpipe-logs")
+    os.makedirs(folder, exist_ok=True)
+    name = f"{app_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    os.environ[SPARK_LOG_ENV] = os.path.join(folder, name)
 
 
 def spark_conf_dir() -> Path:
@@ -52,6 +71,7 @@ def get_spark(app_name: str, master: str = "", conf: dict[str, str] | None = Non
         os.environ.setdefault("SPARK_CONF_DIR", str(DEFAULT_CONF_DIR))
     # Executors must run the same interpreter (and so the same torch/horovod) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    _choose_spark_log(app_name)
     builder = SparkSession.builder.appName(app_name)
     if not under_spark_submit() and "spark.master" not in read_spark_defaults():
         master = master or "local[*]"
@@ -82,11 +102,27 @@ _OUR_ERROR = re.compile(r"(?:pipelines|models)\.[\w.]*\.(\w+(?:Error|Failed|Exce
 
 
 def task_failure(error: BaseException) -> str | None:
-    """The error a Spark task of ours raised, as one line (``StorageError: s3://b/x: ...``), from the
-    text Spark wraps it in (a Py4J error with the JVM's stack and the task's Python traceback);
-    None when no task of ours failed."""
-    found = _OUR_ERROR.findall(str(error))
-    if not found:
+    """The error a Spark task raised, as one line, from the text Spark wraps it in (a Py4J error with
+    the JVM's stack and the task's Python traceback): ours by name (``StorageError: s3://b/x: ...``),
+    another library's as ``a Spark task failed: ArrowInvalid: ...``; None when no Python task failed."""
+    text = str(error)
+    found = _OUR_ERROR.findall(text)
+    if found:
+        name, message = found[-1]
+        return f"{name}: {message.strip()}"
+    if type(error).__module__.split(".")[0] not in ("py4j", "pyspark"):
         return None
-    name, message = found[-1]
-    return f"{name}: {message.strip()}"
+    cause = _last_python_error(text)
+    return f"a Spark task failed: {cause}" if cause else None
+
+
+def _last_python_error(text: str) -> str:
+    """``ArrowInvalid: ...``: the exception line ending the last Python traceback in ``text``."""
+    marker = "Traceback (most recent call last):"
+    if marker not in text:
+        return ""
+    for line in text[text.rindex(marker) + len(marker):].splitlines():
+        if line.strip() and not line[0].isspace():
+            name, _, message = line.partition(": ")
+            return f"{name.rsplit('.', 1)[-1]}: {message.strip()}" if message else name.rsplit(".", 1)[-1]
+    return ""

@@ -27,6 +27,19 @@ def raise_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
     hvd.allreduce(torch.ones(1), name="never-completes")
 
 
+def killed_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
+    """``payload['rank']`` says a last word and dies by SIGKILL (as the out-of-memory killer does),
+    saying nothing else; the others block in a collective."""
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    if ctx.rank == payload["rank"]:
+        ctx.log(f"rank {ctx.rank}: about to be killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    hvd.allreduce(torch.ones(1), name="never-completes")
+
+
 def stall_on_rank(payload: dict[str, Any], ctx: RankContext) -> None:
     """``payload['rank']`` stays alive but never joins the collective: a silent deadlock."""
     import horovod.torch as hvd

@@ -41,7 +41,9 @@ from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 
 log = logging.getLogger("dlpipe.launcher")
-DRAIN_TIMEOUT_S = 5.0  # after the stage ends, the longest wait for the ranks' last messages
+TAIL_LINES = 10  # kept per rank, shown only for a rank that died without saying why
+DRAIN_TIMEOUT_S = 5.0
+SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone  # after the stage ends, the longest wait for the ranks' last messages
 EventHandler = Callable[[events.RankEvent], None]
 
 
@@ -136,9 +138,10 @@ def run_ranks(
                     raise failure.error
                 raise LaunchError(f"the driver's coordinator failed while serving the task at {failure.peer}: "
                                   f"{type(failure.error).__name__}: {failure.error}") from failure.error
-            raise LaunchError(failure + coordinator.tails_text())
+            raise LaunchError(coordinator.explain(failure, lost=SILENT_RANK in failure))
         if "error" in outcome:
-            raise LaunchError(_explain_spark_error(outcome["error"], num_workers) + coordinator.tails_text()) \
+            lost = explain_lost_executor(str(outcome["error"])) is not None
+            raise LaunchError(coordinator.explain(_explain_spark_error(outcome["error"], num_workers), lost)) \
                 from outcome["error"]
         results = outcome["results"]
         return json.loads(results[0]) if results else None
@@ -164,7 +167,8 @@ def _explain_spark_error(error: BaseException, num_workers: int) -> str:
     first = text.strip().splitlines()[0] if text.strip() else repr(error)
     marker = "RankFailed: "
     if marker in text:  # the task's own message, without the Java stack around it
-        first = text[text.index(marker) + len(marker):].split("\n\tat ")[0].strip()
+        first = text[text.index(marker) + len(marker):].split("\n")[0].strip()
+        first = first.removesuffix("; last lines:")  # the coordinator adds the tail, once
         return f"barrier stage failed: {first}"
     if "BarrierJobSlotsNumberCheckFailed" in text or "barrier stage that requires more slots" in text:
         return (f"the barrier stage needs {num_workers} task slots at once but the cluster has fewer: "
@@ -216,7 +220,10 @@ class Coordinator:
         self.rendezvous = rendezvous
         self.messages: queue.Queue[Any] = queue.Queue()
         self.tails: dict[int, collections.deque[str]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=30))
+            lambda: collections.deque(maxlen=TAIL_LINES))
+        self.failures: list[events.Failed] = []  # the ranks' own causes, first reported first
+        self.exit_codes: dict[int, int] = {}
+        self.logs: dict[int, str] = {}  # rank -> its log file ("host:/path"), from its Started event
         self._registered: dict[int, tuple[str, socket.socket]] = {}
         self._lock = threading.Lock()
         coordinator = self
@@ -326,7 +333,7 @@ class Coordinator:
                 return f"{self._failed_reason}, and the stage did not end within {failure_timeout_s:g}s"
             silent = [r for r, t in self._last_seen.items() if now - t > failure_timeout_s]
             if silent:
-                return (f"rank {silent[0]} sent nothing (not even a heartbeat) for "
+                return (f"rank {silent[0]} {SILENT_RANK} for "
                         f"{failure_timeout_s:g}s: its task or executor is gone")
         # Every task sent its exit before its task ended; what it sent may still be queued or in transit.
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -355,6 +362,12 @@ class Coordinator:
             event = self._event(message)
             if isinstance(event, events.ConfigProblem):
                 return event
+            if isinstance(event, events.Started):
+                self.logs[rank] = event.log
+            if isinstance(event, events.Failed):
+                self.failures.append(event)
+                # the type only: the job's error line says the cause once
+                print(f"[rank {rank}] failed: {event.error.split(':')[0]} (traceback in its log {event.log})", flush=True)
             if isinstance(event, events.Joined):
                 self._joined.add(rank)
                 if len(self._joined) == self.num_workers:
@@ -363,6 +376,7 @@ class Coordinator:
                 on_event(event)
         elif isinstance(message, protocol.Exit):
             self._exited.add(rank)
+            self.exit_codes[rank] = message.code
             if message.code != 0 and self._failed_at is None:
                 from pipelines.launcher.task import describe_exit
 
@@ -378,9 +392,28 @@ class Coordinator:
             log.warning("dlpipe launcher: dropped an event from rank %d: %s", message.rank, e)
             return None
 
-    def tails_text(self) -> str:
-        parts = [f"\n--- last lines of rank {r} ---\n" + "\n".join(t) for r, t in sorted(self.tails.items()) if t]
-        return "".join(parts)
+    def explain(self, reason: str, lost: bool = False) -> str:
+        """Why the launch failed, once, root cause first. A rank that died without saying why (a
+        native crash, a kill) leads, with its last lines; then the first cause a rank reported (its
+        ``failed`` event: the others often fail only because it did). ``reason`` (Spark's or the
+        watch's) leads when a rank was ``lost`` (its executor or its messages gone) or when no rank
+        told anything."""
+        from pipelines.launcher.task import describe_exit
+
+        reported = {f.rank for f in self.failures}
+        silent = [r for r, code in self.exit_codes.items() if code != 0 and r not in reported]  # in exit order
+        parts = [reason] if lost or not (silent or self.failures) else []
+        parts += [f"rank {r} {describe_exit(self.exit_codes[r])}" + (f" (its log {self.logs[r]})" if self.logs.get(r) else "")
+                  for r in silent]
+        if self.failures:
+            first = self.failures[0]
+            others = sorted(reported - {first.rank})
+            also = f"; rank(s) {', '.join(map(str, others))} failed too (see their logs)" if others else ""
+            parts.append(f"{'then ' if parts else ''}rank {first.rank} failed: {first.error} "
+                         f"(traceback in its log {first.log}){also}")
+        tails = "".join(f"\n--- last lines of rank {r} ---\n" + "\n".join(self.tails[r])
+                        for r in silent if self.tails.get(r))
+        return "; ".join(parts) + tails
 
     def close(self) -> None:
         """Tell surviving tasks to kill their ranks, then stop the servers."""

@@ -8,7 +8,9 @@ nothing of the driver side.
 
 A setting only the rank can check that does not work here (a ``ConfigError``, e.g. fp16 on a
 device without it) ends the rank with one :class:`~pipelines.events.ConfigProblem` event naming the
-key; its traceback goes to the rank's log file only, whose path the event gives.
+key; any other exception ends it with one :class:`~pipelines.events.Failed` event (its type and
+first line). Either way the traceback goes to the rank's log file only, whose path the event gives,
+so the console shows each cause once.
 """
 from __future__ import annotations
 
@@ -137,6 +139,12 @@ def pin_rank(ctx: RankContext) -> list[int]:
     return sorted(cores)
 
 
+def error_line(error: BaseException) -> str:
+    """``ArrowInvalid: Parquet magic bytes not found ...``: the exception's type and first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
 def _log_traceback(path: str) -> None:
     """This exception's traceback into the rank's log file only (not on the driver's console)."""
     if not path:
@@ -156,7 +164,7 @@ def main(spec_path: str) -> int:
 
     # Without this every rank uses all cores of the machine and they fight (10x slower).
     torch.set_num_threads(ctx.threads)
-    ctx.emit(events.Started(pid=os.getpid(), host=ctx.hostname, cores=cores))
+    ctx.emit(events.Started(pid=os.getpid(), host=ctx.hostname, cores=cores, log=f"{ctx.hostname}:{ctx.log_path}"))
     threading.Thread(target=_stall_watchdog, args=(ctx,), daemon=True).start()
     try:
         result = resolve_entry(spec.entry)(spec.payload, ctx)
@@ -164,9 +172,11 @@ def main(spec_path: str) -> int:
         _log_traceback(ctx.log_path)
         ctx.emit(events.ConfigProblem(key=e.key, message=str(e), log=f"{ctx.hostname}:{ctx.log_path}"))
         return CONFIG_EXIT_CODE
-    except BaseException:
-        traceback.print_exc()
-        sys.stdout.flush()
+    except BaseException as e:
+        if not ctx.log_path:  # no log file to keep it in: the traceback goes to the console
+            traceback.print_exc()
+        _log_traceback(ctx.log_path)
+        ctx.emit(events.Failed(error=error_line(e), log=f"{ctx.hostname}:{ctx.log_path}"))
         sys.stderr.flush()
         return 1
     ctx.emit(events.Result(result=result))

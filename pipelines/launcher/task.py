@@ -22,13 +22,14 @@ from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
 from pipelines.launcher.protocol import Assignment, RankSpec, TaskSpec
 
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = 10  # of a rank that died without saying why (a native crash, a kill)
 LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file
 _PR_SET_PDEATHSIG = 1
 
 
 class RankFailed(RuntimeError):
-    """The rank process exited non-zero; the message names the rank and holds its log tail."""
+    """The rank process exited non-zero; the message names the rank, its cause (or, when it died
+    without saying, its log's last lines) and its log file."""
 
 
 def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
@@ -79,6 +80,7 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
         threading.Thread(target=_heartbeat, args=(send, partition, rank, stop_beats), daemon=True).start()
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         result = None
+        cause = ""  # the rank's own one-line error (its ``failed`` event)
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
@@ -92,6 +94,8 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
                 elif event.get("kind") == "result":
                     result = event.get("result")
                 else:
+                    if event.get("kind") == "failed":
+                        cause = str(event.get("error", ""))
                     send(protocol.EventLine(partition, rank, event))
             code = proc.wait()
         finally:
@@ -102,8 +106,11 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
         send(protocol.Exit(partition, rank, code))
         sock.close()
     if code != 0:
-        raise RankFailed(f"rank {rank} (barrier task {partition} on {host}) {describe_exit(code)}; "
-                         f"its log: {host}:{log_path}; last lines:\n" + "\n".join(tail))
+        where = f"rank {rank} (barrier task {partition} on {host})"
+        if cause:
+            raise RankFailed(f"{where} failed: {cause}; its log: {host}:{log_path}")
+        raise RankFailed(f"{where} {describe_exit(code)}; its log: {host}:{log_path}; last lines:\n"
+                         + "\n".join(tail))
     if rank == 0:
         import json
 
@@ -125,6 +132,7 @@ def rank_environment(a: Assignment, threads: int, gpus: tuple[str, ...] = ()) ->
     OpenMP, and the Python path of this worker (the rank imports exactly what it imports).
     """
     env = dict(os.environ)
+    env.pop("DLPIPE_SPARK_LOG", None)  # the driver JVM's log file (local mode): not the rank's
     env.update(gpu_environment(gpus))
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update({

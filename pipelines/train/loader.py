@@ -17,6 +17,8 @@ import warnings
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from pipelines import dataset, storage
@@ -110,12 +112,29 @@ def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int,
     """
     pass_no = 0
     while True:
-        with _reader(split, shard=rank, shards=size, seed=seed * 7919 + pass_no, shuffle=True,
-                     workers=workers) as reader:
-            for group_no, (feats, labels) in enumerate(reader):
-                order = np.random.default_rng([seed, pass_no, group_no]).permutation(len(labels))
-                yield feats[order], labels[order]
+        try:
+            with _reader(split, shard=rank, shards=size, seed=seed * 7919 + pass_no, shuffle=True,
+                         workers=workers) as reader:
+                for group_no, (feats, labels) in enumerate(reader):
+                    order = np.random.default_rng([seed, pass_no, group_no]).permutation(len(labels))
+                    yield feats[order], labels[order]
+        except (OSError, pa.ArrowException) as e:
+            raise damaged_file_error(split, e) from e
         pass_no += 1
+
+
+def damaged_file_error(split: SplitFiles, error: Exception) -> Exception:
+    """A :class:`~pipelines.dataset.DatasetError` naming the split's first file whose Parquet footer
+    does not read (Petastorm's own error names none), or ``error`` itself when every footer reads."""
+    for location in split.files:
+        try:
+            with storage.open_input(location) as file:
+                pq.read_metadata(file)
+        except (OSError, pa.ArrowException, storage.StorageError) as bad:
+            return dataset.DatasetError(
+                f"{location}: not a readable Parquet file ({type(bad).__name__}: {str(bad).splitlines()[0]}): "
+                "this dataset version is damaged; rebuild it (dlpipe etl with etl.mode=full) or restore the file")
+    return error
 
 
 def epoch_batches(split: SplitFiles, *, rank: int, size: int, batch_size: int, steps: int, seed: int,

@@ -63,3 +63,32 @@ def test_check_probes_the_locations_prints_the_resolved_config_and_starts_nothin
     resolved = yaml.safe_load(done.stdout)
     assert resolved["train"]["epochs"] == 3 and resolved["run_id"] == "r1" and resolved["model"]["name"] == "cnn"
     assert "SparkContext" not in done.stderr
+
+
+class Py4JJavaError(Exception):
+    """Stands in for py4j's: the same module name, the text Spark wraps a failed task's error in."""
+
+
+Py4JJavaError.__module__ = "py4j.protocol"
+SPARK_TASK_TEXT = """An error occurred while calling o52.collectToPython.
+: org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 3.0 failed 1 times
+org.apache.spark.api.python.PythonException: Traceback (most recent call last):
+  File "/x/pyspark/worker.py", line 1247, in main
+    process()
+  File "/x/pyarrow/parquet/core.py", line 341, in __init__
+    self.reader.open(
+pyarrow.lib.ArrowInvalid: Parquet magic bytes not found in footer. Either the file is corrupted
+\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(PythonRunner.scala:572)
+"""
+
+
+def test_a_spark_task_failure_is_one_line_naming_the_python_error():
+    from pipelines.session import task_failure
+
+    assert task_failure(Py4JJavaError(SPARK_TASK_TEXT)) == (
+        "a Spark task failed: ArrowInvalid: Parquet magic bytes not found in footer. Either the file is corrupted")
+    ours = SPARK_TASK_TEXT.replace("pyarrow.lib.ArrowInvalid", "pipelines.storage.uri.StorageError")
+    assert task_failure(Py4JJavaError(ours)) == "StorageError: Parquet magic bytes not found in footer. Either " \
+        "the file is corrupted"
+    assert task_failure(Py4JJavaError("org.apache.spark.sql.AnalysisException: no such column")) is None  # JVM only
+    assert task_failure(KeyError("x")) is None  # not a Spark task's: the CLI keeps its traceback

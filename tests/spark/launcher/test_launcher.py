@@ -62,15 +62,33 @@ def test_a_setting_only_a_rank_can_check_is_one_config_error_with_its_log_and_no
     assert "Traceback" not in capsys.readouterr().out  # ... and not on the console
 
 
-def test_a_rank_that_raises_fails_the_stage_with_its_error(spark):
+def test_a_rank_that_raises_fails_the_stage_with_its_cause_once_and_its_traceback_in_its_log(spark, capsys):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
         run_ranks(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
                   failure_timeout_s=30)
     assert time.monotonic() - started < 60
     message = str(err.value)
-    assert "rank 1" in message
-    assert "injected failure on rank 1" in message
+    # the rank that failed first, its cause once, where its traceback is; the peer it took down after it
+    assert message.startswith("rank 1 failed: ValueError: injected failure on rank 1 (traceback in its log ")
+    assert message.count("injected failure") == 1 and len(message.splitlines()) == 1
+    assert "Traceback" not in message
+    log = re.search(r"its log \S+?:(\S+)\)", message).group(1)
+    assert "Traceback" in Path(log).read_text() and "ValueError: injected failure on rank 1" in Path(log).read_text()
+    console = capsys.readouterr().out
+    assert "Traceback" not in console and "[rank 1] failed: ValueError (traceback in its log" in console
+
+
+def test_a_rank_killed_without_a_word_shows_the_signal_and_its_last_lines(spark):
+    with pytest.raises(LaunchError) as err:
+        run_ranks(spark, "rank_faults:killed_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
+                  failure_timeout_s=30)
+    message = str(err.value)
+    # the rank killed first leads (its peer failed only because it was gone), with its log and last lines
+    assert message.startswith("rank 1 was killed by SIGKILL (its log 127.0.0.1:") and "-rank1.log)" in message
+    assert "; then rank 0 failed: HorovodInternalError" in message
+    assert "--- last lines of rank 1 ---\nrank 1: about to be killed" in message
+    assert message.count("last lines") == 1 and message.count("about to be killed") == 1
 
 
 def test_more_ranks_than_slots_is_a_clear_error(spark):
