@@ -73,6 +73,10 @@ def _write(location: str, data: bytes, folder: str) -> None:
         storage.delete(old)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (the store failed after the writer's own retries, if any)."""
+
+
 class CheckpointReadError(RuntimeError):
     """A checkpoint could not be read from its store (after retries): the job stops instead of
     silently resuming from an older position or from scratch."""
@@ -167,4 +171,5 @@ class CheckpointWriter:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise RuntimeError(f"writing a checkpoint to {storage.redact(self.folder)} failed: {error}") from error
+            raise CheckpointWriteError(f"writing a checkpoint to {storage.redact(self.folder)} failed: {error}; "
+                                       "the same command resumes from the last one written") from error

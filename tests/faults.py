@@ -10,13 +10,16 @@ the order the job makes them. A :class:`Fault` picks one of them:
   the job's clean-up reaches it, exactly what a SIGKILL at that point leaves.
 - ``delay``: that call sleeps first (for races).
 
-Only this process is patched (Spark's Python workers write their part files unpatched): the
-commit points under test are the driver's.
+:func:`injected` patches this process (the driver's commit points; Spark's Python workers write
+their part files unpatched); :func:`install` patches a rank process for its life, where a kill is a
+real SIGKILL (``Fault.on_kill``) and every call is also appended to a file (``Fault.log``), so the
+test that started the rank can count them.
 """
 from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -37,6 +40,9 @@ class Fault:
     delay_s: float = 0.0
     calls: list[str] = field(default_factory=list)  # every write-side call seen: "op location"
     fired: str = ""  # the call it hit ("" = the job made fewer calls)
+    log: str = ""  # a file every call is appended to (a process the test cannot look into)
+    on_kill: Callable[[], None] | None = None  # what a kill does instead of raising Killed
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def describe(self) -> str:
         return f"{self.kind} at write call {self.at}" + (f" ({self.fired})" if self.fired else " (not reached)")
@@ -46,8 +52,12 @@ def _wrap(fault: Fault, name: str, real: Callable[..., Any]) -> Callable[..., An
     def call(location: str, *args: Any, **kwargs: Any) -> Any:
         from pipelines.storage import StorageError
 
-        fault.calls.append(f"{name} {location}")
-        index = len(fault.calls)
+        with fault.lock:  # a rank writes from two threads (checkpoints in the background): one index each
+            fault.calls.append(f"{name} {location}")
+            index = len(fault.calls)
+            if fault.log:
+                with open(fault.log, "a") as log:
+                    log.write(f"{name} {location}\n")
         if fault.kind == "kill" and fault.fired:
             raise Killed(f"dead since {fault.fired}")
         if index == fault.at:
@@ -55,23 +65,35 @@ def _wrap(fault: Fault, name: str, real: Callable[..., Any]) -> Callable[..., An
             if fault.kind == "fail":
                 raise StorageError(f"{location}: {name} failed: injected fault (no answer from the store in time)")
             if fault.kind == "kill":
+                if fault.on_kill is not None:
+                    fault.on_kill()
                 raise Killed(f"killed at {fault.fired}")
             time.sleep(fault.delay_s)
         return real(location, *args, **kwargs)
     return call
 
 
+def _write_calls() -> list[tuple[Any, str]]:
+    """(module, function name) of every write-side storage call."""
+    from pipelines.storage import conditional, fs
+
+    return [(fs, name) for name in ("open_output", "delete", "delete_dir", "mkdirs")] + \
+        [(conditional, name) for name in ("create_if_absent", "replace_if_version")]
+
+
 @contextlib.contextmanager
 def injected(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> Iterator[Fault]:
     """Patch the write-side storage calls of this process with ``fault`` for the block."""
-    from pipelines.storage import conditional, fs
-
     with monkeypatch.context() as patch:
-        for module, names in ((fs, ("open_output", "delete", "delete_dir", "mkdirs")),
-                              (conditional, ("create_if_absent", "replace_if_version"))):
-            for name in names:
-                patch.setattr(module, name, _wrap(fault, name, getattr(module, name)))
+        for module, name in _write_calls():
+            patch.setattr(module, name, _wrap(fault, name, getattr(module, name)))
         yield fault
+
+
+def install(fault: Fault) -> None:
+    """Patch the write-side storage calls of this process with ``fault`` for the rest of its life."""
+    for module, name in _write_calls():
+        setattr(module, name, _wrap(fault, name, getattr(module, name)))
 
 
 def counted(monkeypatch: pytest.MonkeyPatch, job: Callable[[], Any]) -> list[str]:

@@ -100,3 +100,26 @@ def train_rank_killed_inside_epoch_2(payload: dict[str, Any], ctx: RankContext) 
 
     _checkpoints.append(TrainJob.from_dict(payload).checkpoints)
     return train_rank(payload, as_context(_KillAtStep, ctx))
+
+
+FAULT_FILE = "fault.json"  # in the workdir: which storage fault the next training's rank meets
+
+
+def train_rank_with_storage_fault(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """The real trainer, with the storage fault ``<workdir>/fault.json`` describes (``rank``, ``kind``,
+    ``at``, ``log``: tests/faults.py) installed in that rank on the first attempt; a kill is SIGKILL."""
+    import json
+    from pathlib import Path
+
+    from faults import Fault, install
+    from pipelines.train.job import TrainJob
+    from pipelines.train.rank import train_rank
+
+    spec_file = Path(TrainJob.from_dict(payload).run_dir).parent.parent / FAULT_FILE
+    if spec_file.is_file() and ctx.attempt == 0:
+        spec = json.loads(spec_file.read_text())
+        if spec["rank"] == ctx.rank:
+            install(Fault(spec["kind"], spec["at"], log=spec["log"],
+                          on_kill=lambda: os.kill(os.getpid(), signal.SIGKILL)))
+    return train_rank(payload, ctx)
+

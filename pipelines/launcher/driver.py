@@ -39,11 +39,15 @@ from pipelines.launcher import protocol
 from pipelines.launcher.plan import assign_ranks, local_slots
 from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
+from pipelines.launcher.task import PEER_LOST
 
 log = logging.getLogger("dlpipe.launcher")
 TAIL_LINES = 10  # kept per rank, shown only for a rank that died without saying why
 DRAIN_TIMEOUT_S = 5.0
-SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone  # after the stage ends, the longest wait for the ranks' last messages
+SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone
+# What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): not a root cause.
+PEER_LOST = re.compile(r"HorovodInternalError|Horovod has been shut down|Connection (closed|reset) by peer|"
+                       r"DistBackendError|DistNetworkError|Broken pipe", re.IGNORECASE)  # after the stage ends, the longest wait for the ranks' last messages
 EventHandler = Callable[[events.RankEvent], None]
 
 
@@ -406,7 +410,8 @@ class Coordinator:
         parts += [f"rank {r} {describe_exit(self.exit_codes[r])}" + (f" (its log {self.logs[r]})" if self.logs.get(r) else "")
                   for r in silent]
         if self.failures:
-            first = self.failures[0]
+            # a peer's loss is a consequence: a rank that failed on its own goes first, whenever it said so
+            first = next((f for f in self.failures if not PEER_LOST.search(f.error)), self.failures[0])
             others = sorted(reported - {first.rank})
             also = f"; rank(s) {', '.join(map(str, others))} failed too (see their logs)" if others else ""
             parts.append(f"{'then ' if parts else ''}rank {first.rank} failed: {first.error} "

@@ -14,14 +14,21 @@ import signal
 import socket
 import subprocess
 import sys
+import re
 import tempfile
 import threading
+import time
 from typing import Any, Iterator
 
 from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
 from pipelines.launcher.protocol import Assignment, RankSpec, TaskSpec
 
+# What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): a
+# consequence, not a root cause.
+PEER_LOST = re.compile(r"HorovodInternalError|Horovod has been shut down|Connection (closed|reset) by peer|"
+                       r"DistBackendError|DistNetworkError|Broken pipe", re.IGNORECASE)
+PEER_GRACE_S = 3.0  # how long such a rank's task waits before failing, so the rank that caused it fails first
 LOG_TAIL_LINES = 10  # of a rank that died without saying why (a native crash, a kill)
 LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file
 _PR_SET_PDEATHSIG = 1
@@ -107,6 +114,8 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
         sock.close()
     if code != 0:
         where = f"rank {rank} (barrier task {partition} on {host})"
+        if PEER_LOST.search(cause):
+            time.sleep(PEER_GRACE_S)  # Spark reports the first task to fail: let the root cause's be first
         if cause:
             raise RankFailed(f"{where} failed: {cause}; its log: {host}:{log_path}")
         raise RankFailed(f"{where} {describe_exit(code)}; its log: {host}:{log_path}; last lines:\n"

@@ -187,6 +187,9 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
         if rank == 0:
             storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
 
+    if rank == 0 and start_epoch == tc.epochs and history:
+        # resumed a run whose last checkpoint was written but not its metrics (it failed between the two)
+        storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
     ctx.emit(events.MemoryUse(parameters=strategy.held_parameters(), optimizer_bytes=strategy.optimizer_bytes()))
     model_state, _ = strategy.state()
     result: dict[str, Any] = {"epochs_completed": len(history), "history": [h.to_dict() for h in history],

@@ -1,11 +1,14 @@
 """Fault injection: a seeded matrix of failures and kills at every write and commit point of the
-driver (tests/faults.py), over a full ETL, an append and an inference. After each faulted job:
-the head and the commit are readable, every committed version or prediction is whole (its files
-there, its counts reconciled), nothing half-visible, and a plain re-run completes with exactly the
-records a clean run gives. ``DLPIPE_FAULT_SWEEP=N`` runs N schedules per job instead of the
-default (a longer sweep)."""
+driver (tests/faults.py), over a full ETL, an append and an inference, and at every write of a
+training's rank 0 (checkpoints, their pruning, metrics, the model; a kill there is a real SIGKILL
+of the rank process). After each faulted job: the head and the commit are readable, every
+committed version or prediction is whole (its files there, its counts reconciled), nothing
+half-visible, and a plain re-run completes with exactly the records a clean run gives (a training:
+resumes, and ends with every epoch once). ``DLPIPE_FAULT_SWEEP=N`` runs N schedules per job instead
+of the default (a longer sweep)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,16 +19,20 @@ import torch
 
 import models
 from faults import Fault, Killed, counted, injected, schedules
-from testkit import make_config
+from rank_faults import FAULT_FILE
+from testkit import make_config, publish_dataset
 from pipelines import dataset as ds
 from pipelines import storage
-from pipelines.artifact import artifact_meta, save_artifact
+from pipelines.artifact import artifact_meta, load_artifact, save_artifact
 from pipelines.etl import job as etl
 from pipelines.infer import job as infer
 from pipelines.publish import committed_files, read_commit
+from pipelines.train import driver as train
+from pipelines.train.checkpoint import latest_checkpoint
+from pipelines.train.job import plan_job
 
 SWEEP = int(os.environ.get("DLPIPE_FAULT_SWEEP", "0"))
-PER_JOB = {"etl_full": SWEEP or 12, "etl_append": SWEEP or 12, "infer": SWEEP or 6}  # 30 in make test
+PER_JOB = {"etl_full": SWEEP or 12, "etl_append": SWEEP or 12, "infer": SWEEP or 6, "train": SWEEP or 4}  # 34
 SEED = 20261207
 
 
@@ -166,3 +173,66 @@ def test_a_fault_at_any_write_of_an_inference_never_publishes_a_partial_set(spar
         assert sum(pq.read_metadata(f).num_rows for f in files) == rows, where
         shutil.rmtree(case)
     assert all(f.fired for f in faults)
+
+
+TRAIN_EPOCHS = 2
+
+
+def _train_config(workdir: Path):
+    # 64 rows in 8 row groups, 2 ranks, batches of 8: 4 steps an epoch, a checkpoint every 2
+    return make_config(workdir, "run_id=faulted", f"train.epochs={TRAIN_EPOCHS}", "train.batch_size=8",
+                       "train.checkpoint_every_steps=2", "train.failure_timeout_s=30")
+
+
+def _faulted_training(spark, workdir: Path, kind: str, at: int) -> tuple[str, list[str]]:
+    """Train with rank 0 meeting ``kind`` at its write call ``at`` (0: none, counting only); the
+    outcome and the rank's write calls."""
+    calls = workdir / "calls.txt"
+    (workdir / FAULT_FILE).write_text(json.dumps({"rank": 0, "kind": kind, "at": at, "log": str(calls)}))
+    try:
+        train.main(spark, _train_config(workdir), entry="rank_faults:train_rank_with_storage_fault")
+        outcome = "finished"
+    except train.TrainError as e:
+        outcome = f"TrainError: {str(e)[:300]}"
+    finally:
+        (workdir / FAULT_FILE).unlink()
+    return outcome, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.fixture(scope="module")
+def train_base(tmp_path_factory) -> Path:
+    """A workdir with a small committed dataset (no Spark needed to make it)."""
+    workdir = tmp_path_factory.mktemp("train-faults") / "work"
+    publish_dataset(str(workdir / "datasets" / "digits"), {"train": 64, "val": 16, "test": 16},
+                    label_names=tuple("0123456789"))
+    return workdir
+
+
+@pytest.mark.slow
+def test_a_fault_at_any_write_of_a_training_rank_loses_no_checkpoint_and_a_rerun_resumes(spark, train_base, tmp_path):
+    probe = tmp_path / "probe"
+    shutil.copytree(train_base, probe)
+    outcome, calls = _faulted_training(spark, probe, "delay", 0)
+    assert outcome == "finished" and calls, outcome
+    shutil.rmtree(probe)
+    faults = schedules(SEED + 5, len(calls), PER_JOB["train"])
+    for i, fault in enumerate(faults):
+        workdir = tmp_path / f"case{i}"
+        shutil.copytree(train_base, workdir)
+        outcome, seen = _faulted_training(spark, workdir, fault.kind, fault.at)
+        where = f"train, {fault.kind} at rank 0's write call {fault.at} ({seen[fault.at - 1] if len(seen) >= fault.at else 'not reached'}): {outcome}"
+        assert len(seen) >= fault.at, where
+        config = _train_config(workdir)
+        job = plan_job(config)
+        found = latest_checkpoint(job.checkpoints, job.data.identity)  # none, or a whole one: never garbage
+        assert found is None or (0 <= found.epoch <= TRAIN_EPOCHS and len(found.history) == found.epoch), where
+        if outcome == "finished":
+            load_artifact(job.artifact)  # a finished run's model is whole
+        result = train.main(spark, config)  # the plain re-run resumes (or finds the run done) and completes
+        assert result.epochs_completed == TRAIN_EPOCHS, where
+        history = [json.loads(x)["epoch"] for x in Path(job.metrics_file).read_text().splitlines()]
+        assert history == list(range(1, TRAIN_EPOCHS + 1)), where  # every epoch once, whatever failed
+        _, meta = load_artifact(job.artifact)
+        assert meta.manifest_hash == job.data.identity, where
+        shutil.rmtree(workdir)
+
