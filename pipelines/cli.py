@@ -139,16 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _keep_traceback(error: BaseException) -> str:
     """Append ``error``'s traceback to the job's Spark log file (beside the Java side); its path."""
-    from pipelines.session import spark_log_path
+    from pipelines.session import append_to_spark_log
 
-    path = spark_log_path()
-    try:
-        with open(path, "a") as log:
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} dlpipe: the job failed:\n")
-            log.write(storage.redact("".join(traceback.format_exception(error))))
-    except OSError as e:
-        return f"not kept: {path}: {e}"
-    return path
+    return append_to_spark_log(f"{time.strftime('%Y-%m-%d %H:%M:%S')} dlpipe: the job failed:\n"
+                               + storage.redact("".join(traceback.format_exception(error))))
 
 
 def _say_done(verb: str, config: PipelineConfig, result: Any) -> None:

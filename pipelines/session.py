@@ -28,6 +28,17 @@ def spark_log_path() -> str:
     return os.environ.get(SPARK_LOG_ENV) or os.path.join(tempfile.gettempdir(), "dlpipe-spark.log")
 
 
+def append_to_spark_log(text: str) -> str:
+    """Append ``text`` to this job's Spark log file; its path (or why it could not be written)."""
+    path = spark_log_path()
+    try:
+        with open(path, "a") as log:
+            log.write(text)
+    except OSError as e:
+        return f"not kept: {path}: {e}"
+    return path
+
+
 def _choose_spark_log(app_name: str) -> None:
     """A log file of its own for the JVM this process is about to start (read by log4j2.properties)."""
     if SPARK_LOG_ENV in os.environ or under_spark_submit():

@@ -9,7 +9,7 @@ from testkit import REPO_ROOT
 # Modules allowed to use local files, and what for (none of it is a workdir or source path).
 LOCAL_FILES = {
     "pipelines/config.py": "the config file the user names (--config)",
-    "pipelines/session.py": "Spark's conf folder and the repository root",
+    "pipelines/session.py": "Spark's conf folder, the repository root and the job's Spark log file",
     "pipelines/__main__.py": "the import path of `spark-submit pipelines/__main__.py`",
     "pipelines/launcher/task.py": "the rank's spec and log file in its host's temp folder",
     "pipelines/launcher/rank.py": "the rank's spec and log file in its host's temp folder",
