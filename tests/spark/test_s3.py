@@ -179,3 +179,82 @@ def test_two_appends_started_together_on_s3_land_each_record_once_and_lose_no_ve
         ids = [i for split in ds.open_dataset(f"{work}/datasets/race").splits.values()
                for i in ds.read_split(split, ("id",)).column("id").to_pylist()]
         assert len(ids) == len(set(ids)) == 30 * (day + 1)  # every record exactly once
+
+
+def test_two_inferences_to_one_output_on_s3_never_show_a_partial_set(s3, bucket, resumed_run):
+    """Two `dlpipe infer` processes to one output (a retry beside the original), while a reader polls
+    the output: every set it sees committed is whole (all 21 rows, every file there), both jobs
+    succeed (the second waits for the run's lease), and one attempt is left. Waits: 300 s each."""
+    import threading
+
+    from pipelines.publish import read_commit
+
+    target = f"{bucket}/work/runs/score-race/predictions"
+    args = ["infer", "--run-id", "score-race", f"workdir={bucket}/work", "infer.model_run=s3-run",
+            "infer.source.kind=images", f"infer.source.path={bucket}/incoming", "master=local[1]", "lease.wait_s=300",
+            *TRACKING_OFF]
+    seen: list[int] = []
+    half_visible: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            commit = read_commit(target)
+            if commit is not None:
+                try:
+                    seen.append(sum(_rows(f) for f in committed_files(target, ".parquet")))
+                except (OSError, storage.StorageError) as e:
+                    if read_commit(target) == commit:  # not superseded meanwhile: a file of the set is missing
+                        half_visible.append(str(e))
+            time.sleep(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    jobs = [_dlpipe(s3, *args) for _ in range(2)]
+    outs = [job.communicate(timeout=300)[0] for job in jobs]
+    stop.set()
+    poller.join(timeout=30)
+    assert [job.returncode for job in jobs] == [0, 0], [out[-3000:] for out in outs]
+    assert not half_visible, half_visible
+    assert seen and set(seen) == {21}, sorted(set(seen))  # every set a reader saw: all of it
+    assert sum(_rows(f) for f in committed_files(target, ".parquet")) == 21
+    attempts = [d for d in storage.list_dirs(target) if storage.name(d).startswith("a-")]
+    assert len(attempts) == 1, attempts  # the superseded attempt is gone (no reader holds it)
+
+
+def _rows(location: str) -> int:
+    with storage.open_input(location) as f:
+        return pq.read_metadata(f).num_rows
+
+
+def test_a_full_etl_beside_a_training_on_s3_keeps_its_version_and_the_training_finishes(s3, spark, resumed_run):
+    """The nightly-rebuild race on S3: at the end of epoch 2 a `dlpipe etl` (full) of the dataset a
+    training reads commits a new version; the old one stays (the training's read lease) and the
+    training finishes on it. Waits: the ETL 300 s at most (~25 s quiet)."""
+    from pipelines import dataset, events
+    from pipelines.train import driver as train
+
+    workdir = f"s3://{BUCKET}/work"
+    config = load_config(REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml", [
+        f"workdir={workdir}", "run_id=reader-s3", "master=local[2]", "train.epochs=3", "train.batch_size=16",
+        "train.failure_timeout_s=600", *TRACKING_OFF])
+    root = config.dataset_dir
+    before = dataset.read_head(root)
+    old = before.versions[-1].folder
+    seen: dict[str, object] = {}
+
+    def rebuild_at_epoch_2(event):
+        if isinstance(event, events.EpochEnded) and event.record.epoch == 2 and "etl" not in seen:
+            etl = _dlpipe(s3, "etl", "--config", "pipelines/configs/digits_cnn.yaml", f"workdir={workdir}",
+                          f"etl.source.path=s3://{BUCKET}/digits", "master=local[1]", *TRACKING_OFF)
+            seen["etl"] = (etl.communicate(timeout=300)[0], etl.returncode)
+            seen["old_files"] = storage.list_files(storage.join(root, old))
+            seen["head"] = dataset.read_head(root)
+
+    result = train.main(spark, config, on_event=rebuild_at_epoch_2)
+    out, code = seen["etl"]
+    assert code == 0, out[-3000:]
+    assert f"etl: kept the superseded {old} (" in out and "dlpipe train (run reader-s3)" in out
+    assert seen["head"].number > before.number and seen["head"].versions[-1].folder != old
+    assert seen["old_files"]  # committed a new version, yet the old one is whole in the bucket
+    assert result.epochs_completed == 3 and result.dataset_version == before.versions[-1].version
