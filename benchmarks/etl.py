@@ -36,7 +36,7 @@ from pipelines.publish import committed_files
 
 NAME = "etl"
 SIZES = {
-    "tiny": {"data": data.DataSpec(4096, 8, 256), "repeats": 2, "warmup": False},
+    "tiny": {"data": data.DataSpec(4096, 8, 256), "repeats": 1, "warmup": False},
     "small": {"data": data.DataSpec(1000000, 8, 1024), "repeats": 3, "warmup": True},
     "large": {"data": data.DataSpec(5000000, 8, 1024), "repeats": 3, "warmup": True},
 }

@@ -32,7 +32,7 @@ from pipelines.config import PipelineConfig
 
 NAME = "infer"
 SIZES = {
-    "tiny": {"data": data.BASE["tiny"], "repeats": 2},
+    "tiny": {"data": data.BASE["tiny"], "repeats": 1},
     "small": {"data": data.BASE["small"], "repeats": 3},
     "large": {"data": data.BASE["large"], "repeats": 3},
 }

@@ -44,7 +44,7 @@ NAME = "loader"
 # Per size: the dataset (the base one, shared with infer), passes over the train split per
 # measurement, repeats, whether to add the 64-row row-group contender.
 SIZES = {
-    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 2, "etl_default": False},
+    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 1, "etl_default": False},
     "small": {"data": data.BASE["small"], "passes": 2, "repeats": 5, "etl_default": True},
     "large": {"data": data.BASE["large"], "passes": 1, "repeats": 5, "etl_default": True},
 }

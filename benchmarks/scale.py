@@ -33,7 +33,7 @@ from pipelines.config import PipelineConfig
 
 NAME = "scale"
 SIZES = {
-    "tiny": {"rows": (200, 2000, 20000), "image_size": 8, "rows_per_row_group": 256, "warm_up": False},
+    "tiny": {"rows": (200, 20000), "image_size": 8, "rows_per_row_group": 256, "warm_up": False},
     "small": {"rows": (3800, 38000, 380000), "image_size": 28, "rows_per_row_group": 1024},  # 380000: > 1 GB
     "large": {"rows": (38000, 380000, 3800000), "image_size": 28, "rows_per_row_group": 1024},
 }

@@ -43,7 +43,7 @@ from pipelines.dataset import SplitFiles
 NAME = "storage"
 BUCKET = "dlpipe-bench"
 SIZES = {
-    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 2, "checkpoint_mib": 4, "checkpoints": 2},
+    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 1, "checkpoint_mib": 4, "checkpoints": 2},
     "small": {"data": data.BASE["small"], "passes": 2, "repeats": 5, "checkpoint_mib": 64, "checkpoints": 3},
     "large": {"data": data.BASE["large"], "passes": 1, "repeats": 5, "checkpoint_mib": 256, "checkpoints": 3},
 }
