@@ -117,7 +117,7 @@ def _build(parts: _uri.Parts, opts: StorageOptions, location: str, key: str | No
             text = str(exc)
             if any(word in text for word in ("libjvm", "libhdfs", "JAVA_HOME", "CLASSPATH", "jni")):
                 raise fail(location, key, f"hdfs: {_HDFS_HINT} ({text.splitlines()[0]})") from None
-            raise fail(location, key, f"cannot connect to HDFS: {_explain(exc, opts)}") from None
+            raise fail(location, key, f"cannot connect to HDFS: {_explain(exc, opts, location)}") from None
     if sch in ("abfs", "abfss", "az"):
         return _azure(parts, opts, location, key)
     raise fail(location, key, f"no filesystem for scheme '{sch}'")
@@ -186,17 +186,28 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 # --- error messages -------------------------------------------------------------------------------------
 
-def _explain(exc: BaseException, opts: StorageOptions | None = None) -> str:
-    """A readable cause for a pyarrow/OS error (first line only, credentials redacted)."""
+def _endpoint(location: str, opts: StorageOptions) -> tuple[str, str]:
+    """The store's endpoint as a user would name it, and the setting that decides it."""
+    scheme = _uri.split(_uri.normalize(location)).scheme if location and not _uri.is_local(location) else "s3"
+    if scheme == "gs":
+        return "the GCS endpoint (storage.googleapis.com)", "the network, DNS and any proxy"
+    if scheme in ("abfs", "abfss", "az"):
+        return "the Azure storage account's endpoint", "the storage option azure_account, the network and DNS"
+    if scheme == "hdfs":
+        return "the HDFS NameNode", "the host:port in the URI and that the NameNode runs"
+    return opts.s3_endpoint or "the AWS default endpoint", "the storage option s3_endpoint / $AWS_ENDPOINT_URL"
+
+
+def _explain(exc: BaseException, opts: StorageOptions | None = None, location: str = "") -> str:
+    """A readable cause for a pyarrow/OS error at ``location`` (first line only, credentials redacted)."""
     text = str(exc)
-    endpoint = (opts or _options.resolved()).s3_endpoint or "the AWS default endpoint"
+    endpoint, setting = _endpoint(location, opts or _options.resolved())
     if "Resolving host" in text or "resolve host" in text or "curlCode: 6" in text:
-        return f"cannot resolve the host of {endpoint}: check the storage option s3_endpoint / $AWS_ENDPOINT_URL"
+        return f"cannot resolve the host of {endpoint}: check {setting}"
     if "curlCode: 28" in text or "Timeout was reached" in text or "timed out" in text.lower():
-        return f"no answer from {endpoint} in time: check the endpoint, the network and any proxy"
+        return f"no answer from {endpoint} in time: check {setting}"
     if "NETWORK_CONNECTION" in text or "Couldn't connect" in text or "Connection refused" in text:
-        return (f"endpoint unreachable: nothing answers at {endpoint}; check the storage option "
-                "s3_endpoint / $AWS_ENDPOINT_URL and that the server is running")
+        return f"endpoint unreachable: nothing answers at {endpoint}; check {setting} and that the server is running"
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text or "bucket does not exist" in text:
         return "the bucket does not exist: create it or fix the bucket name"
     if any(w in text for w in ("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
@@ -224,7 +235,7 @@ def _errors(location: str, verb: str, key: str | None = None) -> Iterator[None]:
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", _uri.redact(location)) from None
     except (OSError, pa.ArrowException) as exc:
-        raise fail(location, key, f"{verb} failed: {_explain(exc)}") from None
+        raise fail(location, key, f"{verb} failed: {_explain(exc, location=location)}") from None
 
 
 # --- queries --------------------------------------------------------------------------------------------
@@ -530,7 +541,7 @@ def check_location(location: str, key: str, *, write: bool = True) -> None:
     except StorageError:
         raise
     except (OSError, pa.ArrowException) as exc:
-        raise fail(location, key, _explain(exc)) from None
+        raise fail(location, key, _explain(exc, location=location)) from None
 
 
 def _check_local(location: str, key: str, write: bool) -> None:
@@ -586,4 +597,4 @@ def _check_remote(location: str, key: str, write: bool) -> None:
     except StorageError:
         raise
     except (OSError, pa.ArrowException) as exc:
-        raise fail(location, key, _explain(exc, opts)) from None
+        raise fail(location, key, _explain(exc, opts, location)) from None

@@ -255,3 +255,18 @@ def test_store_errors_become_readable_causes(message, cause):
     from pipelines.storage.fs import _explain
 
     assert _explain(OSError(message), StorageOptions(s3_endpoint="http://e:1")).startswith(cause)
+
+
+@pytest.mark.parametrize("location, names, setting", [
+    ("gs://b/x", "the GCS endpoint", "check the network"),
+    ("abfs://c@acct.dfs.core.windows.net/x", "the Azure storage account's endpoint", "azure_account"),
+    ("hdfs://nn:8020/x", "the HDFS NameNode", "host:port"),
+    ("s3://b/x", "http://e:1", "s3_endpoint"),
+])
+def test_an_unreachable_store_is_named_by_its_own_endpoint_and_setting(location, names, setting):
+    from pipelines.storage.fs import _explain
+
+    cause = _explain(OSError("curlCode: 6, Couldn't resolve host name"), StorageOptions(s3_endpoint="http://e:1"),
+                     location)
+    assert cause.startswith(f"cannot resolve the host of {names}") and setting in cause
+    assert location.startswith("s3") or "AWS" not in cause and "s3_endpoint" not in cause
