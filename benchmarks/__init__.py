@@ -1,4 +1,4 @@
-"""``python -m benchmarks NAME|all --size tiny|small|large``: each dlpipe stage side by side with its peers and its limit.
+"""``python -m benchmarks NAME|all --size tiny|small|large``: each dlpipe stage beside its peers and its limit.
 
 One module per benchmark, each measuring one stage (``run(spark, config, size)``):
 

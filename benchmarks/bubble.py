@@ -33,11 +33,11 @@ def _model() -> Any:
 
 def _stage_worker(rank: int, port: int, microbatches: list[int], steps: int, out: str) -> None:
     """One stage: for each M, warm up, then time ``steps`` steps and the stage's own compute."""
+    import torch.distributed as dist
+
     from pipelines.config import PipelineParallelConfig, TrainConfig
     from pipelines.launcher.rank import RankContext, exit_now
     from pipelines.train.strategies.pipeline import PipelineStrategy
-
-    import torch.distributed as dist
 
     class _Stage(RankContext):
         def emit(self, event: Any) -> None:
@@ -49,7 +49,8 @@ def _stage_worker(rank: int, port: int, microbatches: list[int], steps: int, out
                  rendezvous_port=port, stall_timeout_s=120)
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(1)
-    batch = {"features": torch.randn(BATCH, FEATURES, generator=g), "label": torch.randint(0, 10, (BATCH,), generator=g)}
+    batch = {"features": torch.randn(BATCH, FEATURES, generator=g),
+             "label": torch.randint(0, 10, (BATCH,), generator=g)}
     results = []
     strategy = None
     for m in microbatches:
@@ -108,5 +109,5 @@ def measure(microbatches: list[int], steps: int = 10, timeout_s: float = 600) ->
         idle = sum(1 - s[i]["busy"] / s[i]["wall"] for s in stages) / STAGES
         rows.append({"microbatches": m, "idle_fraction": idle, "formula": (STAGES - 1) / (m + STAGES - 1),
                      "step_ms": 1000 * max(s[i]["wall"] for s in stages) / steps})
-    return {"stages": STAGES, "batch": BATCH, "steps": steps, "parameters": sum(p.numel() for p in _model().parameters()),
-            "rows": rows}
+    return {"stages": STAGES, "batch": BATCH, "steps": steps,
+            "parameters": sum(p.numel() for p in _model().parameters()), "rows": rows}

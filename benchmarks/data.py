@@ -39,12 +39,12 @@ class DataSpec:
     def key(self) -> str:
         return f"digits{self.image_size}_{self.num_samples}_rg{self.rows_per_row_group}"
 
-    def scaled(self, factor: int) -> "DataSpec":
+    def scaled(self, factor: int) -> DataSpec:
         """The same dataset with ``factor`` times the rows (memory's 10x dataset)."""
         return DataSpec(self.num_samples * factor, self.image_size, self.rows_per_row_group, self.splits,
                         self.output_files)
 
-    def with_row_groups(self, rows_per_row_group: int) -> "DataSpec":
+    def with_row_groups(self, rows_per_row_group: int) -> DataSpec:
         """The same rows written with another row-group size (loader's row-group contender)."""
         return DataSpec(self.num_samples, self.image_size, rows_per_row_group, self.splits, self.output_files)
 

@@ -97,7 +97,8 @@ def render(results: dict[str, dict[str, Any]], size: str) -> str:
         f"- Python {m['python']}, pyspark {m['pyspark']}, pyarrow {m['pyarrow']}, torch {m['torch']}, "
         f"petastorm {m['petastorm']}, horovod {m['horovod']}",
         "- Load average (1 min) before / after each benchmark: " + ", ".join(
-            f"{n} {r['load_average']['before'][0]:.2f} / {r['load_average']['after'][0]:.2f}" for n, r in results.items()),
+            f"{n} {r['load_average']['before'][0]:.2f} / {r['load_average']['after'][0]:.2f}"
+            for n, r in results.items()),
         "",
         "## Reproduce",
         "",

@@ -22,8 +22,9 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -89,9 +90,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         frame.write.mode("overwrite").parquet(str(copy))
         return rows / (time.perf_counter() - started)
 
-    harness.log(NAME, f"dlpipe ETL, its pass to a noop sink, plain Spark (as is, sorted by id), {rows} rows, alternating")
-    contenders = {"dlpipe_etl": dlpipe_etl, "plain_spark": plain, "plain_spark_sorted": lambda: plain(sorted_by_id=True),
-                  "dlpipe_pass_to_noop": pass_to_noop}
+    harness.log(NAME, f"dlpipe ETL, its pass to a noop sink, plain Spark (as is, sorted by id), "
+                      f"{rows} rows, alternating")
+    contenders = {"dlpipe_etl": dlpipe_etl, "plain_spark": plain,
+                  "plain_spark_sorted": lambda: plain(sorted_by_id=True), "dlpipe_pass_to_noop": pass_to_noop}
     if s["warmup"]:
         for measure in contenders.values():
             measure()

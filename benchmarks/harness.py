@@ -15,10 +15,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipelines import storage
 from pipelines.config import PipelineConfig
@@ -176,7 +177,7 @@ class Report:
             "size": self.size,
             "command": command(self.name, self.size),
             "invoked_as": _invoked_as(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - self.started, 1),
             "machine": machine(),
             "load_average": {"before": self.load_before, "after": list(os.getloadavg())},

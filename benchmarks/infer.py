@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         udf_job = _predict_batch_udf_job(spark, source, artifact, batch)
         timed(udf_job)
         measures["predict_batch_udf"] = lambda: timed(udf_job)
-    except Exception as e:  # a contender that cannot run here is recorded, not faked
+    except Exception as e:  # noqa: BLE001 - a contender that cannot run here is recorded, not faked
         report.skip_error("predict_batch_udf", e)
     harness.log(NAME, f"{len(measures)} contenders on {rows} rows, {s['repeats']} rounds")
     figures = harness.interleaved(measures, s["repeats"], warmup=0)

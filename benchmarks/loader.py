@@ -33,8 +33,8 @@ import torch
 from benchmarks import data, harness
 from pipelines import dataset, storage
 from pipelines.artifact import Normalizer
-from pipelines.dataset import SplitFiles
 from pipelines.config import PipelineConfig
+from pipelines.dataset import SplitFiles
 from pipelines.train import loader
 
 # Normalizer wraps pyarrow's read-only buffers without a copy; torch warns once about that.

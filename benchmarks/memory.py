@@ -53,8 +53,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         figures[label] = {"peaks": peaks, "train_rows": train_rows,
                           "train_parquet_mib": round(train_bytes / 2**20, 1),
                           "train_features_mib": round(feature_bytes / 2**20, 1)}
-        report.add(f"peak_rss_{label}", peaks, "MiB", f"largest peak RSS of the {RANKS} training ranks, {label} dataset "
-                   f"({figures[label]['train_rows']} train rows, {figures[label]['train_features_mib']} MiB of features)",
+        report.add(f"peak_rss_{label}", peaks, "MiB",
+                   f"largest peak RSS of the {RANKS} training ranks, {label} dataset "
+                   f"({figures[label]['train_rows']} train rows, "
+                   f"{figures[label]['train_features_mib']} MiB of features)",
                    train_rows=figures[label]["train_rows"], train_parquet_mib=figures[label]["train_parquet_mib"],
                    train_features_mib=figures[label]["train_features_mib"])
     report.params = {"base": base.key, "large": big.key, "model": MODEL, "ranks": RANKS, "epochs": 1,

@@ -94,7 +94,8 @@ def measure_case(spark: Any, config: PipelineConfig, ds: Path, epochs: int, labe
         cfg = on_dataset(config, ds, f"train.strategy={strategy}", f"train.epochs={epochs}")
         out = train_once(spark, cfg, ds, epochs, run_name=f"{NAME}-{label}-{strategy}")
         scored = infer.main(spark, derive(cfg, f"run_id={NAME}-{label}-{strategy}", f"infer.artifact={out['artifact']}",
-                                          f"infer.output={bench_dir(config) / 'runs' / f'{NAME}-{label}-{strategy}-pred'}"))
+                                          f"infer.output="
+                                          f"{bench_dir(config) / 'runs' / f'{NAME}-{label}-{strategy}-pred'}"))
         memory = out["memory_by_rank"]
         rows[strategy] = {
             "test_accuracy": scored.eval.accuracy if scored.eval is not None else None,
@@ -170,7 +171,8 @@ def render(result: dict[str, Any]) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for name, row in case["strategies"].items():
             acc = row["test_accuracy"]
-            lines.append(f"| {name} | {acc:.3f} | {row['samples_per_s']:,.0f} | {_by_rank(row['peak_rss_mib_by_rank'])} "
+            lines.append(f"| {name} | {acc:.3f} | {row['samples_per_s']:,.0f} "
+                         f"| {_by_rank(row['peak_rss_mib_by_rank'])} "
                          f"| {_by_rank(row['parameters_by_rank'])} | {_by_rank(row['optimizer_kib_by_rank'])} "
                          f"| {row['sent_kib_per_step']:,.1f} |" if acc is not None else f"| {name} | n/a |")
         lines.append("")

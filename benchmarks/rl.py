@@ -1,4 +1,4 @@
-"""``python -m benchmarks rl``: rollout throughput (env steps/s) of dlpipe's Spark actors against Gymnasium's vector envs.
+"""``python -m benchmarks rl``: rollout throughput (env steps/s) of dlpipe's Spark actors vs Gymnasium's vector envs.
 
 Every contender collects the same number of environment steps per iteration (``rl.num_actors`` x
 envs per actor x steps per env) with the same policy (``mlp_policy``, 64-64 tanh, one torch thread

@@ -18,8 +18,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 START_TIMEOUT_S = 30.0
 ACCESS_KEY = SECRET_KEY = "testing"  # moto accepts any credentials
@@ -69,7 +69,7 @@ class S3Server:
         except OSError:
             return False
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         """Start moto_server (in its own process group) and wait until it answers (at most 30 s)."""
         if self._proc is not None and self._proc.poll() is None:
             return self

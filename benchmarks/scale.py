@@ -20,8 +20,9 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import psutil
@@ -48,7 +49,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlpipe-bench-memory", daemon=True)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -114,7 +115,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         dataset_dir = Path(cfg.dataset_dir)
         shutil.rmtree(dataset_dir, ignore_errors=True)
         harness.log(NAME, f"{rows} rows: ETL")
-        manifest, seconds, etl_peaks = _measured(lambda: etl.main(spark, cfg))
+        manifest, seconds, etl_peaks = _measured(lambda cfg=cfg: etl.main(spark, cfg))
         view = data.view(dataset_dir)
         size_bytes = sum(storage.list_files(f)[0].size for split in view.splits.values() for f in split.files)
         parquet_bytes.append(size_bytes)
@@ -122,7 +123,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         run_dir = (harness.bench_dir(config) / "runs" / f"scale-{rows}").resolve()
         shutil.rmtree(run_dir, ignore_errors=True)
         job = plan(config, dataset_dir, run_dir, "train.epochs=1")
-        result, train_seconds, train_peaks = _measured(lambda: launch(spark, job))
+        result, train_seconds, train_peaks = _measured(lambda job=job: launch(spark, job))
         epoch = result.history[0]
         shutil.rmtree(run_dir, ignore_errors=True)
         if not measured:

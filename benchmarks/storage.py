@@ -27,7 +27,8 @@ import contextlib
 import statistics
 import tempfile
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -154,7 +154,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     if s["sweep"]:
         for key, accuracy in _knob_accuracy(spark, config).items():
             report.add(f"test_accuracy_{key}", [accuracy], "accuracy",
-                       f"dlpipe run of digits_cnn.yaml on the bundled digits, {' '.join(ACCURACY_RUNS[key]) or 'as is'}")
+                       f"dlpipe run of digits_cnn.yaml on the bundled digits, "
+                       f"{' '.join(ACCURACY_RUNS[key]) or 'as is'}")
 
     harness.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
     noops = [noop_launch(spark, config, ds) for _ in range(s["launch_repeats"])]
@@ -170,7 +171,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
             report.add(key, [f[0] for f in launched], "s",
                        f"TorchDistributor(num_processes=2, local_mode={local_mode}).run(noop): call -> noop running",
                        to_return_seconds=[round(f[1], 3) for f in launched])
-        except Exception as e:  # a contender that cannot run here is recorded, not faked
+        except Exception as e:  # noqa: BLE001 - a contender that cannot run here is recorded, not faked
             report.skip_error(key, e)
 
     one = report.median("torch_1_process")

@@ -15,7 +15,17 @@ from typing import Any
 
 from models.autoencoder import Autoencoder
 from models.base import (
-    CAPABILITIES, CLASSIFIER, GENERATOR, POLICY, RECONSTRUCTOR, TASKS, Acts, DlpipeModel, Embeds, Reconstructs, Samples,
+    CAPABILITIES,
+    CLASSIFIER,
+    GENERATOR,
+    POLICY,
+    RECONSTRUCTOR,
+    TASKS,
+    Acts,
+    DlpipeModel,
+    Embeds,
+    Reconstructs,
+    Samples,
 )
 from models.cnn import CNN
 from models.gan import GAN
@@ -24,7 +34,8 @@ from models.policy import MLPPolicy
 from models.vae import VAE
 
 __all__ = ["DlpipeModel", "ModelSpec", "build", "config_class", "names", "spec", "to_artifact_dict",
-           "from_artifact_dict", "TASKS", "CLASSIFIER", "RECONSTRUCTOR", "GENERATOR", "POLICY", "CAPABILITIES", "Acts", "Embeds", "Reconstructs", "Samples"]
+           "from_artifact_dict", "TASKS", "CLASSIFIER", "RECONSTRUCTOR", "GENERATOR", "POLICY", "CAPABILITIES",
+           "Acts", "Embeds", "Reconstructs", "Samples"]
 
 _REGISTRY: dict[str, type[DlpipeModel]] = {cls.name: cls for cls in (Autoencoder, CNN, GAN, MLP, MLPPolicy, VAE)}
 

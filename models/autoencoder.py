@@ -81,7 +81,8 @@ class Autoencoder(Reconstructor):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(features))  # (B, C, H, W) -> (B, latent_dim) -> (B, C, H, W)
 
-    def output_loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def output_loss(self, output: torch.Tensor,
+                    batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = F.mse_loss(output, batch["features"])  # mean over batch and elements
         return loss, {"reconstruction_error": loss.detach()}
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +207,8 @@ class Classifier(DlpipeModel):
         if self.num_classes < 2:
             raise ValueError(f"classifier {self.name!r} needs num_classes >= 2, got {num_classes}")
 
-    def output_loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def output_loss(self, output: torch.Tensor,
+                    batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, labels = output, batch["label"]  # (B, num_classes), (B,)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()

@@ -8,6 +8,6 @@ from pathlib import Path
 if not __package__:  # run as a file (spark-submit): import the package, not modules from its folder
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pipelines.cli import main  # noqa: E402 - after the path fix above
+from pipelines.cli import main  # after the path fix above
 
 sys.exit(main())

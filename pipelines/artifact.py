@@ -11,8 +11,9 @@ read and written through ``pipelines.storage``, so it may live in any store.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class Normalizer:
     std: torch.Tensor = field(repr=False)
 
     @classmethod
-    def from_stats(cls, stats: Normalization, feature_shape: list[int] | tuple[int, ...]) -> "Normalizer":
+    def from_stats(cls, stats: Normalization, feature_shape: list[int] | tuple[int, ...]) -> Normalizer:
         shape = tuple(feature_shape)
         mean = torch.tensor(stats.mean, dtype=torch.float32)
         std = torch.tensor(stats.std, dtype=torch.float32)
@@ -81,7 +82,7 @@ class Preprocessing(Record):
         return self.kind in TABULAR_KINDS
 
     @classmethod
-    def from_source(cls, source: Any, manifest: Any = None) -> "Preprocessing":
+    def from_source(cls, source: Any, manifest: Any = None) -> Preprocessing:
         """From an ``etl.source`` config; the manifest's record of the ETL run (a
         ``pipelines.dataset.Manifest``) wins where it has one (the image shape it wrote, the
         feature columns it resolved)."""

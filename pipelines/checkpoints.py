@@ -16,8 +16,9 @@ import io
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -153,7 +154,7 @@ class CheckpointWriter:
             began = time.perf_counter()
             try:
                 _write(location, data, self.folder)
-            except BaseException as e:  # surfaced by the next submit or wait
+            except BaseException as e:  # noqa: BLE001 - whatever the write raised is surfaced by the next submit or wait
                 self._error = e
             self.times.write_s += time.perf_counter() - began
 

@@ -18,7 +18,8 @@ import importlib
 import sys
 import time
 import traceback
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pipelines import storage
 from pipelines.config import ConfigError, PipelineConfig, load_config, to_yaml
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"dlpipe {args.verb}: config error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - ours (or a Spark task's): one line; anything else: raised
+    except Exception as e:  # ours (or a Spark task's): one line; anything else: raised
         from pipelines.session import task_failure
 
         if type(e).__module__.startswith("pipelines.") or isinstance(e, FileNotFoundError):

@@ -13,7 +13,6 @@ import datetime
 import difflib
 import hashlib
 import json
-import os
 import re
 import types
 import typing
@@ -24,10 +23,19 @@ from typing import Any
 import yaml
 
 from pipelines import storage
-from pipelines.errors import ConfigError
 from pipelines.config_rules import (
-    Rule, above, at_least, check, each, folder_name, one_of, rules_markdown, setting, within,
+    Rule,
+    above,
+    at_least,
+    check,
+    each,
+    folder_name,
+    one_of,
+    rules_markdown,
+    setting,
+    within,
 )
+from pipelines.errors import ConfigError
 
 
 def _splits_problem(splits: dict[str, float]) -> str | None:
@@ -59,12 +67,15 @@ class SourceConfig:
     """Where the raw records come from. A new dataset needs a new config, not new code."""
 
     kind: str = setting("images", one_of("images", "csv", "json", "parquet"))  # images | csv | json | parquet
-    path: str = setting("data/digits", NONEMPTY, LOCATION)  # image folder, or tabular file/folder; local (relative: to the current folder, else the repo root) or a URI
+    # image folder, or tabular file/folder; local (relative: to the current folder, else the repo root) or a URI
+    path: str = setting("data/digits", NONEMPTY, LOCATION)
     labels_csv: str = "labels.csv"  # images: CSV (file,label) inside `path`; "" = label from sub-folder name
     image_shape: list[int] = setting([8, 8], each(at_least(1), length=2))  # H, W every image is resized to
     channels: int = setting(1, one_of(1, 3))  # 1 = greyscale, 3 = RGB
-    max_pixels: int = setting(25_000_000, at_least(1))  # images: a file larger than this (width x height) is quarantined unread (decompression bombs)
-    feature_columns: list[str] = field(default_factory=list)  # tabular: numeric columns in order, or one array column; [] = all but label/id
+    # images: a file larger than this (width x height) is quarantined unread (decompression bombs)
+    max_pixels: int = setting(25_000_000, at_least(1))
+    # tabular: numeric columns in order, or one array column; [] = all but label/id
+    feature_columns: list[str] = field(default_factory=list)
     label_column: str = "label"  # tabular: label column
     id_column: str = ""  # tabular: stable record id; "" = sha1 of the record's content (identical records = duplicates)
     label_names: list[str] = setting([], UNIQUE)  # known labels in class-index order; [] = sorted distinct
@@ -81,7 +92,8 @@ class EtlConfig:
     rows_per_row_group: int = setting(0, at_least(0))
     row_group_mib: float = setting(4.0, above(0))  # the byte target of rows_per_row_group=0
     max_quarantine_fraction: float = setting(0.05, within(0, 1))  # above this the job fails and publishes nothing
-    normalization: str = setting("global", one_of("global", "per_feature"))  # global (one mean/std) | per_feature (mean/std per feature)
+    # global (one mean/std) | per_feature (mean/std per feature)
+    normalization: str = setting("global", one_of("global", "per_feature"))
     output_files: int = setting(4, at_least(1))  # Parquet files per split
     # full: the dataset is remade from every source file (a re-run replaces it, as version 1);
     # append: only files no version holds yet are read, published as the next version (old ones untouched)
@@ -187,7 +199,8 @@ class InferSourceConfig:
     """Raw records to score (``infer.source``), decoded with the model artifact's own preprocessing."""
 
     kind: str = setting("", RAW_KIND_RULE)  # images | csv | json | parquet; "" = infer.input or the ETL split
-    path: str = setting("", LOCATION)  # image folder, or tabular file/folder; local (relative: as given, else under the repo root) or a URI
+    # image folder, or tabular file/folder; local (relative: as given, else under the repo root) or a URI
+    path: str = setting("", LOCATION)
     labels_csv: str = ""  # images: CSV (file,label) inside `path`, used for evaluation; "" = unlabelled
 
     def __post_init__(self) -> None:
@@ -206,15 +219,18 @@ class InferSourceConfig:
 class InferConfig:
     """Batch inference with a vectorized Spark UDF."""
 
-    split: str = setting("test", folder_name())  # which ETL split to score when `input` and `source` are empty (any split of the dataset)
-    input: str = setting("", LOCATION)  # any Parquet with a `features` column; "" = infer.source, else the ETL split above
+    # which ETL split to score when `input` and `source` are empty (any split of the dataset)
+    split: str = setting("test", folder_name())
+    # any Parquet with a `features` column; "" = infer.source, else the ETL split above
+    input: str = setting("", LOCATION)
     source: InferSourceConfig = field(default_factory=InferSourceConfig)  # raw records (images, CSV, JSON, Parquet)
     artifact: str = setting("", LOCATION)  # model artifact file; "" = the model of infer.model_run
     model_run: str = setting("", folder_name(allow_empty=True))  # run whose model scores; "" = this run
     output: str = setting("", LOCATION)  # "" = <run dir>/predictions
     keep_columns: list[str] = setting(["*"], KEEP_RULE)  # input columns copied to the predictions
     batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
-    device: str = setting("auto", one_of("auto", "cpu", "cuda"))  # auto: the task's Spark GPU, else a visible GPU, else CPU
+    # auto: the task's Spark GPU, else a visible GPU, else CPU
+    device: str = setting("auto", one_of("auto", "cpu", "cuda"))
     gpu_batch_size: int = setting(4096, at_least(1))  # rows per forward pass on a GPU (up to an Arrow batch's rows)
 
     def __post_init__(self) -> None:
@@ -231,7 +247,8 @@ class QualityConfig:
     """Sample quality of generative models (gan, vae) in ``dlpipe run``: ``pipelines.infer.quality``."""
 
     samples: int = setting(1000, at_least(10))  # generated images compared with the scored split
-    classifier_run: str = setting("", folder_name(allow_empty=True))  # run whose cnn gives the feature space; "" = one trained on the train split (cached in <workdir>/quality)
+    # run whose cnn gives the feature space; "" = one trained on the train split (cached in <workdir>/quality)
+    classifier_run: str = setting("", folder_name(allow_empty=True))
     classifier_epochs: int = setting(15, at_least(1))  # epochs of that classifier when dlpipe trains it
 
 
@@ -240,10 +257,12 @@ class TrackingConfig:
     """Experiment tracking of ``run`` / ``train`` jobs (``pipelines.tracking``), from the driver."""
 
     mlflow: bool = True  # one MLflow run per run id (a re-run continues it)
-    uri: str = ""  # "" = a file store in <workdir>/mlruns (no server); or http(s)://server, sqlite:///file.db, databricks
+    # "" = a file store in <workdir>/mlruns (no server); or http(s)://server, sqlite:///file.db, databricks
+    uri: str = ""
     experiment: str = setting("dlpipe", NONEMPTY)  # MLflow experiment (created when missing)
     tensorboard: bool = True  # TensorBoard event files in <run dir>/tb
-    timeout_s: float = setting(10.0, above(0))  # per request to the tracking server; a failure turns tracking off, never the run
+    # per request to the tracking server; a failure turns tracking off, never the run
+    timeout_s: float = setting(10.0, above(0))
     flush_timeout_s: float = setting(60.0, at_least(0))  # at the end of a job, the longest wait for queued records
 
 
@@ -260,7 +279,8 @@ class RLConfig:
     envs_per_actor: int = setting(8, at_least(1))  # environments each task steps side by side
     steps_per_env: int = setting(512, at_least(1))  # steps per environment per iteration (partial episodes bootstrap)
     iterations: int = setting(25, at_least(1))  # collect + update rounds
-    seed: int = setting(0, at_least(0))  # with num_actors, fixes the whole run (env resets, actions, initial weights, minibatches)
+    # with num_actors, fixes the whole run (env resets, actions, initial weights, minibatches)
+    seed: int = setting(0, at_least(0))
     lr: float = setting(1e-3, above(0))  # Adam learning rate
     anneal_lr: bool = True  # decay lr linearly to lr / iterations by the last iteration
     gamma: float = setting(0.99, within(0, 1))  # discount
@@ -300,17 +320,20 @@ class LeaseConfig:
     """One live job per run id (and per dataset): ``pipelines.lease``."""
 
     ttl_s: float = setting(60.0, above(5))  # a killed job's lease expires this long after its last renewal
-    wait_s: float = setting(0.0, at_least(0))  # 0 = a job that finds the lease held stops at once; > 0 = waits up to this
+    # 0 = a job that finds the lease held stops at once; > 0 = waits up to this
+    wait_s: float = setting(0.0, at_least(0))
 
 
 @dataclass
 class PipelineConfig:
     """The whole pipeline's configuration."""
 
-    workdir: str = setting("work", NONEMPTY, LOCATION)  # datasets, runs: a folder (relative: to the current folder) or s3://, gs://, hdfs://, abfs:// URI
+    # datasets, runs: a folder (relative: to the current folder) or s3://, gs://, hdfs://, abfs:// URI
+    workdir: str = setting("work", NONEMPTY, LOCATION)
     dataset: str = setting("digits", folder_name())  # name of the ETL output folder under <workdir>/datasets
     dataset_version: int = setting(0, at_least(0))  # train/infer on versions 1..N of the dataset; 0 = the newest
-    run_id: str = setting("", folder_name(allow_empty=True))  # "" = a timestamp; reuse an id to resume or re-run idempotently
+    # "" = a timestamp; reuse an id to resume or re-run idempotently
+    run_id: str = setting("", folder_name(allow_empty=True))
     master: str = setting("", MASTER_RULE)  # "" = spark-submit's / spark-defaults' master, else local[*]
     spark: dict[str, str] = field(default_factory=dict)  # extra Spark settings for dlpipe's own session
     etl: EtlConfig = field(default_factory=EtlConfig)
@@ -450,7 +473,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid keys here: {', '.join(sorted(fields))})")
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} "
+                              f"(valid keys here: {', '.join(sorted(fields))})")
         kwargs[key] = _coerce(hints[key], value, prefix + key)
         problem = check(fields[key], kwargs[key], prefix + key)
         if problem:

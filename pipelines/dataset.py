@@ -154,7 +154,7 @@ class Manifest(Record):
         return sorted(self.splits)
 
     @classmethod
-    def from_dict(cls, value: Any, where: str = "", key: str = "") -> "Manifest":
+    def from_dict(cls, value: Any, where: str = "", key: str = "") -> Manifest:
         if isinstance(value, dict) and "format" not in value:  # the first format: files by name only
             value = _upgrade_v1(value)
         return super().from_dict(value, where or MANIFEST_FILE, key)

@@ -16,8 +16,9 @@ and torch only when a function needs it: the barrier task (a Spark Python worker
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError
 

@@ -55,7 +55,7 @@ class EpochRecord(Record):
         return flat
 
     @classmethod
-    def from_dict(cls, value: Any, where: str = "", key: str = "") -> "EpochRecord":
+    def from_dict(cls, value: Any, where: str = "", key: str = "") -> EpochRecord:
         where = where or "epoch record"
         if not isinstance(value, dict):
             raise FormatError(f"{where}: key '{key or '(top level)'}' expects an epoch record, got {value!r}")

@@ -27,7 +27,7 @@ class FormatError(ValueError):
     """A file or message does not hold what its format says; the message names where and which key."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

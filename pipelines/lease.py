@@ -27,15 +27,15 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pipelines import storage
 from pipelines.errors import ConfigError
 from pipelines.formats import FormatError, Record
 
 LEASE_FILE = "_lease.json"
-_HELD: list["Lease"] = []  # this process's leases, for check_leases / verify_leases
+_HELD: list[Lease] = []  # this process's leases, for check_leases / verify_leases
 POLL_S = 2.0  # while waiting for a held lease
 STALE_FRACTION = 0.25  # a holder stops when its last renewal is older than ttl * (1 - this)
 
@@ -133,7 +133,7 @@ class Lease:
 
     # --- taking and giving back ------------------------------------------------------------------
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         deadline = time.monotonic() + self.wait_s
         while True:
             current = storage.read_versioned(self.path)
@@ -203,7 +203,7 @@ class Lease:
                 pass  # taken over meanwhile: it is the other job's now
             self._version = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

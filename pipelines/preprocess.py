@@ -15,7 +15,7 @@ record stays a record: the ETL quarantines it, inference gives it a null predict
 from __future__ import annotations
 
 import io
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

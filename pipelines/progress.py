@@ -15,7 +15,8 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, Iterator, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from pipelines.events import EpochEnded, RankEvent, StepProgress
 
@@ -99,7 +100,7 @@ def _watch_stages(spark: Any, label: str, stream: TextIO, stop: threading.Event,
     while not stop.wait(POLL_S):
         try:
             infos = [i for i in (tracker.getStageInfo(s) for s in tracker.getActiveStageIds()) if i is not None]
-        except Exception:  # the session is stopping: nothing left to show
+        except Exception:  # noqa: BLE001 - the session is stopping (any Py4J error): nothing left to show
             break
         if not infos:
             continue

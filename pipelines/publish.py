@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from datetime import UTC, datetime
 
 from pipelines import storage
 from pipelines.formats import Record
@@ -105,7 +105,7 @@ def publishing(target: str, job: str = "") -> Iterator[Attempt]:
         try:
             yield attempt
             data = Commit(name, attempt.files(),
-                          datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json().encode("utf-8")
+                          datetime.now(UTC).isoformat(timespec="seconds")).to_json().encode("utf-8")
             verify_leases()  # a job whose lease was taken over must not commit
             try:
                 if before is None:
@@ -132,7 +132,8 @@ def check_committed(location: str, key: str) -> None:
         return
     attempts = [storage.name(d) for d in storage.list_dirs(location) if storage.name(d).startswith(ATTEMPT_PREFIX)]
     if attempts:
-        raise ConfigError(f"{key}={storage.redact(location)} holds {len(attempts)} uncommitted dlpipe attempt folder(s) "
+        raise ConfigError(f"{key}={storage.redact(location)} holds {len(attempts)} uncommitted dlpipe attempt "
+                          "folder(s) "
                           f"({attempts[0]}{', ...' if len(attempts) > 1 else ''}) and no {COMMIT_FILE}: the job that "
                           "wrote it was stopped before it committed, so its files may be partial. Re-run that job, "
                           "or point at a committed output", key=key)
@@ -177,8 +178,8 @@ def remove_stale_attempts(target: str, committed: str) -> None:
         if name.startswith(ATTEMPT_PREFIX) and name < committed:
             holders = readers.holders_of(name)
             if holders:
-                print(f"dlpipe: kept the superseded output {storage.redact(entry)} {kept_note(entry, holders)}; a later "
-                      "publication removes it", flush=True)
+                print(f"dlpipe: kept the superseded output {storage.redact(entry)} {kept_note(entry, holders)}; "
+                      "a later publication removes it", flush=True)
                 continue
             storage.delete_dir(entry)
     for legacy in ("data", "_SUCCESS"):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -123,7 +123,8 @@ def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = 
 
     listing = spark.createDataFrame(full, "path string, id string") if full else \
         spark.createDataFrame([], "path string, id string")
-    frame = listing.repartition(_partitions(spark, len(full))).mapInArrow(read, "path string, id string, content binary")
+    frame = listing.repartition(_partitions(spark, len(full))).mapInArrow(read,
+                                                                         "path string, id string, content binary")
     return BinaryFiles(frame, len(entries), empty, base, inputs)
 
 

@@ -71,7 +71,7 @@ class ReadLease:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
-    def register(self) -> "ReadLease":
+    def register(self) -> ReadLease:
         """Say this job reads ``root`` (every folder, until :meth:`name`); call before reading its head."""
         self._write()
         self._renewer = threading.Thread(target=self._renew, name="dlpipe-read-lease", daemon=True)
@@ -89,7 +89,7 @@ class ReadLease:
             self._renewer.join(timeout=10)
         storage.delete(self.path)
 
-    def __enter__(self) -> "ReadLease":
+    def __enter__(self) -> ReadLease:
         return self.register()
 
     def __exit__(self, *exc: object) -> None:

@@ -8,8 +8,9 @@ figures and the page are written through ``pipelines.storage`` (the page last), 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -194,7 +195,8 @@ def write_report(run_dir: str, summary: Any, curves: dict[str, list[EpochRecord]
         storage.write_bytes(storage.join(report_dir, "loss_curves.png"), plot_loss_curves(curves))
         last = history[-1]
         val = f", val loss {last.val_loss:.4f}" if last.val_loss is not None else " (no validation split)"
-        started = f" Warm-started from `{summary.train.init_from}`." if summary.train and summary.train.init_from else ""
+        started = (f" Warm-started from `{summary.train.init_from}`."
+                   if summary.train and summary.train.init_from else "")
         lines += ["", "## Training", "", f"{len(history)} epochs; final train loss {last.loss:.4f}{val}; "
                   f"{last.samples_per_s:.0f} samples/s; "
                   f"{last.data_wait_fraction:.0%} of step time waiting for data.{started}", "",

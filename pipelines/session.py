@@ -11,11 +11,10 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pyspark.sql import SparkSession
-
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = REPO_ROOT / "spark-conf"

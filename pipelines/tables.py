@@ -9,8 +9,8 @@ inside Spark tasks. Callers commit what they wrote with ``pipelines.publish``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -13,7 +13,7 @@ Checks that need the data (a split's row groups against ``train.num_workers``) s
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import models
 from pipelines import dataset, storage
@@ -36,9 +36,10 @@ def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
     """
     _environment(config, master)
     checks: dict[str, list[Callable[[PipelineConfig, str], None]]] = {
-        "train": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape, _warm_start],
-        "run": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape, _warm_start,
-                _scored_split, _infer_device],
+        "train": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape,
+                  _warm_start],
+        "run": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape,
+                _warm_start, _scored_split, _infer_device],
         "infer": [_infer_device],
         "rl": [_policy_model],
         "rl-eval": [],
@@ -56,7 +57,8 @@ def _local(master: str) -> bool:
 
 def _environment(config: PipelineConfig, master: str) -> None:
     """What the config asks of this machine (YARN needs its conf)."""
-    if (config.master or master) == "yarn" and not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+    if (config.master or master) == "yarn" and not (os.environ.get("HADOOP_CONF_DIR")
+                                                    or os.environ.get("YARN_CONF_DIR")):
         raise ConfigError("config key 'master' = 'yarn' but neither HADOOP_CONF_DIR nor YARN_CONF_DIR is set: "
                           "export the folder holding the cluster's yarn-site.xml, or submit with spark-submit "
                           "--master yarn on a machine set up for the cluster", key="master")
@@ -93,7 +95,8 @@ def _strategy(config: PipelineConfig, master: str) -> None:
                               f"pipeline stages; use train.strategy=horovod or ddp", key="train.strategy")
         if tc.batch_size % tc.pipeline.microbatches:
             raise ConfigError(f"config key 'train.pipeline.microbatches' = {tc.pipeline.microbatches} must divide "
-                              f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches rows)",
+                              f"train.batch_size={tc.batch_size} (each micro-batch holds batch_size / microbatches "
+                              "rows)",
                               key="train.pipeline.microbatches")
 
 
@@ -110,7 +113,8 @@ def _communication(config: PipelineConfig, master: str) -> None:
     if tc.grad_accumulation > 1:
         if not strategy.accumulates:
             raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: train.strategy="
-                              f"{tc.strategy} runs one batch a step (its micro-batches are train.pipeline.microbatches);"
+                              f"{tc.strategy} runs one batch a step (its micro-batches are "
+                              "train.pipeline.microbatches);"
                               f" use {', '.join(n for n, s in STRATEGIES.items() if s.accumulates)} to accumulate",
                               key="train.grad_accumulation")
         if spec.multi_phase:
@@ -253,7 +257,8 @@ def locations(config: PipelineConfig, verb: str) -> list[tuple[str, str, bool]]:
 
 def probe_locations(config: PipelineConfig, verb: str) -> list[str]:
     """List every location ``verb`` uses, and write and delete a marker where it writes; one line
-    per location probed, and for each written one how its commits are fenced (or what is lost). Raises the first location's problem as a one-line error naming its key."""
+    per location probed, and for each written one how its commits are fenced (or what is lost). Raises
+    the first location's problem as a one-line error naming its key."""
     lines = []
     for location, key, written in locations(config, verb):
         storage.check_location(location, key, write=written)

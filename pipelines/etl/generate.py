@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
+from pipelines import storage
 from pipelines.config import PipelineConfig
 from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, stats_batch, write_parts
-from pipelines import storage
 from pipelines.formats import Record
 from pipelines.publish import publishing
 from pipelines.session import REPO_ROOT, describe
@@ -116,12 +116,14 @@ def generate_block(block: int, params: Deformation, digits: np.ndarray, labels: 
     shift = (2 * u[:, 3:5] - 1) * params.max_shift_px * to_unit
     cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
     theta = np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1)
-    coarse = normals(params.seed, ids, stream=1, count=2 * ELASTIC_GRID**2).reshape(BLOCK, 2, ELASTIC_GRID, ELASTIC_GRID)
+    coarse = normals(params.seed, ids, stream=1,
+                     count=2 * ELASTIC_GRID**2).reshape(BLOCK, 2, ELASTIC_GRID, ELASTIC_GRID)
     noise = normals(params.seed, ids, stream=2, count=size * size).reshape(BLOCK, 1, size, size)
 
     src = torch.from_numpy(digits[base][:, None])  # B,1,8,8
     grid = F.affine_grid(torch.from_numpy(theta).float(), [BLOCK, 1, size, size], align_corners=False)  # B,S,S,2
-    displacement = F.interpolate(torch.from_numpy(coarse).float(), size=(size, size), mode="bicubic", align_corners=False)
+    displacement = F.interpolate(torch.from_numpy(coarse).float(), size=(size, size), mode="bicubic",
+                                 align_corners=False)
     grid = grid + displacement.permute(0, 2, 3, 1) * (params.elastic_alpha / ELASTIC_SIGMAS * to_unit)  # B,S,S,2
     images = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # B,1,S,S
     images = (images + params.noise_std * torch.from_numpy(noise).float()).clamp_(0.0, 1.0)
@@ -206,7 +208,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
                 n=g.num_samples, image_size=g.image_size, seed=params.seed,
                 feature_shape=[1, g.image_size, g.image_size], label_names=[str(d) for d in range(10)],
                 deformation=params, files=sorted(s["file"] for s in stats), rows_per_row_group=ROWS_PER_ROW_GROUP,
-                config_hash=config.digest(), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                config_hash=config.digest(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 output=folder)
             storage.write_text(storage.join(folder, INFO_FILE), info.to_json())
             attempt.report([*(storage.join(folder, s["file"]) for s in stats), storage.join(folder, INFO_FILE)])

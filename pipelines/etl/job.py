@@ -25,7 +25,7 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -38,12 +38,27 @@ from pyspark.sql import functions as F
 from pipelines import dataset, storage
 from pipelines.config import EtlConfig, PipelineConfig
 from pipelines.dataset import (
-    Head, InputFilesSummary, Manifest, Normalization, PartFile, SourceRecord, SplitInfo, VersionEntry,
+    Head,
+    InputFilesSummary,
+    Manifest,
+    Normalization,
+    PartFile,
+    SourceRecord,
+    SplitInfo,
+    VersionEntry,
 )
 from pipelines.etl.parts import FILE_STATS_DDL, GROUPS_PER_RANK, Moments, rewrite_labels, streaming_rows_per_row_group
 from pipelines.etl.sources import EtlError, Extracted, NothingNew, read_records, resolve_source_path
 from pipelines.etl.validate import (
-    DUPLICATE_ORDER, REASONS, SHAPE_SAMPLE, Survey, assign_split, classify, feature_shape, sort_label_names, survey,
+    DUPLICATE_ORDER,
+    REASONS,
+    SHAPE_SAMPLE,
+    Survey,
+    assign_split,
+    classify,
+    feature_shape,
+    sort_label_names,
+    survey,
     with_feature_count,
 )
 from pipelines.etl.write import INPUT_COLUMNS, QUARANTINE_SCHEMA, TASK_GROUP, DatasetSpec, dataset_writer
@@ -388,7 +403,7 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
         source=source_record(extracted, etl),
         input_files=InputFilesSummary(**extracted.files.summary()),
         config_hash=config.digest(),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         rows_per_row_group=rows_per_row_group,
         row_group_rule=(f"etl.rows_per_row_group={etl.rows_per_row_group}" if etl.rows_per_row_group else
                         f"sized for streaming: at most {etl.row_group_mib:g} MiB of features, at least "
@@ -406,7 +421,8 @@ def check_new_labels(label_names: list[str], base: Base, etl: EtlConfig, version
     """An append may add labels only where the config says so (``etl.allow_new_labels``)."""
     new = [n for n in label_names if n not in base.view.manifest.label_names]
     if new and not etl.allow_new_labels:
-        raise EtlError(f"dataset version {version} would add label(s) {new} to the labels of versions 1..{base.version} "
+        raise EtlError(f"dataset version {version} would add label(s) {new} to the labels of versions "
+                       f"1..{base.version} "
                        f"({', '.join(base.view.manifest.label_names)}): nothing was published. Set "
                        "etl.allow_new_labels=true to add them (models trained on earlier versions predict the old "
                        "classes only), or fix the data")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +49,7 @@ class Moments:
         mean = x.mean(axis=0)
         self.merge(Moments(len(x), mean, ((x - mean) ** 2).sum(axis=0)))
 
-    def merge(self, other: "Moments") -> None:
+    def merge(self, other: Moments) -> None:
         if other.n == 0:
             return
         if self.n == 0:
@@ -66,7 +67,7 @@ class Moments:
         return json.dumps({"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()})
 
     @classmethod
-    def from_json(cls, text: str) -> "Moments":
+    def from_json(cls, text: str) -> Moments:
         if not text:
             return cls()
         d = json.loads(text)
@@ -79,7 +80,7 @@ class Moments:
         return dataset.Moments(self.n, self.mean.tolist(), self.m2.tolist())
 
     @classmethod
-    def from_record(cls, record: dataset.Moments) -> "Moments":
+    def from_record(cls, record: dataset.Moments) -> Moments:
         if record.n == 0:
             return cls()
         return cls(record.n, np.asarray(record.mean, np.float64), np.asarray(record.m2, np.float64))

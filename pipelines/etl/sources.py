@@ -24,15 +24,27 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines import storage
 from pipelines.artifact import TABULAR_KINDS, Preprocessing
 from pipelines.config import ConfigError, SourceConfig
 from pipelines.preprocess import (
-    PreprocessError, image_decoder, nonfinite_detail, raw_label, tabular_features,
+    PreprocessError,
+    image_decoder,
+    nonfinite_detail,
+    raw_label,
+    tabular_features,
 )
-from pipelines import storage
 from pipelines.raw import (
-    RawInputError, binary_files, empty_files, input_key, load_table, read_labels_csv, resolve_location, table_columns,
-    table_files, unreadable_parquet,
+    RawInputError,
+    binary_files,
+    empty_files,
+    input_key,
+    load_table,
+    read_labels_csv,
+    resolve_location,
+    table_columns,
+    table_files,
+    unreadable_parquet,
 )
 from pipelines.tables import spark_path
 
@@ -63,7 +75,7 @@ class Extracted:
     path: str  # resolved source location
     num_features: int | None  # fixed by the source layout; None = one array column, length read from the data
     image_shape: list[int] | None  # [C, H, W] when the source is an image folder
-    files: "InputFiles"  # every input file listed, and the empty ones
+    files: InputFiles  # every input file listed, and the empty ones
     feature_columns: list[str] | None = None  # tabular: the feature columns as resolved, in order
 
 
@@ -141,7 +153,8 @@ def read_images(spark: SparkSession, source: SourceConfig, root: str, value_chec
     base, empty = listing.base, listing.empty
     # Small files are packed ~32 per scan task; that many Python UDF tasks cost more than the
     # decoding. A few streaming tasks per core are plenty.
-    files = listing.frame.coalesce(max(1, 4 * spark.sparkContext.defaultParallelism)).withColumnRenamed("path", "source")
+    files = listing.frame.coalesce(max(1, 4 * spark.sparkContext.defaultParallelism)).withColumnRenamed(
+        "path", "source")
     decoder = image_decoder(Preprocessing.from_source(source))  # the preprocessing inference applies too
     decoded = files.select("id", "source", decoder("content").alias("img")).select(
         "id",
@@ -208,7 +221,8 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
     unreadable = unreadable_parquet(spark, [e for e in entries if e.size]) if source.kind == "parquet" else {}
     readable = [e for e in entries if e.location not in unreadable]
     if unreadable and not [e for e in readable if e.size]:
-        raise EtlError(f"etl.source.path={storage.redact(root)}: none of its {len(entries)} Parquet file(s) can be read, "
+        raise EtlError(f"etl.source.path={storage.redact(root)}: none of its {len(entries)} Parquet file(s) "
+                       "can be read, "
                        f"e.g. {storage.redact(next(iter(unreadable)))}: {next(iter(unreadable.values()))}")
     try:
         raw, listed = load_table(spark, source.kind, root, reader,

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -91,7 +92,7 @@ def check_feature_values(table: pa.Table, column: str = "features") -> pa.Table:
         rows = parents[failed]
         found_reason[rows], found_detail[rows] = reason, detail
     reasons = table["reason"].to_numpy(zero_copy_only=False).copy()
-    open_ = np.array([r is None or r in CHECKED_AFTER_VALUES for r in reasons]) & (found_reason != None)  # noqa: E711
+    open_ = np.array([r is None or r in CHECKED_AFTER_VALUES for r in reasons]) & (found_reason != None)  # noqa: E711 - elementwise on a NumPy object array
     if not open_.any():
         return table
     details = table["detail"].to_numpy(zero_copy_only=False).copy()

@@ -22,7 +22,13 @@ from pipelines.config import ConfigError, InferSourceConfig, PipelineConfig
 from pipelines.infer.scoring import PREPROCESS_ERROR
 from pipelines.preprocess import PreprocessError, image_decoder, raw_label, tabular_features
 from pipelines.raw import (
-    RawInputError, binary_files, empty_files, load_table, read_labels_csv, resolve_location, table_columns,
+    RawInputError,
+    binary_files,
+    empty_files,
+    load_table,
+    read_labels_csv,
+    resolve_location,
+    table_columns,
 )
 from pipelines.tables import read_parquet
 

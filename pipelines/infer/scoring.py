@@ -6,8 +6,9 @@ flat Arrow buffer that becomes a (rows, features) NumPy array without a copy per
 pandas UDF would first build one Python object per row. Each Python worker loads the model once
 per device, cached by the artifact's content hash; a task runs it on the GPU Spark gave it, else
 (``infer.device=auto``) a GPU the worker sees, else the CPU (``pipelines.device``). Image files'
-bytes are decoded in the same pass, by the preprocessing the ETL used (``pipelines.preprocess``). Input columns named in ``keep`` ride along
-in the same Arrow batches and come out unchanged. ``pipelines.infer.udf`` scores with the same pieces.
+bytes are decoded in the same pass, by the preprocessing the ETL used (``pipelines.preprocess``).
+Input columns named in ``keep`` ride along in the same Arrow batches and come out unchanged.
+``pipelines.infer.udf`` scores with the same pieces.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -275,8 +277,9 @@ def plan_scoring(spark: SparkSession, frame: DataFrame, artifact: str, batch_siz
 
     ``frame`` has ``features`` (array of numbers) or, for a model trained on images, ``content``
     (the image files' bytes, as Spark's ``binaryFile`` source reads them; decoded by the training's
-    preprocessing), optionally ``id`` (null ids when absent) and :data:`PREPROCESS_ERROR`. The predictions are ``id``, the model's outputs, ``error`` (null when the
-    row scored) and the ``keep`` columns of ``frame``, unchanged; one row per input row. The artifact
+    preprocessing), optionally ``id`` (null ids when absent) and :data:`PREPROCESS_ERROR`. The
+    predictions are ``id``, the model's outputs, ``error`` (null when the row scored) and the ``keep``
+    columns of ``frame``, unchanged; one row per input row. The artifact
     is shipped with ``addFile``; executors read their local copy. ``device`` (``infer.device``):
     auto | cpu | cuda; ``batch_size`` rows per forward pass on the CPU, ``gpu_batch_size`` on a GPU.
     """

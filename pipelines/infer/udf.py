@@ -29,7 +29,14 @@ from pyspark.sql import types as T
 from pipelines import storage
 from pipelines.artifact import Preprocessing
 from pipelines.infer.scoring import (
-    FLOAT_LISTS, Placement, features_matrix, image_features, merge_errors, output_fields, score_matrix, ship_model,
+    FLOAT_LISTS,
+    Placement,
+    features_matrix,
+    image_features,
+    merge_errors,
+    output_fields,
+    score_matrix,
+    ship_model,
 )
 
 
@@ -45,12 +52,13 @@ def model_udf(spark: SparkSession, artifact: str, *, batch_size: int = 512, devi
     """
     artifact = storage.normalize(str(artifact))
     if not storage.is_file(artifact):
-        raise FileNotFoundError(f"model artifact {storage.redact(artifact)} does not exist (model_udf's artifact argument)")
+        raise FileNotFoundError(f"model artifact {storage.redact(artifact)} does not exist "
+                                "(model_udf's artifact argument)")
     shipped = ship_model(spark, artifact)
     placement = Placement(device, batch_size, gpu_batch_size)
 
     @F.pandas_udf(T.StructType(output_fields(shipped.schema)))
-    def score(values: Union[pd.Series, pd.DataFrame]) -> pd.DataFrame:
+    def score(values: Union[pd.Series, pd.DataFrame]) -> pd.DataFrame:  # noqa: UP007 - pandas_udf reads Union only
         model, normalize, rows = placement.load(shipped)
         column, pre_errors = features_column(values, shipped.preprocessing)
         matrix, errors = features_matrix(column, shipped.num_features)

@@ -26,8 +26,9 @@ import socketserver
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pyspark import BarrierTaskContext
 from pyspark.sql import SparkSession
@@ -37,17 +38,13 @@ from pipelines.errors import ConfigError
 from pipelines.formats import FormatError
 from pipelines.launcher import protocol
 from pipelines.launcher.plan import assign_ranks, local_slots
-from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, TaskSpec
+from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, PEER_LOST, TaskSpec
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
-from pipelines.launcher.task import PEER_LOST
 
 log = logging.getLogger("dlpipe.launcher")
 TAIL_LINES = 10  # kept per rank, shown only for a rank that died without saying why
-DRAIN_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 5.0  # after the stage ends, the longest wait for the ranks' last messages
 SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone
-# What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): not a root cause.
-PEER_LOST = re.compile(r"HorovodInternalError|Horovod has been shut down|Connection (closed|reset) by peer|"
-                       r"DistBackendError|DistNetworkError|Broken pipe", re.IGNORECASE)  # after the stage ends, the longest wait for the ranks' last messages
 EventHandler = Callable[[events.RankEvent], None]
 
 
@@ -120,7 +117,7 @@ def run_ranks(
             rdd = sc.parallelize(range(num_workers), num_workers)
             rdd = (rdd.withResources(resources) if resources is not None else rdd).barrier()
             outcome["results"] = rdd.mapPartitions(lambda _: _barrier_task(spec)).collect()
-        except BaseException as e:  # reported by the watching thread below
+        except BaseException as e:  # noqa: BLE001 - whatever ended the stage is reported by the watching thread below
             outcome["error"] = e
 
     stage = threading.Thread(target=run_stage, name="dlpipe-barrier-stage", daemon=True)
@@ -234,10 +231,10 @@ class Coordinator:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                peer = "%s:%s" % self.client_address[:2]
+                peer = f"{self.client_address[0]}:{self.client_address[1]}"
                 try:
                     coordinator._serve(self.request, self.rfile, secret, peer)
-                except Exception as e:  # noqa: BLE001 - any failure here must end the launch, not vanish
+                except Exception as e:  # any failure here must end the launch, not vanish (logged, queued)
                     log.exception("dlpipe launcher: coordinator thread for %s failed", peer)
                     coordinator.messages.put(_Failed(e, peer))
 
@@ -371,7 +368,8 @@ class Coordinator:
             if isinstance(event, events.Failed):
                 self.failures.append(event)
                 # the type only: the job's error line says the cause once
-                print(f"[rank {rank}] failed: {event.error.split(':')[0]} (traceback in its log {event.log})", flush=True)
+                print(f"[rank {rank}] failed: {event.error.split(':')[0]} (traceback in its log {event.log})",
+                      flush=True)
             if isinstance(event, events.Joined):
                 self._joined.add(rank)
                 if len(self._joined) == self.num_workers:
@@ -407,7 +405,8 @@ class Coordinator:
         reported = {f.rank for f in self.failures}
         silent = [r for r, code in self.exit_codes.items() if code != 0 and r not in reported]  # in exit order
         parts = [reason] if lost or not (silent or self.failures) else []
-        parts += [f"rank {r} {describe_exit(self.exit_codes[r])}" + (f" (its log {self.logs[r]})" if self.logs.get(r) else "")
+        parts += [f"rank {r} {describe_exit(self.exit_codes[r])}"
+                  + (f" (its log {self.logs[r]})" if self.logs.get(r) else "")
                   for r in silent]
         if self.failures:
             # a peer's loss is a consequence: a rank that failed on its own goes first, whenever it said so

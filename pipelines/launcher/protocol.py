@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ EVENT_PREFIX = "@@dlpipe-event "
 HEARTBEAT_INTERVAL_S = 5.0
 AUTH_TIMEOUT_S = 10.0  # a connection must authenticate within this, or it is closed
 MAX_LINE_BYTES = 1 << 20  # longer lines are refused (no peer may make the driver buffer without bound)
+# What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): a
+# consequence, not a root cause (the task waits before failing; the driver reports another first).
+PEER_LOST = re.compile(r"HorovodInternalError|Horovod has been shut down|Connection (closed|reset) by peer|"
+                       r"DistBackendError|DistNetworkError|Broken pipe", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

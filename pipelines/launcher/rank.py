@@ -21,9 +21,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipelines import events
 from pipelines.errors import ConfigError
@@ -52,7 +53,7 @@ class RankContext:
     log_path: str = ""  # this rank's log file on its host
 
     @classmethod
-    def from_spec(cls, spec: RankSpec) -> "RankContext":
+    def from_spec(cls, spec: RankSpec) -> RankContext:
         slot = spec.slot
         return cls(slot.rank, slot.size, slot.local_rank, slot.local_size, spec.threads, spec.attempt,
                    slot.hostname, tuple(spec.gpus), spec.rendezvous_addr, spec.rendezvous_port,
@@ -172,7 +173,7 @@ def main(spec_path: str) -> int:
         _log_traceback(ctx.log_path)
         ctx.emit(events.ConfigProblem(key=e.key, message=str(e), log=f"{ctx.hostname}:{ctx.log_path}"))
         return CONFIG_EXIT_CODE
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - any failure of the entry is reported once, as the rank's cause
         if not ctx.log_path:  # no log file to keep it in: the traceback goes to the console
             traceback.print_exc()
         _log_traceback(ctx.log_path)

@@ -14,20 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
-import re
 import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
-from pipelines.launcher.protocol import Assignment, RankSpec, TaskSpec
+from pipelines.launcher.protocol import PEER_LOST, Assignment, RankSpec, TaskSpec
 
-# What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): a
-# consequence, not a root cause.
-PEER_LOST = re.compile(r"HorovodInternalError|Horovod has been shut down|Connection (closed|reset) by peer|"
-                       r"DistBackendError|DistNetworkError|Broken pipe", re.IGNORECASE)
 PEER_GRACE_S = 3.0  # how long such a rank's task waits before failing, so the rank that caused it fails first
 LOG_TAIL_LINES = 10  # of a rank that died without saying why (a native crash, a kill)
 LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file

@@ -7,8 +7,9 @@ under ``manifest_hash``, the history as a JSON string) are read too, so old runs
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from pipelines import checkpoints, storage
 from pipelines.formats import FormatError, Record, from_plain
@@ -41,7 +42,7 @@ class IterationRecord(Record):
         return {**{k: getattr(self, k) for k in self._FIXED}, **self.losses}
 
     @classmethod
-    def from_dict(cls, value: Any, where: str = "", key: str = "") -> "IterationRecord":
+    def from_dict(cls, value: Any, where: str = "", key: str = "") -> IterationRecord:
         where = where or "iteration record"
         if not isinstance(value, dict) or any(k not in value for k in cls._FIXED):
             raise FormatError(f"{where}: an iteration record needs {', '.join(cls._FIXED)}")
@@ -67,7 +68,7 @@ class RLCheckpoint(Record):
     format: str = FORMAT
 
     @classmethod
-    def from_dict(cls, value: Any, where: str = "", key: str = "") -> "RLCheckpoint":
+    def from_dict(cls, value: Any, where: str = "", key: str = "") -> RLCheckpoint:
         if isinstance(value, dict) and "format" not in value:  # the first format
             value = {"iteration": value.get("epoch"), "model": value.get("model"), "optimizer": value.get("optimizer"),
                      "history": json.loads(value.get("history") or "[]"), "fingerprint": value.get("manifest_hash"),

@@ -8,8 +8,8 @@ Plays ``rl.eval_episodes`` episodes of ``rl.env_id`` and writes ``<run>/rl_eval.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ def main(spark: SparkSession, config: PipelineConfig) -> RLEvalResult:
     return result
 
 
-def classifier_policy(artifact: str, obs_size: int, num_actions: int, env_id: str) -> Callable[[np.ndarray], np.ndarray]:
+def classifier_policy(artifact: str, obs_size: int, num_actions: int,
+                      env_id: str) -> Callable[[np.ndarray], np.ndarray]:
     """Observations (B, obs_size) -> actions (B,) from a classifier artifact whose labels are action numbers."""
     model, meta = load_artifact(artifact)
     shown = storage.redact(artifact)

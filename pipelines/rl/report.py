@@ -21,7 +21,8 @@ def plot_return_curve(history: list[IterationRecord], env_id: str, greedy_return
     if points:
         ax.plot(*zip(*points), marker="o", markersize=3, label="rollouts (sampled actions, whole episodes)")
     if greedy_return is not None:
-        ax.axhline(greedy_return, color="tab:green", linestyle="--", label=f"final greedy evaluation: {greedy_return:.1f}")
+        ax.axhline(greedy_return, color="tab:green", linestyle="--",
+                   label=f"final greedy evaluation: {greedy_return:.1f}")
     ax.legend(loc="lower right")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("mean episode return")
@@ -39,7 +40,8 @@ def write_rl_report(run_dir: str, run_id: str, history: list[IterationRecord], e
              f"Greedy evaluation, {evaluation.episodes} episodes: mean return **{evaluation.mean_return:.1f}** "
              f"(std {evaluation.std_return:.1f}, mean length {evaluation.mean_length:.1f}).", "",
              f"![return curve]({CURVE_FILE})", "",
-             "| iteration | env steps | episodes ended | mean return | policy loss | value loss | entropy | env steps/s |",
+             "| iteration | env steps | episodes ended | mean return | policy loss | value loss | entropy "
+             "| env steps/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for h in history:
         ret = "n/a" if h.mean_return is None else f"{h.mean_return:.1f}"

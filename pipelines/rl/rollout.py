@@ -11,8 +11,9 @@ rollout: the environments start from seeds of ``(seed, actor)``, actions from ``
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -69,7 +70,7 @@ class ActorState:
         return cloudpickle.dumps(self)
 
     @staticmethod
-    def from_bytes(blob: bytes) -> "ActorState":
+    def from_bytes(blob: bytes) -> ActorState:
         return cloudpickle.loads(blob)
 
 

@@ -25,8 +25,8 @@ from pipelines.storage.uri import (
 )
 
 _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options", "delete", "delete_dir", "exists",
-             "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output", "read_bytes",
-             "read_text", "set_options", "write_bytes", "write_json", "write_text")
+             "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output",
+             "read_bytes", "read_text", "set_options", "write_bytes", "write_json", "write_text")
 _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
 _READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
 _CONDITIONAL_NAMES = ("WriteConflict", "create_if_absent", "fenced", "fencing", "read_versioned", "replace_if_version")
@@ -36,14 +36,39 @@ __all__ = ["StorageError", "check_uri", "is_local", "is_uri", "join", "name", "n
            *_CONDITIONAL_NAMES]
 
 if TYPE_CHECKING:
-    from pipelines.storage.fs import (FileEntry, StorageOptions, check_location, current_options, delete,
-                                      delete_dir, exists, filesystem, is_dir, is_file, list_dirs, list_files, mkdirs,
-                                      open_input, open_output, read_bytes, read_text, set_options, write_bytes,
-                                      write_json, write_text)
+    from pipelines.storage.conditional import (
+        WriteConflict,
+        create_if_absent,
+        fenced,
+        fencing,
+        read_versioned,
+        replace_if_version,
+    )
+    from pipelines.storage.fs import (
+        FileEntry,
+        StorageOptions,
+        check_location,
+        current_options,
+        delete,
+        delete_dir,
+        exists,
+        filesystem,
+        is_dir,
+        is_file,
+        list_dirs,
+        list_files,
+        mkdirs,
+        open_input,
+        open_output,
+        read_bytes,
+        read_text,
+        set_options,
+        write_bytes,
+        write_json,
+        write_text,
+    )
     from pipelines.storage.petastorm_fs import petastorm_filesystem, petastorm_url
     from pipelines.storage.readahead import ReadAhead, RowGroupRead
-    from pipelines.storage.conditional import (WriteConflict, create_if_absent, fenced, fencing, read_versioned,
-                                               replace_if_version)
 
 
 def __getattr__(attr: str) -> Any:

@@ -25,7 +25,8 @@ import errno
 import fcntl
 import hashlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pipelines.storage import uri as _uri
 from pipelines.storage.fs import _fsync_local, _temp_name
@@ -211,7 +212,8 @@ def create_if_absent(location: str, data: bytes) -> str:
 
 
 def replace_if_version(location: str, data: bytes, version: str) -> str:
-    """Replace the object with ``data`` if it is still ``version``; :class:`WriteConflict` otherwise. The new version."""
+    """Replace the object with ``data`` if it is still ``version``; :class:`WriteConflict` otherwise.
+    The new version."""
     sch = _uri.scheme(location)
     if _uri.is_local(location):
         return _local_replace(location, _uri.normalize(location), data, version)

@@ -14,8 +14,9 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -38,7 +39,7 @@ class StorageOptions:
     s3_region: str = ""      # "" = $AWS_DEFAULT_REGION / $AWS_REGION, else the AWS SDK's default
     azure_account: str = ""  # account for az://container/path ("" = $AZURE_STORAGE_ACCOUNT_NAME)
 
-    def resolved(self, environ: Mapping[str, str] | None = None) -> "StorageOptions":
+    def resolved(self, environ: Mapping[str, str] | None = None) -> StorageOptions:
         """Fill empty fields from the standard environment variables (the driver does this once; the result
         is shipped)."""
         env = os.environ if environ is None else environ

@@ -11,7 +11,7 @@ Usage::
 from __future__ import annotations
 
 import importlib.util
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 from pyarrow import filesystem as legacyfs
@@ -144,7 +144,7 @@ def petastorm_filesystem(location: str, read_ahead: ReadAhead | None = None) -> 
     _uri.check_uri(location, "")
     options = _fs.current_options().resolved()
     adapter = PetastormFileSystem(_uri.normalize(location), options, read_ahead)
-    adapter.fs  # fail here, with a clear StorageError, rather than inside Petastorm
+    _ = adapter.fs  # fail here, with a clear StorageError, rather than inside Petastorm
     _let_fsspec_strip(_uri.scheme(location))
     return adapter
 

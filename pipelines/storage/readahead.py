@@ -17,9 +17,9 @@ from __future__ import annotations
 import bisect
 import io
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -118,7 +118,7 @@ class ReadAhead:
         self._sources: dict[str, pa.NativeFile] = {}
         self._submit_up_to(window)
 
-    def __enter__(self) -> "ReadAhead":
+    def __enter__(self) -> ReadAhead:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,8 +20,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipelines import storage
 from pipelines.config import PipelineConfig, TrackingConfig, to_yaml
@@ -88,7 +89,7 @@ class _Background:
             method, args = item
             try:
                 getattr(self.sink, method)(*args)
-            except Exception as e:  # any failure of a tracking backend must not reach training
+            except Exception as e:  # noqa: BLE001 - any failure of a tracking backend must not reach training
                 self.failed = True
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 self.warn(f"{self.sink.name} tracking failed ({type(e).__name__}: {first[:300]}); it is off "
@@ -156,7 +157,7 @@ class Tracker:
         for w in self._workers:
             w.finish(status, deadline, self.flush_timeout_s)
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -214,7 +215,8 @@ def open_tracker(config: PipelineConfig, job: str) -> Tracker:
             where.append(f"TensorBoard events in {tensorboard_dir(config)}")
         if where:
             print(f"dlpipe: workdir {storage.redact(config.workdir_location)} is a store, and tracking writes local "
-                  f"files: {'; '.join(where)} (set tracking.uri to an MLflow server to keep runs elsewhere)", flush=True)
+                  f"files: {'; '.join(where)} (set tracking.uri to an MLflow server to keep runs elsewhere)",
+                  flush=True)
     if tc.mlflow:
         from pipelines.tracking.mlflow_sink import MlflowSink
 

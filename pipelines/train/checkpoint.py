@@ -7,8 +7,9 @@ had, so a run resumes from checkpoints older versions wrote.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pipelines import checkpoints, storage
 from pipelines.errors import ConfigError

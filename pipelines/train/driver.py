@@ -10,8 +10,8 @@ as a ``ConfigError`` and is not retried.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 
@@ -27,9 +27,9 @@ from pipelines.readers import ReadLease
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train.job import TrainJob, plan_job, record_run_data
-from pipelines.train.warm import check_warm_start, warm_start_artifact
 from pipelines.train.resources import training_profile
 from pipelines.train.strategies import STRATEGIES
+from pipelines.train.warm import check_warm_start, warm_start_artifact
 
 RANK_ENTRY = "pipelines.train.rank:train_rank"
 

@@ -51,7 +51,7 @@ class TrainJob(Record):
         return {**super().to_dict(), "config": self.config.to_dict()}
 
     @classmethod
-    def from_dict(cls, value: Any, where: str = "train job", key: str = "") -> "TrainJob":
+    def from_dict(cls, value: Any, where: str = "train job", key: str = "") -> TrainJob:
         if not isinstance(value, dict) or not isinstance(value.get("config"), dict):
             raise FormatError(f"{where}: expects a job with a config, got {type(value).__name__}")
         return cls(config=from_dict(value["config"]),

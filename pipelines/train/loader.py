@@ -14,7 +14,8 @@ import random
 import threading
 import time
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +48,7 @@ class _ArrowArrays:
         try:
             table = workers_pool.get_results()
         except EmptyResultError:
-            raise StopIteration
+            raise StopIteration from None
         return dataset.table_arrays(table)
 
 
@@ -169,7 +170,7 @@ def epoch_batches(split: SplitFiles, *, rank: int, size: int, batch_size: int, s
                 if made >= steps or stop.is_set():
                     break
             _put(out, _DONE, stop)
-        except BaseException as e:  # surfaced in the consumer
+        except BaseException as e:  # noqa: BLE001 - whatever the reader raised is surfaced in the consumer
             _put(out, e, stop)
 
     thread = threading.Thread(target=produce, name=f"dlpipe-loader-rank{rank}", daemon=True)

@@ -10,7 +10,8 @@ so it is refused with a message naming the key.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -45,7 +46,7 @@ class Precision:
         if name == "fp32":
             exact_fp32()
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         """The context a forward pass runs in."""
         if self.name == "fp32":
             return contextlib.nullcontext()
@@ -56,7 +57,7 @@ class Precision:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer,
-             synchronize: Callable[[], ContextManager] | None = None) -> None:
+             synchronize: Callable[[], AbstractContextManager] | None = None) -> None:
         """``optimizer.step()``; under fp16 unscaled first and skipped when a gradient overflowed.
 
         ``synchronize``: for an optimizer that averages gradients inside ``step`` (Horovod), a

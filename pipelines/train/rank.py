@@ -13,8 +13,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -121,7 +122,8 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
     if resume is not None:
         if resume.strategy != tc.strategy:
             raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made with train.strategy="
-                              f"{resume.strategy}; resume with that strategy, or use a new run_id", key="train.strategy")
+                              f"{resume.strategy}; resume with that strategy, or use a new run_id",
+                              key="train.strategy")
         start_epoch, start_step, history = resume.epoch, resume.step, list(resume.history)
         if start_step and len(resume.ranks) != ctx.size:  # checked before any state is loaded
             raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made {start_step} steps into "
@@ -226,7 +228,8 @@ def _optimizer(tc: Any, params: Any, lr: float) -> torch.optim.Optimizer:
 
 
 def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: Any, split: SplitFiles,
-                 normalize: Normalizer, save_position: Callable[[int, int, dict[str, float]], None]) -> dict[str, float]:
+                 normalize: Normalizer,
+                 save_position: Callable[[int, int, dict[str, float]], None]) -> dict[str, float]:
     strategy.set_training(True)
     epoch = position.epoch
     shard, shards = strategy.shard()

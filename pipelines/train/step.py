@@ -6,7 +6,8 @@ The strategies call these with their own forward (a DDP wrapper, an FSDP-sharded
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -17,8 +18,8 @@ LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def train_step(forward_loss: LossFn, optimizer: torch.optim.Optimizer, precision: Precision,
-               batches: Batch | Sequence[Batch], synchronize: Callable[[], ContextManager] | None = None,
-               no_sync: Callable[[], ContextManager] | None = None) -> dict[str, float]:
+               batches: Batch | Sequence[Batch], synchronize: Callable[[], AbstractContextManager] | None = None,
+               no_sync: Callable[[], AbstractContextManager] | None = None) -> dict[str, float]:
     """One optimizer step over one batch or several (gradient accumulation): zero the gradients;
     for each batch, forward under the run's autocast and backward (scaled for fp16); then step.
 

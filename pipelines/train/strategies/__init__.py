@@ -18,7 +18,8 @@ from pipelines.train.strategies.fsdp import FSDPStrategy
 from pipelines.train.strategies.horovod import HorovodStrategy
 from pipelines.train.strategies.pipeline import PipelineStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (HorovodStrategy, DDPStrategy, FSDPStrategy, PipelineStrategy)}
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (HorovodStrategy, DDPStrategy, FSDPStrategy,
+                                                              PipelineStrategy)}
 
 __all__ = ["STRATEGIES", "Strategy", "make_strategy"]
 

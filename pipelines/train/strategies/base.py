@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
 
 import torch
 
@@ -118,7 +120,7 @@ class Strategy(abc.ABC):
             return self._phased_step(*batches)
         return step.train_step(self.forward_loss, self.optimizer, self.precision, batches, no_sync=self.no_sync)
 
-    def no_sync(self) -> ContextManager:
+    def no_sync(self) -> AbstractContextManager:
         """A context in which a backward accumulates gradients without all-reducing them."""
         return contextlib.nullcontext()
 

@@ -3,7 +3,7 @@ all-reduced (averaged) straight from autograd hooks, overlapping the backward pa
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ class DDPStrategy(TorchDistributedStrategy):
             self.ddp.register_comm_hook(self.compress_dtype, _compressed_all_reduce)
         self.optimizer = make_optimizer(model.parameters())
 
-    def no_sync(self) -> ContextManager:
+    def no_sync(self) -> AbstractContextManager:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
     def set_training(self, training: bool) -> None:

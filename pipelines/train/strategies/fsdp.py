@@ -4,7 +4,8 @@ reduce-scatter their gradients. Checkpoints and the artifact still hold the full
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -54,7 +55,9 @@ class FSDPStrategy(TorchDistributedStrategy):
 
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
         )
 
         options = StateDictOptions(full_state_dict=True)

@@ -13,7 +13,9 @@ strategy (config check): its loss scaler would have to skip a step on every stag
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -118,7 +120,7 @@ class PipelineStrategy(TorchDistributedStrategy):
 class _Autocast(nn.Module):
     """A stage's forward under the run's autocast, its outputs back in float32 (what the next stage receives)."""
 
-    def __init__(self, module: nn.Module, autocast: Callable[[], ContextManager]) -> None:
+    def __init__(self, module: nn.Module, autocast: Callable[[], AbstractContextManager]) -> None:
         super().__init__()
         self.module, self.autocast = module, autocast
 
