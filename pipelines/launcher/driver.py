@@ -44,6 +44,7 @@ from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 log = logging.getLogger("dlpipe.launcher")
 TAIL_LINES = 10  # kept per rank, shown only for a rank that died without saying why
 DRAIN_TIMEOUT_S = 5.0  # after the stage ends, the longest wait for the ranks' last messages
+MAX_PENDING_EXTRA = 8  # connections authenticating at once beyond one per task; more are closed at once
 SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone
 EventHandler = Callable[[events.RankEvent], None]
 
@@ -225,7 +226,9 @@ class Coordinator:
         self.failures: list[events.Failed] = []  # the ranks' own causes, first reported first
         self.exit_codes: dict[int, int] = {}
         self.logs: dict[int, str] = {}  # rank -> its log file ("host:/path"), from its Started event
-        self._registered: dict[int, tuple[str, socket.socket]] = {}
+        self._registered: dict[int, tuple[str, socket.socket, protocol.Channel]] = {}
+        # connections not yet authenticated: each holds a thread for up to AUTH_TIMEOUT_S
+        self._pending = threading.BoundedSemaphore(num_workers + MAX_PENDING_EXTRA)
         self._lock = threading.Lock()
         coordinator = self
 
@@ -245,21 +248,31 @@ class Coordinator:
         log.info("dlpipe launcher: coordinator for %d tasks listening on %s:%d", num_workers, driver_host, self.port)
 
     def _serve(self, sock: socket.socket, rfile: Any, secret: str, peer: str) -> None:
-        if not self._authenticate(sock, rfile, secret, peer):
+        if not self._pending.acquire(blocking=False):
+            log.warning("dlpipe launcher: refused a connection from %s: %d others are still authenticating",
+                        peer, self.num_workers + MAX_PENDING_EXTRA)
+            return
+        try:
+            channel = self._authenticate(sock, rfile, secret, peer)
+        finally:
+            self._pending.release()
+        if channel is None:
             return
         for line in iter(lambda: rfile.readline(MAX_LINE_BYTES + 1), b""):
-            message = protocol.decode(line)
+            message = channel.open(line)
             if message is None:
-                log.warning("dlpipe launcher: dropped a malformed message from task at %s: %r", peer, line[:200])
+                log.warning("dlpipe launcher: dropped a message from task at %s that is not its next one sealed "
+                            "under this connection's key (forged, altered, replayed or malformed): %r",
+                            peer, line[:200])
                 continue
             if isinstance(message, protocol.Register):
-                self._register(message, sock)
+                self._register(message, sock, channel)
             self.messages.put(message)
         self.messages.put(_Disconnected(peer))
 
     @staticmethod
-    def _authenticate(sock: socket.socket, rfile: Any, secret: str, peer: str) -> bool:
-        """Challenge the peer; True when it answered with the launch's secret in time."""
+    def _authenticate(sock: socket.socket, rfile: Any, secret: str, peer: str) -> protocol.Channel | None:
+        """Challenge the peer; its sealed channel when it answered with the launch's secret in time."""
         challenge = protocol.new_challenge()
         sock.settimeout(AUTH_TIMEOUT_S)
         try:
@@ -270,11 +283,11 @@ class Coordinator:
         if not isinstance(reply, protocol.Auth) or not protocol.is_answer(secret, challenge, reply.answer):
             log.warning("dlpipe launcher: refused a connection from %s: it did not authenticate as a barrier "
                         "task of this launch", peer)
-            return False
+            return None
         sock.settimeout(None)
-        return True
+        return protocol.Channel(secret, challenge, "driver")
 
-    def _register(self, message: protocol.Register, sock: socket.socket) -> None:
+    def _register(self, message: protocol.Register, sock: socket.socket, channel: protocol.Channel) -> None:
         if not 0 <= message.partition < self.num_workers:
             log.warning("dlpipe launcher: ignored a registration of partition %d", message.partition)
             return
@@ -282,25 +295,25 @@ class Coordinator:
             if len(self._registered) == self.num_workers:
                 # Spark re-ran a task of this barrier stage (a stage retry): its peers are gone, so
                 # it must fail; dlpipe relaunches the whole stage itself (train.max_attempts).
-                protocol.send(sock, protocol.Refused("this launch's ranks already started; Spark's retry of a "
-                                                     "single barrier task cannot rejoin them"))
+                channel.send(sock, protocol.Refused("this launch's ranks already started; Spark's retry of a "
+                                                    "single barrier task cannot rejoin them"))
                 return
-            self._registered[message.partition] = (message.host, sock)
+            self._registered[message.partition] = (message.host, sock, channel)
             if len(self._registered) == self.num_workers:
                 self._assign()
 
     def _assign(self) -> None:
         """All tasks are in: plan ranks by host, start the rendezvous, send assignments."""
-        slots = assign_ranks({p: host for p, (host, _) in self._registered.items()})
+        slots = assign_ranks({p: host for p, (host, _, _) in self._registered.items()})
         hosts = sorted({s.hostname for s in slots.values()})
         iface = self.gloo_iface or ("lo" if len(hosts) == 1 else "")
         if not iface:
             raise ConfigError(f"ranks run on {len(hosts)} hosts ({', '.join(hosts)}): set train.gloo_iface to the "
                               f"network interface they share (e.g. eth0)", key="train.gloo_iface")
         port = self.rendezvous.start(self.driver_host, sorted(slots.values(), key=lambda s: s.rank))
-        for partition, (_, sock) in self._registered.items():
+        for partition, (_, sock, channel) in self._registered.items():
             slot = slots[partition]
-            protocol.send(sock, protocol.Assignment(
+            channel.send(sock, protocol.Assignment(
                 slot=slot, attempt=self.attempt, rendezvous_addr=self.driver_host, rendezvous_port=port,
                 gloo_iface=iface, env=self.rendezvous.rank_env(slot, self.driver_host, port, iface)))
 
@@ -422,9 +435,9 @@ class Coordinator:
     def close(self) -> None:
         """Tell surviving tasks to kill their ranks, then stop the servers."""
         with self._lock:
-            for _, sock in self._registered.values():
+            for _, sock, channel in self._registered.values():
                 try:
-                    protocol.send(sock, protocol.Abort())
+                    channel.send(sock, protocol.Abort())
                 except OSError:
                     pass
         self._server.shutdown()

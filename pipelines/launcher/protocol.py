@@ -5,7 +5,8 @@ Coordinator <-> task: one JSON object per line (:func:`encode` / :func:`decode`)
 dataclass per message. Every connection is authenticated before anything else: the coordinator
 sends a :class:`Challenge`, the task answers with an :class:`Auth` holding the HMAC of it under the
 launch's secret (fresh per launch, known only to the driver and, through the Spark closure, the
-barrier tasks). Anything else is dropped and logged.
+barrier tasks). Every later message, both ways, is sealed by a :class:`Channel` (a sequence number
+and a MAC under a key of that connection). Anything else is dropped and logged.
 
     task -> coordinator: Auth, Register, LogLine, EventLine, Heartbeat, Exit
     coordinator -> task: Challenge, Assignment, Refused, Abort
@@ -21,6 +22,7 @@ import json
 import re
 import secrets
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +34,7 @@ EVENT_PREFIX = "@@dlpipe-event "
 HEARTBEAT_INTERVAL_S = 5.0
 AUTH_TIMEOUT_S = 10.0  # a connection must authenticate within this, or it is closed
 MAX_LINE_BYTES = 1 << 20  # longer lines are refused (no peer may make the driver buffer without bound)
+ROLES = ("driver", "task")  # the two ends of a channel
 # What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): a
 # consequence, not a root cause (the task waits before failing; the driver reports another first).
 PEER_LOST = re.compile(r"HorovodInternalError|Horovod has been shut down|Connection (closed|reset) by peer|"
@@ -143,7 +146,55 @@ def decode(line: bytes | str) -> Message | None:
 
 
 def send(sock: socket.socket, message: Message) -> None:
+    """Send a handshake message (``Challenge``, ``Auth``): the only ones not sealed by a :class:`Channel`."""
     sock.sendall(encode(message))
+
+
+class Channel:
+    """One authenticated connection, after its handshake: every message is sealed with its sequence
+    number and an HMAC-SHA256 under a key derived from the launch's secret and this connection's
+    challenge, so a message that was forged, altered, replayed, reordered or taken from another
+    connection or direction is refused (:meth:`open` returns None), not acted on."""
+
+    def __init__(self, secret: str, challenge: str, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: one of {ROLES}")
+        self._key = hmac.new(secret.encode(), b"dlpipe-channel\x00" + challenge.encode(), hashlib.sha256).digest()
+        self._out, self._in = role, ROLES[1 - ROLES.index(role)]
+        self._sent = self._received = 0
+        self._lock = threading.RLock()  # sends come from several threads: each numbered and written in turn
+
+    def _mac(self, direction: str, seq: int, body: str) -> str:
+        return hmac.new(self._key, f"{direction}\n{seq}\n{body}".encode(), hashlib.sha256).hexdigest()
+
+    def seal(self, message: Message) -> bytes:
+        """``message`` as one sealed JSON line."""
+        body = encode(message).decode().rstrip("\n")
+        with self._lock:
+            self._sent += 1
+            seq = self._sent
+        return (json.dumps({"seq": seq, "mac": self._mac(self._out, seq, body), "body": body}) + "\n").encode()
+
+    def send(self, sock: socket.socket, message: Message) -> None:
+        with self._lock:  # numbered and written in one order
+            sock.sendall(self.seal(message))
+
+    def open(self, line: bytes) -> Message | None:
+        """The message in a sealed line from the peer; None when the line is not the peer's next
+        message under this connection's key (or is not a message at all)."""
+        if not line.endswith(b"\n") or len(line) > MAX_LINE_BYTES:
+            return None
+        try:
+            sealed = json.loads(line)
+            seq, mac, body = sealed["seq"], sealed["mac"], sealed["body"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not (isinstance(seq, int) and isinstance(mac, str) and isinstance(body, str)):
+            return None
+        if seq != self._received + 1 or not hmac.compare_digest(self._mac(self._in, seq, body), mac):
+            return None
+        self._received = seq
+        return decode(body + "\n")
 
 
 def new_secret() -> str:

@@ -24,6 +24,9 @@ from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
 from pipelines.launcher.protocol import PEER_LOST, Assignment, RankSpec, TaskSpec
 
+# What a rendezvous may set in a rank's environment (Horovod's Gloo join, torch's Gloo/NCCL interface).
+RENDEZVOUS_PREFIXES = ("HOROVOD_",)
+RENDEZVOUS_VARIABLES = frozenset({"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT"})
 PEER_GRACE_S = 3.0  # how long such a rank's task waits before failing, so the rank that caused it fails first
 LOG_TAIL_LINES = 10  # of a rank that died without saying why (a native crash, a kill)
 LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file
@@ -44,25 +47,25 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
     """
     sock = socket.create_connection((spec.coordinator_host, spec.coordinator_port),
                                     timeout=spec.start_timeout_s)
-    lock = threading.Lock()
-
-    def send(message: protocol.Message) -> None:
-        with lock:
-            protocol.send(sock, message)
-
     reader = sock.makefile("rb")
     challenge = protocol.decode(reader.readline(protocol.MAX_LINE_BYTES + 1))
     if not isinstance(challenge, protocol.Challenge):
         raise RuntimeError(f"task {partition}: the coordinator at {spec.coordinator_host}:{spec.coordinator_port} "
                            f"sent no challenge: is it a dlpipe launch?")
-    send(protocol.Auth(protocol.answer(spec.secret, challenge.challenge)))
+    protocol.send(sock, protocol.Auth(protocol.answer(spec.secret, challenge.challenge)))
+    channel = protocol.Channel(spec.secret, challenge.challenge, "task")
+
+    def send(message: protocol.Message) -> None:
+        channel.send(sock, message)
+
     send(protocol.Register(partition, host, os.getpid()))
-    reply = protocol.decode(reader.readline(protocol.MAX_LINE_BYTES + 1))  # once every task has registered
+    reply = channel.open(reader.readline(protocol.MAX_LINE_BYTES + 1))  # once every task has registered
     if isinstance(reply, protocol.Refused):
         raise RuntimeError(f"task {partition}: the driver refused it: {reply.reason}")
     if not isinstance(reply, Assignment):
         raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank "
-                           "(the launch failed on the driver: see its error)")
+                           "(the launch failed on the driver: see its error), or sent something not sealed "
+                           "under this connection's key")
     sock.settimeout(None)
     rank = reply.slot.rank
     log_path = rank_log_path(spec.launch_id, rank)
@@ -78,7 +81,7 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
             env=rank_environment(reply, threads, gpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1, preexec_fn=_die_with_parent,
         )
-        threading.Thread(target=_watch_driver, args=(reader, proc), daemon=True).start()
+        threading.Thread(target=_watch_driver, args=(reader, channel, proc), daemon=True).start()
         stop_beats = threading.Event()
         threading.Thread(target=_heartbeat, args=(send, partition, rank, stop_beats), daemon=True).start()
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
@@ -148,8 +151,19 @@ def rank_environment(a: Assignment, threads: int, gpus: tuple[str, ...] = ()) ->
         "OMP_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     })
+    refused = sorted(k for k in a.env if not rendezvous_variable(k))
+    if refused:
+        raise RuntimeError(f"the driver's assignment sets {', '.join(refused)}: a rank's environment takes only "
+                           f"its rendezvous's variables ({', '.join(RENDEZVOUS_PREFIXES)}*, "
+                           f"{', '.join(sorted(RENDEZVOUS_VARIABLES))})")
     env.update(a.env)
     return env
+
+
+def rendezvous_variable(name: str) -> bool:
+    """Whether ``name`` is a variable a rendezvous may set in a rank's environment (an allow-list: a
+    library's join settings, never the loader's or the interpreter's, e.g. ``LD_PRELOAD``)."""
+    return name in RENDEZVOUS_VARIABLES or name.startswith(RENDEZVOUS_PREFIXES)
 
 
 def describe_exit(code: int) -> str:
@@ -170,11 +184,11 @@ def _die_with_parent() -> None:
         pass  # not Linux: the driver's abort message still ends the rank
 
 
-def _watch_driver(reader: Any, proc: subprocess.Popen) -> None:
-    """Kill the rank when the driver says abort or its connection drops."""
+def _watch_driver(reader: Any, channel: protocol.Channel, proc: subprocess.Popen) -> None:
+    """Kill the rank when the driver says abort (sealed: nobody else can) or its connection drops."""
     try:
         for line in reader:
-            if isinstance(protocol.decode(line), protocol.Abort):
+            if isinstance(channel.open(line), protocol.Abort):
                 break
     except (OSError, ValueError):
         pass

@@ -13,17 +13,20 @@ from pipelines.launcher.driver import Coordinator, _Failed
 from pipelines.launcher.rendezvous import NoRendezvous
 
 
-def _task(port: int, secret: str, partition: int, host: str, replies: dict[int, bytes]) -> None:
-    """Authenticate, register from ``host``, and keep the first line the coordinator answers."""
+def _task(port: int, secret: str, partition: int, host: str, replies: dict[int, object]) -> None:
+    """Authenticate, register from ``host``, and keep the first message the coordinator answers
+    (b"" when it closed the connection instead)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         reader = sock.makefile("rb")
         challenge = protocol.decode(reader.readline())
         protocol.send(sock, protocol.Auth(protocol.answer(secret, challenge.challenge)))
-        protocol.send(sock, protocol.Register(partition, host, 1))
+        channel = protocol.Channel(secret, challenge.challenge, "task")
+        channel.send(sock, protocol.Register(partition, host, 1))
         try:
-            replies[partition] = reader.readline()
+            line = reader.readline()
         except OSError:
-            replies[partition] = b""
+            line = b""
+        replies[partition] = channel.open(line) if line else b""
 
 
 def _waiting_stage() -> threading.Thread:
@@ -50,7 +53,7 @@ def test_a_coordinator_thread_failure_reaches_the_wait_loop_naming_the_config_ke
         t.join(timeout=10)
     # No assignment was sent: each task sees the abort, or the connection close.
     assert sorted(replies) == [0, 1]
-    assert all(r == b"" or isinstance(protocol.decode(r), protocol.Abort) for r in replies.values()), replies
+    assert all(r == b"" or isinstance(r, protocol.Abort) for r in replies.values()), replies
 
 
 def test_a_peer_without_the_launch_secret_is_refused_and_never_registers():
@@ -67,7 +70,7 @@ def test_one_task_gets_its_assignment_with_the_rendezvous_address():
     coordinator = Coordinator("127.0.0.1", 1, gloo_iface="", attempt=3, secret=secret, rendezvous=NoRendezvous())
     replies: dict[int, bytes] = {}
     _task(coordinator.port, secret, 0, "127.0.0.1", replies)
-    assignment = protocol.decode(replies[0])
+    assignment = replies[0]
     assert isinstance(assignment, protocol.Assignment)
     assert (assignment.slot.rank, assignment.slot.size, assignment.attempt, assignment.gloo_iface) == (0, 1, 3, "lo")
     assert assignment.rendezvous_addr == "127.0.0.1"
