@@ -54,6 +54,9 @@ def _splits_problem(splits: dict[str, float]) -> str | None:
 SPLITS_RULE = Rule("split name -> fraction > 0, fractions summing to 1, 'train' included", _splits_problem)
 UNIQUE = Rule("no value twice", lambda v: "lists a value twice" if len(set(v)) != len(v) else None)
 NONEMPTY = Rule("not empty", lambda v: None if v else "must not be empty")
+URL_SECRET = ("holds a credential: remove it and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+              "MLFLOW_TRACKING_TOKEN) in the environment instead")
+URL = Rule("a URL without credentials", lambda v: URL_SECRET if storage.holds_credentials(v) else None)
 LOCATION = Rule("a local path, or an s3://, gs://, hdfs://, abfs:// or az:// URI without credentials",
                 lambda v: storage.uri_problem(v) if v else None)
 MASTER_PATTERN = re.compile(r"|local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s|mesos)://.+")
@@ -258,7 +261,7 @@ class TrackingConfig:
 
     mlflow: bool = True  # one MLflow run per run id (a re-run continues it)
     # "" = a file store in <workdir>/mlruns (no server); or http(s)://server, sqlite:///file.db, databricks
-    uri: str = ""
+    uri: str = setting("", URL)
     experiment: str = setting("dlpipe", NONEMPTY)  # MLflow experiment (created when missing)
     tensorboard: bool = True  # TensorBoard event files in <run dir>/tb
     # per request to the tracking server; a failure turns tracking off, never the run

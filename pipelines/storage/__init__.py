@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.storage.uri import (
     StorageError,
     check_uri,
+    holds_credentials,
     is_local,
     is_uri,
     join,
@@ -31,8 +32,8 @@ _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
 _READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
 _CONDITIONAL_NAMES = ("WriteConflict", "create_if_absent", "fenced", "fencing", "read_versioned", "replace_if_version")
 
-__all__ = ["StorageError", "check_uri", "is_local", "is_uri", "join", "name", "normalize", "parent", "redact",
-           "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES, *_READAHEAD_NAMES,
+__all__ = ["StorageError", "check_uri", "holds_credentials", "is_local", "is_uri", "join", "name", "normalize",
+           "parent", "redact", "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES, *_READAHEAD_NAMES,
            *_CONDITIONAL_NAMES]
 
 if TYPE_CHECKING:

@@ -66,14 +66,30 @@ def split(location: str) -> Parts:
     rest = location[len(sch) + 1:]
     if rest.startswith("//"):
         rest = rest[2:]
-        authority, slash, path = rest.partition("/")
-        path = slash + path
+        end = authority_end(rest)
+        authority, path = rest[:end], rest[end:]
     else:  # "file:/x"
         authority, path = "", rest
     path, _, query = path.partition("?")
     if "?" in authority:  # "s3://bucket?x=1"
         authority, _, query = authority.partition("?")
     return Parts(sch, authority, path, query)
+
+
+def authority_end(rest: str) -> int:
+    """Where the authority of ``rest`` (a URI after "scheme://") ends. Normally at the first "/";
+    but a secret holding "/" (common in AWS secret keys: ``s3://AKIA:ab/cd@bucket/k``) would cut
+    the userinfo there and leave the secret in the path, so when the first segment looks like
+    ``user:secret`` (not ``host:port``) and an "@" follows, the authority runs to that "@"'s host."""
+    head = rest.split("?", 1)[0]
+    first = head.split("/", 1)[0]
+    user, colon, after = first.partition(":")
+    if "/" in head and colon and "@" not in first and not after.isdigit() and "@" in head[len(first):]:
+        at = head.index("@", len(first))
+        slash = head.find("/", at)
+        return slash if slash >= 0 else len(head)
+    slash = head.find("/")
+    return slash if slash >= 0 else len(head)
 
 
 def _clean_path(path: str) -> str:
@@ -261,7 +277,8 @@ def uri_problem(location: str) -> str | None:
 
 def _redact_uri(match: re.Match[str]) -> str:
     sch, rest = match.group(1), match.group(2)
-    authority, slash, tail = rest.partition("/")
+    end = authority_end(rest)
+    authority, slash, tail = rest[:end], rest[end:end + 1], rest[end + 1:]
     if "?" in authority and not slash:
         authority, _, q = authority.partition("?")
         tail, slash = "?" + q, ""
@@ -274,6 +291,18 @@ def _redact_uri(match: re.Match[str]) -> str:
             f"{k}=***" if k in secret else item
             for item in query.split("&") for k in [unquote(item.partition("=")[0])])
     return f"{sch}://{authority}{slash}{path}{qmark}{query}"
+
+
+def holds_credentials(url: str) -> bool:
+    """Whether a URL of any scheme (``https://alice:pw@host``, ``s3://AKIA:ab/cd@b``) carries a
+    password in its userinfo or a secret query parameter."""
+    found = _URI_IN_TEXT_RE.match(url.strip())
+    if not found:
+        return False
+    rest = found.group(2)
+    authority = rest[:authority_end(rest)]
+    userinfo = authority.rsplit("@", 1)[0] if "@" in authority else ""
+    return ":" in userinfo or bool(_secret_query_keys(rest.partition("?")[2]))
 
 
 def redact(text: str) -> str:

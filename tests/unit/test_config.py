@@ -149,3 +149,26 @@ def test_docs_config_lists_the_validation_rules_generated_from_the_config_classe
     from pipelines.config import rules_table
 
     assert rules_table() in (REPO_ROOT / "docs" / "config.md").read_text()
+
+
+@pytest.mark.parametrize("uri", ["https://alice:TOPSECRET@mlflow.example.com", "http://u:TOPSECRET@h:5000/x",
+                                 "https://mlflow.example.com/?token=TOPSECRET"])
+def test_a_tracking_uri_with_a_credential_is_refused_without_echoing_it(uri):
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"tracking.uri={uri}"])
+    assert "tracking.uri" in str(err.value) and "MLFLOW_TRACKING_PASSWORD" in str(err.value)
+    assert "TOPSECRET" not in str(err.value)
+
+
+def test_a_storage_secret_holding_a_slash_is_refused_and_never_echoed():
+    from pipelines.config import ConfigError, load_config
+    from pipelines.storage.uri import redact, split
+
+    location = "s3://AKIA:ab/TOPSECRET@bucket/k"
+    assert split(location).authority == "AKIA:ab/TOPSECRET@bucket" and split(location).path == "/k"
+    assert redact(f"see {location} and hdfs://nn:8020/p@x") == "see s3://***@bucket/k and hdfs://nn:8020/p@x"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"workdir={location}"])
+    assert "credentials must not be written" in str(err.value) and "TOPSECRET" not in str(err.value)
