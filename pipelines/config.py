@@ -404,7 +404,10 @@ def from_dict(raw: dict[str, Any]) -> PipelineConfig:
 
 # Spark settings that carry a credential: a config is saved with every run (config.yaml, MLflow
 # params), so secrets stay in the stores' own chains or in spark-defaults.conf, never in it.
-_SECRET_SPARK_KEY = re.compile(r"secret|password|passwd|\.(key|token)$|\.account\.key\.|\.sas\.", re.IGNORECASE)
+# Names as Spark settings spell them (`.key`, `keyPassword`) and as environment variables do
+# (`spark.executorEnv.AWS_SESSION_TOKEN`, `..._CONNECTION_STRING`, Kubernetes' `oauthToken`).
+_SECRET_SPARK_KEY = re.compile(r"secret|password|passwd|connection_?string|oauthtoken$|[._](key|token)$|_(key|token)_|"
+                               r"\.account\.key\.|\.sas\.", re.IGNORECASE)
 
 
 def check_spark_settings(settings: dict[str, str]) -> None:

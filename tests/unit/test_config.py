@@ -135,13 +135,18 @@ def test_a_location_with_credentials_or_an_unknown_scheme_is_refused_naming_the_
 
 
 @pytest.mark.parametrize("key", ["spark.hadoop.fs.s3a.secret.key", "spark.hadoop.fs.s3a.session.token",
-                                 "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net", "spark.ssl.keyPassword"])
+                                 "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net", "spark.ssl.keyPassword",
+                                 "spark.executorEnv.AWS_SESSION_TOKEN", "spark.executorEnv.AZURE_STORAGE_CONNECTION_STRING",
+                                 "spark.yarn.appMasterEnv.MLFLOW_TRACKING_TOKEN", "spark.executorEnv.AWS_SECRET_ACCESS_KEY",
+                                 "spark.kubernetes.authenticate.driver.oauthToken"])
 def test_a_credential_in_the_spark_section_is_refused_and_not_repeated(key):
     with pytest.raises(ConfigError, match=rf"config key 'spark.{re.escape(key)}' looks like a credential") as err:
         load_config(None, [f"spark.{key}=hunter2"])
     assert "hunter2" not in str(err.value) and err.value.key == f"spark.{key}"
     # ordinary settings, including ones that only mention credentials, pass
-    assert load_config(None, ["spark.spark.security.credentials.hive.enabled=false"]).spark
+    assert load_config(None, ["spark.spark.security.credentials.hive.enabled=false",
+                              "spark.spark.executorEnv.PYTHONHASHSEED=0",
+                              "spark.spark.kubernetes.authenticate.driver.oauthTokenFile=/var/run/token"]).spark
 
 
 def test_docs_config_lists_the_validation_rules_generated_from_the_config_classes():
