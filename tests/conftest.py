@@ -16,6 +16,8 @@ os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 os.environ.setdefault("SPARK_CONF_DIR", str(REPO_ROOT / "spark-conf"))
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+# The key that signs RL actor states (pipelines.rl.statekey): the suite's own, not a file in ~/.config.
+os.environ.setdefault("DLPIPE_STATE_KEY", "dlpipe-test-suite")
 # Credentials for the S3 server the storage tests start (moto accepts any), set before any JVM starts so
 # executors and ranks inherit them as they would a cluster's. No test reaches AWS: endpoints are loopback.
 for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),

@@ -65,6 +65,7 @@ class RLCheckpoint(Record):
     history: list[IterationRecord]
     fingerprint: str
     actors: list[Any] = field(default_factory=list)  # each actor's environments as they were (pickled bytes)
+    actor_macs: list[str] = field(default_factory=list)  # their HMACs under pipelines.rl.statekey's key
     format: str = FORMAT
 
     @classmethod

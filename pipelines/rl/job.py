@@ -34,6 +34,7 @@ from pipelines.formats import Record
 from pipelines.lease import check_leases
 from pipelines.publish import committed_folder, publishing
 from pipelines.rl import gae as gae_lib
+from pipelines.rl import statekey
 from pipelines.rl.checkpoint import IterationRecord, RLCheckpoint, latest_rl_checkpoint, save_rl_checkpoint
 from pipelines.rl.ppo import UpdateSettings, annealed_lr, ppo_update
 from pipelines.rl.report import IterationProgress, write_rl_report
@@ -122,6 +123,7 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
         print(f"dlpipe rl {config.run_id}: checkpoint {storage.redact(location)} was read but does not decode "
               f"({error}): skipping it", flush=True)
 
+    key = statekey.state_key()
     found = latest_rl_checkpoint(checkpoints, fingerprint(config), skipped)
     if found is None and unusable:
         print(f"dlpipe rl {config.run_id}: none of the {len(unusable)} checkpoint(s) decodes: starting from "
@@ -131,7 +133,12 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
         optimizer.load_state_dict(found.optimizer)
         history = list(found.history)
         if len(found.actors) == rc.num_actors:
-            states = list(found.actors)
+            if statekey.verified(found.actors, found.actor_macs, key):
+                states = list(found.actors)
+            else:  # unpickling them would run whatever they hold
+                print(f"dlpipe rl {config.run_id}: the actors' environment states in the checkpoint are not signed "
+                      f"with this job's key (${statekey.ENV}, else {statekey.key_file()}): not loaded; the policy "
+                      "resumes, the environments start new episodes", flush=True)
         print(f"dlpipe rl {config.run_id}: resuming after iteration {found.iteration}", flush=True)
     spec = RolloutSpec(rc.env_id, rc.envs_per_actor, rc.steps_per_env, rc.seed)
     progress = on_iteration or IterationProgress(rc.iterations)
@@ -149,7 +156,8 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
         record = iteration_record(iteration, history, collected, steps, losses, rollout_s, update_s, optimizer)
         history.append(record)
         save_rl_checkpoint(checkpoints, RLCheckpoint(iteration + 1, model.state_dict(), optimizer.state_dict(),
-                                                     list(history), fingerprint(config), actors=states))
+                                                     list(history), fingerprint(config), actors=states,
+                                                     actor_macs=[statekey.sign(s, key) for s in states]))
         storage.write_text(storage.join(run_dir, "metrics.jsonl"),
                            "".join(json.dumps(h.to_dict()) + "\n" for h in history))
         progress(record)

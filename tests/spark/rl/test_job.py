@@ -67,6 +67,36 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrup
     assert json.loads((run_dir / "summary.json").read_text())["eval"]["episodes"] == 3
 
 
+def test_a_tampered_actor_state_is_refused_not_run(spark, tmp_path, capsys):
+    """Whoever can write a run folder plants a pickle that would create a file when loaded: the
+    resume refuses the actors' states (their MACs do not match), runs nothing, and trains on."""
+    import cloudpickle
+
+    job.main(spark, rl_config(tmp_path, "t", "rl.iterations=1"), on_iteration=lambda r: None)
+    checkpoint = tmp_path / "runs" / "t" / "checkpoints" / "epoch-0001.pt"
+    payload = torch.load(checkpoint, weights_only=True)
+    assert len(payload["actors"]) == len(payload["actor_macs"]) == 2
+    planted = tmp_path / "planted-code-ran"
+    payload["actors"][0] = cloudpickle.dumps(_Planted(str(planted)))
+    torch.save(payload, checkpoint)
+    capsys.readouterr()
+    summary = job.main(spark, rl_config(tmp_path, "t", "rl.iterations=2"), on_iteration=lambda r: None)
+    out = capsys.readouterr().out
+    assert not planted.exists()  # never unpickled, on the driver or an executor
+    assert "environment states in the checkpoint are not signed with this job's key" in out
+    assert "resuming after iteration 1" in out and summary.iterations == 2
+
+
+class _Planted:
+    """Unpickling it creates the file at ``path`` (what an attacker's code would do, harmlessly)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
 def test_resuming_with_other_settings_is_refused_naming_the_fix(spark, tmp_path):
     job.main(spark, rl_config(tmp_path, "r", "rl.iterations=1"), on_iteration=lambda r: None)
     with pytest.raises(ConfigError, match="other rl/model settings: use a new run_id"):
