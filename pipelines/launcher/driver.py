@@ -11,7 +11,8 @@ and hands to ``on_event``.
 Every wait is bounded: registration (``start_timeout_s``), a failed or silent rank
 (``failure_timeout_s``). A failure in any of the coordinator's threads reaches the driver's wait
 loop as its own message; on any failure the Spark job group is cancelled and the error names the
-rank. Every socket binds to the driver's address (``spark.driver.host``), never all interfaces.
+rank. Every socket binds to the driver's address (``spark.driver.bindAddress`` when set, else
+``spark.driver.host``, which is what the tasks are told), never all interfaces.
 """
 from __future__ import annotations
 
@@ -100,9 +101,12 @@ def run_ranks(
                           f"{slots}: lower train.num_workers or give Spark more cores (local[N], or a smaller "
                           "spark.task.cpus)")
     driver_host = sc.getConf().get("spark.driver.host", socket.gethostname())
+    # behind NAT or in a pod, Spark binds spark.driver.bindAddress and advertises spark.driver.host: so do we
+    bind_host = sc.getConf().get("spark.driver.bindAddress", driver_host)
     secret = protocol.new_secret()  # this launch's: reaches the tasks only inside the Spark closure
     launch_id = f"dlpipe-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret, rendezvous or NoRendezvous())
+    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret, rendezvous or NoRendezvous(),
+                              bind_host=bind_host)
     spec = TaskSpec(
         entry=entry, payload=payload, num_workers=num_workers,
         coordinator_host=driver_host, coordinator_port=coordinator.port,
@@ -214,8 +218,9 @@ class Coordinator:
     """
 
     def __init__(self, driver_host: str, num_workers: int, gloo_iface: str, attempt: int, secret: str,
-                 rendezvous: Rendezvous) -> None:
-        self.driver_host = driver_host
+                 rendezvous: Rendezvous, bind_host: str = "") -> None:
+        self.driver_host = driver_host  # what the tasks are told to connect to
+        self.bind_host = bind_host or driver_host  # the local address every socket of the launch binds
         self.num_workers = num_workers
         self.gloo_iface = gloo_iface
         self.attempt = attempt
@@ -242,10 +247,10 @@ class Coordinator:
                     coordinator.messages.put(_Failed(e, peer))
 
         socketserver.ThreadingTCPServer.daemon_threads = True
-        self._server = socketserver.ThreadingTCPServer((driver_host, 0), Handler)
+        self._server = socketserver.ThreadingTCPServer((self.bind_host, 0), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        log.info("dlpipe launcher: coordinator for %d tasks listening on %s:%d", num_workers, driver_host, self.port)
+        log.info("dlpipe launcher: coordinator for %d tasks listening on %s:%d", num_workers, self.bind_host, self.port)
 
     def _serve(self, sock: socket.socket, rfile: Any, secret: str, peer: str) -> None:
         if not self._pending.acquire(blocking=False):
@@ -310,7 +315,7 @@ class Coordinator:
         if not iface:
             raise ConfigError(f"ranks run on {len(hosts)} hosts ({', '.join(hosts)}): set train.gloo_iface to the "
                               f"network interface they share (e.g. eth0)", key="train.gloo_iface")
-        port = self.rendezvous.start(self.driver_host, sorted(slots.values(), key=lambda s: s.rank))
+        port = self.rendezvous.start(self.bind_host, sorted(slots.values(), key=lambda s: s.rank))
         for partition, (_, sock, channel) in self._registered.items():
             slot = slots[partition]
             channel.send(sock, protocol.Assignment(

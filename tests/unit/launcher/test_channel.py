@@ -91,3 +91,22 @@ def test_connections_that_do_not_authenticate_are_capped():
         for s in socks:
             s.close()
         coordinator.close()
+
+
+def test_the_coordinator_binds_the_bind_address_and_tells_tasks_the_advertised_host():
+    """spark.driver.bindAddress (what this host can bind, e.g. in a pod) differs from spark.driver.host
+    (what executors reach): sockets bind the first, assignments name the second."""
+    coordinator = Coordinator("localhost", 1, gloo_iface="lo", attempt=0, secret=SECRET, rendezvous=NoRendezvous(),
+                              bind_host="127.0.0.1")
+    try:
+        assert coordinator._server.server_address[0] == "127.0.0.1"
+        with socket.create_connection(("127.0.0.1", coordinator.port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            challenge = protocol.decode(reader.readline())
+            protocol.send(sock, protocol.Auth(protocol.answer(SECRET, challenge.challenge)))
+            channel = protocol.Channel(SECRET, challenge.challenge, "task")
+            channel.send(sock, protocol.Register(0, "127.0.0.1", 1))
+            assignment = channel.open(reader.readline())
+        assert isinstance(assignment, protocol.Assignment) and assignment.rendezvous_addr == "localhost"
+    finally:
+        coordinator.close()
