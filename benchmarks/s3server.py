@@ -22,7 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 START_TIMEOUT_S = 30.0
-ACCESS_KEY = SECRET_KEY = "testing"  # moto accepts any credentials
+# moto accepts any credentials; the secret is one no output could hold by chance, so a test can
+# grep everything a run wrote for it (tests/spark/test_s3.py)
+ACCESS_KEY = "testing"
+SECRET_KEY = "dlpipe-s3-secret-9f2c41d7e8b3"
 REGION = "us-east-1"
 
 

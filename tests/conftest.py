@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.s3server import ACCESS_KEY, SECRET_KEY
 from testkit import DIGITS_DIR, REPO_ROOT, make_config
 
 # Before any JVM starts: loopback only, the project's Spark settings, the venv's Python.
@@ -20,7 +21,7 @@ os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 os.environ.setdefault("DLPIPE_STATE_KEY", "dlpipe-test-suite")
 # Credentials for the S3 server the storage tests start (moto accepts any), set before any JVM starts so
 # executors and ranks inherit them as they would a cluster's. No test reaches AWS: endpoints are loopback.
-for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+for _key, _value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
                      ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
     os.environ.setdefault(_key, _value)
 # Executors (and the rank processes they start) import test-only rank entries (rank_faults) and

@@ -100,6 +100,25 @@ def test_a_run_on_s3_killed_mid_training_resumes_from_the_checkpoint_in_the_buck
     assert not [line for line in out.splitlines() if "secret" in line.lower()]
 
 
+def test_the_store_secret_reaches_no_output_of_a_killed_and_a_whole_run(s3, bucket, resumed_run):
+    """The S3 secret key is in the credential chain (the environment) of a run killed mid-training
+    and of its resume: no byte either wrote has it: their console, every object in the bucket
+    (config.yaml, checkpoints, summary, report, predictions, leases), the Spark and rank log files."""
+    import tempfile
+    from pathlib import Path
+
+    secret = s3.env["AWS_SECRET_ACCESS_KEY"]
+    assert len(secret) >= 16 and secret in os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    seen, _, _, out = resumed_run
+    assert secret not in "".join(seen) + out
+    objects = storage.list_files(f"{bucket}/work", include_hidden=True)
+    assert len(objects) > 20
+    holding = [e.location for e in objects if secret.encode() in storage.read_bytes(e.location)]
+    assert holding == []
+    logs = [p for folder in ("dlpipe-logs", "dlpipe-ranks") for p in Path(tempfile.gettempdir(), folder).glob("*.log")]
+    assert logs and [str(p) for p in logs if secret.encode() in p.read_bytes()] == []
+
+
 def test_raw_files_in_the_bucket_are_scored_and_a_frozen_server_is_a_clear_error_then_a_rerun_completes(
         s3, spark, resumed_run):
     from pipelines.infer import job as infer
@@ -124,7 +143,7 @@ def test_raw_files_in_the_bucket_are_scored_and_a_frozen_server_is_a_clear_error
         message = str(err.value)
         assert len(message.splitlines()) == 1, message  # one line, not a stack
         assert f"s3://{BUCKET}" in message or "127.0.0.1" in message, message
-        assert "testing" not in message  # no credential in the error
+        assert s3.env["AWS_SECRET_ACCESS_KEY"] not in message  # no credential in the error
     finally:
         s3.resume()
     again = infer.main(spark, scoring("score-2"))  # the same job once the store is back
