@@ -32,7 +32,6 @@ REFERENCE_COLUMNS = ("_file", "_row")  # added by load_table: the file and (Parq
 READ_CHUNK = 1 << 20  # the storage reader streams text files in pieces of this many bytes
 LINES_PER_BATCH = 8192
 REPLACEMENT = "\ufffd"  # what invalid UTF-8 bytes decode to, in Spark's readers as in Python's
-READERS = ("auto", "spark", "python")
 
 
 class RawInputError(RuntimeError):

@@ -25,8 +25,6 @@ from pipelines.train.precision import PRECISIONS
 from pipelines.train.resources import check_profile_support
 from pipelines.train.strategies import STRATEGIES
 
-TRAIN_VERBS = ("train", "run")  # verbs that train a model with the barrier-stage trainer
-
 
 def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
     """Raise a :class:`ConfigError` for the first setting ``verb`` cannot run with.

@@ -278,15 +278,3 @@ def stats_batch(stats: list[dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [pa.array([s[c] for s in stats], type=t) for c, t in zip(columns, types)], names=columns
     )
-
-
-def part_writer(spec: PartSpec) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """A ``mapInArrow`` function that writes its partition with :func:`write_parts`."""
-
-    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        storage.set_options(spec.storage_options)
-        yield stats_batch(write_parts(batches, spec, TaskContext.get().partitionId()))
-
-    return write_partition

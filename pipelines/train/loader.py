@@ -62,7 +62,8 @@ def petastorm_order(pieces: int, shard: int | None, shards: int | None, seed: in
     with one reader thread: ``Reader._partition_row_groups`` shuffles the piece indexes with
     ``random.Random(seed)`` and keeps those with ``index % shards == shard``; its ventilator then
     shuffles them with ``numpy.random.RandomState(seed)``. Read-ahead fetches in this order;
-    tests/unit/train/test_loader_order.py checks it against the reader, so a Petastorm that orders
+    tests/unit/storage/test_s3.py (``test_the_loader_reads_row_groups_ahead_in_petastorms_own_order``)
+    checks it against the reader, so a Petastorm that orders
     otherwise fails there (and here only costs read-ahead misses)."""
     indexes = list(range(pieces))
     if shards:

@@ -20,7 +20,7 @@ def _meta(name: str, feature_shape: list[int], num_classes: int, **params) -> Si
 
 def test_an_artifact_of_the_same_model_and_data_fits(tmp_path):
     config = load_config(None, [f"workdir={tmp_path}", "model.name=cnn", "train.init_from=day1"])
-    check_fits(_meta("cnn", [1, 8, 8], 10), config, [1, 8, 8], 10, "dataset digits version 2")
+    assert check_fits(_meta("cnn", [1, 8, 8], 10), config, [1, 8, 8], 10, "dataset digits version 2") is None
 
 
 def test_another_model_or_data_is_refused_naming_both(tmp_path):
