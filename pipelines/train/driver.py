@@ -160,6 +160,9 @@ def check_layout(job: TrainJob) -> None:
         raise TrainError(f"the train split of dataset {job.data.name} has {len(sizes)} row group(s) but "
                          f"train.num_workers={tc.num_workers}: lower train.num_workers, or re-run the ETL with a "
                          f"smaller etl.rows_per_row_group or more etl.output_files")
-    if steps_per_epoch(sizes, tc.num_workers, tc.batch_size) == 0:
-        raise TrainError(f"train.batch_size={tc.batch_size} is larger than every rank's shard of the train split "
-                         f"({sum(sizes)} rows over {tc.num_workers} ranks): lower train.batch_size")
+    # a step takes batch_size x grad_accumulation rows of each rank's shard, as the rank counts it
+    if steps_per_epoch(sizes, tc.num_workers, tc.batch_size * tc.grad_accumulation) == 0:
+        both = f" x train.grad_accumulation={tc.grad_accumulation}" if tc.grad_accumulation > 1 else ""
+        raise TrainError(f"train.batch_size={tc.batch_size}{both} rows a step is larger than every rank's shard of "
+                         f"the train split ({sum(sizes)} rows over {tc.num_workers} ranks): lower "
+                         f"train.batch_size{' or train.grad_accumulation' if both else ''}")

@@ -59,3 +59,18 @@ def test_a_dataset_written_before_versions_reads_as_version_1_with_its_old_ident
     import hashlib
     stable = {k: v for k, v in old.items() if k not in ("created_at", "config_hash")}
     assert view.identity == hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_the_layout_check_counts_gradient_accumulation_as_the_ranks_do(tmp_path):
+    """64 train rows over 2 ranks: 32 a shard. 16 x 2 rows a step fit; 16 x 4 do not, and the error
+    comes before any launch, naming both settings."""
+    from pipelines.train.driver import TrainError, check_layout
+
+    publish_dataset(str(tmp_path / "datasets" / "digits"), {"train": 64, "val": 16, "test": 16},
+                    label_names=tuple("0123456789"))
+    fits = make_config(tmp_path, "train.batch_size=16", "train.grad_accumulation=2")
+    assert check_layout(plan_job(fits)) is None
+    too_big = make_config(tmp_path, "train.batch_size=16", "train.grad_accumulation=4")
+    with pytest.raises(TrainError, match=r"train.batch_size=16 x train.grad_accumulation=4 rows a step is larger "
+                                         r"than every rank's shard .* lower train.batch_size or train.grad_accumulation"):
+        check_layout(plan_job(too_big))
