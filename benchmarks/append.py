@@ -31,7 +31,7 @@ from pipelines.publish import committed_files
 
 NAME = "append"
 SIZES = {
-    "tiny": {"etl": data.DataSpec(4096, 8, 256), "repeats": 1, "train": data.DataSpec(1024, 8, 128), "epochs": 2},
+    "tiny": {"etl": data.DataSpec(4096, 8, 256), "repeats": 1, "train": data.DataSpec(1024, 8, 128), "epochs": 1},
     "small": {"etl": data.DataSpec(1000000, 8, 1024), "repeats": 3, "train": data.DataSpec(10000, 28, 1024),
               "epochs": 4},
     "large": {"etl": data.DataSpec(5000000, 8, 1024), "repeats": 3, "train": data.DataSpec(50000, 28, 1024),

@@ -27,7 +27,7 @@ from pipelines.launcher.protocol import PEER_LOST, Assignment, RankSpec, TaskSpe
 # What a rendezvous may set in a rank's environment (Horovod's Gloo join, torch's Gloo/NCCL interface).
 RENDEZVOUS_PREFIXES = ("HOROVOD_",)
 RENDEZVOUS_VARIABLES = frozenset({"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT"})
-PEER_GRACE_S = 3.0  # how long such a rank's task waits before failing, so the rank that caused it fails first
+PEER_GRACE_S = 2.0  # how long such a rank's task waits before failing, so the rank that caused it fails first
 LOG_TAIL_LINES = 10  # of a rank that died without saying why (a native crash, a kill)
 LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file
 _PR_SET_PDEATHSIG = 1

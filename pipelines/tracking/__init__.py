@@ -105,7 +105,8 @@ class Tracker:
         self.flush_timeout_s = flush_timeout_s
 
     def _warn(self, message: str) -> None:
-        print(f"dlpipe: warning: {message}", file=self._stream, flush=True)
+        # a tracking library's error may quote its server's URL, credentials included
+        print(f"dlpipe: warning: {storage.redact(message)}", file=self._stream, flush=True)
 
     @property
     def active(self) -> bool:

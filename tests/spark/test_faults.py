@@ -32,7 +32,7 @@ from pipelines.train.checkpoint import latest_checkpoint
 from pipelines.train.job import plan_job
 
 SWEEP = int(os.environ.get("DLPIPE_FAULT_SWEEP", "0"))
-PER_JOB = {"etl_full": SWEEP or 12, "etl_append": SWEEP or 12, "infer": SWEEP or 6, "train": SWEEP or 4}  # 34
+PER_JOB = {"etl_full": SWEEP or 12, "etl_append": SWEEP or 12, "infer": SWEEP or 6, "train": SWEEP or 3}  # 33
 SEED = 20261207
 
 

@@ -67,6 +67,17 @@ def test_rank_events_become_step_and_epoch_metrics():
         ("close", "FINISHED")]
 
 
+def test_a_tracking_library_error_quoting_credentials_is_printed_redacted():
+    class Leaky(Recording):
+        def metrics(self, values, step, timestamp_ms):
+            raise ConnectionError("POST https://alice:TOPSECRET@mlflow.example.com/api failed")
+
+    stream = io.StringIO()
+    with Tracker([Leaky()], stream=stream) as tracker:
+        tracker.log_metrics({"loss": 1.0}, 0)
+    assert "https://***@mlflow.example.com/api" in stream.getvalue() and "TOPSECRET" not in stream.getvalue()
+
+
 def test_a_failing_sink_warns_once_and_the_others_go_on():
     broken, working, stream = Recording(fail_on="metrics"), Recording(), io.StringIO()
     with Tracker([broken, working], stream=stream) as tracker:
