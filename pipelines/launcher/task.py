@@ -139,8 +139,9 @@ def rank_environment(a: Assignment, threads: int, gpus: tuple[str, ...] = ()) ->
     what the worker sees), the variables its rendezvous's library reads, the thread count for
     OpenMP, and the Python path of this worker (the rank imports exactly what it imports).
     """
-    env = dict(os.environ)
-    env.pop("DLPIPE_SPARK_LOG", None)  # the driver JVM's log file (local mode): not the rank's
+    # dlpipe's own variables (the driver JVM's log file in local mode, the RL state key) are the
+    # driver's: a rank's settings travel in its job
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DLPIPE_")}
     env.update(gpu_environment(gpus))
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update({
