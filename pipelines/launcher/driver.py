@@ -43,7 +43,6 @@ from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, PEER_LOS
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 
 log = logging.getLogger("dlpipe.launcher")
-TAIL_LINES = 10  # kept per rank, shown only for a rank that died without saying why
 DRAIN_TIMEOUT_S = 5.0  # after the stage ends, the longest wait for the ranks' last messages
 MAX_PENDING_EXTRA = 8  # connections authenticating at once beyond one per task; more are closed at once
 SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone
@@ -227,7 +226,7 @@ class Coordinator:
         self.rendezvous = rendezvous
         self.messages: queue.Queue[Any] = queue.Queue()
         self.tails: dict[int, collections.deque[str]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=TAIL_LINES))
+            lambda: collections.deque(maxlen=protocol.LOG_TAIL_LINES))
         self.failures: list[events.Failed] = []  # the ranks' own causes, first reported first
         self.exit_codes: dict[int, int] = {}
         self.logs: dict[int, str] = {}  # rank -> its log file ("host:/path"), from its Started event

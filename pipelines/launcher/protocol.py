@@ -34,6 +34,7 @@ EVENT_PREFIX = "@@dlpipe-event "
 HEARTBEAT_INTERVAL_S = 5.0
 AUTH_TIMEOUT_S = 10.0  # a connection must authenticate within this, or it is closed
 MAX_LINE_BYTES = 1 << 20  # longer lines are refused (no peer may make the driver buffer without bound)
+LOG_TAIL_LINES = 10  # a rank's last lines kept, shown only for a rank that died without saying why
 ROLES = ("driver", "task")  # the two ends of a channel
 # What a rank's collectives raise when a peer is gone (Horovod, Gloo, torch.distributed): a
 # consequence, not a root cause (the task waits before failing; the driver reports another first).

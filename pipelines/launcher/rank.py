@@ -59,6 +59,11 @@ class RankContext:
                    slot.hostname, tuple(spec.gpus), spec.rendezvous_addr, spec.rendezvous_port,
                    spec.stall_timeout_s, spec.log_path)
 
+    @property
+    def log_location(self) -> str:
+        """This rank's log file as the driver names it: ``host:/path``."""
+        return f"{self.hostname}:{self.log_path}"
+
     def emit(self, event: events.RankEvent) -> None:
         """Send an event (progress, metrics) to the driver, tagged with this rank and the time."""
         print(event_line(events.stamped(event, self.rank, time.time())), flush=True)
@@ -165,19 +170,19 @@ def main(spec_path: str) -> int:
 
     # Without this every rank uses all cores of the machine and they fight (10x slower).
     torch.set_num_threads(ctx.threads)
-    ctx.emit(events.Started(pid=os.getpid(), host=ctx.hostname, cores=cores, log=f"{ctx.hostname}:{ctx.log_path}"))
+    ctx.emit(events.Started(pid=os.getpid(), host=ctx.hostname, cores=cores, log=ctx.log_location))
     threading.Thread(target=_stall_watchdog, args=(ctx,), daemon=True).start()
     try:
         result = resolve_entry(spec.entry)(spec.payload, ctx)
     except ConfigError as e:
         _log_traceback(ctx.log_path)
-        ctx.emit(events.ConfigProblem(key=e.key, message=str(e), log=f"{ctx.hostname}:{ctx.log_path}"))
+        ctx.emit(events.ConfigProblem(key=e.key, message=str(e), log=ctx.log_location))
         return CONFIG_EXIT_CODE
     except BaseException as e:  # noqa: BLE001 - any failure of the entry is reported once, as the rank's cause
         if not ctx.log_path:  # no log file to keep it in: the traceback goes to the console
             traceback.print_exc()
         _log_traceback(ctx.log_path)
-        ctx.emit(events.Failed(error=error_line(e), log=f"{ctx.hostname}:{ctx.log_path}"))
+        ctx.emit(events.Failed(error=error_line(e), log=ctx.log_location))
         sys.stderr.flush()
         return 1
     ctx.emit(events.Result(result=result))

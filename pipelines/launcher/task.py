@@ -28,7 +28,6 @@ from pipelines.launcher.protocol import PEER_LOST, Assignment, RankSpec, TaskSpe
 RENDEZVOUS_PREFIXES = ("HOROVOD_",)
 RENDEZVOUS_VARIABLES = frozenset({"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT"})
 PEER_GRACE_S = 2.0  # how long such a rank's task waits before failing, so the rank that caused it fails first
-LOG_TAIL_LINES = 10  # of a rank that died without saying why (a native crash, a kill)
 LOG_DIR = "dlpipe-ranks"  # under the host's temp folder: every rank's log file
 _PR_SET_PDEATHSIG = 1
 
@@ -84,7 +83,7 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
         threading.Thread(target=_watch_driver, args=(reader, channel, proc), daemon=True).start()
         stop_beats = threading.Event()
         threading.Thread(target=_heartbeat, args=(send, partition, rank, stop_beats), daemon=True).start()
-        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        tail: collections.deque[str] = collections.deque(maxlen=protocol.LOG_TAIL_LINES)
         result = None
         cause = ""  # the rank's own one-line error (its ``failed`` event)
         try:

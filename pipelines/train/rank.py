@@ -187,11 +187,11 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
         ctx.emit(events.EpochEnded(record=record))
         checkpoint(epoch + 1, 0, [])
         if rank == 0:
-            storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
+            _write_metrics(job, history)
 
     if rank == 0 and start_epoch == tc.epochs and history:
         # resumed a run whose last checkpoint was written but not its metrics (it failed between the two)
-        storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
+        _write_metrics(job, history)
     ctx.emit(events.MemoryUse(parameters=strategy.held_parameters(), optimizer_bytes=strategy.optimizer_bytes()))
     model_state, _ = strategy.state()
     result: dict[str, Any] = {"epochs_completed": len(history), "history": [h.to_dict() for h in history],
@@ -225,6 +225,11 @@ def _optimizer(tc: Any, params: Any, lr: float) -> torch.optim.Optimizer:
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=tc.weight_decay)
     return torch.optim.Adam(params, lr=lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+
+
+def _write_metrics(job: TrainJob, history: list[EpochRecord]) -> None:
+    """``metrics.jsonl``: the run's whole history, a line per epoch (rank 0 writes it)."""
+    storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
 
 
 def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: Any, split: SplitFiles,
