@@ -54,9 +54,6 @@ def _splits_problem(splits: dict[str, float]) -> str | None:
 SPLITS_RULE = Rule("split name -> fraction > 0, fractions summing to 1, 'train' included", _splits_problem)
 UNIQUE = Rule("no value twice", lambda v: "lists a value twice" if len(set(v)) != len(v) else None)
 NONEMPTY = Rule("not empty", lambda v: None if v else "must not be empty")
-URL_SECRET = ("holds a credential: remove it and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
-              "MLFLOW_TRACKING_TOKEN) in the environment instead")
-URL = Rule("a URL without credentials", lambda v: URL_SECRET if storage.holds_credentials(v) else None)
 LOCATION = Rule("a local path, or an s3://, gs://, hdfs://, abfs:// or az:// URI without credentials",
                 lambda v: storage.uri_problem(v) if v else None)
 MASTER_PATTERN = re.compile(r"|local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s|mesos)://.+")
@@ -261,7 +258,7 @@ class TrackingConfig:
 
     mlflow: bool = True  # one MLflow run per run id (a re-run continues it)
     # "" = a file store in <workdir>/mlruns (no server); or http(s)://server, sqlite:///file.db, databricks
-    uri: str = setting("", URL)
+    uri: str = ""
     experiment: str = setting("dlpipe", NONEMPTY)  # MLflow experiment (created when missing)
     tensorboard: bool = True  # TensorBoard event files in <run dir>/tb
     # per request to the tracking server; a failure turns tracking off, never the run
@@ -397,9 +394,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
     config = _build(PipelineConfig, raw, prefix="")
+    check_no_credentials(config.to_dict())
     check_model(config.model)
     check_spark_settings(config.spark)
     return config
+
+
+def _credential_fix(key: str) -> str:
+    if key.startswith("tracking."):
+        return ("remove it and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                "in the environment instead")
+    if key.startswith("spark."):
+        return ("put it in the cluster's spark-defaults.conf or the store's own credential chain (environment, "
+                "instance role, credentials file)")
+    return ("remove it and let the store's credential chain provide it (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+            "or a profile or instance role; GCS application default credentials; AZURE_STORAGE_* variables; Kerberos)")
+
+
+def check_no_credentials(settings: dict[str, Any], prefix: str = "") -> None:
+    """One rule for every setting, wherever it sits (``tracking.uri``, ``storage.s3_endpoint``, a
+    Spark setting's value, ``model.params``): a value holding a URL with credentials (``user:pw@``, a
+    signed or token query) is refused naming its key and the safer way; the value is never repeated,
+    because a config is printed by ``--check`` and saved with every run (config.yaml, MLflow)."""
+    for name, value in settings.items():
+        key = f"{prefix}{name}"
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, dict):
+            check_no_credentials(value, prefix=f"{key}.")
+        elif any(isinstance(v, str) and storage.holds_credentials(v) for v in values):
+            raise ConfigError(f"config key '{key}' holds a credential in a URL (shown nowhere): "
+                              f"{_credential_fix(key)}", key=key)
 
 
 # Spark settings that carry a credential: a config is saved with every run (config.yaml, MLflow
@@ -444,8 +468,11 @@ def rules_table() -> str:
     return rules_markdown(PipelineConfig, extra={
         "model.name": "one of " + ", ".join(models.names()),
         "model.params": "the fields of the chosen model's config class (`models/<name>.py`), checked by type and range",
-        "spark": "Spark settings for dlpipe's own session (`spark.executor.memory: 4g`)",
-    })
+        "spark": "Spark settings for dlpipe's own session (`spark.executor.memory: 4g`); none that carries a "
+                 "credential (a key naming a secret, token, password or key)",
+    }) + ("\n\nEvery key: a value holding a URL with credentials (`user:password@`, a token or signature "
+          "query parameter) is refused naming the key, wherever it sits (`tracking.uri`, `storage.s3_endpoint`, "
+          "a Spark setting's value, `model.params`).\n")
 
 
 def to_yaml(config: PipelineConfig) -> str:

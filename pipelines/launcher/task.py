@@ -24,6 +24,8 @@ from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
 from pipelines.launcher.protocol import PEER_LOST, Assignment, RankSpec, TaskSpec
 
+# Variables through which Spark hands its secrets to executors and Python workers.
+SPARK_SECRET_VARIABLES = frozenset({"_SPARK_AUTH_SECRET", "PYSPARK_GATEWAY_SECRET", "PYTHON_WORKER_FACTORY_SECRET"})
 # What a rendezvous may set in a rank's environment (Horovod's Gloo join, torch's Gloo/NCCL interface).
 RENDEZVOUS_PREFIXES = ("HOROVOD_",)
 RENDEZVOUS_VARIABLES = frozenset({"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT"})
@@ -139,8 +141,10 @@ def rank_environment(a: Assignment, threads: int, gpus: tuple[str, ...] = ()) ->
     OpenMP, and the Python path of this worker (the rank imports exactly what it imports).
     """
     # dlpipe's own variables (the driver JVM's log file in local mode, the RL state key) are the
-    # driver's: a rank's settings travel in its job
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DLPIPE_")}
+    # driver's: a rank's settings travel in its job. Spark's secrets (the cluster's RPC secret a
+    # Worker hands its executors, PySpark's gateway and worker tokens) are the executor's: a rank
+    # talks to no Spark process, so it gets none of them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DLPIPE_") and k not in SPARK_SECRET_VARIABLES}
     env.update(gpu_environment(gpus))
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update({

@@ -21,7 +21,7 @@ _AT_IS_CONTAINER = ("abfs", "abfss")
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 _URI_IN_TEXT_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]+)://([^\s'\"<>]*)")
-_SECRET_KEY_WORDS = ("access_key", "accesskey", "secret", "token", "password", "passwd", "signature",
+_SECRET_KEY_WORDS = ("access_key", "accesskey", "accountkey", "secret", "token", "password", "passwd", "signature",
                      "credential", "sas", "sig", "apikey", "api_key")
 
 
@@ -294,17 +294,28 @@ def _redact_uri(match: re.Match[str]) -> str:
 
 
 def holds_credentials(url: str) -> bool:
-    """Whether a URL of any scheme (``https://alice:pw@host``, ``s3://AKIA:ab/cd@b``) carries a
-    password in its userinfo or a secret query parameter."""
+    """Whether a URL of any scheme (``https://alice:pw@host``, ``https://TOKEN@host``,
+    ``s3://AKIA:ab/cd@b``) carries credentials in its userinfo or a secret query parameter."""
     found = _URI_IN_TEXT_RE.match(url.strip())
     if not found:
         return False
     rest = found.group(2)
     authority = rest[:authority_end(rest)]
-    userinfo = authority.rsplit("@", 1)[0] if "@" in authority else ""
-    return ":" in userinfo or bool(_secret_query_keys(rest.partition("?")[2]))
+    # as redact() sees it: any userinfo but an Azure container (a bare token is a credential too)
+    return _has_userinfo_secret(found.group(1).lower(), authority) or bool(_secret_query_keys(rest.partition("?")[2]))
+
+
+# A query parameter outside a whole URI, as libraries quote a request ("url: /?access_token=..."),
+# and secret-looking key=value pairs of a connection string ("AccountKey=...;").
+_LOOSE_PARAM_RE = re.compile(r"(?<=[?&;])([A-Za-z0-9_.\-]+)=([^&;\s'\"<>]+)")
+
+
+def _redact_loose_param(match: re.Match[str]) -> str:
+    key = match.group(1)
+    return f"{key}=***" if _secret_query_keys(f"{key}=") else match.group(0)
 
 
 def redact(text: str) -> str:
-    """``text`` with credentials inside any URI it holds (userinfo, secret query values) replaced by "***"."""
-    return _URI_IN_TEXT_RE.sub(_redact_uri, text)
+    """``text`` with credentials inside any URI it holds (userinfo, secret query values), and secret
+    query parameters quoted outside a URI, replaced by "***"."""
+    return _LOOSE_PARAM_RE.sub(_redact_loose_param, _URI_IN_TEXT_RE.sub(_redact_uri, text))

@@ -1,4 +1,6 @@
-"""A real Spark standalone cluster on 127.0.0.1: one Master and two Workers (1 core, 2g each).
+"""A real Spark standalone cluster on 127.0.0.1: one Master and two Workers (1 core, 2g each), run
+with dlpipe's secure profile (``scripts/secure-conf.sh``: ``spark.authenticate`` with a generated
+secret, RPC and I/O encryption, UI ACLs), as a shared production cluster should be.
 
 The pip pyspark has no ``sbin/start-*.sh``, so the daemons are started with ``bin/spark-class`` (which
 ``exec``s the JVM, so the PID we hold is the JVM's). Each runs in its own session (process group),
@@ -39,13 +41,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cluster_env() -> dict[str, str]:
-    """The environment of the daemons and of spark-submit: loopback, the repo's Spark conf, the venv's Python."""
+def secure_conf(folder: Path) -> Path:
+    """``folder`` written by ``scripts/secure-conf.sh`` (the secure profile and a fresh secret)."""
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "secure-conf.sh"), str(folder)], cwd=REPO_ROOT, check=True,
+                   capture_output=True, timeout=30)
+    return folder
+
+
+def cluster_env(conf_dir: Path) -> dict[str, str]:
+    """The environment of the daemons and of spark-submit: loopback, the Spark conf folder, the venv's Python."""
     env = dict(os.environ)
     env.update({
         "SPARK_HOME": str(spark_home()),
         "SPARK_LOCAL_IP": "127.0.0.1",
-        "SPARK_CONF_DIR": str(REPO_ROOT / "spark-conf"),
+        "SPARK_CONF_DIR": str(conf_dir),
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "SPARK_DAEMON_MEMORY": "512m",
@@ -83,7 +92,21 @@ class StandaloneCluster:
     webui_url: str
     log_dir: Path
     work_dirs: list[Path]
+    conf_dir: Path  # SPARK_CONF_DIR of the daemons and of every job submitted to them
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def env(self, conf_dir: Path | None = None) -> dict[str, str]:
+        """The environment of a client of this cluster (``conf_dir``: another Spark conf than the cluster's)."""
+        return cluster_env(conf_dir or self.conf_dir)
+
+    @property
+    def secret(self) -> str:
+        """The cluster's ``spark.authenticate.secret`` (tests look for it in every output)."""
+        for line in (self.conf_dir / "spark-defaults.conf").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "spark.authenticate.secret":
+                return value.strip()
+        raise AssertionError(f"{self.conf_dir}/spark-defaults.conf holds no spark.authenticate.secret")
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"{self.webui_url}/json/", timeout=5) as r:
@@ -126,7 +149,8 @@ def _wait_for_workers(cluster: StandaloneCluster, expected: int, timeout_s: floa
 
 @pytest.fixture(scope="session")
 def standalone_cluster(tmp_path_factory) -> StandaloneCluster:
-    """A Master and two 1-core, 2g Workers on 127.0.0.1; yields the cluster (``.master_url``: spark://...)."""
+    """A Master and two 1-core, 2g Workers on 127.0.0.1 under the secure profile; yields the cluster
+    (``.master_url``: spark://..., ``.conf_dir``: the SPARK_CONF_DIR a job needs to be let in)."""
     if not os.access(spark_home() / "bin" / "spark-class", os.X_OK):
         pytest.fail(f"{spark_home()}/bin/spark-class is missing: the pyspark install is incomplete")
     root = tmp_path_factory.mktemp("standalone")
@@ -134,8 +158,9 @@ def standalone_cluster(tmp_path_factory) -> StandaloneCluster:
     log_dir.mkdir()
     port, webui = free_port(), free_port()
     cluster = StandaloneCluster(master_url=f"spark://127.0.0.1:{port}", webui_url=f"http://127.0.0.1:{webui}",
-                                log_dir=log_dir, work_dirs=[root / f"worker{i}" for i in (1, 2)])
-    env = cluster_env()
+                                log_dir=log_dir, work_dirs=[root / f"worker{i}" for i in (1, 2)],
+                                conf_dir=secure_conf(root / "conf"))
+    env = cluster_env(cluster.conf_dir)
     try:
         cluster.processes["master"] = _start_daemon(
             "master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
@@ -187,7 +212,8 @@ def spark_submit(standalone_cluster, tmp_path_factory):
     """
     log_dir = tmp_path_factory.mktemp("submit-logs")
 
-    def submit(name: str, options: list[str], script: str, args: list[str], timeout_s: float = 240) -> Submitted:
+    def submit(name: str, options: list[str], script: str, args: list[str], timeout_s: float = 240,
+               env: dict[str, str] | None = None) -> Submitted:
         cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", standalone_cluster.master_url,
                "--deploy-mode", "client",
                "--conf", "spark.driver.host=127.0.0.1",
@@ -205,7 +231,8 @@ def spark_submit(standalone_cluster, tmp_path_factory):
         log = log_dir / f"{name}.log"
         started = time.monotonic()
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=cluster_env(), stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**cluster_env(standalone_cluster.conf_dir), **(env or {})},
+                                    stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout_s)

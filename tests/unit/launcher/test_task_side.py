@@ -176,3 +176,11 @@ def test_each_rank_gets_its_own_cores_only_when_every_rank_can(local_rank, local
     from pipelines.launcher.rank import cores_for_rank
 
     assert cores_for_rank(local_rank, local_size, threads, allowed) == expected
+
+
+def test_a_rank_gets_none_of_sparks_or_dlpipes_secrets(monkeypatch):
+    for name in ("_SPARK_AUTH_SECRET", "PYSPARK_GATEWAY_SECRET", "PYTHON_WORKER_FACTORY_SECRET", "DLPIPE_STATE_KEY"):
+        monkeypatch.setenv(name, "planted")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")  # the stores' own chains stay: a rank reads data with them
+    env = rank_environment(_assignment(), threads=1)
+    assert "planted" not in env.values() and env["AWS_REGION"] == "eu-west-1"
