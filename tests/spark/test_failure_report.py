@@ -24,7 +24,9 @@ def test_a_damaged_dataset_file_fails_the_training_in_two_lines_naming_the_file_
     damaged = dataset_dir / folder / manifest.splits["train"].files[0].path
     damaged.write_bytes(damaged.read_bytes()[:200])  # a torn copy: no Parquet footer
 
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    # secrets in their proper places (the credential chains' variables): the failure prints none of them
+    planted = {"MLFLOW_TRACKING_PASSWORD": "PLANTEDfailPw4Hq", "AZURE_STORAGE_KEY": "PLANTEDfailAz8Lm"}
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **planted}
     env.pop("DLPIPE_SPARK_LOG", None)  # this test's own Spark log file, not the suite's
     done = subprocess.run(
         [sys.executable, "-m", "pipelines", "train", "--config", "pipelines/configs/digits_cnn.yaml",
@@ -45,4 +47,7 @@ def test_a_damaged_dataset_file_fails_the_training_in_two_lines_naming_the_file_
     spark_log = Path(re.fullmatch(r"\(full traces: (\S+)\)", error[1]).group(1))
     text = spark_log.read_text()
     assert "at org.apache.spark" in text and "pipelines.train.driver.TrainError" in text
+    written = [done.stdout, done.stderr, text, Path(rank_log).read_text(),
+               *(p.read_text(errors="replace") for p in workdir.rglob("*") if p.is_file())]
+    assert not [name for name, secret in planted.items() if any(secret in w for w in written)]
     assert re.findall(r"\[rank (\d)\] failed: DatasetError \(traceback in its log", done.stdout)
