@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,22 @@ from pipelines.config import PipelineConfig
 from pipelines.publish import committed_files
 
 NAME = "append"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the ETL's data and repeats (append against full), the warm-start training's data and epochs."""
+
+    etl: data.DataSpec
+    repeats: int
+    train: data.DataSpec
+    epochs: int
+
+
 SIZES = {
-    "tiny": {"etl": data.DataSpec(4096, 8, 256), "repeats": 1, "train": data.DataSpec(1024, 8, 128), "epochs": 1},
-    "small": {"etl": data.DataSpec(1000000, 8, 1024), "repeats": 3, "train": data.DataSpec(10000, 28, 1024),
-              "epochs": 4},
-    "large": {"etl": data.DataSpec(5000000, 8, 1024), "repeats": 3, "train": data.DataSpec(50000, 28, 1024),
-              "epochs": 4},
+    "tiny": Size(etl=data.DataSpec(4096, 8, 256), repeats=1, train=data.DataSpec(1024, 8, 128), epochs=1),
+    "small": Size(etl=data.DataSpec(1000000, 8, 1024), repeats=3, train=data.DataSpec(10000, 28, 1024), epochs=4),
+    "large": Size(etl=data.DataSpec(5000000, 8, 1024), repeats=3, train=data.DataSpec(50000, 28, 1024), epochs=4),
 }
 BASE_FILES = 4  # the base records' files; the delta is one more file
 
@@ -65,7 +76,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     from pipelines.etl import job as etl
 
     s = SIZES[size]
-    spec: data.DataSpec = s["etl"]
+    spec = s.etl
     report = harness.Report(NAME, size)
     bench = harness.bench_dir(config)
     source = bench / "append" / f"source-{spec.key}"
@@ -73,12 +84,12 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                                               source, 0.01)
     delta_rows = pq.read_metadata(delta).num_rows
     report.params = {"input": f"generated digits {spec.image_size}x{spec.image_size} as Parquet",
-                     "base_rows": base_rows, "delta_rows": delta_rows, "repeats": s["repeats"],
-                     "train_data": s["train"].key, "train_epochs": s["epochs"]}
+                     "base_rows": base_rows, "delta_rows": delta_rows, "repeats": s.repeats,
+                     "train_data": s.train.key, "train_epochs": s.epochs}
     cfg = data.etl_config(config, source, spec, f"append_{spec.key}")
     full_s, append_s, single_s, everything_s = [], [], [], []
-    for i in range(s["repeats"]):
-        harness.log(NAME, f"repeat {i + 1} of {s['repeats']}: full ETL of {base_rows} rows, then appends")
+    for i in range(s.repeats):
+        harness.log(NAME, f"repeat {i + 1} of {s.repeats}: full ETL of {base_rows} rows, then appends")
         for extra in (delta, single):  # the base alone in the folder
             (source / extra.name).unlink(missing_ok=True)
         started = time.perf_counter()
@@ -110,7 +121,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         report.limits["append_vs_full"] = _append_limit(report, delta_rows, base_rows)
     shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
 
-    curves = _warm_against_cold(spark, config, s["train"], s["epochs"], report)
+    curves = _warm_against_cold(spark, config, s.train, s.epochs, report)
     _plot(curves, bench / "append_curves.png")
     report.figures.append("append_curves.png")
     return harness.finish(report, config)
@@ -118,7 +129,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
 
 def _append_limit(report: harness.Report, delta_rows: int, base_rows: int) -> str:
     """Why the append costs more than its share: its fixed cost, measured, and the size where it fades."""
-    fixed, append, full = (report.median(k) for k in ("append_1_record", "append_1pct", "full_etl_everything"))
+    fixed, append, full = (report.measured(k) for k in ("append_1_record", "append_1pct", "full_etl_everything"))
     marginal = append - fixed
     text = (f"The append's fixed cost: appending a single record takes {fixed:.1f} s, "
             f"{report.ratios['fixed_cost_share_of_append']:.0%} of the 1% append. It lists the source and reads the "

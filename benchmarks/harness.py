@@ -171,6 +171,11 @@ class Report:
         entry = self.contenders.get(contender)
         return entry["median"] if entry else None
 
+    def measured(self, contender: str) -> float:
+        """The median of a contender this benchmark always records (:meth:`median` for one that may be
+        missing); a KeyError if it was not recorded."""
+        return float(self.contenders[contender]["median"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "benchmark": self.name,

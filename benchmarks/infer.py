@@ -22,6 +22,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,20 @@ from pipelines import dataset
 from pipelines.config import PipelineConfig
 
 NAME = "infer"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the dataset (the base one, shared with loader) and the rounds of every contender."""
+
+    spec: data.DataSpec
+    repeats: int
+
+
 SIZES = {
-    "tiny": {"data": data.BASE["tiny"], "repeats": 1},
-    "small": {"data": data.BASE["small"], "repeats": 3},
-    "large": {"data": data.BASE["large"], "repeats": 3},
+    "tiny": Size(data.BASE["tiny"], repeats=1),
+    "small": Size(data.BASE["small"], repeats=3),
+    "large": Size(data.BASE["large"], repeats=3),
 }
 
 
@@ -45,7 +56,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
 
     s = SIZES[size]
     report = harness.Report(NAME, size)
-    view = data.view(data.dataset(spark, config, s["data"]))
+    view = data.view(data.dataset(spark, config, s.spec))
     manifest = view.manifest
     source = view.splits[dataset.TRAIN_SPLIT].files  # the split's Parquet files (local paths)
     work = harness.bench_dir(config) / "infer"
@@ -53,9 +64,9 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     batch = config.infer.batch_size
     cores = spark.sparkContext.defaultParallelism
     rows = spark.read.parquet(*source).count()
-    report.params = {"dataset": s["data"].key, "rows": rows, "model": config.model.name,
+    report.params = {"dataset": s.spec.key, "rows": rows, "model": config.model.name,
                      "feature_shape": manifest.feature_shape, "batch_size": batch, "spark_cores": cores,
-                     "torch_threads_total": cores, "repeats": s["repeats"],
+                     "torch_threads_total": cores, "repeats": s.repeats,
                      "input_partitions": spark.read.parquet(*source).rdd.getNumPartitions()}
 
     def timed(write: Callable[[str], None]) -> float:
@@ -86,8 +97,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         measures["predict_batch_udf"] = lambda: timed(udf_job)
     except Exception as e:  # noqa: BLE001 - a contender that cannot run here is recorded, not faked
         report.skip_error("predict_batch_udf", e)
-    harness.log(NAME, f"{len(measures)} contenders on {rows} rows, {s['repeats']} rounds")
-    figures = harness.interleaved(measures, s["repeats"], warmup=0)
+    harness.log(NAME, f"{len(measures)} contenders on {rows} rows, {s.repeats} rounds")
+    figures = harness.interleaved(measures, s.repeats, warmup=0)
     descriptions = {
         "dlpipe_infer": "pipelines.infer.scoring.predict (mapInArrow) -> Parquet",
         "torch_1_process": f"one PyTorch process, {cores} threads: pyarrow read -> predict -> pyarrow write "

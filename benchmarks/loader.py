@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,12 +42,23 @@ from pipelines.train import loader
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 NAME = "loader"
-# Per size: the dataset (the base one, shared with infer), passes over the train split per
-# measurement, repeats, whether to add the 64-row row-group contender.
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the dataset (the base one, shared with infer), passes over the train split per
+    measurement, repeats, whether to add the contender on the ETL's default row groups."""
+
+    spec: data.DataSpec
+    passes: int
+    repeats: int
+    etl_default: bool
+
+
 SIZES = {
-    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 1, "etl_default": False},
-    "small": {"data": data.BASE["small"], "passes": 2, "repeats": 5, "etl_default": True},
-    "large": {"data": data.BASE["large"], "passes": 1, "repeats": 5, "etl_default": True},
+    "tiny": Size(data.BASE["tiny"], passes=1, repeats=1, etl_default=False),
+    "small": Size(data.BASE["small"], passes=2, repeats=5, etl_default=True),
+    "large": Size(data.BASE["large"], passes=1, repeats=5, etl_default=True),
 }
 
 
@@ -62,7 +74,7 @@ def etl_default_rows(config: PipelineConfig, spec: data.DataSpec) -> int:
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the loader benchmark at ``size``; print its table, write ``loader.json``, return its JSON."""
     s = SIZES[size]
-    spec: data.DataSpec = s["data"]
+    spec = s.spec
     report = harness.Report(NAME, size)
     view = data.view(data.dataset(spark, config, spec))
     manifest = view.manifest
@@ -71,27 +83,27 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
     rows = train.rows
     report.params = {"dataset": spec.key, "train_rows": rows, "feature_shape": manifest.feature_shape,
-                     "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s["passes"],
-                     "repeats": s["repeats"], "reader_workers": config.train.reader_workers, "torch_threads": 1}
+                     "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s.passes,
+                     "repeats": s.repeats, "reader_workers": config.train.reader_workers, "torch_threads": 1}
     measures = {
-        "dlpipe_petastorm": lambda: _dlpipe(train, batch, normalize, config.train.reader_workers, s["passes"]),
-        "dlpipe_petastorm_workers2": lambda: _dlpipe(train, batch, normalize, 2, s["passes"]),
+        "dlpipe_petastorm": lambda: _dlpipe(train, batch, normalize, config.train.reader_workers, s.passes),
+        "dlpipe_petastorm_workers2": lambda: _dlpipe(train, batch, normalize, 2, s.passes),
     }
     default_rows = etl_default_rows(config, spec)
     report.params["etl_default_rows_per_row_group"] = default_rows
-    if s["etl_default"]:
+    if s.etl_default:
         default_layout = data.view(data.dataset(spark, config, spec.with_row_groups(default_rows))).splits[
             dataset.TRAIN_SPLIT]
         measures["dlpipe_petastorm_etl_default"] = lambda: _dlpipe(default_layout, batch, normalize,
-                                                                   config.train.reader_workers, s["passes"])
-    measures["petastorm_own_path"] = lambda: _petastorm_own_path(train, s["passes"])
-    measures["pyarrow_numpy_torch"] = lambda: _pyarrow(train, batch, normalize, s["passes"])
+                                                                   config.train.reader_workers, s.passes)
+    measures["petastorm_own_path"] = lambda: _petastorm_own_path(train, s.passes)
+    measures["pyarrow_numpy_torch"] = lambda: _pyarrow(train, batch, normalize, s.passes)
     converter, materialize_s = _spark_converter(spark, config, train, report)
     if converter is not None:
-        measures["petastorm_spark_converter"] = lambda: _converter_pass(converter, batch, normalize, s["passes"])
+        measures["petastorm_spark_converter"] = lambda: _converter_pass(converter, batch, normalize, s.passes)
     try:
-        harness.log(NAME, f"{len(measures)} contenders, {rows} rows, batch {batch}, {s['repeats']} rounds")
-        figures = harness.interleaved(measures, s["repeats"], torch_threads=1)
+        harness.log(NAME, f"{len(measures)} contenders, {rows} rows, batch {batch}, {s.repeats} rounds")
+        figures = harness.interleaved(measures, s.repeats, torch_threads=1)
     finally:
         if converter is not None:
             converter.delete()

@@ -12,6 +12,7 @@ shards, batching, normalization) is the same for every model.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,21 @@ from pipelines.config import PipelineConfig
 
 NAME = "memory"
 SPLITS = (("train", 0.9), ("val", 0.05), ("test", 0.05))
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the base dataset (the other has 10x its rows) and the trainings on each."""
+
+    base: data.DataSpec
+    repeats: int
+
+
 # small: the 10x train split holds ~650 MiB of float32 features, more than a rank's whole peak RSS.
 SIZES = {
-    "tiny": {"base": data.DataSpec(1024, 8, 128, SPLITS), "repeats": 1},
-    "small": {"base": data.DataSpec(24000, 28, 1024, SPLITS), "repeats": 1},
-    "large": {"base": data.DataSpec(100000, 28, 1024, SPLITS), "repeats": 2},
+    "tiny": Size(data.DataSpec(1024, 8, 128, SPLITS), repeats=1),
+    "small": Size(data.DataSpec(24000, 28, 1024, SPLITS), repeats=1),
+    "large": Size(data.DataSpec(100000, 28, 1024, SPLITS), repeats=2),
 }
 MODEL = "mlp"
 
@@ -34,7 +45,7 @@ MODEL = "mlp"
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the memory benchmark at ``size``; print its table, write ``memory.json``, return its JSON."""
     s = SIZES[size]
-    base: data.DataSpec = s["base"]
+    base = s.base
     big = base.scaled(10)
     report = harness.Report(NAME, size)
     cfg = data.derive(config, f"model.name={MODEL}", "model.params={}")
@@ -47,7 +58,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         feature_bytes = train_rows * 4 * math.prod(view.manifest.feature_shape)  # float32 features
         harness.log(NAME, f"{label}: {train_rows} train rows, {feature_bytes / 2**20:.0f} MiB of float32 features")
         peaks = []
-        for i in range(s["repeats"]):
+        for i in range(s.repeats):
             out = train_once(spark, cfg, ds, epochs=1, run_name=f"memory-{label}-{i}")
             peaks.append(out["peak_rss_bytes"] / 2**20)
         figures[label] = {"peaks": peaks, "train_rows": train_rows,
@@ -60,7 +71,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                    train_rows=figures[label]["train_rows"], train_parquet_mib=figures[label]["train_parquet_mib"],
                    train_features_mib=figures[label]["train_features_mib"])
     report.params = {"base": base.key, "large": big.key, "model": MODEL, "ranks": RANKS, "epochs": 1,
-                     "batch_size_per_rank": cfg.train.batch_size, "repeats": s["repeats"]}
+                     "batch_size_per_rank": cfg.train.batch_size, "repeats": s.repeats}
     report.ratios["rss_growth"] = harness.ratio(report.median("peak_rss_10x"), report.median("peak_rss_base"))
     if report.ratios["rss_growth"] is not None:
         report.ratios["rss_growth"] -= 1.0

@@ -23,24 +23,39 @@ per process), sampling actions as PPO does:
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 import models
 from benchmarks import harness
+from models.policy import MLPPolicy
 from pipelines.config import PipelineConfig
 from pipelines.rl.job import collect
 from pipelines.rl.rollout import RolloutSpec, env_spaces, make_envs, policy_to_bytes, schema
 
 NAME = "rl"
-SIZES = {  # envs per actor, steps per env, repeats; the sweep's actors and steps per env
-    "tiny": {"envs_per_actor": 2, "steps_per_env": 64, "repeats": 1, "sweep_actors": (1, 2), "sweep_steps": (32, 128)},
-    "small": {"envs_per_actor": 8, "steps_per_env": 512, "repeats": 5, "sweep_actors": (1, 2, 4),
-              "sweep_steps": (128, 512, 2048)},
-    "large": {"envs_per_actor": 16, "steps_per_env": 1024, "repeats": 5, "sweep_actors": (1, 2, 4, 8),
-              "sweep_steps": (256, 1024, 4096)},
+
+
+@dataclass(frozen=True)
+class Size:
+    """What one size of the benchmark runs: envs per actor, steps per env, repeats; the sweep's grid."""
+
+    envs_per_actor: int
+    steps_per_env: int
+    repeats: int
+    sweep_actors: tuple[int, ...]
+    sweep_steps: tuple[int, ...]
+
+
+SIZES = {
+    "tiny": Size(envs_per_actor=2, steps_per_env=64, repeats=1, sweep_actors=(1, 2), sweep_steps=(32, 128)),
+    "small": Size(envs_per_actor=8, steps_per_env=512, repeats=5, sweep_actors=(1, 2, 4),
+                  sweep_steps=(128, 512, 2048)),
+    "large": Size(envs_per_actor=16, steps_per_env=1024, repeats=5, sweep_actors=(1, 2, 4, 8),
+                  sweep_steps=(256, 1024, 4096)),
 }
 SWEEP_REPEATS = 3
 
@@ -51,17 +66,18 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
 
     s = SIZES[size]
     rc = config.rl
-    actors, envs, steps = rc.num_actors, s["envs_per_actor"], s["steps_per_env"]
+    actors, envs, steps = rc.num_actors, s.envs_per_actor, s.steps_per_env
     total = actors * envs * steps
     obs_shape, num_actions = env_spaces(rc.env_id)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    policy = models.build("mlp_policy", feature_shape=obs_shape, num_classes=num_actions).eval()
+    # models.build is typed by the contract (DlpipeModel); "mlp_policy" builds an MLPPolicy, which acts.
+    policy = cast(MLPPolicy, models.build("mlp_policy", feature_shape=obs_shape, num_classes=num_actions)).eval()
     blob = policy_to_bytes(policy)
     spec = RolloutSpec(rc.env_id, envs, steps, rc.seed)
     report = harness.Report(NAME, size)
     report.params = {"env_id": rc.env_id, "num_actors": actors, "envs_per_actor": envs, "steps_per_env": steps,
-                     "env_steps_per_iteration": total, "repeats": s["repeats"]}
+                     "env_steps_per_iteration": total, "repeats": s.repeats}
     sync_envs = make_envs(rc.env_id, actors * envs)
     async_envs = gym.vector.AsyncVectorEnv([lambda: gym.make(rc.env_id)] * actors, context="spawn",
                                            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -83,7 +99,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
             "sync_vector_env_1_process": lambda: total / step_envs(sync_envs, policy, steps, rc.seed),
             "async_vector_env_N_processes": lambda: total / step_envs(async_envs, policy, envs * steps, rc.seed),
             "spark_job_noop": lambda: noop_job(spark, blob, actors),
-        }, repeats=s["repeats"], warmup=1)
+        }, repeats=s.repeats, warmup=1)
     finally:
         sync_envs.close()
         async_envs.close()
@@ -113,7 +129,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     return harness.finish(report, config)
 
 
-def step_envs(envs: Any, policy: models.DlpipeModel, steps: int, seed: int) -> float:
+def step_envs(envs: Any, policy: models.Acts, steps: int, seed: int) -> float:
     """Reset ``envs`` and step them ``steps`` times with sampled actions; seconds taken."""
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
@@ -152,19 +168,19 @@ def _empty_steps() -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _overhead_sweep(spark: Any, rc: Any, policy: models.DlpipeModel, s: dict[str, Any],
+def _overhead_sweep(spark: Any, rc: Any, policy: models.DlpipeModel, s: Size,
                     report: harness.Report) -> None:
     """The Spark job's share of an iteration as actors and steps per env grow: each grid point's
     env steps/s and, beside it, a no-op job of the same actors; ``spark_overhead_fraction`` per point."""
     blob = policy_to_bytes(policy)
     fractions = {}
-    for actors in s["sweep_actors"]:
-        for steps in s["sweep_steps"]:
-            spec = RolloutSpec(rc.env_id, s["envs_per_actor"], steps, rc.seed)
-            total = actors * s["envs_per_actor"] * steps
+    for actors in s.sweep_actors:
+        for steps in s.sweep_steps:
+            spec = RolloutSpec(rc.env_id, s.envs_per_actor, steps, rc.seed)
+            total = actors * s.envs_per_actor * steps
             states: list[Any] = [None] * actors
             iteration_s, noop_s = [], []
-            harness.log(NAME, f"sweep: {actors} actors x {s['envs_per_actor']} envs x {steps} steps")
+            harness.log(NAME, f"sweep: {actors} actors x {s.envs_per_actor} envs x {steps} steps")
             for i in range(SWEEP_REPEATS + 1):  # the first is warm-up
                 started = time.perf_counter()
                 collected = collect(spark, spec, blob, i + 1, states, rc.rollout_timeout_s)
@@ -178,7 +194,7 @@ def _overhead_sweep(spark: Any, rc: Any, policy: models.DlpipeModel, s: dict[str
             fraction = float(np.median(noop_s) / np.median(iteration_s))
             fractions[key] = fraction
             report.add(key, [total / t for t in iteration_s], "env steps/s",
-                       f"{actors} actors x {s['envs_per_actor']} envs x {steps} steps per iteration ({total} steps)",
+                       f"{actors} actors x {s.envs_per_actor} envs x {steps} steps per iteration ({total} steps)",
                        spark_overhead_fraction=round(fraction, 3), noop_job_s=round(float(np.median(noop_s)), 3))
     first, last = next(iter(fractions)), list(fractions)[-1]
     report.ratios["sweep_overhead_fraction_fewest"] = round(fractions[first], 3)

@@ -21,8 +21,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -33,12 +35,26 @@ from pipelines import storage
 from pipelines.config import PipelineConfig
 
 NAME = "scale"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the rows of each dataset measured, their image size and row groups, and whether a
+    discarded run on the smallest comes first (JIT, workers, imports)."""
+
+    rows: tuple[int, ...]
+    image_size: int
+    rows_per_row_group: int
+    warm_up: bool = True
+
+
 SIZES = {
-    "tiny": {"rows": (200, 20000), "image_size": 8, "rows_per_row_group": 256, "warm_up": False},
-    "small": {"rows": (3800, 38000, 380000), "image_size": 28, "rows_per_row_group": 1024},  # 380000: > 1 GB
-    "large": {"rows": (38000, 380000, 3800000), "image_size": 28, "rows_per_row_group": 1024},
+    "tiny": Size(rows=(200, 20000), image_size=8, rows_per_row_group=256, warm_up=False),
+    "small": Size(rows=(3800, 38000, 380000), image_size=28, rows_per_row_group=1024),  # 380000: > 1 GB
+    "large": Size(rows=(38000, 380000, 3800000), image_size=28, rows_per_row_group=1024),
 }
 SAMPLE_EVERY_S = 0.2
+T = TypeVar("T")
 
 
 class PeakMemory:
@@ -89,7 +105,7 @@ class PeakMemory:
             self._stop.wait(SAMPLE_EVERY_S)
 
 
-def _measured(step: Callable[[], Any]) -> tuple[Any, float, dict[str, int]]:
+def _measured(step: Callable[[], T]) -> tuple[T, float, dict[str, int]]:
     """(step's result, its seconds, peak memory by role while it ran)."""
     with PeakMemory() as memory:
         started = time.perf_counter()
@@ -107,15 +123,15 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report = harness.Report(NAME, size)
     rows_by_size, etl_rates, train_rates, etl_seconds, driver_peaks = [], [], [], [], []
     parquet_bytes, epoch_seconds, epoch_samples, jvm_peaks = [], [], [], []
-    warm_up = [(False, s["rows"][0])] if s.get("warm_up", True) else []  # JIT, workers, imports: left out
-    for measured, rows in [*warm_up, *((True, r) for r in s["rows"])]:
-        spec = data.DataSpec(rows, s["image_size"], s["rows_per_row_group"], output_files=4)
-        source = data.generated(spark, config, rows, s["image_size"])
+    warm_up = [(False, s.rows[0])] if s.warm_up else []  # JIT, workers, imports: left out
+    for measured, rows in [*warm_up, *((True, r) for r in s.rows)]:
+        spec = data.DataSpec(rows, s.image_size, s.rows_per_row_group, output_files=4)
+        source = data.generated(spark, config, rows, s.image_size)
         cfg = data.etl_config(config, source, spec, spec.key)  # where data.dataset keeps it
         dataset_dir = Path(cfg.dataset_dir)
         shutil.rmtree(dataset_dir, ignore_errors=True)
         harness.log(NAME, f"{rows} rows: ETL")
-        manifest, seconds, etl_peaks = _measured(lambda cfg=cfg: etl.main(spark, cfg))
+        manifest, seconds, etl_peaks = _measured(partial(etl.main, spark, cfg))
         view = data.view(dataset_dir)
         size_bytes = sum(storage.list_files(f)[0].size for split in view.splits.values() for f in split.files)
         parquet_bytes.append(size_bytes)
@@ -123,7 +139,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         run_dir = (harness.bench_dir(config) / "runs" / f"scale-{rows}").resolve()
         shutil.rmtree(run_dir, ignore_errors=True)
         job = plan(config, dataset_dir, run_dir, "train.epochs=1")
-        result, train_seconds, train_peaks = _measured(lambda job=job: launch(spark, job))
+        result, train_seconds, train_peaks = _measured(partial(launch, spark, job))
         epoch = result.history[0]
         shutil.rmtree(run_dir, ignore_errors=True)
         if not measured:
@@ -139,20 +155,20 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         mib = {k: round(v / 2**20) for k, v in {**{f"etl_{r}": b for r, b in etl_peaks.items()},
                                                   **{f"train_{r}": b for r, b in train_peaks.items()}}.items()}
         report.add(f"etl_{rows}_rows", [manifest.records_in / seconds], "rows/s",
-                   f"ETL of {rows} generated {s['image_size']}x{s['image_size']} digits", seconds=round(seconds, 2),
+                   f"ETL of {rows} generated {s.image_size}x{s.image_size} digits", seconds=round(seconds, 2),
                    parquet_mib=round(size_bytes / 2**20),
                    peak_rss_mib={k: v for k, v in mib.items() if k.startswith("etl_")})
         report.add(f"train_epoch_{rows}_rows", [epoch.samples_per_s], "samples/s",
                    f"one epoch on {RANKS} Horovod ranks ({epoch.samples} samples)", seconds=round(epoch.seconds, 2),
                    launch_and_epoch_seconds=round(train_seconds, 2),
                    peak_rss_mib={k: v for k, v in mib.items() if k.startswith("train_")})
-    report.params = {"rows": list(rows_by_size), "image_size": s["image_size"],
+    report.params = {"rows": list(rows_by_size), "image_size": s.image_size,
                      "parquet_mib": [round(b / 2**20) for b in parquet_bytes], "ranks": RANKS,
                      "memory_sampled_every_s": SAMPLE_EVERY_S}
     report.ratios["etl_throughput_min_over_max"] = harness.ratio(min(etl_rates), max(etl_rates))
     report.ratios["train_throughput_min_over_max"] = harness.ratio(min(train_rates), max(train_rates))
-    report.ratios["driver_rss_growth"] = harness.ratio(driver_peaks[-1], driver_peaks[0]) - 1
-    report.ratios["jvm_rss_growth"] = harness.ratio(jvm_peaks[-1], jvm_peaks[0]) - 1
+    report.ratios["driver_rss_growth"] = driver_peaks[-1] / driver_peaks[0] - 1
+    report.ratios["jvm_rss_growth"] = jvm_peaks[-1] / jvm_peaks[0] - 1
     report.notes.append(
         "Memory (peak RSS, MiB, per contender's `peak_rss_mib`): the driver's Python process, dlpipe's own code, "
         f"stays at {driver_peaks[0] / 2**20:,.0f}-{driver_peaks[-1] / 2**20:,.0f} MiB whatever the data. In "

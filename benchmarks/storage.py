@@ -27,7 +27,8 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,24 @@ from pipelines.dataset import SplitFiles
 
 NAME = "storage"
 BUCKET = "dlpipe-bench"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the dataset (the base one), passes over its train split per measurement, rounds, and
+    the checkpoints (MiB each, how many per round)."""
+
+    spec: data.DataSpec
+    passes: int
+    repeats: int
+    checkpoint_mib: int
+    checkpoints: int
+
+
 SIZES = {
-    "tiny": {"data": data.BASE["tiny"], "passes": 1, "repeats": 1, "checkpoint_mib": 4, "checkpoints": 2},
-    "small": {"data": data.BASE["small"], "passes": 2, "repeats": 5, "checkpoint_mib": 64, "checkpoints": 3},
-    "large": {"data": data.BASE["large"], "passes": 1, "repeats": 5, "checkpoint_mib": 256, "checkpoints": 3},
+    "tiny": Size(data.BASE["tiny"], passes=1, repeats=1, checkpoint_mib=4, checkpoints=2),
+    "small": Size(data.BASE["small"], passes=2, repeats=5, checkpoint_mib=64, checkpoints=3),
+    "large": Size(data.BASE["large"], passes=1, repeats=5, checkpoint_mib=256, checkpoints=3),
 }
 
 
@@ -74,7 +89,7 @@ def upload(split: SplitFiles, target: str) -> SplitFiles:
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the storage benchmark at ``size``; print its table, write ``storage.json``, return its JSON."""
     s = SIZES[size]
-    spec: data.DataSpec = s["data"]
+    spec = s.spec
     report = harness.Report(NAME, size)
     view = data.view(data.dataset(spark, config, spec))
     local = view.splits[dataset.TRAIN_SPLIT]
@@ -83,36 +98,37 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
     report.params = {"dataset": spec.key, "train_rows": local.rows, "files": len(local.files),
                      "bytes": sum(storage.filesystem(f)[0].get_file_info(f).size for f in local.files),
-                     "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s["passes"],
-                     "repeats": s["repeats"], "reader_workers": config.train.reader_workers, "torch_threads": 1,
-                     "checkpoint_mib": s["checkpoint_mib"], "checkpoints_per_repeat": s["checkpoints"],
+                     "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s.passes,
+                     "repeats": s.repeats, "reader_workers": config.train.reader_workers, "torch_threads": 1,
+                     "checkpoint_mib": s.checkpoint_mib, "checkpoints_per_repeat": s.checkpoints,
                      "store": "moto S3 server on 127.0.0.1 (loopback: dlpipe's overhead, not a network)"}
     with s3_store() as (bucket, server):
         remote = upload(local, storage.join(bucket, spec.key, "train"))
         workers = config.train.reader_workers
         server_cores: list[float] = []
         loaders = {
-            "dlpipe_loader_local": lambda: _dlpipe(local, batch, normalize, workers, s["passes"]),
+            "dlpipe_loader_local": lambda: _dlpipe(local, batch, normalize, workers, s.passes),
             "dlpipe_loader_s3": _cpu_of(server.pid, server_cores,
-                                        lambda: _dlpipe(remote, batch, normalize, workers, s["passes"])),
-            "pyarrow_read_local": lambda: _pyarrow(local, batch, normalize, s["passes"]),
-            "pyarrow_read_s3": lambda: _pyarrow(remote, batch, normalize, s["passes"]),
+                                        lambda: _dlpipe(remote, batch, normalize, workers, s.passes)),
+            "pyarrow_read_local": lambda: _pyarrow(local, batch, normalize, s.passes),
+            "pyarrow_read_s3": lambda: _pyarrow(remote, batch, normalize, s.passes),
         }
-        harness.log(NAME, f"loader: {len(loaders)} contenders, {local.rows} rows, {s['repeats']} rounds")
-        figures = harness.interleaved(loaders, s["repeats"], torch_threads=1)
+        harness.log(NAME, f"loader: {len(loaders)} contenders, {local.rows} rows, {s.repeats} rounds")
+        figures = harness.interleaved(loaders, s.repeats, torch_threads=1)
         for key, values in figures.items():
             extra = {"server_cores": round(statistics.median(server_cores[-len(values):]), 2)} \
                 if key == "dlpipe_loader_s3" else {}
             report.add(key, values, "samples/s", DESCRIPTIONS[key].format(workers=workers), **extra)
 
-        payload = _checkpoint_payload(s["checkpoint_mib"])
+        payload = _checkpoint_payload(s.checkpoint_mib)
         with tempfile.TemporaryDirectory(prefix="dlpipe-bench-ckpt-") as tmp:
             targets = {"local": storage.join(tmp, "checkpoints"), "s3": storage.join(bucket, "checkpoints")}
-            harness.log(NAME, f"checkpoints: {s['checkpoint_mib']} MiB, local and S3, {s['repeats']} rounds")
-            timings = {k: {"write": [], "wait": []} for k in targets}
-            for round_no in range(s["repeats"] + 1):  # round 0 warms up
+            harness.log(NAME, f"checkpoints: {s.checkpoint_mib} MiB, local and S3, {s.repeats} rounds")
+            # target -> seconds per checkpoint until written ("write"), and the step thread held ("wait")
+            timings: dict[str, dict[str, list[float]]] = {k: {"write": [], "wait": []} for k in targets}
+            for round_no in range(s.repeats + 1):  # round 0 warms up
                 for key, folder in targets.items():
-                    write_s, wait_s = _checkpoints(folder, payload, s["checkpoints"])
+                    write_s, wait_s = _checkpoints(folder, payload, s.checkpoints)
                     if round_no:
                         timings[key]["write"].append(write_s)
                         timings[key]["wait"].append(wait_s)
@@ -153,7 +169,7 @@ def _limit_text(report: harness.Report) -> str:
             "plain read at size small. A store on its own machines takes none of these cores.")
 
 
-def _cpu_of(pid: int | None, cores: list[float], measure: Any) -> Any:
+def _cpu_of(pid: int | None, cores: list[float], measure: Callable[[], float]) -> Callable[[], float]:
     """``measure`` that also appends the cores process ``pid`` used while it ran."""
     import psutil
 

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from benchmarks import data, harness, procs
 from benchmarks.ranks import TIMED_ENTRY
@@ -46,12 +47,26 @@ from pipelines import dataset
 from pipelines.config import PipelineConfig
 
 NAME = "train"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size: the dataset, rounds of the training contenders, epochs per training, launches timed,
+    whether to run the knob sweep, and TorchDistributor's ``local_mode`` values to launch."""
+
+    spec: data.DataSpec
+    rounds: int
+    epochs: int
+    launch_repeats: int
+    sweep: bool
+    torchdistributor: tuple[bool, ...] = (False, True)
+
+
 SIZES = {
     # tiny: a smoke run of this module's code; TorchDistributor's own 10 s launch is left to the real sizes
-    "tiny": {"data": data.BASE["tiny"], "rounds": 1, "epochs": 2, "launch_repeats": 1, "sweep": False,
-             "torchdistributor": (True,)},
-    "small": {"data": data.DataSpec(10000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 2, "sweep": True},
-    "large": {"data": data.DataSpec(50000, 28, 1024), "rounds": 3, "epochs": 3, "launch_repeats": 3, "sweep": True},
+    "tiny": Size(data.BASE["tiny"], rounds=1, epochs=2, launch_repeats=1, sweep=False, torchdistributor=(True,)),
+    "small": Size(data.DataSpec(10000, 28, 1024), rounds=3, epochs=3, launch_repeats=2, sweep=True),
+    "large": Size(data.DataSpec(50000, 28, 1024), rounds=3, epochs=3, launch_repeats=3, sweep=True),
 }
 # Knobs tried on dlpipe's 2 ranks (one launch each, after the rounds): name -> (config overrides, rank entry).
 # Also tried by hand on this machine, and no faster: HOROVOD_CYCLE_TIME 0.1-20 ms (2-5 ms within noise of
@@ -83,20 +98,20 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the train benchmark at ``size``; print its table, write ``train.json``, return its JSON."""
     s = SIZES[size]
     report = harness.Report(NAME, size)
-    ds = data.dataset(spark, config, s["data"])
+    ds = data.dataset(spark, config, s.spec)
     # The contract dlpipe's ranks get; the PyTorch contenders read the same split, manifest and settings.
     job = plan(config, ds, harness.bench_dir(config) / "runs" / "train")
     manifest, tc = job.data.manifest, job.config.train
     steps = dataset.steps_per_epoch(job.train.sizes, RANKS, tc.batch_size)
-    report.params = {"dataset": s["data"].key, "model": config.model.name, "model_params": config.model.params,
+    report.params = {"dataset": s.spec.key, "model": config.model.name, "model_params": config.model.params,
                      "feature_shape": manifest.feature_shape, "batch_size_per_rank": tc.batch_size,
-                     "steps_per_epoch_per_rank": steps, "epochs": s["epochs"], "rounds": s["rounds"],
+                     "steps_per_epoch_per_rank": steps, "epochs": s.epochs, "rounds": s.rounds,
                      "horovod_cycle_time_ms": tc.horovod_cycle_time_ms,
                      "horovod_fusion_threshold_mb": tc.horovod_fusion_threshold_mb,
                      "reader_workers": tc.reader_workers, "threads_per_rank": 1}
 
     args = {"job": "train", "split": job.train.to_dict(), "manifest": manifest.to_dict(), "model": config.model.name,
-            "model_params": config.model.params, "batch": tc.batch_size, "steps": steps, "epochs": s["epochs"],
+            "model_params": config.model.params, "batch": tc.batch_size, "steps": steps, "epochs": s.epochs,
             "seed": tc.seed, "threads": 1}
     lr_ranks = tc.lr * RANKS if tc.scale_lr_by_workers else tc.lr
     others = {"torch_1_process": lambda: procs.run_worker({**args, "lr": tc.lr}, threads=1,
@@ -105,7 +120,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
               "ddp_2_processes": lambda: _ddp(args, lr_ranks),
               "horovod_2_processes": lambda: _horovod(args, lr_ranks, tc.horovod_cycle_time_ms,
                                                       tc.horovod_fusion_threshold_mb)}
-    if s["sweep"]:  # the plain libraries with the same knob: equal settings for dlpipe's knob contenders
+    if s.sweep:  # the plain libraries with the same knob: equal settings for dlpipe's knob contenders
         accumulating = {**args, "steps": max(1, steps // ACCUMULATE), "accumulation": ACCUMULATE}
         others[f"ddp_2_processes_accumulate{ACCUMULATE}"] = lambda: _ddp(accumulating, lr_ranks * ACCUMULATE)
         others[f"horovod_2_processes_accumulate{ACCUMULATE}"] = lambda: _horovod(
@@ -113,23 +128,23 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     figures: dict[str, list[float]] = {key: [] for key in others}
     rates, ddp_rates, launches, rss, waits, phases, cpus, ddp_cpus = [], [], [], [], [], [], [], []
     # Rounds: every contender once per round, so a change in machine load hits all of them alike.
-    for i in range(s["rounds"]):
-        harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} Horovod ranks, {s['epochs']} epochs")
-        out = train_once(spark, config, ds, s["epochs"], run_name=f"train-{i}")
+    for i in range(s.rounds):
+        harness.log(NAME, f"round {i + 1} of {s.rounds}: dlpipe on {RANKS} Horovod ranks, {s.epochs} epochs")
+        out = train_once(spark, config, ds, s.epochs, run_name=f"train-{i}")
         rates += out["samples_per_s"][1:]
         launches.append(out["launch_seconds"])
         phases.append(out["launch_phases"])
         rss.append(out["peak_rss_bytes"])
         waits += out["data_wait_fraction"][1:]
         cpus.append(out["cpu_cores"])
-        harness.log(NAME, f"round {i + 1} of {s['rounds']}: dlpipe on {RANKS} ranks with train.strategy=ddp")
-        out = train_once(spark, data.derive(config, "train.strategy=ddp"), ds, s["epochs"], run_name=f"train-ddp-{i}")
+        harness.log(NAME, f"round {i + 1} of {s.rounds}: dlpipe on {RANKS} ranks with train.strategy=ddp")
+        out = train_once(spark, data.derive(config, "train.strategy=ddp"), ds, s.epochs, run_name=f"train-ddp-{i}")
         ddp_rates += out["samples_per_s"][1:]
         ddp_cpus.append(out["cpu_cores"])
         for key, measure in others.items():
             if key in report.unavailable:
                 continue
-            harness.log(NAME, f"round {i + 1} of {s['rounds']}: {key}")
+            harness.log(NAME, f"round {i + 1} of {s.rounds}: {key}")
             try:
                 figures[key] += measure()[1:]
             except (harness.BenchError, subprocess.TimeoutExpired) as e:
@@ -144,30 +159,30 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         if values and key not in report.unavailable:
             report.add(key, values, "samples/s", DESCRIPTIONS[key])
 
-    for key, (overrides, entry) in (SWEEP.items() if s["sweep"] else ()):
+    for key, (overrides, entry) in (SWEEP.items() if s.sweep else ()):
         harness.log(NAME, f"knob: {key}")
-        out = train_once(spark, data.derive(config, *overrides), ds, s["epochs"], run_name=f"train-{key}",
+        out = train_once(spark, data.derive(config, *overrides), ds, s.epochs, run_name=f"train-{key}",
                          entry=entry)
         report.add(key, out["samples_per_s"][1:], "samples/s", f"dlpipe_2_ranks with {' '.join(overrides)}",
                    data_wait_fraction=harness.mean(out["data_wait_fraction"][1:]))
 
-    if s["sweep"]:
+    if s.sweep:
         for key, accuracy in _knob_accuracy(spark, config).items():
             report.add(f"test_accuracy_{key}", [accuracy], "accuracy",
                        f"dlpipe run of digits_cnn.yaml on the bundled digits, "
                        f"{' '.join(ACCURACY_RUNS[key]) or 'as is'}")
 
     harness.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
-    noops = [noop_launch(spark, config, ds) for _ in range(s["launch_repeats"])]
+    noops = [noop_launch(spark, config, ds) for _ in range(s.launch_repeats)]
     report.add("dlpipe_noop_launch", [n[0] for n in noops], "s", DESCRIPTIONS["dlpipe_noop_launch"],
                to_return_seconds=[round(n[1], 3) for n in noops])
     for local_mode in (False, True):
         key = "torchdistributor_noop" + ("_local_mode" if local_mode else "")
-        if local_mode not in s.get("torchdistributor", (False, True)):
+        if local_mode not in s.torchdistributor:
             report.skip(key, f"not run at size {size} (a smoke run of the benchmark's code)")
             continue
         try:
-            launched = [_torchdistributor_noop(local_mode) for _ in range(s["launch_repeats"])]
+            launched = [_torchdistributor_noop(local_mode) for _ in range(s.launch_repeats)]
             report.add(key, [f[0] for f in launched], "s",
                        f"TorchDistributor(num_processes=2, local_mode={local_mode}).run(noop): call -> noop running",
                        to_return_seconds=[round(f[1], 3) for f in launched])
@@ -196,7 +211,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     best = max(dlpipe_runs, key=lambda k: report.median(k) or 0.0)
     report.ratios["best_scaling_efficiency"] = harness.ratio(report.median(best), twice_one)
     report.notes.append(f"`best_scaling_efficiency` is `{best}` ({DESCRIPTIONS.get(best, 'a knob of the sweep')}).")
-    if s["sweep"]:  # the knobs at equal settings, and what they cost in accuracy
+    if s.sweep:  # the knobs at equal settings, and what they cost in accuracy
         knob = f"accumulate{ACCUMULATE}"
         report.ratios[f"ratio_vs_ddp_{knob}"] = harness.ratio(report.median(f"dlpipe_2_ranks_{knob}"),
                                                              report.median(f"ddp_2_processes_{knob}"))
@@ -204,9 +219,9 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                                                                report.median(f"ddp_2_processes_{knob}"))
         plain = report.median("test_accuracy_plain")
         for key in ACCURACY_RUNS:
-            accuracy = report.median(f"test_accuracy_{key}")
-            if key != "plain" and plain is not None and accuracy is not None:
-                report.ratios[f"accuracy_points_{key}_vs_plain"] = round(100 * (accuracy - plain), 2)
+            knob_accuracy = report.median(f"test_accuracy_{key}")
+            if key != "plain" and plain is not None and knob_accuracy is not None:
+                report.ratios[f"accuracy_points_{key}_vs_plain"] = round(100 * (knob_accuracy - plain), 2)
     if harness.meets("scaling_efficiency", report.ratios["scaling_efficiency"]) is False:
         report.limits["scaling_efficiency"] = scaling_limit(report)
     if harness.meets("ratio_vs_ddp", report.ratios["ratio_vs_ddp"]) is False:
@@ -232,8 +247,10 @@ def _knob_accuracy(spark: Any, config: PipelineConfig) -> dict[str, float]:
         cfg = load_config(harness.REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml",
                           [*TRACKING_OFF, f"workdir={workdir}", f"run_id={key}",
                            f"etl.source.path={harness.REPO_ROOT / 'data' / 'digits'}", *overrides])
-        summary = run.main(spark, cfg)
-        found[key] = summary.eval.accuracy
+        evaluation = run.main(spark, cfg).eval
+        if evaluation is None or evaluation.accuracy is None:  # digits_cnn is a classifier: always evaluated
+            raise harness.BenchError(f"dlpipe run of digits_cnn.yaml ({key}) reported no test accuracy")
+        found[key] = evaluation.accuracy
     return found
 
 
@@ -396,7 +413,8 @@ def _torchdistributor_noop(local_mode: bool) -> tuple[float, float]:
         return t.time()
 
     called = time.time()
-    started = TorchDistributor(num_processes=RANKS, local_mode=local_mode, use_gpu=False).run(noop)
+    # run() returns what the function returned on rank 0 (typed Optional[Any]): noop's time.
+    started = cast(float, TorchDistributor(num_processes=RANKS, local_mode=local_mode, use_gpu=False).run(noop))
     return started - called, time.time() - called
 
 

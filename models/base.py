@@ -99,6 +99,7 @@ class DlpipeModel(nn.Module, abc.ABC):
 
     name: ClassVar[str]  # registry name, e.g. "cnn"
     config_class: ClassVar[type]  # the @dataclass holding this model's hyperparameters
+    config: Any  # an instance of config_class (a subclass declares its type: `config: VAEConfig`)
     task: ClassVar[str]  # one of TASKS
     capabilities: ClassVar[frozenset[type]] = frozenset()  # the Protocols above it implements
     multi_phase: ClassVar[bool] = False  # trains with several optimizers (training_phases lists them)

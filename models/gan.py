@@ -78,6 +78,7 @@ class GAN(DlpipeModel):
 
     name: ClassVar[str] = "gan"
     config_class: ClassVar[type] = GANConfig
+    config: GANConfig
     figures: ClassVar[tuple[str, ...]] = ("samples",)
     task: ClassVar[str] = GENERATOR
     capabilities: ClassVar[frozenset[type]] = frozenset({Samples})

@@ -70,6 +70,7 @@ class MLPPolicy(DlpipeModel):
 
     name: ClassVar[str] = "mlp_policy"
     config_class: ClassVar[type] = PolicyConfig
+    config: PolicyConfig
     task: ClassVar[str] = POLICY
     capabilities: ClassVar[frozenset[type]] = frozenset({Acts})
 

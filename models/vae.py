@@ -70,6 +70,7 @@ class VAE(Reconstructor):
 
     name: ClassVar[str] = "vae"
     config_class: ClassVar[type] = VAEConfig
+    config: VAEConfig
     figures: ClassVar[tuple[str, ...]] = ("reconstructions", "samples")
     capabilities: ClassVar[frozenset[type]] = frozenset({Reconstructs, Samples})
 

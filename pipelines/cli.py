@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from pipelines.validate import probe_locations
 
-            for line in probe_locations(config, args.verb):
-                print(f"# {line}")
+            for probe in probe_locations(config, args.verb):
+                print(f"# {probe}")
             print(f"# dlpipe {args.verb}: config is valid\n" + to_yaml(config), end="")
             return 0
     except (ConfigError, storage.StorageError) as e:
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # ours (or a Spark task's): one line; anything else: raised
         from pipelines.session import task_failure
 
+        line: str | None
         if type(e).__module__.startswith("pipelines.") or isinstance(e, FileNotFoundError):
             line = f"{type(e).__name__}: {e}"
         else:

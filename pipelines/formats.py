@@ -130,7 +130,8 @@ class Record:
     ``from_json``. A format whose file shape differs from its fields overrides the two dict methods."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]  # a Record's subclasses are all dataclasses
+        return {f.name: to_plain(getattr(self, f.name)) for f in fields}
 
     @classmethod
     def from_dict(cls: type[T], value: Any, where: str = "", key: str = "") -> T:

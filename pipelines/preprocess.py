@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.artifact import Preprocessing
+
+if TYPE_CHECKING:
+    from pyspark.sql._typing import UserDefinedFunctionLike  # pyspark's stub-only module
 
 CORRUPT = "_corrupt_record"  # Spark's column for CSV / JSON records it cannot parse
 INVALID_TEXT = "_invalid_text"  # pipelines.raw's column: why a CSV / JSON record's bytes were not valid UTF-8
@@ -48,13 +52,13 @@ def decode_image(data: bytes, channels: int, height: int, width: int, resize: st
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
-    with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
+    with Image.open(io.BytesIO(data)) as file:
+        w, h = file.size
         if w * h > max_pixels:
             raise ValueError(f"image of {w}x{h} = {w * h} pixels is above etl.source.max_pixels={max_pixels}: refused "
                              "unread (raise the limit if such images are real data)")
-        img.draft(mode, (width, height))  # JPEG: decode at reduced size
-        img = img.convert(mode)
+        file.draft(mode, (width, height))  # JPEG: decode at reduced size
+        img = file.convert(mode)
         if img.size != (width, height):
             img = img.resize((width, height), _resample(resize))
         pixels = np.asarray(img, dtype=np.float32) / 255.0
@@ -66,8 +70,8 @@ def decode_image(data: bytes, channels: int, height: int, width: int, resize: st
 def _resample(name: str) -> int:
     from PIL import Image
 
-    filters = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC,
-               "lanczos": Image.LANCZOS}
+    filters = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
+               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
     if name not in filters:
         raise PreprocessError(f"unknown resize method {name!r} (known: {', '.join(filters)})")
     return filters[name]
@@ -101,13 +105,14 @@ def image_problem(e: Exception) -> str:
     return text[:MAX_DETAIL]
 
 
-def image_decoder(prep: Preprocessing):
+def image_decoder(prep: Preprocessing) -> UserDefinedFunctionLike:
     """A vectorized (pandas) UDF: image bytes -> struct<features array<float>, error string>.
 
     ``error`` is the short detail of :func:`decode_images` (null when the image decoded).
     """
 
-    @F.pandas_udf("features array<float>, error string")
+    # pyspark 3.5's stub types only pandas_udf's functionType form, not this type-hint form (Spark >= 3.0)
+    @F.pandas_udf("features array<float>, error string")  # type: ignore[call-overload]  # no type-hint overload
     def decode(content: pd.Series) -> pd.DataFrame:
         features, details = decode_images(content, prep)
         return pd.DataFrame({"features": features, "error": details})
@@ -139,8 +144,9 @@ def tabular_features(table: DataFrame, kind: str, columns: list[str], key: str,
     if missing or not columns:
         raise PreprocessError(f"{key}: no such column(s) {missing} among {list(fields)}" if missing
                               else f"{key}: no feature columns")
-    if len(columns) == 1 and isinstance(fields[columns[0]], T.ArrayType):
-        feats = _array_features(columns[0], fields[columns[0]], key, array_value_checks)
+    first = fields[columns[0]]
+    if len(columns) == 1 and isinstance(first, T.ArrayType):
+        feats = _array_features(columns[0], first, key, array_value_checks)
     else:
         feats = _scalar_features(columns, fields, key)
     corrupt = F.col(CORRUPT) if CORRUPT in fields else F.lit(None).cast("string")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -112,7 +112,7 @@ def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = 
     full = [(spark_path(e.location), rel) for e, (rel, size) in zip(entries, inputs) if size > 0]
     options = storage.current_options()
 
-    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         storage.set_options(options)
         for batch in batches:
             paths = batch.column(0).to_pylist()
@@ -160,7 +160,7 @@ def unreadable_parquet(spark: SparkSession, entries: list[storage.FileEntry]) ->
         return {}
     options = storage.current_options()
 
-    def check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def check(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 
         storage.set_options(options)
@@ -250,10 +250,10 @@ def _load_table_through_storage(spark: SparkSession, kind: str, root: str,
     if kind == "parquet":
         return read_parquet_through_storage(spark, readable, references=True), listed
     options = storage.current_options()
-    files = spark.createDataFrame([(x,) for x in readable], "location string").repartition(
+    listing = spark.createDataFrame([(x,) for x in readable], "location string").repartition(
         _partitions(spark, len(readable)))
-    lines = files.mapInArrow(_text_lines(options, skip_header=kind == "csv"),
-                             f"value string, _file string, {INVALID_TEXT} string")
+    lines = listing.mapInArrow(_text_lines(options, skip_header=kind == "csv"),
+                               f"value string, _file string, {INVALID_TEXT} string")
     if kind == "csv":
         header = next(csv.reader(io.StringIO(_first_line(readable[0]))))
         ddl = ", ".join(f"`{c.replace('`', '``')}` STRING" for c in [*header, CORRUPT])
@@ -287,12 +287,13 @@ def _file_lines(location: str) -> Iterator[bytes]:
         yield rest[:-1] if rest.endswith(b"\r") else rest
 
 
-def _text_lines(options: storage.StorageOptions, skip_header: bool):
+def _text_lines(options: storage.StorageOptions,
+                skip_header: bool) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A ``mapInArrow`` function: file locations in, their non-blank lines (and the file, and why a
     line is not valid UTF-8: decoded with U+FFFD as Spark does, and flagged) out, in batches."""
     schema = pa.schema([("value", pa.string()), ("_file", pa.string()), (INVALID_TEXT, pa.string())])
 
-    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         storage.set_options(options)
         for batch in batches:
             for location in batch.column(0).to_pylist():

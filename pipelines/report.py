@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,7 +26,8 @@ GRID = 8  # images per row in the figures
 CONFUSION_FILE = "confusion_matrix.png"
 
 
-def pyplot():
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,8 +138,9 @@ def _confusion_matrix(f: FigureInputs) -> tuple[str, str] | None:
 def _reconstructions(f: FigureInputs) -> tuple[str, str] | None:
     if not f.is_image or not f.scored_files:
         return None
+    model = cast(models.Reconstructs, f.model)  # a model asks for this figure only when it reconstructs
     x = f.first_rows(GRID)
-    png = image_grid([f.to_pixels(x), f.to_pixels(f.model.reconstruct(x))], ["inputs", "reconstructions"])
+    png = image_grid([f.to_pixels(x), f.to_pixels(model.reconstruct(x))], ["inputs", "reconstructions"])
     storage.write_bytes(storage.join(f.report_dir, "reconstructions.png"), png)
     return "Reconstructions of scored images", "reconstructions.png"
 
@@ -145,7 +148,8 @@ def _reconstructions(f: FigureInputs) -> tuple[str, str] | None:
 def _samples(f: FigureInputs) -> tuple[str, str] | None:
     if not f.is_image:
         return None
-    samples = f.model.sample(2 * GRID, generator=torch.Generator().manual_seed(0))
+    model = cast(models.Samples, f.model)  # a model asks for this figure only when it samples
+    samples = model.sample(2 * GRID, generator=torch.Generator().manual_seed(0))
     png = image_grid([f.to_pixels(samples[:GRID]), f.to_pixels(samples[GRID:])], ["samples from the prior", ""])
     storage.write_bytes(storage.join(f.report_dir, "samples.png"), png)
     return f"New images sampled from the {f.model.name} model's prior", "samples.png"

@@ -77,9 +77,10 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
         return out
 
     manifest = stage("etl", lambda: etl.main(spark, config))
-    save(etl=EtlCounts(manifest.records_in, manifest.accepted, manifest.quarantined, manifest.quarantine_by_reason,
-                       manifest.version), dataset_version=manifest.version)
-    tracker.log_metrics({"etl": summary.etl.to_dict()})
+    counts = EtlCounts(manifest.records_in, manifest.accepted, manifest.quarantined, manifest.quarantine_by_reason,
+                       manifest.version)
+    save(etl=counts, dataset_version=manifest.version)
+    tracker.log_metrics({"etl": counts.to_dict()})
     trained = stage("train", lambda: train.main(spark, config, on_event=on_event, tracker=tracker))
     last = trained.last
     save(train=TrainFigures(
@@ -89,11 +90,11 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
         artifact=trained.artifact, dataset_version=trained.dataset_version)
     trained_on = dataclasses.replace(config, dataset_version=trained.dataset_version)  # score the same version
     scored = stage("infer", lambda: infer.main(spark, trained_on))
-    save(eval=scored.eval, infer=InferCounts(scored.rows, scored.bad_rows, scored.model_loads),
-         predictions=scored.predictions)
+    scoring = InferCounts(scored.rows, scored.bad_rows, scored.model_loads)
+    save(eval=scored.eval, infer=scoring, predictions=scored.predictions)
     if models.spec(config.model.name).can(models.Samples):
         save(sample_quality=stage("quality", lambda: quality.sample_quality(trained_on, trained.artifact)))
-    tracker.log_metrics({"eval": scored.eval.figures() if scored.eval else {}, "infer": summary.infer.to_dict(),
+    tracker.log_metrics({"eval": scored.eval.figures() if scored.eval else {}, "infer": scoring.to_dict(),
                          "quality": summary.sample_quality.to_dict() if summary.sample_quality else {}},
                         step=trained.epochs_completed)
     what = f"the {scored.split} split" if scored.split else scored.input

@@ -9,7 +9,7 @@ inside Spark tasks. Callers commit what they wrote with ``pipelines.publish``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -32,7 +32,7 @@ class WrittenFile(Record):
 
 
 def write_parquet(frame: DataFrame, folder: str, count_nulls_of: str = "",
-                  transform: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] | None = None,
+                  transform: Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]] | None = None,
                   schema: T.StructType | None = None) -> list[WrittenFile]:
     """Write ``frame`` as ``folder/part-NNNNN.parquet`` (a task with no rows writes no file); one
     :class:`WrittenFile` per file. ``count_nulls_of``: a column whose nulls each file counts.
@@ -43,11 +43,13 @@ def write_parquet(frame: DataFrame, folder: str, count_nulls_of: str = "",
     options = storage.current_options()
     arrow_schema = to_arrow_schema(schema or frame.schema)
 
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         storage.set_options(options)
         if transform is not None:
             batches = transform(batches)
-        location = storage.join(folder, f"part-{TaskContext.get().partitionId():05d}.parquet")
+        context = TaskContext.get()
+        assert context is not None  # a mapInArrow function runs in a Spark task
+        location = storage.join(folder, f"part-{context.partitionId():05d}.parquet")
         rows = nulls = 0
         with contextlib.ExitStack() as stack:
             writer = None
@@ -82,6 +84,8 @@ def spark_reads(spark: SparkSession, location: str, reader: str = "auto") -> boo
     if storage.is_local(location):
         return True
     jvm = spark.sparkContext._jvm
+    if jvm is None:  # no JVM gateway: the lookup below would raise, and answer the same
+        return False
     try:
         jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(storage.scheme(location),
                                                                 spark.sparkContext._jsc.hadoopConfiguration())
@@ -110,7 +114,7 @@ def read_parquet_through_storage(spark: SparkSession, files: list[str],
         fields += [T.StructField("_file", T.StringType()), T.StructField("_row", T.LongType())]
     options = storage.current_options()
 
-    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         storage.set_options(options)
         for batch in batches:
             for location in batch.column(0).to_pylist():

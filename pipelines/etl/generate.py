@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+from pyspark.broadcast import Broadcast
 from pyspark.sql import SparkSession
 
 from pipelines import storage
@@ -72,7 +74,10 @@ class Deformation:
 
 # --- counter-based random numbers -------------------------------------------------------------
 
-def _mix(z: np.ndarray) -> np.ndarray:
+_Words = TypeVar("_Words", np.ndarray, np.uint64)  # uint64 values: an array, or one (a seed's key)
+
+
+def _mix(z: _Words) -> _Words:
     """splitmix64 finaliser: a bijective scramble of uint64 (wrap-around arithmetic is intended)."""
     with np.errstate(over="ignore"):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -219,10 +224,11 @@ def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
     return info
 
 
-def _block_writer(params: Deformation, digits, spec: PartSpec):
+def _block_writer(params: Deformation, digits: Broadcast[tuple[np.ndarray, np.ndarray]],
+                  spec: PartSpec) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: block ids in, generated samples written, per-file stats out."""
 
-    def generate_and_write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def generate_and_write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
         from pyspark import TaskContext
 
@@ -234,6 +240,8 @@ def _block_writer(params: Deformation, digits, spec: PartSpec):
                 for block in batch.column("id").to_numpy():
                     yield generate_block(int(block), params, images, labels)
 
-        yield stats_batch(write_parts(samples(), spec, TaskContext.get().partitionId()))
+        context = TaskContext.get()
+        assert context is not None  # a mapInArrow function runs in a Spark task
+        yield stats_batch(write_parts(samples(), spec, context.partitionId()))
 
     return generate_and_write

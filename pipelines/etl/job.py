@@ -93,7 +93,8 @@ def load_base(dataset_dir: str) -> Base | None:
     if head is None or not head.versions:
         return None
     view = dataset.open_dataset(dataset_dir)
-    manifests, ingested = [], {}
+    manifests: list[Manifest] = []
+    ingested: dict[str, int] = {}  # input file (path relative to the source) -> size
     for entry in head.versions:
         folder = storage.join(dataset_dir, entry.folder) if entry.folder else dataset_dir
         manifests.append(dataset.read_manifest(folder))
@@ -182,8 +183,8 @@ def normalization_stats(moments: Moments, mode: str) -> Normalization:
 
     ``global``: one mean/std over all values; ``per_feature``: one per feature position.
     """
-    mean = moments.mean
-    var = moments.m2 / moments.n
+    mean, m2 = moments.arrays()
+    var = m2 / moments.n
     if mode == "global":  # equal counts per feature: pool the per-feature moments exactly
         grand = mean.mean()
         var = np.array([np.mean(var + (mean - grand) ** 2)])

@@ -49,22 +49,30 @@ class Moments:
         mean = x.mean(axis=0)
         self.merge(Moments(len(x), mean, ((x - mean) ** 2).sum(axis=0)))
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, m2) of moments that took in rows (``n > 0``: both are set)."""
+        assert self.mean is not None and self.m2 is not None, "no rows, no moments"
+        return self.mean, self.m2
+
     def merge(self, other: Moments) -> None:
         if other.n == 0:
             return
+        other_mean, other_m2 = other.arrays()
         if self.n == 0:
-            self.n, self.mean, self.m2 = other.n, other.mean.copy(), other.m2.copy()
+            self.n, self.mean, self.m2 = other.n, other_mean.copy(), other_m2.copy()
             return
+        mean, m2 = self.arrays()
         n = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (other.n / n)
-        self.m2 = self.m2 + other.m2 + delta ** 2 * (self.n * other.n / n)
+        delta = other_mean - mean
+        self.mean = mean + delta * (other.n / n)
+        self.m2 = m2 + other_m2 + delta ** 2 * (self.n * other.n / n)
         self.n = n
 
     def to_json(self) -> str:
         if self.n == 0:
             return ""
-        return json.dumps({"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()})
+        mean, m2 = self.arrays()
+        return json.dumps({"n": self.n, "mean": mean.tolist(), "m2": m2.tolist()})
 
     @classmethod
     def from_json(cls, text: str) -> Moments:
@@ -77,7 +85,8 @@ class Moments:
         """As the manifest stores them (a later version merges them without re-reading the data)."""
         if self.n == 0:
             return dataset.Moments()
-        return dataset.Moments(self.n, self.mean.tolist(), self.m2.tolist())
+        mean, m2 = self.arrays()
+        return dataset.Moments(self.n, mean.tolist(), m2.tolist())
 
     @classmethod
     def from_record(cls, record: dataset.Moments) -> Moments:

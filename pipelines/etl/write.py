@@ -129,7 +129,8 @@ def mark_duplicates(table: pa.Table, kept: KeptId = KeptId()) -> tuple[pa.Table,
     # Index of the first record of each run of one id; -1 while a run goes on from the last batch.
     sources = table["source"].take(passed).to_numpy(zero_copy_only=False)
     first = np.maximum.accumulate(np.where(repeats, -1, np.arange(len(ids))))
-    kept_sources = np.where(first >= 0, sources[np.maximum(first, 0)], kept.source)
+    # kept.source may be None, which numpy's ArrayLike type leaves out: converted as np.where converts it
+    kept_sources = np.where(first >= 0, sources[np.maximum(first, 0)], np.asarray(kept.source, dtype=object))
     duplicates = passed[repeats]
     reasons = table["reason"].to_numpy(zero_copy_only=False).copy()
     details = table["detail"].to_numpy(zero_copy_only=False).copy()
@@ -229,13 +230,15 @@ def _chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending).combine_chunks()
 
 
-def dataset_writer(spec: DatasetSpec) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def dataset_writer(spec: DatasetSpec) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A ``mapInArrow`` function that decides and writes its partition with :func:`write_dataset_part`."""
 
-    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def write_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
         storage.set_options(spec.storage_options)
-        yield stats_batch(write_dataset_part(batches, spec, TaskContext.get().partitionId()))
+        context = TaskContext.get()
+        assert context is not None  # a mapInArrow function runs in a Spark task
+        yield stats_batch(write_dataset_part(batches, spec, context.partitionId()))
 
     return write_partition

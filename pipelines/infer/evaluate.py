@@ -82,7 +82,9 @@ def evaluate(predictions: DataFrame, features: DataFrame, meta: ArtifactMeta, re
         storage.write_bytes(storage.join(report_dir, CONFUSION_FILE), plot_confusion(confusion, label_names))
     elif task == models.RECONSTRUCTOR:
         q = good.approxQuantile("reconstruction_error", [0.5, 0.9, 0.99], 0.001)
-        mean = float(good.agg(F.mean("reconstruction_error")).first()[0])
+        overall = good.agg(F.mean("reconstruction_error")).first()
+        assert overall is not None  # an aggregate over the whole frame has one row
+        mean = float(overall[0])
         baseline = mean_image_baseline(features, meta.normalization)
         result = Evaluation(reconstruction_error=mean, reconstruction_error_quantiles=Quantiles(*q),
                             baseline_reconstruction_error=baseline,

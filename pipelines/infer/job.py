@@ -112,7 +112,7 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
               + ", ".join(scoring.empty_files[:5]) + (", ..." if len(scoring.empty_files) > 5 else ""), flush=True)
     evaluation = None
     label = label_index(scored, scoring, list(meta.label_names)) if scored is not None else None
-    if label is not None:
+    if label is not None and scored is not None:  # a label implies scored rows (checked for the type checker)
         outputs = scored.select(*model.output_schema(), "error", label.alias("label"))
         evaluation = evaluate(outputs, scored_features(scoring, meta.preprocessing), meta,
                               storage.join(run_dir, "report"))

@@ -16,7 +16,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,11 +211,12 @@ class Placement:
         return model, normalize, predict_on.forward_rows(choice.torch_device, self.batch_size, self.gpu_batch_size)
 
 
-def make_scorer(shipped: ShippedModel, placement: Placement, keep: tuple[str, ...] = ()):
+def make_scorer(shipped: ShippedModel, placement: Placement,
+                keep: tuple[str, ...] = ()) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: Arrow batches in, prediction batches (plus ``keep`` columns) out."""
     schema = shipped.schema
 
-    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def score(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model, normalize, batch_size = placement.load(shipped)
         for batch in batches:
             column = batch.column(_IN_FEATURES)
@@ -254,7 +255,7 @@ class Scoring:
     """A planned scoring: its input frame, the ``mapInArrow`` function, the predictions' schema."""
 
     inputs: DataFrame
-    scorer: Any  # Iterator[pa.RecordBatch] -> Iterator[pa.RecordBatch]
+    scorer: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]  # the mapInArrow function
     schema: T.StructType
     loads: Any  # accumulator of the worker process ids that loaded the model
 

@@ -17,7 +17,7 @@ batches, and a row that cannot be scored gets null outputs and an ``error``. Its
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
 import pandas as pd
@@ -39,9 +39,17 @@ from pipelines.infer.scoring import (
     ship_model,
 )
 
+if TYPE_CHECKING:
+    from pyspark.sql._typing import UserDefinedFunctionLike  # pyspark's stub-only module
+
+    class ModelUdf(UserDefinedFunctionLike, Protocol):
+        """What :func:`model_udf` returns: a Spark function that also counts its model loads."""
+
+        loads: Any  # accumulator of the worker process ids that loaded the model
+
 
 def model_udf(spark: SparkSession, artifact: str, *, batch_size: int = 512, device: str = "auto",
-              gpu_batch_size: int = 4096):
+              gpu_batch_size: int = 4096) -> ModelUdf:
     """A vectorized (pandas) UDF scoring with the model artifact at ``artifact``.
 
     Returns a Spark function of one column (see the module docs for what it takes) giving a struct
@@ -57,7 +65,8 @@ def model_udf(spark: SparkSession, artifact: str, *, batch_size: int = 512, devi
     shipped = ship_model(spark, artifact)
     placement = Placement(device, batch_size, gpu_batch_size)
 
-    @F.pandas_udf(T.StructType(output_fields(shipped.schema)))
+    # pyspark 3.5's stub types only pandas_udf's functionType form, not this type-hint form (Spark >= 3.0)
+    @F.pandas_udf(T.StructType(output_fields(shipped.schema)))  # type: ignore[call-overload]  # no type-hint overload
     def score(values: Union[pd.Series, pd.DataFrame]) -> pd.DataFrame:  # noqa: UP007 - pandas_udf reads Union only
         model, normalize, rows = placement.load(shipped)
         column, pre_errors = features_column(values, shipped.preprocessing)

@@ -27,7 +27,7 @@ import socketserver
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ def run_ranks(
     :class:`~pipelines.events.ConfigProblem` ends the launch with a :class:`ConfigError` naming its key.
     """
     sc = spark.sparkContext
-    slots = local_slots(sc.master, int(sc.getConf().get("spark.task.cpus", "1")))
+    slots = local_slots(str(sc.master), int(sc.getConf().get("spark.task.cpus") or "1"))
     if slots is not None and num_workers > slots:  # Spark would retry its barrier check for seconds first
         raise LaunchError(f"the barrier stage needs {num_workers} task slots at once but master={sc.master} has "
                           f"{slots}: lower train.num_workers or give Spark more cores (local[N], or a smaller "
@@ -118,9 +118,9 @@ def run_ranks(
     def run_stage() -> None:
         sc.setJobGroup(group, description, interruptOnCancel=True)
         try:
-            rdd = sc.parallelize(range(num_workers), num_workers)
-            rdd = (rdd.withResources(resources) if resources is not None else rdd).barrier()
-            outcome["results"] = rdd.mapPartitions(lambda _: _barrier_task(spec)).collect()
+            tasks = sc.parallelize(range(num_workers), num_workers)
+            barrier = (tasks.withResources(resources) if resources is not None else tasks).barrier()
+            outcome["results"] = barrier.mapPartitions(lambda _: _barrier_task(spec)).collect()
         except BaseException as e:  # noqa: BLE001 - whatever ended the stage is reported by the watching thread below
             outcome["error"] = e
 
@@ -154,7 +154,7 @@ def run_ranks(
         coordinator.close()
 
 
-def _barrier_task(spec: TaskSpec):
+def _barrier_task(spec: TaskSpec) -> Iterator[str]:
     """Runs inside each barrier task (on an executor)."""
     from pipelines.launcher.task import run_barrier_task
 

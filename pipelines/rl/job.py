@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -152,12 +153,13 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
         started = time.monotonic()
         losses = learn(model, optimizer, steps, config, iteration)
         update_s = time.monotonic() - started
-        states = list(collected.states)
+        kept = list(collected.states)  # each actor's environment state: the next iteration's, and checkpointed
+        states[:] = kept
         record = iteration_record(iteration, history, collected, steps, losses, rollout_s, update_s, optimizer)
         history.append(record)
         save_rl_checkpoint(checkpoints, RLCheckpoint(iteration + 1, model.state_dict(), optimizer.state_dict(),
-                                                     list(history), fingerprint(config), actors=states,
-                                                     actor_macs=[statekey.sign(s, key) for s in states]))
+                                                     list(history), fingerprint(config), actors=kept,
+                                                     actor_macs=[statekey.sign(s, key) for s in kept]))
         storage.write_text(storage.join(run_dir, "metrics.jsonl"),
                            "".join(json.dumps(h.to_dict()) + "\n" for h in history))
         progress(record)
@@ -235,7 +237,8 @@ def collect(spark: SparkSession, spec: RolloutSpec, policy: bytes, iteration: in
         raise
     finally:
         timer.cancel()
-        sc.setLocalProperty("spark.jobGroup.id", None)
+        # None clears the property (Java null), though pyspark's stub says str
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]  # see the line above
         weights.destroy()
     results = sorted(results, key=lambda r: r.actor)
     table = pa.concat_tables([r.table() for r in results]) if results else schema().empty_table()
@@ -282,7 +285,8 @@ def finish(config: PipelineConfig, run_dir: str, model: models.DlpipeModel,
     rc = config.rl
     model.eval()
     started = time.monotonic()
-    played = run_episodes(lambda obs: model.act(torch.from_numpy(obs).reshape(len(obs), *model.feature_shape),
+    policy = cast(models.Acts, model)  # dlpipe rl checked that the model acts before training it
+    played = run_episodes(lambda obs: policy.act(torch.from_numpy(obs).reshape(len(obs), *model.feature_shape),
                                                 greedy=True)["actions"].numpy(),
                           rc.env_id, rc.eval_episodes, seed=rc.seed + 1_000_000, record=rc.save_trajectories)
     evaluation = GreedyEvaluation(episodes=rc.eval_episodes, mean_return=float(np.mean(played["returns"])),

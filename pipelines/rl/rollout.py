@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 import numpy as np
@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 import models
-from models.base import DlpipeModel
+from models.base import Acts, DlpipeModel
 from pipelines.config import ConfigError
 
 
@@ -144,6 +144,7 @@ def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int,
     """Step the actor's environments ``spec.steps_per_env`` steps with ``policy``, continuing from
     ``state`` (None: the first rollout, fresh environments); one Arrow row per step (:func:`schema`)."""
     torch.set_num_threads(1)  # actors share the cores with each other: one thread each
+    acting = cast(Acts, policy)  # dlpipe rl checked that the model acts before shipping it
     n, steps = spec.envs_per_actor, spec.steps_per_env
     current = ActorState.from_bytes(state) if state is not None else start_actor(spec, actor)
     envs, obs = current.envs, current.obs
@@ -159,7 +160,7 @@ def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int,
     lengths: list[int] = []
     for t in range(steps):
         x = torch.from_numpy(np.asarray(obs, np.float32))
-        out = policy.act(x, generator)
+        out = acting.act(x, generator)
         all_obs[t] = x.reshape(n, -1).numpy()
         actions[t], logprobs[t], values[t] = out["actions"].numpy(), out["logprobs"].numpy(), out["values"].numpy()
         obs, rewards[t], terminated[t], truncated[t], info = envs.step(actions[t])
@@ -172,10 +173,10 @@ def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int,
         cut = np.flatnonzero(truncated[t] & ~terminated[t])  # time limit: bootstrap from the true final obs
         if len(cut):
             final = np.stack([info["final_obs"][i] for i in cut]).astype(np.float32)
-            next_values[t, cut] = policy.value(torch.from_numpy(final)).numpy()
+            next_values[t, cut] = acting.value(torch.from_numpy(final)).numpy()
     done = terminated | truncated
     next_values[:-1] = np.where(done[:-1], next_values[:-1], values[1:])
-    last = policy.value(torch.from_numpy(np.asarray(obs, np.float32))).numpy()  # the rollout ends mid-episode
+    last = acting.value(torch.from_numpy(np.asarray(obs, np.float32))).numpy()  # the rollout ends mid-episode
     next_values[-1] = np.where(done[-1], next_values[-1], last)
     batch = _steps_batch(actor, all_obs, actions, logprobs, values, next_values, rewards, terminated, truncated)
     sink = pa.BufferOutputStream()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
 from pyarrow import filesystem as legacyfs
@@ -38,7 +39,7 @@ class PetastormFileSystem(legacyfs.FileSystem):
         self._fs: pafs.FileSystem | None = None
         self._ahead = read_ahead  # serves the files it reads ahead (this process only: not pickled)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[PetastormFileSystem], tuple[str, _fs.StorageOptions]]:
         return (PetastormFileSystem, (self._location, self._options))
 
     @property
@@ -78,7 +79,7 @@ class PetastormFileSystem(legacyfs.FileSystem):
         for child in dirs:
             yield from self.walk(f"{top.rstrip('/')}/{child}")
 
-    def open(self, path: str, mode: str = "rb"):
+    def open(self, path: str, mode: str = "rb") -> Any:  # a pyarrow file (untyped): Petastorm reads it as a stream
         if "r" in mode:
             ahead = self._ahead.open_path(_strip(path)) if self._ahead is not None else None
             # random access: Parquet footers and row groups
@@ -132,7 +133,7 @@ def _let_fsspec_strip(scheme: str) -> None:
     class PathOnlyFileSystem(fsspec.AbstractFileSystem):
         protocol = (scheme,)
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: object, **kwargs: object) -> None:
             raise ImportError(message)
 
     register_implementation(scheme, PathOnlyFileSystem, clobber=False)

@@ -228,7 +228,7 @@ class _MemoryFile(io.RawIOBase):
         self._pos += len(data)
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # io's stub: any Buffer
         data = self.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)

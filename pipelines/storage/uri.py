@@ -47,12 +47,13 @@ def fail(location: str, key: str | None, problem: str) -> StorageError:
 def is_uri(text: str) -> bool:
     """True when ``text`` has a URI scheme ("s3://b/k", "file:/x"); plain and "C:\\" style paths are not."""
     match = _SCHEME_RE.match(text)
-    return bool(match) and (text[match.end():].startswith("//") or match.group(1).lower() == "file")
+    return match is not None and (text[match.end():].startswith("//") or match.group(1).lower() == "file")
 
 
 def scheme(location: str) -> str:
     """"file" for plain paths and file: URIs, else the URI's scheme (lower case)."""
-    return _SCHEME_RE.match(location).group(1).lower() if is_uri(location) else "file"
+    match = _SCHEME_RE.match(location) if is_uri(location) else None
+    return match.group(1).lower() if match else "file"
 
 
 def is_local(location: str) -> bool:

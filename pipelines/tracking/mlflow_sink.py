@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.tracking.sinks import Sink
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 RUN_ID_TAG = "dlpipe.run_id"  # finds the MLflow run of a dlpipe run id again
 MLFLOW_PARAM_LIMIT = 6000  # characters per param value (MLflow rejects longer ones)
@@ -23,7 +27,7 @@ def configure_mlflow_client(timeout_s: float, file_store: bool) -> None:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
-def mlflow_client(uri: str, timeout_s: float = 10.0):
+def mlflow_client(uri: str, timeout_s: float = 10.0) -> MlflowClient:
     """An ``MlflowClient`` for ``uri`` set up as dlpipe's runs use it (fail fast; the file store
     allowed): also the way to read a run back in Python."""
     configure_mlflow_client(timeout_s, uri.startswith("file:"))
@@ -43,12 +47,18 @@ class MlflowSink(Sink):
         self.dlpipe_run_id = run_id
         self.job = job
         self.timeout_s = timeout_s
-        self.client = None
+        self._client: MlflowClient | None = None  # set by open()
         self.run_id = ""
         self.logged_params: dict[str, str] = {}
 
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            raise RuntimeError("the MLflow sink was used before open()")
+        return self._client
+
     def open(self) -> None:
-        self.client = client = mlflow_client(self.uri, self.timeout_s)
+        self._client = client = mlflow_client(self.uri, self.timeout_s)
         experiment = client.get_experiment_by_name(self.experiment)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment)
         found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{self.dlpipe_run_id}'",
@@ -95,5 +105,5 @@ class MlflowSink(Sink):
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder or None)
 
     def close(self, status: str) -> None:
-        if self.client is not None and self.run_id:
+        if self._client is not None and self.run_id:
             self.client.set_terminated(self.run_id, status)

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ READ_AHEAD_ROW_GROUPS = 8  # row groups fetched ahead of the reader on an object
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
+Item = TypeVar("Item")
 
 
 class _ArrowArrays:
@@ -223,7 +224,7 @@ class Stopwatch:
         self.wait = 0.0
         self.started = time.perf_counter()
 
-    def timed_next(self, it: Iterator):
+    def timed_next(self, it: Iterator[Item]) -> Item | None:
         t0 = time.perf_counter()
         item = next(it, None)
         self.wait += time.perf_counter() - t0

@@ -250,8 +250,8 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     rows_per_step = tc.batch_size * accumulate * shards  # the whole job's rows per optimizer step
     for step in range(position.step, steps):
         ctx.heartbeat()
-        micro = [clock.timed_next(batches) for _ in range(accumulate)]
-        if any(batch is None for batch in micro):
+        micro = [batch for batch in (clock.timed_next(batches) for _ in range(accumulate)) if batch is not None]
+        if len(micro) < accumulate:
             raise RuntimeError(f"rank {ctx.rank}: the loader ended after {step} of {steps} steps")
         for k, v in strategy.train_step(*(to_device(batch, strategy.device) for batch in micro)).items():
             sums[k] = sums.get(k, 0.0) + v

@@ -42,7 +42,7 @@ class Strategy(abc.ABC):
     # train.grad_compression values it supports: the dtype gradients travel in when all-reduced
     compressions: ClassVar[tuple[str, ...]] = ("none",)
     accumulates: ClassVar[bool] = False  # supports train.grad_accumulation > 1 (no_sync between batches)
-    phases: list[TrainingPhase] = []  # set by setup_phases for a model with several optimizers
+    optimizer: torch.optim.Optimizer  # set by setup() (a one-optimizer model)
 
     def __init__(self, ctx: RankContext, tc: TrainConfig, device: torch.device | None = None) -> None:
         self.ctx, self.tc = ctx, tc
@@ -50,6 +50,8 @@ class Strategy(abc.ABC):
         self.device = device or torch.device("cpu")
         self.precision = Precision(tc.precision, self.device)
         self.compress_dtype = COMPRESSIONS[tc.grad_compression]  # None: gradients travel as they are
+        self.phases: list[TrainingPhase] = []  # set by setup_phases for a model with several optimizers
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by phase name, with phases
 
     # --- process group ---------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ class _Loss(nn.Module):
         return self.model.loss(batch)
 
 
-def _compressed_all_reduce(dtype: torch.dtype, bucket):  # type: ignore[no-untyped-def]
+def _compressed_all_reduce(dtype: torch.dtype, bucket):  # type: ignore[no-untyped-def]  # see the docstring
     """DDP communication hook: a gradient bucket (``dist.GradBucket``) cast to ``dtype`` (fp16 or bf16)
     and divided by the ranks, all-reduced, and cast back; returns the future of the bucket. As torch's
     own fp16/bf16 compress hooks do, but theirs refuses bf16 on anything but NCCL, while Gloo reduces
@@ -73,4 +73,6 @@ class DDPStrategy(TorchDistributedStrategy):
         (self.ddp or self.model).train(training)
 
     def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.ddp is None:  # a model with several optimizers steps by phases, never through here
+            raise RuntimeError("ddp: forward_loss needs the DDP wrapper of a one-optimizer model")
         return self.ddp(batch)  # (eval_step calls the model itself: nothing to synchronize)

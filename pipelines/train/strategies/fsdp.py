@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -30,17 +30,17 @@ class FSDPStrategy(TorchDistributedStrategy):
         for module in model.modules():  # each layer with weights of its own is one unit, then the root
             if module is not model and next(module.parameters(recurse=False), None) is not None:
                 fully_shard(module, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        self.sharded = fully_shard(model, mesh=mesh)  # the same module, now with FSDP's methods
         self.model = model
         self.optimizer = make_optimizer(model.parameters())
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
-        self.model.set_requires_gradient_sync(False)  # gradients stay unsharded and accumulate locally
+        self.sharded.set_requires_gradient_sync(False)  # gradients stay unsharded and accumulate locally
         try:
             yield
         finally:
-            self.model.set_requires_gradient_sync(True)
+            self.sharded.set_requires_gradient_sync(True)
 
     def _options(self) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions
@@ -50,8 +50,9 @@ class FSDPStrategy(TorchDistributedStrategy):
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        return (get_model_state_dict(self.model, options=self._options()),
-                get_optimizer_state_dict(self.model, self.optimizer, options=self._options()))
+        # full_state_dict=True: plain tensors under the model's own names (ValueType in torch's stub)
+        model_state = cast(dict[str, torch.Tensor], get_model_state_dict(self.model, options=self._options()))
+        return model_state, get_optimizer_state_dict(self.model, self.optimizer, options=self._options())
 
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: Any) -> None:
         from torch.distributed.checkpoint.state_dict import (
@@ -61,5 +62,5 @@ class FSDPStrategy(TorchDistributedStrategy):
         )
 
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, model_state, options=options)
+        set_model_state_dict(self.model, dict[str, Any](model_state), options=options)
         set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=options)

@@ -17,6 +17,7 @@ from pipelines.train.strategies.base import Batch, OptimizerFactory, Strategy
 
 class HorovodStrategy(Strategy):
     name = "horovod"
+    optimizer: Any  # horovod's DistributedOptimizer (horovod has no type information)
     rendezvous = HorovodRendezvous
     multi_phase = True
     # Horovod's torch all-reduce takes float16, not bfloat16 (horovod/torch/mpi_ops.py's type table)
