@@ -4,7 +4,7 @@ One file (``torch.load(..., weights_only=True)`` loads it): the model's name, co
 and :class:`ArtifactMeta`: the feature shape, the preprocessing (how a raw record became features:
 :class:`Preprocessing`), the ETL's normalization statistics, the label names, and where the model
 came from (dataset identity and version, the run it was warm-started from). This module owns its
-format, where a run keeps it (:func:`artifact_path`) and the transforms both training and inference
+format (where a run keeps it: :class:`pipelines.runfolder.RunFolder`) and the transforms both training and inference
 apply (:class:`Preprocessing`, applied by ``pipelines.preprocess``; then :class:`Normalizer`). It is
 read and written through ``pipelines.storage``, so it may live in any store.
 """
@@ -27,10 +27,6 @@ FORMAT = "dlpipe-model/1"
 TABULAR_KINDS = ("csv", "json", "parquet")
 FEATURES_ONLY = "features"  # an artifact saved before preprocessing was recorded: scores features only
 
-
-def artifact_path(run_dir: str) -> str:
-    """Where a run keeps its model artifact."""
-    return storage.join(run_dir, "model", "model.pt")
 
 
 @dataclass

@@ -62,6 +62,15 @@ MASTER_RULE = Rule("empty, local, local[N], local[*], local-cluster[N,C,M], yarn
                    "is not a Spark master URL (empty = spark-submit's or spark-defaults' master, else local[*])")
 
 
+# Values a setting allows whose code lives in a registry of a higher layer (torch-bound, so not
+# imported here): listed once, here; each registry is built for exactly these names and says so
+# at import (pipelines.train.strategies.STRATEGIES, pipelines.train.precision.PRECISIONS,
+# pipelines.train.strategies.base.COMPRESSIONS).
+STRATEGY_NAMES = ("horovod", "ddp", "fsdp", "pipeline")
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+COMPRESSION_NAMES = ("none", "fp16", "bf16")
+
+
 @dataclass
 class SourceConfig:
     """Where the raw records come from. A new dataset needs a new config, not new code."""
@@ -137,7 +146,7 @@ class TrainConfig:
 
     # horovod | ddp | fsdp: data parallel (fsdp also shards parameters, gradients and optimizer
     # state); pipeline: model parallel, the model cut into one stage per rank.
-    strategy: str = setting("horovod", one_of("horovod", "ddp", "fsdp", "pipeline"))
+    strategy: str = setting("horovod", one_of(*STRATEGY_NAMES))
     num_workers: int = setting(2, at_least(1))  # ranks = barrier tasks
     epochs: int = setting(15, at_least(1))
     batch_size: int = setting(64, at_least(1))  # per rank
@@ -161,7 +170,7 @@ class TrainConfig:
     # Communication knobs of the data-parallel strategies (docs/benchmarks.md measures them):
     # gradients all-reduced in half precision (horovod: fp16; ddp: fp16 or bf16), cast back after;
     # N batches of train.batch_size per optimizer step, one all-reduce per N batches (horovod, ddp, fsdp).
-    grad_compression: str = setting("none", one_of("none", "fp16", "bf16"))
+    grad_compression: str = setting("none", one_of(*COMPRESSION_NAMES))
     grad_accumulation: int = setting(1, at_least(1))
     ddp_bucket_mb: float = setting(25.0, above(0))  # DDP's gradient bucket size (its bucket_cap_mb)
     # Rank processes keep freed memory for the next step (glibc malloc thresholds, see
@@ -179,7 +188,7 @@ class TrainConfig:
     # 0 = the stage asks for nothing of its own (spark.task.resource.gpu.amount, if set, applies)
     gpus_per_rank: int = setting(0, at_least(0))
     # fp32 | bf16 (autocast, GPU or CPU) | fp16 (autocast + loss scaling; GPU, horovod or ddp only)
-    precision: str = setting("fp32", one_of("fp32", "bf16", "fp16"))
+    precision: str = setting("fp32", one_of(*PRECISION_NAMES))
     # Warm start: a run id (its model/model.pt) or an artifact location whose weights the model starts
     # from (the optimizer starts fresh); "" = random weights from train.seed
     init_from: str = setting("", LOCATION)

@@ -21,6 +21,7 @@ import models
 from pipelines import storage
 from pipelines.artifact import Normalizer, load_artifact
 from pipelines.events import EpochRecord
+from pipelines.runfolder import RunFolder
 
 GRID = 8  # images per row in the figures
 CONFUSION_FILE = "confusion_matrix.png"
@@ -186,7 +187,7 @@ def write_report(run_dir: str, summary: Any, curves: dict[str, list[EpochRecord]
     ``pipelines.infer.evaluate.Evaluation`` (None: the model's task has none); ``scored``: what
     inference scored (a split name or a path); ``scored_files``: its Parquet files.
     """
-    report_dir = storage.join(run_dir, "report")
+    report_dir = RunFolder(run_dir).report
     lines = [f"# dlpipe run `{summary.run_id}`", "",
              f"Model **{summary.model}** on dataset **{summary.dataset}** (version {summary.dataset_version}).", "",
              "## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]

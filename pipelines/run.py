@@ -17,18 +17,17 @@ from pyspark.sql import SparkSession
 
 import models
 from pipelines import storage
-from pipelines.config import PipelineConfig, to_yaml
+from pipelines.config import PipelineConfig
 from pipelines.etl import job as etl
 from pipelines.infer import job as infer
 from pipelines.infer import quality
 from pipelines.lease import check_leases
 from pipelines.progress import spark_progress
 from pipelines.report import write_report
+from pipelines.runfolder import RunFolder
 from pipelines.summary import EtlCounts, InferCounts, RunSummary, StageStatus, TrainFigures
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train import driver as train
-
-SUMMARY_FILE = "summary.json"
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> RunSummary:
@@ -38,11 +37,12 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> R
     storage.check_location(run_dir, "workdir")
     if config.infer.output:
         storage.check_location(storage.normalize(config.infer.output), "infer.output")
-    storage.write_text(storage.join(run_dir, "config.yaml"), to_yaml(config))
+    folder = RunFolder(run_dir)
+    folder.write_config(config)
     with open_tracker(config, "run") as tracker:
         summary = _stages(spark, config, on_event, tracker)
-        for name in (SUMMARY_FILE, "config.yaml", "metrics.jsonl"):
-            tracker.log_artifact(storage.join(run_dir, name))
+        for location in folder.tracked_files:
+            tracker.log_artifact(location)
         for entry in storage.list_files(storage.parent(summary.report), recursive=False):
             tracker.log_artifact(entry.location, "report")
     return summary
@@ -56,7 +56,7 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
     def save(**changes: Any) -> None:
         nonlocal summary
         summary = dataclasses.replace(summary, **changes)
-        storage.write_text(storage.join(run_dir, SUMMARY_FILE), summary.to_json())
+        storage.write_text(RunFolder(run_dir).summary, summary.to_json())
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:
         check_leases()

@@ -17,7 +17,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from pipelines import storage
-from pipelines.artifact import ArtifactMeta, artifact_path, load_artifact
+from pipelines.artifact import ArtifactMeta, load_artifact
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation, evaluate
@@ -25,6 +25,7 @@ from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored
 from pipelines.infer.scoring import check_kept, plan_scoring, predict
 from pipelines.publish import COMMIT_FILE, committed_files, publishing
 from pipelines.readers import ReadLease
+from pipelines.runfolder import RunFolder
 from pipelines.session import describe
 from pipelines.tables import read_parquet, write_parquet
 
@@ -55,7 +56,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> InferResult:
     ic = config.infer
     run_dir = config.run_dir()
     artifact = model_artifact(config)
-    output = storage.normalize(ic.output) if ic.output else storage.join(run_dir, "predictions")
+    output = storage.normalize(ic.output) if ic.output else RunFolder(run_dir).predictions
     storage.check_location(output, "infer.output" if ic.output else "workdir")
     model, meta = load_artifact(artifact)
     # Registered before the input is resolved: a commit meanwhile keeps what this job reads.
@@ -115,7 +116,7 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
     if label is not None and scored is not None:  # a label implies scored rows (checked for the type checker)
         outputs = scored.select(*model.output_schema(), "error", label.alias("label"))
         evaluation = evaluate(outputs, scored_features(scoring, meta.preprocessing), meta,
-                              storage.join(run_dir, "report"))
+                              RunFolder(run_dir).report)
     elif scoring.label_column:
         print(f"dlpipe infer: no evaluation: the label column {scoring.label_column!r} is not among "
               f"infer.keep_columns", flush=True)
@@ -131,9 +132,9 @@ def model_artifact(config: PipelineConfig) -> str:
     if ic.artifact:
         artifact, key = storage.normalize(ic.artifact), "infer.artifact"
     elif ic.model_run:
-        artifact, key = artifact_path(config.run_dir(ic.model_run)), "infer.model_run"
+        artifact, key = RunFolder(config.run_dir(ic.model_run)).artifact, "infer.model_run"
     else:
-        artifact, key = artifact_path(config.run_dir()), "run_id"
+        artifact, key = RunFolder.of(config).artifact, "run_id"
     if not storage.is_file(artifact):
         run = ic.model_run or config.run_id
         raise ModelNotFoundError(f"model artifact {storage.redact(artifact)} ({key}) does not exist: train first "

@@ -17,9 +17,10 @@ import torch
 
 import models
 from pipelines import dataset, storage
-from pipelines.artifact import Normalizer, artifact_meta, artifact_path, load_artifact, save_artifact
+from pipelines.artifact import Normalizer, artifact_meta, load_artifact, save_artifact
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.formats import Record
+from pipelines.runfolder import RunFolder
 
 CLASSIFIER_BATCH = 64
 SEED = 0
@@ -94,7 +95,7 @@ def feature_classifier(config: PipelineConfig, view: dataset.DatasetView) -> tup
     else a CNN trained here on the train split, cached under ``<workdir>/quality/``."""
     qc = config.quality
     if qc.classifier_run:
-        path = artifact_path(config.run_dir(qc.classifier_run))
+        path = RunFolder(config.run_dir(qc.classifier_run)).artifact
         if not storage.is_file(path):
             raise ConfigError(f"quality.classifier_run={qc.classifier_run!r}: no model artifact at "
                               f"{storage.redact(path)}; name a finished run of a classifier (model.name=cnn), or "

@@ -23,6 +23,7 @@ from pipelines.formats import Record
 from pipelines.infer.job import model_artifact
 from pipelines.rl.job import GreedyEvaluation
 from pipelines.rl.rollout import env_spaces, run_episodes
+from pipelines.runfolder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> RLEvalResult:
         episodes=rc.eval_episodes, mean_return=float(np.mean(played["returns"])),
         std_return=float(np.std(played["returns"])), mean_length=float(np.mean(played["lengths"])),
         seconds=round(time.monotonic() - started, 2)))
-    storage.write_text(storage.join(config.run_dir(), "rl_eval.json"), result.to_json())
+    storage.write_text(RunFolder.of(config).rl_eval, result.to_json())
     return result
 
 

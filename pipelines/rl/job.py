@@ -30,7 +30,7 @@ from pyspark.sql import SparkSession
 
 import models
 from pipelines import storage
-from pipelines.config import PipelineConfig, to_yaml
+from pipelines.config import PipelineConfig
 from pipelines.formats import Record
 from pipelines.lease import check_leases
 from pipelines.publish import committed_folder, publishing
@@ -40,10 +40,9 @@ from pipelines.rl.checkpoint import IterationRecord, RLCheckpoint, latest_rl_che
 from pipelines.rl.ppo import UpdateSettings, annealed_lr, ppo_update
 from pipelines.rl.report import IterationProgress, write_rl_report
 from pipelines.rl.rollout import ActorResult, RolloutSpec, env_spaces, policy_to_bytes, run_episodes, schema
+from pipelines.runfolder import RunFolder
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
-
-POLICY_FILE = "policy.pt"  # <run>/model/policy.pt: models.to_artifact_dict of the final policy
 
 
 class RolloutError(RuntimeError):
@@ -100,8 +99,8 @@ def main(spark: SparkSession, config: PipelineConfig,
     with open_tracker(config, "rl") as tracker:
         summary = _train(spark, config, model, on_iteration, tracker)
         tracker.log_metrics({"eval": summary.eval.to_dict()}, step=summary.iterations)
-        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
-            tracker.log_artifact(storage.join(run_dir, name))
+        for location in RunFolder(run_dir).tracked_files:
+            tracker.log_artifact(location)
         for entry in storage.list_files(storage.parent(summary.report), recursive=False):
             tracker.log_artifact(entry.location, "report")
         tracker.log_artifact(summary.policy, "model")
@@ -112,9 +111,10 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
            on_iteration: Callable[[IterationRecord], None] | None, tracker: Tracker) -> RLSummary:
     rc = config.rl
     run_dir = config.run_dir()
-    storage.write_text(storage.join(run_dir, "config.yaml"), to_yaml(config))
+    folder = RunFolder(run_dir)
+    folder.write_config(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=rc.lr, eps=1e-5)
-    checkpoints = storage.join(run_dir, "checkpoints")
+    checkpoints = folder.checkpoints
     history: list[IterationRecord] = []
     states: list[bytes | None] = [None] * rc.num_actors
     unusable: list[str] = []
@@ -160,7 +160,7 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
         save_rl_checkpoint(checkpoints, RLCheckpoint(iteration + 1, model.state_dict(), optimizer.state_dict(),
                                                      list(history), fingerprint(config), actors=kept,
                                                      actor_macs=[statekey.sign(s, key) for s in kept]))
-        storage.write_text(storage.join(run_dir, "metrics.jsonl"),
+        storage.write_text(folder.metrics,
                            "".join(json.dumps(h.to_dict()) + "\n" for h in history))
         progress(record)
         tracker.log_metrics({k: v for k, v in record.to_dict().items() if k != "iteration"}, step=record.iteration)
@@ -293,18 +293,19 @@ def finish(config: PipelineConfig, run_dir: str, model: models.DlpipeModel,
                                   std_return=float(np.std(played["returns"])),
                                   mean_length=float(np.mean(played["lengths"])),
                                   seconds=round(time.monotonic() - started, 2))
-    policy_path = storage.join(run_dir, "model", POLICY_FILE)
+    folder = RunFolder(run_dir)
+    policy_path = folder.policy
     buffer = io.BytesIO()
     torch.save(models.to_artifact_dict(model), buffer)
     storage.write_bytes(policy_path, buffer.getvalue())
-    trajectories = write_trajectories(storage.join(run_dir, "trajectories"), played) if rc.save_trajectories else ""
+    trajectories = write_trajectories(folder.trajectories, played) if rc.save_trajectories else ""
     report = write_rl_report(run_dir, config.run_id, history, evaluation, rc.env_id)
     summary = RLSummary(run_id=config.run_id, env_id=rc.env_id, model=config.model.name, num_actors=rc.num_actors,
                         iterations=len(history), env_steps=history[-1].env_steps if history else 0,
                         train_seconds=round(sum(h.rollout_s + h.update_s for h in history), 1),
                         final=history[-1] if history else None, eval=evaluation, policy=policy_path, report=report,
                         trajectories=trajectories)
-    storage.write_text(storage.join(run_dir, "summary.json"), summary.to_json())
+    storage.write_text(folder.summary, summary.to_json())
     print(f"dlpipe rl {config.run_id}: greedy evaluation over {rc.eval_episodes} episodes: mean return "
           f"{evaluation.mean_return:.1f} +- {evaluation.std_return:.1f}", flush=True)
     return summary

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 from pipelines import storage
 from pipelines.report import png_bytes, pyplot
 from pipelines.rl.checkpoint import IterationRecord
+from pipelines.runfolder import RunFolder
 
 CURVE_FILE = "return_curve.png"
 
@@ -34,7 +35,7 @@ def plot_return_curve(history: list[IterationRecord], env_id: str, greedy_return
 def write_rl_report(run_dir: str, run_id: str, history: list[IterationRecord], evaluation: Any, env_id: str) -> str:
     """``<run>/report/report.md`` and the return curve beside it (the page last); the report's location.
     ``evaluation``: the run's ``pipelines.rl.job.GreedyEvaluation``."""
-    folder = storage.join(run_dir, "report")
+    folder = RunFolder(run_dir).report
     storage.write_bytes(storage.join(folder, CURVE_FILE), plot_return_curve(history, env_id, evaluation.mean_return))
     lines = [f"# RL run {run_id}: {env_id}", "",
              f"Greedy evaluation, {evaluation.episodes} episodes: mean return **{evaluation.mean_return:.1f}** "

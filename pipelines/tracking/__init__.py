@@ -27,6 +27,7 @@ from typing import Any
 from pipelines import storage
 from pipelines.config import PipelineConfig, TrackingConfig, to_yaml
 from pipelines.events import EpochEnded, EpochRecord, RankEvent, Resumed, StepProgress
+from pipelines.runfolder import RunFolder
 from pipelines.tracking.sinks import Sink, TensorBoardSink
 
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -195,7 +196,9 @@ def mlflow_uri(config: PipelineConfig) -> str:
 
 def tensorboard_dir(config: PipelineConfig) -> Path:
     home = tracking_home(config)
-    return Path(config.run_dir()) / "tb" if home == Path(config.workdir_location) else home / "tb" / config.run_id
+    if home == Path(config.workdir_location):
+        return Path(RunFolder.of(config).tensorboard)
+    return home / "tb" / config.run_id  # a tracking home of its own keeps every run's events together
 
 
 _SAID_WHERE: set[str] = set()

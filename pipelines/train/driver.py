@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 
 from pipelines import events, storage
-from pipelines.config import PipelineConfig, to_yaml
+from pipelines.config import PipelineConfig
 from pipelines.dataset import VALIDATION_SPLIT, steps_per_epoch, view_folders
 from pipelines.events import EpochRecord
 from pipelines.formats import Record
@@ -24,6 +24,7 @@ from pipelines.launcher import LaunchError, run_ranks
 from pipelines.lease import check_leases
 from pipelines.progress import EpochProgress
 from pipelines.readers import ReadLease
+from pipelines.runfolder import RunFolder
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train.job import TrainJob, plan_job, record_run_data
@@ -97,7 +98,7 @@ def _planned(spark: SparkSession, job: TrainJob, on_event: EventHandler | None, 
     if job.validation is None:
         print(f"dlpipe train: dataset {config.dataset} has no '{VALIDATION_SPLIT}' split: training without "
               f"per-epoch validation", flush=True)
-    storage.write_text(storage.join(run_dir, "config.yaml"), to_yaml(config))
+    RunFolder(run_dir).write_config(config)
     if tracker is not None:
         return _attempts(spark, job, on_event, entry, tracker)
     with open_tracker(config, "train") as own:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import dataset, storage
-from pipelines.artifact import artifact_path
 from pipelines.config import ConfigError, PipelineConfig, from_dict
 from pipelines.formats import FormatError, Record, from_plain
+from pipelines.runfolder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,15 @@ class TrainJob(Record):
 
     @property
     def artifact(self) -> str:
-        return artifact_path(self.run_dir)
+        return RunFolder(self.run_dir).artifact
 
     @property
     def checkpoints(self) -> str:
-        return storage.join(self.run_dir, "checkpoints")
+        return RunFolder(self.run_dir).checkpoints
 
     @property
     def metrics_file(self) -> str:
-        return storage.join(self.run_dir, "metrics.jsonl")
+        return RunFolder(self.run_dir).metrics
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "config": self.config.to_dict()}
@@ -62,7 +62,6 @@ class TrainJob(Record):
                    init_from=from_plain(str, value.get("init_from", ""), where, "init_from"))
 
 
-RUN_DATA_FILE = "dataset.json"  # in a run folder: the dataset version the run trains on
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def plan_job(config: PipelineConfig, run_dir: str = "", version: int = 0, init_f
     """The job for ``config``'s dataset and run (default ``config.run_dir()``). The version: ``version``,
     else ``dataset_version``, else the one the run recorded when it first started, else the newest."""
     run_dir = run_dir or config.run_dir()
-    recorded_at = storage.join(run_dir, RUN_DATA_FILE)
+    recorded_at = RunFolder(run_dir).dataset_record
     recorded = RunData.from_json(storage.read_text(recorded_at), recorded_at) if storage.exists(recorded_at) else None
     wanted = version or config.dataset_version
     if recorded is not None and recorded.dataset == config.dataset:
@@ -95,6 +94,6 @@ def plan_job(config: PipelineConfig, run_dir: str = "", version: int = 0, init_f
 
 def record_run_data(job: TrainJob) -> None:
     """Write the run's dataset version (once: a re-run keeps what the run started with)."""
-    location = storage.join(job.run_dir, RUN_DATA_FILE)
+    location = RunFolder(job.run_dir).dataset_record
     if not storage.exists(location):
         storage.write_text(location, RunData(job.config.dataset, job.data.version, job.data.identity).to_json())

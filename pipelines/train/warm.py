@@ -11,10 +11,11 @@ from typing import Any
 
 import models
 from pipelines import storage
-from pipelines.artifact import ArtifactMeta, artifact_path, load_metadata
+from pipelines.artifact import ArtifactMeta, load_metadata
 from pipelines.config import PipelineConfig
 from pipelines.errors import ConfigError
 from pipelines.formats import to_plain
+from pipelines.runfolder import RunFolder
 
 
 def warm_start_artifact(config: PipelineConfig) -> str:
@@ -23,7 +24,7 @@ def warm_start_artifact(config: PipelineConfig) -> str:
     if not given:
         return ""
     if storage.is_local(given) and "/" not in given:  # a run id, as `infer.model_run` names one
-        by_run = artifact_path(config.run_dir(given))
+        by_run = RunFolder(config.run_dir(given)).artifact
         if storage.is_file(by_run):
             return by_run
     location = storage.normalize(given)

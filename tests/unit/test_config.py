@@ -177,3 +177,17 @@ def test_a_storage_secret_holding_a_slash_is_refused_and_never_echoed():
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"workdir={location}"])
     assert "credentials must not be written" in str(err.value) and "TOPSECRET" not in str(err.value)
+
+
+def test_the_allowed_strategies_precisions_and_compressions_are_listed_once_and_are_the_registries():
+    from pipelines.config import COMPRESSION_NAMES, PRECISION_NAMES, STRATEGY_NAMES, ConfigError, load_config
+    from pipelines.train.precision import PRECISIONS
+    from pipelines.train.strategies import STRATEGIES
+    from pipelines.train.strategies.base import COMPRESSIONS
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES and tuple(PRECISIONS) == PRECISION_NAMES
+    assert tuple(COMPRESSIONS) == COMPRESSION_NAMES
+    for key, names in (("train.strategy", STRATEGY_NAMES), ("train.precision", PRECISION_NAMES),
+                       ("train.grad_compression", COMPRESSION_NAMES)):
+        with pytest.raises(ConfigError, match=f"must be one of {', '.join(names)}$"):
+            load_config(None, [f"{key}=nonesuch"])

@@ -68,7 +68,7 @@ LAYERS = [
     ("models",),
     ("pipelines.errors", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
      "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.readers",
-     "pipelines.publish",
+     "pipelines.publish", "pipelines.runfolder",
      "pipelines.checkpoints", "pipelines.tracking"),
     ("pipelines.dataset", "pipelines.artifact", "pipelines.session", "pipelines.preprocess", "pipelines.tables",
      "pipelines.raw", "pipelines.launcher"),
@@ -121,3 +121,37 @@ def test_the_wheel_holds_the_two_packages_and_no_benchmark_or_test_code(tmp_path
     tops = {n.split("/")[0] for n in names if not n.startswith("dlpipe-")}
     assert tops == {"pipelines", "models"}, tops
     assert "pipelines/configs/digits_cnn.yaml" in names and "pipelines/train/rank.py" in names
+
+
+def test_only_the_run_folder_module_spells_the_run_folders_files():
+    """The run folder has one owner (pipelines/runfolder.py): no other module spells its file names,
+    so a layout change is made, and read, in one place."""
+    names = {"config.yaml", "summary.json", "metrics.jsonl", "dataset.json", "rl_eval.json", "policy.pt"}
+    spelled = []
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            if path.name == "runfolder.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in names:
+                    spelled.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {node.value!r}")
+    assert spelled == [], "ask pipelines.runfolder.RunFolder for these paths:\n" + "\n".join(spelled)
+
+
+def test_config_yaml_is_written_once_per_job_and_again_only_when_it_changes(tmp_path, monkeypatch):
+    from pipelines import storage
+    from pipelines.config import load_config, to_yaml
+    from pipelines.runfolder import RunFolder
+
+    config = load_config(None, [f"workdir={tmp_path}", "run_id=r1"])
+    folder = RunFolder.of(config)
+    writes = []
+    real_write = storage.write_text
+    monkeypatch.setattr(storage, "write_text", lambda location, text: (writes.append(location), real_write(location, text)))
+    assert folder.write_config(config) is True
+    assert folder.write_config(config) is False  # the training stage inside `dlpipe run`: the same text
+    changed = load_config(None, [f"workdir={tmp_path}", "run_id=r1", "train.epochs=3"])
+    assert folder.write_config(changed) is True  # a re-run with another config records it
+    assert writes == [folder.config_file, folder.config_file]
+    assert storage.read_text(folder.config_file) == to_yaml(changed)
+    assert folder.config_file == str(tmp_path / "runs" / "r1" / "config.yaml")

@@ -18,13 +18,15 @@ import torch
 
 from models import DlpipeModel
 from models.base import TrainingPhase
-from pipelines.config import TrainConfig
+from pipelines.config import COMPRESSION_NAMES, PRECISION_NAMES, TrainConfig
 from pipelines.launcher.rank import RankContext
 from pipelines.train import step
 from pipelines.train.precision import Precision
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 COMPRESSIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # train.grad_compression
+if tuple(COMPRESSIONS) != COMPRESSION_NAMES:  # its values are listed once, in the config
+    raise ImportError(f"compressions {tuple(COMPRESSIONS)} differ from pipelines.config.COMPRESSION_NAMES")
 Batch = dict[str, torch.Tensor]
 
 
@@ -34,7 +36,7 @@ class Strategy(abc.ABC):
     name: ClassVar[str]
     rendezvous: ClassVar[type]  # the driver-side rendezvous its ranks meet through (pipelines.train.rendezvous)
     data_parallel: ClassVar[bool] = True  # False: every rank reads the same batches (model parallel)
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")  # train.precision values it supports
+    precisions: ClassVar[tuple[str, ...]] = PRECISION_NAMES  # train.precision values it supports (default: all)
     lockstep_eval: ClassVar[bool] = False  # True: an eval forward is a collective (ranks must run as many)
     # True: trains models with several optimizers (``model.training_phases()``, a GAN) by
     # averaging each phase's gradients itself (:meth:`average_gradients`).

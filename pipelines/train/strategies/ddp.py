@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from models import DlpipeModel
+from pipelines.config import COMPRESSION_NAMES
 from pipelines.train.strategies.base import Batch, OptimizerFactory
 from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
 
@@ -47,7 +48,7 @@ def _compressed_all_reduce(dtype: torch.dtype, bucket):  # type: ignore[no-untyp
 class DDPStrategy(TorchDistributedStrategy):
     name = "ddp"
     multi_phase = True
-    compressions = ("none", "fp16", "bf16")  # a communication hook (below); Gloo and NCCL reduce both
+    compressions = COMPRESSION_NAMES  # all, by a communication hook (below); Gloo and NCCL reduce both
     accumulates = True  # no_sync() for all but the last batch of a step
 
     def setup(self, model: DlpipeModel, make_optimizer: OptimizerFactory) -> None:

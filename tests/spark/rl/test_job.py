@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.config import ConfigError, load_config
 from pipelines import run
+from pipelines.config import ConfigError, load_config
 from pipelines.rl import evaluate, job
 from pipelines.rl.job import RolloutError
+from pipelines.runfolder import RunFolder
 from pipelines.tracking import TRACKING_OFF
 from testkit import REPO_ROOT
 
@@ -32,7 +33,7 @@ def _metrics(run_dir):
 
 
 def _weights(run_dir):
-    return torch.load(Path(run_dir) / "model" / job.POLICY_FILE, weights_only=True)["state_dict"]
+    return torch.load(RunFolder(str(run_dir)).policy, weights_only=True)["state_dict"]
 
 
 def test_two_runs_with_the_same_seed_and_actors_give_identical_metrics_and_weights(spark, tmp_path):
