@@ -88,9 +88,18 @@ def render(results: dict[str, dict[str, Any]], size: str) -> str:
     ]
     if not results:
         return "\n".join(lines + [f"No benchmark results at size `{size}` yet: run `make bench`.", ""])
+    lines += _machine_lines(results, size)
+    lines += _summary_lines(results)
+    for name, r in results.items():
+        lines += _benchmark_lines(name, r)
+    return "\n".join(lines) + "\n"
+
+
+def _machine_lines(results: dict[str, dict[str, Any]], size: str) -> list[str]:
+    """The Machine and Reproduce sections: where the figures were measured and how to measure them again."""
     first = next(iter(results.values()))
     m = first["machine"]
-    lines += [
+    return [
         "## Machine",
         "",
         f"- {m['cores']} cores: {m['cpu']}; {m['memory_gib']} GiB memory; {m['os']}",
@@ -113,6 +122,12 @@ def render(results: dict[str, dict[str, Any]], size: str) -> str:
         "median of the repeated measurements, and the spread is (max - min) / median over them. The load "
         "average above includes the benchmark's own processes (about 2 while two ranks train).",
         "",
+    ]
+
+
+def _summary_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The Summary table: every benchmark's ratios against their targets, on one screen."""
+    lines = [
         "## Summary",
         "",
         "| benchmark | figure | measured | target | |",
@@ -122,30 +137,34 @@ def render(results: dict[str, dict[str, Any]], size: str) -> str:
         for key, value in r["ratios"].items():
             lines.append(f"| {name} | `{key}` | {_num(value)} | {r['targets'].get(key, '')} | "
                          f"{_verdict(r['met'].get(key))} |")
-    for name, r in results.items():
-        what = WHAT.get(name, name)
-        lines += ["", f"## {name}", "", what[0].upper() + what[1:] + ".", "", f"`{r['command']}` ({r['seconds']:g} s). "
-                  "Parameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items()) + ".", "",
-                  "| contender | median | spread | runs | unit | what |", "| --- | --- | --- | --- | --- | --- |"]
-        for c_name, c in r["contenders"].items():
-            lines.append(f"| `{c_name}` | {_num(c['median'])} | {c['spread']:.1%} | {len(c['values'])} | "
-                         f"{c['unit']} | {c['description']} |")
-        for c_name, why in r["unavailable"].items():
-            lines.append(f"| `{c_name}` | n/a | | 0 | | could not run here: {why} |")
-        details = [f"`{c_name}`: " + "; ".join(f"{k} {json.dumps(v)}" for k, v in c.items() if k not in _STANDARD)
-                   for c_name, c in r["contenders"].items() if set(c) - _STANDARD]
-        if details:
-            lines += ["", "Details: " + ". ".join(details) + "."]
-        lines += ["", "| figure | measured | target | |", "| --- | --- | --- | --- |"]
-        for key, value in r["ratios"].items():
-            lines.append(f"| `{key}` | {_num(value)} | {r['targets'].get(key, '')} | {_verdict(r['met'].get(key))} |")
-        for key, text in r.get("limits", {}).items():
-            lines += ["", f"**What limits `{key}`.** {text}"]
-        for note in r.get("notes", []):
-            lines += ["", note]
-        for name in r.get("figures", []):
-            lines += ["", f"![{name}](bench-{name})"]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _benchmark_lines(name: str, r: dict[str, Any]) -> list[str]:
+    """One benchmark's section: what it compares, its contenders, its ratios, and what limits them."""
+    what = WHAT.get(name, name)
+    lines = ["", f"## {name}", "", what[0].upper() + what[1:] + ".", "", f"`{r['command']}` ({r['seconds']:g} s). "
+             "Parameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items()) + ".", "",
+             "| contender | median | spread | runs | unit | what |", "| --- | --- | --- | --- | --- | --- |"]
+    for c_name, c in r["contenders"].items():
+        lines.append(f"| `{c_name}` | {_num(c['median'])} | {c['spread']:.1%} | {len(c['values'])} | "
+                     f"{c['unit']} | {c['description']} |")
+    for c_name, why in r["unavailable"].items():
+        lines.append(f"| `{c_name}` | n/a | | 0 | | could not run here: {why} |")
+    details = [f"`{c_name}`: " + "; ".join(f"{k} {json.dumps(v)}" for k, v in c.items() if k not in _STANDARD)
+               for c_name, c in r["contenders"].items() if set(c) - _STANDARD]
+    if details:
+        lines += ["", "Details: " + ". ".join(details) + "."]
+    lines += ["", "| figure | measured | target | |", "| --- | --- | --- | --- |"]
+    for key, value in r["ratios"].items():
+        lines.append(f"| `{key}` | {_num(value)} | {r['targets'].get(key, '')} | {_verdict(r['met'].get(key))} |")
+    for key, text in r.get("limits", {}).items():
+        lines += ["", f"**What limits `{key}`.** {text}"]
+    for note in r.get("notes", []):
+        lines += ["", note]
+    for figure in r.get("figures", []):
+        lines += ["", f"![{figure}](bench-{figure})"]
+    return lines
 
 
 if __name__ == "__main__":

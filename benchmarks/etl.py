@@ -22,9 +22,10 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,6 @@ STAGE_PREFIX = "etl: "  # how the ETL names its stages (``describe(spark, "etl: 
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the etl benchmark at ``size``; print its table, write ``etl.json``, return its JSON."""
-    from pipelines.etl import job as etl
-
     s = SIZES[size]
     spec = s.spec
     report = harness.Report(NAME, size)
@@ -74,6 +73,26 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                      "spark_cores": spark.sparkContext.defaultParallelism}
 
     phases: list[dict[str, float]] = []
+    contenders = _contenders(spark, cfg, spec, source_files, copy, phases)
+    harness.log(NAME, f"dlpipe ETL, its pass to a noop sink, plain Spark (as is, sorted by id), "
+                      f"{rows} rows, alternating")
+    figures = _alternate(contenders, s)
+    measured = phases[-s.repeats:]
+    phase_medians = {k: round(statistics.median(p[k] for p in measured), 3) for k in measured[0]}
+    _record(report, figures, phase_medians)
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+    _ratios(report, rows, phase_medians)
+    return harness.finish(report, config)
+
+
+def _contenders(spark: Any, cfg: PipelineConfig, spec: data.DataSpec, source_files: list[str], copy: Path,
+                phases: list[dict[str, float]]) -> dict[str, Callable[[], float]]:
+    """The four contenders, each a call measuring one run in rows/s; dlpipe's ETL also appends its
+    phases' seconds to ``phases`` (so the report can show where its time goes)."""
+    from pipelines.etl import job as etl
+
+    rows = spec.num_samples
 
     def dlpipe_etl() -> float:
         started = time.perf_counter()
@@ -102,10 +121,12 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         frame.write.mode("overwrite").parquet(str(copy))
         return rows / (time.perf_counter() - started)
 
-    harness.log(NAME, f"dlpipe ETL, its pass to a noop sink, plain Spark (as is, sorted by id), "
-                      f"{rows} rows, alternating")
-    contenders = {"dlpipe_etl": dlpipe_etl, "plain_spark": plain,
-                  "plain_spark_sorted": lambda: plain(sorted_by_id=True), "dlpipe_pass_to_noop": pass_to_noop}
+    return {"dlpipe_etl": dlpipe_etl, "plain_spark": plain,
+            "plain_spark_sorted": lambda: plain(sorted_by_id=True), "dlpipe_pass_to_noop": pass_to_noop}
+
+
+def _alternate(contenders: dict[str, Callable[[], float]], s: Size) -> dict[str, list[float]]:
+    """Each contender's figures: an optional discarded round, then ``s.repeats`` rounds taking turns."""
     if s.warmup:
         for measure in contenders.values():
             measure()
@@ -113,8 +134,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     for _ in range(s.repeats):  # alternate, so a change in machine load hits all alike
         for name, measure in contenders.items():
             figures[name].append(measure())
-    measured = phases[-s.repeats:]
-    phase_medians = {k: round(statistics.median(p[k] for p in measured), 3) for k in measured[0]}
+    return figures
+
+
+def _record(report: harness.Report, figures: dict[str, list[float]], phase_medians: dict[str, float]) -> None:
+    """Add the contenders' figures to ``report``, the ETL's with its median phase seconds."""
     report.add("dlpipe_etl", figures["dlpipe_etl"], "rows/s", "pipelines.etl.job.main on the Parquet source",
                phase_seconds=phase_medians)
     report.add("plain_spark", figures["plain_spark"], "rows/s", "spark.read.parquet -> DataFrame.write.parquet")
@@ -122,10 +146,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                "the same copy, repartition(output_files, id).sortWithinPartitions(id) before the write")
     report.add("dlpipe_pass_to_noop", figures["dlpipe_pass_to_noop"], "rows/s",
                "pipelines.etl.job.ordered_records (read, checks, shuffle, sort) into Spark's noop sink")
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
 
-    # All recorded just above: medians, never None.
+
+def _ratios(report: harness.Report, rows: int, phase_medians: dict[str, float]) -> None:
+    """The ETL against plain Spark's copies, and what limits it when it misses its target."""
+    # All recorded by _record: medians, never None.
     etl_rate, copy_rate, sorted_rate, noop_rate = (
         report.measured(k) for k in ("dlpipe_etl", "plain_spark", "plain_spark_sorted", "dlpipe_pass_to_noop"))
     report.ratios["ratio_vs_plain_spark"] = harness.ratio(etl_rate, copy_rate)
@@ -134,7 +159,6 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     if harness.meets("ratio_vs_plain_spark", report.ratios["ratio_vs_plain_spark"]) is False:
         report.limits["ratio_vs_plain_spark"] = etl_limit(rows, copy_rate, sorted_rate, phase_medians,
                                                           rows / noop_rate)
-    return harness.finish(report, config)
 
 
 def etl_limit(rows: int, copy_rate: float, sorted_rate: float, phases: dict[str, float],

@@ -52,8 +52,6 @@ SIZES = {
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the infer benchmark at ``size``; print its table, write ``infer.json``, return its JSON."""
-    from pipelines.infer import scoring
-
     s = SIZES[size]
     report = harness.Report(NAME, size)
     view = data.view(data.dataset(spark, config, s.spec))
@@ -68,20 +66,32 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                      "feature_shape": manifest.feature_shape, "batch_size": batch, "spark_cores": cores,
                      "torch_threads_total": cores, "repeats": s.repeats,
                      "input_partitions": spark.read.parquet(*source).rdd.getNumPartitions()}
+    measures = _warmed_contenders(spark, report, source, artifact, work / "out", batch, cores, rows)
+    harness.log(NAME, f"{len(measures)} contenders on {rows} rows, {s.repeats} rounds")
+    figures = harness.interleaved(measures, s.repeats, warmup=0)
+    _record(report, figures, cores)
+    _ratios(report)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    return harness.finish(report, config)
+
+
+def _warmed_contenders(spark: Any, report: harness.Report, source: list[str], artifact: Path, out: Path,
+                       batch: int, cores: int, rows: int) -> dict[str, Callable[[], float]]:
+    """The contenders, each a call measuring one run in rows/s writing to ``out``; the Spark ones have
+    run once (Python workers, model loads), and predict_batch_udf is skipped in ``report`` if it cannot run."""
+    from pipelines.infer import scoring
 
     def timed(write: Callable[[str], None]) -> float:
-        out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
         write(str(out))
         return rows / (time.perf_counter() - started)
 
-    def dlpipe_job(out: str) -> None:
+    def dlpipe_job(folder: str) -> None:
         predictions, _ = scoring.predict(spark, spark.read.parquet(*source), str(artifact), batch)
-        predictions.write.mode("overwrite").parquet(out)
+        predictions.write.mode("overwrite").parquet(folder)
 
     def torch_process() -> float:
-        out = work / "out"
         shutil.rmtree(out, ignore_errors=True)
         result = procs.run_worker({"job": "infer_torch", "files": source, "artifact": str(artifact),
                                    "output": str(out), "batch": batch, "threads": cores},
@@ -97,8 +107,11 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         measures["predict_batch_udf"] = lambda: timed(udf_job)
     except Exception as e:  # noqa: BLE001 - a contender that cannot run here is recorded, not faked
         report.skip_error("predict_batch_udf", e)
-    harness.log(NAME, f"{len(measures)} contenders on {rows} rows, {s.repeats} rounds")
-    figures = harness.interleaved(measures, s.repeats, warmup=0)
+    return measures
+
+
+def _record(report: harness.Report, figures: dict[str, list[float]], cores: int) -> None:
+    """Add every measured contender's figures to ``report``, with what it ran."""
     descriptions = {
         "dlpipe_infer": "pipelines.infer.scoring.predict (mapInArrow) -> Parquet",
         "torch_1_process": f"one PyTorch process, {cores} threads: pyarrow read -> predict -> pyarrow write "
@@ -108,6 +121,9 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     for key, values in figures.items():
         report.add(key, values, "rows/s", descriptions[key])
 
+
+def _ratios(report: harness.Report) -> None:
+    """dlpipe's job against the two baselines, and what limits it where it misses a target."""
     dl = report.median("dlpipe_infer")
     report.ratios["ratio_vs_torch"] = harness.ratio(dl, report.median("torch_1_process"))
     report.ratios["ratio_vs_predict_batch_udf"] = harness.ratio(dl, report.median("predict_batch_udf"))
@@ -115,8 +131,6 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         report.limits["ratio_vs_torch"] = TORCH_LIMIT
     if harness.meets("ratio_vs_predict_batch_udf", report.ratios["ratio_vs_predict_batch_udf"]) is False:
         report.limits["ratio_vs_predict_batch_udf"] = UDF_LIMIT
-    shutil.rmtree(work / "out", ignore_errors=True)
-    return harness.finish(report, config)
 
 
 TORCH_LIMIT = (

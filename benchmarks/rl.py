@@ -32,7 +32,7 @@ import torch
 import models
 from benchmarks import harness
 from models.policy import MLPPolicy
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, RLConfig
 from pipelines.rl.job import collect
 from pipelines.rl.rollout import RolloutSpec, env_spaces, make_envs, policy_to_bytes, schema
 
@@ -62,8 +62,6 @@ SWEEP_REPEATS = 3
 
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the rl benchmark at ``size``; print its table, write ``rl.json``, return its JSON."""
-    import gymnasium as gym
-
     s = SIZES[size]
     rc = config.rl
     actors, envs, steps = rc.num_actors, s.envs_per_actor, s.steps_per_env
@@ -78,6 +76,21 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report = harness.Report(NAME, size)
     report.params = {"env_id": rc.env_id, "num_actors": actors, "envs_per_actor": envs, "steps_per_env": steps,
                      "env_steps_per_iteration": total, "repeats": s.repeats}
+    figures = _measure(spark, rc, s, policy, blob, spec)
+    _record(report, figures, actors, envs, steps)
+    _overhead_sweep(spark, rc, policy, s, report)
+    _ratios(report, total)
+    return harness.finish(report, config)
+
+
+def _measure(spark: Any, rc: RLConfig, s: Size, policy: MLPPolicy, blob: bytes,
+             spec: RolloutSpec) -> dict[str, list[float]]:
+    """The four contenders taking turns round by round (one warm-up round), on environments made here
+    and closed after; dlpipe's actors continue from the states the previous iteration returned."""
+    import gymnasium as gym
+
+    actors, envs, steps = rc.num_actors, s.envs_per_actor, s.steps_per_env
+    total = actors * envs * steps
     sync_envs = make_envs(rc.env_id, actors * envs)
     async_envs = gym.vector.AsyncVectorEnv([lambda: gym.make(rc.env_id)] * actors, context="spawn",
                                            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -94,7 +107,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
 
     try:
         harness.log(NAME, f"{total} env steps per iteration: {actors} actors x {envs} envs x {steps} steps")
-        figures = harness.interleaved({
+        return harness.interleaved({
             "dlpipe_spark_actors": spark_actors,
             "sync_vector_env_1_process": lambda: total / step_envs(sync_envs, policy, steps, rc.seed),
             "async_vector_env_N_processes": lambda: total / step_envs(async_envs, policy, envs * steps, rc.seed),
@@ -103,6 +116,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     finally:
         sync_envs.close()
         async_envs.close()
+
+
+def _record(report: harness.Report, figures: dict[str, list[float]], actors: int, envs: int, steps: int) -> None:
+    """Add the four contenders' figures to ``report``, each with the shape of what it stepped."""
     report.add("dlpipe_spark_actors", figures["dlpipe_spark_actors"], "env steps/s",
                f"{actors} Spark tasks x {envs} envs x {steps} steps, Arrow back to the driver")
     report.add("sync_vector_env_1_process", figures["sync_vector_env_1_process"], "env steps/s",
@@ -111,7 +128,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                f"AsyncVectorEnv, {actors} worker processes x 1 env x {envs * steps} steps, policy in the parent")
     report.add("spark_job_noop", figures["spark_job_noop"], "s",
                f"broadcast + {actors} tasks that step nothing + Arrow collect: Spark's per-iteration overhead")
-    _overhead_sweep(spark, rc, policy, s, report)
+
+
+def _ratios(report: harness.Report, total: int) -> None:
+    """dlpipe's actors against the vector envs, Spark's fixed share of an iteration, and what limits them."""
     dlpipe = report.median("dlpipe_spark_actors")
     report.ratios["ratio_vs_async_vector_env"] = harness.ratio(dlpipe, report.median("async_vector_env_N_processes"))
     report.ratios["ratio_vs_sync_vector_env"] = harness.ratio(dlpipe, report.median("sync_vector_env_1_process"))
@@ -126,7 +146,6 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         report.limits["ratio_vs_async_vector_env"] = (
             "Spark's per-iteration job cost (scheduling, broadcast, Python worker hand-off, Arrow collect) is "
             "fixed; at this many steps per iteration it outweighs the per-step IPC AsyncVectorEnv pays.")
-    return harness.finish(report, config)
 
 
 def step_envs(envs: Any, policy: models.Acts, steps: int, seed: int) -> float:

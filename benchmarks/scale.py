@@ -33,6 +33,7 @@ from benchmarks import data, harness
 from benchmarks.training import RANKS, plan
 from pipelines import storage
 from pipelines.config import PipelineConfig
+from pipelines.events import EpochRecord
 
 NAME = "scale"
 
@@ -114,57 +115,97 @@ def _measured(step: Callable[[], T]) -> tuple[T, float, dict[str, int]]:
     return result, seconds, memory.peaks
 
 
+@dataclass(frozen=True)
+class _SizeRun:
+    """One size's ETL and training epoch, as measured: what the report's rows and ratios come from."""
+
+    rows: int
+    records_in: int  # the rows the ETL read
+    etl_seconds: float
+    etl_peaks: dict[str, int]
+    parquet_bytes: int  # the ETL's output, all splits
+    epoch: EpochRecord
+    train_seconds: float  # launch and epoch
+    train_peaks: dict[str, int]
+
+    @property
+    def etl_rate(self) -> float:
+        """The ETL's rows/s."""
+        return self.records_in / self.etl_seconds
+
+    def peak(self, role: str) -> int:
+        """The role's peak RSS over the ETL and the training."""
+        return max(self.etl_peaks.get(role, 0), self.train_peaks.get(role, 0))
+
+
 def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     """Run the scale benchmark at ``size``; print its table, write ``scale.json``, return its JSON."""
+    s = SIZES[size]
+    report = harness.Report(NAME, size)
+    done, runs = [], []  # every size run (the warm-up too), and the measured ones
+    warm_up = [(False, s.rows[0])] if s.warm_up else []  # JIT, workers, imports: left out
+    for measured, rows in [*warm_up, *((True, r) for r in s.rows)]:
+        one = _run_size(spark, config, s, rows)
+        done.append(one)
+        if not measured:
+            continue
+        runs.append(one)
+        _record(report, s, one)
+    # parquet_mib lists every size run, the warm-up's too (as it always has).
+    report.params = {"rows": [r.rows for r in runs], "image_size": s.image_size,
+                     "parquet_mib": [round(r.parquet_bytes / 2**20) for r in done], "ranks": RANKS,
+                     "memory_sampled_every_s": SAMPLE_EVERY_S}
+    _growth_ratios(report, runs)
+    _fit_ratios(report, runs)
+    return harness.finish(report, config)
+
+
+def _run_size(spark: Any, config: PipelineConfig, s: Size, rows: int) -> _SizeRun:
+    """Generate ``rows`` rows, run the ETL on them and one training epoch on its output, each timed with
+    peak memory sampled; the run folder is removed after."""
     from pipelines.etl import job as etl
     from pipelines.train.driver import launch
 
-    s = SIZES[size]
-    report = harness.Report(NAME, size)
-    rows_by_size, etl_rates, train_rates, etl_seconds, driver_peaks = [], [], [], [], []
-    parquet_bytes, epoch_seconds, epoch_samples, jvm_peaks = [], [], [], []
-    warm_up = [(False, s.rows[0])] if s.warm_up else []  # JIT, workers, imports: left out
-    for measured, rows in [*warm_up, *((True, r) for r in s.rows)]:
-        spec = data.DataSpec(rows, s.image_size, s.rows_per_row_group, output_files=4)
-        source = data.generated(spark, config, rows, s.image_size)
-        cfg = data.etl_config(config, source, spec, spec.key)  # where data.dataset keeps it
-        dataset_dir = Path(cfg.dataset_dir)
-        shutil.rmtree(dataset_dir, ignore_errors=True)
-        harness.log(NAME, f"{rows} rows: ETL")
-        manifest, seconds, etl_peaks = _measured(partial(etl.main, spark, cfg))
-        view = data.view(dataset_dir)
-        size_bytes = sum(storage.list_files(f)[0].size for split in view.splits.values() for f in split.files)
-        parquet_bytes.append(size_bytes)
-        harness.log(NAME, f"{rows} rows ({size_bytes / 2**30:.2f} GiB of Parquet): one training epoch")
-        run_dir = (harness.bench_dir(config) / "runs" / f"scale-{rows}").resolve()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        job = plan(config, dataset_dir, run_dir, "train.epochs=1")
-        result, train_seconds, train_peaks = _measured(partial(launch, spark, job))
-        epoch = result.history[0]
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if not measured:
-            continue
-        epoch_seconds.append(epoch.seconds)
-        epoch_samples.append(epoch.samples)
-        rows_by_size.append(rows)
-        etl_seconds.append(seconds)
-        etl_rates.append(manifest.records_in / seconds)
-        train_rates.append(epoch.samples_per_s)
-        driver_peaks.append(max(etl_peaks.get("driver", 0), train_peaks.get("driver", 0)))
-        jvm_peaks.append(max(etl_peaks.get("jvm", 0), train_peaks.get("jvm", 0)))
-        mib = {k: round(v / 2**20) for k, v in {**{f"etl_{r}": b for r, b in etl_peaks.items()},
-                                                  **{f"train_{r}": b for r, b in train_peaks.items()}}.items()}
-        report.add(f"etl_{rows}_rows", [manifest.records_in / seconds], "rows/s",
-                   f"ETL of {rows} generated {s.image_size}x{s.image_size} digits", seconds=round(seconds, 2),
-                   parquet_mib=round(size_bytes / 2**20),
-                   peak_rss_mib={k: v for k, v in mib.items() if k.startswith("etl_")})
-        report.add(f"train_epoch_{rows}_rows", [epoch.samples_per_s], "samples/s",
-                   f"one epoch on {RANKS} Horovod ranks ({epoch.samples} samples)", seconds=round(epoch.seconds, 2),
-                   launch_and_epoch_seconds=round(train_seconds, 2),
-                   peak_rss_mib={k: v for k, v in mib.items() if k.startswith("train_")})
-    report.params = {"rows": list(rows_by_size), "image_size": s.image_size,
-                     "parquet_mib": [round(b / 2**20) for b in parquet_bytes], "ranks": RANKS,
-                     "memory_sampled_every_s": SAMPLE_EVERY_S}
+    spec = data.DataSpec(rows, s.image_size, s.rows_per_row_group, output_files=4)
+    source = data.generated(spark, config, rows, s.image_size)
+    cfg = data.etl_config(config, source, spec, spec.key)  # where data.dataset keeps it
+    dataset_dir = Path(cfg.dataset_dir)
+    shutil.rmtree(dataset_dir, ignore_errors=True)
+    harness.log(NAME, f"{rows} rows: ETL")
+    manifest, seconds, etl_peaks = _measured(partial(etl.main, spark, cfg))
+    view = data.view(dataset_dir)
+    size_bytes = sum(storage.list_files(f)[0].size for split in view.splits.values() for f in split.files)
+    harness.log(NAME, f"{rows} rows ({size_bytes / 2**30:.2f} GiB of Parquet): one training epoch")
+    run_dir = (harness.bench_dir(config) / "runs" / f"scale-{rows}").resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    job = plan(config, dataset_dir, run_dir, "train.epochs=1")
+    result, train_seconds, train_peaks = _measured(partial(launch, spark, job))
+    epoch = result.history[0]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return _SizeRun(rows, manifest.records_in, seconds, etl_peaks, size_bytes, epoch, train_seconds, train_peaks)
+
+
+def _record(report: harness.Report, s: Size, one: _SizeRun) -> None:
+    """Add one size's ETL and epoch to ``report``, each with its peak memory by role (MiB)."""
+    rows, epoch = one.rows, one.epoch
+    mib = {k: round(v / 2**20) for k, v in {**{f"etl_{r}": b for r, b in one.etl_peaks.items()},
+                                              **{f"train_{r}": b for r, b in one.train_peaks.items()}}.items()}
+    report.add(f"etl_{rows}_rows", [one.etl_rate], "rows/s",
+               f"ETL of {rows} generated {s.image_size}x{s.image_size} digits", seconds=round(one.etl_seconds, 2),
+               parquet_mib=round(one.parquet_bytes / 2**20),
+               peak_rss_mib={k: v for k, v in mib.items() if k.startswith("etl_")})
+    report.add(f"train_epoch_{rows}_rows", [epoch.samples_per_s], "samples/s",
+               f"one epoch on {RANKS} Horovod ranks ({epoch.samples} samples)", seconds=round(epoch.seconds, 2),
+               launch_and_epoch_seconds=round(one.train_seconds, 2),
+               peak_rss_mib={k: v for k, v in mib.items() if k.startswith("train_")})
+
+
+def _growth_ratios(report: harness.Report, runs: list[_SizeRun]) -> None:
+    """Throughput across the sizes and memory growth from the smallest to the largest, with the memory note."""
+    etl_rates = [r.etl_rate for r in runs]
+    train_rates = [r.epoch.samples_per_s for r in runs]
+    driver_peaks = [r.peak("driver") for r in runs]
+    jvm_peaks = [r.peak("jvm") for r in runs]
     report.ratios["etl_throughput_min_over_max"] = harness.ratio(min(etl_rates), max(etl_rates))
     report.ratios["train_throughput_min_over_max"] = harness.ratio(min(train_rates), max(train_rates))
     report.ratios["driver_rss_growth"] = driver_peaks[-1] / driver_peaks[0] - 1
@@ -176,10 +217,19 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         f"{jvm_peaks[-1] / 2**20:,.0f} MiB as the executors' shuffle and Parquet buffers fill the heap toward "
         "`spark.driver.memory`, where Spark's memory manager spills instead of growing (the memory benchmark shows "
         "a training rank staying flat on data 10x larger).")
-    per_row, fixed = np.polyfit(np.array(rows_by_size, float), np.array(etl_seconds), 1)
+
+
+def _fit_ratios(report: harness.Report, runs: list[_SizeRun]) -> None:
+    """Fixed cost and marginal rate of the ETL and the epoch from straight-line fits of time against rows,
+    and what limits throughput at the small sizes when it misses its target."""
+    rows_by_size = [r.rows for r in runs]
+    etl_rates = [r.etl_rate for r in runs]
+    train_rates = [r.epoch.samples_per_s for r in runs]
+    per_row, fixed = np.polyfit(np.array(rows_by_size, float), np.array([r.etl_seconds for r in runs]), 1)
     report.ratios["etl_fixed_seconds"] = round(float(fixed), 2)
     report.ratios["etl_marginal_rows_per_s"] = round(1 / float(per_row)) if per_row > 0 else None
-    per_sample, train_fixed = np.polyfit(np.array(epoch_samples, float), np.array(epoch_seconds), 1)
+    per_sample, train_fixed = np.polyfit(np.array([r.epoch.samples for r in runs], float),
+                                         np.array([r.epoch.seconds for r in runs]), 1)
     report.ratios["train_epoch_fixed_seconds"] = round(float(train_fixed), 2)
     report.ratios["train_marginal_samples_per_s"] = round(1 / float(per_sample)) if per_sample > 0 else None
     if harness.meets("train_throughput_min_over_max", report.ratios["train_throughput_min_over_max"]) is False:
@@ -196,4 +246,3 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
             f"the same (a marginal {1 / per_row:,.0f} rows/s). At {rows_by_size[0]:,} rows the fixed part is most "
             "of the run, so the smallest size's throughput is the low one; between the two larger sizes it is "
             f"{etl_rates[-2] / etl_rates[-1]:.2f} of the largest's.")
-    return harness.finish(report, config)

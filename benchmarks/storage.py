@@ -104,38 +104,55 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                      "store": "moto S3 server on 127.0.0.1 (loopback: dlpipe's overhead, not a network)"}
     with s3_store() as (bucket, server):
         remote = upload(local, storage.join(bucket, spec.key, "train"))
-        workers = config.train.reader_workers
-        server_cores: list[float] = []
-        loaders = {
-            "dlpipe_loader_local": lambda: _dlpipe(local, batch, normalize, workers, s.passes),
-            "dlpipe_loader_s3": _cpu_of(server.pid, server_cores,
-                                        lambda: _dlpipe(remote, batch, normalize, workers, s.passes)),
-            "pyarrow_read_local": lambda: _pyarrow(local, batch, normalize, s.passes),
-            "pyarrow_read_s3": lambda: _pyarrow(remote, batch, normalize, s.passes),
-        }
-        harness.log(NAME, f"loader: {len(loaders)} contenders, {local.rows} rows, {s.repeats} rounds")
-        figures = harness.interleaved(loaders, s.repeats, torch_threads=1)
-        for key, values in figures.items():
-            extra = {"server_cores": round(statistics.median(server_cores[-len(values):]), 2)} \
-                if key == "dlpipe_loader_s3" else {}
-            report.add(key, values, "samples/s", DESCRIPTIONS[key].format(workers=workers), **extra)
-
-        payload = _checkpoint_payload(s.checkpoint_mib)
-        with tempfile.TemporaryDirectory(prefix="dlpipe-bench-ckpt-") as tmp:
-            targets = {"local": storage.join(tmp, "checkpoints"), "s3": storage.join(bucket, "checkpoints")}
-            harness.log(NAME, f"checkpoints: {s.checkpoint_mib} MiB, local and S3, {s.repeats} rounds")
-            # target -> seconds per checkpoint until written ("write"), and the step thread held ("wait")
-            timings: dict[str, dict[str, list[float]]] = {k: {"write": [], "wait": []} for k in targets}
-            for round_no in range(s.repeats + 1):  # round 0 warms up
-                for key, folder in targets.items():
-                    write_s, wait_s = _checkpoints(folder, payload, s.checkpoints)
-                    if round_no:
-                        timings[key]["write"].append(write_s)
-                        timings[key]["wait"].append(wait_s)
+        _measure_loaders(report, config, s, local, remote, server, normalize)
+        timings = _measure_checkpoints(bucket, s)
     report.add("checkpoint_write_local", timings["local"]["write"], "s", DESCRIPTIONS["checkpoint_write_local"])
     report.add("checkpoint_write_s3", timings["s3"]["write"], "s", DESCRIPTIONS["checkpoint_write_s3"])
     report.add("checkpoint_step_wait_s3", timings["s3"]["wait"], "s", DESCRIPTIONS["checkpoint_step_wait_s3"])
+    _ratios(report)
+    return harness.finish(report, config)
 
+
+def _measure_loaders(report: harness.Report, config: PipelineConfig, s: Size, local: SplitFiles, remote: SplitFiles,
+                     server: Any, normalize: Normalizer) -> None:
+    """The loader contenders on local disk and on S3, taking turns, into ``report``; dlpipe's S3 loader
+    with the cores the S3 server used meanwhile."""
+    batch, workers = config.train.batch_size, config.train.reader_workers
+    server_cores: list[float] = []
+    loaders = {
+        "dlpipe_loader_local": lambda: _dlpipe(local, batch, normalize, workers, s.passes),
+        "dlpipe_loader_s3": _cpu_of(server.pid, server_cores,
+                                    lambda: _dlpipe(remote, batch, normalize, workers, s.passes)),
+        "pyarrow_read_local": lambda: _pyarrow(local, batch, normalize, s.passes),
+        "pyarrow_read_s3": lambda: _pyarrow(remote, batch, normalize, s.passes),
+    }
+    harness.log(NAME, f"loader: {len(loaders)} contenders, {local.rows} rows, {s.repeats} rounds")
+    figures = harness.interleaved(loaders, s.repeats, torch_threads=1)
+    for key, values in figures.items():
+        extra = {"server_cores": round(statistics.median(server_cores[-len(values):]), 2)} \
+            if key == "dlpipe_loader_s3" else {}
+        report.add(key, values, "samples/s", DESCRIPTIONS[key].format(workers=workers), **extra)
+
+
+def _measure_checkpoints(bucket: str, s: Size) -> dict[str, dict[str, list[float]]]:
+    """Checkpoint timings on local disk and on S3, taking turns after a warm-up round: target ->
+    seconds per checkpoint until written ("write"), and the step thread held ("wait")."""
+    payload = _checkpoint_payload(s.checkpoint_mib)
+    with tempfile.TemporaryDirectory(prefix="dlpipe-bench-ckpt-") as tmp:
+        targets = {"local": storage.join(tmp, "checkpoints"), "s3": storage.join(bucket, "checkpoints")}
+        harness.log(NAME, f"checkpoints: {s.checkpoint_mib} MiB, local and S3, {s.repeats} rounds")
+        timings: dict[str, dict[str, list[float]]] = {k: {"write": [], "wait": []} for k in targets}
+        for round_no in range(s.repeats + 1):  # round 0 warms up
+            for key, folder in targets.items():
+                write_s, wait_s = _checkpoints(folder, payload, s.checkpoints)
+                if round_no:
+                    timings[key]["write"].append(write_s)
+                    timings[key]["wait"].append(wait_s)
+    return timings
+
+
+def _ratios(report: harness.Report) -> None:
+    """S3 against local disk for the loader and the checkpoints, the loopback note, and what limits the loader."""
     report.ratios["ratio_s3_vs_local"] = harness.ratio(report.median("dlpipe_loader_s3"),
                                                        report.median("dlpipe_loader_local"))
     report.ratios["s3_loader_vs_pyarrow_s3"] = harness.ratio(report.median("dlpipe_loader_s3"),
@@ -152,7 +169,6 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         "batches are made) is what hides it.")
     if harness.meets("ratio_s3_vs_local", report.ratios["ratio_s3_vs_local"]) is False:
         report.limits["ratio_s3_vs_local"] = _limit_text(report)
-    return harness.finish(report, config)
 
 
 def _limit_text(report: harness.Report) -> str:

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from benchmarks import data, harness, procs
@@ -45,6 +47,7 @@ from benchmarks.ranks import TIMED_ENTRY
 from benchmarks.training import RANKS, noop_launch, plan, train_once
 from pipelines import dataset
 from pipelines.config import PipelineConfig
+from pipelines.train.job import TrainJob
 
 NAME = "train"
 
@@ -109,22 +112,42 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                      "horovod_cycle_time_ms": tc.horovod_cycle_time_ms,
                      "horovod_fusion_threshold_mb": tc.horovod_fusion_threshold_mb,
                      "reader_workers": tc.reader_workers, "threads_per_rank": 1}
+    others = _library_contenders(job, config, s, steps)
+    _training_rounds(spark, config, ds, s, others, report)
+    _knob_sweep(spark, config, ds, s, report)
+    _launch_costs(spark, config, ds, s, size, report)
+    _ratios(report, s)
+    _limits(report)
+    return harness.finish(report, config)
 
+
+def _library_contenders(job: TrainJob, config: PipelineConfig, s: Size,
+                        steps: int) -> dict[str, Callable[[], list[float]]]:
+    """The plain-PyTorch, DDP and Horovod contenders on the job's split and settings, each a call returning
+    per-epoch samples/s; with the sweep, DDP and Horovod accumulating gradients as dlpipe's knob does."""
+    manifest, tc = job.data.manifest, job.config.train
     args = {"job": "train", "split": job.train.to_dict(), "manifest": manifest.to_dict(), "model": config.model.name,
             "model_params": config.model.params, "batch": tc.batch_size, "steps": steps, "epochs": s.epochs,
             "seed": tc.seed, "threads": 1}
     lr_ranks = tc.lr * RANKS if tc.scale_lr_by_workers else tc.lr
-    others = {"torch_1_process": lambda: procs.run_worker({**args, "lr": tc.lr}, threads=1,
-                                                          timeout_s=900)["samples_per_s"],
-              "torch_2_independent_processes": lambda: _independent(args, tc.lr),
-              "ddp_2_processes": lambda: _ddp(args, lr_ranks),
-              "horovod_2_processes": lambda: _horovod(args, lr_ranks, tc.horovod_cycle_time_ms,
-                                                      tc.horovod_fusion_threshold_mb)}
+    others: dict[str, Callable[[], list[float]]] = {
+        "torch_1_process": lambda: procs.run_worker({**args, "lr": tc.lr}, threads=1, timeout_s=900)["samples_per_s"],
+        "torch_2_independent_processes": lambda: _independent(args, tc.lr),
+        "ddp_2_processes": lambda: _ddp(args, lr_ranks),
+        "horovod_2_processes": lambda: _horovod(args, lr_ranks, tc.horovod_cycle_time_ms,
+                                                tc.horovod_fusion_threshold_mb)}
     if s.sweep:  # the plain libraries with the same knob: equal settings for dlpipe's knob contenders
         accumulating = {**args, "steps": max(1, steps // ACCUMULATE), "accumulation": ACCUMULATE}
         others[f"ddp_2_processes_accumulate{ACCUMULATE}"] = lambda: _ddp(accumulating, lr_ranks * ACCUMULATE)
         others[f"horovod_2_processes_accumulate{ACCUMULATE}"] = lambda: _horovod(
             accumulating, lr_ranks * ACCUMULATE, tc.horovod_cycle_time_ms, tc.horovod_fusion_threshold_mb)
+    return others
+
+
+def _training_rounds(spark: Any, config: PipelineConfig, ds: Path, s: Size,
+                     others: dict[str, Callable[[], list[float]]], report: harness.Report) -> None:
+    """dlpipe's Horovod and DDP ranks and the ``others``, every one once per round, into ``report`` (first
+    epochs left out); a library contender that fails is skipped from then on."""
     figures: dict[str, list[float]] = {key: [] for key in others}
     rates, ddp_rates, launches, rss, waits, phases, cpus, ddp_cpus = [], [], [], [], [], [], [], []
     # Rounds: every contender once per round, so a change in machine load hits all of them alike.
@@ -159,6 +182,9 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         if values and key not in report.unavailable:
             report.add(key, values, "samples/s", DESCRIPTIONS[key])
 
+
+def _knob_sweep(spark: Any, config: PipelineConfig, ds: Path, s: Size, report: harness.Report) -> None:
+    """With the sweep: dlpipe's ranks once with each knob of SWEEP, then each knob's test accuracy."""
     for key, (overrides, entry) in (SWEEP.items() if s.sweep else ()):
         harness.log(NAME, f"knob: {key}")
         out = train_once(spark, data.derive(config, *overrides), ds, s.epochs, run_name=f"train-{key}",
@@ -172,6 +198,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                        f"dlpipe run of digits_cnn.yaml on the bundled digits, "
                        f"{' '.join(ACCURACY_RUNS[key]) or 'as is'}")
 
+
+def _launch_costs(spark: Any, config: PipelineConfig, ds: Path, s: Size, size: str, report: harness.Report) -> None:
+    """The cost of a launch alone: dlpipe's no-op launch and TorchDistributor's (in the local modes the size
+    runs; the others recorded as not run)."""
     harness.log(NAME, "launch cost: dlpipe no-op and TorchDistributor no-op")
     noops = [noop_launch(spark, config, ds) for _ in range(s.launch_repeats)]
     report.add("dlpipe_noop_launch", [n[0] for n in noops], "s", DESCRIPTIONS["dlpipe_noop_launch"],
@@ -189,6 +219,10 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - a contender that cannot run here is recorded, not faked
             report.skip_error(key, e)
 
+
+def _ratios(report: harness.Report, s: Size) -> None:
+    """Scaling against twice one process, dlpipe against DDP and Horovod, the launch against TorchDistributor,
+    the best setting measured, and (with the sweep) the knobs at equal settings and their accuracy cost."""
     one = report.median("torch_1_process")
     twice_one = RANKS * one if one else None
     report.ratios["scaling_efficiency"] = harness.ratio(report.median("dlpipe_2_ranks"), twice_one)
@@ -212,16 +246,26 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report.ratios["best_scaling_efficiency"] = harness.ratio(report.median(best), twice_one)
     report.notes.append(f"`best_scaling_efficiency` is `{best}` ({DESCRIPTIONS.get(best, 'a knob of the sweep')}).")
     if s.sweep:  # the knobs at equal settings, and what they cost in accuracy
-        knob = f"accumulate{ACCUMULATE}"
-        report.ratios[f"ratio_vs_ddp_{knob}"] = harness.ratio(report.median(f"dlpipe_2_ranks_{knob}"),
-                                                             report.median(f"ddp_2_processes_{knob}"))
-        report.ratios[f"horovod_vs_ddp_{knob}"] = harness.ratio(report.median(f"horovod_2_processes_{knob}"),
-                                                               report.median(f"ddp_2_processes_{knob}"))
-        plain = report.median("test_accuracy_plain")
-        for key in ACCURACY_RUNS:
-            knob_accuracy = report.median(f"test_accuracy_{key}")
-            if key != "plain" and plain is not None and knob_accuracy is not None:
-                report.ratios[f"accuracy_points_{key}_vs_plain"] = round(100 * (knob_accuracy - plain), 2)
+        _knob_ratios(report)
+
+
+def _knob_ratios(report: harness.Report) -> None:
+    """The accumulation knob against the plain libraries with the same knob, and each knob's test accuracy
+    against the plain run's (points)."""
+    knob = f"accumulate{ACCUMULATE}"
+    report.ratios[f"ratio_vs_ddp_{knob}"] = harness.ratio(report.median(f"dlpipe_2_ranks_{knob}"),
+                                                         report.median(f"ddp_2_processes_{knob}"))
+    report.ratios[f"horovod_vs_ddp_{knob}"] = harness.ratio(report.median(f"horovod_2_processes_{knob}"),
+                                                           report.median(f"ddp_2_processes_{knob}"))
+    plain = report.median("test_accuracy_plain")
+    for key in ACCURACY_RUNS:
+        knob_accuracy = report.median(f"test_accuracy_{key}")
+        if key != "plain" and plain is not None and knob_accuracy is not None:
+            report.ratios[f"accuracy_points_{key}_vs_plain"] = round(100 * (knob_accuracy - plain), 2)
+
+
+def _limits(report: harness.Report) -> None:
+    """What limits each ratio that missed its target, with this run's own figures."""
     if harness.meets("scaling_efficiency", report.ratios["scaling_efficiency"]) is False:
         report.limits["scaling_efficiency"] = scaling_limit(report)
     if harness.meets("ratio_vs_ddp", report.ratios["ratio_vs_ddp"]) is False:
@@ -231,7 +275,6 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     knob_ratio = f"ratio_vs_ddp_accumulate{ACCUMULATE}"
     if harness.meets(knob_ratio, report.ratios.get(knob_ratio)) is False:
         report.limits[knob_ratio] = accumulate_limit(report)
-    return harness.finish(report, config)
 
 
 def _knob_accuracy(spark: Any, config: PipelineConfig) -> dict[str, float]:

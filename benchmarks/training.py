@@ -22,7 +22,7 @@ from benchmarks.harness import BenchError, bench_dir
 from benchmarks.ranks import NOOP_ENTRY, TIMED_ENTRY
 from pipelines.config import PipelineConfig
 from pipelines.events import EpochEnded, MemoryUse, Probe, RankEvent
-from pipelines.launcher import run_ranks
+from pipelines.launcher import LaunchOptions, run_ranks
 from pipelines.train.driver import launch
 from pipelines.train.job import TrainJob, plan_job
 from pipelines.train.rendezvous import HorovodRendezvous
@@ -97,10 +97,10 @@ def noop_launch(spark: Any, config: PipelineConfig, dataset_dir: Path) -> tuple[
             joined.append(event.time)
 
     called = time.time()
+    options = LaunchOptions(start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
+                            gloo_iface=tc.gloo_iface, pin_cores=tc.pin_ranks, description="dlpipe bench (no-op launch)")
     run_ranks(spark, NOOP_ENTRY, job.to_dict(), num_workers=tc.num_workers,
-              rendezvous=HorovodRendezvous(tc.failure_timeout_s), start_timeout_s=tc.start_timeout_s,
-              failure_timeout_s=tc.failure_timeout_s, gloo_iface=tc.gloo_iface, pin_cores=tc.pin_ranks,
-              on_event=on_event, description="dlpipe bench (no-op launch)")
+              rendezvous=HorovodRendezvous(tc.failure_timeout_s), on_event=on_event, options=options)
     returned = time.time()
     if len(joined) != RANKS:
         raise BenchError(f"{len(joined)} of {RANKS} no-op ranks reported joining Horovod")

@@ -48,58 +48,104 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.data import build_model
 
     torch.set_num_threads(args["threads"])
-    rank, world = args.get("rank", 0), args.get("world", 1)
-    horovod = args.get("horovod", False)
-    ddp = world > 1 and not horovod
-    if horovod:
-        import horovod.torch as hvd
-
-        hvd.init()
-        rank, world = hvd.rank(), hvd.size()
-    if ddp:
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
-
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args['port']}", rank=rank, world_size=world)
-    x, y = load_split(args["split"], args["manifest"], rank, world)
+    group = _Group(args)
+    x, y = load_split(args["split"], args["manifest"], group.rank, group.world)
     torch.manual_seed(args["seed"])
     model = build_model(args["model"], args["model_params"], args["manifest"])
+    net, optimizer = _net_and_optimizer(model, args, group)
+    rates = _epochs(net, optimizer, x, y, args, group)
+    group.leave()
+    return {"samples_per_s": rates, "rank": group.rank}
+
+
+class _Group:
+    """This process's place among the contender's processes (a DDP or Horovod rank, or alone), joined on
+    construction: how it waits for the others and leaves them."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        import torch
+
+        self._torch = torch
+        self.rank: int = args.get("rank", 0)
+        self.world: int = args.get("world", 1)
+        self.horovod: bool = args.get("horovod", False)
+        self.ddp = self.world > 1 and not self.horovod
+        self.hvd: Any = None  # horovod.torch, when a Horovod rank
+        self.dist: Any = None  # torch.distributed, when a DDP rank
+        if self.horovod:
+            import horovod.torch as hvd
+
+            hvd.init()
+            self.hvd = hvd
+            self.rank, self.world = hvd.rank(), hvd.size()
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args['port']}", rank=self.rank,
+                                    world_size=self.world)
+            self.dist = dist
+
+    def barrier(self, name: str) -> None:
+        """Wait for every rank, so that an epoch's clock starts and stops together on all of them."""
+        if self.ddp:
+            self.dist.barrier()
+        elif self.horovod:
+            self.hvd.allreduce(self._torch.zeros(1), name=name)
+
+    def leave(self) -> None:
+        """Leave the process group (DDP) or shut Horovod down."""
+        if self.ddp:
+            self.dist.destroy_process_group()
+        if self.horovod:
+            self.hvd.shutdown()
+
+
+def _net_and_optimizer(model: Any, args: dict[str, Any], group: _Group) -> tuple[Any, Any]:
+    """(the module computing the loss, wrapped for DDP ranks; the optimizer, Horovod's for Horovod ranks)."""
+    import torch
+
     step_loss = _loss_module(model)
     # Communication knobs as each library documents them: fp16 compression (Horovod's
     # Compression.fp16, DDP's fp16_compress_hook) and gradient accumulation (Horovod's
     # backward_passes_per_step, DDP's no_sync), ``accumulate`` batches per optimizer step.
     compress, accumulate = args.get("compression", "none") == "fp16", args.get("accumulation", 1)
-    # DDP reduces gradients through its own forward, so the loss must be computed inside it.
-    net = DistributedDataParallel(step_loss) if ddp else step_loss
-    if ddp and compress:
+    net = step_loss
+    if group.ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP reduces gradients through its own forward, so the loss must be computed inside it.
+        net = DistributedDataParallel(step_loss)
+    if group.ddp and compress:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         net.register_comm_hook(None, default_hooks.fp16_compress_hook)
     optimizer = torch.optim.Adam(model.parameters(), lr=args["lr"])
-    if horovod:
+    if group.horovod:
+        hvd = group.hvd
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
                                              compression=hvd.Compression.fp16 if compress else hvd.Compression.none,
                                              backward_passes_per_step=accumulate)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    return net, optimizer
 
-    def barrier(name: str) -> None:
-        if ddp:
-            dist.barrier()
-        elif horovod:
-            hvd.allreduce(torch.zeros(1), name=name)
 
+def _epochs(net: Any, optimizer: Any, x: Any, y: Any, args: dict[str, Any], group: _Group) -> list[float]:
+    """Samples/s of each of ``epochs`` epochs, all ranks together, timed between barriers."""
+    import torch
+
+    accumulate = args.get("accumulation", 1)
     batch, steps = args["batch"], args["steps"]
     rates = []
     for epoch in range(args["epochs"]):
         order = torch.randperm(len(y))
-        barrier(f"epoch{epoch}.start")
+        group.barrier(f"epoch{epoch}.start")
         started = time.perf_counter()
         for step in range(steps):
             optimizer.zero_grad()
             for part in range(accumulate):
                 start = ((step * accumulate + part) * batch) % max(1, len(y) - batch + 1)
                 idx = order[start:start + batch]
-                holding = net.no_sync() if ddp and part < accumulate - 1 else contextlib.nullcontext()
+                holding = net.no_sync() if group.ddp and part < accumulate - 1 else contextlib.nullcontext()
                 with holding:
                     loss, metrics = net(x[idx], y[idx])
                     (loss / accumulate if accumulate > 1 else loss).backward()
@@ -108,13 +154,9 @@ def train(args: dict[str, Any]) -> dict[str, Any]:
                 for value in metrics.values():
                     float(value)
             optimizer.step()
-        barrier(f"epoch{epoch}.end")
-        rates.append(steps * accumulate * batch * world / (time.perf_counter() - started))
-    if ddp:
-        dist.destroy_process_group()
-    if horovod:
-        hvd.shutdown()
-    return {"samples_per_s": rates, "rank": rank}
+        group.barrier(f"epoch{epoch}.end")
+        rates.append(steps * accumulate * batch * group.world / (time.perf_counter() - started))
+    return rates
 
 
 def _loss_module(model: Any) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pipelines import storage
+from pipelines.choices import COMPRESSION_NAMES, PRECISION_NAMES, STRATEGY_NAMES
 from pipelines.config_rules import (
     Rule,
     above,
@@ -60,15 +61,6 @@ MASTER_PATTERN = re.compile(r"|local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d
 MASTER_RULE = Rule("empty, local, local[N], local[*], local-cluster[N,C,M], yarn, spark://..., k8s://...",
                    lambda v: None if MASTER_PATTERN.fullmatch(v) else
                    "is not a Spark master URL (empty = spark-submit's or spark-defaults' master, else local[*])")
-
-
-# Values a setting allows whose code lives in a registry of a higher layer (torch-bound, so not
-# imported here): listed once, here; each registry is built for exactly these names and says so
-# at import (pipelines.train.strategies.STRATEGIES, pipelines.train.precision.PRECISIONS,
-# pipelines.train.strategies.base.COMPRESSIONS).
-STRATEGY_NAMES = ("horovod", "ddp", "fsdp", "pipeline")
-PRECISION_NAMES = ("fp32", "bf16", "fp16")
-COMPRESSION_NAMES = ("none", "fp16", "bf16")
 
 
 @dataclass

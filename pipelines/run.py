@@ -11,7 +11,7 @@ import dataclasses
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import SparkSession
 
@@ -28,6 +28,8 @@ from pipelines.runfolder import RunFolder
 from pipelines.summary import EtlCounts, InferCounts, RunSummary, StageStatus, TrainFigures
 from pipelines.tracking import Tracker, open_tracker
 from pipelines.train import driver as train
+
+Result = TypeVar("Result")  # what a stage returns (a manifest, TrainResult, InferResult, ...)
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> RunSummary:
@@ -58,7 +60,7 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
         summary = dataclasses.replace(summary, **changes)
         storage.write_text(RunFolder(run_dir).summary, summary.to_json())
 
-    def stage(name: str, fn: Callable[[], Any]) -> Any:
+    def stage(name: str, fn: Callable[[], Result]) -> Result:
         check_leases()
         print(f"dlpipe run {config.run_id}: stage {name} ...", flush=True)
         started = time.monotonic()

@@ -43,7 +43,7 @@ def main(out: str, discovery_script: str, mode: str = "app") -> None:
                                                 os.environ.get("PYTHONPATH", "")])
     sys.path[:0] = [str(REPO_ROOT)]
     from pipelines.config import load_config
-    from pipelines.launcher import run_ranks
+    from pipelines.launcher import LaunchOptions, run_ranks
     from pipelines.session import get_spark
     from pipelines.train.resources import training_profile
 
@@ -62,8 +62,8 @@ def main(out: str, discovery_script: str, mode: str = "app") -> None:
             found["ordinary_tasks"] = spark.sparkContext.parallelize(range(4), 4).mapPartitions(task_gpus).collect()
         profile = training_profile(spark, load_config(None, ["train.gpus_per_rank=1"])) if mode == "stage" else None
         events: list[dict[str, Any]] = []
-        run_ranks(spark, "gpu_resources:device_probe", {}, num_workers=2, start_timeout_s=90, failure_timeout_s=60,
-                  resources=profile,
+        run_ranks(spark, "gpu_resources:device_probe", {}, num_workers=2,
+                  options=LaunchOptions(start_timeout_s=90, failure_timeout_s=60, resources=profile),
                   on_event=lambda e: events.append({"rank": e.rank, **e.data}) if e.kind == "probe" else None)
         found["ranks"] = sorted(events, key=lambda e: e["rank"])
         Path(out).write_text(json.dumps(found))

@@ -5,7 +5,6 @@ imported under that name.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +43,7 @@ def publish_dataset(dataset_dir: str, splits: dict[str, int], *, feature_shape: 
         table = pa.table({"id": [f"{name}-{i:05d}" for i in range(rows)], "label": pa.array(labels, pa.int64()),
                           "features": pa.array(list(values), pa.list_(pa.float32()))})
         stats = write_parts(table.to_batches(), PartSpec(storage.join(root, name), rows_per_row_group), 0)
-        files = [PartFile(f"{name}/{s['file']}", json.loads(s["row_groups"])) for s in stats]
+        files = [PartFile(f"{name}/{s.file}", s.row_groups) for s in stats]
         per_class = {n: int((labels == i).sum()) for i, n in enumerate(label_names)}
         infos[name] = SplitInfo(rows, per_class, sum(len(f.row_groups) for f in files), files)
     total = sum(splits.values())

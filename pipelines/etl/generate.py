@@ -37,7 +37,7 @@ from pyspark.sql import SparkSession
 
 from pipelines import storage
 from pipelines.config import PipelineConfig
-from pipelines.etl.parts import FILE_STATS_DDL, PartSpec, stats_batch, write_parts
+from pipelines.etl.parts import PartSpec, collect_stats, stats_batch, write_parts
 from pipelines.formats import Record
 from pipelines.publish import publishing
 from pipelines.session import REPO_ROOT, describe
@@ -205,18 +205,18 @@ def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
             folder = attempt.folder
             spec = PartSpec(folder, ROWS_PER_ROW_GROUP, storage_options=storage.current_options())
             write = _block_writer(params, digits, spec)
-            stats = spark.range(blocks, numPartitions=partitions).mapInArrow(write, FILE_STATS_DDL).collect()
-            rows = sum(s["rows"] for s in stats)
+            stats = collect_stats(spark.range(blocks, numPartitions=partitions), write)
+            rows = sum(s.rows for s in stats)
             if rows != g.num_samples:
                 raise GenerateError(f"internal: wrote {rows} samples instead of generate.num_samples={g.num_samples}")
             info = GenerateResult(
                 n=g.num_samples, image_size=g.image_size, seed=params.seed,
                 feature_shape=[1, g.image_size, g.image_size], label_names=[str(d) for d in range(10)],
-                deformation=params, files=sorted(s["file"] for s in stats), rows_per_row_group=ROWS_PER_ROW_GROUP,
+                deformation=params, files=sorted(s.file for s in stats), rows_per_row_group=ROWS_PER_ROW_GROUP,
                 config_hash=config.digest(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 output=folder)
             storage.write_text(storage.join(folder, INFO_FILE), info.to_json())
-            attempt.report([*(storage.join(folder, s["file"]) for s in stats), storage.join(folder, INFO_FILE)])
+            attempt.report([*(storage.join(folder, s.file) for s in stats), storage.join(folder, INFO_FILE)])
     finally:
         digits.destroy()
     print(f"generate: {g.num_samples} samples, {g.image_size}x{g.image_size}, {len(stats)} files -> "
@@ -233,6 +233,7 @@ def _block_writer(params: Deformation, digits: Broadcast[tuple[np.ndarray, np.nd
         from pyspark import TaskContext
 
         torch.set_num_threads(1)  # one core per task; also keeps float results independent of threads
+        storage.set_options(spec.storage_options)  # this worker's store calls use the job's endpoint and region
         images, labels = digits.value
 
         def samples() -> Iterator[pa.RecordBatch]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -47,7 +46,14 @@ from pipelines.dataset import (
     SplitInfo,
     VersionEntry,
 )
-from pipelines.etl.parts import FILE_STATS_DDL, GROUPS_PER_RANK, Moments, rewrite_labels, streaming_rows_per_row_group
+from pipelines.etl.parts import (
+    GROUPS_PER_RANK,
+    FileStats,
+    Moments,
+    collect_stats,
+    rewrite_labels,
+    streaming_rows_per_row_group,
+)
 from pipelines.etl.sources import EtlError, Extracted, NothingNew, read_records, resolve_source_path
 from pipelines.etl.validate import (
     DUPLICATE_ORDER,
@@ -135,7 +141,7 @@ def write_inputs(folder: str, read: list[tuple[str, int]]) -> None:
 def write_dataset(
     records: DataFrame, out_dir: str, etl: EtlConfig, num_features: int, label_names: list[str],
     rows_per_row_group: int, feature_column: str = "features", held: DataFrame | None = None,
-) -> list[dict[str, Any]]:
+) -> list[FileStats]:
     """Validate every record and write it, accepted to its split or rejected to the quarantine, in
     one pass; return the writer tasks' per-file stats (:mod:`pipelines.etl.write`).
 
@@ -146,7 +152,7 @@ def write_dataset(
     ordered = ordered_records(records, etl, num_features, held)
     spec = DatasetSpec(out_dir, rows_per_row_group, tuple(label_names), dataset.TRAIN_SPLIT, feature_column,
                        storage.current_options())
-    return [row.asDict() for row in ordered.mapInArrow(dataset_writer(spec), FILE_STATS_DDL).collect()]
+    return collect_stats(ordered, dataset_writer(spec))
 
 
 def ordered_records(records: DataFrame, etl: EtlConfig, num_features: int,
@@ -169,12 +175,12 @@ def ordered_records(records: DataFrame, etl: EtlConfig, num_features: int,
     )
 
 
-def train_moments(stats: list[dict[str, Any]]) -> Moments:
+def train_moments(stats: list[FileStats]) -> Moments:
     """The train split's feature moments from those its writer tasks returned: no second pass over
     the data. Files are merged in name order, so the figures do not depend on which task finished first."""
     moments = Moments()
-    for s in sorted((s for s in stats if s["grp"] == dataset.TRAIN_SPLIT), key=lambda s: s["file"]):
-        moments.merge(Moments.from_json(s["moments"]))
+    for s in sorted((s for s in stats if s.grp == dataset.TRAIN_SPLIT), key=lambda s: s.file):
+        moments.merge(Moments.from_record(s.moments))
     return moments
 
 
@@ -195,30 +201,35 @@ def normalization_stats(moments: Moments, mode: str) -> Normalization:
 
 # --- bookkeeping ------------------------------------------------------------------------------
 
-def split_stats(stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The stats rows of split files (not of quarantine files or tasks)."""
-    return [s for s in stats if s["grp"] not in (dataset.QUARANTINE, TASK_GROUP)]
+def is_split_file(stats: FileStats) -> bool:
+    """Whether ``stats`` are about a split's file (not a quarantine file's, nor a task's own)."""
+    return stats.grp not in (dataset.QUARANTINE, TASK_GROUP)
 
 
-def task_lengths(stats: list[dict[str, Any]]) -> Counter[int]:
+def split_stats(stats: list[FileStats]) -> list[FileStats]:
+    """The stats of split files."""
+    return [s for s in stats if is_split_file(s)]
+
+
+def task_lengths(stats: list[FileStats]) -> Counter[int]:
     """Readable records per feature count, over every writer task."""
     lengths: Counter[int] = Counter()
     for s in stats:
-        if s["grp"] == TASK_GROUP:
-            lengths.update({int(n): c for n, c in json.loads(s["lengths"]).items()})
+        if s.grp == TASK_GROUP:
+            lengths.update(s.lengths)
     return lengths
 
 
-def reason_counts(stats: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
+def reason_counts(stats: list[FileStats]) -> tuple[int, dict[str, int]]:
     """(accepted, {reason: count}) from the writer's stats, with every known reason present."""
     counts = {reason: 0 for reason in REASONS}
     for s in stats:
-        if s["grp"] == dataset.QUARANTINE:
-            for reason, n in json.loads(s["reasons"]).items():
+        if s.grp == dataset.QUARANTINE:
+            for reason, n in s.reasons.items():
                 if reason not in counts:
-                    raise EtlError(f"internal: unexpected quarantine reason {reason!r} in {s['file']}")
+                    raise EtlError(f"internal: unexpected quarantine reason {reason!r} in {s.file}")
                 counts[reason] += n
-    return sum(s["rows"] for s in split_stats(stats)), counts
+    return sum(s.rows for s in split_stats(stats)), counts
 
 
 def check_quarantine_fraction(
@@ -254,47 +265,49 @@ def quarantine_examples(folder: str, count: int = 3) -> list[dict[str, Any]]:
     return table.take(pc.sort_indices(table, order)[:count]).to_pylist()
 
 
-def settle_label_names(stats: list[dict[str, Any]], surveyed: Survey, out_dir: str,
-                       earlier: list[str] | None = None) -> list[str]:
-    """The label names: the configured ones as they are, else the sorted labels of the accepted
-    records. The files were written with the surveyed labels, which include those seen only on
-    rejected records; when there are such, the part files' label indices (and ``stats``) are
-    rewritten to the accepted labels alone (rare). ``earlier``: an append's labels so far, which
-    keep their indices (new ones follow them)."""
-    if surveyed.labels_configured:
-        return surveyed.label_names
-    used: set[int] = set()
-    for s in split_stats(stats):
-        used.update(int(k) for k in json.loads(s["label_counts"]))
+def settle_label_names(stats: list[FileStats], surveyed: Survey, out_dir: str,
+                       earlier: list[str] | None = None) -> tuple[list[str], list[FileStats]]:
+    """The label names, and ``stats`` with the split files' label counts under them.
+
+    The names: the configured ones as they are, else the sorted labels of the accepted records.
+    The files were written with the surveyed labels, which include those seen only on rejected
+    records; when there are such, the part files' label indices (and their stats) are rewritten
+    to the accepted labels alone (rare). ``earlier``: an append's labels so far, which keep their
+    indices (new ones follow them)."""
     names = surveyed.label_names
+    if surveyed.labels_configured:
+        return names, stats
+    used = {index for s in split_stats(stats) for index in s.label_counts}
     if earlier is not None:
         kept = list(earlier) + [n for i, n in enumerate(names) if i in used and n not in earlier]
     elif len(used) == len(names):
-        return names
+        return names, stats
     else:
         kept = sort_label_names([names[i] for i in sorted(used)])
     if kept == names:
-        return names
+        return names, stats
     new_index = np.array([kept.index(name) if name in kept else -1 for name in names], np.int64)
-    for s in split_stats(stats):
-        rewrite_labels(storage.join(out_dir, s["file"]), new_index)
-        s["label_counts"] = json.dumps({str(new_index[int(k)]): n for k, n in json.loads(s["label_counts"]).items()})
-    return kept
+    return kept, [relabel_file(s, new_index, out_dir) if is_split_file(s) else s for s in stats]
 
 
-def summarize_splits(
-    stats: list[dict[str, Any]], splits: dict[str, float], label_names: list[str]
-) -> dict[str, SplitInfo]:
+def relabel_file(stats: FileStats, new_index: np.ndarray, out_dir: str) -> FileStats:
+    """Rewrite the split file ``stats`` are about (in ``out_dir``) with label ``i`` as ``new_index[i]``;
+    its stats so relabelled."""
+    rewrite_labels(storage.join(out_dir, stats.file), new_index)
+    return dataclasses.replace(stats, label_counts={int(new_index[k]): n for k, n in stats.label_counts.items()})
+
+
+def summarize_splits(stats: list[FileStats], splits: dict[str, float], label_names: list[str]) -> dict[str, SplitInfo]:
     """Manifest ``splits`` section from the writer's per-file stats."""
     out = {}
     for name in splits:
-        files = sorted((s for s in stats if s["grp"] == name), key=lambda s: s["file"])
+        files = sorted((s for s in stats if s.grp == name), key=lambda s: s.file)
         per_class = {label: 0 for label in label_names}
         for s in files:
-            for index, n in json.loads(s["label_counts"]).items():
-                per_class[label_names[int(index)]] += n
-        parts = [PartFile(s["file"], json.loads(s["row_groups"])) for s in files]
-        out[name] = SplitInfo(count=sum(s["rows"] for s in files), per_class=per_class,
+            for index, n in s.label_counts.items():
+                per_class[label_names[index]] += n
+        parts = [PartFile(s.file, list(s.row_groups)) for s in files]
+        out[name] = SplitInfo(count=sum(s.rows for s in files), per_class=per_class,
                               row_groups=sum(len(p.row_groups) for p in parts), files=parts)
     return out
 
@@ -303,7 +316,7 @@ def summarize_splits(
 
 def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineConfig, out_dir: str,
                        held: DataFrame | None = None,
-                       rows_per_row_group: int = 0) -> tuple[list[int], int, list[dict[str, Any]]]:
+                       rows_per_row_group: int = 0) -> tuple[list[int], int, list[FileStats]]:
     """The one pass (:func:`write_dataset`) into ``out_dir``: (feature shape, rows per row group,
     stats). An array column's length was guessed from a sample; the pass counts every record's,
     and in the rare case where the most common count differs from the guess, it runs again."""
@@ -311,7 +324,7 @@ def validate_and_write(extracted: Extracted, surveyed: Survey, config: PipelineC
     columns = extracted.feature_columns or []
     array_column = columns[0] if len(columns) == 1 else "features"
 
-    def write(shape: list[int]) -> tuple[list[int], int, list[dict[str, Any]]]:
+    def write(shape: list[int]) -> tuple[list[int], int, list[FileStats]]:
         num_features = int(np.prod(shape))
         per_group = rows_per_row_group or etl.rows_per_row_group or streaming_rows_per_row_group(
             round(surveyed.likely_accepted * etl.splits[dataset.TRAIN_SPLIT]), num_features,
@@ -368,7 +381,7 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
         extracted, surveyed, config, out, held, base.view.manifest.rows_per_row_group if base else 0)
     accepted, by_reason = reason_counts(stats)
     records_in = accepted + sum(by_reason.values())
-    seen = sum(s["rows"] for s in stats if s["grp"] == TASK_GROUP)
+    seen = sum(s.rows for s in stats if s.grp == TASK_GROUP)
     if not records_in == seen == surveyed.records_in:
         raise EtlError(
             f"internal reconciliation failed: the survey counted {surveyed.records_in} records, the writer "
@@ -381,7 +394,7 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
         buffer = io.BytesIO()
         pq.write_table(QUARANTINE_SCHEMA.empty_table(), buffer)
         storage.write_bytes(storage.join(quarantine, "part-00000.parquet"), buffer.getvalue())
-    label_names = settle_label_names(stats, surveyed, out, base.view.manifest.label_names if base else None)
+    label_names, stats = settle_label_names(stats, surveyed, out, base.view.manifest.label_names if base else None)
     if base:
         check_new_labels(label_names, base, etl, version)
     splits = summarize_splits(stats, etl.splits, label_names)

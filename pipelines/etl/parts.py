@@ -13,11 +13,12 @@ into a folder no reader trusts until the job commits it (``pipelines.publish``, 
 from __future__ import annotations
 
 import json
+import typing
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,13 +26,73 @@ import pyarrow.parquet as pq
 
 from pipelines import dataset, storage
 from pipelines.dataset import RECORD_SCHEMA
+from pipelines.formats import Record
 
-# One row per written file, returned by the Spark job to the driver (never the data itself).
-# ``row_groups``: the rows of each row group, JSON. The ETL's writer also fills ``reasons`` (a
-# quarantine file's records per reason) and ``lengths`` (a task's readable records per feature
-# count), both JSON; else they are "".
-FILE_STATS_DDL = ("grp string, file string, rows long, row_groups string, label_counts string, moments string, "
-                  "reasons string, lengths string")
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+@dataclass(frozen=True)
+class FileStats(Record):
+    """What a writer task returns to the driver about one file it wrote (never the data itself).
+
+    The ETL's writer also returns one about each quarantine file (``reasons``) and one about the
+    task itself (``grp`` = :data:`pipelines.etl.write.TASK_GROUP`: ``rows`` seen and ``lengths``).
+    """
+
+    grp: str  # the file's split, or its group; "" when the task writes ungrouped files
+    file: str  # relative to the output folder; "" for a task's own stats
+    rows: int
+    row_groups: list[int] = field(default_factory=list)  # rows of each row group
+    label_counts: dict[int, int] = field(default_factory=dict)  # label index -> rows
+    moments: dataset.Moments = field(default_factory=dataset.Moments)  # the features', for the moments group only
+    reasons: dict[str, int] = field(default_factory=dict)  # a quarantine file's records per reason
+    lengths: dict[int, int] = field(default_factory=dict)  # a task's readable records per feature count
+
+    def to_row(self) -> dict[str, Any]:
+        """As one row of :data:`FILE_STATS_SCHEMA`: structured fields as JSON text, an empty one as ""."""
+        return {
+            "grp": self.grp, "file": self.file, "rows": self.rows, "row_groups": json.dumps(self.row_groups),
+            "label_counts": _counts_text(self.label_counts),
+            "moments": json.dumps(self.moments.to_dict()) if self.moments.n else "",
+            "reasons": _counts_text(self.reasons), "lengths": _counts_text(self.lengths),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> FileStats:
+        """A row of :data:`FILE_STATS_SCHEMA` (as the driver collects it) back as the record, type-checked."""
+        plain = {
+            **row, "row_groups": json.loads(row["row_groups"] or "[]"),
+            "label_counts": _int_keys(_parse(row["label_counts"])), "moments": _parse(row["moments"]),
+            "reasons": _parse(row["reasons"]), "lengths": _int_keys(_parse(row["lengths"])),
+        }
+        return cls.from_dict(plain, where="a writer task's file stats")
+
+
+def _counts_text(counts: Mapping[Any, int]) -> str:
+    """Counts as JSON text, keys in order (JSON keys are strings); no counts as ""."""
+    return json.dumps({str(k): n for k, n in sorted(counts.items())}) if counts else ""
+
+
+def _parse(text: str) -> dict[str, Any]:
+    """A JSON object's text; "" (nothing to say) as {}."""
+    return json.loads(text) if text else {}
+
+
+def _int_keys(counts: dict[str, Any]) -> dict[int, Any]:
+    """Counts keyed by numbers, read back from JSON (whose keys are strings)."""
+    return {int(k): n for k, n in counts.items()}
+
+
+def _row_schema(record: type[FileStats]) -> pa.Schema:
+    """One column per field, in order: ints as int64, everything else as text (see :meth:`FileStats.to_row`)."""
+    hints = typing.get_type_hints(record)
+    return pa.schema([(f.name, pa.int64() if hints[f.name] is int else pa.string()) for f in fields(record)])
+
+
+# The Arrow row a Spark task returns per file, derived from FileStats so that its columns are spelled once.
+FILE_STATS_SCHEMA = _row_schema(FileStats)
+FILE_STATS_DDL = ", ".join(f"{f.name} {'long' if f.type == pa.int64() else 'string'}" for f in FILE_STATS_SCHEMA)
 
 
 @dataclass
@@ -68,21 +129,9 @@ class Moments:
         self.m2 = m2 + other_m2 + delta ** 2 * (self.n * other.n / n)
         self.n = n
 
-    def to_json(self) -> str:
-        if self.n == 0:
-            return ""
-        mean, m2 = self.arrays()
-        return json.dumps({"n": self.n, "mean": mean.tolist(), "m2": m2.tolist()})
-
-    @classmethod
-    def from_json(cls, text: str) -> Moments:
-        if not text:
-            return cls()
-        d = json.loads(text)
-        return cls(d["n"], np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64))
-
     def to_record(self) -> dataset.Moments:
-        """As the manifest stores them (a later version merges them without re-reading the data)."""
+        """As the manifest and :class:`FileStats` store them (a later version merges them without
+        re-reading the data)."""
         if self.n == 0:
             return dataset.Moments()
         mean, m2 = self.arrays()
@@ -233,28 +282,20 @@ class GroupedParts:
                                                 moments=bool(spec.moments_group) and group == spec.moments_group)
             self.files[rel].write(rows.select(["id", "label", "features"]))
 
-    def close(self) -> list[dict[str, Any]]:
-        """Finish every file; one stats row (:data:`FILE_STATS_DDL`) per file written."""
+    def close(self) -> list[FileStats]:
+        """Finish every file; the stats of each file written."""
         stats = []
         for rel, f in self.files.items():
             f.close()
             if f.rows:
-                stats.append(
-                    {
-                        "grp": rel.split("/")[0] if self.spec.group_column else "",
-                        "file": rel,
-                        "rows": f.rows,
-                        "row_groups": json.dumps(f.group_rows),
-                        "label_counts": json.dumps({str(k): v for k, v in sorted(f.label_counts.items())}),
-                        "moments": f.moments.to_json() if f.moments is not None else "",
-                        "reasons": "",
-                        "lengths": "",
-                    }
-                )
+                stats.append(FileStats(
+                    grp=rel.split("/")[0] if self.spec.group_column else "", file=rel, rows=f.rows,
+                    row_groups=f.group_rows, label_counts=dict(f.label_counts),
+                    moments=f.moments.to_record() if f.moments is not None else dataset.Moments()))
         return stats
 
 
-def write_parts(batches: Iterable[pa.RecordBatch], spec: PartSpec, part_index: int) -> list[dict[str, Any]]:
+def write_parts(batches: Iterable[pa.RecordBatch], spec: PartSpec, part_index: int) -> list[FileStats]:
     """Stream ``batches`` (columns id, label, features [, group]) into part files; return per-file stats.
 
     Runs inside a Spark task (or anywhere): memory stays bounded by one batch plus less than one
@@ -280,10 +321,13 @@ def _split_by_group(table: pa.Table, column: str) -> Iterator[tuple[str, pa.Tabl
         yield str(value), table.filter(pa.array(values == value))
 
 
-def stats_batch(stats: list[dict[str, Any]]) -> pa.RecordBatch:
-    """The per-file stats as one Arrow batch matching :data:`FILE_STATS_DDL`."""
-    columns = ["grp", "file", "rows", "row_groups", "label_counts", "moments", "reasons", "lengths"]
-    types = [pa.string(), pa.string(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.string(), pa.string()]
-    return pa.RecordBatch.from_arrays(
-        [pa.array([s[c] for s in stats], type=t) for c, t in zip(columns, types)], names=columns
-    )
+def stats_batch(stats: list[FileStats]) -> pa.RecordBatch:
+    """The per-file stats as the one Arrow batch a Spark task returns (:data:`FILE_STATS_SCHEMA`)."""
+    return pa.RecordBatch.from_pylist([s.to_row() for s in stats], schema=FILE_STATS_SCHEMA)
+
+
+def collect_stats(frame: DataFrame, task: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+                  ) -> list[FileStats]:
+    """Run ``task`` (a ``mapInArrow`` function yielding :func:`stats_batch` batches) over ``frame``'s
+    partitions; the stats it returned, on the driver."""
+    return [FileStats.from_row(row.asDict()) for row in frame.mapInArrow(task, FILE_STATS_DDL).collect()]

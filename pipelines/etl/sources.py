@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -215,6 +215,35 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
     """CSV (header) / JSON lines / Parquet -> records; returns them, the fixed feature count (None =
     array), the input files (an empty file holds no records; it is reported, not an error) and the
     feature columns in order (the model artifact records them)."""
+    raw, files, unreadable = _load_tabular(spark, source, root, reader, skip)
+    label_col, id_col, feature_cols = _tabular_columns(table_columns(raw), source, root)
+    try:  # the preprocessing inference applies too
+        feats = tabular_features(raw, source.kind, feature_cols,
+                                 f"etl.source.feature_columns (in {storage.redact(root)})",
+                                 array_value_checks)
+    except PreprocessError as e:
+        raise EtlError(str(e)) from None
+    array_column = len(feature_cols) == 1 and raw.schema[feature_cols[0]].dataType.typeName() == "array"
+    num_features = None if array_column else len(feature_cols)
+    records = raw.select(
+        _record_id(id_col, feature_cols, label_col).alias("id"),
+        F.col("_file").alias("source"),
+        F.col("_row").alias("row"),
+        raw_label(F.col(label_col), raw.schema[label_col].dataType).alias("label"),
+        feats["features"].alias("features"),
+        feats["decode_detail"].alias("decode_detail"),
+        feats["null_detail"].alias("null_detail"),
+        feats["nonfinite_detail"].alias("nonfinite_detail"),
+    )
+    if unreadable:
+        records = _with_unreadable(spark, records, unreadable, root)
+    return _finish(records), num_features, files, feature_cols
+
+
+def _load_tabular(spark: SparkSession, source: SourceConfig, root: str, reader: str,
+                  skip: dict[str, int] | None) -> tuple[DataFrame, InputFiles, dict[str, str]]:
+    """The source's table (the files ``skip`` does not name; Parquet files that do not read left
+    out), its input files, and those unreadable files with their problem."""
     entries = table_files(source.kind, root, skip)
     if skip is not None and not entries:
         raise NothingNew(root)  # before any reader: Spark's and the storage layer's alike refuse an empty list
@@ -231,7 +260,11 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
         raise EtlError(f"etl.source.path: {e}") from None
     files = InputFiles(len(listed) + len(unreadable), empty_files(listed, root),
                        [(input_key(e.location, root), e.size) for e in entries])
-    columns = table_columns(raw)
+    return raw, files, unreadable
+
+
+def _tabular_columns(columns: list[str], source: SourceConfig, root: str) -> tuple[str, str, list[str]]:
+    """The label column, the id column ("" = none) and the feature columns, each checked to exist."""
     label_col = _require_column(columns, source.label_column, "etl.source.label_column", root)
     id_col = _require_column(columns, source.id_column, "etl.source.id_column", root) if source.id_column else ""
     feature_cols = list(source.feature_columns) or [c for c in columns if c not in (label_col, id_col)]
@@ -240,39 +273,27 @@ def read_tabular(spark: SparkSession, source: SourceConfig, root: str, array_val
     if not feature_cols:
         raise EtlError(f"{storage.redact(root)} has no feature columns besides the label/id; set "
                        "etl.source.feature_columns")
-    try:  # the preprocessing inference applies too
-        feats = tabular_features(raw, source.kind, feature_cols,
-                                 f"etl.source.feature_columns (in {storage.redact(root)})",
-                                 array_value_checks)
-    except PreprocessError as e:
-        raise EtlError(str(e)) from None
-    array_column = len(feature_cols) == 1 and raw.schema[feature_cols[0]].dataType.typeName() == "array"
-    num_features = None if array_column else len(feature_cols)
+    return label_col, id_col, feature_cols
+
+
+def _record_id(id_col: str, feature_cols: list[str], label_col: str) -> Column:
+    """A record's id: the id column's value, trimmed (empty = null), or without one a content hash."""
     if id_col:
         ident = F.trim(F.col(id_col).cast("string"))
-        ident = F.when(ident != "", ident)
-    else:
-        # No id column: the id is a hash of the record's content (features + label), so it is stable
-        # across runs and partitionings, and identical records get the same id (-> duplicate_id).
-        ident = F.sha1(F.to_json(F.struct(*[F.col(c) for c in feature_cols], F.col(label_col))))
-    records = raw.select(
-        ident.alias("id"),
-        F.col("_file").alias("source"),
-        F.col("_row").alias("row"),
-        raw_label(F.col(label_col), raw.schema[label_col].dataType).alias("label"),
-        feats["features"].alias("features"),
-        feats["decode_detail"].alias("decode_detail"),
-        feats["null_detail"].alias("null_detail"),
-        feats["nonfinite_detail"].alias("nonfinite_detail"),
-    )
-    if unreadable:  # each unreadable file is one quarantined record naming it, so the counts reconcile
-        print(f"etl: {len(unreadable)} Parquet file(s) cannot be read and are quarantined as files: "
-              + ", ".join(storage.redact(x) for x in list(unreadable)[:5]), flush=True)
-        records = records.unionByName(spark.createDataFrame(
-            [(input_key(loc, root), spark_path(loc), None, None, None, problem, None, None)
-             for loc, problem in unreadable.items()], T.StructType([T.StructField(f.name, f.dataType, True)
-                                                                   for f in records.schema])))
-    return _finish(records), num_features, files, feature_cols
+        return F.when(ident != "", ident)
+    # No id column: the id is a hash of the record's content (features + label), so it is stable
+    # across runs and partitionings, and identical records get the same id (-> duplicate_id).
+    return F.sha1(F.to_json(F.struct(*[F.col(c) for c in feature_cols], F.col(label_col))))
+
+
+def _with_unreadable(spark: SparkSession, records: DataFrame, unreadable: dict[str, str], root: str) -> DataFrame:
+    """``records`` and one quarantined record per unreadable file naming it, so the counts reconcile."""
+    print(f"etl: {len(unreadable)} Parquet file(s) cannot be read and are quarantined as files: "
+          + ", ".join(storage.redact(x) for x in list(unreadable)[:5]), flush=True)
+    return records.unionByName(spark.createDataFrame(
+        [(input_key(loc, root), spark_path(loc), None, None, None, problem, None, None)
+         for loc, problem in unreadable.items()], T.StructType([T.StructField(f.name, f.dataType, True)
+                                                               for f in records.schema])))
 
 
 def _require_column(columns: list[str], name: str, key: str, root: str) -> str:

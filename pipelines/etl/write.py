@@ -10,18 +10,16 @@ which needs every copy of an id together (they meet here anyway). Then each task
     <split>/part-NNNNN.parquet       its accepted records (exact row groups, :mod:`pipelines.etl.parts`)
     quarantine/part-NNNNN.parquet    its rejected records (:data:`QUARANTINE_SCHEMA`), in id order
 
-and returns one stats row per file (:data:`pipelines.etl.parts.FILE_STATS_DDL`): rows, labels,
-the train split's feature moments, the quarantine's reasons; and one about the task
+and returns the stats of each file (:class:`pipelines.etl.parts.FileStats`): rows, labels,
+the train split's feature moments, the quarantine's reasons; and those of the task
 (:data:`TASK_GROUP`): records seen and their feature counts. The driver counts, reconciles and
 normalizes from those rows, so the source's values are read and validated once.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.dataset import QUARANTINE, QUARANTINE_COLUMNS
-from pipelines.etl.parts import GroupedParts, PartSpec, StoredParquet, stats_batch
+from pipelines.etl.parts import FileStats, GroupedParts, PartSpec, StoredParquet, stats_batch
 from pipelines.etl.validate import REASONS
 from pipelines.preprocess import NONFINITE_DETAILS, null_elements_detail
 
@@ -43,7 +41,7 @@ assert QUARANTINE_SCHEMA.names == QUARANTINE_COLUMNS
 INPUT_COLUMNS = ["split", "id", "source", "row", "label", "features", "reason", "detail"]
 DUPLICATE_DETAIL = "same id as the record kept from "
 CHUNK_ROWS = 8192  # rows decided and written together (see _chunks)
-TASK_GROUP = "*task"  # ``grp`` of the stats row each task adds about itself (no split has this name)
+TASK_GROUP = "*task"  # ``grp`` of the FileStats each task adds about itself (no split has this name)
 # Records rejected for one of these still get wrong_shape / nan_or_inf when their values fail.
 CHECKED_AFTER_VALUES = frozenset(REASONS[REASONS.index("nan_or_inf") + 1:])
 
@@ -154,19 +152,18 @@ class QuarantineFile:
         self._file.write(table.select(QUARANTINE_COLUMNS).cast(QUARANTINE_SCHEMA))
         self.reasons.update(table["reason"].to_pylist())
 
-    def close(self) -> list[dict[str, Any]]:
-        """Finish the file; its stats row, or none when nothing was rejected."""
+    def close(self) -> list[FileStats]:
+        """Finish the file; its stats, or none when nothing was rejected."""
         if not self.reasons:
             return []
         self._file.close()
-        return [{"grp": QUARANTINE, "file": f"{QUARANTINE}/{storage.name(self.location)}",
-                 "rows": sum(self.reasons.values()), "row_groups": "[]", "label_counts": "", "moments": "",
-                 "reasons": json.dumps(dict(sorted(self.reasons.items()))), "lengths": ""}]
+        return [FileStats(QUARANTINE, f"{QUARANTINE}/{storage.name(self.location)}", rows=sum(self.reasons.values()),
+                          reasons=dict(self.reasons))]
 
 
-def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, part_index: int) -> list[dict[str, Any]]:
+def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, part_index: int) -> list[FileStats]:
     """Decide and write one task's records (:data:`INPUT_COLUMNS`, sorted as
-    :func:`mark_duplicates` needs); return one stats row per file written.
+    :func:`mark_duplicates` needs); return the stats of each file written, then the task's own.
 
     Memory stays bounded by one chunk of :data:`CHUNK_ROWS` plus less than one row group per split.
     """
@@ -197,9 +194,7 @@ def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, par
                               "features": good["features"]}))
     if not seen:
         return []
-    task = {"grp": TASK_GROUP, "file": "", "rows": seen, "row_groups": "[]", "label_counts": "", "moments": "",
-            "reasons": "", "lengths": json.dumps({str(n): c for n, c in sorted(lengths.items())})}
-    return parts.close() + quarantine.close() + [task]
+    return [*parts.close(), *quarantine.close(), FileStats(TASK_GROUP, "", rows=seen, lengths=dict(lengths))]
 
 
 def feature_counts(table: pa.Table) -> Counter[int]:

@@ -8,16 +8,19 @@ barrier task and starts one rank process), ``rank`` (the rank process's entry po
 imports no pyspark), ``plan`` (which rank each task runs), ``rendezvous`` (the interface a
 rendezvous offers) and ``protocol`` (the typed messages between them).
 """
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.launcher.rank import RankContext
 
-__all__ = ["LaunchError", "RankContext", "run_ranks"]
+if TYPE_CHECKING:  # so callers' calls are checked against the driver's signatures
+    from pipelines.launcher.driver import LaunchError, LaunchOptions, run_ranks
+
+__all__ = ["LaunchError", "LaunchOptions", "RankContext", "run_ranks"]
 
 
 def __getattr__(name: str) -> Any:
     # The driver side imports pyspark: loaded on first use, so a rank process never loads it.
-    if name in ("LaunchError", "run_ranks"):
+    if name in ("LaunchError", "LaunchOptions", "run_ranks"):
         from pipelines.launcher import driver
 
         return getattr(driver, name)

@@ -29,9 +29,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-from pyspark import BarrierTaskContext
+from pyspark import BarrierTaskContext, SparkContext
+from pyspark.resource import ResourceProfile
 from pyspark.sql import SparkSession
 
 from pipelines import events
@@ -66,6 +67,28 @@ class _Disconnected:
     peer: str
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How a launch runs, apart from what it runs: its bounded waits, the ranks' network, their cores
+    and resources, and the name its Spark job shows. The defaults suit a test or a small local job."""
+
+    start_timeout_s: float = 120.0  # every barrier task registered within this, or the launch fails
+    failure_timeout_s: float = 120.0  # a failed or silent rank ends the launch within this
+    gloo_iface: str = ""  # the ranks' collectives' interface; empty: ``lo`` on one host, else it must be given
+    pin_cores: bool = False  # each rank process on its own cores when its host has enough
+    description: str = "dlpipe ranks"  # the Spark job group's description (its UI shows it)
+    # what each barrier task asks for (e.g. GPUs per rank) instead of the application's task resources
+    resources: ResourceProfile | None = None
+
+
+@dataclass
+class _StageOutcome:
+    """What the barrier stage's thread leaves the driver's: the tasks' results, or what ended the stage."""
+
+    results: list[str] | None = None
+    error: BaseException | None = None
+
+
 def run_ranks(
     spark: SparkSession,
     entry: str,
@@ -73,85 +96,110 @@ def run_ranks(
     *,
     num_workers: int,
     rendezvous: Rendezvous | None = None,
-    start_timeout_s: float = 120.0,
-    failure_timeout_s: float = 120.0,
-    gloo_iface: str = "",
-    pin_cores: bool = False,
     on_event: EventHandler | None = None,
     attempt: int = 0,
-    description: str = "dlpipe ranks",
-    resources: Any = None,
+    options: LaunchOptions = LaunchOptions(),
 ) -> Any:
     """Run ``entry(payload, ctx)`` on ``num_workers`` ranks; return rank 0's result.
 
     ``entry`` is ``"package.module:function"``, importable on the executors. ``rendezvous``: what
-    the ranks join (default: none). ``gloo_iface``: the network interface the ranks' collectives
-    use; empty means ``lo`` when all ranks share one host, otherwise it must be given.
-    ``pin_cores``: each rank process on its own cores when its host has enough. ``resources``: a
-    pyspark ``ResourceProfile`` the barrier tasks ask for (e.g. GPUs per rank), instead of the
-    application's task resources.
-    ``on_event(event)`` sees every event a rank emits. A rank that reports a
-    :class:`~pipelines.events.ConfigProblem` ends the launch with a :class:`ConfigError` naming its key.
+    the ranks join (default: none). ``attempt``: 0 for a first launch, 1 for its first retry, ...
+    ``options``: its timeouts, network interface, core pinning, task resources and job description
+    (see :class:`LaunchOptions`). ``on_event(event)`` sees every event a rank emits. A rank that
+    reports a :class:`~pipelines.events.ConfigProblem` ends the launch with a :class:`ConfigError`
+    naming its key.
     """
     sc = spark.sparkContext
+    _check_task_slots(sc, num_workers)
+    coordinator, spec = _plan_launch(sc, entry, payload, num_workers, rendezvous, attempt, options)
+    group = f"dlpipe-ranks-{uuid.uuid4().hex[:8]}"
+    outcome = _StageOutcome()
+    stage = threading.Thread(target=_run_stage, args=(sc, spec, group, options, outcome),
+                             name="dlpipe-barrier-stage", daemon=True)
+    stage.start()
+    try:
+        _watch_stage(sc, coordinator, stage, group, options, on_event)
+        return _stage_result(coordinator, outcome, num_workers)
+    finally:
+        coordinator.close()
+
+
+def _check_task_slots(sc: SparkContext, num_workers: int) -> None:
+    """Fail at once when a local master cannot run every task of the barrier stage together."""
     slots = local_slots(str(sc.master), int(sc.getConf().get("spark.task.cpus") or "1"))
     if slots is not None and num_workers > slots:  # Spark would retry its barrier check for seconds first
         raise LaunchError(f"the barrier stage needs {num_workers} task slots at once but master={sc.master} has "
                           f"{slots}: lower train.num_workers or give Spark more cores (local[N], or a smaller "
                           "spark.task.cpus)")
+
+
+def _plan_launch(sc: SparkContext, entry: str, payload: dict[str, Any], num_workers: int,
+                 rendezvous: Rendezvous | None, attempt: int, options: LaunchOptions) -> tuple[Coordinator, TaskSpec]:
+    """Start this launch's coordinator; the spec every barrier task gets (it holds the launch's secret)."""
     driver_host = sc.getConf().get("spark.driver.host", socket.gethostname())
     # behind NAT or in a pod, Spark binds spark.driver.bindAddress and advertises spark.driver.host: so do we
     bind_host = sc.getConf().get("spark.driver.bindAddress", driver_host)
     secret = protocol.new_secret()  # this launch's: reaches the tasks only inside the Spark closure
     launch_id = f"dlpipe-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    coordinator = Coordinator(driver_host, num_workers, gloo_iface, attempt, secret, rendezvous or NoRendezvous(),
-                              bind_host=bind_host)
+    coordinator = Coordinator(driver_host, num_workers, options.gloo_iface, attempt, secret,
+                              rendezvous or NoRendezvous(), bind_host=bind_host)
     spec = TaskSpec(
         entry=entry, payload=payload, num_workers=num_workers,
         coordinator_host=driver_host, coordinator_port=coordinator.port,
-        start_timeout_s=start_timeout_s, failure_timeout_s=failure_timeout_s, launch_id=launch_id,
-        secret=secret, pin_cores=pin_cores,
+        start_timeout_s=options.start_timeout_s, failure_timeout_s=options.failure_timeout_s,
+        launch_id=launch_id, secret=secret, pin_cores=options.pin_cores,
     )
-    group = f"dlpipe-ranks-{uuid.uuid4().hex[:8]}"
-    outcome: dict[str, Any] = {}
+    return coordinator, spec
 
-    def run_stage() -> None:
-        sc.setJobGroup(group, description, interruptOnCancel=True)
-        try:
-            tasks = sc.parallelize(range(num_workers), num_workers)
-            barrier = (tasks.withResources(resources) if resources is not None else tasks).barrier()
-            outcome["results"] = barrier.mapPartitions(lambda _: _barrier_task(spec)).collect()
-        except BaseException as e:  # noqa: BLE001 - whatever ended the stage is reported by the watching thread below
-            outcome["error"] = e
 
-    stage = threading.Thread(target=run_stage, name="dlpipe-barrier-stage", daemon=True)
-    stage.start()
+def _run_stage(sc: SparkContext, spec: TaskSpec, group: str, options: LaunchOptions, outcome: _StageOutcome) -> None:
+    """The barrier stage, in its own thread: its results, or what ended it, go to ``outcome``."""
+    sc.setJobGroup(group, options.description, interruptOnCancel=True)
     try:
-        try:
-            failure = coordinator.watch(stage, start_timeout_s, failure_timeout_s, on_event)
-        except BaseException:  # the caller's event handler stopped the launch (e.g. a lost lease, Ctrl-C)
-            sc.cancelJobGroup(group)
-            raise
-        if failure is not None:
-            sc.cancelJobGroup(group)
-            stage.join(timeout=30)
-            if isinstance(failure, events.ConfigProblem):
-                raise ConfigError(f"{failure.message} (reported by rank {failure.rank}; its traceback is in "
-                                  f"its log {failure.log})", key=failure.key)
-            if isinstance(failure, _Failed):
-                if isinstance(failure.error, ConfigError):
-                    raise failure.error
-                raise LaunchError(f"the driver's coordinator failed while serving the task at {failure.peer}: "
-                                  f"{type(failure.error).__name__}: {failure.error}") from failure.error
-            raise LaunchError(coordinator.explain(failure, lost=SILENT_RANK in failure))
-        if "error" in outcome:
-            lost = explain_lost_executor(str(outcome["error"])) is not None
-            raise LaunchError(coordinator.explain(_explain_spark_error(outcome["error"], num_workers), lost)) \
-                from outcome["error"]
-        results = outcome["results"]
-        return json.loads(results[0]) if results else None
-    finally:
-        coordinator.close()
+        tasks = sc.parallelize(range(spec.num_workers), spec.num_workers)
+        barrier = (tasks.withResources(options.resources) if options.resources is not None else tasks).barrier()
+        outcome.results = barrier.mapPartitions(lambda _: _barrier_task(spec)).collect()
+    except BaseException as e:  # noqa: BLE001 - whatever ended the stage is reported by the watching thread
+        outcome.error = e
+
+
+def _watch_stage(sc: SparkContext, coordinator: Coordinator, stage: threading.Thread, group: str,
+                 options: LaunchOptions, on_event: EventHandler | None) -> None:
+    """Relay the ranks' messages until the stage ends; cancel it and raise when the launch must stop."""
+    try:
+        failure = coordinator.watch(stage, options.start_timeout_s, options.failure_timeout_s, on_event)
+    except BaseException:  # the caller's event handler stopped the launch (e.g. a lost lease, Ctrl-C)
+        sc.cancelJobGroup(group)
+        raise
+    if failure is not None:
+        sc.cancelJobGroup(group)
+        stage.join(timeout=30)
+        _raise_failure(coordinator, failure)
+
+
+def _raise_failure(coordinator: Coordinator, failure: str | events.ConfigProblem | _Failed) -> NoReturn:
+    """The error that ends a launch the watch stopped: a rank's config problem, a coordinator
+    thread's failure, or the watch's reason with what the ranks told."""
+    if isinstance(failure, events.ConfigProblem):
+        raise ConfigError(f"{failure.message} (reported by rank {failure.rank}; its traceback is in "
+                          f"its log {failure.log})", key=failure.key)
+    if isinstance(failure, _Failed):
+        if isinstance(failure.error, ConfigError):
+            raise failure.error
+        raise LaunchError(f"the driver's coordinator failed while serving the task at {failure.peer}: "
+                          f"{type(failure.error).__name__}: {failure.error}") from failure.error
+    raise LaunchError(coordinator.explain(failure, lost=SILENT_RANK in failure))
+
+
+def _stage_result(coordinator: Coordinator, outcome: _StageOutcome, num_workers: int) -> Any:
+    """Rank 0's result from a stage that ended by itself, or the error that explains why it failed."""
+    if outcome.error is not None:
+        lost = explain_lost_executor(str(outcome.error)) is not None
+        raise LaunchError(coordinator.explain(_explain_spark_error(outcome.error, num_workers), lost)) \
+            from outcome.error
+    if outcome.results is None:  # its thread died before the job ran (it printed why): a bug, not a failed launch
+        raise RuntimeError("the barrier stage's thread ended without running the stage")
+    return json.loads(outcome.results[0]) if outcome.results else None
 
 
 def _barrier_task(spec: TaskSpec) -> Iterator[str]:

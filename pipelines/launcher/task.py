@@ -18,7 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from pipelines.device import gpu_environment
 from pipelines.launcher import protocol
@@ -46,84 +47,148 @@ def run_barrier_task(spec: TaskSpec, partition: int, host: str, threads: int,
     ``gpus``: the GPU addresses Spark gave this task (``TaskContext.resources()["gpu"]``), the only
     ones its rank will see. Yields rank 0's result as one JSON string (other ranks yield nothing).
     """
-    sock = socket.create_connection((spec.coordinator_host, spec.coordinator_port),
-                                    timeout=spec.start_timeout_s)
-    reader = sock.makefile("rb")
-    challenge = protocol.decode(reader.readline(protocol.MAX_LINE_BYTES + 1))
-    if not isinstance(challenge, protocol.Challenge):
-        raise RuntimeError(f"task {partition}: the coordinator at {spec.coordinator_host}:{spec.coordinator_port} "
-                           f"sent no challenge: is it a dlpipe launch?")
-    protocol.send(sock, protocol.Auth(protocol.answer(spec.secret, challenge.challenge)))
-    channel = protocol.Channel(spec.secret, challenge.challenge, "task")
+    with _DriverLink(spec, partition) as link:
+        assignment = link.register(partition, host)
+        rank = assignment.slot.rank
+        log_path = rank_log_path(spec.launch_id, rank)
+        rank_spec = RankSpec(spec.entry, spec.payload, assignment.slot, threads, assignment.attempt, list(gpus),
+                             assignment.rendezvous_addr, assignment.rendezvous_port, spec.failure_timeout_s,
+                             log_path, spec.pin_cores)
+        run = _run_rank(link, rank_spec, assignment, partition)
+    if run.code != 0:
+        if PEER_LOST.search(run.cause):
+            time.sleep(PEER_GRACE_S)  # Spark reports the first task to fail: let the root cause's be first
+        raise run.failure(f"rank {rank} (barrier task {partition} on {host})", f"{host}:{log_path}")
+    if rank == 0:
+        import json
 
-    def send(message: protocol.Message) -> None:
-        channel.send(sock, message)
+        yield json.dumps(run.result)
 
-    send(protocol.Register(partition, host, os.getpid()))
-    reply = channel.open(reader.readline(protocol.MAX_LINE_BYTES + 1))  # once every task has registered
-    if isinstance(reply, protocol.Refused):
-        raise RuntimeError(f"task {partition}: the driver refused it: {reply.reason}")
-    if not isinstance(reply, Assignment):
-        raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank "
-                           "(the launch failed on the driver: see its error), or sent something not sealed "
-                           "under this connection's key")
-    sock.settimeout(None)
-    rank = reply.slot.rank
-    log_path = rank_log_path(spec.launch_id, rank)
-    rank_spec = RankSpec(spec.entry, spec.payload, reply.slot, threads, reply.attempt, list(gpus),
-                         reply.rendezvous_addr, reply.rendezvous_port, spec.failure_timeout_s, log_path,
-                         spec.pin_cores)
-    with tempfile.TemporaryDirectory(prefix=f"dlpipe-rank{rank}-") as tmp, open(log_path, "a") as log:
+
+class _DriverLink:
+    """This task's authenticated connection to the driver's coordinator; closed on every path (a context manager).
+
+    Its reader belongs to the thread that watches the driver once :meth:`watch` started it: closing
+    it here would wait for that thread's blocked read, so the socket's real close then waits for it.
+    """
+
+    def __init__(self, spec: TaskSpec, partition: int) -> None:
+        self.sock = socket.create_connection((spec.coordinator_host, spec.coordinator_port),
+                                             timeout=spec.start_timeout_s)
+        self.reader = self.sock.makefile("rb")
+        self._watched = False
+        try:
+            self.channel = self._authenticate(spec, partition)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _DriverLink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _authenticate(self, spec: TaskSpec, partition: int) -> protocol.Channel:
+        challenge = protocol.decode(self.reader.readline(protocol.MAX_LINE_BYTES + 1))
+        if not isinstance(challenge, protocol.Challenge):
+            raise RuntimeError(f"task {partition}: the coordinator at {spec.coordinator_host}:"
+                               f"{spec.coordinator_port} sent no challenge: is it a dlpipe launch?")
+        protocol.send(self.sock, protocol.Auth(protocol.answer(spec.secret, challenge.challenge)))
+        return protocol.Channel(spec.secret, challenge.challenge, "task")
+
+    def send(self, message: protocol.Message) -> None:
+        """Send one sealed message to the driver."""
+        self.channel.send(self.sock, message)
+
+    def register(self, partition: int, host: str) -> Assignment:
+        """Register this task; the rank the driver assigns it once every task has registered."""
+        self.send(protocol.Register(partition, host, os.getpid()))
+        reply = self.channel.open(self.reader.readline(protocol.MAX_LINE_BYTES + 1))
+        if isinstance(reply, protocol.Refused):
+            raise RuntimeError(f"task {partition}: the driver refused it: {reply.reason}")
+        if not isinstance(reply, Assignment):
+            raise RuntimeError(f"task {partition}: the driver closed the connection before assigning a rank "
+                               "(the launch failed on the driver: see its error), or sent something not sealed "
+                               "under this connection's key")
+        self.sock.settimeout(None)
+        return reply
+
+    def watch(self, proc: subprocess.Popen[str]) -> None:
+        """Kill the rank when the driver says abort or its connection drops (a thread of its own)."""
+        threading.Thread(target=_watch_driver, args=(self.reader, self.channel, proc), daemon=True).start()
+        self._watched = True
+
+    def close(self) -> None:
+        """Close the connection (for real once nothing reads it any more)."""
+        if not self._watched:
+            self.reader.close()
+        self.sock.close()
+
+
+@dataclass
+class _RankRun:
+    """What a task saw of its rank process: its exit code, its result, its own cause, its last lines."""
+
+    code: int = -1
+    result: Any = None  # rank 0's result event's
+    cause: str = ""  # the rank's own one-line error (its ``failed`` event)
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=protocol.LOG_TAIL_LINES))
+
+    def failure(self, where: str, log: str) -> RankFailed:
+        """The task's error for a rank that exited non-zero: its cause, else its exit and last lines."""
+        if self.cause:
+            return RankFailed(f"{where} failed: {self.cause}; its log: {log}")
+        return RankFailed(f"{where} {describe_exit(self.code)}; its log: {log}; last lines:\n" + "\n".join(self.tail))
+
+
+def _run_rank(link: _DriverLink, rank_spec: RankSpec, assignment: Assignment, partition: int) -> _RankRun:
+    """Start the rank process, relay its output until it exits (killed if it has not), tell the driver its exit."""
+    rank = rank_spec.slot.rank
+    run = _RankRun()
+    with tempfile.TemporaryDirectory(prefix=f"dlpipe-rank{rank}-") as tmp, open(rank_spec.log_path, "a") as log:
         spec_path = os.path.join(tmp, "spec.json")
         with open(spec_path, "w") as f:
             f.write(rank_spec.to_json())
         proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "pipelines.launcher", spec_path],
-            env=rank_environment(reply, threads, gpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, preexec_fn=_die_with_parent,
+            env=rank_environment(assignment, rank_spec.threads, tuple(rank_spec.gpus)), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=_die_with_parent,
         )
-        threading.Thread(target=_watch_driver, args=(reader, channel, proc), daemon=True).start()
+        link.watch(proc)
         stop_beats = threading.Event()
-        threading.Thread(target=_heartbeat, args=(send, partition, rank, stop_beats), daemon=True).start()
-        tail: collections.deque[str] = collections.deque(maxlen=protocol.LOG_TAIL_LINES)
-        result = None
-        cause = ""  # the rank's own one-line error (its ``failed`` event)
+        threading.Thread(target=_heartbeat, args=(link.send, partition, rank, stop_beats), daemon=True).start()
         try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                text = raw.rstrip("\n")
-                event = protocol.parse_event_line(text)
-                if event is None:
-                    tail.append(text)
-                    log.write(raw)
-                    log.flush()
-                    send(protocol.LogLine(partition, rank, text))
-                elif event.get("kind") == "result":
-                    result = event.get("result")
-                else:
-                    if event.get("kind") == "failed":
-                        cause = str(event.get("error", ""))
-                    send(protocol.EventLine(partition, rank, event))
-            code = proc.wait()
+            _relay(proc, log, link, partition, rank, run)
+            run.code = proc.wait()
         finally:
             stop_beats.set()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        send(protocol.Exit(partition, rank, code))
-        sock.close()
-    if code != 0:
-        where = f"rank {rank} (barrier task {partition} on {host})"
-        if PEER_LOST.search(cause):
-            time.sleep(PEER_GRACE_S)  # Spark reports the first task to fail: let the root cause's be first
-        if cause:
-            raise RankFailed(f"{where} failed: {cause}; its log: {host}:{log_path}")
-        raise RankFailed(f"{where} {describe_exit(code)}; its log: {host}:{log_path}; last lines:\n"
-                         + "\n".join(tail))
-    if rank == 0:
-        import json
+        link.send(protocol.Exit(partition, rank, run.code))
+    return run
 
-        yield json.dumps(result)
+
+def _relay(proc: subprocess.Popen[str], log: TextIO, link: _DriverLink, partition: int, rank: int,
+           run: _RankRun) -> None:
+    """The rank's output, line by line: log lines to its log file and the driver, events to the driver,
+    its result and its own cause into ``run``."""
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        text = raw.rstrip("\n")
+        event = protocol.parse_event_line(text)
+        if event is None:
+            run.tail.append(text)
+            log.write(raw)
+            log.flush()
+            link.send(protocol.LogLine(partition, rank, text))
+        elif event.get("kind") == "result":
+            run.result = event.get("result")
+        else:
+            if event.get("kind") == "failed":
+                run.cause = str(event.get("error", ""))
+            link.send(protocol.EventLine(partition, rank, event))
 
 
 def rank_log_path(launch_id: str, rank: int) -> str:

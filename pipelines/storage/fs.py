@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -60,6 +61,7 @@ class FileEntry:
 
 
 _options = StorageOptions()
+_options_set = False  # set_options was called in this process
 _cache: dict[tuple, pafs.FileSystem] = {}
 _lock = threading.Lock()
 _LOCAL = pafs.LocalFileSystem()
@@ -68,16 +70,30 @@ _LOCAL = pafs.LocalFileSystem()
 def set_options(options: StorageOptions) -> None:
     """Use ``options`` for every later call in this process (empty fields still fall back to the
     environment); clears the filesystem cache."""
-    global _options
+    global _options, _options_set
     if not isinstance(options, StorageOptions):
         raise TypeError(f"set_options wants a StorageOptions, got {type(options).__name__}")
     with _lock:
-        _options = options
+        _options, _options_set = options, True
         _cache.clear()
 
 
+def _in_spark_task() -> bool:
+    if "pyspark" not in sys.modules:  # a rank or a plain script: never a Spark task
+        return False
+    from pyspark import TaskContext
+
+    return TaskContext.get() is not None
+
+
 def current_options() -> StorageOptions:
-    """The options set by set_options (not yet resolved against the environment)."""
+    """The options set by set_options (not yet resolved against the environment). A Spark task's
+    Python worker does not inherit the driver's, so a task that reaches a store before setting its
+    job's options (they travel in the task's closure) fails here, instead of silently reaching the
+    default endpoint and region."""
+    if not _options_set and _in_spark_task():
+        raise StorageError("a Spark task reached a store before its job's storage options were set: the task "
+                           "must call pipelines.storage.set_options(<the job's StorageOptions>) first (a dlpipe bug)")
     return _options
 
 
@@ -162,7 +178,7 @@ def _resolve(location: str, key: str | None = None, *, probe: bool = False,
         return _LOCAL, _uri.normalize(location)
     _uri.check_uri(location, key or "")
     parts = _uri.split(_uri.normalize(location))
-    opts = (options or _options).resolved()
+    opts = (options or current_options()).resolved()
     if probe:
         return _build(parts, opts, location, key, probe=True), _fs_path(parts)
     if parts.scheme in ("abfs", "abfss", "az"):
@@ -202,7 +218,7 @@ def _endpoint(location: str, opts: StorageOptions) -> tuple[str, str]:
 def _explain(exc: BaseException, opts: StorageOptions | None = None, location: str = "") -> str:
     """A readable cause for a pyarrow/OS error at ``location`` (first line only, credentials redacted)."""
     text = str(exc)
-    endpoint, setting = _endpoint(location, opts or _options.resolved())
+    endpoint, setting = _endpoint(location, opts or current_options().resolved())
     if "Resolving host" in text or "resolve host" in text or "curlCode: 6" in text:
         return f"cannot resolve the host of {endpoint}: check {setting}"
     if "curlCode: 28" in text or "Timeout was reached" in text or "timed out" in text.lower():
@@ -571,7 +587,7 @@ def _check_local(location: str, key: str, write: bool) -> None:
 def _check_remote(location: str, key: str, write: bool) -> None:
     sch = _uri.scheme(location)
     fs, path = _resolve(location, key, probe=True)
-    opts = _options.resolved()
+    opts = current_options().resolved()
     try:
         if sch in OBJECT_STORES:
             bucket = path.split("/", 1)[0]

@@ -11,23 +11,20 @@ as a ``ConfigError`` and is not retried.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
 from pipelines import events, storage
 from pipelines.config import PipelineConfig
 from pipelines.dataset import VALIDATION_SPLIT, steps_per_epoch, view_folders
-from pipelines.events import EpochRecord
-from pipelines.formats import Record
-from pipelines.launcher import LaunchError, run_ranks
+from pipelines.launcher import LaunchError, LaunchOptions, run_ranks
 from pipelines.lease import check_leases
 from pipelines.progress import EpochProgress
 from pipelines.readers import ReadLease
 from pipelines.runfolder import RunFolder
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
-from pipelines.train.job import TrainJob, plan_job, record_run_data
+from pipelines.train.job import TrainJob, TrainResult, plan_job, record_run_data
 from pipelines.train.resources import training_profile
 from pipelines.train.strategies import STRATEGIES
 from pipelines.train.warm import check_warm_start, warm_start_artifact
@@ -39,32 +36,6 @@ EventHandler = Callable[[events.RankEvent], None]
 
 class TrainError(RuntimeError):
     """Training cannot start or did not finish; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class RankDevice(Record):
-    rank: int
-    device: str
-    gpu: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class TrainResult(Record):
-    """What ``dlpipe train`` returns (rank 0's summary of the run)."""
-
-    epochs_completed: int
-    history: list[EpochRecord]
-    artifact: str
-    devices: list[RankDevice]
-    precision: str
-    dataset_version: int = 0
-    init_from: str = ""
-    checkpoint_times: dict[str, float] = field(default_factory=dict)  # pipelines.checkpoints.WriteTimes
-
-    @property
-    def last(self) -> EpochRecord:
-        return self.history[-1]
 
 
 def main(spark: SparkSession, config: PipelineConfig, on_event: EventHandler | None = None,
@@ -142,11 +113,12 @@ def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_ev
            attempt: int = 0, description: str = "dlpipe train") -> TrainResult:
     """One barrier stage running ``entry`` (default: the trainer) on the job's ranks; rank 0's result."""
     tc = job.config.train
+    options = LaunchOptions(start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
+                            gloo_iface=tc.gloo_iface, pin_cores=tc.pin_ranks, description=description,
+                            resources=training_profile(spark, job.config))
     result = run_ranks(spark, entry, job.to_dict(), num_workers=tc.num_workers,
                        rendezvous=STRATEGIES[tc.strategy].rendezvous(tc.failure_timeout_s),
-                       start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
-                       gloo_iface=tc.gloo_iface, pin_cores=tc.pin_ranks, on_event=on_event, attempt=attempt,
-                       description=description, resources=training_profile(spark, job.config))
+                       on_event=on_event, attempt=attempt, options=options)
     return TrainResult.from_dict(result, "rank 0's training result")
 
 

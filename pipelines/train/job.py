@@ -7,11 +7,12 @@ absolute (a local path or a store URI), so a rank on any host finds the same dat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import dataset, storage
 from pipelines.config import ConfigError, PipelineConfig, from_dict
+from pipelines.events import EpochRecord
 from pipelines.formats import FormatError, Record, from_plain
 from pipelines.runfolder import RunFolder
 
@@ -97,3 +98,31 @@ def record_run_data(job: TrainJob) -> None:
     location = RunFolder(job.run_dir).dataset_record
     if not storage.exists(location):
         storage.write_text(location, RunData(job.config.dataset, job.data.version, job.data.identity).to_json())
+
+
+# The run's result, as rank 0 builds it and the driver returns it (here, not in driver.py: a rank
+# process loads no pyspark).
+@dataclass(frozen=True)
+class RankDevice(Record):
+    rank: int
+    device: str
+    gpu: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainResult(Record):
+    """What ``dlpipe train`` returns (rank 0's summary of the run)."""
+
+    epochs_completed: int
+    history: list[EpochRecord]
+    artifact: str
+    devices: list[RankDevice]
+    precision: str
+    dataset_version: int = 0
+    init_from: str = ""
+    checkpoint_times: dict[str, float] = field(default_factory=dict)  # pipelines.checkpoints.WriteTimes
+
+    @property
+    def last(self) -> EpochRecord:
+        return self.history[-1]

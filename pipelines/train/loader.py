@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -140,16 +141,29 @@ def damaged_file_error(split: SplitFiles, error: Exception) -> Exception:
     return error
 
 
-def epoch_batches(split: SplitFiles, *, rank: int, size: int, batch_size: int, steps: int, seed: int,
-                  normalize: Normalizer, workers: int = 1, prefetch: int = 4,
-                  skip: int = 0, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Exactly ``steps - skip`` batches of ``batch_size`` rows from this rank's shard, read ahead in a thread.
+@dataclass(frozen=True)
+class BatchOrder:
+    """Which batches of a shard :func:`epoch_batches` yields: its reproducible order is fixed by
+    ``seed`` (with the shard), cut into ``batch_size`` rows; of the first ``steps`` batches, the
+    first ``skip`` are passed over (resuming inside an epoch)."""
 
-    The order depends only on (seed, rank, size): one producer thread keeps it reproducible, and
-    ``skip`` drops the first batches of that order unnormalized (to resume inside an epoch).
+    batch_size: int
+    steps: int
+    seed: int
+    skip: int = 0
+
+
+def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int, normalize: Normalizer,
+                  workers: int = 1, prefetch: int = 4, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Exactly ``order.steps - order.skip`` batches of ``order.batch_size`` rows from this rank's
+    shard, read ahead in a thread.
+
+    The rows' order depends only on (``order.seed``, rank, size): one producer thread keeps it
+    reproducible, and ``order.skip`` drops the first batches of that order unnormalized (to resume inside an epoch).
     ``pin`` (the rank trains on a GPU): batches come in pinned memory, pinned in the read-ahead
     thread, so the rank's copy to the GPU is asynchronous.
     """
+    batch_size, steps, seed, skip = order.batch_size, order.steps, order.seed, order.skip
     out: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 

@@ -23,6 +23,8 @@ import models
 from pipelines import events, storage
 from pipelines.artifact import Normalizer, artifact_meta, load_state, save_artifact
 from pipelines.checkpoints import CheckpointWriter
+from pipelines.config import TrainConfig
+from pipelines.config import from_dict as config_from_dict
 from pipelines.dataset import SplitFiles, shard_rows, steps_per_epoch
 from pipelines.device import DeviceChoice, activate, resolve_device, to_device, visible_gpus
 from pipelines.errors import ConfigError
@@ -30,7 +32,7 @@ from pipelines.events import EpochRecord
 from pipelines.launcher import RankContext
 from pipelines.train import loader
 from pipelines.train.checkpoint import RankState, TrainCheckpoint, latest_checkpoint
-from pipelines.train.job import TrainJob
+from pipelines.train.job import RankDevice, TrainJob, TrainResult
 from pipelines.train.strategies import Strategy, make_strategy
 
 PROGRESS_EVENTS_PER_EPOCH = 20
@@ -95,54 +97,81 @@ def build_model(job: TrainJob) -> models.DlpipeModel:
 
 
 def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceChoice) -> dict[str, Any]:
-    config = job.config
-    tc = config.train
-    rank = ctx.rank
+    """One rank's run: set up the model, resume from the newest checkpoint, train the remaining
+    epochs, then (rank 0) write the artifact; returns this rank's result."""
+    tc = job.config.train
     manifest = job.data.manifest
     normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
     # the linear scaling rule: lr grows with the batch a step averages (ranks x accumulated batches)
     lr = tc.lr * (ctx.size * tc.grad_accumulation if tc.scale_lr_by_workers and strategy.data_parallel else 1)
     strategy.setup(build_model(job).to(strategy.device), lambda params: _optimizer(tc, params, lr))
-    devices = strategy.allgather_object({"rank": rank, **choice.describe()})
+    devices = strategy.allgather_object({"rank": ctx.rank, **choice.describe()})
     ctx.emit(events.DeviceChosen(device=choice.device, gpu=choice.gpu, reason=choice.reason, precision=tc.precision))
+    resume = _resume(strategy, job, ctx)
+    start_epoch = resume.epoch if resume is not None else 0
+    steps = _plan_steps(strategy, job, ctx, start_epoch)
+    checkpoints = _Checkpoints(strategy, job, ctx, history=list(resume.history) if resume is not None else [],
+                               writer=CheckpointWriter(job.checkpoints) if ctx.rank == 0 else None)
+    _train_epochs(strategy, job, ctx, checkpoints, resume, steps, normalize)
+    return _result(strategy, job, ctx, checkpoints, devices)
 
-    # Rank 0 reads the newest checkpoint and broadcasts it; every rank restores its own part of it.
+
+def _resume(strategy: Strategy, job: TrainJob, ctx: RankContext) -> TrainCheckpoint | None:
+    """The checkpoint to resume from, if any: rank 0 reads the newest and broadcasts it; every rank
+    checks it fits this run and restores its own part of it."""
+    resume: TrainCheckpoint | None = strategy.broadcast_object(_newest_checkpoint(job, ctx) if ctx.rank == 0 else None)
+    if resume is None:
+        return None
+    _check_resumable(resume, job, ctx.size)
+    strategy.load(resume.model, resume.optimizer)
+    inside = f", {resume.step} steps into epoch {resume.epoch + 1}" if resume.step else ""
+    ctx.log(f"resuming from checkpoint after epoch {resume.epoch}{inside}")
+    if ctx.rank == 0:
+        ctx.emit(events.Resumed(epochs_done=resume.epoch, step=resume.step, history=list(resume.history)))
+    return resume
+
+
+def _newest_checkpoint(job: TrainJob, ctx: RankContext) -> TrainCheckpoint | None:
+    """Rank 0's read of the newest checkpoint that decodes; the ones that do not are skipped, and logged."""
     unusable: list[str] = []
 
     def skipped(location: str, error: Exception) -> None:
         unusable.append(storage.redact(location))
         ctx.log(f"checkpoint {storage.redact(location)} was read but does not decode ({error}): skipping it")
 
-    found = latest_checkpoint(job.checkpoints, job.data.identity, skipped) if rank == 0 else None
-    if rank == 0 and found is None and unusable:
+    found = latest_checkpoint(job.checkpoints, job.data.identity, skipped)
+    if found is None and unusable:
         ctx.log(f"none of the {len(unusable)} checkpoint(s) in {storage.redact(job.checkpoints)} decodes: "
                 "training starts from scratch (epoch 1)")
-    resume: TrainCheckpoint | None = strategy.broadcast_object(found)
-    start_epoch, start_step, history = 0, 0, []
-    if resume is not None:
-        if resume.strategy != tc.strategy:
-            raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made with train.strategy="
-                              f"{resume.strategy}; resume with that strategy, or use a new run_id",
-                              key="train.strategy")
-        start_epoch, start_step, history = resume.epoch, resume.step, list(resume.history)
-        if start_step and len(resume.ranks) != ctx.size:  # checked before any state is loaded
-            raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made {start_step} steps into "
-                              f"an epoch by {len(resume.ranks)} ranks; resume with train.num_workers="
-                              f"{len(resume.ranks)}, or use a new run_id to start over", key="train.num_workers")
-        made_with = resume.config.get("train", {}).get("grad_accumulation", 1)
-        if start_step and made_with != tc.grad_accumulation:  # its step count is in steps of made_with batches
-            raise ConfigError(f"the checkpoint in {storage.redact(job.checkpoints)} was made {start_step} steps into "
-                              f"an epoch with train.grad_accumulation={made_with}; resume with that setting, or use "
-                              "a new run_id", key="train.grad_accumulation")
-        strategy.load(resume.model, resume.optimizer)
-        inside = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
-        ctx.log(f"resuming from checkpoint after epoch {start_epoch}{inside}")
-        if rank == 0:
-            ctx.emit(events.Resumed(epochs_done=start_epoch, step=start_step, history=history))
+    return found
 
+
+def _check_resumable(resume: TrainCheckpoint, job: TrainJob, ranks: int) -> None:
+    """Refuse (a ConfigError naming the key) a checkpoint this run's settings cannot continue."""
+    tc, step, where = job.config.train, resume.step, storage.redact(job.checkpoints)
+    if resume.strategy != tc.strategy:
+        raise ConfigError(f"the checkpoint in {where} was made with train.strategy={resume.strategy}; resume with "
+                          "that strategy, or use a new run_id", key="train.strategy")
+    if not step:  # made at an epoch's end: nothing of an epoch to continue
+        return
+    if len(resume.ranks) != ranks:  # checked before any state is loaded
+        raise ConfigError(f"the checkpoint in {where} was made {step} steps into an epoch by {len(resume.ranks)} "
+                          f"ranks; resume with train.num_workers={len(resume.ranks)}, or use a new run_id to start "
+                          "over", key="train.num_workers")
+    # read only here, where it matters: a config without train.grad_accumulation (older checkpoints) means 1
+    made_with = config_from_dict(resume.config).train.grad_accumulation
+    if made_with != tc.grad_accumulation:  # its step count is in steps of made_with batches
+        raise ConfigError(f"the checkpoint in {where} was made {step} steps into an epoch with "
+                          f"train.grad_accumulation={made_with}; resume with that setting, or use a new run_id",
+                          key="train.grad_accumulation")
+
+
+def _plan_steps(strategy: Strategy, job: TrainJob, ctx: RankContext, start_epoch: int) -> int:
+    """Optimizer steps per epoch, alike on every rank (refused when a step needs more rows than a
+    shard holds), announced with the plan."""
+    tc, sizes = job.config.train, job.train.sizes
     shard, shards = strategy.shard()
-    sizes = job.train.sizes
-    steps = steps_per_epoch(sizes, shards, tc.batch_size * tc.grad_accumulation)  # optimizer steps
+    steps = steps_per_epoch(sizes, shards, tc.batch_size * tc.grad_accumulation)
     if steps == 0:
         raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accumulation={tc.grad_accumulation} rows "
                           f"a step is more than every rank's shard "
@@ -150,62 +179,98 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
                           key="train.batch_size")
     ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=shard_rows(sizes, shard, shards), epochs=tc.epochs,
                             start_epoch=start_epoch, strategy=tc.strategy, held_parameters=strategy.held_parameters()))
-    writer = CheckpointWriter(job.checkpoints) if rank == 0 else None
+    return steps
 
-    def checkpoint(epoch: int, step: int, ranks: list[RankState]) -> None:
-        """Every rank calls it (the state is a collective); rank 0 writes it, off the step loop."""
-        model_state, optimizer_state = strategy.state()
-        if writer is not None:
-            writer.submit(epoch, step, TrainCheckpoint(
+
+@dataclass
+class _Checkpoints:
+    """The run's checkpoints: every rank takes part in each (the state is a collective); rank 0
+    (the one with a ``writer``) writes them, off the step loop."""
+
+    strategy: Strategy
+    job: TrainJob
+    ctx: RankContext
+    history: list[EpochRecord]  # the run's epochs so far (resumed ones included): each checkpoint holds a copy
+    writer: CheckpointWriter | None
+
+    def save(self, epoch: int, step: int, ranks: list[RankState]) -> None:
+        """Checkpoint ``step`` steps into ``epoch`` (0: at its start), with ``ranks``' states."""
+        model_state, optimizer_state = self.strategy.state()
+        if self.writer is not None:
+            job = self.job
+            self.writer.submit(epoch, step, TrainCheckpoint(
                 model=model_state, optimizer=optimizer_state, epoch=epoch, step=step, ranks=ranks,
-                strategy=tc.strategy, history=list(history), config=config.to_dict(),
+                strategy=job.config.train.strategy, history=list(self.history), config=job.config.to_dict(),
                 manifest_hash=job.data.identity, dataset_version=job.data.version).to_dict())
 
-    def save_position(epoch: int, step: int, sums: dict[str, float]) -> None:
+    def save_position(self, epoch: int, step: int, sums: dict[str, float]) -> None:
         """Checkpoint ``step`` steps into ``epoch``, with every rank's RNG state and sums so far."""
         mine = RankState(rng=torch.get_rng_state(), sums=dict(sums), cuda_rng=_cuda_rng())
-        checkpoint(epoch, step, strategy.allgather_object(mine))
-        if rank == 0:
-            ctx.emit(events.CheckpointSaved(epoch=epoch + 1, step=step))
+        self.save(epoch, step, self.strategy.allgather_object(mine))
+        if self.ctx.rank == 0:
+            self.ctx.emit(events.CheckpointSaved(epoch=epoch + 1, step=step))
 
+
+def _train_epochs(strategy: Strategy, job: TrainJob, ctx: RankContext, checkpoints: _Checkpoints,
+                  resume: TrainCheckpoint | None, steps: int, normalize: Normalizer) -> None:
+    """The epochs not done yet, each validated, recorded (``metrics.jsonl``) and checkpointed at its end."""
+    tc, history = job.config.train, checkpoints.history
+    start_epoch = resume.epoch if resume is not None else 0
     for epoch in range(start_epoch, tc.epochs):
-        # Seeded per (seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would.
-        torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
-        position = Position(epoch)
-        if epoch == start_epoch and start_step and resume is not None:  # this rank's RNG and sums as they were
-            mine = resume.ranks[rank]
-            torch.set_rng_state(mine.rng)
-            if mine.cuda_rng is not None and strategy.device.type == "cuda":  # dropout, VAE noise on the GPU
-                torch.cuda.set_rng_state(mine.cuda_rng)
-            position = Position(epoch, start_step, dict(mine.sums))
-        train_stats = _train_epoch(strategy, ctx, position, steps, tc, job.train, normalize, save_position)
+        position = _epoch_start(strategy, ctx.rank, resume, epoch, tc.seed)
+        train_stats = _train_epoch(strategy, ctx, position, steps, tc, job.train, normalize,
+                                   checkpoints.save_position)
         val_stats = (_evaluate(strategy, ctx, job.validation, tc.batch_size, normalize, epoch)
                      if job.validation is not None else {})
         record = epoch_record(epoch + 1, train_stats, val_stats)
         history.append(record)
         ctx.heartbeat()
         ctx.emit(events.EpochEnded(record=record))
-        checkpoint(epoch + 1, 0, [])
-        if rank == 0:
+        checkpoints.save(epoch + 1, 0, [])
+        if ctx.rank == 0:
             _write_metrics(job, history)
-
-    if rank == 0 and start_epoch == tc.epochs and history:
+    if ctx.rank == 0 and start_epoch == tc.epochs and history:
         # resumed a run whose last checkpoint was written but not its metrics (it failed between the two)
         _write_metrics(job, history)
+
+
+def _epoch_start(strategy: Strategy, rank: int, resume: TrainCheckpoint | None, epoch: int, seed: int) -> Position:
+    """Seed this rank for ``epoch``; the epoch a resumed checkpoint was taken inside of continues from there."""
+    # Seeded per (seed, epoch, rank): a resumed run draws exactly what an uninterrupted one would.
+    torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+    if resume is None or epoch != resume.epoch or not resume.step:
+        return Position(epoch)
+    mine = resume.ranks[rank]  # this rank's RNG and sums as they were
+    torch.set_rng_state(mine.rng)
+    if mine.cuda_rng is not None and strategy.device.type == "cuda":  # dropout, VAE noise on the GPU
+        torch.cuda.set_rng_state(mine.cuda_rng)
+    return Position(epoch, resume.step, dict(mine.sums))
+
+
+def _result(strategy: Strategy, job: TrainJob, ctx: RankContext, checkpoints: _Checkpoints,
+            devices: list[dict[str, Any]]) -> dict[str, Any]:
+    """This rank's :class:`TrainResult`, as the dict the launcher carries; rank 0's (with the
+    artifact, written here) is the run's."""
     ctx.emit(events.MemoryUse(parameters=strategy.held_parameters(), optimizer_bytes=strategy.optimizer_bytes()))
     model_state, _ = strategy.state()
-    result: dict[str, Any] = {"epochs_completed": len(history), "history": [h.to_dict() for h in history],
-                              "devices": devices, "precision": tc.precision, "artifact": "",
-                              "dataset_version": job.data.version, "init_from": job.init_from}
+    writer = checkpoints.writer
+    artifact, times = "", {}
     if writer is not None:
         writer.wait()  # the last checkpoint is in the store before the run reports success
-        model = build_model(job)
-        model.load_state_dict(model_state)
-        save_artifact(job.artifact, model, artifact_meta(model, job.data.manifest, job.data.identity, config,
-                                                         version=job.data.version, init_from=job.init_from))
-        result["artifact"] = job.artifact
-        result["checkpoint_times"] = vars(writer.times)
-    return result
+        _save_artifact(job, model_state)
+        artifact, times = job.artifact, vars(writer.times)
+    return TrainResult(epochs_completed=len(checkpoints.history), history=list(checkpoints.history),
+                       artifact=artifact, devices=[RankDevice.from_dict(d) for d in devices],
+                       precision=job.config.train.precision, dataset_version=job.data.version,
+                       init_from=job.init_from, checkpoint_times=times).to_dict()
+
+
+def _save_artifact(job: TrainJob, model_state: dict[str, Any]) -> None:
+    """The trained model as the run's artifact (rank 0), with what it was trained on."""
+    model = build_model(job)
+    model.load_state_dict(model_state)
+    save_artifact(job.artifact, model, artifact_meta(model, job.data.manifest, job.data.identity, job.config,
+                                                     version=job.data.version, init_from=job.init_from))
 
 
 def epoch_record(epoch: int, train: dict[str, float], val: dict[str, float]) -> EpochRecord:
@@ -232,8 +297,8 @@ def _write_metrics(job: TrainJob, history: list[EpochRecord]) -> None:
     storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
 
 
-def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: Any, split: SplitFiles,
-                 normalize: Normalizer,
+def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: TrainConfig,
+                 split: SplitFiles, normalize: Normalizer,
                  save_position: Callable[[int, int, dict[str, float]], None]) -> dict[str, float]:
     strategy.set_training(True)
     epoch = position.epoch
@@ -241,9 +306,10 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     # The loader's order depends only on (seed, epoch, shard, shards): skipping the first batches
     # resumes exactly where a checkpoint taken inside the epoch left off.
     accumulate = tc.grad_accumulation  # loader batches per optimizer step
-    batches = loader.epoch_batches(split, rank=shard, size=shards, batch_size=tc.batch_size, steps=steps * accumulate,
-                                   seed=tc.seed * 1000 + epoch, normalize=normalize, workers=tc.reader_workers,
-                                   skip=position.step * accumulate, pin=strategy.device.type == "cuda")
+    order = loader.BatchOrder(batch_size=tc.batch_size, steps=steps * accumulate, seed=tc.seed * 1000 + epoch,
+                              skip=position.step * accumulate)
+    batches = loader.epoch_batches(split, order, rank=shard, size=shards, normalize=normalize,
+                                   workers=tc.reader_workers, pin=strategy.device.type == "cuda")
     clock = loader.Stopwatch()
     sums = dict(position.sums)
     every = max(1, steps // PROGRESS_EVENTS_PER_EPOCH)

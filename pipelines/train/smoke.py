@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 from pipelines.config import PipelineConfig
 from pipelines.events import Joined
 from pipelines.formats import Record
-from pipelines.launcher import RankContext, run_ranks
+from pipelines.launcher import LaunchOptions, RankContext, run_ranks
 from pipelines.train.rendezvous import HorovodRendezvous
 
 ENTRY = "pipelines.train.smoke:allreduce_sum"
@@ -45,10 +45,10 @@ def main(spark: SparkSession, config: PipelineConfig) -> CheckResult:
     """Run :func:`allreduce_sum` on ``train.num_workers`` ranks and check the sum."""
     tc = config.train
     n = tc.num_workers
+    options = LaunchOptions(start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
+                            gloo_iface=tc.gloo_iface, description="dlpipe check")
     result = CheckResult.from_dict(run_ranks(
-        spark, ENTRY, {}, num_workers=n, rendezvous=HorovodRendezvous(tc.failure_timeout_s),
-        start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s, gloo_iface=tc.gloo_iface,
-        description="dlpipe check"))
+        spark, ENTRY, {}, num_workers=n, rendezvous=HorovodRendezvous(tc.failure_timeout_s), options=options))
     expected = float(n * (n + 1) // 2)
     if result.sum != [expected] * 4:
         raise RuntimeError(f"dlpipe check: {n} ranks allreduced {result.sum}, expected {expected} each")

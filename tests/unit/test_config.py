@@ -180,7 +180,8 @@ def test_a_storage_secret_holding_a_slash_is_refused_and_never_echoed():
 
 
 def test_the_allowed_strategies_precisions_and_compressions_are_listed_once_and_are_the_registries():
-    from pipelines.config import COMPRESSION_NAMES, PRECISION_NAMES, STRATEGY_NAMES, ConfigError, load_config
+    from pipelines.choices import COMPRESSION_NAMES, PRECISION_NAMES, STRATEGY_NAMES
+    from pipelines.config import ConfigError, load_config
     from pipelines.train.precision import PRECISIONS
     from pipelines.train.strategies import STRATEGIES
     from pipelines.train.strategies.base import COMPRESSIONS

@@ -66,7 +66,7 @@ def test_no_import_cycle_among_the_projects_modules():
 # The import layers of docs/architecture.md, lowest first: a module imports only its own layer and below.
 LAYERS = [
     ("models",),
-    ("pipelines.errors", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
+    ("pipelines.errors", "pipelines.choices", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
      "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.readers",
      "pipelines.publish", "pipelines.runfolder",
      "pipelines.checkpoints", "pipelines.tracking"),
@@ -155,3 +155,75 @@ def test_config_yaml_is_written_once_per_job_and_again_only_when_it_changes(tmp_
     assert writes == [folder.config_file, folder.config_file]
     assert storage.read_text(folder.config_file) == to_yaml(changed)
     assert folder.config_file == str(tmp_path / "runs" / "r1" / "config.yaml")
+
+
+def _architecture_map() -> str:
+    """The flow diagram at the top of docs/architecture.md (its first code block)."""
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    return text.split("```", 2)[1]
+
+
+# The map's stages in flow order (data moves down the list), and the formats and libraries they
+# share: a stage may use an earlier stage's output format, never a later stage; a format or library
+# module serves the stages and imports none of them.
+STAGES = ["pipelines.etl", "pipelines.train", "pipelines.infer"]
+SHARED = ["pipelines.raw", "pipelines.preprocess", "pipelines.dataset", "pipelines.launcher", "pipelines.artifact"]
+FLOW = [*STAGES, *SHARED, "pipelines.report", "pipelines.summary"]
+
+
+def _owner(module: str, owners: list[str]) -> int | None:
+    for index, owner in enumerate(owners):
+        if module == owner or module.startswith(owner + "."):
+            return index
+    return None
+
+
+def test_the_architecture_map_names_only_modules_that_exist():
+    import re
+
+    block = _architecture_map()
+    folders = re.findall(r"pipelines/(?:\w+/)*", block)
+    named = re.findall(r"pipelines/[\w/]+\.py", block)
+    assert len(named) >= 6 and len(folders) >= 10, block  # the map was found
+    missing = [p for p in named if not (REPO_ROOT / p).is_file()]
+    # bare file names (sources.py, job.py) belong to one of the packages the map names
+    bare = set(re.findall(r"(?<![/\w])(\w+\.py)\b", block))
+    homeless = sorted(b for b in bare if not any((REPO_ROOT / f / b).is_file() for f in set(folders)))
+    assert missing == [] and homeless == [], f"the map names files that do not exist: {missing + homeless}"
+    for module in FLOW:  # every stage and format of the flow is on the map
+        assert module.replace(".", "/") in block, f"{module} is missing from the map"
+
+
+def test_the_flow_on_the_map_is_the_import_direction():
+    """The ETL knows nothing of training or inference, training nothing of inference; the formats
+    and libraries the stages share (dataset versions, the artifact, the launcher) import no stage."""
+    edges = _module_imports()
+    against = []
+    for module, targets in edges.items():
+        for target in targets:
+            here, there = _owner(module, STAGES), _owner(target, STAGES)
+            if there is not None and (_owner(module, SHARED) is not None or (here is not None and there > here)):
+                against.append(f"{module} imports {target}")
+    assert sorted(against) == [], "imports against the flow of docs/architecture.md's map:\n" + "\n".join(against)
+
+
+MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 8
+
+
+def test_no_function_is_longer_than_60_lines_or_takes_more_than_8_parameters():
+    """Long functions mix concerns: split them (``def`` to last line, docstring included; ``self`` and
+    ``cls`` are not counted)."""
+    long = []
+    for folder in (*PACKAGES, "benchmarks"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                a = node.args
+                params = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                params -= bool(a.args and a.args[0].arg in ("self", "cls"))
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES or params > MAX_PARAMETERS:
+                    long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {node.name} ({lines} lines, "
+                                f"{params} parameters)")
+    assert long == [], "split these by concern:\n" + "\n".join(long)

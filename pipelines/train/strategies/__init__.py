@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.config import STRATEGY_NAMES, TrainConfig
+from pipelines.choices import STRATEGY_NAMES
+from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
 from pipelines.train.strategies.base import Strategy
 from pipelines.train.strategies.ddp import DDPStrategy
@@ -20,9 +21,9 @@ from pipelines.train.strategies.pipeline import PipelineStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (HorovodStrategy, DDPStrategy, FSDPStrategy,
                                                               PipelineStrategy)}
-# train.strategy's allowed values are listed once, in the config: the registry holds exactly those
+# train.strategy's allowed values are listed once, in pipelines.choices: the registry holds exactly those
 if tuple(STRATEGIES) != STRATEGY_NAMES:
-    raise ImportError(f"strategies {tuple(STRATEGIES)} differ from pipelines.config.STRATEGY_NAMES {STRATEGY_NAMES}")
+    raise ImportError(f"strategies {tuple(STRATEGIES)} differ from pipelines.choices.STRATEGY_NAMES {STRATEGY_NAMES}")
 
 __all__ = ["STRATEGIES", "Strategy", "make_strategy"]
 

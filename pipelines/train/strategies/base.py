@@ -18,15 +18,16 @@ import torch
 
 from models import DlpipeModel
 from models.base import TrainingPhase
-from pipelines.config import COMPRESSION_NAMES, PRECISION_NAMES, TrainConfig
+from pipelines.choices import COMPRESSION_NAMES, PRECISION_NAMES
+from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
 from pipelines.train import step
 from pipelines.train.precision import Precision
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 COMPRESSIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # train.grad_compression
-if tuple(COMPRESSIONS) != COMPRESSION_NAMES:  # its values are listed once, in the config
-    raise ImportError(f"compressions {tuple(COMPRESSIONS)} differ from pipelines.config.COMPRESSION_NAMES")
+if tuple(COMPRESSIONS) != COMPRESSION_NAMES:  # its values are listed once, in pipelines.choices
+    raise ImportError(f"compressions {tuple(COMPRESSIONS)} differ from pipelines.choices.COMPRESSION_NAMES")
 Batch = dict[str, torch.Tensor]
 
 

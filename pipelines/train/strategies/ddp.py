@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from models import DlpipeModel
-from pipelines.config import COMPRESSION_NAMES
+from pipelines.choices import COMPRESSION_NAMES
 from pipelines.train.strategies.base import Batch, OptimizerFactory
 from pipelines.train.strategies.torch_dist import TorchDistributedStrategy
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.errors import ConfigError
 from pipelines.events import Joined, Probe, Started
-from pipelines.launcher import LaunchError, run_ranks
+from pipelines.launcher import LaunchError, LaunchOptions, run_ranks
 from pipelines.train.rendezvous import HorovodRendezvous
 from pipelines.train.smoke import ENTRY as ALLREDUCE
 
@@ -52,7 +52,7 @@ def test_a_setting_only_a_rank_can_check_is_one_config_error_with_its_log_and_no
     started = time.monotonic()
     with pytest.raises(ConfigError) as err:
         run_ranks(spark, "rank_faults:config_error_on_rank", {"rank": 1}, num_workers=2,
-                  rendezvous=HorovodRendezvous(), failure_timeout_s=30)
+                  rendezvous=HorovodRendezvous(), options=LaunchOptions(failure_timeout_s=30))
     assert time.monotonic() - started < 60
     assert err.value.key == "train.precision"
     message = str(err.value)
@@ -66,7 +66,7 @@ def test_a_rank_that_raises_fails_the_stage_with_its_cause_once_and_its_tracebac
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
         run_ranks(spark, "rank_faults:raise_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
-                  failure_timeout_s=30)
+                  options=LaunchOptions(failure_timeout_s=30))
     assert time.monotonic() - started < 60
     message = str(err.value)
     # the rank that failed first, its cause once, where its traceback is; the peer it took down after it
@@ -82,7 +82,7 @@ def test_a_rank_that_raises_fails_the_stage_with_its_cause_once_and_its_tracebac
 def test_a_rank_killed_without_a_word_shows_the_signal_and_its_last_lines(spark):
     with pytest.raises(LaunchError) as err:
         run_ranks(spark, "rank_faults:killed_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
-                  failure_timeout_s=30)
+                  options=LaunchOptions(failure_timeout_s=30))
     message = str(err.value)
     # the rank killed first leads (its peer failed only because it was gone), with its log and last lines
     assert message.startswith("rank 1 was killed by SIGKILL (its log 127.0.0.1:") and "-rank1.log)" in message
@@ -93,14 +93,14 @@ def test_a_rank_killed_without_a_word_shows_the_signal_and_its_last_lines(spark)
 
 def test_more_ranks_than_slots_is_a_clear_error(spark):
     with pytest.raises(LaunchError, match="task slots"):
-        allreduce(spark, {}, num_workers=3, start_timeout_s=20)
+        allreduce(spark, {}, num_workers=3, options=LaunchOptions(start_timeout_s=20))
 
 
 def test_a_rank_stuck_in_a_collective_ends_within_the_failure_timeout(spark):
     started = time.monotonic()
     with pytest.raises(LaunchError) as err:
         run_ranks(spark, "rank_faults:stall_on_rank", {"rank": 1}, num_workers=2, rendezvous=HorovodRendezvous(),
-                  failure_timeout_s=10)
+                  options=LaunchOptions(failure_timeout_s=10))
     assert time.monotonic() - started < 60
     assert "rank 0" in str(err.value) and "no progress for 10s" in str(err.value)
 

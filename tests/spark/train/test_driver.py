@@ -135,11 +135,11 @@ def test_the_training_settings_reach_every_rank_in_the_job_and_each_rank_gets_it
         if isinstance(event, events.Probe):
             seen[event.rank] = event.data
 
-    from pipelines.launcher import run_ranks
+    from pipelines.launcher import LaunchOptions, run_ranks
     from pipelines.train.rendezvous import HorovodRendezvous
 
     run_ranks(spark, "rank_probes:horovod_settings", job.to_dict(), num_workers=2, rendezvous=HorovodRendezvous(),
-              pin_cores=True, on_event=record)
+              on_event=record, options=LaunchOptions(pin_cores=True))
     for rank in (0, 1):
         assert seen[rank]["env"]["HOROVOD_CYCLE_TIME"] == "3.0"
         assert seen[rank]["env"]["HOROVOD_FUSION_THRESHOLD"] == str(32 << 20)

@@ -32,8 +32,8 @@ def test_epoch_batches_are_exact_reproducible_and_change_by_epoch(digits_workdir
     steps = dataset.steps_per_epoch(split.sizes, 2, 32)
 
     def ids_of(seed, rank):
-        batches = list(loader.epoch_batches(split, rank=rank, size=2, batch_size=32, steps=steps, seed=seed,
-                                            normalize=normalize))
+        batches = list(loader.epoch_batches(split, loader.BatchOrder(batch_size=32, steps=steps, seed=seed), rank=rank,
+                                            size=2, normalize=normalize))
         assert len(batches) == steps
         assert all(b["features"].shape == (32, 1, 8, 8) and b["features"].dtype == torch.float32 for b in batches)
         return torch.cat([b["features"].reshape(32, -1).sum(1) for b in batches]).numpy()

@@ -1,7 +1,6 @@
 """The ETL writer's decisions and files, on Arrow tables (pyarrow only, no Spark)."""
 from __future__ import annotations
 
-import json
 import math
 
 import pyarrow as pa
@@ -115,20 +114,20 @@ def test_a_task_writes_splits_quarantine_and_its_own_stats(tmp_path):
     ])
     table = table.set_column(0, "split", pa.array(["train", "train", "train", "train", "val"]))
     spec = DatasetSpec(str(tmp_path), rows_per_row_group=1, label_names=("cat", "dog"), train_split="train")
-    stats = {s["grp"]: s for s in write_dataset_part(table.to_batches(max_chunksize=2), spec, part_index=7)}
+    stats = {s.grp: s for s in write_dataset_part(table.to_batches(max_chunksize=2), spec, part_index=7)}
     assert set(stats) == {"train", "val", "quarantine", TASK_GROUP}
-    assert stats[TASK_GROUP]["rows"] == 5 and json.loads(stats[TASK_GROUP]["lengths"]) == {"2": 5}
+    assert stats[TASK_GROUP].rows == 5 and stats[TASK_GROUP].lengths == {2: 5}
     train, val = pq.read_table(tmp_path / "train"), pq.read_table(tmp_path / "val")
     assert train.to_pydict() == {"id": ["a"], "label": [0], "features": [[1.0, 2.0]]}
     assert val.to_pydict() == {"id": ["d"], "label": [1], "features": [[5.0, 6.0]]}
-    assert stats["train"]["file"] == "train/part-00007.parquet" and json.loads(stats["val"]["label_counts"]) == {"1": 1}
+    assert stats["train"].file == "train/part-00007.parquet" and stats["val"].label_counts == {1: 1}
     quarantine = pq.read_table(tmp_path / "quarantine" / "part-00007.parquet")
     assert quarantine.column_names == ["id", "source", "row", "label", "reason", "detail"]
     assert list(zip(quarantine["id"].to_pylist(), quarantine["reason"].to_pylist())) == [
         ("a", "duplicate_id"), ("b", "nan_or_inf"), ("c", "missing_label")]
-    assert json.loads(stats["quarantine"]["reasons"]) == {"duplicate_id": 1, "missing_label": 1, "nan_or_inf": 1}
-    moments = json.loads(stats["train"]["moments"])
-    assert moments["n"] == 1 and moments["mean"] == [1.0, 2.0] and not any(math.isnan(m) for m in moments["m2"])
+    assert stats["quarantine"].reasons == {"duplicate_id": 1, "missing_label": 1, "nan_or_inf": 1}
+    moments = stats["train"].moments
+    assert moments.n == 1 and moments.mean == [1.0, 2.0] and not any(math.isnan(m) for m in moments.m2)
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["train", "val", "quarantine", "part-00007.parquet", "part-00007.parquet", "part-00007.parquet"])
 

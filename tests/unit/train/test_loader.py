@@ -28,8 +28,8 @@ def pinned(monkeypatch):
 
 def _batches(pin: bool) -> list[dict[str, torch.Tensor]]:
     normalize = Normalizer.from_stats(Normalization("global", [0.0], [1.0]), [4])
-    return list(loader.epoch_batches(SplitFiles(["/unused"], [[40]]), rank=0, size=1, batch_size=8, steps=3, seed=0,
-                                     normalize=normalize, pin=pin))
+    return list(loader.epoch_batches(SplitFiles(["/unused"], [[40]]), loader.BatchOrder(batch_size=8, steps=3, seed=0),
+                                     rank=0, size=1, normalize=normalize, pin=pin))
 
 
 def test_batches_for_a_cpu_rank_are_never_pinned(chunks, pinned):

@@ -1,0 +1,12 @@
+"""Allowed values of settings whose code lives in registries of higher layers, listed once.
+
+The config validates against these before Spark starts (it cannot import the torch-bound
+registries); each registry is built for exactly these names and says so at import
+(``pipelines.train.strategies.STRATEGIES``, ``pipelines.train.precision.PRECISIONS``,
+``pipelines.train.strategies.base.COMPRESSIONS``). No imports: torch-only modules use it too.
+"""
+from __future__ import annotations
+
+STRATEGY_NAMES = ("horovod", "ddp", "fsdp", "pipeline")  # train.strategy
+PRECISION_NAMES = ("fp32", "bf16", "fp16")  # train.precision
+COMPRESSION_NAMES = ("none", "fp16", "bf16")  # train.grad_compression
