@@ -15,7 +15,7 @@ same train split into normalized torch batches of ``train.batch_size`` rows:
   groups -> NumPy -> batches -> torch, no shuffling), through the same filesystems.
 
 Checkpoints (seconds per checkpoint of ``checkpoint_mib`` MiB, lower is better):
-``checkpoint_write_local`` / ``checkpoint_write_s3``: ``pipelines.checkpoints.CheckpointWriter``
+``checkpoint_write_local`` / ``checkpoint_write_s3``: ``pipelines.checkpoint_store.CheckpointWriter``
 from submit until written; ``checkpoint_step_wait_s3``: how long the step thread was held by a
 submit to S3 (serialization only: the upload runs on the writer's thread).
 
@@ -38,7 +38,7 @@ from benchmarks import data, harness
 from benchmarks.loader import _dlpipe
 from pipelines import dataset, storage
 from pipelines.artifact import Normalizer
-from pipelines.checkpoints import CheckpointWriter
+from pipelines.checkpoint_store import CheckpointWriter
 from pipelines.config import PipelineConfig
 from pipelines.dataset import SplitFiles
 

@@ -5,7 +5,7 @@ smoke test), rl (PPO with Spark rollouts), rl-eval (a classifier artifact as a p
 environment). The same arguments work with ``python -m pipelines VERB ...`` and
 ``spark-submit pipelines/__main__.py VERB ...``.
 
-Before Spark starts: the config is loaded and validated for the verb (``pipelines.validate``), the
+Before Spark starts: the config is loaded and validated for the verb (``pipelines.preflight``), the
 store options resolved, and the job takes the lease of the run (and dataset) it writes
 (``pipelines.lease``), so a second job on the same run id stops instead of training beside it.
 ``--check`` stops there, after probing every location the verb uses.
@@ -73,7 +73,7 @@ def known_master(config: PipelineConfig) -> str:
 
 def prepare(config: PipelineConfig, verb: str) -> None:
     """Everything before Spark: the store options (resolved once, here), then the one validation."""
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     sc = config.storage
     storage.set_options(storage.StorageOptions(sc.s3_endpoint, sc.s3_region, sc.azure_account).resolved())
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args)
         prepare(config, args.verb)
         if args.check:
-            from pipelines.validate import probe_locations
+            from pipelines.preflight import probe_locations
 
             for probe in probe_locations(config, args.verb):
                 print(f"# {probe}")

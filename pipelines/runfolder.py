@@ -8,7 +8,7 @@ one). What each file holds is owned by its format's module (docs/architecture.md
     dataset.json     the dataset version a training run is bound to (pipelines.train.job.RunData)
     summary.json     the run's results (pipelines.summary, pipelines.rl.job.RLSummary)
     metrics.jsonl    one EpochRecord (or RL IterationRecord) per line
-    checkpoints/     pipelines.checkpoints
+    checkpoints/     pipelines.checkpoint_store
     model/           model.pt (pipelines.artifact), policy.pt (dlpipe rl)
     predictions/     the default inference output (pipelines.publish commits)
     report/          report.md and its figures

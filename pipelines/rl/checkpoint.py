@@ -1,5 +1,5 @@
 """The RL formats: one iteration's record (a line of ``metrics.jsonl``) and the checkpoint
-(:class:`RLCheckpoint`, one file per iteration, ``pipelines.checkpoints`` keeps the newest two).
+(:class:`RLCheckpoint`, one file per iteration, ``pipelines.checkpoint_store`` keeps the newest two).
 
 Checkpoints of the first format (no ``format`` key: ``epoch`` for the iteration, the fingerprint
 under ``manifest_hash``, the history as a JSON string) are read too, so old runs resume.
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pipelines import checkpoints, storage
+from pipelines import checkpoint_store, storage
 from pipelines.formats import FormatError, Record, from_plain
 
 FORMAT = "dlpipe-rl-checkpoint/2"
@@ -78,7 +78,7 @@ class RLCheckpoint(Record):
 
 
 def save_rl_checkpoint(folder: str, checkpoint: RLCheckpoint) -> str:
-    return checkpoints.save(folder, checkpoint.iteration, 0, checkpoint.to_dict())
+    return checkpoint_store.save(folder, checkpoint.iteration, 0, checkpoint.to_dict())
 
 
 def latest_rl_checkpoint(folder: str, fingerprint: str,
@@ -87,7 +87,7 @@ def latest_rl_checkpoint(folder: str, fingerprint: str,
     :class:`~pipelines.errors.ConfigError` when it was made with other settings."""
     from pipelines.errors import ConfigError
 
-    loaded = checkpoints.load_latest(folder, RLCheckpoint.from_dict, on_skip)
+    loaded = checkpoint_store.load_latest(folder, RLCheckpoint.from_dict, on_skip)
     if loaded is None:
         return None
     found, _ = loaded

@@ -192,7 +192,7 @@ def minibatch_generator(seed: int, iteration: int) -> torch.Generator:
 
 
 def build_policy(config: PipelineConfig, obs_shape: tuple[int, ...], num_actions: int) -> models.DlpipeModel:
-    """The policy ``model.name`` names (a policy: checked by ``pipelines.validate``), initialised from ``rl.seed``."""
+    """The policy ``model.name`` names (a policy: checked by ``pipelines.preflight``), initialised from ``rl.seed``."""
     torch.manual_seed(config.rl.seed)
     return models.build(config.model.name, feature_shape=obs_shape, num_classes=num_actions, **config.model.params)
 

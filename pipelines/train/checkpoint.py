@@ -1,5 +1,5 @@
 """The training checkpoint format: :class:`TrainCheckpoint`, one file per position (see
-``pipelines.checkpoints`` for the files, where they live and how they are written).
+``pipelines.checkpoint_store`` for the files, where they live and how they are written).
 
 On disk a checkpoint is the dict :meth:`TrainCheckpoint.to_dict` makes (tensors, numbers, strings
 and lists: ``torch.load(weights_only=True)`` reads it); its keys are the ones checkpoints always
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines import checkpoints, storage
+from pipelines import checkpoint_store, storage
 from pipelines.errors import ConfigError
 from pipelines.events import EpochRecord
 from pipelines.formats import Record
@@ -50,7 +50,7 @@ class CheckpointMismatch(ConfigError):
 def latest_checkpoint(folder: str, manifest_hash: str,
                       on_skip: Callable[[str, Exception], None] | None = None) -> TrainCheckpoint | None:
     """The newest readable checkpoint in ``folder``, or None. Refuses one made on other data."""
-    loaded = checkpoints.load_latest(folder, TrainCheckpoint.from_dict, on_skip)
+    loaded = checkpoint_store.load_latest(folder, TrainCheckpoint.from_dict, on_skip)
     if loaded is None:
         return None
     found, location = loaded

@@ -5,7 +5,7 @@ and launches one barrier stage of ``train.num_workers`` ranks (see ``pipelines.l
 running :func:`pipelines.train.rank.train_rank` with ``train.strategy`` (Horovod, DDP, FSDP or
 pipeline), through the rendezvous that strategy brings; retries a failed stage up to
 ``train.max_attempts`` times, each attempt resuming from the last checkpoint. The config was
-validated before Spark started (``pipelines.validate``); a setting only a rank can check comes back
+validated before Spark started (``pipelines.preflight``); a setting only a rank can check comes back
 as a ``ConfigError`` and is not retried.
 """
 from __future__ import annotations

@@ -121,7 +121,7 @@ class TrainResult(Record):
     precision: str
     dataset_version: int = 0
     init_from: str = ""
-    checkpoint_times: dict[str, float] = field(default_factory=dict)  # pipelines.checkpoints.WriteTimes
+    checkpoint_times: dict[str, float] = field(default_factory=dict)  # pipelines.checkpoint_store.WriteTimes
 
     @property
     def last(self) -> EpochRecord:

@@ -2,7 +2,7 @@
 
 The loop never branches on the model kind (it calls the strategy, which calls the model's own
 ``loss``) nor on the strategy (Horovod, DDP, FSDP or pipeline: ``pipelines.train.strategies``).
-Rank 0 writes checkpoints (off the step loop: ``pipelines.checkpoints.CheckpointWriter``),
+Rank 0 writes checkpoints (off the step loop: ``pipelines.checkpoint_store.CheckpointWriter``),
 ``metrics.jsonl`` and the final model artifact, through ``pipelines.storage``, so the run folder
 may be on any store. Everything a rank knows arrives as one :class:`~pipelines.train.job.TrainJob`
 and its :class:`~pipelines.launcher.RankContext`. Its device (a GPU or the CPU) is resolved once
@@ -22,7 +22,7 @@ import torch
 import models
 from pipelines import events, storage
 from pipelines.artifact import Normalizer, artifact_meta, load_state, save_artifact
-from pipelines.checkpoints import CheckpointWriter
+from pipelines.checkpoint_store import CheckpointWriter
 from pipelines.config import TrainConfig
 from pipelines.config import from_dict as config_from_dict
 from pipelines.dataset import SplitFiles, shard_rows, steps_per_epoch

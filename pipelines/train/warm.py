@@ -3,7 +3,7 @@
 ``train.init_from`` names a run id (its ``model/model.pt`` under this workdir) or an artifact
 location in any store. The model starts from its weights, the optimizer fresh; it must be the same
 model (name and hyperparameters) for the same feature shape and classes, which is checked before
-Spark starts where the data is known (``pipelines.validate``) and before the ranks launch.
+Spark starts where the data is known (``pipelines.preflight``) and before the ranks launch.
 """
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ def test_any_split_layout_the_etl_accepts_runs_end_to_end(spark, tmp_path, layou
 
 def test_an_infer_split_the_etl_does_not_make_is_a_config_error_before_any_work(tmp_path):
     from pipelines.config import ConfigError
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = make_config(tmp_path, "etl.splits={train: 0.7, holdout: 0.3}")  # infer.split stays "test"
     with pytest.raises(ConfigError, match="infer.split='test' is not one of the splits etl.splits makes"):

@@ -115,7 +115,7 @@ def test_the_whole_config_is_checked_in_well_under_a_second():
 
 
 def test_yarn_without_hadoop_configuration_is_named_before_spark(monkeypatch):
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
     monkeypatch.delenv("YARN_CONF_DIR", raising=False)

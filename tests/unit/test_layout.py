@@ -69,11 +69,11 @@ LAYERS = [
     ("pipelines.errors", "pipelines.choices", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
      "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.readers",
      "pipelines.publish", "pipelines.runfolder",
-     "pipelines.checkpoints", "pipelines.tracking"),
+     "pipelines.checkpoint_store", "pipelines.tracking"),
     ("pipelines.dataset", "pipelines.artifact", "pipelines.session", "pipelines.preprocess", "pipelines.tables",
      "pipelines.raw", "pipelines.launcher"),
     ("pipelines.etl", "pipelines.train", "pipelines.infer", "pipelines.rl", "pipelines.report", "pipelines.summary"),
-    ("pipelines.validate", "pipelines.run", "pipelines.cli", "pipelines.__main__", "pipelines"),
+    ("pipelines.preflight", "pipelines.run", "pipelines.cli", "pipelines.__main__", "pipelines"),
 ]
 
 
@@ -227,3 +227,22 @@ def test_no_function_is_longer_than_60_lines_or_takes_more_than_8_parameters():
                     long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {node.name} ({lines} lines, "
                                 f"{params} parameters)")
     assert long == [], "split these by concern:\n" + "\n".join(long)
+
+
+def test_modules_share_a_name_only_in_the_parallel_roles_the_architecture_doc_states():
+    import collections
+    import re
+
+    by_name = collections.defaultdict(list)
+    for package in PACKAGES:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            if path.name != "__init__.py":
+                by_name[path.name].append(str(path.relative_to(REPO_ROOT)))
+    shared = {name for name, paths in by_name.items() if len(paths) > 1}
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Same names, same roles", 1)[1].split("\n## ", 1)[0]
+    stated = set(re.findall(r"^\| `([\w.]+\.py)` \|", section, flags=re.MULTILINE))
+    assert shared, "the walk found no modules"
+    assert shared <= stated, f"modules sharing a name without a stated parallel role: " \
+        f"{ {n: by_name[n] for n in sorted(shared - stated)} }"
+    assert stated <= shared, f"the doc states pairs that no longer exist: {sorted(stated - shared)}"

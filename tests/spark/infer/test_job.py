@@ -100,7 +100,7 @@ def test_any_split_can_be_scored(spark, trained, tmp_path):
 
 
 def test_cuda_requested_without_a_gpu_fails_before_spark(trained, tmp_path):
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = make_config(trained.workdir, "run_id=infer-cnn", "infer.device=cuda", f"infer.output={tmp_path / 'p'}")
     with pytest.raises(DeviceError, match=r"'infer.device' = 'cuda' but there is no GPU here.*infer.device=auto"):

@@ -118,7 +118,7 @@ def test_an_unusable_environment_is_a_config_error_naming_rl_env_id(spark, tmp_p
 
 
 def test_a_non_policy_model_is_a_config_error_before_spark(tmp_path):
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     with pytest.raises(ConfigError, match="'model.name' = 'mlp' is a classifier, but dlpipe rl trains a policy"):
         validate(rl_config(tmp_path, "m", "model.name=mlp", "model.params={}"), "rl")

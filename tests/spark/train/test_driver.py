@@ -66,7 +66,7 @@ def test_the_result_says_which_device_each_rank_used(trained_cnn):
 
 def test_cuda_requested_without_a_gpu_fails_before_spark(digits_workdir):
     from pipelines.errors import ConfigError
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = make_config(digits_workdir, "run_id=cuda-none", "train.device=cuda")
     with pytest.raises(ConfigError, match=r"'train.device' = 'cuda' but there is no GPU here.*train.device=auto"):

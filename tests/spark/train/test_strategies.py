@@ -101,7 +101,7 @@ def test_ddp_trains_and_a_killed_rank_resumes_from_the_checkpoint_with_identical
 
 def test_a_model_with_too_few_split_points_for_the_ranks_is_caught_before_spark(digits_workdir):
     from pipelines.errors import ConfigError
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = make_config(digits_workdir, "run_id=pipe-too-many", "train.strategy=pipeline", "train.num_workers=64")
     with pytest.raises(ConfigError, match="cannot be cut into 64 pipeline stages") as err:

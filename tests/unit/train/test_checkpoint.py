@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines import checkpoints, storage
-from pipelines.checkpoints import KEEP, CheckpointWriter, checkpoint_name
+from pipelines import checkpoint_store, storage
+from pipelines.checkpoint_store import KEEP, CheckpointWriter, checkpoint_name
 from pipelines.events import EpochRecord
 from pipelines.train.checkpoint import CheckpointMismatch, TrainCheckpoint, latest_checkpoint
 
@@ -16,7 +16,7 @@ def _state(epoch: int, data: str = "hash-a", step: int = 0) -> TrainCheckpoint:
 
 
 def _save(folder, state: TrainCheckpoint) -> None:
-    checkpoints.save(str(folder), state.epoch, state.step, state.to_dict())
+    checkpoint_store.save(str(folder), state.epoch, state.step, state.to_dict())
 
 
 def _names(folder) -> list[str]:
@@ -66,13 +66,13 @@ def test_a_checkpoint_the_store_cannot_read_is_retried_then_stops_the_job_naming
     """A store hiccup is not a damaged file: no silent fall-back to an older checkpoint (or to none)."""
     _save(tmp_path, _state(1))
     _save(tmp_path, _state(2))
-    monkeypatch.setattr(checkpoints, "READ_RETRY_S", 0.0)
+    monkeypatch.setattr(checkpoint_store, "READ_RETRY_S", 0.0)
     calls = []
     real = storage.read_bytes
 
     def flaky(location: str) -> bytes:
         calls.append(storage.name(location))
-        if len(calls) < checkpoints.READ_ATTEMPTS:  # fails twice, then the store answers
+        if len(calls) < checkpoint_store.READ_ATTEMPTS:  # fails twice, then the store answers
             raise storage.StorageError(f"{location}: reading failed: no answer from the endpoint in time")
         return real(location)
 
@@ -83,7 +83,7 @@ def test_a_checkpoint_the_store_cannot_read_is_retried_then_stops_the_job_naming
         raise storage.StorageError(f"{location}: reading failed: access denied")
 
     monkeypatch.setattr(storage, "read_bytes", denied)
-    with pytest.raises(checkpoints.CheckpointReadError, match=r"epoch-0002.pt could not be read after 3 attempts "
+    with pytest.raises(checkpoint_store.CheckpointReadError, match=r"epoch-0002.pt could not be read after 3 attempts "
                                                               r"\(.*access denied\): the job stops"):
         latest_checkpoint(str(tmp_path), "hash-a")
 
@@ -123,6 +123,6 @@ def test_a_checkpoint_of_the_first_format_still_resumes(tmp_path):
                          metrics={"accuracy": 0.8}, val={"loss": 0.6})
     old = {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "epoch": 1, "step": 0, "ranks": [],
            "strategy": "horovod", "history": [record.to_dict()], "config": {}, "manifest_hash": "hash-a"}
-    checkpoints.save(str(tmp_path), 1, 0, old)
+    checkpoint_store.save(str(tmp_path), 1, 0, old)
     state = latest_checkpoint(str(tmp_path), "hash-a")
     assert state.history == [record] and state.strategy == "horovod"

@@ -109,7 +109,7 @@ def test_fp16_scales_the_loss_and_averages_gradients_before_the_overflow_check()
     ({}, "local[2]", r"the ranks of master=local\[2\] run on this machine, which has none"),  # no GPU here
 ])
 def test_validation_refuses_fp16_where_it_cannot_run(overrides, master, message):
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = from_dict({"train": {"precision": "fp16", **overrides}})
     with pytest.raises(ConfigError, match=message) as err:
@@ -119,7 +119,7 @@ def test_validation_refuses_fp16_where_it_cannot_run(overrides, master, message)
 
 @pytest.mark.parametrize("strategy", ["horovod", "ddp"])
 def test_fp16_is_accepted_for_the_replicated_strategies_on_a_cluster(strategy):
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = from_dict({"train": {"precision": "fp16", "strategy": strategy}})
     validate(config, "train", master="spark://10.0.0.1:7077")  # only the ranks can tell: they report it

@@ -140,7 +140,7 @@ def test_a_gan_step_averages_each_optimizers_gradients_once_like_one_process(tmp
 def test_a_two_optimizer_model_on_a_strategy_that_has_one_is_refused_before_spark(tmp_path, strategy):
     from testkit import make_config
     from pipelines.errors import ConfigError
-    from pipelines.validate import validate
+    from pipelines.preflight import validate
 
     config = make_config(tmp_path, "model.name=gan", f"train.strategy={strategy}")
     with pytest.raises(ConfigError, match=rf"'train.strategy' = '{strategy}' cannot train model 'gan': it trains "
