@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pipelines.formats import FormatError, Record, from_plain
+from pipelines.formats import FormatError, Record, TaggedCodec, from_plain
 
 VAL_PREFIX = "val_"
 
@@ -207,24 +207,21 @@ class MemoryUse(RankEvent):
     optimizer_bytes: int
 
 
-EVENT_TYPES: dict[str, type[RankEvent]] = {t.kind: t for t in (
+EVENTS: TaggedCodec[RankEvent] = TaggedCodec("kind", (
     Started, Joined, Result, ConfigProblem, Failed, Probe,
     DeviceChosen, Resumed, Planned, StepProgress, EpochEnded, CheckpointSaved, MemoryUse,
-)}
+), "rank event")
+EVENT_TYPES = EVENTS.types
 
 
 def encode(event: RankEvent) -> dict[str, Any]:
     """The event as plain data: ``{"kind": ..., "rank": ..., "time": ..., <its fields>}``."""
-    return {"kind": event.kind, **event.to_dict()}
+    return EVENTS.encode(event)
 
 
 def decode(value: Any) -> RankEvent:
     """The event in plain data made by :func:`encode`; :class:`FormatError` for an unknown kind."""
-    if not isinstance(value, dict) or value.get("kind") not in EVENT_TYPES:
-        kind = value.get("kind") if isinstance(value, dict) else value
-        raise FormatError(f"rank event: unknown kind {kind!r} (known: {', '.join(EVENT_TYPES)})")
-    cls = EVENT_TYPES[value["kind"]]
-    return cls.from_dict({k: v for k, v in value.items() if k != "kind"}, f"rank event {cls.kind!r}")
+    return EVENTS.decode(value)
 
 
 def stamped(event: RankEvent, rank: int, when: float) -> RankEvent:

@@ -147,3 +147,30 @@ class Record:
         except ValueError as e:
             raise FormatError(f"{where or cls.__name__}: not JSON ({e})") from None
         return cls.from_dict(value, where)
+
+
+R = TypeVar("R", bound=Record)
+
+
+class TaggedCodec(typing.Generic[R]):
+    """One closed set of record types told apart by a tag field (rank events by ``kind``, launcher
+    messages by ``type``): the one encoder and decoder of every tagged set. Each type names its tag
+    in a class attribute of the tag field's name."""
+
+    def __init__(self, tag: str, types: tuple[type[R], ...], what: str) -> None:
+        self.tag, self.what = tag, what
+        self.types: dict[str, type[R]] = {getattr(t, tag): t for t in types}
+        if len(self.types) != len(types):
+            raise ValueError(f"{what}: two types share one {tag}")
+
+    def encode(self, record: R) -> dict[str, Any]:
+        """``{<tag>: ..., <its fields>}`` as plain data."""
+        return {self.tag: getattr(type(record), self.tag), **record.to_dict()}
+
+    def decode(self, value: Any) -> R:
+        """The record :meth:`encode` made; :class:`FormatError` for an unknown tag or a wrong field."""
+        tag = value.get(self.tag) if isinstance(value, dict) else value
+        if not isinstance(value, dict) or tag not in self.types:
+            raise FormatError(f"{self.what}: unknown {self.tag} {tag!r} (known: {', '.join(self.types)})")
+        cls = self.types[tag]
+        return cls.from_dict({k: v for k, v in value.items() if k != self.tag}, f"{self.what} {tag!r}")

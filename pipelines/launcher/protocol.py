@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipelines import events
-from pipelines.formats import FormatError, Record
+from pipelines.formats import FormatError, Record, TaggedCodec
 from pipelines.launcher.plan import RankSlot
 
 EVENT_PREFIX = "@@dlpipe-event "
@@ -123,13 +123,14 @@ class Exit(Message):
     code: int
 
 
-MESSAGE_TYPES: dict[str, type[Message]] = {m.type: m for m in (
-    Challenge, Auth, Register, Assignment, Refused, Abort, LogLine, EventLine, Heartbeat, Exit)}
+MESSAGES: TaggedCodec[Message] = TaggedCodec("type", (
+    Challenge, Auth, Register, Assignment, Refused, Abort, LogLine, EventLine, Heartbeat, Exit), "launcher message")
+MESSAGE_TYPES = MESSAGES.types
 
 
 def encode(message: Message) -> bytes:
     """One message as one JSON line."""
-    return (json.dumps({"type": message.type, **message.to_dict()}, default=str) + "\n").encode()
+    return (json.dumps(MESSAGES.encode(message), default=str) + "\n").encode()
 
 
 def decode(line: bytes | str) -> Message | None:
@@ -139,9 +140,7 @@ def decode(line: bytes | str) -> Message | None:
     if not raw.endswith(b"\n") or len(raw) > MAX_LINE_BYTES:
         return None
     try:
-        value = json.loads(raw)
-        cls = MESSAGE_TYPES[value.pop("type")]
-        return cls.from_dict(value, f"launcher message {cls.type!r}")
+        return MESSAGES.decode(json.loads(raw))
     except (ValueError, KeyError, TypeError, AttributeError, FormatError):
         return None
 

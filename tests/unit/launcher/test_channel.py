@@ -110,3 +110,17 @@ def test_the_coordinator_binds_the_bind_address_and_tells_tasks_the_advertised_h
         assert isinstance(assignment, protocol.Assignment) and assignment.rendezvous_addr == "localhost"
     finally:
         coordinator.close()
+
+
+def test_events_and_launcher_messages_share_one_tagged_codec():
+    from pipelines import events
+    from pipelines.formats import FormatError, TaggedCodec
+    from pipelines.launcher import protocol
+
+    assert isinstance(events.EVENTS, TaggedCodec) and isinstance(protocol.MESSAGES, TaggedCodec)
+    exit_message = protocol.Exit(partition=1, rank=1, code=3)
+    assert protocol.decode(protocol.encode(exit_message)) == exit_message
+    assert events.decode(events.encode(events.MemoryUse(parameters=5, optimizer_bytes=8))).parameters == 5
+    with pytest.raises(FormatError, match="rank event: unknown kind 'nonesuch'"):
+        events.decode({"kind": "nonesuch"})
+    assert protocol.decode(b'{"type": "nonesuch"}\n') is None  # a peer's garbage never raises
