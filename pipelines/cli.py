@@ -2,8 +2,8 @@
 
 Verbs: etl, generate, train, infer, run (etl + train + infer under one run id), check (launcher
 smoke test), rl (PPO with Spark rollouts), rl-eval (a classifier artifact as a policy in an
-environment). The same arguments work with ``python -m pipelines VERB ...`` and
-``spark-submit pipelines/__main__.py VERB ...``.
+environment); ``dlpipe env`` (or ``--version``) prints the stack it runs on. The same arguments
+work with ``python -m pipelines VERB ...`` and ``spark-submit pipelines/__main__.py VERB ...``.
 
 Before Spark starts: the config is loaded and validated for the verb (``pipelines.preflight``), the
 store options resolved, and the job takes the lease of the run (and dataset) it writes
@@ -93,7 +93,13 @@ def leases(config: PipelineConfig, verb: str) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["env"], ["--version"]):  # what dlpipe runs on, for a bug report; no config, no Spark
+        from pipelines.stackinfo import describe_stack
+
+        print(describe_stack())
+        return 0
+    args = parse_args(argv)
     try:
         config = resolve_config(args)
         prepare(config, args.verb)

@@ -66,7 +66,7 @@ def test_no_import_cycle_among_the_projects_modules():
 # The import layers of docs/architecture.md, lowest first: a module imports only its own layer and below.
 LAYERS = [
     ("models",),
-    ("pipelines.errors", "pipelines.choices", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
+    ("pipelines.errors", "pipelines.choices", "pipelines.stackinfo", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
      "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.readers",
      "pipelines.publish", "pipelines.runfolder",
      "pipelines.checkpoint_store", "pipelines.tracking"),
