@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shutil
 import subprocess
 
 # (distribution, what it is to dlpipe), in the order the pipeline uses them
@@ -49,15 +48,14 @@ def _horovod_build() -> str:
 
 
 def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        return "not found on PATH (Spark needs Java 8, 11 or 17)"
     try:
-        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=20)
+        done = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20)
+    except FileNotFoundError:
+        return "not found on PATH (Spark needs Java 8, 11 or 17)"
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"{java}: {e}"
+        return f"java -version: {e}"
     lines = (done.stderr or done.stdout).strip().splitlines()
-    return lines[0] if lines else java
+    return lines[0] if lines else "java (no version printed)"
 
 
 def stack() -> list[tuple[str, str, str]]:
