@@ -10,3 +10,9 @@ from __future__ import annotations
 STRATEGY_NAMES = ("horovod", "ddp", "fsdp", "pipeline")  # train.strategy
 PRECISION_NAMES = ("fp32", "bf16", "fp16")  # train.precision
 COMPRESSION_NAMES = ("none", "fp16", "bf16")  # train.grad_compression
+
+
+def check_registry(key: str, names: tuple[str, ...], registered: tuple[str, ...]) -> None:
+    """A registry (called at its import) holds exactly the values ``key`` allows, in their order."""
+    if registered != names:
+        raise ImportError(f"{key}: the registry holds {registered}, pipelines.choices lists {names}")

@@ -72,3 +72,17 @@ def split_files(workdir, split: str, dataset_name: str = "digits") -> list[str]:
     from pipelines.dataset import open_dataset
 
     return open_dataset(str(Path(workdir) / "datasets" / dataset_name)).splits[split].files
+
+
+def suppressions_without_reason(folders: tuple[str, ...], marker: str, well_formed: str) -> list[str]:
+    """``path:line: text`` of every line in ``folders`` holding ``marker`` (``# noqa``, ``# type: ignore``)
+    that does not match the regex ``well_formed`` (its code named and its reason given)."""
+    import re
+
+    bare = []
+    for folder in folders:
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if marker in line and not re.search(well_formed, line):
+                    bare.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
+    return bare

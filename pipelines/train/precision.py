@@ -15,13 +15,12 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from pipelines.choices import PRECISION_NAMES
+from pipelines.choices import PRECISION_NAMES, check_registry
 from pipelines.device import exact_fp32
 from pipelines.errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-if tuple(PRECISIONS) != PRECISION_NAMES:  # train.precision's values are listed once, in pipelines.choices
-    raise ImportError(f"precisions {tuple(PRECISIONS)} differ from pipelines.choices.PRECISION_NAMES {PRECISION_NAMES}")
+check_registry("train.precision", PRECISION_NAMES, tuple(PRECISIONS))
 
 
 class PrecisionError(ConfigError):

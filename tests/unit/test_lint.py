@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from testkit import REPO_ROOT
+from testkit import REPO_ROOT, suppressions_without_reason
 
 LINTED = ("pipelines", "models", "benchmarks")
 
@@ -28,12 +28,5 @@ def test_the_rule_set_is_not_emptied():
 
 
 def test_every_noqa_says_why_on_its_line():
-    import re
-
-    bare = []
-    for folder in LINTED:
-        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if "# noqa" in line and not re.search(r"# noqa: [A-Z]+\d+(, [A-Z]+\d+)* - \S", line):
-                    bare.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
+    bare = suppressions_without_reason(LINTED, "# noqa", r"# noqa: [A-Z]+\d+(, [A-Z]+\d+)* - \S")
     assert bare == [], "each `# noqa` names its rule and says why: `# noqa: BLE001 - why`\n" + "\n".join(bare)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.choices import STRATEGY_NAMES
+from pipelines.choices import STRATEGY_NAMES, check_registry
 from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
 from pipelines.train.strategies.base import Strategy
@@ -21,9 +21,7 @@ from pipelines.train.strategies.pipeline import PipelineStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (HorovodStrategy, DDPStrategy, FSDPStrategy,
                                                               PipelineStrategy)}
-# train.strategy's allowed values are listed once, in pipelines.choices: the registry holds exactly those
-if tuple(STRATEGIES) != STRATEGY_NAMES:
-    raise ImportError(f"strategies {tuple(STRATEGIES)} differ from pipelines.choices.STRATEGY_NAMES {STRATEGY_NAMES}")
+check_registry("train.strategy", STRATEGY_NAMES, tuple(STRATEGIES))
 
 __all__ = ["STRATEGIES", "Strategy", "make_strategy"]
 

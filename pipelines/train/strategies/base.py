@@ -18,7 +18,7 @@ import torch
 
 from models import DlpipeModel
 from models.base import TrainingPhase
-from pipelines.choices import COMPRESSION_NAMES, PRECISION_NAMES
+from pipelines.choices import COMPRESSION_NAMES, PRECISION_NAMES, check_registry
 from pipelines.config import TrainConfig
 from pipelines.launcher.rank import RankContext
 from pipelines.train import step
@@ -26,8 +26,7 @@ from pipelines.train.precision import Precision
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 COMPRESSIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # train.grad_compression
-if tuple(COMPRESSIONS) != COMPRESSION_NAMES:  # its values are listed once, in pipelines.choices
-    raise ImportError(f"compressions {tuple(COMPRESSIONS)} differ from pipelines.choices.COMPRESSION_NAMES")
+check_registry("train.grad_compression", COMPRESSION_NAMES, tuple(COMPRESSIONS))
 Batch = dict[str, torch.Tensor]
 
 
