@@ -10,6 +10,7 @@ from __future__ import annotations
 STRATEGY_NAMES = ("horovod", "ddp", "fsdp", "pipeline")  # train.strategy
 PRECISION_NAMES = ("fp32", "bf16", "fp16")  # train.precision
 COMPRESSION_NAMES = ("none", "fp16", "bf16")  # train.grad_compression
+LOADER_NAMES = ("petastorm", "arrow")  # train.loader (pipelines.train.loader.LOADERS)
 
 
 def check_registry(key: str, names: tuple[str, ...], registered: tuple[str, ...]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from pipelines import storage
-from pipelines.choices import COMPRESSION_NAMES, PRECISION_NAMES, STRATEGY_NAMES
+from pipelines.choices import COMPRESSION_NAMES, LOADER_NAMES, PRECISION_NAMES, STRATEGY_NAMES
 from pipelines.config_rules import (
     Rule,
     above,
@@ -156,6 +156,9 @@ class TrainConfig:
     start_timeout_s: float = setting(120.0, above(0))  # all tasks must register with the driver within this
     failure_timeout_s: float = setting(120.0, above(0))  # a failed/silent rank ends the stage within this
     reader_workers: int = setting(1, at_least(1))  # Petastorm reader threads per rank (1 keeps the order reproducible)
+    # How ranks read the dataset's Parquet: petastorm (its reader, the classic line's default) or
+    # arrow (pyarrow only, no Petastorm: same shards, same order, same batches)
+    loader: str = setting("petastorm", one_of(*LOADER_NAMES))
     gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
