@@ -1,6 +1,18 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each runs `make setup` first.
 SHELL := /bin/bash
+# The Spark line (README "Two Spark lines"): 3.5 (classic, the default) or 4, each in its own venv.
+SPARK ?= 3.5
+export SPARK
+ifeq ($(SPARK),3.5)
 VENV := .venv
+TESTS := tests
+else ifeq ($(SPARK),4)
+VENV := .venv-spark4
+# every test that starts Spark or a store (the classic line runs the whole suite)
+TESTS := tests/spark tests/cluster tests/unit/storage tests/unit/test_cli.py
+else
+$(error SPARK=$(SPARK): the Spark lines are SPARK=3.5 (the default) and SPARK=4)
+endif
 PY := $(VENV)/bin/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_CONF_DIR ?= $(CURDIR)/spark-conf
@@ -16,10 +28,10 @@ demo: setup
 	$(VENV)/bin/dlpipe run --config pipelines/configs/digits_cnn.yaml
 
 test: setup
-	$(PY) -m pytest tests --durations=10
+	$(PY) -m pytest $(TESTS) --durations=10
 
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow and not cluster" --durations=10
+	$(PY) -m pytest $(TESTS) -m "not slow and not cluster" --durations=10
 
 package: setup
 	bash scripts/package.sh

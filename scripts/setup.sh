@@ -10,7 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
-VENV=.venv
+# The Spark line (README "Two Spark lines"): 3.5, the classic default, in .venv; 4 in .venv-spark4.
+case "${SPARK:-3.5}" in
+  3.5) LINE=classic; VENV=.venv; JAVA_OK="8 11 17" ;;
+  4) LINE=spark4; VENV=.venv-spark4; JAVA_OK="17 21" ;;
+  *) echo "setup: SPARK=$SPARK: the Spark lines are SPARK=3.5 (the default) and SPARK=4" >&2; exit 2 ;;
+esac
+CONSTRAINTS=constraints/$LINE.txt
 HOROVOD_VERSION=0.28.1
 TORCH_VERSION=2.13.0
 CACHE_ROOT=${DLPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlpipe}
@@ -21,13 +27,13 @@ die() { echo "setup: $*" >&2; exit 1; }
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 (or set PYTHON=/path/to/python3.11)"
 command -v java >/dev/null || die "java not found: install Java 17 (Debian: apt-get install openjdk-17-jre-headless)"
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
-case "$java_major" in 8|11|17) ;; *) die "Java $java_major found; Spark 3.5 needs Java 8, 11 or 17 (Debian: apt-get install openjdk-17-jre-headless, then point JAVA_HOME at it)";; esac
+case " $JAVA_OK " in *" $java_major "*) ;; *) die "Java $java_major found; the SPARK=${SPARK:-3.5} line needs Java ${JAVA_OK// /, } (Debian: apt-get install openjdk-17-jre-headless, then point JAVA_HOME at it)";; esac
 command -v cmake >/dev/null || die "cmake not found: it is needed to build horovod (Debian: apt-get install cmake)"
 command -v g++ >/dev/null || die "g++ not found: a C++17 compiler is needed to build horovod (Debian: apt-get install g++)"
 
 # --- virtual environment -----------------------------------------------------------------
 stamp="$VENV/.dlpipe-setup"
-want=$( { cat pyproject.toml scripts/setup.sh scripts/cxx17; echo "${DLPIPE_TORCH_INDEX:-}"; command -v nvcc || true; } \
+want=$( { cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh scripts/cxx17; echo "${DLPIPE_TORCH_INDEX:-}"; command -v nvcc || true; } \
         | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$VENV/bin/python" -c "import horovod.torch as hvd, petastorm, pyspark, pyarrow; assert hvd.gloo_built()" 2>/dev/null; then
@@ -41,7 +47,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 if [ -n "${DLPIPE_TORCH_INDEX:-}" ]; then  # the CUDA build first; `torch==2.13.0` below then accepts 2.13.0+cuXXX
   "${PIP[@]}" install -q "torch==$TORCH_VERSION" --index-url "$DLPIPE_TORCH_INDEX"
 fi
-"${PIP[@]}" install -q -e ".[dev]"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" -e ".[dev]"
 
 # --- horovod: build once, cache the wheel ------------------------------------------------
 pytag=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -75,7 +81,7 @@ if [ -z "$wheel" ]; then
   wheel=$(ls "$wheel_dir"/horovod-*.whl | head -1)
 fi
 "${PIP[@]}" install -q --force-reinstall --no-deps "$wheel"
-"${PIP[@]}" install -q "cloudpickle" "psutil" "pyyaml" "packaging"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" "cloudpickle" "psutil" "pyyaml" "packaging"
 
 # --- prove the stack ----------------------------------------------------------------------
 "$VENV/bin/python" - <<'PY'
