@@ -14,7 +14,6 @@ import difflib
 import hashlib
 import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from pipelines.config_rules import (
     within,
 )
 from pipelines.errors import ConfigError
+from pipelines.formats import Decoding, decode, type_name
 
 
 def _splits_problem(splits: dict[str, float]) -> str | None:
@@ -397,7 +397,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
-    config = _build(PipelineConfig, raw, prefix="")
+    config = decode(PipelineConfig, raw, "", _ConfigDecoding())
     check_no_credentials(config.to_dict())
     check_model(config.model)
     check_spark_settings(config.spark)
@@ -458,7 +458,7 @@ def check_model(model: ModelConfig) -> None:
         raise ConfigError(f"config key 'model.name' = {model.name!r} is not a dlpipe model{hint} "
                           f"(models: {', '.join(models.names())})")
     try:
-        _build(models.config_class(model.name), model.params, prefix="model.params.")
+        decode(models.config_class(model.name), model.params, "model.params", _ConfigDecoding())
     except (ValueError, TypeError) as e:
         if isinstance(e, ConfigError):
             raise ConfigError(f"{e} (model {model.name!r})") from None
@@ -500,59 +500,46 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} "
-                              f"(valid keys here: {', '.join(sorted(fields))})")
-        kwargs[key] = _coerce(hints[key], value, prefix + key)
-        problem = check(fields[key], kwargs[key], prefix + key)
+class _ConfigDecoding(Decoding):
+    """The config's policy in dlpipe's one type-hint decoder (``pipelines.formats.decode``): a
+    ConfigError naming the dotted key, an unknown key with its close matches, the keys in the order
+    the YAML gives them, YAML's scalars taken as strings, and each setting's rules checked once read."""
+
+    error = ConfigError
+    keys_in_given_order = True
+
+    def given(self, tp: Any, value: Any, key: str) -> Any:
+        """YAML's reading of ``value`` made what ``tp`` asks for, where it is unambiguous."""
+        origin = typing.get_origin(tp)
+        if tp is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+            return str(value)  # YAML read `run_id=2026-11-26` as a date and `dataset=7` as a number
+        exact = dict if dataclasses.is_dataclass(tp) else list if origin is list else None
+        if exact is not None and not isinstance(value, exact):  # what YAML gives: a section is a mapping
+            raise ConfigError(self.wrong(tp, value, key))
+        if origin is dict and isinstance(value, dict):
+            if typing.get_args(tp)[1] is str:  # Spark settings: accept numbers and booleans, Spark wants strings
+                return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+            return {str(k): v for k, v in value.items()}
+        return value
+
+    def check(self, field: dataclasses.Field[Any], value: Any, key: str) -> None:
+        """The setting's rules (``pipelines.config_rules``)."""
+        problem = check(field, value, key)
         if problem:
             raise ConfigError(problem)
-    return cls(**kwargs)
 
+    def wrong(self, tp: Any, value: Any, key: str) -> str:
+        """``config key 'train.lr' expects a number, got 'fast'``."""
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return f"{key or 'config'} must be a mapping, got {value!r}"
+        what = ("a number" if tp is float else "a mapping" if origin is dict else
+                f"a list of {type_name(typing.get_args(tp)[0])}" if origin in (list, tuple) else type_name(tp))
+        return f"config key {key!r} expects {what}, got {value!r}"
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the annotated type; convert int->float and dataclass dicts."""
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
-    if tp is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
-        return str(value)  # YAML read `run_id=2026-11-26` as a date and `dataset=7` as a number
-    if tp in (int, str, bool):
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-            return value
-        raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {value!r}")
-    if origin is tuple:  # model configs: tuple[int, ...] (YAML gives lists)
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} expects a list of {item_tp.__name__}, got {value!r}")
-        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key!r} expects a list of {item_tp.__name__}, got {value!r}")
-        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
-        if val_tp is str:  # Spark settings: accept numbers and booleans, Spark wants strings
-            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
-        return {str(k): _coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
-    if origin in (types.UnionType, typing.Union):
-        raise ConfigError(f"config key {key!r}: unions are not supported")  # none in the schema
-    raise ConfigError(f"config key {key!r} has an unsupported type {tp!r}")
+    def unknown(self, cls: type, names: list[str], unknown: list[str], key: str) -> str:
+        """``unknown config key 'train.epoch'; did you mean train.epochs? (valid keys here: ...)``."""
+        prefix = f"{key}." if key else ""
+        close = difflib.get_close_matches(str(unknown[0]), names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+        return f"unknown config key '{prefix}{unknown[0]}'{hint} (valid keys here: {', '.join(sorted(names))})"

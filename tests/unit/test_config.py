@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 
 from pipelines.config import ConfigError, from_dict, load_config, to_yaml
+from pipelines.formats import FormatError, Record
 
 REPO_CONFIGS = ["digits_cnn.yaml", "digits_autoencoder.yaml", "digits_vae.yaml"]
 
@@ -192,3 +195,49 @@ def test_the_allowed_strategies_precisions_and_compressions_are_listed_once_and_
                        ("train.grad_compression", COMPRESSION_NAMES)):
         with pytest.raises(ConfigError, match=f"must be one of {', '.join(names)}$"):
             load_config(None, [f"{key}=nonesuch"])
+
+
+
+@dataclass
+class Knobs:
+    """A model config with a Literal (a type the one decoder learnt for both users) and an optional
+    (one only the formats' decoder knew before the config used it)."""
+
+    mode: Literal["fast", "slow"] = "fast"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class KnobsRecord(Record):
+    mode: Literal["fast", "slow"] = "fast"
+    limit: int | None = None
+
+
+def test_the_config_and_the_formats_decode_through_one_type_hint_decoder(monkeypatch):
+    import models
+
+    monkeypatch.setattr(models, "config_class", lambda name: Knobs)
+    assert load_config(None, ["model.params={mode: slow, limit: null}"]).model.params == {"mode": "slow", "limit": None}
+    assert load_config(None, ["model.params.limit=3"]).model.params == {"limit": 3}
+    with pytest.raises(ConfigError, match=r"^config key 'model.params.mode' expects one of 'fast', 'slow', "
+                                          r"got 'medium' \(model 'cnn'\)$"):
+        load_config(None, ["model.params.mode=medium"])
+    with pytest.raises(ConfigError, match=r"^config key 'model.params.limit' expects int, got 'x' \(model 'cnn'\)$"):
+        load_config(None, ["model.params.limit=x"])
+
+    assert KnobsRecord.from_dict({"mode": "slow", "limit": 3}) == KnobsRecord("slow", 3)
+    with pytest.raises(FormatError, match=r"^knobs.json: key 'mode' expects one of 'fast', 'slow', got 'medium'$"):
+        KnobsRecord.from_dict({"mode": "medium"}, "knobs.json")
+    with pytest.raises(FormatError, match=r"^knobs.json: key 'limit' expects int, got True$"):
+        KnobsRecord.from_dict({"limit": True}, "knobs.json")
+
+
+def test_the_config_module_walks_no_type_hints_of_its_own():
+    import inspect
+
+    import pipelines.config as config
+    import pipelines.formats as formats
+
+    assert config.decode is formats.decode
+    assert not hasattr(config, "_build") and not hasattr(config, "_coerce")
+    assert "get_type_hints" not in inspect.getsource(config)
