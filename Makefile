@@ -34,7 +34,7 @@ test-fast: setup
 	$(PY) -m pytest $(TESTS) -m "not slow and not cluster" --durations=10
 
 package: setup
-	bash scripts/package.sh
+	VENV=$(VENV) bash scripts/package.sh
 
 bench: setup
 	$(PY) -m benchmarks all --size small

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.data import SIZES
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines.config import PipelineConfig
+from pipelines.errors import ConfigError
 
 NAMES = ("loader", "storage", "train", "infer", "etl", "append", "memory", "scale", "rl")
 

@@ -12,7 +12,8 @@ import sys
 
 from benchmarks import NAMES, SIZES, run
 from benchmarks.harness import REPO_ROOT, BenchError
-from pipelines.config import ConfigError, load_config
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
 from pipelines.tracking import TRACKING_OFF
 
 DEFAULT_CONFIG = REPO_ROOT / "pipelines" / "configs" / "digits_cnn.yaml"

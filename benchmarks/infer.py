@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from benchmarks import data, harness, procs
 from pipelines import dataset
@@ -96,7 +97,9 @@ def _warmed_contenders(spark: Any, report: harness.Report, source: list[str], ar
         result = procs.run_worker({"job": "infer_torch", "files": source, "artifact": str(artifact),
                                    "output": str(out), "batch": batch, "threads": cores},
                                   threads=cores, timeout_s=1800)
-        return result["rows"] / result["seconds"]
+        rows: int = result["rows"]
+        seconds: float = result["seconds"]
+        return rows / seconds
 
     measures = {"dlpipe_infer": lambda: timed(dlpipe_job), "torch_1_process": torch_process}
     harness.log(NAME, "warm-up: dlpipe's job and predict_batch_udf once each (Python workers, model loads)")
@@ -171,7 +174,7 @@ def _predict_batch_udf_job(spark: Any, source: list[str], artifact: Path, batch:
     num_features = math.prod(meta.feature_shape)
     del model
 
-    def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:  # nested, so it is shipped by value
+    def make_predict_fn() -> Callable[[NDArray[np.float32]], dict[str, NDArray[Any]]]:  # nested: shipped by value
         import torch
 
         from pipelines.artifact import load_artifact
@@ -180,7 +183,7 @@ def _predict_batch_udf_job(spark: Any, source: list[str], artifact: Path, batch:
         model, meta = load_artifact(artifact_path)
         normalize = meta.normalizer()
 
-        def predict(features: np.ndarray) -> dict[str, np.ndarray]:
+        def predict(features: NDArray[np.float32]) -> dict[str, NDArray[Any]]:
             with torch.inference_mode():
                 out = model.predict(normalize(features))
             # predict_batch_udf takes a struct field as a 1-D (scalars) or 2-D (arrays) array per batch.

@@ -8,6 +8,8 @@ taking turns round by round (``harness.interleaved``):
   ``make_batch_reader`` with shuffled row groups, Arrow to NumPy without pandas, rows shuffled by a
   seeded NumPy permutation, ``train.reader_workers`` reader threads);
 - ``dlpipe_petastorm_workers2``: the same with 2 reader threads;
+- ``dlpipe_arrow``: the same with ``train.loader=arrow``: the same batches, the same row groups in the
+  same order, read by pyarrow alone (``ParquetFile.read_row_group``) in the loader's thread, no Petastorm;
 - ``dlpipe_petastorm_etl_default``: the same on the same rows written with the row groups the ETL
   picks by default (``etl.rows_per_row_group=0``: sized for streaming), what users get;
 - ``petastorm_own_path`` (a profile): Petastorm's reader used as Petastorm intends (its ``shuffle_rows``,
@@ -17,7 +19,8 @@ taking turns round by round (``harness.interleaved``):
 - ``petastorm_spark_converter``: Petastorm's ``make_spark_converter(df).make_torch_dataloader``
   (its materialization into the converter's cache is timed separately).
 
-``ratio_vs_pyarrow`` = dlpipe_petastorm / pyarrow_numpy_torch. Every contender reads the dataset
+``ratio_vs_pyarrow`` = dlpipe_petastorm / pyarrow_numpy_torch; ``ratio_arrow_vs_petastorm`` =
+dlpipe_arrow / dlpipe_petastorm (the two values of ``train.loader``). Every contender reads the dataset
 format's ``features`` and ``label`` columns (``pipelines.dataset``), whatever model trains on them.
 """
 from __future__ import annotations
@@ -88,6 +91,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     measures = {
         "dlpipe_petastorm": lambda: _dlpipe(train, batch, normalize, config.train.reader_workers, s.passes),
         "dlpipe_petastorm_workers2": lambda: _dlpipe(train, batch, normalize, 2, s.passes),
+        "dlpipe_arrow": lambda: _dlpipe(train, batch, normalize, config.train.reader_workers, s.passes, "arrow"),
     }
     default_rows = etl_default_rows(config, spec)
     report.params["etl_default_rows_per_row_group"] = default_rows
@@ -122,6 +126,8 @@ def _ratios(report: harness.Report) -> None:
     dl, limit = report.median("dlpipe_petastorm"), report.median("pyarrow_numpy_torch")
     report.ratios["ratio_vs_pyarrow"] = harness.ratio(dl, limit)
     report.ratios["ratio_vs_pyarrow_workers2"] = harness.ratio(report.median("dlpipe_petastorm_workers2"), limit)
+    report.ratios["ratio_arrow_vs_petastorm"] = harness.ratio(report.median("dlpipe_arrow"), dl)
+    report.ratios["ratio_arrow_vs_pyarrow"] = harness.ratio(report.median("dlpipe_arrow"), limit)
     report.ratios["ratio_etl_default_vs_pyarrow"] = harness.ratio(report.median("dlpipe_petastorm_etl_default"), limit)
     report.ratios["ratio_spark_converter_vs_pyarrow"] = harness.ratio(report.median("petastorm_spark_converter"),
                                                                       limit)
@@ -162,12 +168,14 @@ def limit_text(report: harness.Report) -> str:
     return " ".join(parts)
 
 
-def _dlpipe(train: SplitFiles, batch: int, normalize: Normalizer, workers: int, passes: int) -> float:
+def _dlpipe(train: SplitFiles, batch: int, normalize: Normalizer, workers: int, passes: int,
+            reader: str = "petastorm") -> float:
+    """Samples/s of ``passes`` epochs of ``epoch_batches`` as one rank of one reads them (``reader``: train.loader)."""
     steps = train.rows // batch
     started, seen = time.perf_counter(), 0
     for p in range(passes):
         for b in loader.epoch_batches(train, loader.BatchOrder(batch_size=batch, steps=steps, seed=p), rank=0, size=1,
-                                      normalize=normalize, workers=workers):
+                                      normalize=normalize, loader=reader, workers=workers):
             seen += len(b["label"])
     return seen / (time.perf_counter() - started)
 
@@ -235,6 +243,8 @@ def _converter_pass(converter: Any, batch: int, normalize: Normalizer, passes: i
 DESCRIPTIONS = {
     "dlpipe_petastorm": "pipelines.train.loader.epoch_batches, {workers} reader thread(s)",
     "dlpipe_petastorm_workers2": "pipelines.train.loader.epoch_batches, 2 reader threads",
+    "dlpipe_arrow": "pipelines.train.loader.epoch_batches with train.loader=arrow (the same batches; pyarrow "
+                    "alone, no Petastorm)",
     "dlpipe_petastorm_etl_default": "pipelines.train.loader.epoch_batches on the same rows in the ETL's default "
                                     "row groups ({rg} rows, sized for streaming)",
     "petastorm_own_path": "profile: Petastorm's reader with its own shuffle_rows and pandas conversion (the "

@@ -36,7 +36,8 @@ def _result(code: int, output: str) -> dict[str, Any]:
     if code != 0 or not lines:
         tail = "\n".join(lines[-20:])
         raise BenchError(f"{WORKERS} exited with code {code}; last lines:\n{tail}")
-    return json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])  # the worker's last line: its JSON object
+    return result
 
 
 def run_worker(job: dict[str, Any], *, threads: int, timeout_s: float,
@@ -76,4 +77,5 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 free right now (DDP's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) of an AF_INET socket
+        return port

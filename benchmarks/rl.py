@@ -184,7 +184,8 @@ def _empty_steps() -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema()) as writer:
         writer.write_table(schema().empty_table())
-    return sink.getvalue().to_pybytes()
+    stream: bytes = sink.getvalue().to_pybytes()
+    return stream
 
 
 def _overhead_sweep(spark: Any, rc: Any, policy: models.DlpipeModel, s: Size,

@@ -33,7 +33,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # (host, port) of an AF_INET socket
+        return port
 
 
 def _moto_server_command() -> list[str]:
@@ -55,7 +56,7 @@ class S3Server:
             "AWS_DEFAULT_REGION": REGION,
             "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance-metadata credential lookup
         }
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._log = Path(tempfile.mkstemp(prefix=f"moto-{self.port}-", suffix=".log")[1])
 
     def _output_tail(self, chars: int = 2000) -> str:
@@ -66,7 +67,8 @@ class S3Server:
     def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(self.endpoint + "/", timeout=1) as response:
-                return response.status < 500
+                status: int = response.status  # an http.client.HTTPResponse
+                return status < 500
         except urllib.error.HTTPError as exc:  # any HTTP answer means the server is up
             return exc.code < 500
         except OSError:
@@ -150,15 +152,12 @@ def dlpipe_on_s3() -> Iterator[S3Server]:
     put back, and the server stopped, on exit."""
     from pipelines import storage
 
-    with s3_server() as server:
+    with s3_server() as server, storage.using_options(storage.StorageOptions(s3_endpoint=server.endpoint)):
         saved_env = {k: os.environ.get(k) for k in server.env}
-        saved_options = storage.current_options()
         os.environ.update(server.env)
-        storage.set_options(storage.StorageOptions(s3_endpoint=server.endpoint))
         try:
             yield server
         finally:
-            storage.set_options(saved_options)
             for key, value in saved_env.items():
                 if value is None:
                     os.environ.pop(key, None)

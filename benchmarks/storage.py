@@ -99,8 +99,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     report.params = {"dataset": spec.key, "train_rows": local.rows, "files": len(local.files),
                      "bytes": sum(storage.filesystem(f)[0].get_file_info(f).size for f in local.files),
                      "rows_per_row_group": spec.rows_per_row_group, "batch_size": batch, "passes": s.passes,
-                     "repeats": s.repeats, "reader_workers": config.train.reader_workers, "torch_threads": 1,
-                     "checkpoint_mib": s.checkpoint_mib, "checkpoints_per_repeat": s.checkpoints,
+                     "repeats": s.repeats, "loader": config.train.loader, "reader_workers": config.train.reader_workers,
+                     "torch_threads": 1, "checkpoint_mib": s.checkpoint_mib, "checkpoints_per_repeat": s.checkpoints,
                      "store": "moto S3 server on 127.0.0.1 (loopback: dlpipe's overhead, not a network)"}
     with s3_store() as (bucket, server):
         remote = upload(local, storage.join(bucket, spec.key, "train"))
@@ -117,12 +117,12 @@ def _measure_loaders(report: harness.Report, config: PipelineConfig, s: Size, lo
                      server: Any, normalize: Normalizer) -> None:
     """The loader contenders on local disk and on S3, taking turns, into ``report``; dlpipe's S3 loader
     with the cores the S3 server used meanwhile."""
-    batch, workers = config.train.batch_size, config.train.reader_workers
+    batch, workers, reader = config.train.batch_size, config.train.reader_workers, config.train.loader
     server_cores: list[float] = []
     loaders = {
-        "dlpipe_loader_local": lambda: _dlpipe(local, batch, normalize, workers, s.passes),
+        "dlpipe_loader_local": lambda: _dlpipe(local, batch, normalize, workers, s.passes, reader),
         "dlpipe_loader_s3": _cpu_of(server.pid, server_cores,
-                                    lambda: _dlpipe(remote, batch, normalize, workers, s.passes)),
+                                    lambda: _dlpipe(remote, batch, normalize, workers, s.passes, reader)),
         "pyarrow_read_local": lambda: _pyarrow(local, batch, normalize, s.passes),
         "pyarrow_read_s3": lambda: _pyarrow(remote, batch, normalize, s.passes),
     }

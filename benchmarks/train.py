@@ -468,7 +468,8 @@ def _ddp(args: dict[str, Any], lr: float) -> list[float]:
     port = procs.free_port()
     results = procs.run_workers([{**args, "lr": lr, "rank": r, "world": RANKS, "port": port}
                                  for r in range(RANKS)], env)
-    return results[0]["samples_per_s"]
+    per_epoch: list[float] = results[0]["samples_per_s"]
+    return per_epoch
 
 
 def _horovod(args: dict[str, Any], lr: float, cycle_time_ms: float, fusion_mb: int) -> list[float]:
@@ -496,7 +497,8 @@ def _horovod(args: dict[str, Any], lr: float, cycle_time_ms: float, fusion_mb: i
         results = procs.run_workers([{**args, "lr": lr, "horovod": True} for _ in plan], envs)
     finally:
         server.stop()
-    return next(r for r in results if r["rank"] == 0)["samples_per_s"]
+    per_epoch: list[float] = next(r for r in results if r["rank"] == 0)["samples_per_s"]
+    return per_epoch
 
 
 def _independent(args: dict[str, Any], lr: float) -> list[float]:

@@ -169,7 +169,8 @@ def _loss_module(model: Any) -> Any:
             self.model = model
 
         def forward(self, features: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return self.model.loss({"features": features, "label": label})
+            loss: tuple[torch.Tensor, dict[str, torch.Tensor]] = self.model.loss({"features": features, "label": label})
+            return loss
 
     return Loss()
 

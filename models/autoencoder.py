@@ -38,7 +38,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(x).flatten(1)  # (B, C, H, W) -> (B, channels[-1] * H' * W')
-        return self.proj(x)  # (B, out_features)
+        out: torch.Tensor = self.proj(x)  # (B, out_features)
+        return out
 
     def parts(self) -> list[nn.Module]:
         """This encoder as a list of layers (pipeline split points)."""
@@ -63,7 +64,8 @@ class LinearDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)  # (B, latent_dim) -> (B, C, H, W); no output activation: inputs are standardized
+        images: torch.Tensor = self.net(z)  # (B, latent_dim) -> (B, C, H, W)
+        return images  # no output activation: inputs are standardized
 
 
 class Autoencoder(Reconstructor):
@@ -79,7 +81,8 @@ class Autoencoder(Reconstructor):
         self.decoder = LinearDecoder(config.latent_dim, config.decoder_hidden, image_shape)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(features))  # (B, C, H, W) -> (B, latent_dim) -> (B, C, H, W)
+        out: torch.Tensor = self.decoder(self.encoder(features))  # (B, C, H, W) -> (B, latent_dim) -> (B, C, H, W)
+        return out
 
     def output_loss(self, output: torch.Tensor,
                     batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -90,7 +93,8 @@ class Autoencoder(Reconstructor):
         return [*self.encoder.parts(), *self.decoder.net]
 
     def _reconstruct(self, features: torch.Tensor) -> torch.Tensor:
-        return self(features)
+        out: torch.Tensor = self(features)
+        return out
 
     def _predict(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"reconstruction_error": per_sample_mse(self(features), features)}  # (B,)

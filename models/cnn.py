@@ -56,9 +56,11 @@ class CNN(Classifier):
         """The hidden layer's activations (B, hidden): the feature space sample quality is measured in."""
         self.check_features(features)
         with eval_mode(self), torch.no_grad():
-            return self.head[:3](self.pool(self.features(features)))  # Flatten, Linear, ReLU
+            hidden: torch.Tensor = self.head[:3](self.pool(self.features(features)))  # Flatten, Linear, ReLU
+            return hidden
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.features(features)  # (B, C, H, W) -> (B, channels[-1], H', W')
         x = self.pool(x)  # (B, channels[-1], pooled_size, pooled_size)
-        return self.head(x)  # (B, num_classes)
+        logits: torch.Tensor = self.head(x)  # (B, num_classes)
+        return logits

@@ -54,7 +54,8 @@ class Generator(nn.Module):
         )  # linear output: images live in the dataset's normalized space, not in [-1, 1]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.upsample(self.project(z).view(-1, *self.start))
+        images: torch.Tensor = self.upsample(self.project(z).view(-1, *self.start))
+        return images
 
 
 class Discriminator(nn.Module):
@@ -70,7 +71,8 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+        logits: torch.Tensor = self.net(x)  # (B, 1)
+        return logits.squeeze(1)
 
 
 class GAN(DlpipeModel):
@@ -96,7 +98,8 @@ class GAN(DlpipeModel):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Discriminator logits (B,): how real each image looks."""
-        return self.discriminator(features)
+        logits: torch.Tensor = self.discriminator(features)
+        return logits
 
     def noise(self, batch: Batch) -> torch.Tensor:
         """z for this batch: ``batch["noise"]`` when given (reproducible steps), else fresh N(0, I)."""
@@ -149,4 +152,5 @@ class GAN(DlpipeModel):
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
         with eval_mode(self), torch.no_grad():
-            return self.generator(z)
+            images: torch.Tensor = self.generator(z)
+            return images

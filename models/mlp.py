@@ -43,4 +43,5 @@ class MLP(Classifier):
         return list(self.net)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)  # (B, *feature_shape) -> (B, num_classes)
+        logits: torch.Tensor = self.net(features)  # (B, *feature_shape) -> (B, num_classes)
+        return logits

@@ -85,7 +85,8 @@ class MLPPolicy(DlpipeModel):
                             _mlp(self.num_features, hidden, 1, 1.0))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.heads(self.flatten(features))  # (B, *feature_shape) -> (B, A), (B,)
+        logits_values: tuple[torch.Tensor, torch.Tensor] = self.heads(self.flatten(features))
+        return logits_values  # (B, *feature_shape) -> (B, A), (B,)
 
     def pipeline_parts(self) -> list[nn.Module]:
         return [self.flatten, self.heads]
@@ -131,7 +132,8 @@ class MLPPolicy(DlpipeModel):
         """State values (B,) without gradients: the bootstrap at a truncation or a rollout's end."""
         self.check_features(features)
         with torch.no_grad():
-            return self(features)[1]
+            out: tuple[torch.Tensor, torch.Tensor] = self(features)
+            return out[1]
 
     def _predict(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, value = self(features)

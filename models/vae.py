@@ -107,7 +107,8 @@ class VAE(Reconstructor):
 
     def _reconstruct(self, features: torch.Tensor) -> torch.Tensor:
         mu, _ = self.encode(features)
-        return self.decoder(mu)
+        out: torch.Tensor = self.decoder(mu)
+        return out
 
     def _predict(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         mu, _ = self.encode(features)  # (B, latent_dim)
@@ -121,4 +122,5 @@ class VAE(Reconstructor):
         device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)  # (n, latent_dim)
         with eval_mode(self), torch.no_grad():
-            return self.decoder(z)  # (n, C, H, W)
+            out: torch.Tensor = self.decoder(z)  # (n, C, H, W)
+            return out

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 import models
 from pipelines import storage
@@ -46,7 +47,7 @@ class Normalizer:
             mean, std = mean.reshape(shape), std.reshape(shape)
         return cls(shape, mean, std)
 
-    def __call__(self, flat: np.ndarray) -> torch.Tensor:
+    def __call__(self, flat: NDArray[np.float32]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
         x = x.reshape(len(flat), *self.feature_shape)  # (B, *feature_shape)
         return (x - self.mean) / self.std

@@ -76,7 +76,7 @@ def prepare(config: PipelineConfig, verb: str) -> None:
     from pipelines.preflight import validate
 
     sc = config.storage
-    storage.set_options(storage.StorageOptions(sc.s3_endpoint, sc.s3_region, sc.azure_account).resolved())
+    storage.set_driver_options(storage.StorageOptions(sc.s3_endpoint, sc.s3_region, sc.azure_account).resolved())
     validate(config, verb, known_master(config))
 
 

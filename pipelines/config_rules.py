@@ -48,7 +48,7 @@ def each(rule: Rule, length: int | None = None) -> Rule:
     """Every item of a list meets ``rule`` (and the list has ``length`` items, when given)."""
     text = (f"{length} values, " if length else "") + f"each {rule.text}"
 
-    def problem(values: list) -> str | None:
+    def problem(values: list[Any]) -> str | None:
         if length is not None and len(values) != length:
             return f"must be {text}"
         bad = [v for v in values if rule.problem(v)]
@@ -67,8 +67,9 @@ def folder_name(allow_empty: bool = False) -> Rule:
     return _simple(text, lambda v: (allow_empty and v == "") or bool(pattern.fullmatch(v)))
 
 
-def rules_of(field: dataclasses.Field) -> tuple[Rule, ...]:
-    return field.metadata.get("rules", ())
+def rules_of(field: dataclasses.Field[Any]) -> tuple[Rule, ...]:
+    rules: tuple[Rule, ...] = field.metadata.get("rules", ())  # set by setting(); metadata is a plain Mapping
+    return rules
 
 
 def setting(default: Any, *rules: Rule) -> Any:
@@ -79,7 +80,7 @@ def setting(default: Any, *rules: Rule) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def check(field: dataclasses.Field, value: Any, key: str) -> str | None:
+def check(field: dataclasses.Field[Any], value: Any, key: str) -> str | None:
     """The first rule ``value`` breaks, as a message naming ``key``; None when all hold."""
     for rule in rules_of(field):
         problem = rule.problem(value)

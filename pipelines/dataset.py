@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from pipelines import storage
 from pipelines.errors import ConfigError
@@ -391,7 +392,7 @@ def steps_per_epoch(sizes: list[int], size: int, batch_size: int) -> int:
     return largest // batch_size
 
 
-def table_arrays(table: Any) -> tuple[np.ndarray, np.ndarray]:
+def table_arrays(table: Any) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """A table of the dataset format -> (features (rows, F) float32, labels (rows,) int64)."""
     rows = table.num_rows
     values = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)

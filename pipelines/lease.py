@@ -84,7 +84,8 @@ def process_started(pid: int) -> float | None:
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        started: float = psutil.Process(pid).create_time()  # seconds since the epoch (psutil is untyped)
+        return started
     except psutil.NoSuchProcess:
         return None
     except psutil.Error:  # alive, another user's

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -41,7 +42,7 @@ class PreprocessError(ValueError):
 # --- images -----------------------------------------------------------------------------------
 
 def decode_image(data: bytes, channels: int, height: int, width: int, resize: str = "bilinear",
-                 max_pixels: int = 25_000_000) -> np.ndarray:
+                 max_pixels: int = 25_000_000) -> NDArray[np.float32]:
     """One image file's bytes -> float32 C,H,W values in [0, 1], flattened.
 
     Greyscale (``channels=1``) or RGB (3), resized to ``height`` x ``width`` with Pillow's ``resize``
@@ -78,10 +79,10 @@ def _resample(name: str) -> int:
 
 
 def decode_images(contents: Iterable[bytes | None],
-                  prep: Preprocessing) -> tuple[list[np.ndarray | None], list[str | None]]:
+                  prep: Preprocessing) -> tuple[list[NDArray[np.float32] | None], list[str | None]]:
     """Decode a batch of image files as ``prep`` says: (features or None, detail or None) per file."""
     height, width = prep.image_shape
-    features: list[np.ndarray | None] = []
+    features: list[NDArray[np.float32] | None] = []
     details: list[str | None] = []
     for data in contents:
         try:
@@ -117,7 +118,8 @@ def image_decoder(prep: Preprocessing) -> UserDefinedFunctionLike:
         features, details = decode_images(content, prep)
         return pd.DataFrame({"features": features, "error": details})
 
-    return decode
+    decoder: UserDefinedFunctionLike = decode  # what pandas_udf made of it (untyped, see the ignore above)
+    return decoder
 
 
 # --- tabular ----------------------------------------------------------------------------------

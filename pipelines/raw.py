@@ -113,12 +113,12 @@ def binary_files(spark: SparkSession, root: str, extensions: list[str] | None = 
     options = storage.current_options()
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        storage.set_options(options)
-        for batch in batches:
-            paths = batch.column(0).to_pylist()
-            contents = [storage.read_bytes(p[len("file:"):] if p.startswith("file:") else p) for p in paths]
-            yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), pa.array(contents, pa.binary())],
-                                             names=["path", "id", "content"])
+        with storage.using_options(options):
+            for batch in batches:
+                paths = batch.column(0).to_pylist()
+                contents = [storage.read_bytes(p[len("file:"):] if p.startswith("file:") else p) for p in paths]
+                yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), pa.array(contents, pa.binary())],
+                                                 names=["path", "id", "content"])
 
     listing = spark.createDataFrame(full, "path string, id string") if full else \
         spark.createDataFrame([], "path string, id string")
@@ -163,17 +163,17 @@ def unreadable_parquet(spark: SparkSession, entries: list[storage.FileEntry]) ->
     def check(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 
-        storage.set_options(options)
         bad: list[tuple[str, str]] = []
-        for batch in batches:
-            for location in batch.column(0).to_pylist():
-                try:
-                    with storage.open_input(location) as f:
-                        pq.read_metadata(f)
-                except FileNotFoundError:
-                    bad.append((location, "the file disappeared while the job read it"))
-                except Exception as e:  # noqa: BLE001 - whatever pyarrow says, this file cannot be read
-                    bad.append((location, f"unreadable Parquet file: {str(e).splitlines()[0][:200]}"))
+        with storage.using_options(options):
+            for batch in batches:
+                for location in batch.column(0).to_pylist():
+                    try:
+                        with storage.open_input(location) as f:
+                            pq.read_metadata(f)
+                    except FileNotFoundError:
+                        bad.append((location, "the file disappeared while the job read it"))
+                    except Exception as e:  # noqa: BLE001 - whatever pyarrow says, this file cannot be read
+                        bad.append((location, f"unreadable Parquet file: {str(e).splitlines()[0][:200]}"))
         yield pa.RecordBatch.from_arrays([pa.array([b[0] for b in bad], pa.string()),
                                           pa.array([b[1] for b in bad], pa.string())], names=["location", "problem"])
 
@@ -291,29 +291,34 @@ def _text_lines(options: storage.StorageOptions,
                 skip_header: bool) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A ``mapInArrow`` function: file locations in, their non-blank lines (and the file, and why a
     line is not valid UTF-8: decoded with U+FFFD as Spark does, and flagged) out, in batches."""
-    schema = pa.schema([("value", pa.string()), ("_file", pa.string()), (INVALID_TEXT, pa.string())])
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        storage.set_options(options)
-        for batch in batches:
-            for location in batch.column(0).to_pylist():
-                rows: list[tuple[str, str, str | None]] = []
-                for number, raw in enumerate(_file_lines(location), start=1):
-                    if skip_header and number == 1:
-                        continue
-                    try:
-                        text, invalid = raw.decode("utf-8"), None
-                    except UnicodeDecodeError as e:
-                        text = raw.decode("utf-8", errors="replace")
-                        invalid = f"invalid UTF-8 bytes in the record (line {number}, byte {e.start + 1})"
-                    if text.strip():  # Spark's readers skip blank lines too
-                        rows.append((text, spark_path(location), invalid))
-                    if len(rows) >= LINES_PER_BATCH:
-                        yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], schema=schema)
-                        rows = []
-                if rows:
-                    yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], schema=schema)
+        with storage.using_options(options):
+            for batch in batches:
+                for location in batch.column(0).to_pylist():
+                    yield from _line_batches(location, skip_header)
     return read
+
+
+def _line_batches(location: str, skip_header: bool) -> Iterator[pa.RecordBatch]:
+    """The batches :func:`_text_lines` makes of one file."""
+    schema = pa.schema([("value", pa.string()), ("_file", pa.string()), (INVALID_TEXT, pa.string())])
+    rows: list[tuple[str, str, str | None]] = []
+    for number, raw in enumerate(_file_lines(location), start=1):
+        if skip_header and number == 1:
+            continue
+        try:
+            text, invalid = raw.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            text = raw.decode("utf-8", errors="replace")
+            invalid = f"invalid UTF-8 bytes in the record (line {number}, byte {e.start + 1})"
+        if text.strip():  # Spark's readers skip blank lines too
+            rows.append((text, spark_path(location), invalid))
+        if len(rows) >= LINES_PER_BATCH:
+            yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], schema=schema)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], schema=schema)
 
 
 def table_columns(table: DataFrame) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from numpy.typing import NDArray
 
 import models
 from pipelines import storage
@@ -66,7 +67,7 @@ def plot_loss_curves(curves: dict[str, list[EpochRecord]]) -> bytes:
     return png_bytes(fig)
 
 
-def plot_confusion(confusion: np.ndarray, label_names: list[str]) -> bytes:
+def plot_confusion(confusion: NDArray[np.int64], label_names: list[str]) -> bytes:
     """A (true x predicted) count matrix as a heat map with the counts written in."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -82,7 +83,7 @@ def plot_confusion(confusion: np.ndarray, label_names: list[str]) -> bytes:
     return png_bytes(fig)
 
 
-def image_grid(rows: list[np.ndarray], titles: list[str]) -> bytes:
+def image_grid(rows: list[NDArray[np.float32]], titles: list[str]) -> bytes:
     """One figure row per array of images (N, C, H, W) in [0, 1]."""
     plt = pyplot()
     n = max(len(r) for r in rows)
@@ -121,7 +122,7 @@ class FigureInputs:
         flat = np.stack(table.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
         return self.normalize(flat)
 
-    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+    def to_pixels(self, x: torch.Tensor) -> NDArray[np.float32]:
         return self.normalize.denormalize(x).clamp(0, 1).numpy()
 
 

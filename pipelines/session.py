@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = REPO_ROOT / "spark-conf"
+ANSI_MODE = "spark.sql.ansi.enabled"  # off in every dlpipe session: see get_spark
 SPARK_LOG_ENV = "DLPIPE_SPARK_LOG"  # the log file spark-conf/log4j2.properties writes the full text to
 
 
@@ -92,7 +93,13 @@ def get_spark(app_name: str, master: str = "", conf: dict[str, str] | None = Non
             builder = builder.config("spark.driver.host", "127.0.0.1")
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    # dlpipe's validation reads a failed cast as null and quarantines the record with its reason.
+    # Spark 4 turns ANSI mode on by default, where that cast fails the whole job at the first bad
+    # value: dlpipe keeps Spark 3.5's semantics on both lines (README "Two Spark lines").
+    spark.conf.set(ANSI_MODE, "false")
+    return spark
+
 
 
 # Called with each stage description ``describe`` is given, in order (benchmarks time phases with

@@ -15,7 +15,7 @@ PACKAGES = (
     ("pandas", "pandas UDFs"),
     ("torch", "models and training"),
     ("horovod", "the default training strategy"),
-    ("petastorm", "the training loader"),
+    ("petastorm", "the training loader of train.loader=petastorm"),
     ("mlflow-skinny", "tracking"),
     ("tensorboard", "tracking"),
     ("gymnasium", "dlpipe rl"),
@@ -66,8 +66,32 @@ def stack() -> list[tuple[str, str, str]]:
     for name, role in PACKAGES:
         note = "; ".join(x for x in (builds.get(name, ""), role) if x)
         rows.append((name, _version(name), note))
-    rows.append(("loader", "petastorm", "train reads Parquet through Petastorm with dlpipe's read-ahead"))
+    rows.append(("loader", *_loader()))
+    rows.append(("line", _spark_line(), "README \"Two Spark lines\""))
     return rows
+
+
+def _spark_line() -> str:
+    """Which of dlpipe's Spark lines the installed pyspark belongs to (README "Two Spark lines")."""
+    version = _version("pyspark")
+    if version.startswith("3.5."):
+        return "classic (Spark 3.5)"
+    if version.startswith("4.0."):
+        return "spark4 (Spark 4.0)"
+    return f"none: pyspark {version} is outside dlpipe's lines (3.5.x, 4.0.x)"
+
+
+def _loader() -> tuple[str, str]:
+    """The default config's ``train.loader``, and whether Petastorm (which train.loader=petastorm needs) imports."""
+    from pipelines.config import TrainConfig
+
+    try:
+        import petastorm  # noqa: F401 - imported only to see that it imports
+        petastorm_state = "petastorm imports"
+    except Exception as e:  # noqa: BLE001 - whatever breaks the import is what the report should say
+        petastorm_state = f"petastorm does not import ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+    return TrainConfig().loader, (f"train.loader's default; {petastorm_state}; "
+                                  "train.loader=arrow reads Parquet with pyarrow alone")
 
 
 def describe_stack() -> str:

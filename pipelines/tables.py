@@ -44,31 +44,39 @@ def write_parquet(frame: DataFrame, folder: str, count_nulls_of: str = "",
     arrow_schema = to_arrow_schema(schema or frame.schema)
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        storage.set_options(options)
-        if transform is not None:
-            batches = transform(batches)
-        context = TaskContext.get()
-        assert context is not None  # a mapInArrow function runs in a Spark task
-        location = storage.join(folder, f"part-{context.partitionId():05d}.parquet")
-        rows = nulls = 0
-        with contextlib.ExitStack() as stack:
-            writer = None
-            for batch in batches:
-                if not batch.num_rows:
-                    continue
-                if writer is None:
-                    writer = stack.enter_context(pq.ParquetWriter(stack.enter_context(storage.open_output(location)),
-                                                                  arrow_schema, compression="snappy"))
-                writer.write_batch(batch)
-                rows += batch.num_rows
-                if count_nulls_of:
-                    nulls += batch.column(batch.schema.get_field_index(count_nulls_of)).null_count
+        with storage.using_options(options):
+            if transform is not None:
+                batches = transform(batches)
+            context = TaskContext.get()
+            assert context is not None  # a mapInArrow function runs in a Spark task
+            location = storage.join(folder, f"part-{context.partitionId():05d}.parquet")
+            rows, nulls = _write_part(batches, location, arrow_schema, count_nulls_of)
         if rows:
             yield pa.RecordBatch.from_pylist([{"file": location, "rows": rows, "nulls": nulls}],
                                              schema=pa.schema([("file", pa.string()), ("rows", pa.int64()),
                                                                ("nulls", pa.int64())]))
 
     return [WrittenFile(r["file"], r["rows"], r["nulls"]) for r in frame.mapInArrow(write, WRITTEN_DDL).collect()]
+
+
+def _write_part(batches: Iterable[pa.RecordBatch], location: str, arrow_schema: pa.Schema,
+                count_nulls_of: str) -> tuple[int, int]:
+    """Write one task's ``batches`` to ``location`` (no file when they hold no rows); its rows and the
+    nulls of ``count_nulls_of``."""
+    rows = nulls = 0
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            if writer is None:
+                writer = stack.enter_context(pq.ParquetWriter(stack.enter_context(storage.open_output(location)),
+                                                              arrow_schema, compression="snappy"))
+            writer.write_batch(batch)
+            rows += batch.num_rows
+            if count_nulls_of:
+                nulls += batch.column(batch.schema.get_field_index(count_nulls_of)).null_count
+    return rows, nulls
 
 
 def spark_path(location: str) -> str:
@@ -115,16 +123,16 @@ def read_parquet_through_storage(spark: SparkSession, files: list[str],
     options = storage.current_options()
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        storage.set_options(options)
-        for batch in batches:
-            for location in batch.column(0).to_pylist():
-                with storage.open_input(location) as f:
-                    table = pq.read_table(f).cast(arrow_schema)
-                if references:
-                    n = table.num_rows
-                    table = table.append_column("_file", pa.array([spark_path(location)] * n, pa.string()))
-                    table = table.append_column("_row", pa.array(range(n), pa.int64()))
-                yield from table.to_batches()
+        with storage.using_options(options):
+            for batch in batches:
+                for location in batch.column(0).to_pylist():
+                    with storage.open_input(location) as f:
+                        table = pq.read_table(f).cast(arrow_schema)
+                    if references:
+                        n = table.num_rows
+                        table = table.append_column("_file", pa.array([spark_path(location)] * n, pa.string()))
+                        table = table.append_column("_row", pa.array(range(n), pa.int64()))
+                    yield from table.to_batches()
 
     listing = spark.createDataFrame([(f,) for f in files], "location string")
     parallel = max(1, min(len(files), 4 * spark.sparkContext.defaultParallelism))

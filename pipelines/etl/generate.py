@@ -233,7 +233,6 @@ def _block_writer(params: Deformation, digits: Broadcast[tuple[np.ndarray, np.nd
         from pyspark import TaskContext
 
         torch.set_num_threads(1)  # one core per task; also keeps float results independent of threads
-        storage.set_options(spec.storage_options)  # this worker's store calls use the job's endpoint and region
         images, labels = digits.value
 
         def samples() -> Iterator[pa.RecordBatch]:
@@ -243,6 +242,8 @@ def _block_writer(params: Deformation, digits: Broadcast[tuple[np.ndarray, np.nd
 
         context = TaskContext.get()
         assert context is not None  # a mapInArrow function runs in a Spark task
-        yield stats_batch(write_parts(samples(), spec, context.partitionId()))
+        with storage.using_options(spec.storage_options):  # the task's store calls: the job's endpoint and region
+            stats = write_parts(samples(), spec, context.partitionId())
+        yield stats_batch(stats)
 
     return generate_and_write

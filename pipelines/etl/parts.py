@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 
 from pipelines import dataset, storage
 from pipelines.dataset import RECORD_SCHEMA
@@ -101,16 +102,16 @@ class Moments:
     files (Chan et al.'s pairwise update): the normalization statistics, made while writing."""
 
     n: int = 0
-    mean: np.ndarray | None = None  # (F,) float64
-    m2: np.ndarray | None = None  # (F,) float64
+    mean: NDArray[np.float64] | None = None  # (F,)
+    m2: NDArray[np.float64] | None = None  # (F,)
 
-    def add(self, features: np.ndarray) -> None:
+    def add(self, features: NDArray[np.float32]) -> None:
         """Take in a (rows, F) block."""
         x = features.astype(np.float64, copy=False)
         mean = x.mean(axis=0)
         self.merge(Moments(len(x), mean, ((x - mean) ** 2).sum(axis=0)))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """(mean, m2) of moments that took in rows (``n > 0``: both are set)."""
         assert self.mean is not None and self.m2 is not None, "no rows, no moments"
         return self.mean, self.m2
@@ -204,7 +205,7 @@ class StoredParquet:
             self._stack.close()
 
 
-def rewrite_labels(location: str, new_index: np.ndarray) -> None:
+def rewrite_labels(location: str, new_index: NDArray[np.int64]) -> None:
     """Replace every label ``i`` of a part file by ``new_index[i]``, keeping its row groups."""
     with storage.open_input(location) as f:
         source = pq.ParquetFile(f)

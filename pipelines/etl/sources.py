@@ -18,6 +18,7 @@ reasons by ``pipelines.etl.validate``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -26,7 +27,8 @@ from pyspark.sql import types as T
 
 from pipelines import storage
 from pipelines.artifact import TABULAR_KINDS, Preprocessing
-from pipelines.config import ConfigError, SourceConfig
+from pipelines.config import SourceConfig
+from pipelines.errors import ConfigError
 from pipelines.preprocess import (
     PreprocessError,
     image_decoder,
@@ -93,7 +95,7 @@ class InputFiles:
     def nothing(self) -> bool:
         return self.listed == 0
 
-    def summary(self, examples: int = 20) -> dict:
+    def summary(self, examples: int = 20) -> dict[str, Any]:
         """For the manifest: counts and the first few empty files."""
         return {"listed": self.listed, "empty": len(self.empty), "empty_examples": self.empty[:examples]}
 

@@ -231,9 +231,10 @@ def dataset_writer(spec: DatasetSpec) -> Callable[[Iterable[pa.RecordBatch]], It
     def write_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        storage.set_options(spec.storage_options)
         context = TaskContext.get()
         assert context is not None  # a mapInArrow function runs in a Spark task
-        yield stats_batch(write_dataset_part(batches, spec, context.partitionId()))
+        with storage.using_options(spec.storage_options):
+            stats = write_dataset_part(batches, spec, context.partitionId())
+        yield stats_batch(stats)
 
     return write_partition

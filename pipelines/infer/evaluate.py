@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -95,7 +96,7 @@ def evaluate(predictions: DataFrame, features: DataFrame, meta: ArtifactMeta, re
     return result
 
 
-def classification_metrics(confusion: np.ndarray, label_names: list[str]) -> Evaluation:
+def classification_metrics(confusion: NDArray[np.int64], label_names: list[str]) -> Evaluation:
     """Accuracy, per-class precision and recall from a (true x predicted) confusion matrix."""
     total = confusion.sum()
     tp = np.diag(confusion).astype(float)

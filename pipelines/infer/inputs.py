@@ -18,7 +18,8 @@ from pyspark.sql import functions as F
 
 from pipelines import dataset, publish, storage
 from pipelines.artifact import FEATURES_ONLY, ArtifactMeta, Preprocessing
-from pipelines.config import ConfigError, InferSourceConfig, PipelineConfig
+from pipelines.config import InferSourceConfig, PipelineConfig
+from pipelines.errors import ConfigError
 from pipelines.infer.scoring import PREPROCESS_ERROR
 from pipelines.preprocess import PreprocessError, image_decoder, raw_label, tabular_features
 from pipelines.raw import (

@@ -18,7 +18,8 @@ from pyspark.sql import SparkSession
 
 from pipelines import storage
 from pipelines.artifact import ArtifactMeta, load_artifact
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines.config import PipelineConfig
+from pipelines.errors import ConfigError
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation, evaluate
 from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored_features

@@ -14,11 +14,13 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 import models
 from pipelines import dataset, storage
 from pipelines.artifact import Normalizer, artifact_meta, load_artifact, save_artifact
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines.config import PipelineConfig
+from pipelines.errors import ConfigError
 from pipelines.formats import Record
 from pipelines.runfolder import RunFolder
 
@@ -26,7 +28,7 @@ CLASSIFIER_BATCH = 64
 SEED = 0
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+def frechet_distance(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^1/2) between Gaussians fitted to rows of ``a`` and ``b``."""
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
@@ -49,7 +51,7 @@ class SampleQuality(Record):
     classifier: str  # the artifact whose feature space the distances are in
 
 
-def read_split(split: dataset.SplitFiles) -> tuple[np.ndarray, np.ndarray]:
+def read_split(split: dataset.SplitFiles) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """(features (N, F) float32, labels (N,) int64) of a published split."""
     return dataset.table_arrays(dataset.read_split(split))
 
@@ -67,12 +69,13 @@ def sample_quality(config: PipelineConfig, artifact: str) -> SampleQuality:
     classifier, classifier_norm, classifier_path = feature_classifier(config, view)
     own_norm = meta.normalizer()
 
-    def embed(images: torch.Tensor, norm: Normalizer) -> np.ndarray:
+    def embed(images: torch.Tensor, norm: Normalizer) -> NDArray[np.float64]:
         """Images in ``norm``'s space -> the classifier's features (through pixels, so spaces may differ)."""
         pixels = norm.denormalize(images).reshape(len(images), -1).numpy()
-        return classifier.embed(classifier_norm(pixels)).numpy().astype(np.float64)
+        features: torch.Tensor = classifier.embed(classifier_norm(pixels))  # (N, hidden)
+        return features.numpy().astype(np.float64)
 
-    def real(split: dataset.SplitFiles) -> np.ndarray:
+    def real(split: dataset.SplitFiles) -> NDArray[np.float64]:
         features, _ = read_split(split)
         return embed(classifier_norm(features), classifier_norm)
 

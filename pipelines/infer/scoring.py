@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 from pyspark import SparkFiles
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -63,13 +64,13 @@ def _ship(spark: SparkSession, data: bytes, digest: str) -> str:
     return name
 
 
-class _ListParam(AccumulatorParam):
+class _ListParam(AccumulatorParam[list[int]]):
     """Accumulates a list: the process id of every model load, so repeated loads would show."""
 
-    def zero(self, value: list) -> list:
+    def zero(self, value: list[int]) -> list[int]:
         return []
 
-    def addInPlace(self, a: list, b: list) -> list:
+    def addInPlace(self, a: list[int], b: list[int]) -> list[int]:
         return a + b
 
 
@@ -83,12 +84,12 @@ def output_fields(model_schema: dict[str, tuple[str, tuple[int, ...]]]) -> list[
 
 
 def output_schema(model_schema: dict[str, tuple[str, tuple[int, ...]]],
-                  kept: list[T.StructField] | tuple = ()) -> T.StructType:
+                  kept: list[T.StructField] | tuple[T.StructField, ...] = ()) -> T.StructType:
     """Spark schema of the predictions: id, the model's declared outputs, error, the kept input columns."""
     return T.StructType([T.StructField("id", T.StringType()), *output_fields(model_schema), *kept])
 
 
-def features_matrix(column: pa.Array, num_features: int) -> tuple[np.ndarray, list[str | None]]:
+def features_matrix(column: pa.Array, num_features: int) -> tuple[NDArray[np.float32], list[str | None]]:
     """(rows, num_features) float32 matrix and a per-row error (None = usable).
 
     Bad rows (null, wrong length, NaN/inf) get zeros in the matrix and an error message.
@@ -172,8 +173,8 @@ def task_device(requested: str) -> DeviceChoice:
                           local_rank=context.partitionId() if context else 0, key="infer.device", restricted=False)
 
 
-def score_matrix(model: Any, normalize: Any, matrix: np.ndarray, batch_size: int,
-                 schema: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+def score_matrix(model: Any, normalize: Any, matrix: NDArray[np.float32], batch_size: int,
+                 schema: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, NDArray[Any]]:
     """The model's outputs for a (rows, features) matrix, ``batch_size`` rows per forward pass on
     the model's device."""
     outputs = predict_on.score(model, normalize(matrix), batch_size) if len(matrix) else {}
@@ -239,7 +240,7 @@ def make_scorer(shipped: ShippedModel, placement: Placement,
     return score
 
 
-def _arrow_column(values: np.ndarray, dtype: str, shape: tuple[int, ...], ok: np.ndarray) -> pa.Array:
+def _arrow_column(values: NDArray[Any], dtype: str, shape: tuple[int, ...], ok: NDArray[np.bool_]) -> pa.Array:
     mask = ~ok
     if not shape:
         return pa.array(values.astype(dtype), type=_ARROW_TYPES[dtype], mask=mask)

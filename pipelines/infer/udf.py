@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from numpy.typing import NDArray
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -75,7 +76,8 @@ def model_udf(spark: SparkSession, artifact: str, *, batch_size: int = 512, devi
         return outputs_frame(score_matrix(model, normalize, matrix, rows, shipped.schema), errors)
 
     score.loads = shipped.loads
-    return score
+    scorer: ModelUdf = score  # what pandas_udf made of it (untyped, see the ignore above), with ``loads``
+    return scorer
 
 
 def features_column(values: pd.Series | pd.DataFrame,
@@ -124,7 +126,7 @@ def struct_features(frame: pd.DataFrame, prep: Preprocessing) -> tuple[pa.Array,
     return pa.ListArray.from_arrays(offsets, flat), errors
 
 
-def outputs_frame(outputs: dict[str, np.ndarray], errors: list[str | None]) -> pd.DataFrame:
+def outputs_frame(outputs: dict[str, NDArray[Any]], errors: list[str | None]) -> pd.DataFrame:
     """The UDF's result: one column per model output (None where the row has an error), then ``error``."""
     columns: dict[str, Any] = {}
     for name, values in outputs.items():

@@ -101,7 +101,8 @@ def resolve_entry(entry: str) -> Callable[[dict[str, Any], RankContext], Any]:
     module_name, _, func_name = entry.partition(":")
     if not func_name:
         raise ValueError(f"entry {entry!r} must look like 'package.module:function'")
-    return getattr(importlib.import_module(module_name), func_name)
+    entry_fn: Callable[[dict[str, Any], RankContext], Any] = getattr(importlib.import_module(module_name), func_name)
+    return entry_fn
 
 
 def exit_now(code: int) -> None:

@@ -253,7 +253,7 @@ def _die_with_parent() -> None:
         pass  # not Linux: the driver's abort message still ends the rank
 
 
-def _watch_driver(reader: Any, channel: protocol.Channel, proc: subprocess.Popen) -> None:
+def _watch_driver(reader: Any, channel: protocol.Channel, proc: subprocess.Popen[str]) -> None:
     """Kill the rank when the driver says abort (sealed: nobody else can) or its connection drops."""
     try:
         for line in reader:

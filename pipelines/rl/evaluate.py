@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from pyspark.sql import SparkSession
 
 import models
 from pipelines import storage
 from pipelines.artifact import load_artifact
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines.config import PipelineConfig
+from pipelines.errors import ConfigError
 from pipelines.formats import Record
 from pipelines.infer.job import model_artifact
 from pipelines.rl.job import GreedyEvaluation
@@ -53,7 +55,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> RLEvalResult:
 
 
 def classifier_policy(artifact: str, obs_size: int, num_actions: int,
-                      env_id: str) -> Callable[[np.ndarray], np.ndarray]:
+                      env_id: str) -> Callable[[NDArray[np.float32]], NDArray[np.int64]]:
     """Observations (B, obs_size) -> actions (B,) from a classifier artifact whose labels are action numbers."""
     model, meta = load_artifact(artifact)
     shown = storage.redact(artifact)
@@ -75,8 +77,9 @@ def classifier_policy(artifact: str, obs_size: int, num_actions: int,
                           f"has {num_actions} actions", key="rl.env_id")
     normalize = meta.normalizer()
 
-    def act(obs: np.ndarray) -> np.ndarray:
+    def act(obs: NDArray[np.float32]) -> NDArray[np.int64]:
         with torch.no_grad():
-            return actions[model.predict(normalize(obs))["prediction"].numpy()]
+            chosen: NDArray[np.int64] = actions[model.predict(normalize(obs))["prediction"].numpy()]  # class -> action
+            return chosen
 
     return act

@@ -8,11 +8,15 @@ step has no future: its next value is ignored.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminated: np.ndarray,
-        truncated: np.ndarray, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+def gae(rewards: NDArray[np.floating[Any]], values: NDArray[np.floating[Any]], next_values: NDArray[np.floating[Any]],
+        terminated: NDArray[np.bool_], truncated: NDArray[np.bool_], gamma: float,
+        lam: float) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Advantages and returns (``advantages + values``), all arrays shaped (T, N) = (steps, envs).
 
     delta_t = r_t + gamma * next_value_t * (1 - terminated_t) - value_t

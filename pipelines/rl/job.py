@@ -20,12 +20,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from numpy.typing import NDArray
 from pyspark.sql import SparkSession
 
 import models
@@ -167,7 +168,7 @@ def _train(spark: SparkSession, config: PipelineConfig, model: models.DlpipeMode
     return finish(config, run_dir, model, history)
 
 
-def learn(model: models.DlpipeModel, optimizer: torch.optim.Optimizer, steps: dict[str, np.ndarray],
+def learn(model: models.DlpipeModel, optimizer: torch.optim.Optimizer, steps: dict[str, NDArray[Any]],
           config: PipelineConfig, iteration: int) -> dict[str, float]:
     """One PPO update on one iteration's steps (:func:`to_steps`): GAE, then epochs of minibatches."""
     rc = config.rl
@@ -246,7 +247,7 @@ def collect(spark: SparkSession, spec: RolloutSpec, policy: bytes, iteration: in
                      [r.state for r in results])
 
 
-def to_steps(table: pa.Table, envs: int, steps: int) -> dict[str, np.ndarray]:
+def to_steps(table: pa.Table, envs: int, steps: int) -> dict[str, NDArray[Any]]:
     """Arrow rows (actor, env, step order) -> arrays shaped (steps, envs) (``obs``: (steps, envs, obs))."""
     if table.num_rows != envs * steps:
         raise RolloutError(f"the actors returned {table.num_rows} steps, expected {envs} environments x {steps} "
@@ -260,7 +261,7 @@ def to_steps(table: pa.Table, envs: int, steps: int) -> dict[str, np.ndarray]:
 
 
 def iteration_record(iteration: int, history: list[IterationRecord], collected: Collected,
-                     steps: dict[str, np.ndarray], losses: dict[str, float], rollout_s: float, update_s: float,
+                     steps: dict[str, NDArray[Any]], losses: dict[str, float], rollout_s: float, update_s: float,
                      optimizer: torch.optim.Optimizer) -> IterationRecord:
     """One line of ``metrics.jsonl``: the episodes that ended in this iteration, whole."""
     returns, lengths = collected.returns, collected.lengths
@@ -311,7 +312,7 @@ def finish(config: PipelineConfig, run_dir: str, model: models.DlpipeModel,
     return summary
 
 
-def write_trajectories(target: str, played: dict) -> str:
+def write_trajectories(target: str, played: dict[str, Any]) -> str:
     """Evaluation episodes as a tabular Parquet source for the ETL: ``id`` (episode-step), one float
     column per observation value (``obs_0``...), ``action`` (the greedy action: the label). Committed
     under ``target``; returns the committed folder (the ETL reads it as etl.source.path)."""

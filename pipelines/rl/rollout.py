@@ -19,10 +19,11 @@ import cloudpickle
 import numpy as np
 import pyarrow as pa
 import torch
+from numpy.typing import NDArray
 
 import models
 from models.base import Acts, DlpipeModel
-from pipelines.config import ConfigError
+from pipelines.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,18 @@ class ActorState:
     """One actor's environments mid-episode: what the next rollout continues from."""
 
     envs: Any  # the vector environment (its episodes and random generators as they are)
-    obs: np.ndarray  # (envs, *obs_shape): the observations the next step acts on
-    episode_return: np.ndarray  # (envs,) reward so far in each running episode
-    episode_length: np.ndarray  # (envs,) steps so far in each running episode
+    obs: NDArray[Any]  # (envs, *obs_shape): the observations the next step acts on (the env's Box dtype)
+    episode_return: NDArray[np.float64]  # (envs,) reward so far in each running episode
+    episode_length: NDArray[np.int64]  # (envs,) steps so far in each running episode
 
     def to_bytes(self) -> bytes:
-        return cloudpickle.dumps(self)
+        blob: bytes = cloudpickle.dumps(self)
+        return blob
 
     @staticmethod
     def from_bytes(blob: bytes) -> ActorState:
-        return cloudpickle.loads(blob)
+        state: ActorState = cloudpickle.loads(blob)  # what to_bytes pickled
+        return state
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ def rollout(spec: RolloutSpec, policy: DlpipeModel, iteration: int, actor: int,
     return ActorResult(actor, sink.getvalue().to_pybytes(), returns, lengths, after.to_bytes())
 
 
-def _steps_batch(actor: int, *arrays: np.ndarray) -> pa.RecordBatch:
+def _steps_batch(actor: int, *arrays: NDArray[Any]) -> pa.RecordBatch:
     """(steps, envs) arrays -> rows ordered by env, then step."""
     steps, n = arrays[1].shape
     obs_size = arrays[0].shape[2]
@@ -199,7 +202,7 @@ def _steps_batch(actor: int, *arrays: np.ndarray) -> pa.RecordBatch:
                                       schema=schema())
 
 
-def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int,
+def run_episodes(act: Callable[[NDArray[np.float32]], NDArray[np.int64]], env_id: str, episodes: int, seed: int,
                  record: bool = False) -> dict[str, Any]:
     """Play ``episodes`` whole episodes (one environment each, seeds ``seed + i``) choosing actions
     with ``act`` (observations (B, obs) float32 -> actions (B,)); their returns and lengths, and with
@@ -209,7 +212,7 @@ def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes:
         obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
         running = np.ones(episodes, bool)
         returns, lengths = np.zeros(episodes), np.zeros(episodes, np.int64)
-        steps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        steps: list[tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]] = []
         while running.any():
             flat = np.asarray(obs, np.float32).reshape(episodes, -1)
             action = np.asarray(act(flat), np.int64)

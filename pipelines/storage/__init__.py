@@ -27,7 +27,8 @@ from pipelines.storage.uri import (
 
 _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options", "delete", "delete_dir", "exists",
              "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output",
-             "read_bytes", "read_text", "set_options", "write_bytes", "write_json", "write_text")
+             "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes", "write_json",
+             "write_text")
 _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
 _READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
 _CONDITIONAL_NAMES = ("WriteConflict", "create_if_absent", "fenced", "fencing", "read_versioned", "replace_if_version")
@@ -63,7 +64,8 @@ if TYPE_CHECKING:
         open_output,
         read_bytes,
         read_text,
-        set_options,
+        set_driver_options,
+        using_options,
         write_bytes,
         write_json,
         write_text,

@@ -3,6 +3,8 @@
 Built on pyarrow.fs (S3, GCS, HDFS, local); Azure goes through fsspec's adlfs wrapped in a PyFileSystem.
 Credentials always come from each store's own chain; only non-secret options live in StorageOptions.
 Filesystem objects stay inside the process that built them: ship location strings and StorageOptions.
+Which options are in force: a Spark task's or a rank's own ``with using_options(...)`` block; on the
+driver, those it set once (``set_driver_options``).
 """
 from __future__ import annotations
 
@@ -60,41 +62,96 @@ class FileEntry:
     size: int
 
 
-_options = StorageOptions()
-_options_set = False  # set_options was called in this process
+@dataclass(frozen=True, eq=False)
+class _Scope:
+    """One open :func:`using_options` block (compared by identity: nested equal blocks stay two)."""
+    options: StorageOptions
+    thread: int  # the thread that opened it
+    task: int | None  # the Spark task attempt that opened it; None outside a Spark task
+
+
+_driver_options = StorageOptions()  # set_driver_options; outside Spark tasks and scopes (defaults: a plain script)
+_scopes: tuple[_Scope, ...] = ()  # the open using_options blocks of this process, innermost last (replaced whole)
 _cache: dict[tuple, pafs.FileSystem] = {}
 _lock = threading.Lock()
 _LOCAL = pafs.LocalFileSystem()
 
 
-def set_options(options: StorageOptions) -> None:
-    """Use ``options`` for every later call in this process (empty fields still fall back to the
-    environment); clears the filesystem cache."""
-    global _options, _options_set
+def _check_options(options: object, caller: str) -> StorageOptions:
     if not isinstance(options, StorageOptions):
-        raise TypeError(f"set_options wants a StorageOptions, got {type(options).__name__}")
-    with _lock:
-        _options, _options_set = options, True
-        _cache.clear()
+        raise TypeError(f"{caller} wants a StorageOptions, got {type(options).__name__}")
+    return options
 
 
-def _in_spark_task() -> bool:
+def _spark_task() -> int | None:
+    """The attempt id of the Spark task this process is running; None on the driver, in a rank or a script."""
     if "pyspark" not in sys.modules:  # a rank or a plain script: never a Spark task
-        return False
+        return None
     from pyspark import TaskContext
 
-    return TaskContext.get() is not None
+    context = TaskContext.get()
+    return None if context is None else context.taskAttemptId()
+
+
+@contextlib.contextmanager
+def using_options(options: StorageOptions) -> Iterator[StorageOptions]:
+    """Use ``options`` for this process's store calls while the block runs, then put back what was in force
+    before: in an executor's Python worker that is nothing, so a later task of another job that the worker
+    runs (Spark reuses workers) and that forgot its own block fails in :func:`current_options`, never
+    reaching a store with this task's options. Every Spark task body and every rank that touches a store
+    runs in one, with the options its job shipped; the block yields them.
+
+    The value is process-wide on purpose, not a thread-local or a contextvar: threads started inside the
+    block (the loader's read-ahead and Petastorm's reader threads; plain threads inherit no contextvars)
+    read the store with the same options. So blocks on two threads at once must agree: opening one while
+    another thread holds a block with other options is refused. Nested blocks on one thread: the innermost
+    wins until it ends. In a Spark task only the task's own blocks count (one an earlier task left open,
+    a generator Spark never closed, is dropped).
+    """
+    global _scopes
+    scope = _Scope(_check_options(options, "using_options"), threading.get_ident(), _spark_task())
+    with _lock:
+        # a block an earlier task of this reused worker left open is stale; only this task's count
+        _scopes = tuple(s for s in _scopes if s.task is None or s.task == scope.task)
+        if any(s.task == scope.task and s.thread != scope.thread and s.options != options for s in _scopes):
+            raise StorageError("another thread of this process uses other storage options: they are process-wide "
+                               "(read-ahead threads share them), so run jobs with other options in another process")
+        _scopes = (*_scopes, scope)
+    try:
+        yield options
+    finally:
+        with _lock:
+            _scopes = tuple(s for s in _scopes if s is not scope)
+
+
+def set_driver_options(options: StorageOptions) -> None:
+    """The driver's options, for the rest of the process: what its store calls use outside any
+    :func:`using_options` block, and what its jobs ship to tasks and ranks (read with
+    :func:`current_options`). ``dlpipe`` sets them once, resolved, before Spark starts
+    (``pipelines.cli.prepare``). Refused in a Spark task: its worker outlives the task, so a task uses
+    :func:`using_options`. Empty fields still fall back to the environment."""
+    global _driver_options
+    _check_options(options, "set_driver_options")
+    if _spark_task() is not None:
+        raise StorageError("set_driver_options was called in a Spark task: a task uses "
+                           "`with pipelines.storage.using_options(<the job's StorageOptions>):` (a dlpipe bug)")
+    _driver_options = options
 
 
 def current_options() -> StorageOptions:
-    """The options set by set_options (not yet resolved against the environment). A Spark task's
-    Python worker does not inherit the driver's, so a task that reaches a store before setting its
-    job's options (they travel in the task's closure) fails here, instead of silently reaching the
-    default endpoint and region."""
-    if not _options_set and _in_spark_task():
-        raise StorageError("a Spark task reached a store before its job's storage options were set: the task "
-                           "must call pipelines.storage.set_options(<the job's StorageOptions>) first (a dlpipe bug)")
-    return _options
+    """The options in force (not yet resolved against the environment): the innermost open
+    :func:`using_options` block's, else the driver's (:func:`set_driver_options`; the defaults if never
+    set). A Spark task has no driver options, and a task's Python worker does not inherit the driver's:
+    a task that reaches a store outside a block of its own fails here, instead of silently reaching the
+    default endpoint and region, or another task's."""
+    task = _spark_task()
+    for scope in reversed(_scopes):  # one read of the tuple: another thread replaces it whole
+        if scope.task == task:
+            return scope.options
+    if task is not None:
+        raise StorageError("a Spark task reached a store outside its job's storage options: the task body must run "
+                           "in `with pipelines.storage.using_options(<the job's StorageOptions>):` (a dlpipe bug)")
+    return _driver_options
 
 
 # --- building filesystems -------------------------------------------------------------------------------

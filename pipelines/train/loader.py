@@ -1,4 +1,8 @@
-"""Rank-side data loading: Petastorm shards of the ETL's Parquet into fixed-size torch batches.
+"""Rank-side data loading: shards of the ETL's Parquet into fixed-size torch batches.
+
+Two readers, one order (``train.loader``, :data:`LOADERS`): ``petastorm`` reads through Petastorm's
+``make_batch_reader``; ``arrow`` reads the same row groups in the same order (:func:`petastorm_order`)
+with pyarrow alone and never imports Petastorm. Both give the same batches.
 
 Equal work per rank: a rank's shard is the row groups whose index ``i % size == rank`` (Petastorm's
 own rule; see ``pipelines.dataset``). Shards can differ in size, so every rank runs
@@ -14,22 +18,27 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipelines import dataset, storage
+from pipelines import choices, dataset, storage
 from pipelines.artifact import Normalizer
 from pipelines.dataset import SplitFiles
 from pipelines.device import pin_batch
 
+if TYPE_CHECKING:
+    from pipelines.storage import RowGroupRead
+
 _DONE = object()
 READ_AHEAD_ROW_GROUPS = 8  # row groups fetched ahead of the reader on an object store (~4 MiB each)
+PREFETCH_BATCHES = 4  # batches made ahead of the training step (epoch_batches' queue)
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
@@ -106,24 +115,75 @@ def _reader(split: SplitFiles, *, shard: int | None = None, shards: int | None =
         yield reader
 
 
-def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int,
-                  workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+@contextlib.contextmanager
+def _arrow_reader(split: SplitFiles, *, shard: int | None = None, shards: int | None = None, seed: int | None = None,
+                  shuffle: bool = False, workers: int = 1) -> Iterator[Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """The row groups :func:`_reader` reads for the same arguments, in its order (:func:`petastorm_order`),
+    read by pyarrow alone (``ParquetFile.read_row_group``; Petastorm is never imported), yielding
+    :func:`dataset.table_arrays`. Files on an object store are served by ``storage.ReadAhead`` in that
+    order. ``workers`` is unused: the one reader is this thread, and it keeps the order."""
+    pieces = [storage.RowGroupRead(f, g) for f, groups in zip(split.files, split.row_groups)
+              for g in range(len(groups))]
+    if shards and len(pieces) < shards:  # Petastorm's NoDataAvailableError, with the fix
+        raise dataset.DatasetError(f"the split has {len(pieces)} row groups, fewer than the {shards} shards asked "
+                                   "for: lower train.num_workers, or re-run the ETL with smaller row groups")
+    reads = [pieces[i] for i in petastorm_order(len(pieces), shard, shards, seed, shuffle)]
+    with contextlib.ExitStack() as stack:
+        opener: Callable[[str], Any]
+        if split.files and not storage.is_local(split.files[0]):
+            opener = stack.enter_context(storage.ReadAhead(reads, COLUMNS, window=READ_AHEAD_ROW_GROUPS)).open
+        else:
+            def opener(location: str) -> Any:
+                return stack.enter_context(storage.open_input(location))
+        yield _row_groups(reads, opener)
+
+
+def _row_groups(reads: list[RowGroupRead], open_file: Callable[[str], Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each of ``reads`` as arrays, every file opened (and its footer parsed) once."""
+    files: dict[str, pq.ParquetFile] = {}
+    for read in reads:
+        file = files.get(read.location)
+        if file is None:
+            file = files[read.location] = pq.ParquetFile(open_file(read.location))
+        table = file.read_row_group(read.row_group, columns=COLUMNS)
+        if table.num_rows:  # Petastorm publishes no empty row group, so neither is counted here
+            yield dataset.table_arrays(table)
+
+
+Reader = Callable[..., AbstractContextManager[Iterable[tuple[np.ndarray, np.ndarray]]]]
+LOADERS: dict[str, Reader] = {"petastorm": _reader, "arrow": _arrow_reader}  # train.loader -> its reader
+choices.check_registry("train.loader", choices.LOADER_NAMES, tuple(LOADERS))
+
+
+def _loader(name: str) -> Reader:
+    if name not in LOADERS:
+        raise ValueError(f"train.loader={name!r}: not one of {', '.join(LOADERS)}")
+    return LOADERS[name]
+
+
+def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int, workers: int,
+                  loader: str = "petastorm") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled passes over one shard; each pass has its own seed (so a new order).
 
-    Petastorm shuffles the row groups; the rows inside each are shuffled here by a NumPy permutation
-    seeded by (seed, pass, row group), which is reproducible and much cheaper than Petastorm's
-    ``shuffle_rows`` (the fancy index is also the one copy the batch needs).
+    The reader (``loader``, one of :data:`LOADERS`) shuffles the row groups; the rows inside each are
+    shuffled here by a NumPy permutation seeded by (seed, pass, row group), which is reproducible and
+    much cheaper than Petastorm's ``shuffle_rows`` (the fancy index is also the one copy the batch needs).
     """
+    read = _loader(loader)
     pass_no = 0
     while True:
+        rows = 0
         try:
-            with _reader(split, shard=rank, shards=size, seed=seed * 7919 + pass_no, shuffle=True,
-                         workers=workers) as reader:
+            with read(split, shard=rank, shards=size, seed=seed * 7919 + pass_no, shuffle=True,
+                      workers=workers) as reader:
                 for group_no, (feats, labels) in enumerate(reader):
+                    rows += len(labels)
                     order = np.random.default_rng([seed, pass_no, group_no]).permutation(len(labels))
                     yield feats[order], labels[order]
         except (OSError, pa.ArrowException) as e:
             raise damaged_file_error(split, e) from e
+        if not rows:  # another pass would read nothing again, forever
+            raise dataset.DatasetError(f"rank {rank} of {size}: its shard of the split holds no rows")
         pass_no += 1
 
 
@@ -154,9 +214,10 @@ class BatchOrder:
 
 
 def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int, normalize: Normalizer,
-                  workers: int = 1, prefetch: int = 4, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                  loader: str = "petastorm", workers: int = 1,
+                  pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly ``order.steps - order.skip`` batches of ``order.batch_size`` rows from this rank's
-    shard, read ahead in a thread.
+    shard, read ahead in a thread (``loader``: which reader, :data:`LOADERS`; the batches are the same).
 
     The rows' order depends only on (``order.seed``, rank, size): one producer thread keeps it
     reproducible, and ``order.skip`` drops the first batches of that order unnormalized (to resume inside an epoch).
@@ -164,7 +225,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
     thread, so the rank's copy to the GPU is asynchronous.
     """
     batch_size, steps, seed, skip = order.batch_size, order.steps, order.seed, order.skip
-    out: queue.Queue = queue.Queue(maxsize=prefetch)
+    out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
     stop = threading.Event()
 
     def produce() -> None:
@@ -172,7 +233,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
             made = 0
             carry_f = np.zeros((0, 0), np.float32)
             carry_l = np.zeros(0, np.int64)
-            for feats, labels in _shard_passes(split, rank, size, seed, workers):
+            for feats, labels in _shard_passes(split, rank, size, seed, workers, loader):
                 if len(carry_l):  # only the < batch_size leftover is copied, never the whole chunk again
                     feats, labels = np.concatenate([carry_f, feats]), np.concatenate([carry_l, labels])
                 start = 0
@@ -213,8 +274,8 @@ def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
             continue
 
 
-def read_all(split: SplitFiles, *, rank: int, size: int, batch_size: int,
-             normalize: Normalizer) -> Iterator[dict[str, torch.Tensor]]:
+def read_all(split: SplitFiles, *, rank: int, size: int, batch_size: int, normalize: Normalizer,
+             loader: str = "petastorm") -> Iterator[dict[str, torch.Tensor]]:
     """One ordered pass over this rank's part of a split (for validation): every row once overall.
 
     With fewer row groups than ranks, rank 0 reads everything and the others nothing.
@@ -222,13 +283,17 @@ def read_all(split: SplitFiles, *, rank: int, size: int, batch_size: int,
     sharded = len(split.sizes) >= size
     if (not sharded and rank != 0) or not split.files:
         return
-    with _reader(split, shard=rank if sharded else None, shards=size if sharded else None) as reader:
-        for feats, labels in reader:
-            # Arrow's buffers are read-only; torch wants to own writable ones
-            feats, labels = feats.copy(), labels.copy()
-            for start in range(0, len(labels), batch_size):
-                yield {"features": normalize(feats[start:start + batch_size]),
-                       "label": torch.from_numpy(labels[start:start + batch_size])}
+    read = _loader(loader)
+    try:
+        with read(split, shard=rank if sharded else None, shards=size if sharded else None) as reader:
+            for feats, labels in reader:
+                # Arrow's buffers are read-only; torch wants to own writable ones
+                feats, labels = feats.copy(), labels.copy()
+                for start in range(0, len(labels), batch_size):
+                    yield {"features": normalize(feats[start:start + batch_size]),
+                           "label": torch.from_numpy(labels[start:start + batch_size])}
+    except (OSError, pa.ArrowException) as e:
+        raise damaged_file_error(split, e) from e
 
 
 class Stopwatch:

@@ -48,7 +48,7 @@ class Precision:
         if name == "fp32":
             exact_fp32()
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[object]:
         """The context a forward pass runs in."""
         if self.name == "fp32":
             return contextlib.nullcontext()
@@ -59,7 +59,7 @@ class Precision:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer,
-             synchronize: Callable[[], AbstractContextManager] | None = None) -> None:
+             synchronize: Callable[[], AbstractContextManager[object]] | None = None) -> None:
         """``optimizer.step()``; under fp16 unscaled first and skipped when a gradient overflowed.
 
         ``synchronize``: for an optimizer that averages gradients inside ``step`` (Horovod), a

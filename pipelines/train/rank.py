@@ -48,20 +48,20 @@ RANK_MALLOC = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
 def train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
     """Train on this rank's part; rank 0 returns the run's result (``pipelines.train.driver.TrainResult``)."""
     job = TrainJob.from_dict(payload)
-    storage.set_options(job.storage_options)
-    tc = job.config.train
-    if tc.malloc_tuning:
-        tune_malloc()
-    choice = resolve_device(tc.device, ctx.gpus, visible_gpus(), ctx.local_rank)
-    # The driver prints it as "[rank N] training on cuda:0 (Spark task GPU 3), ...".
-    ctx.log(f"training on {choice.device} ({choice.reason}), train.precision={tc.precision}")
-    strategy = make_strategy(ctx, tc, activate(choice))
-    strategy.start()
-    ctx.heartbeat()  # arm the stall watchdog: set-up and resuming are collectives too
-    try:
-        return _train(strategy, job, ctx, choice)
-    finally:
-        strategy.stop()
+    with storage.using_options(job.storage_options):  # every store call of the rank, its loader's threads too
+        tc = job.config.train
+        if tc.malloc_tuning:
+            tune_malloc()
+        choice = resolve_device(tc.device, ctx.gpus, visible_gpus(), ctx.local_rank)
+        # The driver prints it as "[rank N] training on cuda:0 (Spark task GPU 3), ...".
+        ctx.log(f"training on {choice.device} ({choice.reason}), train.precision={tc.precision}")
+        strategy = make_strategy(ctx, tc, activate(choice))
+        strategy.start()
+        ctx.heartbeat()  # arm the stall watchdog: set-up and resuming are collectives too
+        try:
+            return _train(strategy, job, ctx, choice)
+        finally:
+            strategy.stop()
 
 
 def tune_malloc() -> None:
@@ -220,7 +220,7 @@ def _train_epochs(strategy: Strategy, job: TrainJob, ctx: RankContext, checkpoin
         position = _epoch_start(strategy, ctx.rank, resume, epoch, tc.seed)
         train_stats = _train_epoch(strategy, ctx, position, steps, tc, job.train, normalize,
                                    checkpoints.save_position)
-        val_stats = (_evaluate(strategy, ctx, job.validation, tc.batch_size, normalize, epoch)
+        val_stats = (_evaluate(strategy, ctx, job.validation, tc, normalize, epoch)
                      if job.validation is not None else {})
         record = epoch_record(epoch + 1, train_stats, val_stats)
         history.append(record)
@@ -308,7 +308,7 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     accumulate = tc.grad_accumulation  # loader batches per optimizer step
     order = loader.BatchOrder(batch_size=tc.batch_size, steps=steps * accumulate, seed=tc.seed * 1000 + epoch,
                               skip=position.step * accumulate)
-    batches = loader.epoch_batches(split, order, rank=shard, size=shards, normalize=normalize,
+    batches = loader.epoch_batches(split, order, rank=shard, size=shards, normalize=normalize, loader=tc.loader,
                                    workers=tc.reader_workers, pin=strategy.device.type == "cuda")
     clock = loader.Stopwatch()
     sums = dict(position.sums)
@@ -337,12 +337,13 @@ def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps
     return averaged
 
 
-def _evaluate(strategy: Strategy, ctx: RankContext, split: SplitFiles, batch_size: int, normalize: Normalizer,
+def _evaluate(strategy: Strategy, ctx: RankContext, split: SplitFiles, tc: TrainConfig, normalize: Normalizer,
               epoch: int) -> dict[str, float]:
     """Loss and metrics over the whole split, each rank reading its part, averaged by sample count."""
     strategy.set_training(False)
     shard, shards = strategy.shard()
-    batches = loader.read_all(split, rank=shard, size=shards, batch_size=batch_size, normalize=normalize)
+    batches = loader.read_all(split, rank=shard, size=shards, batch_size=tc.batch_size, normalize=normalize,
+                              loader=tc.loader)
     sums: dict[str, float] = {}
     for i in itertools.count():
         batch = next(batches, None)

@@ -54,7 +54,8 @@ class HorovodRendezvous:
         self._thread = threading.Thread(target=self._server.serve_forever, name="dlpipe-horovod-rendezvous",
                                         daemon=True)
         self._thread.start()
-        return self._server.server_address[1]
+        port: int = self._server.server_address[1]  # (host, port): an http.server.HTTPServer's address
+        return port
 
     def rank_env(self, slot: RankSlot, host: str, port: int, iface: str) -> dict[str, str]:
         """The variables ``hvd.init()`` reads, as ``horovod/runner/gloo_run.py`` sets them."""
@@ -99,7 +100,7 @@ class TorchStoreRendezvous:
         # TCPStore listens on every interface unless handed a socket: bind one to the driver's
         # address and give it away (the store closes it when it stops).
         listening = socket.create_server((host, 0), backlog=max(128, 2 * len(slots)))
-        port = listening.getsockname()[1]
+        port: int = listening.getsockname()[1]  # (host, port) of an AF_INET socket
         self._store = TCPStore(host, port, None, True, wait_for_workers=False,
                                timeout=datetime.timedelta(seconds=self.timeout_s), master_listen_fd=listening.detach())
         return port

@@ -18,8 +18,9 @@ LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def train_step(forward_loss: LossFn, optimizer: torch.optim.Optimizer, precision: Precision,
-               batches: Batch | Sequence[Batch], synchronize: Callable[[], AbstractContextManager] | None = None,
-               no_sync: Callable[[], AbstractContextManager] | None = None) -> dict[str, float]:
+               batches: Batch | Sequence[Batch],
+               synchronize: Callable[[], AbstractContextManager[object]] | None = None,
+               no_sync: Callable[[], AbstractContextManager[object]] | None = None) -> dict[str, float]:
     """One optimizer step over one batch or several (gradient accumulation): zero the gradients;
     for each batch, forward under the run's autocast and backward (scaled for fp16); then step.
 

@@ -124,7 +124,7 @@ class Strategy(abc.ABC):
             return self._phased_step(*batches)
         return step.train_step(self.forward_loss, self.optimizer, self.precision, batches, no_sync=self.no_sync)
 
-    def no_sync(self) -> AbstractContextManager:
+    def no_sync(self) -> AbstractContextManager[object]:
         """A context in which a backward accumulates gradients without all-reducing them."""
         return contextlib.nullcontext()
 

@@ -34,11 +34,11 @@ def _compressed_all_reduce(dtype: torch.dtype, bucket):  # type: ignore[no-untyp
     and postponed annotations are strings.)"""
     import torch.distributed as dist
 
-    buffer = bucket.buffer()
+    buffer: torch.Tensor = bucket.buffer()  # the bucket's gradients, flattened
     compressed = buffer.to(dtype).div_(dist.get_world_size())
     future = dist.all_reduce(compressed, async_op=True).get_future()
 
-    def cast_back(done: torch.futures.Future) -> torch.Tensor:
+    def cast_back(done: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
         buffer.copy_(done.value()[0])
         return buffer
 
@@ -67,7 +67,7 @@ class DDPStrategy(TorchDistributedStrategy):
             self.ddp.register_comm_hook(self.compress_dtype, _compressed_all_reduce)
         self.optimizer = make_optimizer(model.parameters())
 
-    def no_sync(self) -> AbstractContextManager:
+    def no_sync(self) -> AbstractContextManager[object]:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
     def set_training(self, training: bool) -> None:
@@ -76,4 +76,5 @@ class DDPStrategy(TorchDistributedStrategy):
     def forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.ddp is None:  # a model with several optimizers steps by phases, never through here
             raise RuntimeError("ddp: forward_loss needs the DDP wrapper of a one-optimizer model")
-        return self.ddp(batch)  # (eval_step calls the model itself: nothing to synchronize)
+        loss: tuple[torch.Tensor, dict[str, torch.Tensor]] = self.ddp(batch)  # _Loss.forward, gradients synchronized
+        return loss  # (eval_step calls the model itself: nothing to synchronize)

@@ -4,6 +4,7 @@ Horovod built with NCCL: ``make setup`` on a machine with nvcc and a CUDA build 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -91,11 +92,12 @@ class HorovodStrategy(Strategy):
         return step.train_step(self.forward_loss, self.optimizer, self.precision, batches,
                                synchronize=self._synchronize)
 
-    def _synchronize(self) -> Any:
+    def _synchronize(self) -> AbstractContextManager[object]:
         """Average the gradients now (fp16: before the scaler checks them for overflow, so every rank
         decides alike); ``step`` must then not average them again."""
         self.optimizer.synchronize()
-        return self.optimizer.skip_synchronize()
+        skipping: AbstractContextManager[object] = self.optimizer.skip_synchronize()  # Horovod's contextmanager
+        return skipping
 
     # Horovod matches collectives by name and names an object collective after the object's type
     # by default: a dict on rank 0 and None elsewhere would never meet. Name them explicitly.
@@ -103,7 +105,9 @@ class HorovodStrategy(Strategy):
         return self.hvd.broadcast_object(obj, root_rank=src, name="dlpipe.broadcast_object")
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return self.hvd.allgather_object(obj, name="dlpipe.allgather_object")
+        gathered: list[Any] = self.hvd.allgather_object(obj, name="dlpipe.allgather_object")  # one per rank
+        return gathered
 
     def allreduce_sum(self, values: torch.Tensor, name: str) -> torch.Tensor:
-        return self.hvd.allreduce(values, op=self.hvd.Sum, name=name)
+        total: torch.Tensor = self.hvd.allreduce(values, op=self.hvd.Sum, name=name)
+        return total

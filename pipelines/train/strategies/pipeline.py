@@ -98,7 +98,8 @@ class PipelineStrategy(TorchDistributedStrategy):
         return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
 
     def combine(self, values: dict[str, float], mean: bool, name: str) -> dict[str, float]:
-        return self.broadcast_object(values, src=self.last)  # only the last stage has them
+        combined: dict[str, float] = self.broadcast_object(values, src=self.last)  # only the last stage has them
+        return combined
 
     def state(self) -> tuple[dict[str, torch.Tensor], Any]:
         mine = {self.names[k]: v.detach().cpu() for k, v in self.module.state_dict().items()}
@@ -120,7 +121,7 @@ class PipelineStrategy(TorchDistributedStrategy):
 class _Autocast(nn.Module):
     """A stage's forward under the run's autocast, its outputs back in float32 (what the next stage receives)."""
 
-    def __init__(self, module: nn.Module, autocast: Callable[[], AbstractContextManager]) -> None:
+    def __init__(self, module: nn.Module, autocast: Callable[[], AbstractContextManager[object]]) -> None:
         super().__init__()
         self.module, self.autocast = module, autocast
 

@@ -8,10 +8,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _restore_storage_options() -> Iterator[None]:
-    """Tests that change storage options must not leak them into the next test."""
-    from pipelines import storage
+    """Tests that set the driver's storage options must not leak them into the next test (tests use
+    ``storage.using_options`` blocks otherwise, which put back what was there)."""
+    from pipelines.storage import fs
 
-    before = storage.current_options()
+    driver = fs._driver_options
     yield
-    if storage.current_options() != before:
-        storage.set_options(before)
+    fs._driver_options = driver

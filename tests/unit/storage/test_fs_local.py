@@ -184,23 +184,27 @@ def test_storage_options_resolved_from_environment():
     assert pickle.loads(pickle.dumps(explicit)) == explicit
 
 
-def test_set_options_is_process_wide_and_clears_the_cache(monkeypatch):
+def test_each_options_block_gets_filesystems_for_its_options(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    storage.set_options(StorageOptions(s3_endpoint="http://127.0.0.1:9", s3_region="eu-west-1"))
-    assert storage.current_options() == StorageOptions(s3_endpoint="http://127.0.0.1:9", s3_region="eu-west-1")
-    fs, path = storage.filesystem("s3://bkt/a/b")
-    assert path == "bkt/a/b" and fs.region == "eu-west-1"
-    assert storage.filesystem("s3://bkt/c")[0] is fs  # cached per bucket and options
-    storage.set_options(StorageOptions(s3_endpoint="http://127.0.0.1:9", s3_region="us-west-2"))
-    assert storage.filesystem("s3://bkt/c")[0].region == "us-west-2"
-    with pytest.raises(TypeError):
-        storage.set_options({"s3_endpoint": "x"})
+    options = StorageOptions(s3_endpoint="http://127.0.0.1:9", s3_region="eu-west-1")
+    with storage.using_options(options):
+        assert storage.current_options() == options
+        fs, path = storage.filesystem("s3://bkt/a/b")
+        assert path == "bkt/a/b" and fs.region == "eu-west-1"
+        assert storage.filesystem("s3://bkt/c")[0] is fs  # cached per bucket and options
+    with storage.using_options(StorageOptions(s3_endpoint="http://127.0.0.1:9", s3_region="us-west-2")):
+        assert storage.filesystem("s3://bkt/c")[0].region == "us-west-2"
+    with storage.using_options(options):
+        assert storage.filesystem("s3://bkt/c")[0] is fs  # the same options again: the same client
+    with pytest.raises(TypeError, match="using_options wants a StorageOptions, got dict"):
+        with storage.using_options({"s3_endpoint": "x"}):
+            pass
 
 
 def test_bad_endpoint_option_names_it():
-    storage.set_options(StorageOptions(s3_endpoint="ftp://host:1/x"))
-    with pytest.raises(StorageError, match=r"^workdir=s3://bkt/p: endpoint 'ftp://host:1/x' .*http\(s\)://host:port"):
+    with storage.using_options(StorageOptions(s3_endpoint="ftp://host:1/x")), pytest.raises(
+            StorageError, match=r"^workdir=s3://bkt/p: endpoint 'ftp://host:1/x' .*http\(s\)://host:port"):
         storage.check_location("s3://bkt/p", "workdir")
 
 

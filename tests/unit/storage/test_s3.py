@@ -99,9 +99,9 @@ def test_filesystem_is_cached_and_honours_the_endpoint(s3, bucket):
     assert path == f"{BUCKET}/x/y"
     assert storage.filesystem(f"{bucket}/z")[0] is fs
     # AWS_ENDPOINT_URL alone (no option) is enough too
-    storage.set_options(StorageOptions())
-    storage.write_bytes(f"{bucket}/env-only.bin", b"ok")
-    assert storage.read_bytes(f"{bucket}/env-only.bin") == b"ok"
+    with storage.using_options(StorageOptions()):
+        storage.write_bytes(f"{bucket}/env-only.bin", b"ok")
+        assert storage.read_bytes(f"{bucket}/env-only.bin") == b"ok"
 
 
 def test_check_location_ok_and_leaves_no_probe(prefix):
@@ -127,9 +127,8 @@ def test_check_location_on_an_object(prefix):
 
 def test_check_location_unreachable_endpoint_fails_fast(s3):
     closed = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    storage.set_options(StorageOptions(s3_endpoint=closed))
     start = time.monotonic()
-    with pytest.raises(StorageError) as info:
+    with storage.using_options(StorageOptions(s3_endpoint=closed)), pytest.raises(StorageError) as info:
         storage.check_location(f"s3://{BUCKET}/work", "workdir")
     elapsed = time.monotonic() - start
     assert elapsed < 10, elapsed
@@ -244,3 +243,40 @@ def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, monke
             read = [labels.tolist() for _, labels in reader]
         assert read == [groups[i] for i in loader.petastorm_order(9, shard, 2, seed, shuffle=True)]
         assert made[-1].misses == 0 and len(made) == [(0, 11), (1, 11), (1, 12)].index((shard, seed)) + 1
+
+
+def test_the_arrow_loader_reads_the_same_batches_from_s3_as_from_local_disk_all_read_ahead(prefix, tmp_path,
+                                                                                            monkeypatch):
+    """``train.loader=arrow`` on a store: pyarrow reads each row group from the read-ahead (no miss),
+    and the batches are those of the same files on local disk."""
+    from pipelines.artifact import Normalizer
+    from pipelines.dataset import Normalization, SplitFiles
+    from pipelines.storage import readahead
+    from pipelines.train import loader
+
+    remote, local = f"{prefix}/train", str(tmp_path / "train")
+    groups = _write_dataset(remote, files=3, row_groups=3, rows_per_group=20)
+    assert _write_dataset(local, files=3, row_groups=3, rows_per_group=20) == groups
+    splits = {where: SplitFiles([e.location for e in storage.list_files(where, suffix=".parquet")], [[20] * 3] * 3)
+              for where in (remote, local)}
+    made = []
+
+    class Recording(readahead.ReadAhead):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(readahead, "ReadAhead", Recording)
+    normalize = Normalizer.from_stats(Normalization("global", [0.0], [1.0]), [2])
+    for rank, seed, skip in ((0, 3, 0), (1, 3, 2), (1, 4, 0)):
+        order = loader.BatchOrder(batch_size=16, steps=6, seed=seed, skip=skip)  # 96 rows: rank 1 (80) reads twice
+        batches = {where: list(loader.epoch_batches(split, order, rank=rank, size=2, normalize=normalize,
+                                                    loader="arrow")) for where, split in splits.items()}
+        assert len(batches[remote]) == 6 - skip
+        for a, b in zip(batches[remote], batches[local]):
+            assert np.array_equal(a["features"].numpy(), b["features"].numpy())
+            assert np.array_equal(a["label"].numpy(), b["label"].numpy())
+    with loader._arrow_reader(splits[remote], shard=1, shards=2, seed=11, shuffle=True) as chunks:
+        read = [labels.tolist() for _, labels in chunks]
+    assert read == [groups[i] for i in loader.petastorm_order(9, 1, 2, 11, shuffle=True)]
+    assert len(made) == 1 + 2 + 2 + 1 and all(ahead.misses == 0 for ahead in made)  # one per pass over a shard
