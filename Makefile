@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each runs `make setup` first.
 SHELL := /bin/bash
-# The Spark line (README "Two Spark lines"): 3.5 (classic, the default) or 4, each in its own venv.
+# The Spark line (README "Spark lines"): 3.5 (classic, the default), 4 or current, each in its own venv.
 SPARK ?= 3.5
 export SPARK
 ifeq ($(SPARK),3.5)
@@ -10,8 +10,11 @@ else ifeq ($(SPARK),4)
 VENV := .venv-spark4
 # every test that starts Spark or a store (the classic line runs the whole suite)
 TESTS := tests/spark tests/cluster tests/unit/storage tests/unit/test_cli.py
+else ifeq ($(SPARK),current)
+VENV := .venv-current
+TESTS := tests/spark tests/cluster tests/unit/storage tests/unit/test_cli.py
 else
-$(error SPARK=$(SPARK): the Spark lines are SPARK=3.5 (the default) and SPARK=4)
+$(error SPARK=$(SPARK): the Spark lines are SPARK=3.5 (the default), SPARK=4 and SPARK=current)
 endif
 PY := $(VENV)/bin/python
 export SPARK_LOCAL_IP ?= 127.0.0.1

@@ -11,6 +11,7 @@ read and written through ``pipelines.storage``, so it may live in any store.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from pipelines import storage
 from pipelines.dataset import Normalization
 from pipelines.formats import FormatError, Record
 
+READ_ONLY_INPUT = "The given NumPy array is not writable"  # torch's warning, see Normalizer.__call__
+warnings.filterwarnings("ignore", message=READ_ONLY_INPUT, category=UserWarning)
 FORMAT = "dlpipe-model/1"
 TABULAR_KINDS = ("csv", "json", "parquet")
 FEATURES_ONLY = "features"  # an artifact saved before preprocessing was recorded: scores features only
@@ -48,6 +51,8 @@ class Normalizer:
         return cls(shape, mean, std)
 
     def __call__(self, flat: NDArray[np.float32]) -> torch.Tensor:
+        # flat may be Arrow's read-only buffer (pandas 3 hands those out): x is only read here, the
+        # result is a new tensor, so torch's "not writable" warning is filtered (READ_ONLY_INPUT)
         x = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
         x = x.reshape(len(flat), *self.feature_shape)  # (B, *feature_shape)
         return (x - self.mean) / self.std

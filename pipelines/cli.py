@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import ConfigError, PipelineConfig, load_config, to_yaml
+from pipelines.config import PipelineConfig, load_config, to_yaml
+from pipelines.errors import ConfigError
 from pipelines.lease import Lease
 
 # verb -> module whose ``main(spark, config)`` runs it

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from pipelines import storage
-from pipelines.choices import COMPRESSION_NAMES, LOADER_NAMES, PRECISION_NAMES, STRATEGY_NAMES
+from pipelines.choices import AUTO_LOADER, COMPRESSION_NAMES, LOADER_NAMES, PRECISION_NAMES, STRATEGY_NAMES
 from pipelines.config_rules import (
     Rule,
     above,
@@ -35,7 +35,7 @@ from pipelines.config_rules import (
     setting,
     within,
 )
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError as ConfigError  # re-exported: callers catch it as config.ConfigError
 from pipelines.formats import Decoding, decode, type_name
 
 
@@ -156,9 +156,10 @@ class TrainConfig:
     start_timeout_s: float = setting(120.0, above(0))  # all tasks must register with the driver within this
     failure_timeout_s: float = setting(120.0, above(0))  # a failed/silent rank ends the stage within this
     reader_workers: int = setting(1, at_least(1))  # Petastorm reader threads per rank (1 keeps the order reproducible)
-    # How ranks read the dataset's Parquet: petastorm (its reader, the classic line's default) or
-    # arrow (pyarrow only, no Petastorm: same shards, same order, same batches)
-    loader: str = setting("petastorm", one_of(*LOADER_NAMES))
+    # How ranks read the dataset's Parquet: petastorm (its reader) or arrow (pyarrow only, no
+    # Petastorm: same shards, same order, same batches); auto: petastorm where it can run (pyarrow
+    # < 15: the classic and Spark 4 lines), else arrow (pipelines.choices.resolve_loader)
+    loader: str = setting(AUTO_LOADER, one_of(AUTO_LOADER, *LOADER_NAMES))
     gloo_iface: str = ""  # "" = "lo" when all ranks share one host; set the NIC name on a cluster
     horovod_cycle_time_ms: float = setting(1.0, above(0))
     horovod_fusion_threshold_mb: int = setting(32, at_least(0))
@@ -397,7 +398,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
-    config = decode(PipelineConfig, raw, "", _ConfigDecoding())
+    config: PipelineConfig = decode(PipelineConfig, raw, "", _ConfigDecoding())
     check_no_credentials(config.to_dict())
     check_model(config.model)
     check_spark_settings(config.spark)
@@ -480,7 +481,8 @@ def rules_table() -> str:
 
 
 def to_yaml(config: PipelineConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    text: str = yaml.safe_dump(config.to_dict(), sort_keys=False)  # no stream given: the YAML as a str
+    return text
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

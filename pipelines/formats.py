@@ -212,7 +212,8 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[T], value: Any, where: str = "", key: str = "") -> T:
-        return _fields_from(cls, value, key, Decoding(where or cls.__name__))
+        record: T = _fields_from(cls, value, key, Decoding(where or cls.__name__))  # an instance of cls
+        return record
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"

@@ -96,7 +96,7 @@ def get_spark(app_name: str, master: str = "", conf: dict[str, str] | None = Non
     spark = builder.getOrCreate()
     # dlpipe's validation reads a failed cast as null and quarantines the record with its reason.
     # Spark 4 turns ANSI mode on by default, where that cast fails the whole job at the first bad
-    # value: dlpipe keeps Spark 3.5's semantics on both lines (README "Two Spark lines").
+    # value: dlpipe keeps Spark 3.5's semantics on every line (README "Spark lines").
     spark.conf.set(ANSI_MODE, "false")
     return spark
 

@@ -67,22 +67,25 @@ def stack() -> list[tuple[str, str, str]]:
         note = "; ".join(x for x in (builds.get(name, ""), role) if x)
         rows.append((name, _version(name), note))
     rows.append(("loader", *_loader()))
-    rows.append(("line", _spark_line(), "README \"Two Spark lines\""))
+    rows.append(("line", _spark_line(), "README \"Spark lines\""))
     return rows
 
 
 def _spark_line() -> str:
-    """Which of dlpipe's Spark lines the installed pyspark belongs to (README "Two Spark lines")."""
+    """Which of dlpipe's Spark lines the installed pyspark belongs to (README "Spark lines")."""
     version = _version("pyspark")
     if version.startswith("3.5."):
         return "classic (Spark 3.5)"
     if version.startswith("4.0."):
         return "spark4 (Spark 4.0)"
-    return f"none: pyspark {version} is outside dlpipe's lines (3.5.x, 4.0.x)"
+    if version.startswith(("4.1.", "4.2.", "4.3.")):
+        return f"current (Spark {version})"
+    return f"none: pyspark {version} is outside dlpipe's lines (3.5, 4.0, 4.1-4.3)"
 
 
 def _loader() -> tuple[str, str]:
     """The default config's ``train.loader``, and whether Petastorm (which train.loader=petastorm needs) imports."""
+    from pipelines.choices import resolve_loader
     from pipelines.config import TrainConfig
 
     try:
@@ -90,8 +93,9 @@ def _loader() -> tuple[str, str]:
         petastorm_state = "petastorm imports"
     except Exception as e:  # noqa: BLE001 - whatever breaks the import is what the report should say
         petastorm_state = f"petastorm does not import ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
-    return TrainConfig().loader, (f"train.loader's default; {petastorm_state}; "
-                                  "train.loader=arrow reads Parquet with pyarrow alone")
+    default = TrainConfig().loader
+    return resolve_loader(default), (f"what train.loader={default} reads with here; {petastorm_state}; "
+                                     "train.loader=arrow reads Parquet with pyarrow alone")
 
 
 def describe_stack() -> str:

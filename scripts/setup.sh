@@ -10,11 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
-# The Spark line (README "Two Spark lines"): 3.5, the classic default, in .venv; 4 in .venv-spark4.
+# The Spark line (README "Spark lines"): 3.5, the classic default, in .venv; 4 in .venv-spark4;
+# current (the newest Spark, pyarrow and numpy 2, no Petastorm) in .venv-current.
+LOADER=petastorm  # the training loader the line's stack check imports
 case "${SPARK:-3.5}" in
   3.5) LINE=classic; VENV=.venv; JAVA_OK="8 11 17" ;;
   4) LINE=spark4; VENV=.venv-spark4; JAVA_OK="17 21" ;;
-  *) echo "setup: SPARK=$SPARK: the Spark lines are SPARK=3.5 (the default) and SPARK=4" >&2; exit 2 ;;
+  current) LINE=current; VENV=.venv-current; JAVA_OK="17 21"; LOADER=pyarrow ;;
+  *) echo "setup: SPARK=$SPARK: the Spark lines are SPARK=3.5 (the default), SPARK=4 and SPARK=current" >&2; exit 2 ;;
 esac
 CONSTRAINTS=constraints/$LINE.txt
 HOROVOD_VERSION=0.28.1
@@ -36,7 +39,7 @@ stamp="$VENV/.dlpipe-setup"
 want=$( { cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh scripts/cxx17; echo "${DLPIPE_TORCH_INDEX:-}"; command -v nvcc || true; } \
         | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$VENV/bin/python" -c "import horovod.torch as hvd, petastorm, pyspark, pyarrow; assert hvd.gloo_built()" 2>/dev/null; then
+   && "$VENV/bin/python" -c "import horovod.torch as hvd, $LOADER, pyspark, pyarrow; assert hvd.gloo_built()" 2>/dev/null; then
   echo "setup: .venv is up to date"
   exit 0
 fi
@@ -84,11 +87,13 @@ fi
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "cloudpickle" "psutil" "pyyaml" "packaging"
 
 # --- prove the stack ----------------------------------------------------------------------
-"$VENV/bin/python" - <<'PY'
-import horovod, horovod.torch as hvd, petastorm, pyspark, pyarrow, torch
+LOADER=$LOADER "$VENV/bin/python" - <<'PY'
+import importlib, os
+import horovod, horovod.torch as hvd, numpy, pyspark, pyarrow, torch
 assert hvd.gloo_built(), "horovod was built without Gloo"
-print(f"setup: ok: pyspark {pyspark.__version__}, pyarrow {pyarrow.__version__}, torch {torch.__version__}, "
-      f"petastorm {petastorm.__version__}, horovod {horovod.__version__} (gloo built)")
+loader = importlib.import_module(os.environ["LOADER"])  # the line's training loader must import
+print(f"setup: ok: pyspark {pyspark.__version__}, pyarrow {pyarrow.__version__}, numpy {numpy.__version__}, "
+      f"torch {torch.__version__}, {loader.__name__} {loader.__version__}, horovod {horovod.__version__} (gloo built)")
 if torch.version.cuda:
     print(f"setup: CUDA {torch.version.cuda} build of torch, {torch.cuda.device_count()} GPU(s) visible; "
           f"horovod NCCL built: {bool(hvd.nccl_built())}; check the GPUs with: python scripts/gpu_check.py")

@@ -32,6 +32,7 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 from pyspark.broadcast import Broadcast
 from pyspark.sql import SparkSession
 
@@ -74,7 +75,7 @@ class Deformation:
 
 # --- counter-based random numbers -------------------------------------------------------------
 
-_Words = TypeVar("_Words", np.ndarray, np.uint64)  # uint64 values: an array, or one (a seed's key)
+_Words = TypeVar("_Words", NDArray[np.uint64], np.uint64)  # uint64 values: an array, or one (a seed's key)
 
 
 def _mix(z: _Words) -> _Words:
@@ -85,7 +86,7 @@ def _mix(z: _Words) -> _Words:
         return z ^ (z >> np.uint64(31))
 
 
-def uniforms(seed: int, ids: np.ndarray, stream: int, count: int) -> np.ndarray:
+def uniforms(seed: int, ids: NDArray[np.int64], stream: int, count: int) -> NDArray[np.float64]:
     """(len(ids), count) uniforms in (0, 1): a pure function of (seed, id, stream, column)."""
     with np.errstate(over="ignore"):
         key = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
@@ -95,18 +96,20 @@ def uniforms(seed: int, ids: np.ndarray, stream: int, count: int) -> np.ndarray:
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
 
 
-def normals(seed: int, ids: np.ndarray, stream: int, count: int) -> np.ndarray:
+def normals(seed: int, ids: NDArray[np.int64], stream: int, count: int) -> NDArray[np.float64]:
     """(len(ids), count) standard normals (Box-Muller on :func:`uniforms`)."""
     half = (count + 1) // 2
     u = uniforms(seed, ids, stream, 2 * half)
     radius = np.sqrt(-2.0 * np.log(u[:, :half]))
     angle = 2.0 * np.pi * u[:, half:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :count]
+    both: NDArray[np.float64] = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    return both[:, :count]
 
 
 # --- one block of samples ---------------------------------------------------------------------
 
-def generate_block(block: int, params: Deformation, digits: np.ndarray, labels: np.ndarray) -> pa.RecordBatch:
+def generate_block(block: int, params: Deformation, digits: NDArray[np.float32],
+                   labels: NDArray[np.int64]) -> pa.RecordBatch:
     """Samples ``block*BLOCK .. block*BLOCK+BLOCK-1`` (those < num_samples) as an Arrow batch."""
     import torch
     import torch.nn.functional as F
@@ -147,7 +150,7 @@ def generate_block(block: int, params: Deformation, digits: np.ndarray, labels: 
     )
 
 
-def load_digits(folder: Path = DIGITS_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load_digits(folder: Path = DIGITS_DIR) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """The bundled digits as (N, 8, 8) float32 in [0, 1] and (N,) int64 labels, in labels.csv order."""
     from PIL import Image
 
@@ -224,7 +227,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> GenerateResult:
     return info
 
 
-def _block_writer(params: Deformation, digits: Broadcast[tuple[np.ndarray, np.ndarray]],
+def _block_writer(params: Deformation, digits: Broadcast[tuple[NDArray[np.float32], NDArray[np.int64]]],
                   spec: PartSpec) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: block ids in, generated samples written, per-file stats out."""
 

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -262,7 +263,8 @@ def quarantine_examples(folder: str, count: int = 3) -> list[dict[str, Any]]:
     if not firsts:
         return []
     table = pa.concat_tables(firsts)
-    return table.take(pc.sort_indices(table, order)[:count]).to_pylist()
+    examples: list[dict[str, Any]] = table.take(pc.sort_indices(table, order)[:count]).to_pylist()  # pyarrow is untyped
+    return examples
 
 
 def settle_label_names(stats: list[FileStats], surveyed: Survey, out_dir: str,
@@ -290,7 +292,7 @@ def settle_label_names(stats: list[FileStats], surveyed: Survey, out_dir: str,
     return kept, [relabel_file(s, new_index, out_dir) if is_split_file(s) else s for s in stats]
 
 
-def relabel_file(stats: FileStats, new_index: np.ndarray, out_dir: str) -> FileStats:
+def relabel_file(stats: FileStats, new_index: NDArray[np.int64], out_dir: str) -> FileStats:
     """Rewrite the split file ``stats`` are about (in ``out_dir``) with label ``i`` as ``new_index[i]``;
     its stats so relabelled."""
     rewrite_labels(storage.join(out_dir, stats.file), new_index)

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 
 from pipelines import storage
 from pipelines.dataset import QUARANTINE, QUARANTINE_COLUMNS
@@ -98,7 +99,8 @@ def check_feature_values(table: pa.Table, column: str = "features") -> pa.Table:
     return _with_verdict(table, reasons, details)
 
 
-def _with_verdict(table: pa.Table, reasons: np.ndarray, details: np.ndarray) -> pa.Table:
+def _with_verdict(table: pa.Table, reasons: NDArray[np.object_], details: NDArray[np.object_]) -> pa.Table:
+    """``table`` with these reasons and details (str or None each: object arrays)."""
     table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
     return table.set_column(table.schema.get_field_index("detail"), "detail", pa.array(details, pa.string()))
 

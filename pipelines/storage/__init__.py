@@ -25,6 +25,20 @@ from pipelines.storage.uri import (
     uri_problem,
 )
 
+# Written out, not built from the tuples below: mypy skips `*` entries of __all__ and exports no name
+# outside it (no_implicit_reexport). tests/unit/test_typecheck.py checks that the two lists agree.
+__all__ = ["StorageError", "check_uri", "holds_credentials", "is_local", "is_uri", "join", "name", "normalize",
+           "parent", "redact", "relative", "scheme", "uri_problem",
+           # fs.py
+           "FileEntry", "StorageOptions", "check_location", "current_options", "delete", "delete_dir", "exists",
+           "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output",
+           "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes", "write_json",
+           "write_text",
+           # petastorm_fs.py, readahead.py, conditional.py
+           "petastorm_filesystem", "petastorm_url", "ReadAhead", "RowGroupRead", "WriteConflict", "create_if_absent",
+           "fenced", "fencing", "read_versioned", "replace_if_version"]
+
+# which module loads each lazy name on first use
 _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options", "delete", "delete_dir", "exists",
              "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output",
              "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes", "write_json",
@@ -32,10 +46,6 @@ _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options",
 _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
 _READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
 _CONDITIONAL_NAMES = ("WriteConflict", "create_if_absent", "fenced", "fencing", "read_versioned", "replace_if_version")
-
-__all__ = ["StorageError", "check_uri", "holds_credentials", "is_local", "is_uri", "join", "name", "normalize",
-           "parent", "redact", "relative", "scheme", "uri_problem", *_FS_NAMES, *_PETASTORM_NAMES, *_READAHEAD_NAMES,
-           *_CONDITIONAL_NAMES]
 
 if TYPE_CHECKING:
     from pipelines.storage.conditional import (

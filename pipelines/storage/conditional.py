@@ -119,7 +119,7 @@ def _local_replace(location: str, path: str, data: bytes, version: str) -> str:
 
 # --- S3 -----------------------------------------------------------------------------------------
 
-_clients: dict[tuple, Any] = {}
+_clients: dict[tuple[int, str, str], Any] = {}  # (pid, endpoint, region) -> boto3 client
 
 
 def _s3(location: str) -> tuple[Any, str, str]:
@@ -202,7 +202,8 @@ def create_if_absent(location: str, data: bytes) -> str:
         client, bucket, key = _s3(location)
         reply = _s3_call(location, "writing", client.put_object, _CREATED, Bucket=bucket, Key=key, Body=data,
                          IfNoneMatch="*")
-        return reply["ETag"]
+        created: str = reply["ETag"]  # boto3's reply is untyped
+        return created
     from pipelines.storage.fs import exists, write_bytes
 
     if exists(location):  # not fenced on this store: a check, then a plain atomic write
@@ -221,7 +222,8 @@ def replace_if_version(location: str, data: bytes, version: str) -> str:
         client, bucket, key = _s3(location)
         reply = _s3_call(location, "writing", client.put_object, _CHANGED, Bucket=bucket, Key=key, Body=data,
                          IfMatch=version)
-        return reply["ETag"]
+        replaced: str = reply["ETag"]  # boto3's reply is untyped
+        return replaced
     from pipelines.storage.fs import write_bytes
 
     current = read_versioned(location)  # not fenced on this store: a check, then a plain atomic write

@@ -72,7 +72,7 @@ class _Scope:
 
 _driver_options = StorageOptions()  # set_driver_options; outside Spark tasks and scopes (defaults: a plain script)
 _scopes: tuple[_Scope, ...] = ()  # the open using_options blocks of this process, innermost last (replaced whole)
-_cache: dict[tuple, pafs.FileSystem] = {}
+_cache: dict[tuple[int, str, str, StorageOptions], pafs.FileSystem] = {}  # (pid, store, options) -> filesystem
 _lock = threading.Lock()
 _LOCAL = pafs.LocalFileSystem()
 
@@ -324,21 +324,24 @@ def exists(location: str) -> bool:
     """True when a file or folder (object stores: any object under the prefix) is at ``location``."""
     if _uri.is_local(location):
         return os.path.exists(_uri.normalize(location))
-    return _info(location).type != pafs.FileType.NotFound
+    found: bool = _info(location).type != pafs.FileType.NotFound  # pyarrow is untyped
+    return found
 
 
 def is_file(location: str) -> bool:
     """True when ``location`` is a file (an object)."""
     if _uri.is_local(location):
         return os.path.isfile(_uri.normalize(location))
-    return _info(location).type == pafs.FileType.File
+    file: bool = _info(location).type == pafs.FileType.File  # pyarrow is untyped
+    return file
 
 
 def is_dir(location: str) -> bool:
     """True for a folder; on object stores when any object has this prefix or a directory marker exists."""
     if _uri.is_local(location):
         return os.path.isdir(_uri.normalize(location))
-    return _info(location).type == pafs.FileType.Directory
+    folder: bool = _info(location).type == pafs.FileType.Directory  # pyarrow is untyped
+    return folder
 
 
 def _hidden(rel: str) -> bool:
@@ -422,7 +425,8 @@ def read_bytes(location: str) -> bytes:
             with open(path, "rb") as f:
                 return f.read()
         with fs.open_input_stream(path) as stream:
-            return stream.read()
+            data: bytes = stream.read()  # pyarrow is untyped
+            return data
 
 
 def read_text(location: str) -> str:

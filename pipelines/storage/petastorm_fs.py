@@ -52,14 +52,18 @@ class PetastormFileSystem(legacyfs.FileSystem):
     def _type(self, path: str) -> pafs.FileType:
         return self.fs.get_file_info(_strip(path)).type
 
+    # pyarrow is untyped: each comparison's bool is named before it is returned
     def exists(self, path: str) -> bool:
-        return self._type(path) != pafs.FileType.NotFound
+        found: bool = self._type(path) != pafs.FileType.NotFound
+        return found
 
     def isdir(self, path: str) -> bool:
-        return self._type(path) == pafs.FileType.Directory
+        folder: bool = self._type(path) == pafs.FileType.Directory
+        return folder
 
     def isfile(self, path: str) -> bool:
-        return self._type(path) == pafs.FileType.File
+        file: bool = self._type(path) == pafs.FileType.File
+        return file
 
     def _isfilestore(self) -> bool:
         # legacy writers create folders first only on stores that have them
@@ -88,7 +92,7 @@ class PetastormFileSystem(legacyfs.FileSystem):
             return self.fs.open_output_stream(_strip(path))
         raise ValueError(f"mode {mode!r} is not supported (only 'rb' and 'wb')")
 
-    def stat(self, path: str) -> dict:
+    def stat(self, path: str) -> dict[str, Any]:
         info = self.fs.get_file_info(_strip(path))
         return {"size": info.size, "kind": "directory" if info.type == pafs.FileType.Directory else "file"}
 

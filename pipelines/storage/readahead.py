@@ -111,7 +111,7 @@ class ReadAhead:
             spans.sort()
         self._by_path = {_fs.filesystem(location)[1]: location for location in self._by_file}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dlpipe-readahead")
-        self._fetched: dict[int, Future] = {}
+        self._fetched: dict[int, Future[bytes]] = {}
         self._submitted = 0
         self._reached = -1  # the furthest read the reader has touched
         self._lock = threading.Lock()
@@ -156,7 +156,8 @@ class ReadAhead:
     def _fetch(self, index: int) -> bytes:
         location, offset, length = self._spans[index]
         with _fs._errors(location, "read"):
-            return self._source(location).read_at(length, offset)
+            data: bytes = self._source(location).read_at(length, offset)  # pyarrow is untyped
+            return data
 
     def _submit_up_to(self, end: int) -> None:
         with self._lock:
@@ -249,4 +250,5 @@ class _AheadFile(_MemoryFile):
         with self._ahead._lock:
             self._ahead.misses += 1
         with _fs._errors(self._location, "read"):
-            return self._ahead._source(self._location).read_at(size, position)
+            missed: bytes = self._ahead._source(self._location).read_at(size, position)  # pyarrow is untyped
+            return missed

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import dataset, storage
-from pipelines.config import ConfigError, PipelineConfig, from_dict
+from pipelines.config import PipelineConfig, from_dict
+from pipelines.errors import ConfigError
 from pipelines.events import EpochRecord
 from pipelines.formats import FormatError, Record, from_plain
 from pipelines.runfolder import RunFolder

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from numpy.typing import NDArray
 
 from pipelines import choices, dataset, storage
 from pipelines.artifact import Normalizer
@@ -36,13 +37,13 @@ from pipelines.device import pin_batch
 if TYPE_CHECKING:
     from pipelines.storage import RowGroupRead
 
-_DONE = object()
 READ_AHEAD_ROW_GROUPS = 8  # row groups fetched ahead of the reader on an object store (~4 MiB each)
 PREFETCH_BATCHES = 4  # batches made ahead of the training step (epoch_batches' queue)
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
 Item = TypeVar("Item")
+Arrays = tuple[NDArray[np.float32], NDArray[np.int64]]  # a row group's (features (rows, F), labels (rows,))
 
 
 class _ArrowArrays:
@@ -53,7 +54,7 @@ class _ArrowArrays:
 
     batched_output = True
 
-    def read_next(self, workers_pool: Any, schema: Any, ngram: Any) -> tuple[np.ndarray, np.ndarray]:
+    def read_next(self, workers_pool: Any, schema: Any, ngram: Any) -> Arrays:
         from petastorm.workers_pool import EmptyResultError
 
         try:
@@ -117,7 +118,7 @@ def _reader(split: SplitFiles, *, shard: int | None = None, shards: int | None =
 
 @contextlib.contextmanager
 def _arrow_reader(split: SplitFiles, *, shard: int | None = None, shards: int | None = None, seed: int | None = None,
-                  shuffle: bool = False, workers: int = 1) -> Iterator[Iterator[tuple[np.ndarray, np.ndarray]]]:
+                  shuffle: bool = False, workers: int = 1) -> Iterator[Iterator[Arrays]]:
     """The row groups :func:`_reader` reads for the same arguments, in its order (:func:`petastorm_order`),
     read by pyarrow alone (``ParquetFile.read_row_group``; Petastorm is never imported), yielding
     :func:`dataset.table_arrays`. Files on an object store are served by ``storage.ReadAhead`` in that
@@ -138,7 +139,7 @@ def _arrow_reader(split: SplitFiles, *, shard: int | None = None, shards: int | 
         yield _row_groups(reads, opener)
 
 
-def _row_groups(reads: list[RowGroupRead], open_file: Callable[[str], Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _row_groups(reads: list[RowGroupRead], open_file: Callable[[str], Any]) -> Iterator[Arrays]:
     """Each of ``reads`` as arrays, every file opened (and its footer parsed) once."""
     files: dict[str, pq.ParquetFile] = {}
     for read in reads:
@@ -150,19 +151,21 @@ def _row_groups(reads: list[RowGroupRead], open_file: Callable[[str], Any]) -> I
             yield dataset.table_arrays(table)
 
 
-Reader = Callable[..., AbstractContextManager[Iterable[tuple[np.ndarray, np.ndarray]]]]
+Reader = Callable[..., AbstractContextManager[Iterable[Arrays]]]
 LOADERS: dict[str, Reader] = {"petastorm": _reader, "arrow": _arrow_reader}  # train.loader -> its reader
 choices.check_registry("train.loader", choices.LOADER_NAMES, tuple(LOADERS))
 
 
 def _loader(name: str) -> Reader:
+    """The reader of ``train.loader`` ``name`` (``auto`` resolved: :func:`choices.resolve_loader`)."""
+    name = choices.resolve_loader(name)
     if name not in LOADERS:
         raise ValueError(f"train.loader={name!r}: not one of {', '.join(LOADERS)}")
     return LOADERS[name]
 
 
 def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int, workers: int,
-                  loader: str = "petastorm") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  loader: str = "petastorm") -> Iterator[Arrays]:
     """Endless shuffled passes over one shard; each pass has its own seed (so a new order).
 
     The reader (``loader``, one of :data:`LOADERS`) shuffles the row groups; the rows inside each are
@@ -225,7 +228,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
     thread, so the rank's copy to the GPU is asynchronous.
     """
     batch_size, steps, seed, skip = order.batch_size, order.steps, order.seed, order.skip
-    out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    out: queue.Queue[dict[str, torch.Tensor] | BaseException | None] = queue.Queue(maxsize=PREFETCH_BATCHES)
     stop = threading.Event()
 
     def produce() -> None:
@@ -246,7 +249,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
                 carry_f, carry_l = feats[start:], labels[start:]
                 if made >= steps or stop.is_set():
                     break
-            _put(out, _DONE, stop)
+            _put(out, None, stop)  # the last batch is out
         except BaseException as e:  # noqa: BLE001 - whatever the reader raised is surfaced in the consumer
             _put(out, e, stop)
 
@@ -255,7 +258,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
     try:
         while True:
             item = out.get()
-            if item is _DONE:
+            if item is None:
                 return
             if isinstance(item, BaseException):
                 raise item
@@ -264,7 +267,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
         stop.set()
 
 
-def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
+def _put(out: queue.Queue[Item], item: Item, stop: threading.Event) -> None:
     """Block until the consumer takes ``item``, unless it has stopped listening."""
     while not stop.is_set():
         try:
