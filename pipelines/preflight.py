@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import models
 from pipelines import dataset, storage
+from pipelines.choices import AUTO_LOADER, PETASTORM_PYARROW_BELOW, resolve_loader
 from pipelines.config import PipelineConfig
 from pipelines.device import resolve_device, visible_gpus
 from pipelines.errors import ConfigError
@@ -35,9 +36,9 @@ def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
     _environment(config, master)
     checks: dict[str, list[Callable[[PipelineConfig, str], None]]] = {
         "train": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape,
-                  _warm_start],
+                  _warm_start, _loader],
         "run": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape,
-                _warm_start, _scored_split, _infer_device],
+                _warm_start, _loader, _scored_split, _infer_device],
         "infer": [_infer_device],
         "rl": [_policy_model],
         "rl-eval": [],
@@ -119,6 +120,14 @@ def _communication(config: PipelineConfig, master: str) -> None:
             raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: model {spec.name!r} "
                               "steps several optimizers in turn on each batch; train it with train.grad_accumulation=1",
                               key="train.grad_accumulation")
+
+
+def _loader(config: PipelineConfig, master: str) -> None:
+    """train.loader=petastorm where Petastorm cannot run (the current line's pyarrow): say so before Spark."""
+    if config.train.loader == "petastorm" and resolve_loader(AUTO_LOADER) != "petastorm":
+        raise ConfigError("config key 'train.loader' = 'petastorm': Petastorm cannot run on this stack's pyarrow "
+                          f"(it needs pyarrow < {PETASTORM_PYARROW_BELOW}; `dlpipe env` shows the stack): use "
+                          "train.loader=arrow or auto (README \"Spark lines\")")
 
 
 def _placement(config: PipelineConfig, master: str) -> None:

@@ -40,7 +40,7 @@ want=$( { cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh scripts/cxx17; echo
         | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$VENV/bin/python" -c "import horovod.torch as hvd, $LOADER, pyspark, pyarrow; assert hvd.gloo_built()" 2>/dev/null; then
-  echo "setup: .venv is up to date"
+  echo "setup: $VENV (the $LINE line) is up to date"
   exit 0
 fi
 

@@ -7,8 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from pipelines.choices import resolve_loader
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DIGITS_DIR = REPO_ROOT / "data" / "digits"
+# Tests of Petastorm itself (and of the arrow loader against it): skipped on a line whose pyarrow
+# Petastorm cannot run on (README "Spark lines": the current line), where train.loader=auto is arrow.
+needs_petastorm = pytest.mark.skipif(resolve_loader("auto") != "petastorm",
+                                     reason="Petastorm cannot run on this line's pyarrow (the current line)")
 
 
 def make_config(workdir: Path, *overrides: str):

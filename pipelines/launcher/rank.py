@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import events
+from pipelines import events, storage
 from pipelines.errors import ConfigError
 from pipelines.launcher.protocol import RankSpec, event_line
 
@@ -165,6 +165,7 @@ def _log_traceback(path: str) -> None:
 
 def main(spec_path: str) -> int:
     spec = RankSpec.from_json(Path(spec_path).read_text(), spec_path)
+    storage.mark_worker_process()  # the entry brings its job's storage options (storage.using_options)
     ctx = RankContext.from_spec(spec)
     cores = pin_rank(ctx) if spec.pin_cores else []
     import torch

@@ -32,8 +32,8 @@ __all__ = ["StorageError", "check_uri", "holds_credentials", "is_local", "is_uri
            # fs.py
            "FileEntry", "StorageOptions", "check_location", "current_options", "delete", "delete_dir", "exists",
            "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output",
-           "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes", "write_json",
-           "write_text",
+           "mark_worker_process", "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes",
+           "write_json", "write_text",
            # petastorm_fs.py, readahead.py, conditional.py
            "petastorm_filesystem", "petastorm_url", "ReadAhead", "RowGroupRead", "WriteConflict", "create_if_absent",
            "fenced", "fencing", "read_versioned", "replace_if_version"]
@@ -41,8 +41,8 @@ __all__ = ["StorageError", "check_uri", "holds_credentials", "is_local", "is_uri
 # which module loads each lazy name on first use
 _FS_NAMES = ("FileEntry", "StorageOptions", "check_location", "current_options", "delete", "delete_dir", "exists",
              "filesystem", "is_dir", "is_file", "list_dirs", "list_files", "mkdirs", "open_input", "open_output",
-             "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes", "write_json",
-             "write_text")
+             "mark_worker_process", "read_bytes", "read_text", "set_driver_options", "using_options", "write_bytes",
+             "write_json", "write_text")
 _PETASTORM_NAMES = ("petastorm_filesystem", "petastorm_url")
 _READAHEAD_NAMES = ("ReadAhead", "RowGroupRead")
 _CONDITIONAL_NAMES = ("WriteConflict", "create_if_absent", "fenced", "fencing", "read_versioned", "replace_if_version")
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         is_file,
         list_dirs,
         list_files,
+        mark_worker_process,
         mkdirs,
         open_input,
         open_output,

@@ -71,6 +71,7 @@ class _Scope:
 
 
 _driver_options = StorageOptions()  # set_driver_options; outside Spark tasks and scopes (defaults: a plain script)
+_worker_process = False  # mark_worker_process: a rank has no driver options either
 _scopes: tuple[_Scope, ...] = ()  # the open using_options blocks of this process, innermost last (replaced whole)
 _cache: dict[tuple[int, str, str, StorageOptions], pafs.FileSystem] = {}  # (pid, store, options) -> filesystem
 _lock = threading.Lock()
@@ -138,6 +139,14 @@ def set_driver_options(options: StorageOptions) -> None:
     _driver_options = options
 
 
+def mark_worker_process() -> None:
+    """This process is one dlpipe started for a job (a training rank): like a Spark task it has no
+    driver options, so a store call outside the job's :func:`using_options` block fails instead of
+    silently using the environment's defaults. ``pipelines.launcher.rank`` calls it at start."""
+    global _worker_process
+    _worker_process = True
+
+
 def current_options() -> StorageOptions:
     """The options in force (not yet resolved against the environment): the innermost open
     :func:`using_options` block's, else the driver's (:func:`set_driver_options`; the defaults if never
@@ -148,8 +157,9 @@ def current_options() -> StorageOptions:
     for scope in reversed(_scopes):  # one read of the tuple: another thread replaces it whole
         if scope.task == task:
             return scope.options
-    if task is not None:
-        raise StorageError("a Spark task reached a store outside its job's storage options: the task body must run "
+    if task is not None or _worker_process:
+        where, body = ("a Spark task", "the task body") if task is not None else ("a rank process", "the rank's entry")
+        raise StorageError(f"{where} reached a store outside its job's storage options: {body} must run "
                            "in `with pipelines.storage.using_options(<the job's StorageOptions>):` (a dlpipe bug)")
     return _driver_options
 

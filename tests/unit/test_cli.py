@@ -98,10 +98,12 @@ def test_a_spark_task_failure_is_one_line_naming_the_python_error():
 def test_env_prints_the_stack_it_runs_on_without_a_config_or_spark(argument):
     import importlib.metadata
 
+    from pipelines.choices import resolve_loader
+
     done = _dlpipe(argument)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()}
     for name in ("dlpipe", "pyspark", "pyarrow", "torch", "horovod", "petastorm"):
         assert rows[name] == importlib.metadata.version(name), (name, done.stdout)
-    assert rows["python"] == sys.version.split()[0] and rows["loader"] == "petastorm"
+    assert rows["python"] == sys.version.split()[0] and rows["loader"] == resolve_loader("auto")
     assert "built with gloo" in done.stdout and "SparkContext" not in done.stderr

@@ -128,6 +128,27 @@ def test_yarn_without_hadoop_configuration_is_named_before_spark(monkeypatch):
     validate(load_config(None, ["master=yarn"]), "etl")
 
 
+def test_train_loader_auto_resolves_by_the_stack_and_petastorm_is_refused_where_it_cannot_run(monkeypatch):
+    from importlib import metadata
+
+    from pipelines import choices, preflight
+
+    versions = {"petastorm": "0.12.1", "pyarrow": "14.0.2"}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name])
+    assert choices.resolve_loader("auto") == "petastorm" and choices.resolve_loader("arrow") == "arrow"
+    config = load_config("pipelines/configs/digits_cnn.yaml", ["train.loader=petastorm"])
+    preflight.validate(config, "train")  # the classic line: fine
+    versions["pyarrow"] = "26.0.1"  # the current line
+    assert choices.resolve_loader("auto") == "arrow" and choices.resolve_loader("petastorm") == "petastorm"
+    with pytest.raises(ConfigError, match=r"'train.loader' = 'petastorm': Petastorm cannot run .* pyarrow < 15"):
+        preflight.validate(config, "train")
+    preflight.validate(load_config("pipelines/configs/digits_cnn.yaml", ["train.loader=auto"]), "train")
+    del versions["petastorm"]  # not installed at all
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name] if name in versions else
+                        (_ for _ in ()).throw(metadata.PackageNotFoundError(name)))
+    assert choices.resolve_loader("auto") == "arrow"
+
+
 @pytest.mark.parametrize("override", ["workdir=s3://key:secret@bucket/work", "etl.source.path=s3://b/x",
                                       "infer.output=ftp://host/x"])
 def test_a_location_with_credentials_or_an_unknown_scheme_is_refused_naming_the_key(override):

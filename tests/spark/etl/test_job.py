@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from testkit import needs_petastorm
 from PIL import Image
 
 from pipelines import dataset as ds
@@ -113,6 +114,7 @@ def test_digits_labels_follow_labels_csv(digits_run, digits_dir):
         assert str(label) == expected[image_id]  # label names are "0".."9": index == digit
 
 
+@needs_petastorm
 def test_petastorm_reads_train_split(digits_run):
     from petastorm import make_batch_reader
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from testkit import needs_petastorm
 
 from pipelines import dataset
 from pipelines.artifact import Normalizer
 from pipelines.train import loader
+
+pytestmark = needs_petastorm  # compares with Petastorm
 
 
 @pytest.fixture(scope="module")

@@ -171,3 +171,15 @@ def test_a_reused_worker_process_gives_a_task_that_forgot_its_block_the_error_no
     assert first == repr(StorageOptions(s3_endpoint="http://a:1", s3_region="eu-west-1"))
     assert second == ("a Spark task reached a store outside its job's storage options: the task body must run in "
                       "`with pipelines.storage.using_options(<the job's StorageOptions>):` (a dlpipe bug)")
+
+
+def test_a_rank_process_has_no_driver_options_outside_its_block(monkeypatch):
+    monkeypatch.setattr(fs, "_scopes", ())  # outside the session's S3 server block
+    monkeypatch.setattr(fs, "_spark_task", lambda: None)  # a rank imports no pyspark
+    monkeypatch.setattr(fs, "_worker_process", False)
+    storage.set_driver_options(A)
+    storage.mark_worker_process()  # what pipelines.launcher.rank.main does first
+    with pytest.raises(StorageError, match="a rank process reached a store outside its job's storage options"):
+        storage.current_options()
+    with storage.using_options(B):
+        assert storage.current_options() is B

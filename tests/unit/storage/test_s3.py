@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from testkit import needs_petastorm
 
 from pipelines import storage
 from pipelines.storage import FileEntry, StorageError, StorageOptions
@@ -185,6 +186,7 @@ def _read_labels(url_or_urls, adapter, cur_shard: int, shard_count: int = 2) -> 
     return labels
 
 
+@needs_petastorm
 @pytest.mark.filterwarnings("ignore")  # Petastorm's and legacy pyarrow's deprecation chatter
 def test_petastorm_reads_shards_from_s3(prefix):
     folder = f"{prefix}/train"
@@ -198,6 +200,7 @@ def test_petastorm_reads_shards_from_s3(prefix):
         assert sorted(_read_labels(storage.petastorm_url(folder), adapter, cur_shard)) == expected  # one folder URL
 
 
+@needs_petastorm
 @pytest.mark.filterwarnings("ignore")
 def test_petastorm_reads_local_folders_too(tmp_path):
     folder = str(tmp_path / "train")
@@ -207,6 +210,7 @@ def test_petastorm_reads_local_folders_too(tmp_path):
     assert sorted(_read_labels(storage.petastorm_url(folder), storage.petastorm_filesystem(folder), 0)) == expected
 
 
+@needs_petastorm
 def test_petastorm_adapter_pickles_as_location_and_options(bucket):
     adapter = storage.petastorm_filesystem(f"{bucket}/data")
     adapter.fs  # built
@@ -219,6 +223,7 @@ def test_petastorm_adapter_pickles_as_location_and_options(bucket):
     assert list(clone.walk(f"{BUCKET}/data")) == [(f"{BUCKET}/data", [], ["p.bin"])]
 
 
+@needs_petastorm
 @pytest.mark.filterwarnings("ignore")
 def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, monkeypatch):
     """Read-ahead fetches each row group before Petastorm asks for it: the order it predicts is the

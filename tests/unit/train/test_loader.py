@@ -17,7 +17,7 @@ from pipelines.artifact import Normalizer
 from pipelines.choices import LOADER_NAMES
 from pipelines.dataset import Normalization, SplitFiles
 from pipelines.train import loader
-from testkit import REPO_ROOT
+from testkit import REPO_ROOT, needs_petastorm
 
 
 @pytest.fixture
@@ -114,6 +114,7 @@ def test_the_registry_holds_the_configs_loaders_and_an_unknown_one_is_named():
 @pytest.mark.parametrize("args", [{}, {"seed": 4, "shuffle": True}, {"shard": 1, "shards": 2},
                                   {"shard": 0, "shards": 2, "seed": 11, "shuffle": True},
                                   {"shard": 2, "shards": 3, "seed": 7, "shuffle": True}])
+@needs_petastorm
 def test_the_arrow_reader_reads_petastorms_row_groups_in_petastorms_order(split, args):
     arrow, petastorm = _read("arrow", split, **args), _read("petastorm", split, **args)
     assert len(arrow) == len(petastorm) > 0
@@ -132,12 +133,14 @@ def test_the_arrow_reader_reads_petastorms_row_groups_in_petastorms_order(split,
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("rank, size, seed, skip", [(0, 1, 3, 0), (0, 2, 5, 0), (1, 2, 5, 3), (0, 3, 9, 0),
                                                      (1, 3, 9, 0), (2, 3, 2, 4)])
+@needs_petastorm
 def test_epoch_batches_are_the_same_with_either_loader(split, rank, size, seed, skip):
     steps = 2 * dataset.steps_per_epoch(split.sizes, size, 4) + 1  # into a third pass over the shard
     arrow = _epoch(split, "arrow", rank, size, seed, skip, steps)
     assert len(arrow) == steps - skip and _same(arrow, _epoch(split, "petastorm", rank, size, seed, skip, steps))
 
 
+@needs_petastorm
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("size", [1, 2, 3, 20])
 def test_read_all_is_the_same_with_either_loader_and_reads_every_row_once(split, size):
