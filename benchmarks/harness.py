@@ -33,6 +33,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_pyarrow": (">=", 0.9),
     "ratio_s3_vs_local": (">=", 0.8),
     "ratio_etl_default_vs_pyarrow": (">=", 0.8),
+    "ratio_arrow_vs_petastorm": (">=", 1.0),  # issue 35: the loader without Petastorm at least as fast
     "scaling_efficiency": (">=", 0.8),
     "best_scaling_efficiency": (">=", 0.8),
     "ratio_vs_ddp_accumulate4": (">=", 0.95),
