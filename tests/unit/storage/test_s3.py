@@ -223,18 +223,11 @@ def test_petastorm_adapter_pickles_as_location_and_options(bucket):
     assert list(clone.walk(f"{BUCKET}/data")) == [(f"{BUCKET}/data", [], ["p.bin"])]
 
 
-@needs_petastorm
-@pytest.mark.filterwarnings("ignore")
-def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, monkeypatch):
-    """Read-ahead fetches each row group before Petastorm asks for it: the order it predicts is the
-    reader's (a Petastorm that ordered otherwise fails here) and no read misses it."""
-    from pipelines.dataset import SplitFiles
+@pytest.fixture
+def read_aheads(monkeypatch) -> list:
+    """Every ``storage.ReadAhead`` the loader makes from now on (to count their misses)."""
     from pipelines.storage import readahead
-    from pipelines.train import loader
 
-    folder = f"{prefix}/train"
-    groups = _write_dataset(folder, files=3, row_groups=3, rows_per_group=20)
-    split = SplitFiles([e.location for e in storage.list_files(folder, suffix=".parquet")], [[20, 20, 20]] * 3)
     made = []
 
     class Recording(readahead.ReadAhead):
@@ -243,6 +236,21 @@ def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, monke
             made.append(self)
 
     monkeypatch.setattr(readahead, "ReadAhead", Recording)
+    return made
+
+
+@needs_petastorm
+@pytest.mark.filterwarnings("ignore")
+def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, read_aheads):
+    """Read-ahead fetches each row group before Petastorm asks for it: the order it predicts is the
+    reader's (a Petastorm that ordered otherwise fails here) and no read misses it."""
+    from pipelines.dataset import SplitFiles
+    from pipelines.train import loader
+
+    folder = f"{prefix}/train"
+    groups = _write_dataset(folder, files=3, row_groups=3, rows_per_group=20)
+    split = SplitFiles([e.location for e in storage.list_files(folder, suffix=".parquet")], [[20, 20, 20]] * 3)
+    made = read_aheads
     for shard, seed in ((0, 11), (1, 11), (1, 12)):
         with loader._reader(split, shard=shard, shards=2, seed=seed, shuffle=True) as reader:
             read = [labels.tolist() for _, labels in reader]
@@ -251,12 +259,11 @@ def test_the_loader_reads_row_groups_ahead_in_petastorms_own_order(prefix, monke
 
 
 def test_the_arrow_loader_reads_the_same_batches_from_s3_as_from_local_disk_all_read_ahead(prefix, tmp_path,
-                                                                                            monkeypatch):
+                                                                                            read_aheads):
     """``train.loader=arrow`` on a store: pyarrow reads each row group from the read-ahead (no miss),
     and the batches are those of the same files on local disk."""
     from pipelines.artifact import Normalizer
     from pipelines.dataset import Normalization, SplitFiles
-    from pipelines.storage import readahead
     from pipelines.train import loader
 
     remote, local = f"{prefix}/train", str(tmp_path / "train")
@@ -264,14 +271,7 @@ def test_the_arrow_loader_reads_the_same_batches_from_s3_as_from_local_disk_all_
     assert _write_dataset(local, files=3, row_groups=3, rows_per_group=20) == groups
     splits = {where: SplitFiles([e.location for e in storage.list_files(where, suffix=".parquet")], [[20] * 3] * 3)
               for where in (remote, local)}
-    made = []
-
-    class Recording(readahead.ReadAhead):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(readahead, "ReadAhead", Recording)
+    made = read_aheads
     normalize = Normalizer.from_stats(Normalization("global", [0.0], [1.0]), [2])
     for rank, seed, skip in ((0, 3, 0), (1, 3, 2), (1, 4, 0)):
         order = loader.BatchOrder(batch_size=16, steps=6, seed=seed, skip=skip)  # 96 rows: rank 1 (80) reads twice
