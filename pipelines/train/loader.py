@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 READ_AHEAD_ROW_GROUPS = 8  # row groups fetched ahead of the reader on an object store (~4 MiB each)
 PREFETCH_BATCHES = 4  # batches made ahead of the training step (epoch_batches' queue)
+DECODE_AHEAD_ROW_GROUPS = 2  # row groups the arrow reader's thread decodes ahead of the batching
+STOP_WAIT_S = 10.0  # how long closing a background iterator waits for its thread (it may be in a read)
 # Petastorm 0.12 on pyarrow 14 warns about its own use of legacy pyarrow APIs on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\.")
@@ -122,7 +124,7 @@ def _arrow_reader(split: SplitFiles, *, shard: int | None = None, shards: int | 
     """The row groups :func:`_reader` reads for the same arguments, in its order (:func:`petastorm_order`),
     read by pyarrow alone (``ParquetFile.read_row_group``; Petastorm is never imported), yielding
     :func:`dataset.table_arrays`. Files on an object store are served by ``storage.ReadAhead`` in that
-    order. ``workers`` is unused: the one reader is this thread, and it keeps the order."""
+    order. ``workers`` is unused: one decoding thread keeps the order."""
     pieces = [storage.RowGroupRead(f, g) for f, groups in zip(split.files, split.row_groups)
               for g in range(len(groups))]
     if shards and len(pieces) < shards:  # Petastorm's NoDataAvailableError, with the fix
@@ -136,7 +138,13 @@ def _arrow_reader(split: SplitFiles, *, shard: int | None = None, shards: int | 
         else:
             def opener(location: str) -> Any:
                 return stack.enter_context(storage.open_input(location))
-        yield _row_groups(reads, opener)
+        # Decoding runs on a thread of its own, as Petastorm's reader thread does, so it overlaps the
+        # batching and normalizing of the row group before (pyarrow decodes without the GIL).
+        rows = in_background(_row_groups(reads, opener), DECODE_AHEAD_ROW_GROUPS, "dlpipe-arrow-reader")
+        try:
+            yield rows
+        finally:
+            rows.close()  # the thread stops before the files it reads are closed
 
 
 def _row_groups(reads: list[RowGroupRead], open_file: Callable[[str], Any]) -> Iterator[Arrays]:
@@ -227,33 +235,60 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
     ``pin`` (the rank trains on a GPU): batches come in pinned memory, pinned in the read-ahead
     thread, so the rank's copy to the GPU is asynchronous.
     """
-    batch_size, steps, seed, skip = order.batch_size, order.steps, order.seed, order.skip
-    out: queue.Queue[dict[str, torch.Tensor] | BaseException | None] = queue.Queue(maxsize=PREFETCH_BATCHES)
+    batches = _batches(split, order, rank=rank, size=size, normalize=normalize, loader=loader, workers=workers)
+    if pin:
+        batches = (pin_batch(batch) for batch in batches)
+    return in_background(batches, PREFETCH_BATCHES, f"dlpipe-loader-rank{rank}")
+
+
+def _batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int, normalize: Normalizer, loader: str,
+             workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`epoch_batches`' batches, made where they are asked for."""
+    made = 0
+    carry_f = np.zeros((0, 0), np.float32)
+    carry_l = np.zeros(0, np.int64)
+    for feats, labels in _shard_passes(split, rank, size, order.seed, workers, loader):
+        if len(carry_l):  # only the < batch_size leftover is copied, never the whole chunk again
+            feats, labels = np.concatenate([carry_f, feats]), np.concatenate([carry_l, labels])
+        start = 0
+        while len(labels) - start >= order.batch_size and made < order.steps:
+            end = start + order.batch_size
+            if made >= order.skip:
+                yield {"features": normalize(feats[start:end]), "label": torch.from_numpy(labels[start:end])}
+            start, made = end, made + 1
+        carry_f, carry_l = feats[start:], labels[start:]
+        if made >= order.steps:
+            return
+
+
+def in_background(items: Iterator[Item], depth: int, name: str) -> Generator[Item, None, None]:
+    """``items`` made on a thread of its own (named ``name``), up to ``depth`` ahead of the consumer, in
+    order; what making them raises is raised here. Closing the returned iterator (or leaving it) stops the
+    thread at its next item, closes ``items`` there and waits up to ``STOP_WAIT_S`` for it."""
+    out: queue.Queue[Item | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            made = 0
-            carry_f = np.zeros((0, 0), np.float32)
-            carry_l = np.zeros(0, np.int64)
-            for feats, labels in _shard_passes(split, rank, size, seed, workers, loader):
-                if len(carry_l):  # only the < batch_size leftover is copied, never the whole chunk again
-                    feats, labels = np.concatenate([carry_f, feats]), np.concatenate([carry_l, labels])
-                start = 0
-                while len(labels) - start >= batch_size and made < steps and not stop.is_set():
-                    end = start + batch_size
-                    if made >= skip:
-                        batch = {"features": normalize(feats[start:end]), "label": torch.from_numpy(labels[start:end])}
-                        _put(out, pin_batch(batch) if pin else batch, stop)
-                    start, made = end, made + 1
-                carry_f, carry_l = feats[start:], labels[start:]
-                if made >= steps or stop.is_set():
+            for item in items:
+                if stop.is_set():
                     break
-            _put(out, None, stop)  # the last batch is out
-        except BaseException as e:  # noqa: BLE001 - whatever the reader raised is surfaced in the consumer
+                _put(out, item, stop)
+            _put(out, None, stop)  # the last item is out
+        except BaseException as e:  # noqa: BLE001 - whatever making the items raised is surfaced in the consumer
             _put(out, e, stop)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own clean-up (its readers' files) runs on the thread that ran it
 
-    thread = threading.Thread(target=produce, name=f"dlpipe-loader-rank{rank}", daemon=True)
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    return _consume(out, stop, thread)
+
+
+def _consume(out: queue.Queue[Item | BaseException | None], stop: threading.Event,
+             thread: threading.Thread) -> Generator[Item, None, None]:
+    """The consumer side of :func:`in_background`: starts ``thread`` on the first item asked for."""
     thread.start()
     try:
         while True:
@@ -265,6 +300,7 @@ def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int,
             yield item
     finally:
         stop.set()
+        thread.join(STOP_WAIT_S)
 
 
 def _put(out: queue.Queue[Item], item: Item, stop: threading.Event) -> None:
