@@ -173,7 +173,7 @@ def _loader(name: str) -> Reader:
 
 
 def _shard_passes(split: SplitFiles, rank: int, size: int, seed: int, workers: int,
-                  loader: str = "petastorm") -> Iterator[Arrays]:
+                  loader: str = choices.AUTO_LOADER) -> Iterator[Arrays]:
     """Endless shuffled passes over one shard; each pass has its own seed (so a new order).
 
     The reader (``loader``, one of :data:`LOADERS`) shuffles the row groups; the rows inside each are
@@ -225,7 +225,7 @@ class BatchOrder:
 
 
 def epoch_batches(split: SplitFiles, order: BatchOrder, *, rank: int, size: int, normalize: Normalizer,
-                  loader: str = "petastorm", workers: int = 1,
+                  loader: str = choices.AUTO_LOADER, workers: int = 1,
                   pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly ``order.steps - order.skip`` batches of ``order.batch_size`` rows from this rank's
     shard, read ahead in a thread (``loader``: which reader, :data:`LOADERS`; the batches are the same).
@@ -314,7 +314,7 @@ def _put(out: queue.Queue[Item], item: Item, stop: threading.Event) -> None:
 
 
 def read_all(split: SplitFiles, *, rank: int, size: int, batch_size: int, normalize: Normalizer,
-             loader: str = "petastorm") -> Iterator[dict[str, torch.Tensor]]:
+             loader: str = choices.AUTO_LOADER) -> Iterator[dict[str, torch.Tensor]]:
     """One ordered pass over this rank's part of a split (for validation): every row once overall.
 
     With fewer row groups than ranks, rank 0 reads everything and the others nothing.
