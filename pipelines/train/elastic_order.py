@@ -1,0 +1,177 @@
+"""An epoch's sample order that does not depend on the world size, and how ranks share what is left of it.
+
+Elastic training (issue 32) must resume inside an epoch at any world size and still use every training
+record exactly once per epoch. So the order is global, fixed by (seed, epoch) alone:
+
+- the split's row groups in a seeded permutation, and the rows of each row group in a permutation seeded
+  by (seed, epoch, row group): together one sequence of ``total`` positions (:class:`EpochOrder`);
+- what an epoch has still to use is a list of position intervals (:class:`Remaining`); a launch with
+  ``n`` ranks cuts it into ``n`` contiguous pieces of equal length (within one row) (:func:`split`);
+- at every step each rank takes the next ``per_rank`` positions of its piece, so after ``steps`` steps
+  what is left is each piece's tail (:func:`after_steps`): that is what a checkpoint stores, and the next
+  launch, with whatever world size, splits it again;
+- a rank reads its piece as row-group slices (:meth:`EpochOrder.slices`): every row group it touches is
+  read once, the first and last perhaps in part.
+
+The global batch stays ``n * per_rank``; a relaunch with ``m`` ranks picks ``per_rank`` so that
+``m * per_rank`` is the same (``pipelines.train.elastic`` decides, with gradient accumulation where it does not
+divide). Nothing here reads data: it is arithmetic on positions, tested on its own.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+Interval = tuple[int, int]  # [start, end) of positions in the epoch's order
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """Rows ``start:end`` of row group ``group`` in that row group's permuted row order."""
+    group: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """The order of one epoch: row groups permuted by (seed, epoch), rows inside each by (seed, epoch, group)."""
+    sizes: tuple[int, ...]  # rows per row group, in the split's file order
+    seed: int
+    epoch: int
+    groups: tuple[int, ...] = field(init=False)  # row-group indexes in this epoch's order
+    starts: tuple[int, ...] = field(init=False)  # the first position of each entry of ``groups``
+
+    def __post_init__(self) -> None:
+        groups = tuple(int(g) for g in np.random.default_rng([self.seed, self.epoch]).permutation(len(self.sizes)))
+        starts = tuple(int(s) for s in np.concatenate([[0], np.cumsum([self.sizes[g] for g in groups])[:-1]])) \
+            if groups else ()
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "starts", starts)
+
+    @property
+    def total(self) -> int:
+        """Positions in the epoch: every row of the split once."""
+        return sum(self.sizes)
+
+    def rows_of(self, group: int) -> NDArray[np.int64]:
+        """Row group ``group``'s rows in this epoch's order (indexes into the row group)."""
+        rng = np.random.default_rng([self.seed, self.epoch, group])
+        return rng.permutation(self.sizes[group]).astype(np.int64)
+
+    def slices(self, interval: Interval) -> list[RowSlice]:
+        """The row-group slices that hold positions ``interval``, in order."""
+        start, end = interval
+        out: list[RowSlice] = []
+        i = max(0, int(np.searchsorted(self.starts, start, side="right")) - 1)
+        while start < end and i < len(self.groups):
+            group, first = self.groups[i], self.starts[i]
+            last = first + self.sizes[group]
+            if last > start:
+                out.append(RowSlice(group, start - first, min(end, last) - first))
+                start = min(end, last)
+            i += 1
+        return out
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """The positions an epoch has still to use, as sorted disjoint intervals (what a checkpoint keeps)."""
+    intervals: tuple[Interval, ...]
+
+    @classmethod
+    def whole(cls, order: EpochOrder) -> Remaining:
+        """A fresh epoch: every position."""
+        return cls(((0, order.total),) if order.total else ())
+
+    @property
+    def count(self) -> int:
+        """How many positions are left."""
+        return sum(end - start for start, end in self.intervals)
+
+    def to_plain(self) -> list[list[int]]:
+        """For a checkpoint (JSON)."""
+        return [[start, end] for start, end in self.intervals]
+
+    @classmethod
+    def from_plain(cls, value: Iterable[Iterable[int]]) -> Remaining:
+        """From :meth:`to_plain`; refuses overlapping or unordered intervals (a damaged checkpoint)."""
+        intervals = tuple((int(a), int(b)) for a, b in value)
+        for (a, b), (c, _) in zip(intervals, intervals[1:]):
+            if not a < b <= c:
+                raise ValueError(f"remaining positions {intervals}: intervals must be non-empty, sorted and disjoint")
+        return cls(intervals)
+
+
+Piece = tuple[Interval, ...]  # one rank's share of the remaining positions, in order
+
+
+def split(remaining: Remaining, ranks: int) -> list[Piece]:
+    """The remaining positions cut into ``ranks`` contiguous pieces whose lengths differ by at most one."""
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    base, extra = divmod(remaining.count, ranks)
+    lengths = [base + (1 if r < extra else 0) for r in range(ranks)]
+    pieces: list[Piece] = []
+    intervals = list(remaining.intervals)
+    for length in lengths:
+        piece, intervals = _take(intervals, length)
+        pieces.append(piece)
+    return pieces
+
+
+def after_steps(pieces: list[Piece], per_rank: int, steps: int) -> Remaining:
+    """What is left once every rank has used ``steps * per_rank`` positions of its piece (a short piece
+    is used up earlier)."""
+    left: list[Interval] = []
+    for piece in pieces:
+        _, tail = _take(list(piece), steps * per_rank)
+        left.extend(tail)
+    return Remaining(tuple(_merged(sorted(left))))
+
+
+def steps_left(pieces: list[Piece], per_rank: int) -> int:
+    """Steps until every piece is used (the longest piece decides; the last batch of a piece may be short)."""
+    longest = max((sum(b - a for a, b in piece) for piece in pieces), default=0)
+    return -(-longest // per_rank)
+
+
+def digest(order: EpochOrder, positions: Iterable[Interval], row_ids: NDArray[np.int64] | None = None) -> str:
+    """A digest of the records at ``positions`` independent of how they were cut (sorted record ids): two
+    runs used the same records in an epoch exactly when their digests agree. ``row_ids``: the record id of
+    each row of the split in file order (default: the row's index)."""
+    offsets = np.concatenate([[0], np.cumsum(order.sizes)]).astype(np.int64)
+    ids: list[NDArray[np.int64]] = []
+    for interval in positions:
+        for piece in order.slices(interval):
+            rows = order.rows_of(piece.group)[piece.start:piece.end] + offsets[piece.group]
+            ids.append(rows if row_ids is None else row_ids[rows])
+    every = np.sort(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+    return hashlib.sha256(every.tobytes()).hexdigest()[:16]
+
+
+def _take(intervals: list[Interval], length: int) -> tuple[Piece, list[Interval]]:
+    """The first ``length`` positions of ``intervals``, and the rest."""
+    taken: list[Interval] = []
+    while length > 0 and intervals:
+        start, end = intervals[0]
+        used = min(length, end - start)
+        taken.append((start, start + used))
+        length -= used
+        intervals = ([(start + used, end)] if start + used < end else []) + intervals[1:]
+    return tuple(taken), intervals
+
+
+def _merged(intervals: list[Interval]) -> list[Interval]:
+    """Sorted intervals with touching ones joined."""
+    out: list[Interval] = []
+    for start, end in intervals:
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out

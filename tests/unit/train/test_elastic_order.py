@@ -1,0 +1,85 @@
+"""The world-size-independent epoch order (issue 32): every record once per epoch whatever the world size
+does inside it, and the same records as an uninterrupted run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.train.elastic_order import (
+    EpochOrder,
+    Remaining,
+    RowSlice,
+    after_steps,
+    digest,
+    split,
+    steps_left,
+)
+
+SIZES = (7, 3, 10, 1, 6, 9)  # rows per row group: uneven, one of a single row
+
+
+def _used(order: EpochOrder, pieces, per_rank: int, steps: int) -> list[tuple[int, int]]:
+    """The positions the ranks used in ``steps`` steps."""
+    before = Remaining(tuple(i for p in pieces for i in p))
+    after = set(_positions(after_steps(pieces, per_rank, steps).intervals))
+    return [(p, p + 1) for p in sorted(set(_positions(before.intervals)) - after)]
+
+
+def _positions(intervals) -> list[int]:
+    return [p for a, b in intervals for p in range(a, b)]
+
+
+def test_the_order_depends_on_seed_and_epoch_only_and_covers_every_row():
+    order = EpochOrder(SIZES, seed=3, epoch=1)
+    assert sorted(order.groups) == list(range(len(SIZES))) and order.total == sum(SIZES)
+    assert order.groups == EpochOrder(SIZES, 3, 1).groups and order.groups != EpochOrder(SIZES, 3, 2).groups
+    rows = [(s.group, r) for s in order.slices((0, order.total)) for r in order.rows_of(s.group)[s.start:s.end]]
+    assert sorted(rows) == [(g, r) for g, n in enumerate(SIZES) for r in range(n)]
+
+
+def test_slices_cut_row_groups_at_the_interval_ends():
+    order = EpochOrder((4, 4, 4), seed=0, epoch=0)
+    first, second, third = order.groups
+    assert order.slices((2, 9)) == [RowSlice(first, 2, 4), RowSlice(second, 0, 4), RowSlice(third, 0, 1)]
+    assert order.slices((5, 5)) == []
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 5, 36, 40])
+def test_split_gives_contiguous_pieces_of_equal_length_within_one(ranks):
+    remaining = Remaining(((0, 10), (14, 30), (31, 36)))
+    pieces = split(remaining, ranks)
+    lengths = [sum(b - a for a, b in p) for p in pieces]
+    assert len(pieces) == ranks and max(lengths) - min(lengths) <= 1 and sum(lengths) == remaining.count
+    assert _positions([i for p in pieces for i in p]) == _positions(remaining.intervals)  # in order, once each
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_record_once_per_epoch_however_the_world_size_changes_inside_it(seed):
+    rng = np.random.default_rng(seed)
+    order = EpochOrder(SIZES, seed=seed, epoch=2)
+    global_batch = 6
+    remaining, used = Remaining.whole(order), []
+    while remaining.count:
+        ranks = int(rng.choice([1, 2, 3, 6]))  # a node lost or back: the global batch stays 6
+        pieces = split(remaining, ranks)
+        steps = min(steps_left(pieces, global_batch // ranks), int(rng.integers(1, 4)))
+        used += _used(order, pieces, global_batch // ranks, steps)
+        remaining = after_steps(pieces, global_batch // ranks, steps)
+        remaining = Remaining.from_plain(remaining.to_plain())  # through a checkpoint
+    assert sorted(p for p, _ in used) == list(range(order.total))
+    assert digest(order, used) == digest(order, [(0, order.total)])
+
+
+def test_the_digest_tells_a_missed_or_repeated_record():
+    order = EpochOrder(SIZES, seed=1, epoch=0)
+    whole = digest(order, [(0, order.total)])
+    assert digest(order, [(0, 10), (10, order.total)]) == whole
+    assert digest(order, [(0, 10), (11, order.total)]) != whole
+    assert digest(order, [(0, 11), (10, order.total)]) != whole
+
+
+def test_a_damaged_remaining_list_is_refused():
+    with pytest.raises(ValueError, match="sorted and disjoint"):
+        Remaining.from_plain([[0, 5], [3, 8]])
+    with pytest.raises(ValueError, match="ranks must be >= 1"):
+        split(Remaining(((0, 4),)), 0)
