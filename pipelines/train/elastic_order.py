@@ -175,3 +175,9 @@ def _merged(intervals: list[Interval]) -> list[Interval]:
         else:
             out.append((start, end))
     return out
+
+
+def piece_reads(order: EpochOrder, piece: Piece) -> list[RowSlice]:
+    """The row-group slices one rank reads for ``piece``, in order (each row group once, unless the piece
+    wraps around a cut it made itself)."""
+    return [s for interval in piece for s in order.slices(interval)]

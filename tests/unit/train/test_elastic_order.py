@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.train.elastic_order import (
-    EpochOrder,
-    Remaining,
-    RowSlice,
-    after_steps,
-    digest,
-    split,
-    steps_left,
-)
+from pipelines.train.elastic_order import EpochOrder, Remaining, RowSlice, after_steps, digest, split, steps_left
 
 SIZES = (7, 3, 10, 1, 6, 9)  # rows per row group: uneven, one of a single row
 
@@ -83,3 +75,23 @@ def test_a_damaged_remaining_list_is_refused():
         Remaining.from_plain([[0, 5], [3, 8]])
     with pytest.raises(ValueError, match="ranks must be >= 1"):
         split(Remaining(((0, 4),)), 0)
+
+
+def test_a_ranks_piece_reads_back_as_the_records_at_its_positions(tmp_path):
+    from test_loader import IDENTITY, _write_split
+
+    from pipelines.train.elastic_loader import piece_batches
+
+    files = _write_split(tmp_path, layout=((8, 8, 5), (7, 7), (9,)))  # row x has label x, features [x, x/2, -x]
+    order = EpochOrder(tuple(files.sizes), seed=5, epoch=1)
+    labels_by_position = np.concatenate([order.rows_of(g) + sum(files.sizes[:g]) for g in order.groups])
+    remaining = Remaining(((3, 20), (25, order.total)))
+    seen = []
+    for piece in split(remaining, 3):
+        batches = list(piece_batches(files, order, piece, per_rank=4, normalize=IDENTITY))
+        assert all(len(b["label"]) == 4 for b in batches[:-1]) and 0 < len(batches[-1]["label"]) <= 4
+        got = np.concatenate([b["label"].numpy() for b in batches])
+        assert list(got) == [labels_by_position[p] for p in _positions(piece)]
+        assert np.array_equal(np.concatenate([b["features"][:, 0].numpy() for b in batches]), got.astype(np.float32))
+        seen += list(got)
+    assert sorted(seen) == sorted(labels_by_position[p] for p in _positions(remaining.intervals))
