@@ -110,34 +110,57 @@ class Remaining:
 Piece = tuple[Interval, ...]  # one rank's share of the remaining positions, in order
 
 
-def split(remaining: Remaining, ranks: int) -> list[Piece]:
-    """The remaining positions cut into ``ranks`` contiguous pieces whose lengths differ by at most one."""
-    if ranks < 1:
-        raise ValueError(f"ranks must be >= 1, got {ranks}")
-    base, extra = divmod(remaining.count, ranks)
-    lengths = [base + (1 if r < extra else 0) for r in range(ranks)]
+def shares(global_batch: int, ranks: int) -> list[int]:
+    """Rows each of ``ranks`` ranks takes per step so that a step uses ``global_batch`` rows in all
+    (within one row of each other when it does not divide: the gradient is then weighted by rows)."""
+    if ranks < 1 or global_batch < ranks:
+        raise ValueError(f"a global batch of {global_batch} rows cannot be shared by {ranks} rank(s)")
+    base, extra = divmod(global_batch, ranks)
+    return [base + (1 if r < extra else 0) for r in range(ranks)]
+
+
+def split(remaining: Remaining, per_step: list[int]) -> list[Piece]:
+    """The remaining positions cut into one contiguous piece per rank, rank ``r`` taking ``per_step[r]``
+    rows a step: every rank runs the same number of steps, each step uses ``sum(per_step)`` rows (the last
+    one of the epoch fewer, shared in the same proportions)."""
+    batch = sum(per_step)
+    if not per_step or min(per_step) < 1:
+        raise ValueError(f"every rank takes at least one row a step, got {per_step}")
+    steps = -(-remaining.count // batch)
+    tail = remaining.count - batch * (steps - 1) if steps else 0
+    # the last step's rows in the ranks' proportions, as near as whole rows allow
+    tails = _proportional(tail, per_step) if steps else [0] * len(per_step)
     pieces: list[Piece] = []
     intervals = list(remaining.intervals)
-    for length in lengths:
-        piece, intervals = _take(intervals, length)
+    for rows, last in zip(per_step, tails):
+        piece, intervals = _take(intervals, rows * max(steps - 1, 0) + last)
         pieces.append(piece)
     return pieces
 
 
-def after_steps(pieces: list[Piece], per_rank: int, steps: int) -> Remaining:
-    """What is left once every rank has used ``steps * per_rank`` positions of its piece (a short piece
-    is used up earlier)."""
+def after_steps(pieces: list[Piece], per_step: list[int], steps: int) -> Remaining:
+    """What is left once every rank has run ``steps`` steps, rank ``r`` using ``per_step[r]`` rows of its
+    piece each (a piece's last step may hold fewer)."""
     left: list[Interval] = []
-    for piece in pieces:
-        _, tail = _take(list(piece), steps * per_rank)
+    for piece, rows in zip(pieces, per_step):
+        _, tail = _take(list(piece), steps * rows)
         left.extend(tail)
     return Remaining(tuple(_merged(sorted(left))))
 
 
-def steps_left(pieces: list[Piece], per_rank: int) -> int:
-    """Steps until every piece is used (the longest piece decides; the last batch of a piece may be short)."""
-    longest = max((sum(b - a for a, b in piece) for piece in pieces), default=0)
-    return -(-longest // per_rank)
+def steps_left(pieces: list[Piece], per_step: list[int]) -> int:
+    """Steps until every piece is used up (the same for every rank when the pieces come from :func:`split`)."""
+    return max((-(-sum(b - a for a, b in piece) // rows) for piece, rows in zip(pieces, per_step)), default=0)
+
+
+def _proportional(total: int, weights: list[int]) -> list[int]:
+    """``total`` cut in the proportions of ``weights`` (largest remainders), each part at most its weight."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    parts = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: exact[i] - parts[i], reverse=True)[:total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def digest(order: EpochOrder, positions: Iterable[Interval], row_ids: NDArray[np.int64] | None = None) -> str:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.train.elastic_order import EpochOrder, Remaining, RowSlice, after_steps, digest, split, steps_left
+from pipelines.train.elastic_order import (
+    EpochOrder,
+    Remaining,
+    RowSlice,
+    after_steps,
+    digest,
+    shares,
+    split,
+    steps_left,
+)
 
 SIZES = (7, 3, 10, 1, 6, 9)  # rows per row group: uneven, one of a single row
 
 
-def _used(order: EpochOrder, pieces, per_rank: int, steps: int) -> list[tuple[int, int]]:
+def _used(order: EpochOrder, pieces, per_step: list[int], steps: int) -> list[tuple[int, int]]:
     """The positions the ranks used in ``steps`` steps."""
     before = Remaining(tuple(i for p in pieces for i in p))
-    after = set(_positions(after_steps(pieces, per_rank, steps).intervals))
+    after = set(_positions(after_steps(pieces, per_step, steps).intervals))
     return [(p, p + 1) for p in sorted(set(_positions(before.intervals)) - after)]
 
 
@@ -36,27 +45,35 @@ def test_slices_cut_row_groups_at_the_interval_ends():
     assert order.slices((5, 5)) == []
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 3, 5, 36, 40])
-def test_split_gives_contiguous_pieces_of_equal_length_within_one(ranks):
-    remaining = Remaining(((0, 10), (14, 30), (31, 36)))
-    pieces = split(remaining, ranks)
-    lengths = [sum(b - a for a, b in p) for p in pieces]
-    assert len(pieces) == ranks and max(lengths) - min(lengths) <= 1 and sum(lengths) == remaining.count
+@pytest.mark.parametrize("global_batch, ranks", [(6, 1), (6, 2), (6, 4), (7, 3), (36, 5), (40, 40)])
+def test_split_gives_each_rank_a_contiguous_piece_for_the_same_number_of_steps(global_batch, ranks):
+    remaining = Remaining(((0, 10), (14, 30), (31, 36), (40, 83)))
+    per_step = shares(global_batch, ranks)
+    pieces = split(remaining, per_step)
+    assert len(pieces) == ranks and sum(per_step) == global_batch and max(per_step) - min(per_step) <= 1
     assert _positions([i for p in pieces for i in p]) == _positions(remaining.intervals)  # in order, once each
+    steps = steps_left(pieces, per_step)
+    assert steps == -(-remaining.count // global_batch)
+    left = remaining
+    for step in range(1, steps + 1):  # every step but the last uses exactly the global batch
+        now = after_steps(pieces, per_step, step)
+        assert left.count - now.count == (global_batch if step < steps else remaining.count - global_batch * (steps - 1))
+        left = now
+    assert left.count == 0
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_every_record_once_per_epoch_however_the_world_size_changes_inside_it(seed):
     rng = np.random.default_rng(seed)
     order = EpochOrder(SIZES, seed=seed, epoch=2)
-    global_batch = 6
+    global_batch = 7  # divides by none of the world sizes below but 1 and 7
     remaining, used = Remaining.whole(order), []
     while remaining.count:
-        ranks = int(rng.choice([1, 2, 3, 6]))  # a node lost or back: the global batch stays 6
-        pieces = split(remaining, ranks)
-        steps = min(steps_left(pieces, global_batch // ranks), int(rng.integers(1, 4)))
-        used += _used(order, pieces, global_batch // ranks, steps)
-        remaining = after_steps(pieces, global_batch // ranks, steps)
+        per_step = shares(global_batch, int(rng.choice([1, 2, 3, 4, 7])))  # a node lost or back
+        pieces = split(remaining, per_step)
+        steps = min(steps_left(pieces, per_step), int(rng.integers(1, 4)))
+        used += _used(order, pieces, per_step, steps)
+        remaining = after_steps(pieces, per_step, steps)
         remaining = Remaining.from_plain(remaining.to_plain())  # through a checkpoint
     assert sorted(p for p, _ in used) == list(range(order.total))
     assert digest(order, used) == digest(order, [(0, order.total)])
@@ -73,8 +90,10 @@ def test_the_digest_tells_a_missed_or_repeated_record():
 def test_a_damaged_remaining_list_is_refused():
     with pytest.raises(ValueError, match="sorted and disjoint"):
         Remaining.from_plain([[0, 5], [3, 8]])
-    with pytest.raises(ValueError, match="ranks must be >= 1"):
-        split(Remaining(((0, 4),)), 0)
+    with pytest.raises(ValueError, match="cannot be shared by 0 rank"):
+        shares(8, 0)
+    with pytest.raises(ValueError, match="at least one row a step"):
+        split(Remaining(((0, 4),)), [2, 0])
 
 
 def test_a_ranks_piece_reads_back_as_the_records_at_its_positions(tmp_path):
@@ -87,7 +106,7 @@ def test_a_ranks_piece_reads_back_as_the_records_at_its_positions(tmp_path):
     labels_by_position = np.concatenate([order.rows_of(g) + sum(files.sizes[:g]) for g in order.groups])
     remaining = Remaining(((3, 20), (25, order.total)))
     seen = []
-    for piece in split(remaining, 3):
+    for piece in split(remaining, shares(12, 3)):
         batches = list(piece_batches(files, order, piece, per_rank=4, normalize=IDENTITY))
         assert all(len(b["label"]) == 4 for b in batches[:-1]) and 0 < len(batches[-1]["label"]) <= 4
         got = np.concatenate([b["label"].numpy() for b in batches])
