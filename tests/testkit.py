@@ -94,3 +94,27 @@ def suppressions_without_reason(folders: tuple[str, ...], marker: str, well_form
                 if marker in line and not re.search(well_formed, line):
                     bare.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
     return bare
+
+
+def write_split(folder, layout):
+    """Parquet files of the dataset format under ``folder``, ``layout`` = rows of each row group per file;
+    row ``x`` has label ``x`` and features ``[x, x / 2, -x]``. Returns the split's ``SplitFiles``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import dataset
+
+    files, row = [], 0
+    for number, groups in enumerate(layout):
+        location = str(folder / f"part-{number:05d}.parquet")
+        with pq.ParquetWriter(location, dataset.RECORD_SCHEMA) as writer:
+            for rows in groups:
+                labels = np.arange(row, row + rows)
+                row += rows
+                writer.write_table(pa.table({
+                    "id": [f"r{x}" for x in labels], "label": pa.array(labels, pa.int64()),
+                    "features": pa.array([[x, x / 2, -x] for x in labels.astype(np.float32)],
+                                         pa.list_(pa.float32()))}, schema=dataset.RECORD_SCHEMA))
+        files.append(location)
+    return dataset.SplitFiles(files, [list(groups) for groups in layout])

@@ -97,17 +97,20 @@ def test_a_damaged_remaining_list_is_refused():
 
 
 def test_a_ranks_piece_reads_back_as_the_records_at_its_positions(tmp_path):
-    from test_loader import IDENTITY, _write_split
+    from testkit import write_split
 
+    from pipelines.artifact import Normalizer
+    from pipelines.dataset import Normalization
     from pipelines.train.elastic_loader import piece_batches
 
-    files = _write_split(tmp_path, layout=((8, 8, 5), (7, 7), (9,)))  # row x has label x, features [x, x/2, -x]
+    identity = Normalizer.from_stats(Normalization("global", [0.0], [1.0]), [3])
+    files = write_split(tmp_path, layout=((8, 8, 5), (7, 7), (9,)))  # row x has label x, features [x, x/2, -x]
     order = EpochOrder(tuple(files.sizes), seed=5, epoch=1)
     labels_by_position = np.concatenate([order.rows_of(g) + sum(files.sizes[:g]) for g in order.groups])
     remaining = Remaining(((3, 20), (25, order.total)))
     seen = []
     for piece in split(remaining, shares(12, 3)):
-        batches = list(piece_batches(files, order, piece, per_rank=4, normalize=IDENTITY))
+        batches = list(piece_batches(files, order, piece, per_rank=4, normalize=identity))
         assert all(len(b["label"]) == 4 for b in batches[:-1]) and 0 < len(batches[-1]["label"]) <= 4
         got = np.concatenate([b["label"].numpy() for b in batches])
         assert list(got) == [labels_by_position[p] for p in _positions(piece)]

@@ -17,7 +17,7 @@ from pipelines.artifact import Normalizer
 from pipelines.choices import LOADER_NAMES
 from pipelines.dataset import Normalization, SplitFiles
 from pipelines.train import loader
-from testkit import REPO_ROOT, needs_petastorm
+from testkit import REPO_ROOT, needs_petastorm, write_split
 
 
 @pytest.fixture
@@ -64,20 +64,7 @@ LAYOUT = ((8, 8, 8, 5), (7, 0, 7), (6, 6, 6, 6, 3), (9,))
 
 
 def _write_split(folder, layout=LAYOUT) -> SplitFiles:
-    """Parquet files of the dataset format under ``folder``; row ``x`` has label ``x``."""
-    files, row = [], 0
-    for number, groups in enumerate(layout):
-        location = str(folder / f"part-{number:05d}.parquet")
-        with pq.ParquetWriter(location, dataset.RECORD_SCHEMA) as writer:
-            for rows in groups:
-                labels = np.arange(row, row + rows)
-                row += rows
-                writer.write_table(pa.table({
-                    "id": [f"r{x}" for x in labels], "label": pa.array(labels, pa.int64()),
-                    "features": pa.array([[x, x / 2, -x] for x in labels.astype(np.float32)],
-                                         pa.list_(pa.float32()))}, schema=dataset.RECORD_SCHEMA))
-        files.append(location)
-    return SplitFiles(files, [list(groups) for groups in layout])
+    return write_split(folder, layout)
 
 
 @pytest.fixture
