@@ -49,6 +49,13 @@ def checkpoint_files(folder: str) -> list[str]:
     return sorted(found, key=_position)
 
 
+def latest_position(folder: str) -> tuple[int, int]:
+    """(whole epochs, steps into the next) of the newest checkpoint file in ``folder``; (-1, -1) when
+    there is none. Names only: nothing is read."""
+    files = checkpoint_files(folder)
+    return _position(files[-1]) if files else (-1, -1)
+
+
 def to_bytes(payload: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(payload, buffer)

@@ -61,6 +61,10 @@ MASTER_PATTERN = re.compile(r"|local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d
 MASTER_RULE = Rule("empty, local, local[N], local[*], local-cluster[N,C,M], yarn, spark://..., k8s://...",
                    lambda v: None if MASTER_PATTERN.fullmatch(v) else
                    "is not a Spark master URL (empty = spark-submit's or spark-defaults' master, else local[*])")
+# train.num_workers as a range (elastic training): MIN..MAX or MIN:MAX, spaces allowed around the separator
+WORKER_RANGE = re.compile(r"\s*(\d+)\s*(?:\.\.|:)\s*(\d+)\s*")
+WORKER_FORMS = ("a number N (a fixed N ranks) or a range MIN..MAX or MIN:MAX with 1 <= MIN <= MAX (elastic: each "
+                "launch runs as many ranks as Spark has free task slots within it), e.g. train.num_workers=2..8")
 
 
 @dataclass
@@ -139,7 +143,10 @@ class TrainConfig:
     # horovod | ddp | fsdp: data parallel (fsdp also shards parameters, gradients and optimizer
     # state); pipeline: model parallel, the model cut into one stage per rank.
     strategy: str = setting("horovod", one_of(*STRATEGY_NAMES))
-    num_workers: int = setting(2, at_least(1))  # ranks = barrier tasks
+    # ranks = barrier tasks. Given as a range MIN..MAX (or MIN:MAX), training is elastic: it sets
+    # min_workers = MIN and num_workers = MAX, and each launch runs as many ranks as there are free slots
+    num_workers: int = setting(2, at_least(1))
+    min_workers: int = setting(0, at_least(0))  # 0 = not elastic (always num_workers ranks); else the fewest
     epochs: int = setting(15, at_least(1))
     batch_size: int = setting(64, at_least(1))  # per rank
     optimizer: str = setting("adam", one_of("adam", "sgd"))  # adam | sgd
@@ -188,6 +195,22 @@ class TrainConfig:
     # Warm start: a run id (its model/model.pt) or an artifact location whose weights the model starts
     # from (the optimizer starts fresh); "" = random weights from train.seed
     init_from: str = setting("", LOCATION)
+
+    def __post_init__(self) -> None:
+        if self.min_workers > self.num_workers:
+            raise ConfigError(f"config key 'train.min_workers' = {self.min_workers} exceeds train.num_workers="
+                              f"{self.num_workers}, the most ranks a launch runs: lower train.min_workers, or give "
+                              f"both as a range (train.num_workers={self.min_workers}..MAX)", key="train.min_workers")
+
+    @property
+    def elastic(self) -> bool:
+        """A launch may run fewer than num_workers ranks (down to min_workers)."""
+        return self.min_workers > 0
+
+    @property
+    def world_range(self) -> tuple[int, int]:
+        """(fewest, most) ranks a launch runs; both num_workers when not elastic."""
+        return (self.min_workers or self.num_workers, self.num_workers)
 
 
 RAW_KIND_RULE = Rule("empty (score Parquet with a features column), or one of images, csv, json, parquet",
@@ -387,7 +410,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml.load(p.read_text(), Loader=_YamlLoader) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         raw = loaded
@@ -398,11 +421,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def from_dict(raw: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict (e.g. a saved ``config.yaml``) into a :class:`PipelineConfig`."""
-    config: PipelineConfig = decode(PipelineConfig, raw, "", _ConfigDecoding())
+    config: PipelineConfig = decode(PipelineConfig, _worker_range(raw), "", _ConfigDecoding())
     check_no_credentials(config.to_dict())
     check_model(config.model)
     check_spark_settings(config.spark)
     return config
+
+
+def _worker_range(raw: dict[str, Any]) -> dict[str, Any]:
+    """``train.num_workers: MIN..MAX`` (or ``MIN:MAX``) as the two settings it stands for:
+    ``train.min_workers`` = MIN and ``train.num_workers`` = MAX. A number is left to the decoder."""
+    train = raw.get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("num_workers"), str):
+        return raw
+    text: str = train["num_workers"]
+    found = WORKER_RANGE.fullmatch(text)
+    low, high = (int(found[1]), int(found[2])) if found else (0, 0)
+    if not 1 <= low <= high:
+        raise ConfigError(f"config key 'train.num_workers' = {text!r} is not a number of ranks or a range of them: "
+                          f"give {WORKER_FORMS}", key="train.num_workers")
+    if train.get("min_workers", 0) not in (0, low):  # 0: not set, or a saved config's "not elastic"
+        raise ConfigError(f"config key 'train.min_workers' = {train['min_workers']!r} contradicts the range "
+                          f"train.num_workers={text!r}, which sets the minimum to {low}: drop train.min_workers",
+                          key="train.min_workers")
+    return {**raw, "train": {**train, "min_workers": low, "num_workers": high}}
 
 
 def _credential_fix(key: str) -> str:
@@ -473,6 +515,8 @@ def rules_table() -> str:
     return rules_markdown(PipelineConfig, extra={
         "model.name": "one of " + ", ".join(models.names()),
         "model.params": "the fields of the chosen model's config class (`models/<name>.py`), checked by type and range",
+        "train.num_workers": "or a range `MIN..MAX` / `MIN:MAX` (elastic; sets `train.min_workers` = MIN, this = MAX)",
+        "train.min_workers": "0 = not elastic (always `train.num_workers` ranks); at most `train.num_workers`",
         "spark": "Spark settings for dlpipe's own session (`spark.executor.memory: 4g`); none that carries a "
                  "credential (a key naming a secret, token, password or key)",
     }) + ("\n\nEvery key: a value holding a URL with credentials (`user:password@`, a token or signature "
@@ -498,8 +542,23 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node = child
-    # YAML parses the value, so 3 -> int, 0.5 -> float, [8, 8] -> list, true -> bool.
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    # YAML parses the value, so 3 -> int, 0.5 -> float, [8, 8] -> list, true -> bool; a range
+    # (1..4, 2:8, 2 : 8) stays text, which YAML would make a mapping when spaced.
+    node[parts[-1]] = (text.strip() if WORKER_RANGE.fullmatch(text) else
+                       yaml.load(text, Loader=_YamlLoader) if text.strip() else "")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s YAML but for YAML 1.1's base-60 ints: ``2:8`` stays text (a range of
+    ``train.num_workers``) instead of becoming 128. No dlpipe setting is written in base 60."""
+
+
+def _int_unless_base60(loader: Any, node: Any) -> int | str:
+    text = str(loader.construct_scalar(node))
+    return text if ":" in text else int(loader.construct_yaml_int(node))
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _int_unless_base60)
 
 
 class _ConfigDecoding(Decoding):
@@ -528,7 +587,7 @@ class _ConfigDecoding(Decoding):
         """The setting's rules (``pipelines.config_rules``)."""
         problem = check(field, value, key)
         if problem:
-            raise ConfigError(problem)
+            raise ConfigError(problem, key=key)
 
     def wrong(self, tp: Any, value: Any, key: str) -> str:
         """``config key 'train.lr' expects a number, got 'fast'``."""

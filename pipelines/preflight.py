@@ -18,7 +18,7 @@ from collections.abc import Callable
 import models
 from pipelines import dataset, storage
 from pipelines.choices import AUTO_LOADER, PETASTORM_PYARROW_BELOW, resolve_loader
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, TrainConfig
 from pipelines.device import resolve_device, visible_gpus
 from pipelines.errors import ConfigError
 from pipelines.launcher.plan import local_slots
@@ -81,6 +81,12 @@ def _policy_model(config: PipelineConfig, master: str) -> None:
                           f"({', '.join(policies)}), e.g. model.name=mlp_policy", key="model.name")
 
 
+def _workers(tc: TrainConfig) -> str:
+    """``train.num_workers`` as the user gave it: ``4``, or the range ``2..4``."""
+    low, high = tc.world_range
+    return f"{low}..{high}" if tc.elastic else str(high)
+
+
 def _strategy(config: PipelineConfig, master: str) -> None:
     tc, spec = config.train, models.spec(config.model.name)
     strategy = STRATEGIES[tc.strategy]
@@ -89,6 +95,10 @@ def _strategy(config: PipelineConfig, master: str) -> None:
         raise ConfigError(f"config key 'train.strategy' = {tc.strategy!r} cannot train model {spec.name!r}: it trains "
                           f"with several optimizers, which {', '.join(able)} support", key="train.strategy")
     if not strategy.data_parallel:
+        if tc.world_range[0] != tc.num_workers:
+            raise ConfigError(f"config key 'train.num_workers' = '{_workers(tc)}' with train.strategy={tc.strategy}: "
+                              "pipeline parallelism needs a fixed stage count (one stage per rank): give "
+                              "train.num_workers a single number", key="train.num_workers")
         if not spec.pipeline_parallel:
             raise ConfigError(f"config key 'train.strategy' = {tc.strategy!r}: model {spec.name!r} cannot be cut into "
                               f"pipeline stages; use train.strategy=horovod or ddp", key="train.strategy")
@@ -120,6 +130,11 @@ def _communication(config: PipelineConfig, master: str) -> None:
             raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation}: model {spec.name!r} "
                               "steps several optimizers in turn on each batch; train it with train.grad_accumulation=1",
                               key="train.grad_accumulation")
+        if tc.elastic:
+            raise ConfigError(f"config key 'train.grad_accumulation' = {tc.grad_accumulation} with the elastic "
+                              f"train.num_workers={_workers(tc)}: elastic training keeps the global batch constant "
+                              "through each rank's batch size, not by accumulating: set train.grad_accumulation=1 or "
+                              "give a fixed train.num_workers", key="train.grad_accumulation")
 
 
 def _loader(config: PipelineConfig, master: str) -> None:
@@ -131,10 +146,16 @@ def _loader(config: PipelineConfig, master: str) -> None:
 
 
 def _placement(config: PipelineConfig, master: str) -> None:
-    """Where the ranks run: all at once in the master's task slots, with the GPUs they ask for."""
+    """Where the ranks run: all at once in the master's task slots (an elastic launch: at least
+    train.min_workers of them, up to num_workers as slots allow), with the GPUs they ask for."""
     tc = config.train
     slots = local_slots(master or config.master)
-    if slots is not None and tc.num_workers > slots:
+    if slots is not None and tc.world_range[0] > slots:
+        if tc.elastic:
+            raise ConfigError(f"config key 'train.num_workers' = '{_workers(tc)}': an elastic launch runs at least "
+                              f"{tc.min_workers} ranks at once, in one barrier stage, and master="
+                              f"{master or config.master} runs {slots} tasks at a time: lower the range's minimum, "
+                              f"or raise the cores (local[{tc.min_workers}])", key="train.num_workers")
         raise ConfigError(f"config key 'train.num_workers' = {tc.num_workers}: the ranks run as one barrier stage, "
                           f"all at once, and master={master or config.master} runs {slots} tasks at a time: lower "
                           f"train.num_workers, or raise the cores (local[{tc.num_workers}])",

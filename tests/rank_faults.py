@@ -123,3 +123,66 @@ def train_rank_with_storage_fault(payload: dict[str, Any], ctx: RankContext) -> 
                           on_kill=lambda: os.kill(os.getpid(), signal.SIGKILL)))
     return train_rank(payload, ctx)
 
+
+
+ELASTIC_KILL_AT = (2, 8)  # (epoch, step) at which rank 0 of an elastic run dies on the first attempt
+ELASTIC_AWAIT = "epoch-0001.step-000005.pt"  # the checkpoint that must be in the store before the kill
+CONSUMED = "consumed"  # in the run folder: which records each rank trained on, per attempt, epoch and step
+
+
+def train_rank_recording_records(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """The real trainer of an elastic run, each rank writing the ids (a hash of the row's features) of
+    the records it trains on, step by step, to ``<run>/consumed/attempt-A.rank-R.jsonl``."""
+    return _recording(payload, ctx, kill=False)
+
+
+def train_rank_recording_records_killed(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """:func:`train_rank_recording_records`, rank 0 SIGKILLed at :data:`ELASTIC_KILL_AT` on the first
+    attempt, once :data:`ELASTIC_AWAIT` is in the store."""
+    return _recording(payload, ctx, kill=True)
+
+
+def _recording(payload: dict[str, Any], ctx: RankContext, kill: bool) -> dict[str, Any]:
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from pipelines.train import elastic
+    from pipelines.train.job import TrainJob
+    from pipelines.train.rank import train_rank
+
+    job = TrainJob.from_dict(payload)
+    run_dir = Path(job.run_dir)
+    out = run_dir / CONSUMED / f"attempt-{ctx.attempt}.rank-{ctx.rank}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    real_batches = elastic.EpochPlan._batches
+
+    def recorded(plan, split_files, rank, normalize, feature_shape):
+        steps = range(plan.steps_done, plan.total_steps)
+        with out.open("a") as log:
+            for step, batch in zip(steps, real_batches(plan, split_files, rank, normalize, feature_shape)):
+                if plan.rows(rank, step):  # not a placeholder
+                    ids = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:16] for row in batch["features"]]
+                    log.write(json.dumps({"epoch": plan.order.epoch + 1, "step": step + 1, "ids": ids}) + "\n")
+                    log.flush()
+                yield batch
+
+    elastic.EpochPlan._batches = recorded  # type: ignore[method-assign]
+    _checkpoints.append(job.checkpoints)
+    return train_rank(payload, as_context(_ElasticKill, ctx) if kill else ctx)
+
+
+@dataclass(frozen=True)
+class _ElasticKill(RankContext):
+    def emit(self, event: events.RankEvent) -> None:
+        super().emit(event)
+        if (isinstance(event, events.StepProgress) and self.attempt == 0 and self.rank == 0
+                and (event.epoch, event.step) >= ELASTIC_KILL_AT):
+            from pipelines import storage
+
+            deadline = time.monotonic() + AWAIT_TIMEOUT_S
+            while not storage.exists(storage.join(_checkpoints[0], ELASTIC_AWAIT)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{ELASTIC_AWAIT} was not written within {AWAIT_TIMEOUT_S} s")
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)

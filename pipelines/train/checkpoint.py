@@ -40,6 +40,9 @@ class TrainCheckpoint(Record):
     strategy: str = "horovod"  # checkpoints from before strategies existed were Horovod's
     config: dict[str, Any] = field(default_factory=dict)
     dataset_version: int = 0  # the dataset version trained on (0: not recorded)
+    # elastic runs, inside an epoch: the positions of the epoch's order not used yet, as [start, end)
+    # intervals (pipelines.train.elastic_order.Remaining); ranks then holds one state for any world size
+    remaining: list[list[int]] = field(default_factory=list)
 
 
 class CheckpointMismatch(ConfigError):

@@ -10,14 +10,17 @@ as a ``ConfigError`` and is not retried.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
 from pipelines import events, storage
-from pipelines.config import PipelineConfig
+from pipelines.checkpoint_store import latest_position
+from pipelines.config import PipelineConfig, TrainConfig
 from pipelines.dataset import VALIDATION_SPLIT, steps_per_epoch, view_folders
 from pipelines.launcher import LaunchError, LaunchOptions, run_ranks
+from pipelines.launcher.driver import explain_lost_executor
 from pipelines.lease import check_leases
 from pipelines.progress import EpochProgress
 from pipelines.readers import ReadLease
@@ -28,6 +31,7 @@ from pipelines.train.job import TrainJob, TrainResult, plan_job, record_run_data
 from pipelines.train.resources import training_profile
 from pipelines.train.strategies import STRATEGIES
 from pipelines.train.warm import check_warm_start, warm_start_artifact
+from pipelines.train.world import NotEnoughSlots, Progress, task_slots, world_size
 
 RANK_ENTRY = "pipelines.train.rank:train_rank"
 
@@ -78,45 +82,96 @@ def _planned(spark: SparkSession, job: TrainJob, on_event: EventHandler | None, 
         return result
 
 
+class _Grow(Exception):
+    """Raised from the event handler to end a launch at a checkpoint so the run grows to more ranks."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(f"{slots} task slots free")
+        self.slots = slots
+
+
 def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None, entry: str,
               tracker: Tracker) -> TrainResult:
-    """Launch the ranks, relaunching a failed stage up to ``train.max_attempts`` times."""
+    """Launch the ranks, relaunching a failed stage up to ``train.max_attempts`` times; an elastic run
+    (``train.num_workers=MIN..MAX``) relaunches on the ranks left without spending an attempt while its
+    checkpoints advance, and grows back at a checkpoint when task slots return."""
     config, tc = job.config, job.config.train
-    progress = EpochProgress(tc.epochs)
+    progress, world = EpochProgress(tc.epochs), Progress(job.checkpoints)
+    size = _world_size(spark, tc)
+    grow_after = (-1, -1)  # the checkpoint position from which a larger world may be launched
 
     def handle(event: events.RankEvent) -> None:
+        nonlocal grow_after
         if isinstance(event, events.EpochEnded):
             check_leases()  # a job that lost its run stops (the stage is cancelled) instead of writing it
+            grow_after = (event.record.epoch, 0)
+        elif isinstance(event, events.StepProgress) and tc.elastic and size < tc.num_workers:
+            _maybe_grow(spark, job, size, grow_after)
         progress(event)
         tracker.on_train_event(event)
         if on_event is not None:
             on_event(event)
 
-    describe(spark, f"train {config.model.name} on {tc.num_workers} ranks ({tc.strategy})")
-    for attempt in range(tc.max_attempts):
+    failures = 0
+    for attempt in itertools.count():
+        describe(spark, f"train {config.model.name} on {size} ranks ({tc.strategy})")
+        world.mark()
+        tracker.log_metrics({"world_size": size}, step=max(world.start[0], 0))  # the world size over time
         try:
-            result = launch(spark, job, entry=entry, on_event=handle, attempt=attempt,
+            result = launch(spark, job, entry=entry, on_event=handle, attempt=attempt, num_workers=size,
                             description=f"dlpipe train {config.model.name} (attempt {attempt + 1})")
             if result.artifact:
                 tracker.log_artifact(result.artifact, "model")
             return result
+        except _Grow as grow:
+            size = min(tc.num_workers, grow.slots)
+            print(f"dlpipe train: task slots returned: growing to {size} ranks from {world.describe()}", flush=True)
         except LaunchError as e:
-            if attempt + 1 >= tc.max_attempts:
-                raise TrainError(f"training failed after {tc.max_attempts} attempt(s) "
+            cause = str(e).splitlines()[0].split("; then ")[0]  # what failed first; the rest is its consequence
+            failures += 0 if tc.elastic and world.advanced() else 1  # an elastic run that progressed goes on
+            if failures >= tc.max_attempts:
+                counted = " without progress (an elastic run's relaunches after progress do not count)" \
+                    if tc.elastic else ""
+                raise TrainError(f"training failed after {failures} attempt(s){counted} "
                                  f"(train.max_attempts={tc.max_attempts}): {e}") from e
-            print(f"dlpipe train: attempt {attempt + 1} of {tc.max_attempts} failed; relaunching from the last "
-                  f"checkpoint. Cause: {str(e).splitlines()[0]}", flush=True)
+            if not tc.elastic:
+                print(f"dlpipe train: attempt {attempt + 1} of {tc.max_attempts} failed; relaunching from the last "
+                      f"checkpoint. Cause: {cause}", flush=True)
+                continue
+            size = _world_size(spark, tc)
+            print(f"dlpipe train: {'node lost' if explain_lost_executor(str(e)) else 'launch failed'}: continuing "
+                  f"on {size} rank(s) from {world.describe()} (cause: {cause}; the ranks' logs hold the details)",
+                  flush=True)
     raise AssertionError("unreachable")
 
 
+def _world_size(spark: SparkSession, tc: TrainConfig) -> int:
+    """The next launch's ranks (:func:`pipelines.train.world.world_size`), as a TrainError below the minimum."""
+    try:
+        return world_size(spark.sparkContext, tc, tc.start_timeout_s)
+    except NotEnoughSlots as e:
+        raise TrainError(f"training cannot go on: {e}") from None
+
+
+def _maybe_grow(spark: SparkSession, job: TrainJob, size: int, after: tuple[int, int]) -> None:
+    """End the launch (raise :class:`_Grow`) when Spark has more task slots than ranks run and a
+    checkpoint at or after ``after`` is in the store: the next launch resumes there on more ranks."""
+    if after < (0, 0):
+        return
+    slots = task_slots(spark.sparkContext)
+    if slots is not None and slots > size and latest_position(job.checkpoints) >= after:
+        raise _Grow(slots)
+
+
 def launch(spark: SparkSession, job: TrainJob, *, entry: str = RANK_ENTRY, on_event: EventHandler | None = None,
-           attempt: int = 0, description: str = "dlpipe train") -> TrainResult:
-    """One barrier stage running ``entry`` (default: the trainer) on the job's ranks; rank 0's result."""
+           attempt: int = 0, description: str = "dlpipe train", num_workers: int = 0) -> TrainResult:
+    """One barrier stage running ``entry`` (default: the trainer) on ``num_workers`` ranks (default:
+    ``train.num_workers``); rank 0's result."""
     tc = job.config.train
     options = LaunchOptions(start_timeout_s=tc.start_timeout_s, failure_timeout_s=tc.failure_timeout_s,
                             gloo_iface=tc.gloo_iface, pin_cores=tc.pin_ranks, description=description,
                             resources=training_profile(spark, job.config))
-    result = run_ranks(spark, entry, job.to_dict(), num_workers=tc.num_workers,
+    result = run_ranks(spark, entry, job.to_dict(), num_workers=num_workers or tc.num_workers,
                        rendezvous=STRATEGIES[tc.strategy].rendezvous(tc.failure_timeout_s),
                        on_event=on_event, attempt=attempt, options=options)
     return TrainResult.from_dict(result, "rank 0's training result")
@@ -126,7 +181,7 @@ def check_layout(job: TrainJob) -> None:
     """What the data must offer the ranks, caught before launching: with data parallelism a row
     group of the train split for each rank, and a batch for every rank's shard."""
     tc = job.config.train
-    if not STRATEGIES[tc.strategy].data_parallel:
+    if not STRATEGIES[tc.strategy].data_parallel or tc.elastic:  # elastic: any world size cuts the epoch's rows
         return
     sizes = job.train.sizes
     if len(sizes) < tc.num_workers:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,8 @@ from pipelines.events import EpochRecord
 from pipelines.launcher import RankContext
 from pipelines.train import loader
 from pipelines.train.checkpoint import RankState, TrainCheckpoint, latest_checkpoint
+from pipelines.train.elastic import EpochPlan, epoch_steps, global_batch
+from pipelines.train.elastic_order import Remaining
 from pipelines.train.job import RankDevice, TrainJob, TrainResult
 from pipelines.train.strategies import Strategy, make_strategy
 
@@ -81,6 +83,7 @@ class Position:
     epoch: int
     step: int = 0
     sums: dict[str, float] = field(default_factory=dict)
+    remaining: Remaining | None = None  # elastic: the epoch's positions not used yet (None: all of them)
 
 
 def build_model(job: TrainJob) -> models.DlpipeModel:
@@ -102,8 +105,10 @@ def _train(strategy: Strategy, job: TrainJob, ctx: RankContext, choice: DeviceCh
     tc = job.config.train
     manifest = job.data.manifest
     normalize = Normalizer.from_stats(manifest.normalization, manifest.feature_shape)
-    # the linear scaling rule: lr grows with the batch a step averages (ranks x accumulated batches)
-    lr = tc.lr * (ctx.size * tc.grad_accumulation if tc.scale_lr_by_workers and strategy.data_parallel else 1)
+    # the linear scaling rule: lr grows with the batch a step averages (ranks x accumulated batches;
+    # elastic: the maximum world size, whose global batch every size keeps)
+    workers = tc.num_workers if tc.elastic else ctx.size
+    lr = tc.lr * (workers * tc.grad_accumulation if tc.scale_lr_by_workers and strategy.data_parallel else 1)
     strategy.setup(build_model(job).to(strategy.device), lambda params: _optimizer(tc, params, lr))
     devices = strategy.allgather_object({"rank": ctx.rank, **choice.describe()})
     ctx.emit(events.DeviceChosen(device=choice.device, gpu=choice.gpu, reason=choice.reason, precision=tc.precision))
@@ -154,6 +159,13 @@ def _check_resumable(resume: TrainCheckpoint, job: TrainJob, ranks: int) -> None
                           "that strategy, or use a new run_id", key="train.strategy")
     if not step:  # made at an epoch's end: nothing of an epoch to continue
         return
+    if bool(resume.remaining) != tc.elastic:  # the two kinds of run order an epoch differently
+        made_by = "an elastic run (train.num_workers=MIN..MAX)" if resume.remaining else \
+            f"a fixed-size run (train.num_workers={len(resume.ranks)})"
+        raise ConfigError(f"the checkpoint in {where} was made {step} steps into an epoch by {made_by}; resume the "
+                          "same way, or use a new run_id", key="train.num_workers")
+    if resume.remaining:  # elastic: continues at any world size
+        return
     if len(resume.ranks) != ranks:  # checked before any state is loaded
         raise ConfigError(f"the checkpoint in {where} was made {step} steps into an epoch by {len(resume.ranks)} "
                           f"ranks; resume with train.num_workers={len(resume.ranks)}, or use a new run_id to start "
@@ -171,6 +183,12 @@ def _plan_steps(strategy: Strategy, job: TrainJob, ctx: RankContext, start_epoch
     shard holds), announced with the plan."""
     tc, sizes = job.config.train, job.train.sizes
     shard, shards = strategy.shard()
+    if tc.elastic:  # the same steps at any world size (the last one may be short)
+        steps = epoch_steps(sum(sizes), global_batch(tc.batch_size, tc.num_workers))
+        ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=sum(sizes) // shards, epochs=tc.epochs,
+                                start_epoch=start_epoch, strategy=tc.strategy,
+                                held_parameters=strategy.held_parameters()))
+        return steps
     steps = steps_per_epoch(sizes, shards, tc.batch_size * tc.grad_accumulation)
     if steps == 0:
         raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accumulation={tc.grad_accumulation} rows "
@@ -193,20 +211,27 @@ class _Checkpoints:
     history: list[EpochRecord]  # the run's epochs so far (resumed ones included): each checkpoint holds a copy
     writer: CheckpointWriter | None
 
-    def save(self, epoch: int, step: int, ranks: list[RankState]) -> None:
-        """Checkpoint ``step`` steps into ``epoch`` (0: at its start), with ``ranks``' states."""
+    def save(self, epoch: int, step: int, ranks: list[RankState], remaining: Remaining | None = None) -> None:
+        """Checkpoint ``step`` steps into ``epoch`` (0: at its start), with ``ranks``' states (and, elastic,
+        the epoch's positions still to use)."""
         model_state, optimizer_state = self.strategy.state()
         if self.writer is not None:
             job = self.job
             self.writer.submit(epoch, step, TrainCheckpoint(
                 model=model_state, optimizer=optimizer_state, epoch=epoch, step=step, ranks=ranks,
                 strategy=job.config.train.strategy, history=list(self.history), config=job.config.to_dict(),
-                manifest_hash=job.data.identity, dataset_version=job.data.version).to_dict())
+                manifest_hash=job.data.identity, dataset_version=job.data.version,
+                remaining=remaining.to_plain() if remaining is not None else []).to_dict())
 
-    def save_position(self, epoch: int, step: int, sums: dict[str, float]) -> None:
-        """Checkpoint ``step`` steps into ``epoch``, with every rank's RNG state and sums so far."""
-        mine = RankState(rng=torch.get_rng_state(), sums=dict(sums), cuda_rng=_cuda_rng())
-        self.save(epoch, step, self.strategy.allgather_object(mine))
+    def save_position(self, epoch: int, step: int, sums: dict[str, float], remaining: Remaining | None) -> None:
+        """Checkpoint ``step`` steps into ``epoch``, with every rank's RNG state and sums so far; elastic
+        (``remaining`` given): one state for any world size, the sums averaged over the ranks."""
+        if remaining is not None:
+            combined = self.strategy.combine(dict(sums), mean=True, name=f"checkpoint.{epoch}.{step}")
+            self.save(epoch, step, [RankState(rng=torch.get_rng_state(), sums=combined)], remaining)
+        else:
+            mine = RankState(rng=torch.get_rng_state(), sums=dict(sums), cuda_rng=_cuda_rng())
+            self.save(epoch, step, self.strategy.allgather_object(mine))
         if self.ctx.rank == 0:
             self.ctx.emit(events.CheckpointSaved(epoch=epoch + 1, step=step))
 
@@ -218,8 +243,9 @@ def _train_epochs(strategy: Strategy, job: TrainJob, ctx: RankContext, checkpoin
     start_epoch = resume.epoch if resume is not None else 0
     for epoch in range(start_epoch, tc.epochs):
         position = _epoch_start(strategy, ctx.rank, resume, epoch, tc.seed)
-        train_stats = _train_epoch(strategy, ctx, position, steps, tc, job.train, normalize,
-                                   checkpoints.save_position)
+        feed = (_elastic_feed(ctx, position, job, normalize) if tc.elastic
+                else _fixed_feed(strategy, position, steps, tc, job.train, normalize))
+        train_stats = _train_epoch(strategy, ctx, position, feed, tc, checkpoints.save_position)
         val_stats = (_evaluate(strategy, ctx, job.validation, tc, normalize, epoch)
                      if job.validation is not None else {})
         record = epoch_record(epoch + 1, train_stats, val_stats)
@@ -240,6 +266,8 @@ def _epoch_start(strategy: Strategy, rank: int, resume: TrainCheckpoint | None, 
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
     if resume is None or epoch != resume.epoch or not resume.step:
         return Position(epoch)
+    if resume.remaining:  # elastic: the ranks' averaged sums, whatever the world size was
+        return Position(epoch, resume.step, dict(resume.ranks[0].sums), Remaining.from_plain(resume.remaining))
     mine = resume.ranks[rank]  # this rank's RNG and sums as they were
     torch.set_rng_state(mine.rng)
     if mine.cuda_rng is not None and strategy.device.type == "cuda":  # dropout, VAE noise on the GPU
@@ -297,44 +325,83 @@ def _write_metrics(job: TrainJob, history: list[EpochRecord]) -> None:
     storage.write_text(job.metrics_file, "".join(json.dumps(h.to_dict()) + "\n" for h in history))
 
 
-def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, steps: int, tc: TrainConfig,
-                 split: SplitFiles, normalize: Normalizer,
-                 save_position: Callable[[int, int, dict[str, float]], None]) -> dict[str, float]:
-    strategy.set_training(True)
-    epoch = position.epoch
+@dataclass
+class _Feed:
+    """One epoch's batches for this rank, and what the step loop needs to know of them."""
+
+    batches: Iterator[dict[str, torch.Tensor]]
+    steps: int  # the epoch's optimizer steps
+    accumulate: int  # batches per step
+    samples: int  # the epoch's rows, all ranks
+    launch_rows: int  # the rows this launch trains on, all ranks
+    plan: EpochPlan | None = None  # elastic: each step's loss weight, and what a checkpoint keeps
+
+
+def _fixed_feed(strategy: Strategy, position: Position, steps: int, tc: TrainConfig, split: SplitFiles,
+                normalize: Normalizer) -> _Feed:
+    """A fixed-size run's epoch: this rank's shard in the loader's order."""
     shard, shards = strategy.shard()
     # The loader's order depends only on (seed, epoch, shard, shards): skipping the first batches
     # resumes exactly where a checkpoint taken inside the epoch left off.
     accumulate = tc.grad_accumulation  # loader batches per optimizer step
-    order = loader.BatchOrder(batch_size=tc.batch_size, steps=steps * accumulate, seed=tc.seed * 1000 + epoch,
-                              skip=position.step * accumulate)
+    order = loader.BatchOrder(batch_size=tc.batch_size, steps=steps * accumulate,
+                              seed=tc.seed * 1000 + position.epoch, skip=position.step * accumulate)
     batches = loader.epoch_batches(split, order, rank=shard, size=shards, normalize=normalize, loader=tc.loader,
                                    workers=tc.reader_workers, pin=strategy.device.type == "cuda")
+    rows_per_step = tc.batch_size * accumulate * shards  # the whole job's rows per optimizer step
+    return _Feed(batches, steps, accumulate, samples=steps * rows_per_step,
+                 launch_rows=(steps - position.step) * rows_per_step)
+
+
+def _elastic_feed(ctx: RankContext, position: Position, job: TrainJob, normalize: Normalizer) -> _Feed:
+    """An elastic run's epoch: this rank's piece of what is left of the epoch's global order."""
+    tc = job.config.train
+    plan = EpochPlan.make(job.train.sizes, tc.seed, position.epoch, global_batch(tc.batch_size, tc.num_workers),
+                          ctx.size, position.remaining, position.step)
+    batches = plan.batches(job.train, ctx.rank, normalize, tuple(job.data.manifest.feature_shape))
+    return _Feed(batches, plan.total_steps, 1, samples=plan.order.total, launch_rows=plan.remaining.count, plan=plan)
+
+
+def _train_epoch(strategy: Strategy, ctx: RankContext, position: Position, feed: _Feed, tc: TrainConfig,
+                 save_position: Callable[[int, int, dict[str, float], Remaining | None], None]) -> dict[str, float]:
+    strategy.set_training(True)
+    epoch, steps, plan = position.epoch, feed.steps, feed.plan
     clock = loader.Stopwatch()
     sums = dict(position.sums)
     every = max(1, steps // PROGRESS_EVENTS_PER_EPOCH)
-    rows_per_step = tc.batch_size * accumulate * shards  # the whole job's rows per optimizer step
     for step in range(position.step, steps):
         ctx.heartbeat()
-        micro = [batch for batch in (clock.timed_next(batches) for _ in range(accumulate)) if batch is not None]
-        if len(micro) < accumulate:
+        micro = [b for b in (clock.timed_next(feed.batches) for _ in range(feed.accumulate)) if b is not None]
+        if len(micro) < feed.accumulate:
             raise RuntimeError(f"rank {ctx.rank}: the loader ended after {step} of {steps} steps")
-        for k, v in strategy.train_step(*(to_device(batch, strategy.device) for batch in micro)).items():
-            sums[k] = sums.get(k, 0.0) + v
+        if plan is not None:  # this rank's share of the step's rows (0: a placeholder batch)
+            strategy.loss_weight = plan.weight(ctx.rank, step)
+        figures = strategy.train_step(*(to_device(batch, strategy.device) for batch in micro))
+        if plan is None or plan.rows(ctx.rank, step):
+            for k, v in figures.items():
+                sums[k] = sums.get(k, 0.0) + v
         done = step + 1
         if ctx.rank == strategy.reporting_rank and (done % every == 0 or done == steps):
             ctx.emit(events.StepProgress(epoch=epoch + 1, step=done, steps=steps, loss=sums["loss"] / done,
-                                         samples_per_s=(done - position.step) * rows_per_step / clock.elapsed))
+                                         samples_per_s=_rate(feed, position.step, done, clock.elapsed)))
         if tc.checkpoint_every_steps and done % tc.checkpoint_every_steps == 0 and done < steps:
-            save_position(epoch, done, sums)
+            save_position(epoch, done, sums, plan.left_after(done) if plan is not None else None)
+    strategy.loss_weight = 1.0
     elapsed = clock.elapsed
     local = {k: v / steps for k, v in sums.items()}
     local["data_wait_fraction"] = clock.wait / elapsed
     averaged = strategy.combine(local, mean=True, name=f"train.{epoch}")
-    averaged["samples"] = steps * rows_per_step
-    averaged["samples_per_s"] = (steps - position.step) * rows_per_step / elapsed
+    averaged["samples"] = feed.samples
+    averaged["samples_per_s"] = feed.launch_rows / elapsed
     averaged["seconds"] = elapsed
+    if plan is not None:
+        averaged["world_size"] = float(ctx.size)  # the report's world size over time
     return averaged
+
+
+def _rate(feed: _Feed, start: int, done: int, elapsed: float) -> float:
+    """Rows a second, all ranks, over the steps this launch has run."""
+    return feed.launch_rows * (done - start) / max(feed.steps - start, 1) / elapsed
 
 
 def _evaluate(strategy: Strategy, ctx: RankContext, split: SplitFiles, tc: TrainConfig, normalize: Normalizer,

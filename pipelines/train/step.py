@@ -20,14 +20,16 @@ LossFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 def train_step(forward_loss: LossFn, optimizer: torch.optim.Optimizer, precision: Precision,
                batches: Batch | Sequence[Batch],
                synchronize: Callable[[], AbstractContextManager[object]] | None = None,
-               no_sync: Callable[[], AbstractContextManager[object]] | None = None) -> dict[str, float]:
+               no_sync: Callable[[], AbstractContextManager[object]] | None = None,
+               weight: float = 1.0) -> dict[str, float]:
     """One optimizer step over one batch or several (gradient accumulation): zero the gradients;
     for each batch, forward under the run's autocast and backward (scaled for fp16); then step.
 
     With N batches each loss is divided by N, so the gradients are the mean over all of them, as
     one batch N times larger would give; the figures are the batches' mean. ``no_sync``: a context
     in which the strategy does not all-reduce gradients (every batch but the last). ``synchronize``:
-    see :meth:`Precision.step` (Horovod's gradient averaging under fp16).
+    see :meth:`Precision.step` (Horovod's gradient averaging under fp16). ``weight``: a factor on the
+    loss before backward (not on the figures): an elastic rank's share of the step's rows.
     """
     micro = [batches] if isinstance(batches, dict) else list(batches)
     optimizer.zero_grad()
@@ -37,7 +39,8 @@ def train_step(forward_loss: LossFn, optimizer: torch.optim.Optimizer, precision
         with holding:
             with precision.autocast():
                 loss, metrics = forward_loss(batch)
-            precision.backward(loss / len(micro) if len(micro) > 1 else loss)
+            scaled = loss / len(micro) if len(micro) > 1 else loss
+            precision.backward(scaled * weight if weight != 1.0 else scaled)
         figures.append(step_metrics(loss, metrics))
     precision.step(optimizer, synchronize)
     return figures[0] if len(figures) == 1 else {k: sum(f[k] for f in figures) / len(figures) for k in figures[0]}

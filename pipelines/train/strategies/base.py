@@ -45,6 +45,9 @@ class Strategy(abc.ABC):
     compressions: ClassVar[tuple[str, ...]] = ("none",)
     accumulates: ClassVar[bool] = False  # supports train.grad_accumulation > 1 (no_sync between batches)
     optimizer: torch.optim.Optimizer  # set by setup() (a one-optimizer model)
+    # the factor on this rank's loss before backward: elastic training weights each rank by its share
+    # of the step's rows (pipelines.train.elastic), so the averaged gradient is the step's mean
+    loss_weight: float = 1.0
 
     def __init__(self, ctx: RankContext, tc: TrainConfig, device: torch.device | None = None) -> None:
         self.ctx, self.tc = ctx, tc
@@ -122,7 +125,8 @@ class Strategy(abc.ABC):
         gradients all-reduced once); ``loss`` and the model's metrics where this rank has them."""
         if self.phases:
             return self._phased_step(*batches)
-        return step.train_step(self.forward_loss, self.optimizer, self.precision, batches, no_sync=self.no_sync)
+        return step.train_step(self.forward_loss, self.optimizer, self.precision, batches, no_sync=self.no_sync,
+                               weight=self.loss_weight)
 
     def no_sync(self) -> AbstractContextManager[object]:
         """A context in which a backward accumulates gradients without all-reducing them."""
@@ -140,7 +144,7 @@ class Strategy(abc.ABC):
             with _only_trainable(self.model, params):
                 with self.precision.autocast():
                     loss, metrics = phase.loss(batch)
-                loss.backward()
+                (loss * self.loss_weight if self.loss_weight != 1.0 else loss).backward()
             self.average_gradients(params, name=f"dlpipe.grad.{phase.name}")
             optimizer.step()
             value = loss.item()

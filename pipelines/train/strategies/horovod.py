@@ -90,7 +90,7 @@ class HorovodStrategy(Strategy):
         if self.phases:
             return self._phased_step(*batches)
         return step.train_step(self.forward_loss, self.optimizer, self.precision, batches,
-                               synchronize=self._synchronize)
+                               synchronize=self._synchronize, weight=self.loss_weight)
 
     def _synchronize(self) -> AbstractContextManager[object]:
         """Average the gradients now (fp16: before the scaler checks them for overflow, so every rank
