@@ -6,6 +6,7 @@ One module per benchmark, each measuring one stage (``run(spark, config, size)``
 - ``storage``: the loader and checkpoints on S3 (a real S3 server on loopback) against local disk;
 - ``train``: Horovod training launched by dlpipe (samples/s, launch time) against plain PyTorch,
   DDP and TorchDistributor;
+- ``elastic``: a rank lost inside an epoch: elastic resume against a whole restart (time, samples redone);
 - ``infer``: the inference job (rows/s) against one PyTorch process and ``predict_batch_udf``;
 - ``etl``: the ETL (rows/s, time per phase) against a plain Spark read + Parquet write;
 - ``append``: ``etl.mode=append`` of 1% new data against a full ETL; a warm-started training against a cold one;
@@ -31,7 +32,7 @@ from benchmarks.data import SIZES
 from pipelines.config import PipelineConfig
 from pipelines.errors import ConfigError
 
-NAMES = ("loader", "storage", "train", "infer", "etl", "append", "memory", "scale", "rl")
+NAMES = ("loader", "storage", "train", "elastic", "infer", "etl", "append", "memory", "scale", "rl")
 
 __all__ = ["NAMES", "SIZES", "run"]
 

@@ -16,13 +16,15 @@ from benchmarks.harness import REPO_ROOT, command
 from pipelines import storage
 
 DEFAULT_PATH = REPO_ROOT / "docs" / "benchmarks.md"
-ORDER = ("loader", "storage", "train", "infer", "etl", "append", "memory", "scale", "rl")
+ORDER = ("loader", "storage", "train", "elastic", "infer", "etl", "append", "memory", "scale", "rl")
 WHAT = {
     "loader": "a training rank's data path (Parquet -> normalized torch batches) against a plain pyarrow read",
     "storage": "training data (the loader) and checkpoints on S3 (a real S3 server process on loopback) against "
                "local disk, beside a plain pyarrow read of the same objects",
     "train": "Horovod data-parallel training launched by dlpipe against one PyTorch process, plain Horovod, "
              "PyTorch DDP and TorchDistributor",
+    "elastic": "a rank lost inside an epoch: an elastic run's relaunch from its last step checkpoint against a "
+               "whole restart from the epoch's start (time to the first step after the loss, samples trained again)",
     "infer": "the batch inference job (mapInArrow) against one PyTorch process and pyspark's predict_batch_udf",
     "etl": "the ETL (validate, deduplicate, split, normalize, publish) against a plain Spark read + Parquet write",
     "append": "a scheduled job's cost when 1% new data arrives (`etl.mode=append` against a full ETL), and a "

@@ -50,6 +50,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "etl_throughput_min_over_max": (">=", 0.8),
     "train_throughput_min_over_max": (">=", 0.8),
     "driver_rss_growth": ("<=", 0.2),
+    "elastic_redone_over_interval": ("<=", 1.0),  # issue 32: nothing redone beyond the last checkpoint interval
+    "elastic_checkpoint_step_wait_fraction": ("<=", 0.02),  # issue 32: frequent checkpoints stay cheap
 }
 
 

@@ -17,7 +17,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.events import Joined, Planned, Probe, RankEvent
+from pipelines.events import Joined, Planned, Probe, RankEvent, StepProgress
 from pipelines.launcher import RankContext
 from pipelines.launcher.rank import as_context
 
@@ -72,3 +72,53 @@ def noop_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
         return {"size": hvd.size()}
     finally:
         hvd.shutdown()
+
+
+KILLED_ENTRY = "benchmarks.ranks:killed_train_rank"
+KILL_FRACTION = 0.7  # rank 0 dies this far into the last epoch, on the first attempt
+KILLED_AT_FILE = "bench-killed-at.json"  # in the run folder: when and at which step rank 0 died
+
+
+@dataclass(frozen=True)
+class _KilledInLastEpoch(_StepClock):
+    """:class:`_StepClock` whose rank 0, on the first attempt, SIGKILLs itself :data:`KILL_FRACTION` into
+    the last epoch (once the checkpoint before that point is in the store: the kill must not race its
+    background write), after writing the time and step to :data:`KILLED_AT_FILE`."""
+
+    def emit(self, event: RankEvent) -> None:
+        super().emit(event)
+        if not (isinstance(event, StepProgress) and self.attempt == 0 and self.rank == 0):
+            return
+        if event.epoch < _plan[0]["epochs"] or event.step < KILL_FRACTION * event.steps:
+            return
+        import json
+        import os
+        import signal
+        import time
+
+        from pipelines import storage
+        from pipelines.checkpoint_store import latest_position
+
+        every = _plan[0]["checkpoint_every_steps"]
+        wanted = (event.epoch - 1, event.step // every * every if every else 0)
+        deadline = time.monotonic() + 120
+        while latest_position(_plan[0]["checkpoints"]) < wanted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        storage.write_text(storage.join(_plan[0]["run_dir"], KILLED_AT_FILE),
+                           json.dumps({"time": time.time(), "epoch": event.epoch, "step": event.step}))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_plan: list[dict[str, Any]] = []  # what the killing context needs of the job (one rank per process)
+
+
+def killed_train_rank(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
+    """``pipelines.train.rank.train_rank`` with the first-step probe, rank 0 killed inside the last epoch
+    on the first attempt (the elastic benchmark)."""
+    from pipelines.train.job import TrainJob
+    from pipelines.train.rank import train_rank
+
+    job = TrainJob.from_dict(payload)
+    _plan.append({"epochs": job.config.train.epochs, "checkpoint_every_steps": job.config.train.checkpoint_every_steps,
+                  "checkpoints": job.checkpoints, "run_dir": job.run_dir})
+    return train_rank(payload, as_context(_KilledInLastEpoch, ctx))

@@ -179,6 +179,22 @@ def model_figures(artifact: str, evaluation: Any, scored_files: list[str], repor
 
 # --- the page ---------------------------------------------------------------------------------
 
+def _world_sizes(history: list[EpochRecord]) -> str:
+    """' Ranks (elastic): epochs 1-4 on 2, 5 on 1, 6-15 on 2.' (the world size each epoch ended on);
+    '' for a fixed-size run."""
+    sizes = [int(h.metrics["world_size"]) for h in history if "world_size" in h.metrics]
+    if len(sizes) != len(history):
+        return ""
+    spans: list[list[int]] = []  # [first epoch, last epoch, ranks]
+    for epoch, size in zip((h.epoch for h in history), sizes):
+        if spans and spans[-1][2] == size:
+            spans[-1][1] = epoch
+        else:
+            spans.append([epoch, epoch, size])
+    return " Ranks (elastic): " + ", ".join(f"epoch{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''} on {n}"
+                                            for a, b, n in spans) + "."
+
+
 def write_report(run_dir: str, summary: Any, curves: dict[str, list[EpochRecord]], artifact: str,
                  evaluation: Any, scored: str, scored_files: list[str]) -> str:
     """Write ``report.md`` and its figures into ``<run_dir>/report`` (the page last); its location.
@@ -205,8 +221,8 @@ def write_report(run_dir: str, summary: Any, curves: dict[str, list[EpochRecord]
                    if summary.train and summary.train.init_from else "")
         lines += ["", "## Training", "", f"{len(history)} epochs; final train loss {last.loss:.4f}{val}; "
                   f"{last.samples_per_s:.0f} samples/s; "
-                  f"{last.data_wait_fraction:.0%} of step time waiting for data.{started}", "",
-                  "![loss curves](loss_curves.png)"]
+                  f"{last.data_wait_fraction:.0%} of step time waiting for data.{started}{_world_sizes(history)}",
+                  "", "![loss curves](loss_curves.png)"]
     if evaluation is not None:
         lines += ["", f"## Evaluation on {scored}", ""]
         lines += [f"- {k.replace('_', ' ')}: {v:.4f}" for k, v in evaluation.figures().items()

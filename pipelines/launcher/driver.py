@@ -44,6 +44,7 @@ from pipelines.launcher.protocol import AUTH_TIMEOUT_S, MAX_LINE_BYTES, PEER_LOS
 from pipelines.launcher.rendezvous import NoRendezvous, Rendezvous
 
 log = logging.getLogger("dlpipe.launcher")
+STAGE_END_TIMEOUT_S = 30.0  # after cancelling a launch's Spark job, the longest wait for its tasks to end
 DRAIN_TIMEOUT_S = 5.0  # after the stage ends, the longest wait for the ranks' last messages
 MAX_PENDING_EXTRA = 8  # connections authenticating at once beyond one per task; more are closed at once
 SILENT_RANK = "sent nothing (not even a heartbeat)"  # the watch's reason for a rank whose task is gone
@@ -168,12 +169,14 @@ def _watch_stage(sc: SparkContext, coordinator: Coordinator, stage: threading.Th
     """Relay the ranks' messages until the stage ends; cancel it and raise when the launch must stop."""
     try:
         failure = coordinator.watch(stage, options.start_timeout_s, options.failure_timeout_s, on_event)
-    except BaseException:  # the caller's event handler stopped the launch (e.g. a lost lease, Ctrl-C)
+    except BaseException as stopped:  # the caller's event handler stopped the launch (a lost lease, Ctrl-C, ...)
         sc.cancelJobGroup(group)
+        if not isinstance(stopped, KeyboardInterrupt):  # its ranks are gone before the caller goes on
+            stage.join(timeout=STAGE_END_TIMEOUT_S)
         raise
     if failure is not None:
         sc.cancelJobGroup(group)
-        stage.join(timeout=30)
+        stage.join(timeout=STAGE_END_TIMEOUT_S)
         _raise_failure(coordinator, failure)
 
 

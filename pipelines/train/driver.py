@@ -11,6 +11,7 @@ as a ``ConfigError`` and is not retried.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 
 from pyspark.sql import SparkSession
@@ -105,6 +106,8 @@ def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None,
         if isinstance(event, events.EpochEnded):
             check_leases()  # a job that lost its run stops (the stage is cancelled) instead of writing it
             grow_after = (event.record.epoch, 0)
+        elif isinstance(event, events.CheckpointSaved):  # inside an epoch: a point to grow from too
+            grow_after = (event.epoch - 1, event.step)
         elif isinstance(event, events.StepProgress) and tc.elastic and size < tc.num_workers:
             _maybe_grow(spark, job, size, grow_after)
         progress(event)
@@ -139,10 +142,16 @@ def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None,
                       f"checkpoint. Cause: {cause}", flush=True)
                 continue
             size = _world_size(spark, tc)
-            print(f"dlpipe train: {'node lost' if explain_lost_executor(str(e)) else 'launch failed'}: continuing "
+            print(f"dlpipe train: {'node lost' if _lost_node(str(e)) else 'launch failed'}: continuing "
                   f"on {size} rank(s) from {world.describe()} (cause: {cause}; the ranks' logs hold the details)",
                   flush=True)
     raise AssertionError("unreachable")
+
+
+def _lost_node(error: str) -> bool:
+    """Whether a failed launch's error says an executor (a node) went away, in any of Spark's wordings."""
+    return explain_lost_executor(error) is not None or re.search(
+        r"executor \S+ (on \S+ )?was lost|ExecutorLostFailure|[Ww]orker lost", error) is not None
 
 
 def _world_size(spark: SparkSession, tc: TrainConfig) -> int:

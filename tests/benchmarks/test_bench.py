@@ -21,6 +21,8 @@ REQUIRED = {
               "ddp_strategy_vs_ddp": ["dlpipe_2_ranks_ddp", "ddp_2_processes"],
               "launch_seconds": ["dlpipe_launch_to_first_step"],
               "launch_ratio_vs_torchdistributor": ["dlpipe_launch_to_first_step", "torchdistributor_noop"]},
+    "elastic": {"elastic_vs_restart_seconds": ["elastic_resume_seconds", "whole_restart_seconds"],
+                "elastic_redone_over_interval": ["elastic_resume_redone"]},
     "infer": {"ratio_vs_torch": ["dlpipe_infer", "torch_1_process"],
               "ratio_vs_predict_batch_udf": ["dlpipe_infer", "predict_batch_udf"]},
     "etl": {"ratio_vs_plain_spark": ["dlpipe_etl", "plain_spark"],

@@ -6,6 +6,10 @@ The pip pyspark has no ``sbin/start-*.sh``, so the daemons are started with ``bi
 ``exec``s the JVM, so the PID we hold is the JVM's). Each runs in its own session (process group),
 which also holds the executors a Worker forks and their Python workers; teardown stops each daemon
 by PID (SIGTERM, wait, SIGKILL), then SIGKILLs whatever is left in that process group.
+
+:func:`start_cluster` starts and stops one such cluster: the session's ``standalone_cluster``, and any
+test module that needs a cluster of its own (tests/cluster/test_elastic.py loses a Worker and adds one,
+which the shared cluster's other tests must not see).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +99,9 @@ class StandaloneCluster:
     log_dir: Path
     work_dirs: list[Path]
     conf_dir: Path  # SPARK_CONF_DIR of the daemons and of every job submitted to them
+    root: Path  # the cluster's folder: its conf, logs and each Worker's work and local dirs
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # Workers killed on purpose (lose_worker): not a startup failure
 
     def env(self, conf_dir: Path | None = None) -> dict[str, str]:
         """The environment of a client of this cluster (``conf_dir``: another Spark conf than the cluster's)."""
@@ -116,6 +124,111 @@ class StandaloneCluster:
         return "\n".join(f"--- {name} ({self.log_dir / (name + '.log')}), last lines:\n"
                          f"{log_tail(self.log_dir / (name + '.log'))}" for name in self.processes)
 
+    def submit_command(self, options: list[str], script: str, args: list[str]) -> list[str]:
+        """``spark-submit --master spark://... --deploy-mode client`` of ``script`` with a loopback driver and
+        two 1-core executors; ``options`` (a later ``--conf`` wins) and ``args`` after the defaults."""
+        return [str(spark_home() / "bin" / "spark-submit"), "--master", self.master_url,
+                "--deploy-mode", "client",
+                "--conf", "spark.driver.host=127.0.0.1",
+                "--conf", "spark.executor.cores=1",
+                "--conf", "spark.task.cpus=1",
+                "--conf", "spark.executor.memory=1g",
+                "--conf", "spark.driver.memory=1g",
+                "--conf", "spark.cores.max=2",
+                "--conf", "spark.ui.enabled=false",
+                # Start scheduling only once both executors registered: a job whose first stage is the
+                # barrier stage (train.py) otherwise races executors still unpacking --archives.
+                "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
+                "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
+                *options, script, *args]
+
+    def alive_workers(self) -> list[str]:
+        """Our Workers whose process still runs (whether the Master counts them yet or not), oldest first."""
+        return [n for n, p in self.processes.items() if n != "master" and n not in self.lost and p.poll() is None]
+
+    def start_worker(self, cores: int = 1) -> str:
+        """Start one more Worker (``cores`` cores, 2g) with its own work and local dirs; its name. It is
+        not waited for: :meth:`wait_for_workers` does that, when a test needs it registered."""
+        number = len(self.work_dirs) + 1
+        name, work_dir, local_dir = f"worker{number}", self.root / f"worker{number}", self.root / f"local{number}"
+        local_dir.mkdir()
+        self.work_dirs.append(work_dir)
+        env = {**cluster_env(self.conf_dir), "SPARK_LOCAL_DIRS": str(local_dir)}
+        self.processes[name] = _start_daemon(
+            name, ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(cores),
+                   "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(work_dir), self.master_url],
+            self.log_dir, env)
+        return name
+
+    def lose_worker(self, name: str) -> list[int]:
+        """Lose Worker ``name`` as a node goes away: SIGKILL, without warning, its process group (the
+        Worker JVM and the executors it forked) and every group one of its descendants leads (PySpark's
+        daemon makes its own, which holds its Python workers and the ranks they start); then any
+        descendant still left by PID. Only processes we started (the Worker and what it forked); the
+        process groups killed."""
+        proc = self.processes[name]
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} is not running (exit code {proc.returncode}): it cannot be lost")
+        descendants = _descendants(proc.pid)  # before any dies: an orphan's parent is no longer the Worker
+        ours = {proc.pid, *descendants}
+        groups = [proc.pid] + sorted({g for g in descendants.values() if g in ours} - {proc.pid})
+        strays = [pid for pid, group in descendants.items() if group not in groups]  # in a group not ours
+        self.lost.add(name)
+        for pid in strays:
+            _kill(pid, os.kill)
+        for group in groups:
+            _kill(group, os.killpg)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        return groups
+
+    def wait_for_workers(self, alive: int, timeout_s: float = REGISTER_TIMEOUT_S) -> None:
+        """Wait until the Master counts at least ``alive`` Workers ALIVE; fail at once when one of ours
+        (not lost on purpose) exits, and after ``timeout_s`` with the Master's view and the daemons' logs."""
+        deadline = time.monotonic() + timeout_s
+        last = "the master's web UI did not answer"
+        while time.monotonic() < deadline:
+            dead = [n for n, p in self.processes.items() if n not in self.lost and p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited unexpectedly "
+                                   f"(codes {[self.processes[n].returncode for n in dead]})\n{self.logs()}")
+            try:
+                workers = [w for w in self.status().get("workers", []) if w.get("state") == "ALIVE"]
+                last = f"{len(workers)} of {alive} workers ALIVE"
+                if len(workers) >= alive:
+                    return
+            except OSError as e:
+                last = f"the master's web UI did not answer: {e}"
+            time.sleep(0.5)
+        raise RuntimeError(f"standalone cluster: not {alive} workers after {timeout_s:.0f} s: {last}\n{self.logs()}")
+
+
+def _kill(target: int, how: Callable[[int, int], None]) -> None:
+    """SIGKILL a process (``os.kill``) or a process group (``os.killpg``) unless it is gone already."""
+    try:
+        how(target, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # already gone
+        pass
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Every process under ``pid`` (children, their children, ...), each with its process group, from /proc."""
+    parents: dict[int, tuple[int, int]] = {}  # pid -> (parent, group)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)": state ppid pgrp ...
+        except OSError:  # it ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+    found: dict[int, int] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, group) in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = group
+                frontier.append(child)
+    return found
+
 
 def _start_daemon(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> subprocess.Popen:
     log = open(log_dir / f"{name}.log", "wb")
@@ -127,58 +240,48 @@ def _start_daemon(name: str, args: list[str], log_dir: Path, env: dict[str, str]
         log.close()  # the child holds its own copy
 
 
-def _wait_for_workers(cluster: StandaloneCluster, expected: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "the master's web UI did not answer"
-    while time.monotonic() < deadline:
-        dead = [n for n, p in cluster.processes.items() if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} exited before the cluster was up "
-                               f"(codes {[cluster.processes[n].returncode for n in dead]})\n{cluster.logs()}")
-        try:
-            status = cluster.status()
-            alive = [w for w in status.get("workers", []) if w.get("state") == "ALIVE"]
-            last = f"{len(alive)} of {expected} workers ALIVE"
-            if len(alive) >= expected:
-                return
-        except OSError as e:
-            last = f"the master's web UI did not answer: {e}"
-        time.sleep(1)
-    raise RuntimeError(f"standalone cluster not up after {timeout_s:.0f} s: {last}\n{cluster.logs()}")
-
-
-@pytest.fixture(scope="session")
-def standalone_cluster(tmp_path_factory) -> StandaloneCluster:
-    """A Master and two 1-core, 2g Workers on 127.0.0.1 under the secure profile; yields the cluster
-    (``.master_url``: spark://..., ``.conf_dir``: the SPARK_CONF_DIR a job needs to be let in)."""
+@contextmanager
+def start_cluster(root: Path, workers: int = 2) -> Iterator[StandaloneCluster]:
+    """A Master and ``workers`` 1-core, 2g Workers on 127.0.0.1 under the secure profile, in ``root``,
+    up and registered; stopped (Workers first, they end their executors, then the Master) on exit."""
     if not os.access(spark_home() / "bin" / "spark-class", os.X_OK):
         pytest.fail(f"{spark_home()}/bin/spark-class is missing: the pyspark install is incomplete")
-    root = tmp_path_factory.mktemp("standalone")
     log_dir = root / "logs"
     log_dir.mkdir()
     port, webui = free_port(), free_port()
     cluster = StandaloneCluster(master_url=f"spark://127.0.0.1:{port}", webui_url=f"http://127.0.0.1:{webui}",
-                                log_dir=log_dir, work_dirs=[root / f"worker{i}" for i in (1, 2)],
-                                conf_dir=secure_conf(root / "conf"))
-    env = cluster_env(cluster.conf_dir)
+                                log_dir=log_dir, work_dirs=[], conf_dir=secure_conf(root / "conf"), root=root)
     try:
         cluster.processes["master"] = _start_daemon(
             "master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                       "--webui-port", str(webui)], log_dir, env)
-        for i, work_dir in enumerate(cluster.work_dirs, start=1):
-            (root / f"local{i}").mkdir()
-            worker_env = {**env, "SPARK_LOCAL_DIRS": str(root / f"local{i}")}
-            cluster.processes[f"worker{i}"] = _start_daemon(
-                f"worker{i}", ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
-                               "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(work_dir),
-                               cluster.master_url], log_dir, worker_env)
-        _wait_for_workers(cluster, expected=2, timeout_s=REGISTER_TIMEOUT_S)
+                       "--webui-port", str(webui)], log_dir, cluster_env(cluster.conf_dir))
+        for _ in range(workers):
+            cluster.start_worker()
+        cluster.wait_for_workers(alive=workers, timeout_s=REGISTER_TIMEOUT_S)
         yield cluster
     finally:
         # Workers first (they end their executors), then the master.
         for name in sorted(cluster.processes, key=lambda n: n == "master"):
             stop_process(cluster.processes[name])
         _remove_executor_files(cluster.work_dirs)
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory) -> Iterator[StandaloneCluster]:
+    """A Master and two 1-core, 2g Workers on 127.0.0.1 under the secure profile, shared by the session's
+    tests; yields the cluster (``.master_url``: spark://..., ``.conf_dir``: the SPARK_CONF_DIR a job needs
+    to be let in). A test that loses or adds Workers uses ``own_cluster`` instead."""
+    with start_cluster(tmp_path_factory.mktemp("standalone")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def own_cluster(tmp_path_factory) -> Iterator[StandaloneCluster]:
+    """A cluster of the requesting test module's own (one per module, stopped after it), like
+    ``standalone_cluster``: for tests that lose and add Workers, which the shared cluster's tests must
+    not see. A fixture rather than an import: under --import-mode=importlib no test imports a conftest."""
+    with start_cluster(tmp_path_factory.mktemp("own-cluster")) as cluster:
+        yield cluster
 
 
 def _remove_executor_files(work_dirs: list[Path]) -> None:
@@ -214,20 +317,7 @@ def spark_submit(standalone_cluster, tmp_path_factory):
 
     def submit(name: str, options: list[str], script: str, args: list[str], timeout_s: float = 240,
                env: dict[str, str] | None = None) -> Submitted:
-        cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", standalone_cluster.master_url,
-               "--deploy-mode", "client",
-               "--conf", "spark.driver.host=127.0.0.1",
-               "--conf", "spark.executor.cores=1",
-               "--conf", "spark.task.cpus=1",
-               "--conf", "spark.executor.memory=1g",
-               "--conf", "spark.driver.memory=1g",
-               "--conf", "spark.cores.max=2",
-               "--conf", "spark.ui.enabled=false",
-               # Start scheduling only once both executors registered: a job whose first stage is the
-               # barrier stage (train.py) otherwise races executors still unpacking --archives.
-               "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
-               "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
-               *options, script, *args]
+        cmd = standalone_cluster.submit_command(options, script, args)
         log = log_dir / f"{name}.log"
         started = time.monotonic()
         with open(log, "wb") as out:

@@ -79,3 +79,15 @@ def test_a_model_without_an_evaluation_gets_no_empty_evaluation_section(tmp_path
                         "the test split", _scored_split(tmp_path))
     text = Path(path).read_text()
     assert "## Evaluation" not in text and "![New images sampled from the gan model's prior](samples.png)" in text
+
+
+def test_the_world_size_of_an_elastic_run_is_stated_per_span_of_epochs():
+    from pipelines.report import _world_sizes
+
+    def record(epoch: int, ranks: int | None) -> EpochRecord:
+        return EpochRecord(epoch=epoch, loss=1.0, samples=10, samples_per_s=1.0, seconds=1.0, data_wait_fraction=0.0,
+                           metrics={} if ranks is None else {"world_size": float(ranks)})
+
+    elastic = [record(e, n) for e, n in zip(range(1, 7), [2, 2, 1, 2, 2, 3])]
+    assert _world_sizes(elastic) == " Ranks (elastic): epochs 1-2 on 2, epoch 3 on 1, epochs 4-5 on 2, epoch 6 on 3."
+    assert _world_sizes([record(1, None), record(2, None)]) == ""  # a fixed-size run: nothing to say

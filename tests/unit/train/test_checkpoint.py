@@ -109,6 +109,16 @@ def test_the_writer_writes_in_order_in_the_background_and_reports_its_times(tmp_
     assert writer.times.count == 3 and writer.times.write_s > 0 and writer.times.serialize_s > 0
 
 
+def test_a_checkpoint_holds_the_state_as_submitted_though_the_next_step_changes_it_in_place(tmp_path):
+    writer = CheckpointWriter(str(tmp_path))
+    payload = _state(1).to_dict()
+    weights = payload["model"]["w"]
+    writer.submit(1, 0, payload)
+    weights.add_(100.0)  # the next optimizer step, while the writer serializes on its thread
+    writer.wait()
+    assert latest_checkpoint(str(tmp_path), "hash-a").model["w"].tolist() == [1.0, 1.0]
+
+
 def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path):
     (tmp_path / "file").write_text("in the way")
     writer = CheckpointWriter(str(tmp_path / "file" / "checkpoints"))
