@@ -12,9 +12,10 @@ VENV := .venv-spark4
 TESTS := tests/spark tests/cluster tests/unit/storage tests/unit/test_cli.py
 else ifeq ($(SPARK),current)
 VENV := .venv-current
-# the whole pipeline under each strategy, inference, the arrow loader, ETL and the stores
+# the whole pipeline under each strategy, inference, the arrow loader, elastic training, ETL and the stores
 TESTS := tests/spark/train/test_strategies.py tests/spark/test_run.py tests/spark/infer tests/spark/etl \
-         tests/spark/train/test_loader_petastorm.py tests/unit/train/test_loader.py tests/unit/storage tests/unit/test_cli.py
+         tests/spark/train/test_loader_petastorm.py tests/unit/train/test_loader.py tests/unit/storage tests/unit/test_cli.py \
+         tests/spark/train/test_elastic.py tests/unit/train/test_elastic_order.py tests/unit/train/test_elastic_plan.py
 else
 $(error SPARK=$(SPARK): the Spark lines are SPARK=3.5 (the default), SPARK=4 and SPARK=current)
 endif

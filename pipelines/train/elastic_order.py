@@ -13,13 +13,12 @@ record exactly once per epoch. So the order is global, fixed by (seed, epoch) al
 - a rank reads its piece as row-group slices (:meth:`EpochOrder.slices`): every row group it touches is
   read once, the first and last perhaps in part.
 
-The global batch stays ``n * per_rank``; a relaunch with ``m`` ranks picks ``per_rank`` so that
-``m * per_rank`` is the same (``pipelines.train.elastic`` decides, with gradient accumulation where it does not
-divide). Nothing here reads data: it is arithmetic on positions, tested on its own.
+The global batch is the same at every world size: :func:`shares` gives each of ``n`` ranks its rows of
+it, within one row of the others (``pipelines.train.elastic`` weights the losses by them). Nothing here
+reads data: it is arithmetic on positions, tested on its own.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -161,20 +160,6 @@ def _proportional(total: int, weights: list[int]) -> list[int]:
     for i in sorted(range(len(weights)), key=lambda i: exact[i] - parts[i], reverse=True)[:total - sum(parts)]:
         parts[i] += 1
     return parts
-
-
-def digest(order: EpochOrder, positions: Iterable[Interval], row_ids: NDArray[np.int64] | None = None) -> str:
-    """A digest of the records at ``positions`` independent of how they were cut (sorted record ids): two
-    runs used the same records in an epoch exactly when their digests agree. ``row_ids``: the record id of
-    each row of the split in file order (default: the row's index)."""
-    offsets = np.concatenate([[0], np.cumsum(order.sizes)]).astype(np.int64)
-    ids: list[NDArray[np.int64]] = []
-    for interval in positions:
-        for piece in order.slices(interval):
-            rows = order.rows_of(piece.group)[piece.start:piece.end] + offsets[piece.group]
-            ids.append(rows if row_ids is None else row_ids[rows])
-    every = np.sort(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
-    return hashlib.sha256(every.tobytes()).hexdigest()[:16]
 
 
 def _take(intervals: list[Interval], length: int) -> tuple[Piece, list[Interval]]:
