@@ -83,14 +83,20 @@ class _KillAtStep(RankContext):
         super().emit(event)
         if (isinstance(event, events.StepProgress) and self.attempt == 0
                 and (event.epoch, event.step) == KILL_AT):
-            from pipelines import storage
+            _die_once_written(AWAIT_CHECKPOINT)
 
-            deadline = time.monotonic() + AWAIT_TIMEOUT_S
-            while not storage.exists(storage.join(_checkpoints[0], AWAIT_CHECKPOINT)):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{AWAIT_CHECKPOINT} was not written within {AWAIT_TIMEOUT_S} s")
-                time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGKILL)
+
+def _die_once_written(checkpoint: str) -> None:
+    """SIGKILL this rank as soon as ``checkpoint`` is in its run's checkpoint folder (written off the step
+    loop: the kill must not race that write), or fail after :data:`AWAIT_TIMEOUT_S`."""
+    from pipelines import storage
+
+    deadline = time.monotonic() + AWAIT_TIMEOUT_S
+    while not storage.exists(storage.join(_checkpoints[0], checkpoint)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{checkpoint} was not written within {AWAIT_TIMEOUT_S} s")
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_rank_killed_inside_epoch_2(payload: dict[str, Any], ctx: RankContext) -> dict[str, Any]:
@@ -178,11 +184,4 @@ class _ElasticKill(RankContext):
         super().emit(event)
         if (isinstance(event, events.StepProgress) and self.attempt == 0 and self.rank == 0
                 and (event.epoch, event.step) >= ELASTIC_KILL_AT):
-            from pipelines import storage
-
-            deadline = time.monotonic() + AWAIT_TIMEOUT_S
-            while not storage.exists(storage.join(_checkpoints[0], ELASTIC_AWAIT)):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{ELASTIC_AWAIT} was not written within {AWAIT_TIMEOUT_S} s")
-                time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGKILL)
+            _die_once_written(ELASTIC_AWAIT)

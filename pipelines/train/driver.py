@@ -32,7 +32,7 @@ from pipelines.train.job import TrainJob, TrainResult, plan_job, record_run_data
 from pipelines.train.resources import training_profile
 from pipelines.train.strategies import STRATEGIES
 from pipelines.train.warm import check_warm_start, warm_start_artifact
-from pipelines.train.world import NotEnoughSlots, Progress, task_slots, world_size
+from pipelines.train.world import NotEnoughSlots, Progress, more_slots, world_size
 
 RANK_ENTRY = "pipelines.train.rank:train_rank"
 
@@ -167,8 +167,8 @@ def _maybe_grow(spark: SparkSession, job: TrainJob, size: int, after: tuple[int,
     checkpoint at or after ``after`` is in the store: the next launch resumes there on more ranks."""
     if after < (0, 0):
         return
-    slots = task_slots(spark.sparkContext)
-    if slots is not None and slots > size and latest_position(job.checkpoints) >= after:
+    slots = more_slots(spark.sparkContext, size)
+    if slots is not None and latest_position(job.checkpoints) >= after:
         raise _Grow(slots)
 
 

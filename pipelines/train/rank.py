@@ -184,18 +184,16 @@ def _plan_steps(strategy: Strategy, job: TrainJob, ctx: RankContext, start_epoch
     tc, sizes = job.config.train, job.train.sizes
     shard, shards = strategy.shard()
     if tc.elastic:  # the same steps at any world size (the last one may be short)
-        steps = epoch_steps(sum(sizes), global_batch(tc.batch_size, tc.num_workers))
-        ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=sum(sizes) // shards, epochs=tc.epochs,
-                                start_epoch=start_epoch, strategy=tc.strategy,
-                                held_parameters=strategy.held_parameters()))
-        return steps
-    steps = steps_per_epoch(sizes, shards, tc.batch_size * tc.grad_accumulation)
+        steps, rows = epoch_steps(sum(sizes), global_batch(tc.batch_size, tc.num_workers)), sum(sizes) // shards
+    else:
+        steps = steps_per_epoch(sizes, shards, tc.batch_size * tc.grad_accumulation)
+        rows = shard_rows(sizes, shard, shards)
     if steps == 0:
         raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accumulation={tc.grad_accumulation} rows "
                           f"a step is more than every rank's shard "
                           f"({min(shard_rows(sizes, r, shards) for r in range(shards))} rows): lower them",
                           key="train.batch_size")
-    ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=shard_rows(sizes, shard, shards), epochs=tc.epochs,
+    ctx.emit(events.Planned(steps_per_epoch=steps, shard_rows=rows, epochs=tc.epochs,
                             start_epoch=start_epoch, strategy=tc.strategy, held_parameters=strategy.held_parameters()))
     return steps
 

@@ -58,6 +58,12 @@ def world_size(sc: SparkContext, tc: TrainConfig, wait_s: float) -> int:
         time.sleep(POLL_S)
 
 
+def more_slots(sc: SparkContext, ranks: int) -> int | None:
+    """The task slots Spark has now when they are more than ``ranks`` (a launch could grow), else None."""
+    slots = task_slots(sc)
+    return slots if slots is not None and slots > ranks else None
+
+
 @dataclass
 class Progress:
     """The newest checkpoint's position (epochs, steps) when a launch started; whether a later look

@@ -46,6 +46,14 @@ def _records_per_epoch(run_dir: str, resumed_at: list[tuple[int, int]]) -> dict[
     return per_epoch
 
 
+@pytest.fixture
+def slots(monkeypatch) -> dict[str, int]:
+    """The task slots Spark reports to the driver (``["now"]``, 2 to start with), as a test sets them."""
+    reported = {"now": 2}
+    monkeypatch.setattr(world, "task_slots", lambda sc: reported["now"])
+    return reported
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(spark, digits_workdir):
     """An elastic run (1..2 ranks) on 2 ranks throughout, recording the records each rank trains on."""
@@ -69,14 +77,11 @@ def test_an_uninterrupted_elastic_epoch_uses_every_record_once(uninterrupted, di
 
 
 def test_a_lost_rank_continues_on_fewer_ranks_then_grows_back_with_every_record_once(
-        spark, digits_workdir, uninterrupted, monkeypatch, capsys):
+        spark, digits_workdir, uninterrupted, slots, capsys):
     """Rank 0 dies at step 8 of epoch 2 (the step-5 checkpoint written) while Spark reports one task
     slot: the run goes on with 1 rank from epoch 2 step 5 without spending train.max_attempts=1,
     grows back to 2 ranks at the checkpoint after epoch 2 when the slot returns, and trains every
     epoch on exactly the uninterrupted run's records, to an accuracy within noise of it."""
-    slots = {"now": 2}
-    monkeypatch.setattr(world, "task_slots", lambda sc: slots["now"])
-    monkeypatch.setattr(train, "task_slots", lambda sc: slots["now"])
     resumed_at: list[tuple[int, int]] = []
 
     def cluster(event: events.RankEvent) -> None:
@@ -117,14 +122,11 @@ def test_fewer_slots_than_the_minimum_fail_after_a_bounded_wait(spark, digits_wo
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_ddp_and_fsdp_continue_on_fewer_ranks_resharding_the_state(spark, digits_workdir, uninterrupted,
-                                                                     monkeypatch, strategy):
+def test_ddp_and_fsdp_continue_on_fewer_ranks_resharding_the_state(spark, digits_workdir, uninterrupted, slots,
+                                                                     strategy):
     """The same loss under DDP and FSDP (whose state is sharded over the ranks: the checkpoint holds it
     whole and the relaunch shards it over 1 rank): the run finishes, every epoch on the records of
     the uninterrupted (Horovod) run, the order being the same whatever the strategy."""
-    slots = {"now": 2}
-    monkeypatch.setattr(world, "task_slots", lambda sc: slots["now"])
-    monkeypatch.setattr(train, "task_slots", lambda sc: slots["now"])
     resumed_at: list[tuple[int, int]] = []
 
     def cluster(event: events.RankEvent) -> None:
