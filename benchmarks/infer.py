@@ -155,7 +155,7 @@ def _artifact(config: PipelineConfig, view: dataset.DatasetView, path: Path) -> 
 
     torch.manual_seed(config.train.seed)
     model = data.build_model(config.model.name, config.model.params, view.manifest.to_dict())
-    save_artifact(str(path), model, artifact_meta(model, view.manifest, view.identity, config, version=view.version))
+    save_artifact(str(path), model, artifact_meta(model, view, config))
     return path
 
 

@@ -22,7 +22,8 @@ from numpy.typing import NDArray
 
 import models
 from pipelines import storage
-from pipelines.dataset import Normalization
+from pipelines.dataset import DatasetView, Normalization, VersionRef
+from pipelines.drift import Summary
 from pipelines.formats import FormatError, Record
 
 READ_ONLY_INPUT = "The given NumPy array is not writable"  # torch's warning, see Normalizer.__call__
@@ -116,6 +117,10 @@ class ArtifactMeta(Record):
     dataset_version: int = 0  # the dataset version it was trained on (0 = not recorded)
     init_from: str = ""  # the artifact it was warm-started from ("" = random initialization)
     format: str = FORMAT
+    run_id: str = ""  # the run that trained it ("" = saved before lineage was recorded)
+    dataset: str = ""  # the dataset's name (lineage: <workdir>/datasets/<dataset>)
+    dataset_versions: list[VersionRef] = field(default_factory=list)  # what it trained on, with content digests
+    training_summary: Summary | None = None  # its training data's drift summary (scoring compares with it)
 
     @property
     def task(self) -> str:
@@ -134,16 +139,17 @@ def save_artifact(location: str, model: models.DlpipeModel, meta: ArtifactMeta) 
     storage.write_bytes(location, buffer.getvalue())
 
 
-def artifact_meta(model: models.DlpipeModel, manifest: Any, identity: str, config: Any, *,
-                  version: int = 0, init_from: str = "") -> ArtifactMeta:
-    """The metadata of ``model`` trained on a dataset whose manifest is ``manifest`` (identity
-    ``identity``) with ``config``: its preprocessing comes from ``config.etl.source`` and what the
-    manifest recorded of the ETL run that made the training data."""
+def artifact_meta(model: models.DlpipeModel, view: DatasetView, config: Any, *, init_from: str = "") -> ArtifactMeta:
+    """The metadata of ``model`` trained on the dataset ``view`` with ``config``: its preprocessing
+    comes from ``config.etl.source`` and what the manifest recorded of the ETL run that made the
+    training data; its lineage from the view (versions, digests, data summary) and the run."""
     plain = models.to_artifact_dict(model)
+    manifest = view.manifest
     return ArtifactMeta(plain["model_name"], plain["model_config"], plain["feature_shape"], plain["num_classes"],
                         manifest.normalization, list(manifest.label_names),
-                        Preprocessing.from_source(config.etl.source, manifest), identity, config.digest(),
-                        version, init_from)
+                        Preprocessing.from_source(config.etl.source, manifest), view.identity, config.digest(),
+                        view.version, init_from, run_id=config.run_id, dataset=view.name,
+                        dataset_versions=list(view.versions), training_summary=view.summary)
 
 
 def load_artifact(location: str) -> tuple[models.DlpipeModel, ArtifactMeta]:

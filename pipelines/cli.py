@@ -2,7 +2,10 @@
 
 Verbs: etl, generate, train, infer, run (etl + train + infer under one run id), check (launcher
 smoke test), rl (PPO with Spark rollouts), rl-eval (a classifier artifact as a policy in an
-environment); ``dlpipe env`` (or ``--version``) prints the stack it runs on. The same arguments
+environment); ``dlpipe env`` (or ``--version``) prints the stack it runs on. Two verbs read the work
+folder without Spark: ``dlpipe lineage RUN_ID [--prediction ID] [--record ID]`` prints the chain from a
+prediction or record down to its raw file, and ``dlpipe promote ALIAS [RUN_ID]`` moves a model alias
+by hand (a rollback) or, without a run, prints the alias's history. The same arguments
 work with ``python -m pipelines VERB ...`` and ``spark-submit pipelines/__main__.py VERB ...``.
 
 Before Spark starts: the config is loaded and validated for the verb (``pipelines.preflight``), the
@@ -93,6 +96,57 @@ def leases(config: PipelineConfig, verb: str) -> Iterator[None]:
         yield
 
 
+def parse_tool_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments of the work-folder verbs (lineage, promote): no Spark, the config only for
+    ``workdir`` and the store options."""
+    parser = argparse.ArgumentParser(prog=f"dlpipe {argv[0]}")
+    if argv[0] == "lineage":
+        parser.add_argument("run_id", help="the run whose model (or, with --prediction, whose predictions) to follow")
+        parser.add_argument("--prediction", default="", help="a prediction id of that run's scoring")
+        parser.add_argument("--record", default="", help="a dataset record id")
+    else:
+        parser.add_argument("alias", help="the model alias, e.g. current (<workdir>/models/<alias>)")
+        parser.add_argument("run_id", nargs="?", default="", help="the run whose model the alias names from now "
+                                                                  "on; none: print the alias's history")
+        parser.add_argument("--reason", default="", help="why (kept in the alias's history)")
+    parser.add_argument("--config", help="YAML config file (for workdir and the store settings)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return parser.parse_intermixed_args(argv[1:])
+
+
+def run_tool(argv: list[str]) -> int:
+    """``dlpipe lineage`` / ``dlpipe promote``: read (and for promote, move an alias in) the work folder."""
+    from pipelines.lineage import LineageError, lineage
+    from pipelines.promotion import PromotionError, alias_history, promote_by_hand
+
+    args = parse_tool_args(argv)
+    if "=" in getattr(args, "run_id", ""):  # `dlpipe promote ALIAS key=value`: an override, not a run id
+        args.overrides.insert(0, args.run_id)
+        args.run_id = ""
+    try:
+        config = load_config(args.config, list(args.overrides))
+        sc = config.storage
+        storage.set_driver_options(storage.StorageOptions(sc.s3_endpoint, sc.s3_region, sc.azure_account).resolved())
+        workdir = config.workdir_location
+        if argv[0] == "lineage":
+            print("\n".join(lineage(workdir, args.run_id, args.record, args.prediction)))
+        elif args.run_id:
+            entry = promote_by_hand(workdir, args.alias, args.run_id, args.reason)
+            print(f"dlpipe promote: alias {args.alias} names run {entry.run_id}'s model now (entry {entry.number}, "
+                  f"was {entry.champion_run or 'none'})")
+        else:
+            history = alias_history(workdir, args.alias)
+            if not history:
+                raise PromotionError(f"alias {args.alias!r} was never set in {storage.redact(workdir)}: a run with "
+                                     f"promotion.alias={args.alias} sets it, or `dlpipe promote {args.alias} RUN_ID`")
+            for e in history:
+                print(f"{e.number:>4}  {e.at}  run {e.run_id}  by {e.by}: {e.reason}")
+    except (ConfigError, storage.StorageError, LineageError, PromotionError, FileNotFoundError) as e:
+        print(f"dlpipe {argv[0]}: {storage.redact(str(e))}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["env"], ["--version"]):  # what dlpipe runs on, for a bug report; no config, no Spark
@@ -100,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(describe_stack())
         return 0
+    if argv[:1] in (["lineage"], ["promote"]):
+        return run_tool(argv)
     args = parse_args(argv)
     try:
         config = resolve_config(args)

@@ -254,6 +254,8 @@ class InferConfig:
     source: InferSourceConfig = field(default_factory=InferSourceConfig)  # raw records (images, CSV, JSON, Parquet)
     artifact: str = setting("", LOCATION)  # model artifact file; "" = the model of infer.model_run
     model_run: str = setting("", folder_name(allow_empty=True))  # run whose model scores; "" = this run
+    # score with the model an alias names (<workdir>/models/<alias>, moved by promotion); "" = not by alias
+    model_alias: str = setting("", folder_name(allow_empty=True))
     output: str = setting("", LOCATION)  # "" = <run dir>/predictions
     keep_columns: list[str] = setting(["*"], KEEP_RULE)  # input columns copied to the predictions
     batch_size: int = setting(512, at_least(1))  # rows per forward pass; also the Arrow batch size
@@ -265,9 +267,35 @@ class InferConfig:
         if self.input and self.source.kind:
             raise ConfigError(f"config keys 'infer.input' = {self.input!r} and 'infer.source.kind' = "
                               f"{self.source.kind!r} both name an input: set one of them")
-        if self.artifact and self.model_run:
-            raise ConfigError(f"config keys 'infer.artifact' = {self.artifact!r} and 'infer.model_run' = "
-                              f"{self.model_run!r} both name a model: set one of them")
+        named = {k: v for k, v in (("infer.artifact", self.artifact), ("infer.model_run", self.model_run),
+                                   ("infer.model_alias", self.model_alias)) if v}
+        if len(named) > 1:
+            raise ConfigError("config keys " + " and ".join(f"{k!r} = {v!r}" for k, v in named.items())
+                              + (" both" if len(named) == 2 else " all") + " name a model: set one of them")
+
+
+@dataclass
+class DriftConfig:
+    """Drift gates (``pipelines.drift``): an append's new version against the earlier ones, a scoring
+    input against the model's training data. Drift is always measured and reported; the gates are off
+    at 0."""
+
+    max_psi: float = setting(0.0, at_least(0))  # 0 = off; a feature (block) whose PSI is above this has drifted
+    max_label_shift: float = setting(0.0, within(0, 1))  # 0 = off; the largest change of one label's share
+    # what a gate above its threshold does: warn = say so and go on; stop = fail before training or publishing
+    action: str = setting("warn", one_of("warn", "stop"))
+    bins: int = setting(10, at_least(2))  # histogram bins per feature (quantiles of the first version)
+    max_blocks: int = setting(16, at_least(1))  # wider records are summarized as this many feature blocks
+
+
+@dataclass
+class PromotionConfig:
+    """Champion/challenger promotion (``pipelines.promotion``): a training becomes the model an alias
+    names only if it beats the alias's current model on the same evaluation records."""
+
+    alias: str = setting("", folder_name(allow_empty=True))  # "" = off; e.g. current (<workdir>/models/current)
+    metric: str = setting("accuracy", NONEMPTY)  # an eval figure: accuracy, reconstruction_error, ...
+    margin: float = setting(0.0, at_least(0))  # the challenger must beat the champion by at least this
 
 
 @dataclass
@@ -370,6 +398,8 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)

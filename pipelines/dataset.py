@@ -6,6 +6,7 @@
         manifest.json                            Manifest: counts, splits and their files, shapes, stats
         <split>/part-NNNNN.parquet               RECORD_SCHEMA: id string, label int64, features list<float32>
         quarantine/part-NNNNN.parquet            rejected records (QUARANTINE_COLUMNS)
+        _sources/part-NNNNN.parquet              each accepted record's raw file and row (SOURCES_SCHEMA)
       v000002-<token>/ ...                       a later version (``etl.mode=append``)
 
 Readers trust only what the newest head names: a version folder it does not name (a killed ETL)
@@ -35,6 +36,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from pipelines import storage
+from pipelines.drift import DriftReport, Summary, merge
 from pipelines.errors import ConfigError
 from pipelines.formats import FormatError, Record
 
@@ -59,6 +61,10 @@ RECORD_SCHEMA = pa.schema(
 )
 RECORD_COLUMNS = {"id": "string", "label": "int64", "features": "list<float32>"}  # as the manifest says
 QUARANTINE_COLUMNS = ["id", "source", "row", "label", "reason", "detail"]
+SOURCES = "_sources"  # folder of lineage records ("_": Spark and Petastorm skip it; never a split name)
+# Where each accepted record came from: its raw file (credentials redacted) and row (null for a file per record).
+SOURCES_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("split", pa.string()),
+                            pa.field("source", pa.string()), pa.field("row", pa.int64())])
 
 
 class DatasetError(RuntimeError):
@@ -148,6 +154,9 @@ class Manifest(Record):
     columns: dict[str, str] = field(default_factory=lambda: dict(RECORD_COLUMNS))
     format: str = FORMAT
     legacy_identity: str = ""  # a first-format manifest's identity, as its checkpoints recorded it
+    summary: Summary | None = None  # this version's records: feature-block histograms, labels (drift gates)
+    drift: DriftReport | None = None  # this version against the earlier ones (an append)
+    drift_problems: list[str] = field(default_factory=list)  # the drift gates above their thresholds
 
     @property
     def split_names(self) -> list[str]:
@@ -162,8 +171,9 @@ class Manifest(Record):
 
     def to_dict(self) -> dict[str, Any]:
         value = super().to_dict()
-        if not self.legacy_identity:
-            del value["legacy_identity"]
+        for key in ("legacy_identity", "summary", "drift", "drift_problems"):  # absent in older manifests
+            if not value[key]:
+                del value[key]
         return value
 
     def identity(self) -> str:
@@ -187,7 +197,9 @@ def _upgrade_v1(old: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stable_hash(value: dict[str, Any]) -> str:
-    stable = {k: v for k, v in value.items() if k not in ("created_at", "config_hash")}
+    # what the data is: not when or by which config, nor the drift figures measured about it
+    stable = {k: v for k, v in value.items() if k not in ("created_at", "config_hash", "summary", "drift",
+                                                           "drift_problems")}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -281,6 +293,15 @@ class SplitFiles(Record):
 
 
 @dataclass(frozen=True)
+class VersionRef(Record):
+    """One version of a view, as a model records what it trained on (lineage)."""
+
+    version: int
+    folder: str  # relative to the dataset folder ("" = a dataset written before versions)
+    identity: str  # the version's content digest (its manifest's identity)
+
+
+@dataclass(frozen=True)
 class DatasetView(Record):
     """Versions 1..``version`` of a dataset: what training, inference and the report read."""
 
@@ -290,6 +311,8 @@ class DatasetView(Record):
     splits: dict[str, SplitFiles]
     identity: str  # changes whenever the data does: checkpoints made on other data are refused
     counts: dict[str, int] = field(default_factory=dict)  # rows per split over every version
+    versions: list[VersionRef] = field(default_factory=list)  # 1..version, oldest first
+    summary: Summary | None = None  # every version's summary merged (None when one lacks it)
 
     @property
     def name(self) -> str:
@@ -335,7 +358,21 @@ def open_dataset(dataset_dir: str, version: int = 0, key: str = "dataset_version
         ordered.setdefault(name, SplitFiles([], []))
     latest = manifests[-1][1]
     identity = latest_identity(manifests)
-    return DatasetView(dataset_dir, wanted, latest, ordered, identity, counts)
+    refs = [VersionRef(entry.version, entry.folder, manifest.identity()) for entry, manifest in manifests]
+    return DatasetView(dataset_dir, wanted, latest, ordered, identity, counts, refs,
+                       merged_summary([m for _, m in manifests]))
+
+
+def merged_summary(manifests: list[Manifest]) -> Summary | None:
+    """The summaries of ``manifests`` merged; None when one has none (written before drift summaries)
+    or they were made with other bins (a dataset re-created with other ``drift`` settings)."""
+    summaries = [m.summary for m in manifests]
+    if not summaries or any(s is None for s in summaries):
+        return None
+    try:
+        return merge(s for s in summaries if s is not None)
+    except ValueError:
+        return None
 
 
 def view_folders(view: DatasetView) -> list[str]:

@@ -21,11 +21,13 @@ from numpy.typing import NDArray
 import models
 from pipelines import storage
 from pipelines.artifact import Normalizer, load_artifact
+from pipelines.drift import drift_chart
 from pipelines.events import EpochRecord
 from pipelines.runfolder import RunFolder
 
 GRID = 8  # images per row in the figures
 CONFUSION_FILE = "confusion_matrix.png"
+DRIFT_CHART = "drift.png"
 
 
 def pyplot() -> ModuleType:
@@ -195,6 +197,32 @@ def _world_sizes(history: list[EpochRecord]) -> str:
                                             for a, b, n in spans) + "."
 
 
+def _drift_section(summary: Any, report_dir: str) -> list[str]:
+    """The drift of the version this run's ETL appended (its chart beside the page); [] when none was measured."""
+    drift = summary.drift
+    if drift is None or summary.etl is None:
+        return []
+    version = summary.etl.version
+    storage.write_bytes(storage.join(report_dir, DRIFT_CHART),
+                        drift_chart(drift, f"dataset version {version} against versions 1..{version - 1}"))
+    gates = [f"- **gate above threshold**: {p}" for p in summary.drift_problems] or ["- no drift gate above its "
+                                                                                    "threshold"]
+    return ["", "## Data drift", "", f"Version {version} ({drift.current_rows} records) against versions "
+            f"1..{version - 1} ({drift.reference_rows}): {drift.describe()}.", "", *gates, "",
+            f"![drift]({DRIFT_CHART})"]
+
+
+def _promotion_section(outcome: Any) -> list[str]:
+    """The challenge's scores and decision ([] when ``promotion.alias`` is off)."""
+    if outcome is None:
+        return []
+    champion = (f"champion `{outcome.champion_run}` {outcome.champion_score:.4f}" if outcome.champion_score is not None
+                else "no champion yet")
+    return ["", "## Promotion", "", f"Alias `{outcome.alias}`: **{'promoted' if outcome.promoted else 'not promoted'}**"
+            f" ({outcome.metric} on {outcome.evaluated_on}: this model {outcome.challenger_score:.4f}, {champion}).",
+            "", outcome.reason]
+
+
 def write_report(run_dir: str, summary: Any, curves: dict[str, list[EpochRecord]], artifact: str,
                  evaluation: Any, scored: str, scored_files: list[str]) -> str:
     """Write ``report.md`` and its figures into ``<run_dir>/report`` (the page last); its location.
@@ -212,6 +240,7 @@ def write_report(run_dir: str, summary: Any, curves: dict[str, list[EpochRecord]
     etl = summary.etl
     if etl is not None:
         lines += ["", f"ETL: {etl.records_in} records in = {etl.accepted} accepted + {etl.quarantined} quarantined."]
+    lines += _drift_section(summary, report_dir) + _promotion_section(summary.promotion)
     history = next(iter(curves.values()), [])
     if history:
         storage.write_bytes(storage.join(report_dir, "loss_curves.png"), plot_loss_curves(curves))

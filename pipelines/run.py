@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession
 
 import models
 from pipelines import storage
+from pipelines.challenger import PromotionOutcome, challenge
 from pipelines.config import PipelineConfig
 from pipelines.etl import job as etl
 from pipelines.infer import job as infer
@@ -50,6 +51,18 @@ def main(spark: SparkSession, config: PipelineConfig, on_event: Any = None) -> R
     return summary
 
 
+def _challenge(spark: SparkSession, config: PipelineConfig, trained: Any, scored: Any,
+               tracker: Tracker) -> PromotionOutcome:
+    """The run's model as a challenger of ``promotion.alias``: decided, said, tracked."""
+    outcome = challenge(spark, config, trained.artifact, scored.eval, trained.dataset_version, scored.split)
+    print(f"dlpipe run {config.run_id}: {'promoted to' if outcome.promoted else 'not promoted to'} alias "
+          f"{outcome.alias}: {outcome.reason}", flush=True)
+    tracker.log_metrics({"promotion": outcome.figures()}, step=trained.epochs_completed)
+    tracker.log_params({"promotion_decision": "promoted" if outcome.promoted else "kept champion",
+                        "promotion_champion": outcome.champion_run})
+    return outcome
+
+
 def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker: Tracker) -> RunSummary:
     run_dir = config.run_dir()
     summary = RunSummary(run_id=config.run_id, model=config.model.name, dataset=config.dataset,
@@ -81,7 +94,7 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
     manifest = stage("etl", lambda: etl.main(spark, config))
     counts = EtlCounts(manifest.records_in, manifest.accepted, manifest.quarantined, manifest.quarantine_by_reason,
                        manifest.version)
-    save(etl=counts, dataset_version=manifest.version)
+    save(etl=counts, dataset_version=manifest.version, drift=manifest.drift, drift_problems=manifest.drift_problems)
     tracker.log_metrics({"etl": counts.to_dict()})
     trained = stage("train", lambda: train.main(spark, config, on_event=on_event, tracker=tracker))
     last = trained.last
@@ -94,6 +107,8 @@ def _stages(spark: SparkSession, config: PipelineConfig, on_event: Any, tracker:
     scored = stage("infer", lambda: infer.main(spark, trained_on))
     scoring = InferCounts(scored.rows, scored.bad_rows, scored.model_loads)
     save(eval=scored.eval, infer=scoring, predictions=scored.predictions)
+    if config.promotion.alias:
+        save(promotion=stage("promote", lambda: _challenge(spark, trained_on, trained, scored, tracker)))
     if models.spec(config.model.name).can(models.Samples):
         save(sample_quality=stage("quality", lambda: quality.sample_quality(trained_on, trained.artifact)))
     tracker.log_metrics({"eval": scored.eval.figures() if scored.eval else {}, "infer": scoring.to_dict(),

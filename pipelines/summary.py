@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.challenger import PromotionOutcome
+from pipelines.drift import DriftReport
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation
 from pipelines.infer.quality import SampleQuality
@@ -62,6 +64,9 @@ class RunSummary(Record):
     eval: Evaluation | None = None
     infer: InferCounts | None = None
     sample_quality: SampleQuality | None = None
+    drift: DriftReport | None = None  # the dataset version this run's ETL appended, against the earlier ones
+    drift_problems: list[str] = field(default_factory=list)  # its drift gates above their thresholds
+    promotion: PromotionOutcome | None = None  # promotion.alias: the challenge's decision
     artifact: str = ""
     predictions: str = ""
     report: str = ""

@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines import dataset, storage
+from pipelines import dataset, guards, storage
 from pipelines.config import EtlConfig, PipelineConfig
 from pipelines.dataset import (
     Head,
@@ -47,6 +47,7 @@ from pipelines.dataset import (
     SplitInfo,
     VersionEntry,
 )
+from pipelines.drift import compare
 from pipelines.etl.parts import (
     GROUPS_PER_RANK,
     FileStats,
@@ -204,7 +205,7 @@ def normalization_stats(moments: Moments, mode: str) -> Normalization:
 
 def is_split_file(stats: FileStats) -> bool:
     """Whether ``stats`` are about a split's file (not a quarantine file's, nor a task's own)."""
-    return stats.grp not in (dataset.QUARANTINE, TASK_GROUP)
+    return stats.grp not in (dataset.QUARANTINE, dataset.SOURCES, TASK_GROUP)
 
 
 def split_stats(stats: list[FileStats]) -> list[FileStats]:
@@ -402,6 +403,7 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
     splits = summarize_splits(stats, etl.splits, label_names)
     if splits[dataset.TRAIN_SPLIT].count == 0 and not base:
         raise EtlError(f"the train split is empty ({accepted} records accepted); check etl.splits={etl.splits}")
+    measured = measure_drift(spark, config, out, splits, shape, extracted, label_names, base)
     moments = train_moments(stats)
     merged = Moments()  # the view's: earlier versions' moments and these, no old data re-read
     for earlier in (base.manifests if base else []):
@@ -427,10 +429,37 @@ def write_version(spark: SparkSession, extracted: Extracted, surveyed: Survey, c
                         f"{config.train.num_workers}"),
         version=version,
         train_moments=moments.to_record(),
+        **measured,
     )
     write_inputs(out, extracted.files.read)
     storage.write_text(storage.join(out, dataset.MANIFEST_FILE), manifest.to_json())
     return manifest
+
+
+def measure_drift(spark: SparkSession, config: PipelineConfig, out: str, splits: dict[str, SplitInfo],
+                  shape: list[int], extracted: Extracted, label_names: list[str],
+                  base: Base | None) -> dict[str, Any]:
+    """The manifest's ``summary`` of the new version (in the bins of the earlier versions, else placed
+    by its train rows); for an append, its ``drift`` against the earlier versions, said on the console,
+    and the ``drift_problems`` of its gates (``drift.*``: a stop raises before the version is committed)."""
+    files = [storage.join(out, part.path) for info in splits.values() for part in info.files]
+    earlier = base.view.summary if base else None
+    layout = guards.empty_layout(earlier.names, earlier.blocks, earlier.edges) if earlier else guards.first_layout(
+        [storage.join(out, part.path) for part in splits[dataset.TRAIN_SPLIT].files], shape,
+        extracted.feature_columns if extracted.feature_columns and len(extracted.feature_columns) > 1 else None,
+        config.drift)
+    describe(spark, "etl: drift summary")
+    summary = guards.files_summary(spark, files, layout, label_names, config.storage.reader)
+    if base is None or earlier is None:
+        if base is not None:
+            print(f"etl: no drift measured for version {base.version + 1}: versions 1..{base.version} have no "
+                  "drift summary (written by an older dlpipe); later appends compare with this version")
+        return {"summary": summary}
+    report = compare(earlier, summary)
+    print(f"etl: drift of version {base.version + 1} against versions 1..{base.version}: {report.describe()}",
+          flush=True)
+    problems = guards.apply_gates(report, config.drift, "etl", f"Version {base.version + 1} was not published")
+    return {"summary": summary, "drift": report, "drift_problems": problems}
 
 
 def check_new_labels(label_names: list[str], base: Base, etl: EtlConfig, version: int) -> None:

@@ -9,6 +9,7 @@ which needs every copy of an id together (they meet here anyway). Then each task
 
     <split>/part-NNNNN.parquet       its accepted records (exact row groups, :mod:`pipelines.etl.parts`)
     quarantine/part-NNNNN.parquet    its rejected records (:data:`QUARANTINE_SCHEMA`), in id order
+    _sources/part-NNNNN.parquet      where each accepted record came from (:data:`SOURCES_SCHEMA`: lineage)
 
 and returns the stats of each file (:class:`pipelines.etl.parts.FileStats`): rows, labels,
 the train split's feature moments, the quarantine's reasons; and those of the task
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from pipelines import storage
-from pipelines.dataset import QUARANTINE, QUARANTINE_COLUMNS
+from pipelines.dataset import QUARANTINE, QUARANTINE_COLUMNS, SOURCES, SOURCES_SCHEMA
 from pipelines.etl.parts import FileStats, GroupedParts, PartSpec, StoredParquet, stats_batch
 from pipelines.etl.validate import REASONS
 from pipelines.preprocess import NONFINITE_DETAILS, null_elements_detail
@@ -163,6 +164,26 @@ class QuarantineFile:
                           reasons=dict(self.reasons))]
 
 
+class SourcesFile:
+    """One task's accepted records' raw file and row (``dlpipe lineage`` reads them), in id order."""
+
+    def __init__(self, location: str) -> None:
+        self._file = StoredParquet(location, lambda sink: pq.ParquetWriter(sink, SOURCES_SCHEMA, compression="snappy"))
+        self.name = f"{SOURCES}/{storage.name(location)}"
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._file.write(table.select(SOURCES_SCHEMA.names).cast(SOURCES_SCHEMA))
+            self.rows += table.num_rows
+
+    def close(self) -> list[FileStats]:
+        if not self.rows:
+            return []
+        self._file.close()
+        return [FileStats(SOURCES, self.name, rows=self.rows)]
+
+
 def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, part_index: int) -> list[FileStats]:
     """Decide and write one task's records (:data:`INPUT_COLUMNS`, sorted as
     :func:`mark_duplicates` needs); return the stats of each file written, then the task's own.
@@ -172,6 +193,7 @@ def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, par
     parts = GroupedParts(PartSpec(spec.out_dir, spec.rows_per_row_group, group_column="split",
                                   moments_group=spec.train_split, storage_options=spec.storage_options), part_index)
     quarantine = QuarantineFile(storage.join(spec.out_dir, QUARANTINE, parts.name))
+    sources = SourcesFile(storage.join(spec.out_dir, SOURCES, parts.name))
     label_names = pa.array(spec.label_names, pa.string())
     kept = KeptId()
     seen = 0
@@ -194,9 +216,11 @@ def write_dataset_part(batches: Iterable[pa.RecordBatch], spec: DatasetSpec, par
                 "did the source change while the ETL ran? Re-run it.")
         parts.write(pa.table({"split": good["split"], "id": good["id"], "label": index.cast(pa.int64()),
                               "features": good["features"]}))
+        sources.write(good)
     if not seen:
         return []
-    return [*parts.close(), *quarantine.close(), FileStats(TASK_GROUP, "", rows=seen, lengths=dict(lengths))]
+    return [*parts.close(), *quarantine.close(), *sources.close(),
+            FileStats(TASK_GROUP, "", rows=seen, lengths=dict(lengths))]
 
 
 def feature_counts(table: pa.Table) -> Counter[int]:

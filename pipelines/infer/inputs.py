@@ -47,6 +47,7 @@ class ScoringInput:
     label_is_index: bool = True  # labels are class indices (datasets) or raw names (raw records)
     empty_files: list[str] = field(default_factory=list)  # zero-byte input files (images: rows with an error)
     features_files: list[str] = field(default_factory=list)  # Parquet files holding the scored features, if any
+    version: int = 0  # a dataset split: the version of the view read
 
 
 def read_input(spark: SparkSession, config: PipelineConfig, meta: ArtifactMeta) -> ScoringInput:
@@ -60,7 +61,7 @@ def read_input(spark: SparkSession, config: PipelineConfig, meta: ArtifactMeta) 
     files = view.split(ic.split, "infer.split").files
     described = f"{storage.redact(config.dataset_dir)} ({ic.split} split, version {view.version})"
     return ScoringInput(read_parquet(spark, files, reader), ["id", "label"], described, "label",
-                        features_files=files)
+                        features_files=files, version=view.version)
 
 
 def features_parquet(spark: SparkSession, location: str, reader: str) -> ScoringInput:

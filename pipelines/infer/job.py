@@ -7,6 +7,11 @@ prediction row per input record (id, the model's outputs, error, and the ``infer
 of the input) from the Spark tasks through ``pipelines.storage``, commits them
 (``pipelines.publish``: ``<output>/_commit.json`` names the files), and evaluates them when the
 input has labels and the model's task has an evaluation.
+
+Lineage and drift: every prediction names the model that made it (``model_run``, ``model_digest``);
+the model is ``infer.artifact``, the run ``infer.model_run``'s, or the one alias ``infer.model_alias``
+names now (``pipelines.promotion``: scoring follows promotions). Before publishing, the input's drift
+against the model's training data is measured and gated (``drift.*``, ``pipelines.guards``).
 """
 from __future__ import annotations
 
@@ -16,14 +21,17 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from pipelines import storage
+from pipelines import guards, storage
 from pipelines.artifact import ArtifactMeta, load_artifact
 from pipelines.config import PipelineConfig
+from pipelines.drift import DriftReport, compare
 from pipelines.errors import ConfigError
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation, evaluate
 from pipelines.infer.inputs import ScoringInput, label_index, read_input, scored_features
 from pipelines.infer.scoring import check_kept, plan_scoring, predict
+from pipelines.lineage import ScoredInput, record_scored
+from pipelines.promotion import resolve_alias
 from pipelines.publish import COMMIT_FILE, committed_files, publishing
 from pipelines.readers import ReadLease
 from pipelines.runfolder import RunFolder
@@ -50,10 +58,15 @@ class InferResult(Record):
     split: str = ""  # the dataset split scored ("" = another input)
     features_files: list[str] | None = None  # Parquet files with the scored features (the report draws from them)
     eval: Evaluation | None = None
+    model_run: str = ""  # the run that trained the model (every prediction names it too)
+    model_digest: str = ""  # the artifact's sha256
+    drift: DriftReport | None = None  # the input against the model's training data
+    drift_problems: list[str] | None = None  # the drift gates above their thresholds
 
 
-def main(spark: SparkSession, config: PipelineConfig) -> InferResult:
-    """Score the configured input, publish predictions, and evaluate when labels exist."""
+def main(spark: SparkSession, config: PipelineConfig, report_dir: str = "") -> InferResult:
+    """Score the configured input, publish predictions, and evaluate when labels exist (its figures
+    into ``report_dir``, default the run's report folder)."""
     ic = config.infer
     run_dir = config.run_dir()
     artifact = model_artifact(config)
@@ -67,7 +80,7 @@ def main(spark: SparkSession, config: PipelineConfig) -> InferResult:
         scoring = read_input(spark, config, meta)
         if reader is not None:
             reader.name(sorted({storage.relative(f, source).split("/", 1)[0] for f in scoring.features_files}))
-        return _score(spark, config, scoring, model, meta, artifact, output)
+        return _score(spark, config, scoring, model, meta, artifact, output, report_dir or RunFolder(run_dir).report)
 
 
 def _read_root(config: PipelineConfig) -> str:
@@ -83,17 +96,19 @@ def _read_root(config: PipelineConfig) -> str:
 
 
 def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, model: Any, meta: ArtifactMeta,
-           artifact: str, output: str) -> InferResult:
-    """:func:`main` once its input is resolved (and protected): score, publish, evaluate."""
-    ic, run_dir = config.infer, config.run_dir()
+           artifact: str, output: str, report_dir: str) -> InferResult:
+    """:func:`main` once its input is resolved (and protected): gate drift, score, publish, evaluate."""
+    ic = config.infer
     keep = keep_columns(ic.keep_columns, scoring)
     try:
         check_kept(tuple(keep), list(scoring.frame.columns), ["id", *model.output_schema(), "error"])
     except ValueError as e:
         raise ConfigError(f"infer.keep_columns={ic.keep_columns}: {e}", key="infer.keep_columns") from None
+    drift, problems = input_drift(spark, config, scoring, meta)
     describe(spark, f"infer {storage.name(scoring.described)} with {storage.name(artifact)}")
+    model_run = meta.run_id or trained_by(artifact)
     plan = plan_scoring(spark, scoring.frame, artifact, ic.batch_size, keep, device=ic.device,
-                        gpu_batch_size=ic.gpu_batch_size)
+                        gpu_batch_size=ic.gpu_batch_size, model_run=model_run)
     loads = plan.loads
     with publishing(output, f"dlpipe infer (run {config.run_id})") as attempt:  # scored and written in one pass
         written = write_parquet(plan.inputs, attempt.folder, count_nulls_of="error", transform=plan.scorer,
@@ -101,6 +116,7 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
         attempt.report(w.file for w in written)  # the commit names exactly what the tasks wrote
     rows = sum(w.rows for w in written)
     bad_rows = rows - sum(w.nulls for w in written)
+    record_scored(report_dir, scored_input(config, scoring, output, model_run, plan.model_digest))
     files = committed_files(output, ".parquet")
     print(f"dlpipe infer: {rows} rows scored, {bad_rows} with an error, model loaded {len(loads.value)} time(s) "
           f"in {len(set(loads.value))} worker process(es); predictions in {storage.redact(output)}", flush=True)
@@ -116,20 +132,61 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
     label = label_index(scored, scoring, list(meta.label_names)) if scored is not None else None
     if label is not None and scored is not None:  # a label implies scored rows (checked for the type checker)
         outputs = scored.select(*model.output_schema(), "error", label.alias("label"))
-        evaluation = evaluate(outputs, scored_features(scoring, meta.preprocessing), meta,
-                              RunFolder(run_dir).report)
+        evaluation = evaluate(outputs, scored_features(scoring, meta.preprocessing), meta, report_dir)
     elif scoring.label_column:
         print(f"dlpipe infer: no evaluation: the label column {scoring.label_column!r} is not among "
               f"infer.keep_columns", flush=True)
     return InferResult(rows=rows, bad_rows=bad_rows, predictions=output, model_loads=len(loads.value),
                        artifact=artifact, input=scoring.described,
                        split="" if ic.input or ic.source.kind else ic.split,
-                       features_files=scoring.features_files, eval=evaluation)
+                       features_files=scoring.features_files, eval=evaluation, model_run=model_run,
+                       model_digest=plan.model_digest, drift=drift, drift_problems=problems)
+
+
+def scored_input(config: PipelineConfig, scoring: ScoringInput, output: str, model_run: str,
+                 digest: str) -> ScoredInput:
+    """What this job scored, for ``dlpipe lineage``."""
+    ic = config.infer
+    if ic.source.kind:
+        return ScoredInput("raw", scoring.described, output, model_run, digest,
+                           root=storage.normalize(ic.source.path), raw_kind=ic.source.kind)
+    if ic.input:
+        return ScoredInput("parquet", scoring.described, output, model_run, digest)
+    return ScoredInput("split", scoring.described, output, model_run, digest, dataset=config.dataset,
+                       version=scoring.version, split=ic.split)
+
+
+def input_drift(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput,
+                meta: ArtifactMeta) -> tuple[DriftReport | None, list[str]]:
+    """The input's drift against the model's training data, said on the console and gated
+    (``drift.*``: a stop raises before anything is scored or published); (None, []) for a model
+    saved without a summary of its training data."""
+    trained_on = meta.training_summary
+    if trained_on is None:
+        return None, []
+    describe(spark, f"infer: drift of {storage.name(scoring.described)}")
+    layout = guards.empty_layout(trained_on.names, trained_on.blocks, trained_on.edges)
+    current = guards.frame_summary(scored_features(scoring, meta.preprocessing), layout, list(meta.label_names), None)
+    report = compare(trained_on, current)
+    print(f"dlpipe infer: drift of the input against the model's training data: {report.describe()}", flush=True)
+    return report, guards.apply_gates(report, config.drift, "dlpipe infer", "Nothing was scored or published")
+
+
+def trained_by(artifact: str) -> str:
+    """The run whose folder holds ``artifact`` (``<workdir>/runs/<run>/model/model.pt``), else ""."""
+    run_dir = storage.parent(storage.parent(artifact))
+    return storage.name(run_dir) if storage.name(storage.parent(run_dir)) == "runs" else ""
 
 
 def model_artifact(config: PipelineConfig) -> str:
-    """The artifact: ``infer.artifact``, else the model of run ``infer.model_run``, else this run's."""
+    """The artifact: ``infer.artifact``, else the model of run ``infer.model_run``, else the model
+    alias ``infer.model_alias`` names now, else this run's."""
     ic = config.infer
+    if ic.model_alias:
+        entry = resolve_alias(config.workdir_location, ic.model_alias)
+        print(f"dlpipe infer: infer.model_alias={ic.model_alias} names run {entry.run_id}'s model "
+              f"(entry {entry.number}, digest {entry.digest[:12]})", flush=True)
+        return entry.artifact
     if ic.artifact:
         artifact, key = storage.normalize(ic.artifact), "infer.artifact"
     elif ic.model_run:

@@ -131,4 +131,4 @@ def _train_classifier(config: PipelineConfig, view: dataset.DatasetView, path: s
             loss, _ = model.loss({"features": x[idx], "label": y[idx]})
             loss.backward()
             optimizer.step()
-    save_artifact(path, model.eval(), artifact_meta(model, manifest, view.identity, config, version=view.version))
+    save_artifact(path, model.eval(), artifact_meta(model, view, config))

@@ -46,6 +46,9 @@ _IN_ID, _IN_FEATURES = "_dlpipe_id", "_dlpipe_features"  # internal names: never
 _STAGING: list[Path] = []  # the driver's one staging folder, removed when the driver exits
 
 
+ArrowMap = Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]  # a mapInArrow function
+
+
 def _ship(spark: SparkSession, data: bytes, digest: str) -> str:
     """``addFile`` a local copy of the artifact's bytes named by its digest; return that name.
 
@@ -130,6 +133,7 @@ class ShippedModel:
 
     file_name: str  # the ``addFile`` name of the artifact's copy
     digest: str  # content hash: the per-worker cache key
+    sha256: str  # the artifact's whole sha256 (hex): what predictions and promotions name it by
     schema: dict[str, tuple[str, tuple[int, ...]]]  # the model's declared outputs
     num_features: int
     preprocessing: Preprocessing
@@ -142,10 +146,10 @@ def ship_model(spark: SparkSession, artifact: str) -> ShippedModel:
     import hashlib
 
     data = storage.read_bytes(storage.normalize(artifact))
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    name = _ship(spark, data, digest)
+    sha256 = hashlib.sha256(data).hexdigest()
+    name = _ship(spark, data, sha256[:16])
     model, meta = load_artifact(str(_STAGING[0] / name))
-    return ShippedModel(name, digest, model.output_schema(), int(np.prod(meta.feature_shape)),
+    return ShippedModel(name, sha256[:16], sha256, model.output_schema(), int(np.prod(meta.feature_shape)),
                         meta.preprocessing, spark.sparkContext.accumulator([], _ListParam()))
 
 
@@ -212,9 +216,10 @@ class Placement:
         return model, normalize, predict_on.forward_rows(choice.torch_device, self.batch_size, self.gpu_batch_size)
 
 
-def make_scorer(shipped: ShippedModel, placement: Placement,
-                keep: tuple[str, ...] = ()) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: Arrow batches in, prediction batches (plus ``keep`` columns) out."""
+def make_scorer(shipped: ShippedModel, placement: Placement, keep: tuple[str, ...] = (),
+                stamp: tuple[tuple[str, str], ...] = ()) -> ArrowMap:
+    """The ``mapInArrow`` function: Arrow batches in, prediction batches (plus ``stamp``'s constant
+    columns, then the ``keep`` columns) out."""
     schema = shipped.schema
 
     def score(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -234,8 +239,9 @@ def make_scorer(shipped: ShippedModel, placement: Placement,
             for name, (dtype, shape) in schema.items():
                 columns.append(_arrow_column(outputs[name], dtype, shape, ok))
             columns.append(pa.array(errors, type=pa.string()))
+            columns.extend(pa.array([value] * batch.num_rows, pa.string()) for _, value in stamp)
             columns.extend(batch.column(name) for name in keep)
-            yield pa.RecordBatch.from_arrays(columns, names=["id", *schema, "error", *keep])
+            yield pa.RecordBatch.from_arrays(columns, names=["id", *schema, "error", *(n for n, _ in stamp), *keep])
 
     return score
 
@@ -259,6 +265,7 @@ class Scoring:
     scorer: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]  # the mapInArrow function
     schema: T.StructType
     loads: Any  # accumulator of the worker process ids that loaded the model
+    model_digest: str = ""  # the artifact's sha256
 
     def predictions(self) -> DataFrame:
         return self.inputs.mapInArrow(self.scorer, self.schema)
@@ -274,7 +281,7 @@ def predict(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: in
 
 def plan_scoring(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: int = 512,
                  keep: list[str] | tuple[str, ...] = (), *, device: str = "auto",
-                 gpu_batch_size: int = 4096) -> Scoring:
+                 gpu_batch_size: int = 4096, model_run: str | None = None) -> Scoring:
     """Plan scoring ``frame`` with the artifact.
 
     ``frame`` has ``features`` (array of numbers) or, for a model trained on images, ``content``
@@ -284,18 +291,22 @@ def plan_scoring(spark: SparkSession, frame: DataFrame, artifact: str, batch_siz
     columns of ``frame``, unchanged; one row per input row. The artifact
     is shipped with ``addFile``; executors read their local copy. ``device`` (``infer.device``):
     auto | cpu | cuda; ``batch_size`` rows per forward pass on the CPU, ``gpu_batch_size`` on a GPU.
+    With ``model_run`` (lineage), every prediction also names the model: ``model_run`` and
+    ``model_digest`` (the artifact's sha256), after ``error``.
     """
     shipped = ship_model(spark, artifact)
     schema = shipped.schema
     keep = tuple(keep)
-    check_kept(keep, frame.columns, ["id", *schema, "error"])
-    scorer = make_scorer(shipped, Placement(device, batch_size, gpu_batch_size), keep)
+    stamp = (("model_run", model_run), ("model_digest", shipped.sha256)) if model_run is not None else ()
+    check_kept(keep, frame.columns, ["id", *schema, "error", *(n for n, _ in stamp)])
+    scorer = make_scorer(shipped, Placement(device, batch_size, gpu_batch_size), keep, stamp)
     ident = F.col("id").cast("string") if "id" in frame.columns else F.lit(None).cast("string")
     inputs = [ident.alias(_IN_ID), model_input(frame, shipped.preprocessing).alias(_IN_FEATURES)]
     if PREPROCESS_ERROR in frame.columns:
         inputs.append(F.col(PREPROCESS_ERROR))
-    kept = [frame.schema[name] for name in keep]
-    return Scoring(frame.select(*inputs, *keep), scorer, output_schema(schema, kept), shipped.loads)
+    kept = [*(T.StructField(name, T.StringType()) for name, _ in stamp), *(frame.schema[name] for name in keep)]
+    return Scoring(frame.select(*inputs, *keep), scorer, output_schema(schema, kept), shipped.loads,
+                   shipped.sha256)
 
 
 def model_input(frame: DataFrame, prep: Preprocessing) -> Column:

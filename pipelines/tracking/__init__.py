@@ -28,7 +28,7 @@ from pipelines import storage
 from pipelines.config import PipelineConfig, TrackingConfig, to_yaml
 from pipelines.events import EpochEnded, EpochRecord, RankEvent, Resumed, StepProgress
 from pipelines.runfolder import RunFolder
-from pipelines.tracking.sinks import Sink, TensorBoardSink
+from pipelines.tracking.sinks import DatasetInput, Sink, TensorBoardSink
 
 _UNSAFE_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -124,6 +124,12 @@ class Tracker:
             stamp = int(time.time() * 1000)
             for w in self._workers:
                 w.submit("metrics", numbers, step, stamp)
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        """The dataset versions the run trains on, with their content digests."""
+        redacted = [DatasetInput(d.name, d.digest, storage.redact(d.source)) for d in datasets]
+        for w in self._workers:
+            w.submit("inputs", redacted)
 
     def log_artifact(self, location: str, folder: str = "") -> None:
         """Store the file at ``location`` (local, or in any store: copied to a local temp file

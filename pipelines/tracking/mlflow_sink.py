@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.tracking.sinks import Sink
+from pipelines.tracking.sinks import DatasetInput, Sink
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -100,6 +100,17 @@ class MlflowSink(Sink):
                    for k, v in values.items()]
         for i in range(0, len(missing), MLFLOW_METRIC_BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=missing[i:i + MLFLOW_METRIC_BATCH_LIMIT])
+
+    def inputs(self, datasets: list[DatasetInput]) -> None:
+        from mlflow.entities import Dataset, InputTag
+        from mlflow.entities import DatasetInput as Input
+
+        logged = self.client.get_run(self.run_id).inputs
+        held = {(d.dataset.name, d.dataset.digest) for d in (logged.dataset_inputs if logged else [])}
+        new = [Input(Dataset(d.name, d.digest, "dlpipe", d.source), [InputTag("mlflow.data.context", "training")])
+               for d in datasets if (d.name, d.digest) not in held]  # a resumed run logs each version once
+        if new:
+            self.client.log_inputs(self.run_id, datasets=new)
 
     def artifact(self, path: Path, folder: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder or None)

@@ -1,8 +1,18 @@
 """Where tracked records go: the :class:`Sink` contract, and TensorBoard's event files."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset version a run trained on, as trackers record it (MLflow's dataset inputs)."""
+
+    name: str  # e.g. "digits v3"
+    digest: str  # the version's content digest (its manifest's identity)
+    source: str  # where it is (credentials redacted)
 
 
 class Sink:
@@ -24,6 +34,9 @@ class Sink:
         (default: all of them again; the same value at the same step draws the same point)."""
         for step, values in epochs:
             self.metrics(values, step, timestamp_ms)
+
+    def inputs(self, datasets: list[DatasetInput]) -> None:
+        """Record the datasets the run trained on (default: nothing)."""
 
     def artifact(self, path: Path, folder: str) -> None:
         """Store a file with the run."""

@@ -28,6 +28,7 @@ from pipelines.readers import ReadLease
 from pipelines.runfolder import RunFolder
 from pipelines.session import describe
 from pipelines.tracking import Tracker, open_tracker
+from pipelines.tracking.sinks import DatasetInput
 from pipelines.train.job import TrainJob, TrainResult, plan_job, record_run_data
 from pipelines.train.resources import training_profile
 from pipelines.train.strategies import STRATEGIES
@@ -100,6 +101,10 @@ def _attempts(spark: SparkSession, job: TrainJob, on_event: EventHandler | None,
     progress, world = EpochProgress(tc.epochs), Progress(job.checkpoints)
     size = _world_size(spark, tc)
     grow_after = (-1, -1)  # the checkpoint position from which a larger world may be launched
+    view = job.data
+    tracker.log_inputs([DatasetInput(f"{view.name} v{ref.version}", ref.identity,
+                                     storage.join(view.location, ref.folder) if ref.folder else view.location)
+                        for ref in view.versions])
 
     def handle(event: events.RankEvent) -> None:
         nonlocal grow_after

@@ -295,8 +295,7 @@ def _save_artifact(job: TrainJob, model_state: dict[str, Any]) -> None:
     """The trained model as the run's artifact (rank 0), with what it was trained on."""
     model = build_model(job)
     model.load_state_dict(model_state)
-    save_artifact(job.artifact, model, artifact_meta(model, job.data.manifest, job.data.identity, job.config,
-                                                     version=job.data.version, init_from=job.init_from))
+    save_artifact(job.artifact, model, artifact_meta(model, job.data, job.config, init_from=job.init_from))
 
 
 def epoch_record(epoch: int, train: dict[str, float], val: dict[str, float]) -> EpochRecord:

@@ -91,7 +91,7 @@ def base(spark, tmp_path_factory):
     manifest = etl.main(spark, config)
     torch.manual_seed(0)
     model = models.build("mlp", feature_shape=tuple(manifest.feature_shape), num_classes=2)
-    save_artifact(str(root / "model.pt"), model, artifact_meta(model, manifest, manifest.identity(), config))
+    save_artifact(str(root / "model.pt"), model, artifact_meta(model, ds.DatasetView("", 1, manifest, {}, manifest.identity()), config))
     scoring = _config(root / "work", src, f"infer.artifact={root / 'model.pt'}", "infer.split=train", "run_id=score")
     infer.main(spark, scoring)
     return root

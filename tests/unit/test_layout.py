@@ -69,10 +69,11 @@ LAYERS = [
     ("pipelines.errors", "pipelines.choices", "pipelines.stackinfo", "pipelines.formats", "pipelines.storage", "pipelines.config_rules", "pipelines.config",
      "pipelines.events", "pipelines.device", "pipelines.progress", "pipelines.lease", "pipelines.readers",
      "pipelines.publish", "pipelines.runfolder",
-     "pipelines.checkpoint_store", "pipelines.tracking"),
+     "pipelines.checkpoint_store", "pipelines.tracking", "pipelines.drift", "pipelines.promotion"),
     ("pipelines.dataset", "pipelines.artifact", "pipelines.session", "pipelines.preprocess", "pipelines.tables",
-     "pipelines.raw", "pipelines.launcher"),
-    ("pipelines.etl", "pipelines.train", "pipelines.infer", "pipelines.rl", "pipelines.report", "pipelines.summary"),
+     "pipelines.raw", "pipelines.launcher", "pipelines.guards"),
+    ("pipelines.etl", "pipelines.train", "pipelines.infer", "pipelines.rl", "pipelines.report", "pipelines.summary",
+     "pipelines.challenger", "pipelines.lineage"),
     ("pipelines.preflight", "pipelines.run", "pipelines.cli", "pipelines.__main__", "pipelines"),
 ]
 

@@ -12,7 +12,7 @@ import models
 from testkit import DIGITS_DIR
 from pipelines.artifact import FEATURES_ONLY, Preprocessing, artifact_meta, load_metadata, save_artifact
 from pipelines.config import PipelineConfig, SourceConfig
-from pipelines.dataset import Manifest
+from pipelines.dataset import DatasetView, Manifest
 from pipelines.preprocess import PreprocessError, decode_image, decode_images
 
 DIGIT = sorted((DIGITS_DIR / "images").glob("*.png"))[0]
@@ -85,7 +85,7 @@ def test_the_artifact_carries_its_preprocessing_and_an_old_artifact_scores_featu
     model = models.build("mlp", feature_shape=(1, 8, 8), num_classes=3)
     manifest = _manifest({"kind": "images", "path": "/data"}, [1, 8, 8])
     path = str(tmp_path / "model.pt")
-    save_artifact(path, model, artifact_meta(model, manifest, "hash", PipelineConfig()))
+    save_artifact(path, model, artifact_meta(model, DatasetView("", 1, manifest, {}, "hash"), PipelineConfig()))
     meta = load_metadata(path)
     assert torch.load(path, weights_only=True)["preprocessing"] == {
         "kind": "images", "image_shape": [8, 8], "channels": 1, "resize": "bilinear", "max_pixels": 25_000_000,

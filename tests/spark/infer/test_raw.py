@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 import models
 from testkit import DIGITS_DIR, REPO_ROOT, make_config, predictions_frame, split_files
 from pipelines.artifact import artifact_meta, load_metadata, save_artifact
-from pipelines.dataset import open_dataset
+from pipelines.dataset import DatasetView, open_dataset
 from pipelines.config import ConfigError, load_config
 from pipelines.etl import job as etl
 from pipelines.infer import inputs, model_udf
@@ -185,7 +185,7 @@ def table_model(spark, tmp_path_factory):
     torch.manual_seed(0)
     model = models.build("mlp", feature_shape=tuple(manifest.feature_shape), num_classes=3)
     artifact = str(root / "model.pt")
-    save_artifact(artifact, model, artifact_meta(model, manifest, manifest.identity(), config))
+    save_artifact(artifact, model, artifact_meta(model, DatasetView("", 1, manifest, {}, manifest.identity()), config))
     return root, train_csv, config, artifact
 
 

@@ -115,7 +115,7 @@ def test_a_task_writes_splits_quarantine_and_its_own_stats(tmp_path):
     table = table.set_column(0, "split", pa.array(["train", "train", "train", "train", "val"]))
     spec = DatasetSpec(str(tmp_path), rows_per_row_group=1, label_names=("cat", "dog"), train_split="train")
     stats = {s.grp: s for s in write_dataset_part(table.to_batches(max_chunksize=2), spec, part_index=7)}
-    assert set(stats) == {"train", "val", "quarantine", TASK_GROUP}
+    assert set(stats) == {"train", "val", "quarantine", "_sources", TASK_GROUP}
     assert stats[TASK_GROUP].rows == 5 and stats[TASK_GROUP].lengths == {2: 5}
     train, val = pq.read_table(tmp_path / "train"), pq.read_table(tmp_path / "val")
     assert train.to_pydict() == {"id": ["a"], "label": [0], "features": [[1.0, 2.0]]}
@@ -128,8 +128,11 @@ def test_a_task_writes_splits_quarantine_and_its_own_stats(tmp_path):
     assert stats["quarantine"].reasons == {"duplicate_id": 1, "missing_label": 1, "nan_or_inf": 1}
     moments = stats["train"].moments
     assert moments.n == 1 and moments.mean == [1.0, 2.0] and not any(math.isnan(m) for m in moments.m2)
+    sources = pq.read_table(tmp_path / "_sources" / "part-00007.parquet")  # lineage: the accepted records' origin
+    assert sources.to_pydict() == {"id": ["a", "d"], "split": ["train", "val"], "source": ["f1", "f1"],
+                                   "row": [0, 4]} and stats["_sources"].rows == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
-        ["train", "val", "quarantine", "part-00007.parquet", "part-00007.parquet", "part-00007.parquet"])
+        ["train", "val", "quarantine", "_sources"] + ["part-00007.parquet"] * 4)
 
 
 def test_an_empty_task_writes_nothing_and_a_label_it_was_not_told_of_is_an_error(tmp_path):
