@@ -30,8 +30,7 @@ from pipelines.promotion import (
     read_alias,
     write_alias,
 )
-
-CHAMPION_DIR = "champion"  # <run>/champion: the champion's predictions and figures on the same records
+from pipelines.runfolder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def challenge(spark: SparkSession, config: PipelineConfig, artifact: str, evalua
 def _score_champion(spark: SparkSession, config: PipelineConfig, champion: AliasEntry, version: int) -> Evaluation:
     """The champion's evaluation on the run's evaluation records (its predictions and figures in
     ``<run>/champion``, apart from the challenger's)."""
-    folder = storage.join(config.run_dir(), CHAMPION_DIR)
+    folder = RunFolder.of(config).champion
     scoring = dataclasses.replace(
         config, dataset_version=version,
         infer=dataclasses.replace(config.infer, artifact=champion.artifact, model_run="", model_alias="",

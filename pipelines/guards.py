@@ -4,8 +4,8 @@ A dataset version's :class:`~pipelines.drift.Summary` (histograms of feature blo
 is computed by one pass over the version's files in Spark tasks, each summarizing its Arrow batches;
 the driver merges the partial summaries. The bins are fixed by the dataset's first version (quantiles
 of a sample of its train rows) and reused by every later version, so the summaries of any versions
-merge and compare. Scoring summarizes its input the same way, with the bins of the model's training
-data (recorded in the artifact).
+merge and compare. Scoring's tasks summarize the rows they score in the scoring pass itself
+(``pipelines.infer.scoring``), with the bins of the model's training data (recorded in the artifact).
 
 A gate above its threshold warns (``drift.action=warn``: the job goes on; a challenger trained on
 the data is not promoted automatically) or stops the job before it trains or publishes

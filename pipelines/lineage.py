@@ -24,9 +24,8 @@ from pipelines.artifact import ArtifactMeta, load_metadata
 from pipelines.formats import Record
 from pipelines.promotion import artifact_digest
 from pipelines.publish import committed_files
-from pipelines.runfolder import RunFolder
+from pipelines.runfolder import SCORED_FILE, RunFolder
 
-SCORED_FILE = "scored.json"  # in a scoring run's report folder: what it scored (ScoredInput)
 MAX_WARM_STARTS = 50  # a chain of warm starts longer than this is cut (a loop would never end)
 
 

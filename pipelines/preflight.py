@@ -38,7 +38,7 @@ def validate(config: PipelineConfig, verb: str, master: str = "") -> None:
         "train": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape,
                   _warm_start, _loader],
         "run": [_trainable_model, _strategy, _communication, _placement, _precision, _train_device, _model_shape,
-                _warm_start, _loader, _scored_split, _infer_device],
+                _warm_start, _loader, _scored_split, _infer_device, _promotion],
         "infer": [_infer_device],
         "rl": [_policy_model],
         "rl-eval": [],
@@ -263,6 +263,26 @@ def _scored_split(config: PipelineConfig, master: str) -> None:
     if not ic.input and not ic.source.kind and ic.split not in config.etl.splits:
         raise ConfigError(f"infer.split={ic.split!r} is not one of the splits etl.splits makes "
                           f"({', '.join(config.etl.splits)}): set infer.split to one of them", key="infer.split")
+
+
+# the evaluation figures promotion can compare, by model task (pipelines.infer.evaluate.Evaluation.figures)
+PROMOTION_METRICS = {models.CLASSIFIER: ("accuracy",),
+                     models.RECONSTRUCTOR: ("reconstruction_error", "error_vs_baseline")}
+
+
+def _promotion(config: PipelineConfig, master: str) -> None:
+    """A challenger needs an evaluation figure of its model's task to be compared by."""
+    pc = config.promotion
+    if not pc.alias:
+        return
+    task = models.spec(config.model.name).task
+    allowed = PROMOTION_METRICS.get(task, ())
+    if not allowed:
+        raise ConfigError(f"promotion.alias={pc.alias}: model {config.model.name} ({task}) has no evaluation to "
+                          "compare a champion by; leave promotion.alias empty for it", key="promotion.alias")
+    if pc.metric not in allowed:
+        raise ConfigError(f"promotion.metric={pc.metric!r} is not an evaluation figure of model "
+                          f"{config.model.name} ({task}): use one of {', '.join(allowed)}", key="promotion.metric")
 
 
 # --- `dlpipe VERB --check`: the locations, probed ------------------------------------------------------

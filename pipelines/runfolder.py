@@ -11,7 +11,8 @@ one). What each file holds is owned by its format's module (docs/architecture.md
     checkpoints/     pipelines.checkpoint_store
     model/           model.pt (pipelines.artifact), policy.pt (dlpipe rl)
     predictions/     the default inference output (pipelines.publish commits)
-    report/          report.md and its figures
+    report/          report.md and its figures; scored.json: what the run scored (pipelines.lineage)
+    champion/        promotion.alias: the champion's predictions and figures on the same records
     trajectories/    dlpipe rl's recorded episodes (rl.save_trajectories)
     rl_eval.json     dlpipe rl-eval's result
     tb/              TensorBoard event files (when the tracking home is the workdir)
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+SCORED_FILE = "scored.json"  # in a report folder (the run's, or champion/): what was scored, with which model
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ class RunFolder:
     def report(self) -> str:
         """The report folder (report.md and its figures)."""
         return self._at("report")
+
+    @property
+    def champion(self) -> str:
+        """Where a challenger's run keeps the champion's predictions and figures."""
+        return self._at("champion")
 
     @property
     def trajectories(self) -> str:

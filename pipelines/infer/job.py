@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 from pipelines import guards, storage
 from pipelines.artifact import ArtifactMeta, load_artifact
 from pipelines.config import PipelineConfig
-from pipelines.drift import DriftReport, compare
+from pipelines.drift import DriftReport, Summary, compare
 from pipelines.errors import ConfigError
 from pipelines.formats import Record
 from pipelines.infer.evaluate import Evaluation, evaluate
@@ -104,7 +104,6 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
         check_kept(tuple(keep), list(scoring.frame.columns), ["id", *model.output_schema(), "error"])
     except ValueError as e:
         raise ConfigError(f"infer.keep_columns={ic.keep_columns}: {e}", key="infer.keep_columns") from None
-    drift, problems = input_drift(spark, config, scoring, meta)
     describe(spark, f"infer {storage.name(scoring.described)} with {storage.name(artifact)}")
     model_run = meta.run_id or trained_by(artifact)
     plan = plan_scoring(spark, scoring.frame, artifact, ic.batch_size, keep, device=ic.device,
@@ -113,6 +112,7 @@ def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, m
     with publishing(output, f"dlpipe infer (run {config.run_id})") as attempt:  # scored and written in one pass
         written = write_parquet(plan.inputs, attempt.folder, count_nulls_of="error", transform=plan.scorer,
                                 schema=plan.schema)
+        drift, problems = input_drift(config, plan.input_summary(), meta)  # a stop: the attempt is not committed
         attempt.report(w.file for w in written)  # the commit names exactly what the tasks wrote
     rows = sum(w.rows for w in written)
     bad_rows = rows - sum(w.nulls for w in written)
@@ -156,20 +156,16 @@ def scored_input(config: PipelineConfig, scoring: ScoringInput, output: str, mod
                        version=scoring.version, split=ic.split)
 
 
-def input_drift(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput,
+def input_drift(config: PipelineConfig, seen: Summary | None,
                 meta: ArtifactMeta) -> tuple[DriftReport | None, list[str]]:
-    """The input's drift against the model's training data, said on the console and gated
-    (``drift.*``: a stop raises before anything is scored or published); (None, []) for a model
-    saved without a summary of its training data."""
-    trained_on = meta.training_summary
-    if trained_on is None:
+    """The scored input's drift (``seen``, summarized by the scoring tasks) against the model's
+    training data, said on the console and gated (``drift.*``: a stop raises before the predictions
+    are committed); (None, []) for a model saved without a summary of its training data."""
+    if meta.training_summary is None or seen is None:
         return None, []
-    describe(spark, f"infer: drift of {storage.name(scoring.described)}")
-    layout = guards.empty_layout(trained_on.names, trained_on.blocks, trained_on.edges)
-    current = guards.frame_summary(scored_features(scoring, meta.preprocessing), layout, list(meta.label_names), None)
-    report = compare(trained_on, current)
+    report = compare(meta.training_summary, seen)
     print(f"dlpipe infer: drift of the input against the model's training data: {report.describe()}", flush=True)
-    return report, guards.apply_gates(report, config.drift, "dlpipe infer", "Nothing was scored or published")
+    return report, guards.apply_gates(report, config.drift, "dlpipe infer", "Nothing was published")
 
 
 def trained_by(artifact: str) -> str:

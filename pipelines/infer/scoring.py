@@ -33,6 +33,7 @@ from pyspark.sql import types as T
 from pipelines import storage
 from pipelines.artifact import Preprocessing, load_artifact
 from pipelines.device import DeviceChoice, resolve_device, visible_gpus
+from pipelines.drift import Summary, merge, summarize
 from pipelines.infer import predict as predict_on
 from pipelines.preprocess import decode_images
 
@@ -75,6 +76,18 @@ class _ListParam(AccumulatorParam[list[int]]):
 
     def addInPlace(self, a: list[int], b: list[int]) -> list[int]:
         return a + b
+
+
+class _SummaryParam(AccumulatorParam[str]):
+    """Merges drift summaries (JSON text, "" = none): what the scoring tasks saw of their input."""
+
+    def zero(self, value: str) -> str:
+        return ""
+
+    def addInPlace(self, a: str, b: str) -> str:
+        if not a or not b:
+            return a or b
+        return merge([Summary.from_json(a), Summary.from_json(b)]).to_json()
 
 
 def output_fields(model_schema: dict[str, tuple[str, tuple[int, ...]]]) -> list[T.StructField]:
@@ -138,6 +151,8 @@ class ShippedModel:
     num_features: int
     preprocessing: Preprocessing
     loads: Any  # accumulator of the process ids that loaded the model
+    layout: Summary | None = None  # the bins of the model's training data (None: saved without a summary)
+    seen: Any = None  # accumulator of the drift summary of the rows scored (with ``layout``)
 
 
 def ship_model(spark: SparkSession, artifact: str) -> ShippedModel:
@@ -149,8 +164,12 @@ def ship_model(spark: SparkSession, artifact: str) -> ShippedModel:
     sha256 = hashlib.sha256(data).hexdigest()
     name = _ship(spark, data, sha256[:16])
     model, meta = load_artifact(str(_STAGING[0] / name))
+    trained_on = meta.training_summary
+    layout = Summary(trained_on.names, trained_on.blocks, trained_on.edges,
+                     [[0] * (len(e) + 1) for e in trained_on.edges]) if trained_on else None
     return ShippedModel(name, sha256[:16], sha256, model.output_schema(), int(np.prod(meta.feature_shape)),
-                        meta.preprocessing, spark.sparkContext.accumulator([], _ListParam()))
+                        meta.preprocessing, spark.sparkContext.accumulator([], _ListParam()), layout,
+                        spark.sparkContext.accumulator("", _SummaryParam()))
 
 
 def worker_model(shipped: ShippedModel, device: str = "cpu") -> Any:
@@ -224,6 +243,7 @@ def make_scorer(shipped: ShippedModel, placement: Placement, keep: tuple[str, ..
 
     def score(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model, normalize, batch_size = placement.load(shipped)
+        seen = [shipped.layout] if shipped.layout else []
         for batch in batches:
             column = batch.column(_IN_FEATURES)
             known = (batch.column(PREPROCESS_ERROR).to_pylist() if PREPROCESS_ERROR in batch.schema.names
@@ -234,6 +254,8 @@ def make_scorer(shipped: ShippedModel, placement: Placement, keep: tuple[str, ..
             matrix, errors = features_matrix(column, shipped.num_features)
             errors = merge_errors(known, errors)
             ok = np.array([e is None for e in errors], dtype=bool)
+            if seen:  # the input's drift, summarized in this pass (no second read of the input)
+                seen.append(summarize(matrix[ok], None, seen[0].names, seen[0].blocks, seen[0].edges))
             outputs = score_matrix(model, normalize, matrix, batch_size, schema)
             columns = [batch.column(_IN_ID)]
             for name, (dtype, shape) in schema.items():
@@ -242,6 +264,8 @@ def make_scorer(shipped: ShippedModel, placement: Placement, keep: tuple[str, ..
             columns.extend(pa.array([value] * batch.num_rows, pa.string()) for _, value in stamp)
             columns.extend(batch.column(name) for name in keep)
             yield pa.RecordBatch.from_arrays(columns, names=["id", *schema, "error", *(n for n, _ in stamp), *keep])
+        if len(seen) > 1:
+            shipped.seen.add(merge(seen).to_json())
 
     return score
 
@@ -266,9 +290,16 @@ class Scoring:
     schema: T.StructType
     loads: Any  # accumulator of the worker process ids that loaded the model
     model_digest: str = ""  # the artifact's sha256
+    seen: Any = None  # accumulator of the drift summary of the rows scored ("" = none)
 
     def predictions(self) -> DataFrame:
         return self.inputs.mapInArrow(self.scorer, self.schema)
+
+    def input_summary(self) -> Summary | None:
+        """Once the predictions are computed: the drift summary of the rows scored (None: the
+        model has no training summary to compare with)."""
+        text = self.seen.value if self.seen is not None else ""
+        return Summary.from_json(text) if text else None
 
 
 def predict(spark: SparkSession, frame: DataFrame, artifact: str, batch_size: int = 512,
@@ -306,7 +337,7 @@ def plan_scoring(spark: SparkSession, frame: DataFrame, artifact: str, batch_siz
         inputs.append(F.col(PREPROCESS_ERROR))
     kept = [*(T.StructField(name, T.StringType()) for name, _ in stamp), *(frame.schema[name] for name in keep)]
     return Scoring(frame.select(*inputs, *keep), scorer, output_schema(schema, kept), shipped.loads,
-                   shipped.sha256)
+                   shipped.sha256, shipped.seen if shipped.layout else None)
 
 
 def model_input(frame: DataFrame, prep: Preprocessing) -> Column:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from testkit import DIGITS_DIR, REPO_ROOT
 from pipelines import storage
 from pipelines.config import load_config
+from pipelines.lineage import lineage
 from pipelines.publish import committed_files
 from pipelines.tracking import TRACKING_OFF
 
@@ -148,6 +149,14 @@ def test_raw_files_in_the_bucket_are_scored_and_a_frozen_server_is_a_clear_error
         s3.resume()
     again = infer.main(spark, scoring("score-2"))  # the same job once the store is back
     assert (again.rows, again.bad_rows) == (21, 1)
+    # Lineage from the bucket alone: a prediction -> the model that made it -> its data -> the raw file.
+    scored = next(r for r in rows if not r["error"])
+    assert scored["model_run"] == "s3-run" and len(scored["model_digest"]) == 64
+    chain = lineage(f"s3://{BUCKET}/work", "score-1", prediction=scored["id"])
+    assert f"  input: raw file s3://{BUCKET}/incoming/{scored['id']}" in chain
+    assert f"model of run s3-run: s3://{BUCKET}/work/runs/s3-run/model/model.pt, sha256 {scored['model_digest']}" \
+        in chain[3]
+    assert chain[4].startswith("  trained on dataset digits versions v1 (v000001-")
 
 
 def _read(location: str):

@@ -125,7 +125,7 @@ def test_four_days_of_appends_scoring_and_warm_started_challengers_with_the_guar
                                                                       "drift.png").stat().st_size > 0
 
     # Scoring day 4's files by alias uses the champion; their drift against its training data is flagged.
-    with pytest.raises(guards.DriftGateError, match="Nothing was scored or published"):
+    with pytest.raises(guards.DriftGateError, match="Nothing was published"):
         infer.main(spark, _config(work, src, "run_id=score-day4", "infer.model_alias=current", "drift.action=stop",
                                   "infer.source.kind=images", f"infer.source.path={tmp_path / 'incoming-day4'}"))
     scored4 = infer.main(spark, _config(work, src, "run_id=score-day4", "infer.model_alias=current",

@@ -262,3 +262,29 @@ def test_the_config_module_walks_no_type_hints_of_its_own():
     assert config.decode is formats.decode
     assert not hasattr(config, "_build") and not hasattr(config, "_coerce")
     assert "get_type_hints" not in inspect.getsource(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["promotion.alias=current", "promotion.metric=f1"],
+     "promotion.metric='f1' is not an evaluation figure of model cnn (classifier): use one of accuracy"),
+    (["promotion.alias=current", "model.name=gan"], "promotion.alias=current: model gan (generator) has no evaluation"),
+    (["promotion.alias=../x"], "promotion.alias"),
+    (["drift.action=halt"], "drift.action"),
+    (["drift.max_label_shift=1.5"], "drift.max_label_shift"),
+    (["infer.model_alias=current", "infer.model_run=day1"],
+     "config keys 'infer.model_run' = 'day1' and 'infer.model_alias' = 'current' both name a model"),
+])
+def test_guard_settings_are_checked_before_spark(overrides, message):
+    from pipelines import preflight
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        preflight.validate(load_config("pipelines/configs/digits_cnn.yaml", overrides), "run")
+
+
+def test_guards_are_off_by_default_and_a_reconstructor_is_promoted_by_its_error():
+    from pipelines import preflight
+
+    config = load_config(None, [])
+    assert (config.drift.max_psi, config.drift.max_label_shift, config.promotion.alias) == (0.0, 0.0, "")
+    preflight.validate(load_config("pipelines/configs/digits_autoencoder.yaml", [
+        "promotion.alias=current", "promotion.metric=reconstruction_error"]), "run")

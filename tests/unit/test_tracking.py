@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.events import EpochEnded, EpochRecord, Resumed, StepProgress
 from pipelines.tracking import Sink, Tracker, flatten, numeric_figures
+from pipelines.tracking.sinks import DatasetInput
 
 PROGRESS = StepProgress(epoch=2, step=5, steps=10, loss=0.5, samples_per_s=900.0, rank=0)
 EPOCH_FIGURES = {"epoch": 2, "loss": 0.4, "samples": 100, "seconds": 1.5, "val_loss": 0.45, "val_accuracy": 0.9,
@@ -132,6 +133,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts_and_a_rerun_continues_it(
     assert runs and runs[0].data.metrics["step_loss"] == 0.5
     first.on_train_event(epoch())
     first.log_artifact(str(artifact), "report")
+    first.log_inputs([DatasetInput("digits v1", "d1", "s3://bucket/datasets/digits/v000001-a")])
     first.close()
 
     again = Tracker([MlflowSink(uri, "dlpipe-test", "run-a", "run", timeout_s=5)], stream=io.StringIO())
@@ -141,6 +143,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts_and_a_rerun_continues_it(
                EpochRecord.from_dict({**EPOCH_FIGURES, "epoch": 2, "loss": 0.4})]
     again.on_train_event(Resumed(epochs_done=2, step=0, history=history, rank=0))
     again.on_train_event(epoch(epoch=3, loss=0.3))
+    again.log_inputs([DatasetInput("digits v1", "d1", "s3://bucket/datasets/digits/v000001-a"),
+                      DatasetInput("digits v2", "d2", "s3://bucket/datasets/digits/v000002-b")])
     again.close()
 
     experiment = client.get_experiment_by_name("dlpipe-test")
@@ -153,6 +157,11 @@ def test_mlflow_run_holds_params_metrics_and_artifacts_and_a_rerun_continues_it(
     history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
     assert history == [(1, 0.6), (2, 0.4), (3, 0.3)]  # each epoch once: backfilled, not duplicated
     assert [f.path for f in client.list_artifacts(run.info.run_id, "report")] == ["report/summary.json"]
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs  # each version once, with its digest
+    assert sorted((i.dataset.name, i.dataset.digest, i.dataset.source) for i in inputs) == [
+        ("digits v1", "d1", "s3://bucket/datasets/digits/v000001-a"),
+        ("digits v2", "d2", "s3://bucket/datasets/digits/v000002-b")]
+    assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "training"}
 
 
 def test_mlflow_at_an_unreachable_server_fails_fast_with_one_warning(tmp_path):

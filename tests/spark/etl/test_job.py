@@ -140,7 +140,8 @@ def test_rerun_replaces_instead_of_duplicating(spark, digits_run):
     # the old version is gone; each ETL committed a new numbered head (none replaced)
     assert sorted(p.name for p in dataset.iterdir()) == sorted([ds.head_name(1), ds.head_name(2), version.name])
     assert sorted(p.name for p in version.iterdir()) == sorted(["train", "val", "test", "quarantine", "manifest.json",
-                                                                "inputs.parquet"])
+                                                                "inputs.parquet", "_sources"])
+    assert again.summary == manifest.summary and again.summary.rows == manifest.accepted  # the same drift summary
 
 
 # --- bad records ------------------------------------------------------------------------------

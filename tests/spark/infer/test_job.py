@@ -58,7 +58,8 @@ def test_model_is_loaded_once_per_worker_process(spark, trained, digits_workdir,
     predictions, loads = infer.predict(spark, frame, str(tmp_path / "model.pt"), batch_size=16)
     assert predictions.filter("error IS NULL").count() == frame.count()
     # 12 partitions, many Arrow batches each, on local[2]: each reused Python worker loads it once
-    assert 1 <= len(loads.value) <= 2
+    # (up to 4: a stage that chains two Python functions, decoding images then scoring them, pools two per task)
+    assert 1 <= len(loads.value) <= 4
     assert len(set(loads.value)) == len(loads.value), f"a worker loaded the model twice: {loads.value}"
     # Same artifact again: every worker already has it (cached by content hash), nothing loads.
     again, loads_again = infer.predict(spark, frame, str(tmp_path / "model.pt"), batch_size=16)

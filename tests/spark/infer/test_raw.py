@@ -86,7 +86,8 @@ def test_every_file_gets_one_row_and_the_bad_ones_an_error(scored, new_images, c
         assert pd.isna(predictions.loc[name, "prediction"]) and predictions.loc[name, "probabilities"] is None
     good = predictions.drop(index=list(BAD))
     assert good["error"].isna().all() and good["prediction"].notna().all()
-    assert list(predictions.columns) == ["prediction", "probabilities", "error", "path"]  # path: kept by default
+    assert list(predictions.columns) == ["prediction", "probabilities", "error", "model_run", "model_digest",
+                                         "path"]  # path: kept by default
     assert all(path.endswith("/incoming/" + name) for name, path in predictions["path"].items())
 
 
@@ -149,7 +150,8 @@ def test_a_parquet_with_extra_columns_keeps_every_one_unchanged(spark, trained, 
                          f"infer.output={tmp_path / 'out'}")
     result = infer.main(spark, config)
     out = predictions_frame(spark, result.predictions)
-    assert out.columns == ["id", "prediction", "probabilities", "error", "customer", "amount", "day", "tags", "extra"]
+    assert out.columns == ["id", "prediction", "probabilities", "error", "model_run", "model_digest", "customer",
+                           "amount", "day", "tags", "extra"]
     assert result.rows == 30 and result.bad_rows == 0 and result.eval is None
     got = {r["customer"]: r for r in out.collect()}
     for r in source.collect():
@@ -162,7 +164,7 @@ def test_a_parquet_with_extra_columns_keeps_every_one_unchanged(spark, trained, 
     config = make_config(digits_workdir, "run_id=infer-cnn", f"infer.input={tmp_path / 'input'}",
                          f"infer.output={tmp_path / 'out2'}", "infer.keep_columns=[customer]")
     assert predictions_frame(spark, infer.main(spark, config).predictions).columns == \
-        ["id", "prediction", "probabilities", "error", "customer"]
+        ["id", "prediction", "probabilities", "error", "model_run", "model_digest", "customer"]
     config.infer.keep_columns = ["customer", "nope"]
     with pytest.raises(ConfigError, match=r"infer.keep_columns names \['nope'\], not column\(s\) of"):
         infer.main(spark, config)
@@ -205,7 +207,8 @@ def test_raw_csv_is_preprocessed_as_the_etl_did_whatever_the_column_order(spark,
     assert result.rows == 62 and result.bad_rows == 2
     assert got.loc["bad1", "error"] == "decode_error: column 'f3' value 'abc' is not a number"
     assert got.loc["bad2", "error"] == "wrong_shape: missing value in column(s): f5"
-    assert list(got.columns) == ["prediction", "probabilities", "error", "rid", "label", "customer"]
+    assert list(got.columns) == ["prediction", "probabilities", "error", "model_run", "model_digest", "rid", "label",
+                                 "customer"]
     assert got["customer"].tolist() == new.set_index("rid").loc[got.index, "customer"].tolist()
     expected, _ = infer.predict(spark, spark.read.parquet(*open_dataset(config.dataset_dir).splits["train"].files),
                                 artifact)
