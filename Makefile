@@ -12,10 +12,11 @@ VENV := .venv-spark4
 TESTS := tests/spark tests/cluster tests/unit/storage tests/unit/test_cli.py
 else ifeq ($(SPARK),current)
 VENV := .venv-current
-# the whole pipeline under each strategy, inference, the arrow loader, elastic training, ETL and the stores
+# the whole pipeline under each strategy, inference, the arrow loader, elastic training, ETL, the stores, the guarded schedule
 TESTS := tests/spark/train/test_strategies.py tests/spark/test_run.py tests/spark/infer tests/spark/etl \
          tests/spark/train/test_loader_petastorm.py tests/unit/train/test_loader.py tests/unit/storage tests/unit/test_cli.py \
-         tests/spark/train/test_elastic.py tests/unit/train/test_elastic_order.py tests/unit/train/test_elastic_plan.py
+         tests/spark/train/test_elastic.py tests/unit/train/test_elastic_order.py tests/unit/train/test_elastic_plan.py \
+         tests/spark/test_schedule.py tests/unit/test_drift.py tests/unit/test_promotion.py
 else
 $(error SPARK=$(SPARK): the Spark lines are SPARK=3.5 (the default), SPARK=4 and SPARK=current)
 endif
