@@ -10,7 +10,9 @@ declares (``model.output_schema()``) as Parquet:
 - ``torch_1_process``: one PyTorch process with as many threads as Spark has cores, reading with
   pyarrow and writing with pyarrow (``benchmarks.workers``);
 - ``predict_batch_udf``: ``pyspark.ml.functions.predict_batch_udf`` with a ``make_predict_fn`` that loads
-  the same artifact (one torch thread per task, as dlpipe).
+  the same artifact (one torch thread per task, as dlpipe);
+- ``dlpipe_infer_no_drift``: dlpipe's job with an artifact that has no training-data summary, so its
+  tasks summarize nothing: ``drift_summary_cost`` = dlpipe_infer / it, what the drift gates cost scoring.
 
 The baselines only use the model contract (``predict`` returns the outputs ``output_schema``
 declares), so any dlpipe model can be benchmarked. The model is freshly initialized (throughput
@@ -60,6 +62,7 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     source = view.splits[dataset.TRAIN_SPLIT].files  # the split's Parquet files (local paths)
     work = harness.bench_dir(config) / "infer"
     artifact = _artifact(config, view, work / "model.pt")
+    plain_artifact = _without_summary(artifact, work / "model-no-summary.pt")
     batch = config.infer.batch_size
     cores = spark.sparkContext.defaultParallelism
     rows = spark.read.parquet(*source).count()
@@ -67,7 +70,8 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
                      "feature_shape": manifest.feature_shape, "batch_size": batch, "spark_cores": cores,
                      "torch_threads_total": cores, "repeats": s.repeats,
                      "input_partitions": spark.read.parquet(*source).rdd.getNumPartitions()}
-    measures = _warmed_contenders(spark, report, source, artifact, work / "out", batch, cores, rows)
+    measures = _warmed_contenders(spark, report, source, (artifact, plain_artifact), work / "out", batch, cores,
+                                  rows)
     harness.log(NAME, f"{len(measures)} contenders on {rows} rows, {s.repeats} rounds")
     figures = harness.interleaved(measures, s.repeats, warmup=0)
     _record(report, figures, cores)
@@ -76,11 +80,14 @@ def run(spark: Any, config: PipelineConfig, size: str) -> dict[str, Any]:
     return harness.finish(report, config)
 
 
-def _warmed_contenders(spark: Any, report: harness.Report, source: list[str], artifact: Path, out: Path,
-                       batch: int, cores: int, rows: int) -> dict[str, Callable[[], float]]:
+def _warmed_contenders(spark: Any, report: harness.Report, source: list[str], artifacts: tuple[Path, Path],
+                       out: Path, batch: int, cores: int, rows: int) -> dict[str, Callable[[], float]]:
     """The contenders, each a call measuring one run in rows/s writing to ``out``; the Spark ones have
-    run once (Python workers, model loads), and predict_batch_udf is skipped in ``report`` if it cannot run."""
+    run once (Python workers, model loads), and predict_batch_udf is skipped in ``report`` if it cannot run.
+    ``artifacts``: the model with its training-data summary (drift measured while scoring) and without."""
     from pipelines.infer import scoring
+
+    artifact, plain_artifact = artifacts
 
     def timed(write: Callable[[str], None]) -> float:
         shutil.rmtree(out, ignore_errors=True)
@@ -88,9 +95,12 @@ def _warmed_contenders(spark: Any, report: harness.Report, source: list[str], ar
         write(str(out))
         return rows / (time.perf_counter() - started)
 
-    def dlpipe_job(folder: str) -> None:
-        predictions, _ = scoring.predict(spark, spark.read.parquet(*source), str(artifact), batch)
+    def dlpipe_job(folder: str, model: Path = artifact) -> None:
+        predictions, _ = scoring.predict(spark, spark.read.parquet(*source), str(model), batch)
         predictions.write.mode("overwrite").parquet(folder)
+
+    def dlpipe_no_drift(folder: str) -> None:
+        dlpipe_job(folder, plain_artifact)
 
     def torch_process() -> float:
         shutil.rmtree(out, ignore_errors=True)
@@ -101,9 +111,12 @@ def _warmed_contenders(spark: Any, report: harness.Report, source: list[str], ar
         seconds: float = result["seconds"]
         return rows / seconds
 
-    measures = {"dlpipe_infer": lambda: timed(dlpipe_job), "torch_1_process": torch_process}
-    harness.log(NAME, "warm-up: dlpipe's job and predict_batch_udf once each (Python workers, model loads)")
+    measures = {"dlpipe_infer": lambda: timed(dlpipe_job), "torch_1_process": torch_process,
+                "dlpipe_infer_no_drift": lambda: timed(dlpipe_no_drift)}
+    harness.log(NAME, "warm-up: dlpipe's job (with and without drift) and predict_batch_udf once each (Python "
+                      "workers, model loads)")
     timed(dlpipe_job)
+    timed(dlpipe_no_drift)
     try:
         udf_job = _predict_batch_udf_job(spark, source, artifact, batch)
         timed(udf_job)
@@ -120,6 +133,8 @@ def _record(report: harness.Report, figures: dict[str, list[float]], cores: int)
         "torch_1_process": f"one PyTorch process, {cores} threads: pyarrow read -> predict -> pyarrow write "
                            "(timed inside the process, from loading the model to the written file)",
         "predict_batch_udf": "pyspark.ml.functions.predict_batch_udf, same artifact and batch size -> Parquet",
+        "dlpipe_infer_no_drift": "dlpipe_infer with an artifact without its training-data summary (no drift "
+                                 "summarized while scoring)",
     }
     for key, values in figures.items():
         report.add(key, values, "rows/s", descriptions[key])
@@ -130,6 +145,7 @@ def _ratios(report: harness.Report) -> None:
     dl = report.median("dlpipe_infer")
     report.ratios["ratio_vs_torch"] = harness.ratio(dl, report.median("torch_1_process"))
     report.ratios["ratio_vs_predict_batch_udf"] = harness.ratio(dl, report.median("predict_batch_udf"))
+    report.ratios["drift_summary_cost"] = harness.ratio(dl, report.median("dlpipe_infer_no_drift"))
     if harness.meets("ratio_vs_torch", report.ratios["ratio_vs_torch"]) is False:
         report.limits["ratio_vs_torch"] = TORCH_LIMIT
     if harness.meets("ratio_vs_predict_batch_udf", report.ratios["ratio_vs_predict_batch_udf"]) is False:
@@ -156,6 +172,16 @@ def _artifact(config: PipelineConfig, view: dataset.DatasetView, path: Path) -> 
     torch.manual_seed(config.train.seed)
     model = data.build_model(config.model.name, config.model.params, view.manifest.to_dict())
     save_artifact(str(path), model, artifact_meta(model, view, config))
+    return path
+
+
+def _without_summary(artifact: Path, path: Path) -> Path:
+    """A copy of ``artifact`` without its training-data summary (what an artifact of an older dlpipe is)."""
+    import torch
+
+    payload = torch.load(artifact, weights_only=True)
+    payload["training_summary"] = None
+    torch.save(payload, path)
     return path
 
 

@@ -99,6 +99,8 @@ def _score_champion(spark: SparkSession, config: PipelineConfig, champion: Alias
     folder = RunFolder.of(config).champion
     scoring = dataclasses.replace(
         config, dataset_version=version,
+        # an evaluation, not a publication: the champion's drift on these records gates nothing
+        drift=dataclasses.replace(config.drift, max_psi=0.0, max_label_shift=0.0),
         infer=dataclasses.replace(config.infer, artifact=champion.artifact, model_run="", model_alias="",
                                   output=storage.join(folder, "predictions")))
     print(f"dlpipe run {config.run_id}: scoring champion {champion.run_id} (alias {config.promotion.alias}) on "

@@ -97,11 +97,12 @@ def _read_root(config: PipelineConfig) -> str:
 
 def _score(spark: SparkSession, config: PipelineConfig, scoring: ScoringInput, model: Any, meta: ArtifactMeta,
            artifact: str, output: str, report_dir: str) -> InferResult:
-    """:func:`main` once its input is resolved (and protected): gate drift, score, publish, evaluate."""
+    """:func:`main` once its input is resolved (and protected): score, gate drift, publish, evaluate."""
     ic = config.infer
     keep = keep_columns(ic.keep_columns, scoring)
     try:
-        check_kept(tuple(keep), list(scoring.frame.columns), ["id", *model.output_schema(), "error"])
+        check_kept(tuple(keep), list(scoring.frame.columns),
+                   ["id", *model.output_schema(), "error", "model_run", "model_digest"])
     except ValueError as e:
         raise ConfigError(f"infer.keep_columns={ic.keep_columns}: {e}", key="infer.keep_columns") from None
     describe(spark, f"infer {storage.name(scoring.described)} with {storage.name(artifact)}")

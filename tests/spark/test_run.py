@@ -140,6 +140,9 @@ def _check_one_mlflow_run(workdir, run_id: str, epochs: int) -> None:
     report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/loss_curves.png", "report/confusion_matrix.png"} <= report
     assert [f.path for f in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+    (trained_on,) = client.get_run(run.info.run_id).inputs.dataset_inputs  # lineage: the version and its digest
+    view = open_dataset(str(workdir / "datasets" / "digits"))
+    assert (trained_on.dataset.name, trained_on.dataset.digest) == ("digits v1", view.versions[0].identity)
 
 
 # Split layouts other than train/val/test: names come from the manifest (short budgets: 3 epochs).
