@@ -34,6 +34,7 @@ from pipelines import storage
 from pipelines.artifact import Preprocessing, load_artifact
 from pipelines.device import DeviceChoice, resolve_device, visible_gpus
 from pipelines.drift import Summary, merge, summarize
+from pipelines.guards import empty_layout
 from pipelines.infer import predict as predict_on
 from pipelines.preprocess import decode_images
 
@@ -165,8 +166,7 @@ def ship_model(spark: SparkSession, artifact: str) -> ShippedModel:
     name = _ship(spark, data, sha256[:16])
     model, meta = load_artifact(str(_STAGING[0] / name))
     trained_on = meta.training_summary
-    layout = Summary(trained_on.names, trained_on.blocks, trained_on.edges,
-                     [[0] * (len(e) + 1) for e in trained_on.edges]) if trained_on else None
+    layout = empty_layout(trained_on.names, trained_on.blocks, trained_on.edges) if trained_on else None
     return ShippedModel(name, sha256[:16], sha256, model.output_schema(), int(np.prod(meta.feature_shape)),
                         meta.preprocessing, spark.sparkContext.accumulator([], _ListParam()), layout,
                         spark.sparkContext.accumulator("", _SummaryParam()))
